@@ -1,0 +1,14 @@
+//! File Lambda: `GET $exportfilerequest` (redirect to a presigned URL).
+
+use shared::http::file;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    shared::telemetry::init();
+    let state = shared::http::AppState::from_env().await?;
+    shared::lambda::run_http(move |req| {
+        let state = state.clone();
+        async move { file::handle(&state, req).await }
+    })
+    .await
+}

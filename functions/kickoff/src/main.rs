@@ -1,0 +1,14 @@
+//! Kick-off Lambda: `$export` at system, Patient and Group level, and `metadata`.
+
+use shared::http::kickoff;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    shared::telemetry::init();
+    let state = shared::http::AppState::from_env().await?;
+    shared::lambda::run_http(move |req| {
+        let state = state.clone();
+        async move { kickoff::handle(&state, req).await }
+    })
+    .await
+}

@@ -1,0 +1,14 @@
+//! Status Lambda: `GET|DELETE $exportstatus`.
+
+use shared::http::status;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    shared::telemetry::init();
+    let state = shared::http::AppState::from_env().await?;
+    shared::lambda::run_http(move |req| {
+        let state = state.clone();
+        async move { status::handle(&state, req).await }
+    })
+    .await
+}

@@ -1,0 +1,230 @@
+//! Configuration from the environment, parsed and validated once at cold start.
+//!
+//! Firely Server's setting names map to variables: StoragePath → `STORAGE_PATH`,
+//! RepeatPeriod → `REPEAT_PERIOD` (milliseconds), AdditionalResources → `ADDITIONAL_RESOURCES`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::fhir::resource_types::is_resource_type;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {name} is required")]
+    Missing { name: &'static str },
+    #[error("environment variable {name}={value:?} is invalid: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Where export files go: `s3://bucket/prefix` or a local directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoragePath {
+    S3 { bucket: String, prefix: String },
+    Local(PathBuf),
+}
+
+impl StoragePath {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        if let Some(rest) = value.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err("s3:// path needs a bucket name".into());
+            }
+            Ok(StoragePath::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+            })
+        } else if value.is_empty() {
+            Err("empty path".into())
+        } else {
+            Ok(StoragePath::Local(PathBuf::from(
+                value.strip_prefix("file://").unwrap_or(value),
+            )))
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub storage_path: StoragePath,
+    /// SQS queue that wakes the exporter. None: no queue (serve wakes its exporter in-process).
+    pub queue_url: Option<String>,
+    /// How often the exporter looks for work without being woken (Firely RepeatPeriod).
+    pub repeat_period: Duration,
+    /// Types of referenced resources added to Patient and Group exports (Firely AdditionalResources).
+    pub additional_resources: Vec<String>,
+    /// Public FHIR base URL. None: derived from each request's Host and X-Forwarded-Proto.
+    pub public_base_url: Option<String>,
+    /// An ndjson file is closed and a new one started once it reaches this size.
+    pub max_file_bytes: u64,
+    pub presign_ttl: Duration,
+    pub job_retention: Duration,
+    /// Status code for the status URL of a cancelled job: 404 (IG) or 410 (Firely).
+    pub cancelled_status_code: u16,
+    /// How long an exporter owns a job before another may reclaim it.
+    pub lease: Duration,
+    /// Crashed or failed attempts before a job is Failed.
+    pub max_attempts: i32,
+    /// Seconds a client is told to wait between status polls.
+    pub retry_after_seconds: u64,
+}
+
+pub const DEFAULT_ADDITIONAL_RESOURCES: &[&str] = &[
+    "Organization",
+    "Location",
+    "Substance",
+    "Device",
+    "BodyStructure",
+    "Medication",
+    "Coverage",
+];
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |name: &'static str| get(name).filter(|v| !v.trim().is_empty());
+        let database_url = var("DATABASE_URL").ok_or(ConfigError::Missing {
+            name: "DATABASE_URL",
+        })?;
+        let storage_raw = var("STORAGE_PATH").unwrap_or_else(|| "./exports".to_string());
+        let storage_path =
+            StoragePath::parse(&storage_raw).map_err(|reason| ConfigError::Invalid {
+                name: "STORAGE_PATH",
+                value: storage_raw.clone(),
+                reason,
+            })?;
+        let additional_resources = match var("ADDITIONAL_RESOURCES") {
+            None => DEFAULT_ADDITIONAL_RESOURCES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            Some(list) => {
+                let types: Vec<String> = list
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                if let Some(bad) = types.iter().find(|t| !is_resource_type(t)) {
+                    return Err(ConfigError::Invalid {
+                        name: "ADDITIONAL_RESOURCES",
+                        value: list.clone(),
+                        reason: format!("{bad} is not an R4 resource type"),
+                    });
+                }
+                types
+            }
+        };
+        let cancelled_status_code = number(&var, "CANCELLED_STATUS_CODE", 404)?;
+        if cancelled_status_code != 404 && cancelled_status_code != 410 {
+            return Err(ConfigError::Invalid {
+                name: "CANCELLED_STATUS_CODE",
+                value: cancelled_status_code.to_string(),
+                reason: "must be 404 (IG) or 410 (Firely)".into(),
+            });
+        }
+        let max_file_bytes = number(&var, "MAX_FILE_BYTES", 256 * 1024 * 1024)?;
+        if max_file_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                name: "MAX_FILE_BYTES",
+                value: max_file_bytes.to_string(),
+                reason: "must be at least 1024".into(),
+            });
+        }
+        Ok(Config {
+            database_url,
+            storage_path,
+            queue_url: var("QUEUE_URL"),
+            repeat_period: Duration::from_millis(number(&var, "REPEAT_PERIOD", 60_000)?.max(100)),
+            additional_resources,
+            public_base_url: var("PUBLIC_BASE_URL").map(|u| u.trim_end_matches('/').to_string()),
+            max_file_bytes,
+            presign_ttl: Duration::from_secs(number(&var, "PRESIGN_TTL_SECONDS", 300)?),
+            job_retention: Duration::from_secs(number(&var, "JOB_RETENTION_HOURS", 24)? * 3600),
+            cancelled_status_code: cancelled_status_code as u16,
+            lease: Duration::from_secs(number(&var, "LEASE_SECONDS", 120)?.max(5)),
+            max_attempts: number(&var, "MAX_ATTEMPTS", 3)?.max(1) as i32,
+            retry_after_seconds: number(&var, "RETRY_AFTER_SECONDS", 2)?.max(1),
+        })
+    }
+}
+
+fn number(
+    var: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| ConfigError::Invalid {
+            name,
+            value: v.clone(),
+            reason: "expected a non-negative integer".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn storage_path_parses_s3_and_local() {
+        assert_eq!(
+            StoragePath::parse("s3://bucket/a/b/").unwrap(),
+            StoragePath::S3 {
+                bucket: "bucket".into(),
+                prefix: "a/b".into()
+            }
+        );
+        assert_eq!(
+            StoragePath::parse("s3://bucket").unwrap(),
+            StoragePath::S3 {
+                bucket: "bucket".into(),
+                prefix: "".into()
+            }
+        );
+        assert_eq!(
+            StoragePath::parse("/tmp/x").unwrap(),
+            StoragePath::Local("/tmp/x".into())
+        );
+        assert!(StoragePath::parse("s3:///x").is_err());
+    }
+
+    #[test]
+    fn config_defaults_follow_firely() {
+        let c = config(&[("DATABASE_URL", "postgres://x")]).unwrap();
+        assert_eq!(c.additional_resources.len(), 7);
+        assert_eq!(c.cancelled_status_code, 404);
+        assert_eq!(c.repeat_period, Duration::from_secs(60));
+        assert_eq!(c.presign_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn config_rejects_bad_values() {
+        assert!(matches!(
+            config(&[]),
+            Err(ConfigError::Missing {
+                name: "DATABASE_URL"
+            })
+        ));
+        assert!(config(&[("DATABASE_URL", "x"), ("ADDITIONAL_RESOURCES", "Nope")]).is_err());
+        assert!(config(&[("DATABASE_URL", "x"), ("CANCELLED_STATUS_CODE", "500")]).is_err());
+        assert!(config(&[("DATABASE_URL", "x"), ("REPEAT_PERIOD", "soon")]).is_err());
+    }
+}

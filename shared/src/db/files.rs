@@ -1,0 +1,165 @@
+//! Export reads: one byte-bounded page of a work item's resources, and dangling references.
+//!
+//! Resource text is copied as stored (no JSON parsing). Pages are keyset-paginated on id and cut
+//! at a byte budget in SQL (`octet_length` reads the TOAST header, not the value), so a page of
+//! large resources stays small in memory.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{DbError, Pool};
+
+/// Which resources of one type a work item exports.
+#[derive(Debug, Clone)]
+pub struct Selection<'a> {
+    pub job_id: Uuid,
+    pub resource_type: &'a str,
+    pub transaction_time: DateTime<Utc>,
+    pub since: Option<DateTime<Utc>>,
+    /// None: every resource of the type (system level). Some: Patient/Group level.
+    pub scope: Option<PatientScope<'a>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PatientScope<'a> {
+    /// Members of the job's patients' compartments.
+    pub compartment: bool,
+    /// Resources referenced by exported compartment resources of these types
+    /// (AdditionalResources); empty for none.
+    pub referenced_from: &'a [String],
+}
+
+pub struct Row {
+    pub id: String,
+    pub resource: String,
+}
+
+/// SQL condition on alias `r` for the scope; parameters: $1 type, $3 transaction time,
+/// $4 since, $7 job id, $8 source types.
+fn scope_condition(scope: &Option<PatientScope<'_>>) -> String {
+    let Some(scope) = scope else {
+        return "true".into();
+    };
+    let mut parts = Vec::new();
+    if scope.compartment {
+        parts.push(
+            "EXISTS (SELECT 1 FROM compartment c
+                     JOIN export_job_patients jp ON jp.job_id = $7 AND jp.patient_id = c.patient_id
+                     WHERE c.resource_type = $1 AND c.resource_id = r.id)",
+        );
+    }
+    if !scope.referenced_from.is_empty() {
+        parts.push(
+            "EXISTS (SELECT 1 FROM resource_refs f
+                     JOIN compartment c ON c.resource_type = f.source_type AND c.resource_id = f.source_id
+                     JOIN export_job_patients jp ON jp.job_id = $7 AND jp.patient_id = c.patient_id
+                     JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
+                     WHERE f.target_type = $1 AND f.target_id = r.id AND f.source_type = ANY($8)
+                       AND NOT s.deleted AND s.last_updated <= $3
+                       AND ($4::timestamptz IS NULL OR s.last_updated > $4))",
+        );
+    }
+    if parts.is_empty() {
+        "false".into()
+    } else {
+        format!("({})", parts.join(" OR "))
+    }
+}
+
+/// Reads the next page after `cursor` in `phase` (0: current versions; 1: the version current
+/// at the transaction time of resources changed since). At most `max_rows` rows, and rows stop
+/// once `max_bytes` is reached (the first row always comes).
+pub async fn select_page(
+    pool: &Pool,
+    sel: &Selection<'_>,
+    phase: i16,
+    cursor: &str,
+    max_rows: i64,
+    max_bytes: i64,
+) -> Result<Vec<Row>, DbError> {
+    let scope = scope_condition(&sel.scope);
+    let source = if phase == 0 {
+        "SELECT r.id, r.resource, r.deleted, r.last_updated FROM resources r
+         WHERE r.resource_type = $1 AND r.id > $2 AND r.last_updated <= $3"
+    } else {
+        "SELECT DISTINCT ON (h.id) h.id, h.resource, h.deleted, h.last_updated
+         FROM resource_history h
+         JOIN resources cur ON cur.resource_type = h.resource_type AND cur.id = h.id
+         WHERE h.resource_type = $1 AND h.id > $2 AND h.last_updated <= $3
+           AND cur.last_updated > $3
+         ORDER BY h.id, h.version_id DESC"
+    };
+    let sql = format!(
+        "SELECT id, resource FROM (
+             SELECT id, resource, sum(len) OVER (ORDER BY id) - len AS before FROM (
+                 SELECT r.id, r.resource, octet_length(r.resource)::int8 AS len
+                 FROM ({source}) r
+                 WHERE NOT r.deleted AND ($4::timestamptz IS NULL OR r.last_updated > $4)
+                   AND {scope}
+                 ORDER BY r.id LIMIT $5) lim) w
+         WHERE before < $6 ORDER BY id"
+    );
+    let empty: Vec<String> = Vec::new();
+    let sources = sel.scope.as_ref().map_or(&empty[..], |s| s.referenced_from);
+    let client = pool.get().await?;
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &sel.resource_type,
+                &cursor,
+                &sel.transaction_time,
+                &sel.since,
+                &max_rows,
+                &max_bytes,
+                &sel.job_id,
+                &sources,
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Row {
+            id: r.get(0),
+            resource: r.get(1),
+        })
+        .collect())
+}
+
+/// References from the job's exported compartment resources (of `source_types`) to
+/// `target_type` resources that do not exist: (source type, source id, target id).
+pub async fn select_dangling_refs(
+    pool: &Pool,
+    sel: &Selection<'_>,
+    source_types: &[String],
+    limit: i64,
+) -> Result<Vec<(String, String, String)>, DbError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT DISTINCT f.source_type, f.source_id, f.target_id FROM resource_refs f
+             JOIN compartment c ON c.resource_type = f.source_type AND c.resource_id = f.source_id
+             JOIN export_job_patients jp ON jp.job_id = $1 AND jp.patient_id = c.patient_id
+             JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
+             WHERE f.target_type = $2 AND f.source_type = ANY($3)
+               AND NOT s.deleted AND s.last_updated <= $4
+               AND ($5::timestamptz IS NULL OR s.last_updated > $5)
+               AND NOT EXISTS (SELECT 1 FROM resources t WHERE t.resource_type = $2
+                               AND t.id = f.target_id AND NOT t.deleted)
+             ORDER BY 1, 2, 3 LIMIT $6",
+            &[
+                &sel.job_id,
+                &sel.resource_type,
+                &source_types,
+                &sel.transaction_time,
+                &sel.since,
+                &limit,
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}

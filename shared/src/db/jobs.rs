@@ -1,0 +1,337 @@
+//! `export_jobs` (and `export_job_patients`): the job table is the source of truth and the queue.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::{DbError, Pool};
+use crate::export::{ExportLevel, ExportParams, Job, JobStatus};
+
+const JOB_COLUMNS: &str = "id, level, group_id, params, request_url, transaction_time, status, \
+     planned, attempts, error, created_at, completed_at, expires_at, deleted_at";
+
+fn job_from_row(row: &Row) -> Result<Job, DbError> {
+    let level: String = row.get("level");
+    let status: String = row.get("status");
+    let params: serde_json::Value = row.get("params");
+    Ok(Job {
+        id: row.get("id"),
+        level: ExportLevel::parse(&level).ok_or_else(|| DbError::Row(format!("level {level}")))?,
+        group_id: row.get("group_id"),
+        params: serde_json::from_value(params).map_err(|e| DbError::Row(e.to_string()))?,
+        request_url: row.get("request_url"),
+        transaction_time: row.get("transaction_time"),
+        status: JobStatus::parse(&status)
+            .ok_or_else(|| DbError::Row(format!("status {status}")))?,
+        planned: row.get("planned"),
+        attempts: row.get("attempts"),
+        error: row.get("error"),
+        created_at: row.get("created_at"),
+        completed_at: row.get("completed_at"),
+        expires_at: row.get("expires_at"),
+        deleted_at: row.get("deleted_at"),
+    })
+}
+
+pub struct NewJob<'a> {
+    pub level: ExportLevel,
+    pub group_id: Option<&'a str>,
+    pub params: &'a ExportParams,
+    pub request_url: &'a str,
+    pub client_id: Option<&'a str>,
+}
+
+/// Inserts a Queued job; its transaction time is the database's `now()`.
+pub async fn insert_job(pool: &Pool, job: NewJob<'_>) -> Result<Job, DbError> {
+    let client = pool.get().await?;
+    let params = serde_json::to_value(job.params).map_err(|e| DbError::Row(e.to_string()))?;
+    let row = client
+        .query_one(
+            &format!(
+                "INSERT INTO export_jobs (id, level, group_id, params, request_url, client_id,
+                     transaction_time, status)
+                 VALUES ($1, $2, $3, $4, $5, $6, now(), 'Queued') RETURNING {JOB_COLUMNS}"
+            ),
+            &[
+                &Uuid::new_v4(),
+                &job.level.as_str(),
+                &job.group_id,
+                &params,
+                &job.request_url,
+                &job.client_id,
+            ],
+        )
+        .await?;
+    job_from_row(&row)
+}
+
+pub async fn get_job(pool: &Pool, id: Uuid) -> Result<Option<Job>, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            &format!("SELECT {JOB_COLUMNS} FROM export_jobs WHERE id = $1"),
+            &[&id],
+        )
+        .await?;
+    row.as_ref().map(job_from_row).transpose()
+}
+
+/// Claims one job that needs work: Queued, Active with an expired lease, or
+/// CancellationRequested. `prefer` is tried first (the job an SQS message named).
+/// A claim of a job whose previous owner vanished counts as an attempt.
+pub async fn claim_job(
+    pool: &Pool,
+    owner: &str,
+    lease: Duration,
+    prefer: Option<Uuid>,
+) -> Result<Option<Job>, DbError> {
+    let client = pool.get().await?;
+    let lease_secs = lease.as_secs_f64();
+    let row = client
+        .query_opt(
+            &format!(
+                "WITH candidate AS (
+                     SELECT id FROM export_jobs
+                     WHERE (status IN ('Queued', 'CancellationRequested')
+                            OR (status = 'Active'))
+                       AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                     ORDER BY (id = $3) DESC, created_at
+                     LIMIT 1
+                     FOR UPDATE SKIP LOCKED)
+                 UPDATE export_jobs j SET
+                     status = CASE WHEN j.status = 'Queued' THEN 'Active' ELSE j.status END,
+                     attempts = j.attempts + CASE WHEN j.lease_owner IS NOT NULL THEN 1 ELSE 0 END,
+                     lease_owner = $1,
+                     lease_expires_at = now() + make_interval(secs => $2),
+                     updated_at = now()
+                 FROM candidate WHERE j.id = candidate.id
+                 RETURNING {}",
+                JOB_COLUMNS
+                    .split(", ")
+                    .map(|c| format!("j.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            &[&owner, &lease_secs, &prefer.unwrap_or_else(Uuid::nil)],
+        )
+        .await?;
+    row.as_ref().map(job_from_row).transpose()
+}
+
+/// Extends the lease; returns the job's current status, or None when the lease was lost.
+pub async fn renew_lease(
+    pool: &Pool,
+    id: Uuid,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<JobStatus>, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "UPDATE export_jobs SET lease_expires_at = now() + make_interval(secs => $3)
+             WHERE id = $1 AND lease_owner = $2 RETURNING status",
+            &[&id, &owner, &lease.as_secs_f64()],
+        )
+        .await?;
+    Ok(row.and_then(|r| JobStatus::parse(r.get::<_, &str>(0))))
+}
+
+/// Gives the job back without counting an attempt (deadline reached, work remains).
+pub async fn release_job(pool: &Pool, id: Uuid, owner: &str) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE export_jobs SET lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE id = $1 AND lease_owner = $2",
+            &[&id, &owner],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records a failed attempt. Below `max_attempts` the job stays Active and is retried after
+/// `backoff`; at the cap it becomes Failed. Returns the resulting status.
+pub async fn record_failure(
+    pool: &Pool,
+    id: Uuid,
+    owner: &str,
+    error: &str,
+    max_attempts: i32,
+    backoff: Duration,
+) -> Result<Option<JobStatus>, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "UPDATE export_jobs SET
+                 attempts = attempts + 1,
+                 error = $3,
+                 status = CASE WHEN status = 'Active' AND attempts + 1 >= $4 THEN 'Failed' ELSE status END,
+                 completed_at = CASE WHEN status = 'Active' AND attempts + 1 >= $4 THEN now() ELSE completed_at END,
+                 lease_owner = NULL,
+                 lease_expires_at = now() + make_interval(secs => $5),
+                 updated_at = now()
+             WHERE id = $1 AND lease_owner = $2 RETURNING status",
+            &[&id, &owner, &error, &max_attempts, &backoff.as_secs_f64()],
+        )
+        .await?;
+    Ok(row.and_then(|r| JobStatus::parse(r.get::<_, &str>(0))))
+}
+
+/// Fails a job at once (a problem no retry can fix).
+pub async fn fail_job(pool: &Pool, id: Uuid, owner: &str, error: &str) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let n = client
+        .execute(
+            "UPDATE export_jobs SET status = 'Failed', error = $3, completed_at = now(),
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE id = $1 AND lease_owner = $2 AND status IN ('Queued', 'Active')",
+            &[&id, &owner, &error],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Active → Complete, with its expiry.
+pub async fn complete_job(
+    pool: &Pool,
+    id: Uuid,
+    owner: &str,
+    retention: Duration,
+) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let n = client
+        .execute(
+            "UPDATE export_jobs SET status = 'Complete', completed_at = now(),
+                 expires_at = now() + make_interval(secs => $3),
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE id = $1 AND lease_owner = $2 AND status = 'Active'",
+            &[&id, &owner, &retention.as_secs_f64()],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Marks the job planned and stores its patients (Patient and Group level) in one transaction.
+pub async fn mark_planned(
+    pool: &Pool,
+    id: Uuid,
+    resource_types: &[String],
+    patients_from_group: Option<&str>,
+    all_patients: bool,
+) -> Result<(), DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    if all_patients {
+        tx.execute(
+            "INSERT INTO export_job_patients (job_id, patient_id)
+             SELECT $1, id FROM resources WHERE resource_type = 'Patient' AND NOT deleted
+             ON CONFLICT DO NOTHING",
+            &[&id],
+        )
+        .await?;
+    } else if let Some(group) = patients_from_group {
+        // Group.member references, as computed on load into resource_refs; only Patients that
+        // exist count, so a Group member can never pull in another Group.
+        tx.execute(
+            "INSERT INTO export_job_patients (job_id, patient_id)
+             SELECT $1, f.target_id FROM resource_refs f
+             JOIN resources p ON p.resource_type = 'Patient' AND p.id = f.target_id AND NOT p.deleted
+             WHERE f.source_type = 'Group' AND f.source_id = $2 AND f.target_type = 'Patient'
+             ON CONFLICT DO NOTHING",
+            &[&id, &group],
+        )
+        .await?;
+    }
+    tx.execute(
+        "INSERT INTO export_work_items (job_id, resource_type)
+         SELECT $1, t FROM unnest($2::text[]) AS t ON CONFLICT DO NOTHING",
+        &[&id, &resource_types],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE export_jobs SET planned = true, updated_at = now() WHERE id = $1",
+        &[&id],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Queued|Active → CancellationRequested; Complete|Failed → deleted (files purged later).
+/// Returns false when there is nothing to cancel or delete (unknown, already cancelled/deleted).
+pub async fn request_cancellation(pool: &Pool, id: Uuid) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let n = client
+        .execute(
+            "UPDATE export_jobs SET
+                 status = CASE WHEN status IN ('Queued', 'Active') THEN 'CancellationRequested' ELSE status END,
+                 deleted_at = CASE WHEN status IN ('Complete', 'Failed') THEN now() ELSE deleted_at END,
+                 lease_expires_at = CASE WHEN status IN ('Queued', 'Active') THEN lease_expires_at ELSE NULL END,
+                 updated_at = now()
+             WHERE id = $1 AND deleted_at IS NULL
+               AND status IN ('Queued', 'Active', 'Complete', 'Failed')",
+            &[&id],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// CancellationRequested → Cancelled, after the files are gone.
+pub async fn mark_cancelled(pool: &Pool, id: Uuid, owner: &str) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let n = client
+        .execute(
+            "UPDATE export_jobs SET status = 'Cancelled', files_purged_at = now(), completed_at = now(),
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE id = $1 AND lease_owner = $2 AND status = 'CancellationRequested'",
+            &[&id, &owner],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Finished jobs whose files must go: deleted by the client or past their expiry.
+pub async fn select_jobs_to_purge(pool: &Pool, limit: i64) -> Result<Vec<Uuid>, DbError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT id FROM export_jobs
+             WHERE files_purged_at IS NULL AND status IN ('Complete', 'Failed')
+               AND (deleted_at IS NOT NULL OR expires_at < now())
+             ORDER BY updated_at LIMIT $1",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+pub async fn mark_purged(pool: &Pool, id: Uuid) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE export_jobs SET files_purged_at = now(), updated_at = now() WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Work progress for X-Progress: (done items, all items).
+pub async fn select_progress(pool: &Pool, id: Uuid) -> Result<(i64, i64), DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE done), count(*) FROM export_work_items WHERE job_id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// The database clock, for consistent time comparisons.
+pub async fn now(pool: &Pool) -> Result<DateTime<Utc>, DbError> {
+    let client = pool.get().await?;
+    Ok(client.query_one("SELECT now()", &[]).await?.get(0))
+}

@@ -1,0 +1,120 @@
+//! Postgres: connection pool, migrations, and one module per table.
+
+pub mod files;
+pub mod jobs;
+pub mod resources;
+pub mod work_items;
+
+use std::str::FromStr;
+
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+pub type Pool = deadpool_postgres::Pool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid DATABASE_URL: {0}")]
+    Config(String),
+    #[error("database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("database row: {0}")]
+    Row(String),
+    #[error("migration {name}: {source}")]
+    Migration {
+        name: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// Migrations, applied in order by `bulk-export migrate`, each in its own transaction.
+pub const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_initial",
+    include_str!("../../../infra/migrations/0001_initial.sql"),
+)];
+
+pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, DbError> {
+    let pg = tokio_postgres::Config::from_str(database_url)
+        .map_err(|e| DbError::Config(e.to_string()))?;
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_size)
+        .build()
+        .map_err(|e| DbError::Config(e.to_string()))
+}
+
+/// Applies pending migrations; returns the names applied now. Safe to run concurrently (an
+/// advisory lock serialises runners).
+pub async fn migrate(pool: &Pool) -> Result<Vec<&'static str>, DbError> {
+    let mut client = pool.get().await?;
+    client
+        .batch_execute(
+            "SELECT pg_advisory_lock(7417001);
+             CREATE TABLE IF NOT EXISTS schema_migrations (
+                 name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+    let result = apply_pending(&mut client).await;
+    client
+        .batch_execute("SELECT pg_advisory_unlock(7417001)")
+        .await?;
+    result
+}
+
+async fn apply_pending(
+    client: &mut deadpool_postgres::Object,
+) -> Result<Vec<&'static str>, DbError> {
+    let applied: Vec<String> = client
+        .query("SELECT name FROM schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut done = Vec::new();
+    for (name, sql) in MIGRATIONS {
+        if applied.iter().any(|a| a == name) {
+            continue;
+        }
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql)
+            .await
+            .map_err(|source| DbError::Migration { name, source })?;
+        tx.execute("INSERT INTO schema_migrations (name) VALUES ($1)", &[name])
+            .await?;
+        tx.commit().await?;
+        done.push(*name);
+    }
+    Ok(done)
+}
+
+/// Whether every migration has been applied (handlers refuse to run on an old schema).
+pub async fn pending_migrations(pool: &Pool) -> Result<Vec<&'static str>, DbError> {
+    let client = pool.get().await?;
+    let exists: bool = client
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(MIGRATIONS.iter().map(|(n, _)| *n).collect());
+    }
+    let applied: Vec<String> = client
+        .query("SELECT name FROM schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(MIGRATIONS
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !applied.iter().any(|a| a == n))
+        .collect())
+}

@@ -1,0 +1,179 @@
+//! `resources`, `resource_history`, `compartment`, `resource_refs`: writes from the loader and
+//! the reads of the exporter.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{DbError, Pool};
+use crate::fhir::instant::format_instant;
+
+/// A parsed resource ready to store.
+#[derive(Debug, Clone)]
+pub struct NewResource {
+    pub resource_type: String,
+    pub id: String,
+    pub resource: Value,
+    pub patients: BTreeSet<String>,
+    pub refs: BTreeSet<(String, String)>,
+}
+
+/// Upserts a batch in one transaction: prior versions move to `resource_history`, meta.versionId
+/// and meta.lastUpdated are stamped when absent, compartment and references are replaced.
+/// Later duplicates of the same (type, id) in a batch win.
+pub async fn upsert_resources(pool: &Pool, batch: Vec<NewResource>) -> Result<u64, DbError> {
+    let mut dedup: HashMap<(String, String), NewResource> = HashMap::with_capacity(batch.len());
+    for r in batch {
+        dedup.insert((r.resource_type.clone(), r.id.clone()), r);
+    }
+    let batch: Vec<NewResource> = dedup.into_values().collect();
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let types: Vec<&str> = batch.iter().map(|r| r.resource_type.as_str()).collect();
+    let ids: Vec<&str> = batch.iter().map(|r| r.id.as_str()).collect();
+
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let now: DateTime<Utc> = tx.query_one("SELECT now()", &[]).await?.get(0);
+    let existing: HashMap<(String, String), i64> = tx
+        .query(
+            "SELECT r.resource_type, r.id, r.version_id FROM resources r
+             JOIN unnest($1::text[], $2::text[]) AS k(t, i) ON r.resource_type = k.t AND r.id = k.i",
+            &[&types, &ids],
+        )
+        .await?
+        .iter()
+        .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+        .collect();
+
+    let mut versions = Vec::with_capacity(batch.len());
+    let mut texts = Vec::with_capacity(batch.len());
+    for r in &batch {
+        let version = existing
+            .get(&(r.resource_type.clone(), r.id.clone()))
+            .map_or(1, |v| v + 1);
+        let mut resource = r.resource.clone();
+        stamp_meta(&mut resource, version, &now);
+        versions.push(version);
+        texts.push(serde_json::to_string(&resource).map_err(|e| DbError::Row(e.to_string()))?);
+    }
+
+    tx.execute(
+        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, resource)
+         SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.resource
+         FROM resources r JOIN unnest($1::text[], $2::text[]) AS k(t, i)
+           ON r.resource_type = k.t AND r.id = k.i
+         ON CONFLICT DO NOTHING",
+        &[&types, &ids],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, resource)
+         SELECT t, i, v, $4, false, r FROM unnest($1::text[], $2::text[], $3::int8[], $5::text[]) AS k(t, i, v, r)
+         ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id,
+             last_updated = excluded.last_updated, deleted = false, resource = excluded.resource",
+        &[&types, &ids, &versions, &now, &texts],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM compartment c USING unnest($1::text[], $2::text[]) AS k(t, i)
+         WHERE c.resource_type = k.t AND c.resource_id = k.i",
+        &[&types, &ids],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM resource_refs f USING unnest($1::text[], $2::text[]) AS k(t, i)
+         WHERE f.source_type = k.t AND f.source_id = k.i",
+        &[&types, &ids],
+    )
+    .await?;
+
+    let (mut cp, mut ct, mut ci) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut st, mut si, mut tt, mut ti) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in &batch {
+        for p in &r.patients {
+            cp.push(p.as_str());
+            ct.push(r.resource_type.as_str());
+            ci.push(r.id.as_str());
+        }
+        for (t, i) in &r.refs {
+            st.push(r.resource_type.as_str());
+            si.push(r.id.as_str());
+            tt.push(t.as_str());
+            ti.push(i.as_str());
+        }
+    }
+    tx.execute(
+        "INSERT INTO compartment (patient_id, resource_type, resource_id)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+        &[&cp, &ct, &ci],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO resource_refs (source_type, source_id, target_type, target_id)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING",
+        &[&st, &si, &tt, &ti],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(batch.len() as u64)
+}
+
+fn stamp_meta(resource: &mut Value, version: i64, now: &DateTime<Utc>) {
+    let Some(obj) = resource.as_object_mut() else {
+        return;
+    };
+    let meta = obj
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Some(meta) = meta.as_object_mut() {
+        meta.entry("versionId")
+            .or_insert_with(|| Value::String(version.to_string()));
+        meta.entry("lastUpdated")
+            .or_insert_with(|| Value::String(format_instant(now)));
+    }
+}
+
+/// The resource types that have at least one current resource (a loose index scan).
+pub async fn select_resource_types(pool: &Pool) -> Result<Vec<String>, DbError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "WITH RECURSIVE t AS (
+                 SELECT min(resource_type) AS rt FROM resources
+                 UNION ALL
+                 SELECT (SELECT min(resource_type) FROM resources WHERE resource_type > t.rt)
+                 FROM t WHERE t.rt IS NOT NULL)
+             SELECT rt FROM t WHERE rt IS NOT NULL",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Whether a current, non-deleted resource exists.
+pub async fn resource_exists(pool: &Pool, resource_type: &str, id: &str) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT 1 FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted",
+            &[&resource_type, &id],
+        )
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Counts of current resources per type.
+pub async fn count_by_type(pool: &Pool) -> Result<Vec<(String, i64)>, DbError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT resource_type, count(*) FROM resources WHERE NOT deleted
+             GROUP BY resource_type ORDER BY resource_type",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}

@@ -1,0 +1,117 @@
+//! `export_work_items`: one per resource type of a job, with a durable cursor.
+
+use uuid::Uuid;
+
+use super::{DbError, Pool};
+use crate::export::manifest::{ExportFile, FileKind};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkItem {
+    pub job_id: Uuid,
+    pub resource_type: String,
+    /// 0: current versions; 1: prior versions of resources changed after the transaction time.
+    pub phase: i16,
+    /// The last id durably written (exclusive lower bound for the next read).
+    pub cursor_id: String,
+    pub next_file_seq: i32,
+    pub done: bool,
+}
+
+pub async fn select_work_items(pool: &Pool, job_id: Uuid) -> Result<Vec<WorkItem>, DbError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT resource_type, phase, cursor_id, next_file_seq, done
+             FROM export_work_items WHERE job_id = $1 ORDER BY resource_type",
+            &[&job_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| WorkItem {
+            job_id,
+            resource_type: r.get(0),
+            phase: r.get(1),
+            cursor_id: r.get(2),
+            next_file_seq: r.get(3),
+            done: r.get(4),
+        })
+        .collect())
+}
+
+/// Records a finished file and advances the item's cursor in one transaction, so a crash
+/// either keeps both or neither (the file is then rewritten under the same name).
+pub async fn checkpoint(pool: &Pool, item: &WorkItem, files: &[ExportFile]) -> Result<(), DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    for f in files {
+        tx.execute(
+            "INSERT INTO export_files (job_id, file_name, kind, resource_type, object_key,
+                 resource_count, byte_count)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (job_id, file_name) DO UPDATE SET resource_count = excluded.resource_count,
+                 byte_count = excluded.byte_count, object_key = excluded.object_key",
+            &[
+                &item.job_id,
+                &f.file_name,
+                &f.kind.as_str(),
+                &f.resource_type,
+                &f.object_key,
+                &f.resource_count,
+                &f.byte_count,
+            ],
+        )
+        .await?;
+    }
+    tx.execute(
+        "UPDATE export_work_items SET phase = $3, cursor_id = $4, next_file_seq = $5, done = $6,
+             updated_at = now()
+         WHERE job_id = $1 AND resource_type = $2",
+        &[
+            &item.job_id,
+            &item.resource_type,
+            &item.phase,
+            &item.cursor_id,
+            &item.next_file_seq,
+            &item.done,
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn select_files(pool: &Pool, job_id: Uuid) -> Result<Vec<ExportFile>, DbError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT file_name, kind, resource_type, object_key, resource_count, byte_count
+             FROM export_files WHERE job_id = $1 ORDER BY file_name",
+            &[&job_id],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let kind: String = r.get(1);
+            Ok(ExportFile {
+                file_name: r.get(0),
+                kind: FileKind::parse(&kind).ok_or_else(|| DbError::Row(format!("kind {kind}")))?,
+                resource_type: r.get(2),
+                object_key: r.get(3),
+                resource_count: r.get(4),
+                byte_count: r.get(5),
+            })
+        })
+        .collect()
+}
+
+pub async fn get_file(
+    pool: &Pool,
+    job_id: Uuid,
+    file_name: &str,
+) -> Result<Option<ExportFile>, DbError> {
+    Ok(select_files(pool, job_id)
+        .await?
+        .into_iter()
+        .find(|f| f.file_name == file_name))
+}

@@ -1,0 +1,474 @@
+//! The exporter engine: claims jobs with a lease, plans work items, streams pages of resources
+//! into ndjson files, checkpoints at file boundaries, and completes, cancels or fails jobs.
+//!
+//! Every step is idempotent: a crashed invocation leaves the cursor at the last finished file, and
+//! the next owner rewrites the unfinished file under the same name.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, info_span, warn, Instrument};
+use uuid::Uuid;
+
+use super::job::{ExportLevel, Job, JobStatus};
+use super::manifest::{ExportFile, FileKind};
+use crate::config::Config;
+use crate::db::files::{self, PatientScope, Selection};
+use crate::db::work_items::{self, WorkItem};
+use crate::db::{jobs, resources, DbError, Pool};
+use crate::fhir::resource_types::{is_patient_compartment_type, patient_compartment_types};
+use crate::fhir::OperationOutcome;
+use crate::queue::JobQueue;
+use crate::storage::{ObjectStore, ObjectWriter, StorageError};
+
+/// Rows per page read from Postgres.
+pub const PAGE_ROWS: i64 = 1000;
+/// Bytes per page read from Postgres (the first row of a page always comes, however large).
+pub const PAGE_BYTES: i64 = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// What one run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    pub completed: Vec<Uuid>,
+    pub failed: Vec<Uuid>,
+    pub cancelled: Vec<Uuid>,
+    pub handed_off: Vec<Uuid>,
+    pub retrying: Vec<Uuid>,
+    pub purged: usize,
+}
+
+enum Progress {
+    Finished,
+    Deadline,
+    Cancelled,
+    LeaseLost,
+}
+
+pub struct Exporter {
+    pool: Pool,
+    store: Arc<dyn ObjectStore>,
+    queue: Arc<dyn JobQueue>,
+    config: Arc<Config>,
+    owner: String,
+    /// Time kept in reserve before the deadline: no new page is read within it.
+    pub deadline_margin: Duration,
+    /// Wait before a failed attempt is retried.
+    pub retry_backoff: Duration,
+}
+
+impl Exporter {
+    pub fn new(
+        pool: Pool,
+        store: Arc<dyn ObjectStore>,
+        queue: Arc<dyn JobQueue>,
+        config: Arc<Config>,
+    ) -> Self {
+        Exporter {
+            pool,
+            store,
+            queue,
+            config,
+            owner: format!("exporter-{}", Uuid::new_v4()),
+            deadline_margin: Duration::from_secs(0),
+            retry_backoff: Duration::from_secs(5),
+        }
+    }
+
+    /// Works on claimable jobs until none is left or the deadline comes near, then purges the
+    /// files of expired and deleted jobs.
+    pub async fn run_until_idle(
+        &self,
+        prefer: Option<Uuid>,
+        deadline: Instant,
+    ) -> Result<RunSummary, EngineError> {
+        let mut summary = RunSummary::default();
+        let mut prefer = prefer;
+        while !self.near(deadline) {
+            let Some(job) =
+                jobs::claim_job(&self.pool, &self.owner, self.config.lease, prefer.take()).await?
+            else {
+                break;
+            };
+            let id = job.id;
+            let span = info_span!("export_job", job_id = %id, level = job.level.as_str());
+            self.process(job, deadline, &mut summary)
+                .instrument(span)
+                .await?;
+            if summary.handed_off.contains(&id) || summary.retrying.contains(&id) {
+                break;
+            }
+        }
+        summary.purged = self.purge_finished().await?;
+        Ok(summary)
+    }
+
+    fn near(&self, deadline: Instant) -> bool {
+        Instant::now() + self.deadline_margin >= deadline
+    }
+
+    async fn process(
+        &self,
+        job: Job,
+        deadline: Instant,
+        summary: &mut RunSummary,
+    ) -> Result<(), EngineError> {
+        if job.status == JobStatus::CancellationRequested {
+            self.cancel(&job).await?;
+            summary.cancelled.push(job.id);
+            return Ok(());
+        }
+        if job.attempts >= self.config.max_attempts {
+            let msg = format!(
+                "export gave up after {} attempts; last error: {}",
+                job.attempts,
+                job.error
+                    .as_deref()
+                    .unwrap_or("the exporter stopped unexpectedly")
+            );
+            warn!(attempts = job.attempts, "export failed for good");
+            jobs::fail_job(&self.pool, job.id, &self.owner, &msg).await?;
+            summary.failed.push(job.id);
+            return Ok(());
+        }
+        match self.export(&job, deadline).await {
+            Ok(Progress::Finished) => {
+                if jobs::complete_job(&self.pool, job.id, &self.owner, self.config.job_retention)
+                    .await?
+                {
+                    info!("export complete");
+                    summary.completed.push(job.id);
+                }
+            }
+            Ok(Progress::Deadline) => {
+                jobs::release_job(&self.pool, job.id, &self.owner).await?;
+                if let Err(e) = self.queue.send(job.id).await {
+                    warn!(error = %e, "could not requeue; the schedule will resume the job");
+                }
+                info!("deadline near: progress saved, job handed off");
+                summary.handed_off.push(job.id);
+            }
+            Ok(Progress::Cancelled) => {
+                self.cancel(&job).await?;
+                summary.cancelled.push(job.id);
+            }
+            Ok(Progress::LeaseLost) => warn!("lease lost to another exporter; stopping"),
+            Err(Permanent(msg)) => {
+                warn!(error = %msg, "export failed");
+                jobs::fail_job(&self.pool, job.id, &self.owner, &msg).await?;
+                summary.failed.push(job.id);
+            }
+            Err(Transient(e)) => {
+                warn!(error = %e, "export attempt failed");
+                let status = jobs::record_failure(
+                    &self.pool,
+                    job.id,
+                    &self.owner,
+                    &e.to_string(),
+                    self.config.max_attempts,
+                    self.retry_backoff,
+                )
+                .await?;
+                if status == Some(JobStatus::Failed) {
+                    summary.failed.push(job.id);
+                } else {
+                    summary.retrying.push(job.id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn cancel(&self, job: &Job) -> Result<(), EngineError> {
+        let n = self.store.delete_prefix(&job.id.to_string()).await?;
+        jobs::mark_cancelled(&self.pool, job.id, &self.owner).await?;
+        info!(files_deleted = n, "export cancelled");
+        Ok(())
+    }
+
+    /// Deletes the files of jobs the client deleted or that passed their expiry.
+    pub async fn purge_finished(&self) -> Result<usize, EngineError> {
+        let ids = jobs::select_jobs_to_purge(&self.pool, 100).await?;
+        for id in &ids {
+            let n = self.store.delete_prefix(&id.to_string()).await?;
+            jobs::mark_purged(&self.pool, *id).await?;
+            info!(job_id = %id, files_deleted = n, "export files purged");
+        }
+        Ok(ids.len())
+    }
+
+    async fn export(&self, job: &Job, deadline: Instant) -> Result<Progress, Failure> {
+        if !job.planned {
+            self.plan(job).await?;
+        }
+        let items = work_items::select_work_items(&self.pool, job.id).await?;
+        let exported_compartment_types: Vec<String> = items
+            .iter()
+            .map(|i| i.resource_type.clone())
+            .filter(|t| is_patient_compartment_type(t))
+            .collect();
+        for item in items.into_iter().filter(|i| !i.done) {
+            let resource_type = item.resource_type.clone();
+            let additional = job.level != ExportLevel::System
+                && self
+                    .config
+                    .additional_resources
+                    .iter()
+                    .any(|a| *a == item.resource_type);
+            let referenced_from: &[String] = if additional {
+                &exported_compartment_types
+            } else {
+                &[]
+            };
+            let sel = Selection {
+                job_id: job.id,
+                resource_type: &resource_type,
+                transaction_time: job.transaction_time,
+                since: job.params.since,
+                scope: (job.level != ExportLevel::System).then_some(PatientScope {
+                    compartment: is_patient_compartment_type(&resource_type),
+                    referenced_from,
+                }),
+            };
+            let span = info_span!("work_item", resource_type = %resource_type);
+            match self
+                .export_item(item, &sel, deadline)
+                .instrument(span)
+                .await?
+            {
+                Progress::Finished => {}
+                other => return Ok(other),
+            }
+        }
+        Ok(Progress::Finished)
+    }
+
+    async fn plan(&self, job: &Job) -> Result<(), Failure> {
+        let present = resources::select_resource_types(&self.pool).await?;
+        let candidates: Vec<String> = match (&job.params.types, job.level) {
+            (Some(types), _) => types.clone(),
+            (None, ExportLevel::System) => present.clone(),
+            (None, _) => patient_compartment_types()
+                .map(str::to_string)
+                .chain(self.config.additional_resources.iter().cloned())
+                .collect(),
+        };
+        let mut types: Vec<String> = candidates
+            .into_iter()
+            .filter(|t| present.contains(t))
+            .collect();
+        types.sort();
+        types.dedup();
+        let group = match (job.level, &job.group_id) {
+            (ExportLevel::Group, Some(g)) => {
+                if !resources::resource_exists(&self.pool, "Group", g).await? {
+                    return Err(Permanent(format!("Group/{g} no longer exists")));
+                }
+                Some(g.as_str())
+            }
+            (ExportLevel::Group, None) => {
+                return Err(Permanent("group export without a group id".into()))
+            }
+            _ => None,
+        };
+        jobs::mark_planned(
+            &self.pool,
+            job.id,
+            &types,
+            group,
+            job.level == ExportLevel::Patient,
+        )
+        .await?;
+        info!(types = types.len(), "export planned");
+        Ok(())
+    }
+
+    /// Exports one work item, one file at a time, checkpointing after each file.
+    async fn export_item(
+        &self,
+        mut item: WorkItem,
+        sel: &Selection<'_>,
+        deadline: Instant,
+    ) -> Result<Progress, Failure> {
+        loop {
+            let file_name = format!("{}-{:04}.ndjson", item.resource_type, item.next_file_seq);
+            let key = format!("{}/{}", item.job_id, file_name);
+            let mut writer = self.store.writer(&key).await?;
+            let (mut count, mut bytes) = (0i64, 0u64);
+            let mut exhausted = false;
+            let mut stop = None;
+            loop {
+                let rows = match files::select_page(
+                    &self.pool,
+                    sel,
+                    item.phase,
+                    &item.cursor_id,
+                    PAGE_ROWS,
+                    PAGE_BYTES,
+                )
+                .await
+                {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        writer.abort().await.ok();
+                        return Err(e.into());
+                    }
+                };
+                if rows.is_empty() {
+                    if item.phase == 0 {
+                        item.phase = 1;
+                        item.cursor_id.clear();
+                        continue;
+                    }
+                    exhausted = true;
+                    break;
+                }
+                let mut page = Vec::with_capacity(rows.iter().map(|r| r.resource.len() + 1).sum());
+                for row in &rows {
+                    page.extend_from_slice(row.resource.as_bytes());
+                    page.push(b'\n');
+                }
+                if let Err(e) = writer.write(&page).await {
+                    return Err(abort_with(writer, e.into()).await);
+                }
+                count += rows.len() as i64;
+                bytes += page.len() as u64;
+                if let Some(last) = rows.last() {
+                    item.cursor_id.clone_from(&last.id);
+                }
+                match jobs::renew_lease(&self.pool, item.job_id, &self.owner, self.config.lease)
+                    .await
+                {
+                    Ok(Some(JobStatus::Active)) => {}
+                    Ok(Some(JobStatus::CancellationRequested)) => {
+                        stop = Some(Progress::Cancelled);
+                        break;
+                    }
+                    Ok(_) => {
+                        stop = Some(Progress::LeaseLost);
+                        break;
+                    }
+                    Err(e) => return Err(abort_with(writer, e.into()).await),
+                }
+                if bytes >= self.config.max_file_bytes || self.near(deadline) {
+                    break;
+                }
+            }
+            if let Some(stop) = stop {
+                writer.abort().await.ok();
+                return Ok(stop);
+            }
+            let file = if count > 0 {
+                let size = writer.finish().await?;
+                item.next_file_seq += 1;
+                Some(ExportFile {
+                    file_name,
+                    kind: FileKind::Output,
+                    resource_type: item.resource_type.clone(),
+                    object_key: key,
+                    resource_count: count,
+                    byte_count: size as i64,
+                })
+            } else {
+                writer.abort().await?;
+                None
+            };
+            let mut finished: Vec<ExportFile> = file.iter().cloned().collect();
+            if exhausted {
+                finished.extend(self.write_dangling_reference_errors(sel).await?);
+            }
+            item.done = exhausted;
+            work_items::checkpoint(&self.pool, &item, &finished).await?;
+            if let Some(f) = &file {
+                info!(file = %f.file_name, resources = f.resource_count, bytes = f.byte_count, "file written");
+            }
+            if exhausted {
+                return Ok(Progress::Finished);
+            }
+            if self.near(deadline) {
+                return Ok(Progress::Deadline);
+            }
+        }
+    }
+
+    /// AdditionalResources that exported resources reference but that do not exist are reported
+    /// as OperationOutcomes in error[]; the export still completes.
+    async fn write_dangling_reference_errors(
+        &self,
+        sel: &Selection<'_>,
+    ) -> Result<Option<ExportFile>, Failure> {
+        let Some(scope) = &sel.scope else {
+            return Ok(None);
+        };
+        if scope.referenced_from.is_empty() {
+            return Ok(None);
+        }
+        let dangling =
+            files::select_dangling_refs(&self.pool, sel, scope.referenced_from, 10_000).await?;
+        if dangling.is_empty() {
+            return Ok(None);
+        }
+        let mut body = Vec::new();
+        for (source_type, source_id, target_id) in &dangling {
+            let oo = OperationOutcome::new(
+                crate::fhir::outcome::Severity::Warning,
+                "not-found",
+                format!(
+                    "{source_type}/{source_id} references {}/{target_id}, which does not exist; it is not in the export",
+                    sel.resource_type
+                ),
+            );
+            body.extend_from_slice(oo.to_json().as_bytes());
+            body.push(b'\n');
+        }
+        let file_name = format!("OperationOutcome-{}.ndjson", sel.resource_type);
+        let key = format!("{}/{}", sel.job_id, file_name);
+        let mut writer = self.store.writer(&key).await?;
+        if let Err(e) = writer.write(&body).await {
+            return Err(abort_with(writer, e.into()).await);
+        }
+        let size = writer.finish().await?;
+        Ok(Some(ExportFile {
+            file_name,
+            kind: FileKind::Error,
+            resource_type: "OperationOutcome".into(),
+            object_key: key,
+            resource_count: dangling.len() as i64,
+            byte_count: size as i64,
+        }))
+    }
+}
+
+/// Why an attempt stopped early: `Transient` is retried (up to MAX_ATTEMPTS), `Permanent` fails
+/// the job at once.
+pub enum Failure {
+    Transient(EngineError),
+    Permanent(String),
+}
+use Failure::{Permanent, Transient};
+
+impl From<DbError> for Failure {
+    fn from(e: DbError) -> Self {
+        Transient(e.into())
+    }
+}
+
+impl From<StorageError> for Failure {
+    fn from(e: StorageError) -> Self {
+        Transient(e.into())
+    }
+}
+
+async fn abort_with(writer: Box<dyn ObjectWriter>, failure: Failure) -> Failure {
+    if let Err(e) = writer.abort().await {
+        warn!(error = %e, "abort after failure also failed");
+    }
+    failure
+}

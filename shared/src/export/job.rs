@@ -1,0 +1,152 @@
+//! Export jobs and their state machine (Firely's state names).
+//!
+//! ```text
+//! Queued → Active → Complete | Failed
+//! Queued | Active → CancellationRequested → Cancelled
+//! ```
+//! Terminal states never change.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::params::ExportParams;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportLevel {
+    System,
+    Patient,
+    Group,
+}
+
+impl ExportLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportLevel::System => "system",
+            ExportLevel::Patient => "patient",
+            ExportLevel::Group => "group",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "system" => Some(ExportLevel::System),
+            "patient" => Some(ExportLevel::Patient),
+            "group" => Some(ExportLevel::Group),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobStatus {
+    Queued,
+    Active,
+    Complete,
+    Failed,
+    CancellationRequested,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Queued,
+        JobStatus::Active,
+        JobStatus::Complete,
+        JobStatus::Failed,
+        JobStatus::CancellationRequested,
+        JobStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "Queued",
+            JobStatus::Active => "Active",
+            JobStatus::Complete => "Complete",
+            JobStatus::Failed => "Failed",
+            JobStatus::CancellationRequested => "CancellationRequested",
+            JobStatus::Cancelled => "Cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Complete | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+
+    /// Whether the state machine allows `self → to`.
+    pub fn can_become(self, to: JobStatus) -> bool {
+        use JobStatus::*;
+        matches!(
+            (self, to),
+            (Queued, Active)
+                | (Active, Complete)
+                | (Queued | Active, Failed)
+                | (Queued | Active, CancellationRequested)
+                | (CancellationRequested, Cancelled)
+        )
+    }
+}
+
+/// An export job as stored in `export_jobs`.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: Uuid,
+    pub level: ExportLevel,
+    pub group_id: Option<String>,
+    pub params: ExportParams,
+    pub request_url: String,
+    pub transaction_time: DateTime<Utc>,
+    pub status: JobStatus,
+    pub planned: bool,
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JobStatus::*;
+    use super::*;
+
+    #[test]
+    fn terminal_states_never_change() {
+        for from in [Complete, Failed, Cancelled] {
+            assert!(from.is_terminal());
+            for to in JobStatus::ALL {
+                assert!(!from.can_become(to), "{from:?} -> {to:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_happy_path_and_cancellation_are_allowed() {
+        assert!(Queued.can_become(Active));
+        assert!(Active.can_become(Complete));
+        assert!(Active.can_become(Failed));
+        assert!(Queued.can_become(CancellationRequested));
+        assert!(Active.can_become(CancellationRequested));
+        assert!(CancellationRequested.can_become(Cancelled));
+        assert!(!Queued.can_become(Complete));
+        assert!(!CancellationRequested.can_become(Complete));
+        assert!(!Active.can_become(Queued));
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for s in JobStatus::ALL {
+            assert_eq!(JobStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(JobStatus::parse("Done"), None);
+    }
+}

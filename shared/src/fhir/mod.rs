@@ -1,0 +1,10 @@
+//! FHIR R4 knowledge the exporter needs: resource types, the Patient compartment, references,
+//! OperationOutcome and instants.
+
+pub mod compartment;
+pub mod compartment_table;
+pub mod instant;
+pub mod outcome;
+pub mod resource_types;
+
+pub use outcome::OperationOutcome;

@@ -1,0 +1,109 @@
+//! `GET [base]/$exportfilerequest?_id=…&filename=…`: a redirect to a short-lived presigned URL
+//! (S3), or the file streamed (local storage).
+
+use chrono::Utc;
+use http::{header, HeaderValue, Method, StatusCode};
+use uuid::Uuid;
+
+use super::{
+    header_str, normalized_path, not_found_route, query_pairs, query_param, ApiError, AppState,
+    Body, Request, Response,
+};
+use crate::db::{jobs, work_items};
+use crate::export::JobStatus;
+use crate::storage::{Download, NDJSON_CONTENT_TYPE};
+
+pub async fn handle(state: &AppState, req: Request) -> Response {
+    let path = normalized_path(&req);
+    if !path.ends_with("/$exportfilerequest") {
+        return not_found_route(&req);
+    }
+    download(state, &req)
+        .await
+        .unwrap_or_else(ApiError::into_response)
+}
+
+/// No Accept header, `application/fhir+ndjson` (Firely), `application/ndjson` or `*/*`.
+fn accepts_ndjson(accept: Option<&str>) -> bool {
+    let Some(accept) = accept else { return true };
+    accept.split(',').any(|a| {
+        matches!(
+            a.split(';').next().unwrap_or("").trim(),
+            "application/fhir+ndjson" | "application/ndjson" | "*/*" | "application/*" | ""
+        )
+    })
+}
+
+async fn download(state: &AppState, req: &Request) -> Result<Response, ApiError> {
+    if req.method() != Method::GET {
+        return Err(ApiError::MethodNotAllowed(
+            "$exportfilerequest supports GET".into(),
+        ));
+    }
+    if !accepts_ndjson(header_str(req, header::ACCEPT)) {
+        return Err(ApiError::NotAcceptable(
+            "export files are application/fhir+ndjson".into(),
+        ));
+    }
+    let pairs = query_pairs(req);
+    let not_found = || ApiError::NotFound("no such export file".into());
+    let id = query_param(&pairs, "_id")
+        .and_then(|v| Uuid::parse_str(&v).ok())
+        .ok_or_else(not_found)?;
+    let file_name = query_param(&pairs, "filename")
+        .ok_or_else(|| ApiError::BadRequest("the filename parameter is required".into()))?;
+    let job = jobs::get_job(&state.pool, id)
+        .await?
+        .ok_or_else(not_found)?;
+    let visible = job.status == JobStatus::Complete
+        && job.deleted_at.is_none()
+        && job.expires_at.is_none_or(|e| e > Utc::now());
+    if !visible {
+        return Err(not_found());
+    }
+    let file = work_items::get_file(&state.pool, id, &file_name)
+        .await?
+        .ok_or_else(not_found)?;
+    match state
+        .store
+        .download(&file.object_key, state.config.presign_ttl)
+        .await?
+    {
+        Download::Redirect(url) => {
+            let mut resp = http::Response::new(Body::Full(bytes::Bytes::new()));
+            *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            resp.headers_mut().insert(
+                header::LOCATION,
+                HeaderValue::from_str(&url).map_err(|e| ApiError::Internal(Box::new(e)))?,
+            );
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(resp)
+        }
+        Download::File(path) => {
+            let mut resp = http::Response::new(Body::File(path));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(NDJSON_CONTENT_TYPE),
+            );
+            if let Ok(v) = HeaderValue::from_str(&file.byte_count.to_string()) {
+                resp.headers_mut().insert(header::CONTENT_LENGTH, v);
+            }
+            Ok(resp)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts_ndjson;
+
+    #[test]
+    fn file_download_accepts_ndjson_or_nothing() {
+        assert!(accepts_ndjson(None));
+        assert!(accepts_ndjson(Some("application/fhir+ndjson")));
+        assert!(accepts_ndjson(Some("application/ndjson")));
+        assert!(!accepts_ndjson(Some("application/json")));
+        assert!(!accepts_ndjson(Some("text/csv")));
+    }
+}

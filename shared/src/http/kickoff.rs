@@ -1,0 +1,175 @@
+//! Kick-off: `GET [base]/$export`, `[base]/Patient/$export`, `[base]/Group/{id}/$export`
+//! (and `GET [base]/metadata`, served by the same function).
+
+use http::{header, HeaderValue, Method, StatusCode};
+
+use super::{
+    base_url, header_str, json_response, metadata, normalized_path, not_found_route,
+    outcome_response, query_pairs, ApiError, AppState, Request, Response,
+};
+use crate::db::{jobs, resources};
+use crate::export::params::{self, is_fhir_id, KickoffError};
+use crate::export::ExportLevel;
+use crate::fhir::OperationOutcome;
+
+/// Where a kick-off path points.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Route<'a> {
+    pub prefix: &'a str,
+    pub level: ExportLevel,
+    pub group_id: Option<&'a str>,
+}
+
+pub fn parse_route(path: &str) -> Option<Route<'_>> {
+    let rest = path.strip_suffix("/$export")?;
+    if let Some(prefix) = rest.strip_suffix("/Patient") {
+        return Some(Route {
+            prefix,
+            level: ExportLevel::Patient,
+            group_id: None,
+        });
+    }
+    if let Some((before, id)) = rest.rsplit_once('/') {
+        if let Some(prefix) = before.strip_suffix("/Group") {
+            return Some(Route {
+                prefix,
+                level: ExportLevel::Group,
+                group_id: Some(id),
+            });
+        }
+    }
+    Some(Route {
+        prefix: rest,
+        level: ExportLevel::System,
+        group_id: None,
+    })
+}
+
+pub async fn handle(state: &AppState, req: Request) -> Response {
+    let path = normalized_path(&req);
+    if let Some(prefix) = metadata::route_prefix(&path) {
+        if req.method() != Method::GET {
+            return ApiError::MethodNotAllowed("metadata supports GET".into()).into_response();
+        }
+        let base = base_url(&state.config, &req, prefix);
+        return json_response(
+            StatusCode::OK,
+            super::FHIR_JSON,
+            metadata::capability_statement(&base, &state.config).to_string(),
+        );
+    }
+    let Some(route) = parse_route(&path) else {
+        return not_found_route(&req);
+    };
+    match kickoff(state, &req, &route).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn kickoff(state: &AppState, req: &Request, route: &Route<'_>) -> Result<Response, ApiError> {
+    if req.method() == Method::POST {
+        return Err(ApiError::MethodNotAllowed(
+            "POST kick-off with a Parameters body is not supported yet; use GET".into(),
+        ));
+    }
+    if req.method() != Method::GET {
+        return Err(ApiError::MethodNotAllowed(format!(
+            "$export supports GET, not {}",
+            req.method()
+        )));
+    }
+    params::check_headers(
+        header_str(req, header::ACCEPT),
+        header_str(req, header::HeaderName::from_static("prefer")),
+    )
+    .map_err(kickoff_error)?;
+    let pairs = query_pairs(req);
+    let params = params::parse_query(route.level, &pairs, &state.config.additional_resources)
+        .map_err(kickoff_error)?;
+    if let Some(group_id) = route.group_id {
+        if !is_fhir_id(group_id)
+            || !resources::resource_exists(&state.pool, "Group", group_id).await?
+        {
+            return Err(ApiError::NotFound(format!("Group/{group_id} is not known")));
+        }
+    }
+    let base = base_url(&state.config, req, route.prefix);
+    let route_path = &req.uri().path()[route.prefix.len().min(req.uri().path().len())..];
+    let request_url = match req.uri().query() {
+        Some(q) if !q.is_empty() => format!("{base}{route_path}?{q}"),
+        _ => format!("{base}{route_path}"),
+    };
+    let job = jobs::insert_job(
+        &state.pool,
+        jobs::NewJob {
+            level: route.level,
+            group_id: route.group_id,
+            params: &params,
+            request_url: &request_url,
+            client_id: None,
+        },
+    )
+    .await?;
+    tracing::info!(job_id = %job.id, level = route.level.as_str(), "export queued");
+    if let Err(e) = state.queue.send(job.id).await {
+        tracing::warn!(job_id = %job.id, error = %e, "wake-up not sent; the schedule will pick the job up");
+    }
+    let status_url = format!("{base}/$exportstatus?_id={}", job.id);
+    let mut resp = outcome_response(
+        StatusCode::ACCEPTED,
+        &OperationOutcome::information(format!(
+            "Export job {} accepted; poll {status_url}",
+            job.id
+        )),
+    );
+    resp.headers_mut().insert(
+        header::CONTENT_LOCATION,
+        HeaderValue::from_str(&status_url).map_err(|e| ApiError::Internal(Box::new(e)))?,
+    );
+    Ok(resp)
+}
+
+fn kickoff_error(e: KickoffError) -> ApiError {
+    match e {
+        KickoffError::InvalidParameter(m) | KickoffError::InvalidHeader(m) => {
+            ApiError::BadRequest(m)
+        }
+        KickoffError::NotSupported(m) => ApiError::NotSupported(m),
+        KickoffError::NotAcceptable(m) => ApiError::NotAcceptable(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_recognised_at_every_level_and_under_a_prefix() {
+        assert_eq!(
+            parse_route("/$export"),
+            Some(Route {
+                prefix: "",
+                level: ExportLevel::System,
+                group_id: None
+            })
+        );
+        assert_eq!(
+            parse_route("/fhir/Patient/$export"),
+            Some(Route {
+                prefix: "/fhir",
+                level: ExportLevel::Patient,
+                group_id: None
+            })
+        );
+        assert_eq!(
+            parse_route("/fhir/Group/g-1/$export"),
+            Some(Route {
+                prefix: "/fhir",
+                level: ExportLevel::Group,
+                group_id: Some("g-1")
+            })
+        );
+        assert_eq!(parse_route("/Patient"), None);
+    }
+}

@@ -1,0 +1,250 @@
+//! HTTP handlers over `http::Request<Bytes>`: the same code runs in the Lambdas (lambda_http),
+//! under `sam local`/`cargo lambda watch`, and in `bulk-export serve`.
+//!
+//! This module is the one place where domain results and errors become HTTP responses.
+
+pub mod file;
+pub mod kickoff;
+pub mod metadata;
+pub mod router;
+pub mod status;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+
+use crate::config::Config;
+use crate::db::{DbError, Pool};
+use crate::fhir::OperationOutcome;
+use crate::queue::JobQueue;
+use crate::storage::{ObjectStore, StorageError};
+
+pub type Request = http::Request<Bytes>;
+pub type Response = http::Response<Body>;
+
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+/// A response body: bytes, or a local file the host streams.
+#[derive(Debug)]
+pub enum Body {
+    Full(Bytes),
+    File(PathBuf),
+}
+
+/// What handlers need, built once per cold start.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: Pool,
+    pub store: Arc<dyn ObjectStore>,
+    pub queue: Arc<dyn JobQueue>,
+    pub config: Arc<Config>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotSupported(String),
+    #[error("{0}")]
+    NotAcceptable(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("the service is temporarily unavailable; retry later")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Pool(_) => ApiError::Unavailable(Box::new(e)),
+            other => ApiError::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound { key } => ApiError::NotFound(format!("file {key} not found")),
+            other => ApiError::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::NotSupported(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn issue_code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "invalid",
+            ApiError::NotSupported(_) | ApiError::MethodNotAllowed(_) => "not-supported",
+            ApiError::NotAcceptable(_) => "not-supported",
+            ApiError::NotFound(_) | ApiError::Gone(_) => "not-found",
+            ApiError::Unavailable(_) => "transient",
+            ApiError::Internal(_) => "exception",
+        }
+    }
+
+    /// The response: an OperationOutcome with a safe message; the full chain is logged once.
+    pub fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            let mut chain = self.to_string();
+            let mut source = std::error::Error::source(&self);
+            while let Some(s) = source {
+                chain.push_str(": ");
+                chain.push_str(&s.to_string());
+                source = s.source();
+            }
+            tracing::error!(status = status.as_u16(), error = %chain, "request failed");
+        }
+        let mut resp = outcome_response(
+            status,
+            &OperationOutcome::error(self.issue_code(), self.to_string()),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        resp
+    }
+}
+
+pub fn json_response(status: StatusCode, content_type: &'static str, body: String) -> Response {
+    let mut resp = http::Response::new(Body::Full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+pub fn outcome_response(status: StatusCode, outcome: &OperationOutcome) -> Response {
+    json_response(status, FHIR_JSON, outcome.to_json())
+}
+
+/// Query pairs, percent-decoded.
+pub fn query_pairs(req: &Request) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+pub fn query_param(pairs: &[(String, String)], name: &str) -> Option<String> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+pub fn header_str<'a>(req: &'a Request, name: header::HeaderName) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The request path with `%24` decoded to `$` (some clients encode it).
+pub fn normalized_path(req: &Request) -> String {
+    req.uri().path().replace("%24", "$")
+}
+
+/// The FHIR base URL: PUBLIC_BASE_URL, or scheme://host + `prefix` (the path before the route).
+pub fn base_url(config: &Config, req: &Request, prefix: &str) -> String {
+    if let Some(base) = &config.public_base_url {
+        return base.clone();
+    }
+    let host = header_str(req, header::HOST)
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| "localhost".to_string());
+    let scheme = header_str(req, header::HeaderName::from_static("x-forwarded-proto"))
+        .map(|s| s.split(',').next().unwrap_or("http").trim().to_string())
+        .or_else(|| req.uri().scheme_str().map(str::to_string))
+        .unwrap_or_else(|| "http".to_string());
+    format!("{scheme}://{host}{}", prefix.trim_end_matches('/'))
+}
+
+/// Splits the path at a route suffix: `Some(prefix)` when the path ends with `suffix`.
+pub fn strip_route<'a>(path: &'a str, suffix: &str) -> Option<&'a str> {
+    path.strip_suffix(suffix)
+}
+
+pub fn not_found_route(req: &Request) -> Response {
+    ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_hide_details_but_client_errors_explain() {
+        let r = ApiError::Internal("password=secret".into()).into_response();
+        assert_eq!(r.status(), 500);
+        let Body::Full(b) = r.body() else { panic!() };
+        assert!(!String::from_utf8_lossy(b).contains("secret"));
+        let r = ApiError::BadRequest("bad _type".into()).into_response();
+        assert_eq!(r.status(), 400);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], FHIR_JSON);
+    }
+}
+
+/// Errors while wiring a function at cold start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl AppState {
+    /// Config, pool, storage and queue clients, built once per cold start.
+    pub async fn from_env() -> Result<Self, StartupError> {
+        let config = Arc::new(Config::from_env()?);
+        let pool = crate::db::pool(&config.database_url, 4)?;
+        let store = crate::storage::from_config(&config.storage_path).await?;
+        let queue = crate::queue::from_config(config.queue_url.as_deref()).await;
+        Ok(AppState {
+            pool,
+            store,
+            queue,
+            config,
+        })
+    }
+
+    pub fn exporter(&self) -> crate::export::engine::Exporter {
+        let mut exporter = crate::export::engine::Exporter::new(
+            self.pool.clone(),
+            self.store.clone(),
+            self.queue.clone(),
+            self.config.clone(),
+        );
+        exporter.deadline_margin = crate::lambda::DEADLINE_MARGIN;
+        exporter
+    }
+}

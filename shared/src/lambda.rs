@@ -1,0 +1,125 @@
+//! Lambda adapters: lambda_http requests into the shared handlers, and SQS / EventBridge events
+//! into the exporter engine.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use bytes::Bytes;
+use lambda_runtime::LambdaEvent;
+use serde_json::Value;
+use tracing::{info_span, warn, Instrument};
+
+use crate::export::engine::Exporter;
+use crate::http::{Body, Request, Response};
+use crate::queue::WakeMessage;
+
+/// Runs an HTTP handler under lambda_http.
+pub async fn run_http<F, Fut>(handler: F) -> Result<(), lambda_http::Error>
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send,
+{
+    let handler = Arc::new(handler);
+    lambda_http::run(lambda_http::service_fn(move |req: lambda_http::Request| {
+        let handler = handler.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let bytes = match body {
+                lambda_http::Body::Empty => Bytes::new(),
+                lambda_http::Body::Text(t) => Bytes::from(t),
+                lambda_http::Body::Binary(b) => Bytes::from(b),
+                _ => Bytes::new(),
+            };
+            let resp = handler(http::Request::from_parts(parts, bytes)).await;
+            to_lambda_response(resp).await
+        }
+    }))
+    .await
+}
+
+async fn to_lambda_response(
+    resp: Response,
+) -> Result<lambda_http::Response<lambda_http::Body>, lambda_http::Error> {
+    let (parts, body) = resp.into_parts();
+    let body = match body {
+        Body::Full(b) if b.is_empty() => lambda_http::Body::Empty,
+        Body::Full(b) => match String::from_utf8(b.to_vec()) {
+            Ok(s) => lambda_http::Body::Text(s),
+            Err(e) => lambda_http::Body::Binary(e.into_bytes()),
+        },
+        // Local storage inside Lambda is only for `sam local`; the payload limit applies.
+        Body::File(path) => lambda_http::Body::Binary(tokio::fs::read(path).await?),
+    };
+    Ok(lambda_http::Response::from_parts(parts, body))
+}
+
+/// Time to keep in reserve before the Lambda deadline.
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(60);
+
+fn deadline_of(ctx: &lambda_runtime::Context) -> Instant {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Instant::now() + Duration::from_millis(ctx.deadline.saturating_sub(now_ms))
+}
+
+/// Handles one exporter invocation: an SQS batch (partial batch failures reported per message)
+/// or a scheduled event (EventBridge). Both run the engine until no job is claimable.
+pub async fn handle_exporter_event(
+    exporter: &Exporter,
+    event: LambdaEvent<Value>,
+) -> Result<Value, lambda_runtime::Error> {
+    let deadline = deadline_of(&event.context);
+    if event.payload.get("Records").is_some() {
+        let sqs: SqsEvent = serde_json::from_value(event.payload)?;
+        let mut response = SqsBatchResponse::default();
+        for record in sqs.records {
+            let message_id = record.message_id.clone().unwrap_or_default();
+            let prefer = record
+                .body
+                .as_deref()
+                .and_then(|b| serde_json::from_str::<WakeMessage>(b).ok())
+                .map(|m| m.job_id);
+            if prefer.is_none() {
+                // A malformed message is not retried: the job table is the source of truth.
+                warn!(message_id = %message_id, "ignoring SQS message without a job_id");
+            }
+            let span = info_span!("sqs_message", message_id = %message_id);
+            if let Err(e) = exporter
+                .run_until_idle(prefer, deadline)
+                .instrument(span)
+                .await
+            {
+                warn!(message_id = %message_id, error = %e, "export run failed; message will be retried");
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = message_id;
+                response.batch_item_failures.push(failure);
+            }
+        }
+        Ok(serde_json::to_value(response)?)
+    } else {
+        let summary = exporter.run_until_idle(None, deadline).await?;
+        Ok(serde_json::json!({
+            "completed": summary.completed.len(),
+            "failed": summary.failed.len(),
+            "cancelled": summary.cancelled.len(),
+            "handedOff": summary.handed_off.len(),
+            "purged": summary.purged,
+        }))
+    }
+}
+
+/// Runs the exporter under lambda_runtime.
+pub async fn run_exporter(exporter: Exporter) -> Result<(), lambda_runtime::Error> {
+    let exporter = Arc::new(exporter);
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: LambdaEvent<Value>| {
+            let exporter = exporter.clone();
+            async move { handle_exporter_event(&exporter, event).await }
+        },
+    ))
+    .await
+}

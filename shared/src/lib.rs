@@ -1,0 +1,21 @@
+//! FHIR Bulk Data `$export`: everything that is not a Lambda entry point.
+//!
+//! - [`fhir`]: R4 Patient compartment, references, OperationOutcome, instants.
+//! - [`export`]: kick-off parameters, job states, manifest and the exporter engine.
+//! - [`db`]: Postgres pool, migrations and one module per table.
+//! - [`storage`] and [`queue`]: ports with S3/SQS and local adapters.
+//! - [`http`]: handlers over `http::Request`, shared by the Lambdas and `bulk-export serve`.
+
+pub mod config;
+pub mod db;
+pub mod export;
+pub mod fhir;
+pub mod http;
+pub mod lambda;
+pub mod load;
+pub mod queue;
+pub mod serve;
+pub mod storage;
+pub mod telemetry;
+
+pub use config::Config;

@@ -1,0 +1,99 @@
+//! `bulk-export serve`: every route in one process (same handlers as the Lambdas) plus an
+//! exporter loop woken by new jobs and every RepeatPeriod.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use tokio::net::TcpListener;
+
+use crate::export::engine::Exporter;
+use crate::http::{router, AppState, Body};
+use crate::queue::LocalQueue;
+
+/// Largest request body accepted (kick-off bodies are small).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+async fn dispatch(
+    State(state): State<Arc<AppState>>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    let (parts, body) = req.into_parts();
+    let bytes: Bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return into_axum(
+                crate::http::ApiError::BadRequest(format!(
+                    "request body larger than {MAX_BODY_BYTES} bytes"
+                ))
+                .into_response(),
+            )
+            .await
+        }
+    };
+    let resp = router::handle(&state, http::Request::from_parts(parts, bytes)).await;
+    into_axum(resp).await
+}
+
+async fn into_axum(resp: crate::http::Response) -> axum::response::Response {
+    let (parts, body) = resp.into_parts();
+    let body = match body {
+        Body::Full(b) => axum::body::Body::from(b),
+        Body::File(path) => match tokio::fs::File::open(&path).await {
+            Ok(f) => axum::body::Body::from_stream(
+                tokio_util::io::ReaderStream::with_capacity(f, 64 * 1024).map_err(axum::Error::new),
+            ),
+            Err(e) => {
+                return Box::pin(into_axum(
+                    crate::http::ApiError::Internal(Box::new(e)).into_response(),
+                ))
+                .await
+            }
+        },
+    };
+    axum::response::Response::from_parts(parts, body)
+}
+
+/// Binds the listener; returns it with its local address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// Serves HTTP on `listener` and runs the exporter loop until ctrl-c.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    exporter: Exporter,
+    wake: LocalQueue,
+    repeat_period: Duration,
+) -> std::io::Result<()> {
+    let exporter_task = tokio::spawn(exporter_loop(exporter, wake, repeat_period));
+    let app = axum::Router::new()
+        .fallback(dispatch)
+        .with_state(Arc::new(state));
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+    exporter_task.abort();
+    result
+}
+
+pub async fn exporter_loop(exporter: Exporter, wake: LocalQueue, repeat_period: Duration) {
+    loop {
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        if let Err(e) = exporter.run_until_idle(None, far).await {
+            tracing::error!(error = %e, "exporter run failed; retrying after the repeat period");
+        }
+        tokio::select! {
+            _ = wake.notify.notified() => {}
+            _ = tokio::time::sleep(repeat_period) => {}
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Object storage port: where ndjson files are written and how clients download them.
+//!
+//! Adapters: [`s3::S3Store`] (aws-sdk-s3; AWS, LocalStack, moto, any S3 endpoint) and
+//! [`local::LocalStore`] (a directory, for the embedded single-machine setup).
+
+pub mod local;
+pub mod s3;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::StoragePath;
+
+pub const NDJSON_CONTENT_TYPE: &str = "application/fhir+ndjson";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("invalid object key {key:?}")]
+    InvalidKey { key: String },
+    #[error("object {key:?} not found")]
+    NotFound { key: String },
+    #[error("local storage I/O on {path:?}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("S3 {operation} on {key:?}: {message}")]
+    S3 {
+        operation: &'static str,
+        key: String,
+        message: String,
+    },
+}
+
+/// How a client gets a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Download {
+    /// A short-lived presigned URL to redirect to.
+    Redirect(String),
+    /// A local file to stream.
+    File(PathBuf),
+}
+
+/// Storage of export files. Keys are relative (`<job id>/<file name>`); the adapter adds its
+/// configured prefix.
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Starts a new object. Nothing is visible under `key` until [`ObjectWriter::finish`].
+    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError>;
+    /// Deletes every object under `prefix`; returns how many were deleted.
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError>;
+    /// How a client downloads `key`.
+    async fn download(&self, key: &str, ttl: Duration) -> Result<Download, StorageError>;
+    /// Reads a whole object (tests and small objects only).
+    async fn read(&self, key: &str) -> Result<Vec<u8>, StorageError>;
+}
+
+#[async_trait]
+pub trait ObjectWriter: Send {
+    async fn write(&mut self, data: &[u8]) -> Result<(), StorageError>;
+    /// Makes the object visible; returns its size in bytes.
+    async fn finish(self: Box<Self>) -> Result<u64, StorageError>;
+    /// Discards everything written.
+    async fn abort(self: Box<Self>) -> Result<(), StorageError>;
+}
+
+/// Keys are built from job ids and generated file names; anything else is refused.
+pub fn validate_key(key: &str) -> Result<(), StorageError> {
+    let ok = !key.is_empty()
+        && key.len() <= 512
+        && !key.starts_with('/')
+        && key.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::InvalidKey {
+            key: key.to_string(),
+        })
+    }
+}
+
+pub async fn from_config(path: &StoragePath) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    Ok(match path {
+        StoragePath::Local(dir) => Arc::new(local::LocalStore::new(dir.clone())?),
+        StoragePath::S3 { bucket, prefix } => {
+            Arc::new(s3::S3Store::from_env(bucket.clone(), prefix.clone()).await)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape_the_prefix() {
+        assert!(validate_key("0d7c/Patient-1.ndjson").is_ok());
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a/../b",
+            "a//b",
+            "a/./b",
+            "a b",
+            "a\\b",
+            "..",
+            "a/%2e",
+        ] {
+            assert!(validate_key(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! S3 adapter (aws-sdk-s3): multipart uploads with fixed-size parts, presigned downloads.
+//!
+//! The endpoint comes from the standard AWS variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, …), so
+//! AWS, LocalStack and moto work unchanged. Path-style addressing is used when an endpoint is
+//! configured (emulators) or `S3_FORCE_PATH_STYLE=true`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_sdk_s3::Client;
+
+use super::{validate_key, Download, ObjectStore, ObjectWriter, StorageError, NDJSON_CONTENT_TYPE};
+
+/// S3 requires parts of at least 5 MiB (except the last); 8 MiB keeps the part count of a
+/// 256 MiB file at 32 while one writer holds at most one part in memory.
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+}
+
+fn s3_err(
+    operation: &'static str,
+    key: &str,
+    err: impl std::error::Error + 'static,
+) -> StorageError {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    StorageError::S3 {
+        operation,
+        key: key.to_string(),
+        message,
+    }
+}
+
+pub async fn client_from_env() -> Client {
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let path_style = std::env::var("S3_FORCE_PATH_STYLE")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+        || std::env::var("AWS_ENDPOINT_URL").is_ok()
+        || std::env::var("AWS_ENDPOINT_URL_S3").is_ok();
+    let conf = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(path_style)
+        .build();
+    Client::from_conf(conf)
+}
+
+impl S3Store {
+    pub async fn from_env(bucket: String, prefix: String) -> Self {
+        Self::new(client_from_env().await, bucket, prefix)
+    }
+
+    pub fn new(client: Client, bucket: String, prefix: String) -> Self {
+        S3Store {
+            client,
+            bucket,
+            prefix: prefix.trim_matches('/').to_string(),
+        }
+    }
+
+    fn full_key(&self, key: &str) -> Result<String, StorageError> {
+        validate_key(key.trim_end_matches('/'))?;
+        Ok(if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{}", self.prefix, key)
+        })
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        Ok(Box::new(S3Writer {
+            store: self.clone(),
+            key: self.full_key(key)?,
+            buffer: Vec::new(),
+            upload_id: None,
+            parts: Vec::new(),
+            bytes: 0,
+        }))
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
+        let full = format!("{}/", self.full_key(prefix.trim_end_matches('/'))?);
+        let mut deleted = 0u64;
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| s3_err("ListObjectsV2", &full, e))?;
+            let ids: Vec<ObjectIdentifier> = page
+                .contents()
+                .iter()
+                .filter_map(|o| o.key())
+                .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
+                .collect();
+            if !ids.is_empty() {
+                let n = ids.len() as u64;
+                let delete = Delete::builder()
+                    .set_objects(Some(ids))
+                    .quiet(true)
+                    .build()
+                    .map_err(|e| s3_err("DeleteObjects", &full, e))?;
+                self.client
+                    .delete_objects()
+                    .bucket(&self.bucket)
+                    .delete(delete)
+                    .send()
+                    .await
+                    .map_err(|e| s3_err("DeleteObjects", &full, e))?;
+                deleted += n;
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn download(&self, key: &str, ttl: Duration) -> Result<Download, StorageError> {
+        let full = self.full_key(key)?;
+        let config = PresigningConfig::expires_in(ttl).map_err(|e| s3_err("Presign", &full, e))?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .presigned(config)
+            .await
+            .map_err(|e| s3_err("Presign", &full, e))?;
+        Ok(Download::Redirect(req.uri().to_string()))
+    }
+
+    async fn read(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+        let full = self.full_key(key)?;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                    StorageError::NotFound {
+                        key: key.to_string(),
+                    }
+                } else {
+                    s3_err("GetObject", &full, e)
+                }
+            })?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| s3_err("GetObject", &full, e))?;
+        Ok(data.into_bytes().to_vec())
+    }
+}
+
+struct S3Writer {
+    store: S3Store,
+    key: String,
+    buffer: Vec<u8>,
+    upload_id: Option<String>,
+    parts: Vec<CompletedPart>,
+    bytes: u64,
+}
+
+impl S3Writer {
+    async fn upload_part(&mut self) -> Result<(), StorageError> {
+        let upload_id = match &self.upload_id {
+            Some(id) => id.clone(),
+            None => {
+                let created = self
+                    .store
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&self.store.bucket)
+                    .key(&self.key)
+                    .content_type(NDJSON_CONTENT_TYPE)
+                    .send()
+                    .await
+                    .map_err(|e| s3_err("CreateMultipartUpload", &self.key, e))?;
+                let id = created.upload_id().unwrap_or_default().to_string();
+                self.upload_id = Some(id.clone());
+                id
+            }
+        };
+        let number = self.parts.len() as i32 + 1;
+        let body = std::mem::take(&mut self.buffer);
+        let out = self
+            .store
+            .client
+            .upload_part()
+            .bucket(&self.store.bucket)
+            .key(&self.key)
+            .upload_id(&upload_id)
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| s3_err("UploadPart", &self.key, e))?;
+        self.parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .build(),
+        );
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for S3Writer {
+    async fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        self.buffer.extend_from_slice(data);
+        self.bytes += data.len() as u64;
+        if self.buffer.len() >= PART_SIZE {
+            if let Err(e) = self.upload_part().await {
+                self.abort_upload().await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<u64, StorageError> {
+        if self.upload_id.is_none() {
+            let body = std::mem::take(&mut self.buffer);
+            self.store
+                .client
+                .put_object()
+                .bucket(&self.store.bucket)
+                .key(&self.key)
+                .content_type(NDJSON_CONTENT_TYPE)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .map_err(|e| s3_err("PutObject", &self.key, e))?;
+            return Ok(self.bytes);
+        }
+        if !self.buffer.is_empty() {
+            if let Err(e) = self.upload_part().await {
+                self.abort_upload().await;
+                return Err(e);
+            }
+        }
+        let upload_id = self.upload_id.clone().unwrap_or_default();
+        let parts = std::mem::take(&mut self.parts);
+        let result = self
+            .store
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.store.bucket)
+            .key(&self.key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        if let Err(e) = result {
+            self.abort_upload().await;
+            return Err(s3_err("CompleteMultipartUpload", &self.key, e));
+        }
+        Ok(self.bytes)
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<(), StorageError> {
+        self.abort_upload().await;
+        Ok(())
+    }
+}
+
+impl S3Writer {
+    async fn abort_upload(&mut self) {
+        if let Some(upload_id) = self.upload_id.take() {
+            if let Err(e) = self
+                .store
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.store.bucket)
+                .key(&self.key)
+                .upload_id(&upload_id)
+                .send()
+                .await
+            {
+                tracing::warn!(key = %self.key, error = %e, "abort multipart upload failed; the bucket lifecycle rule will remove it");
+            }
+        }
+        self.buffer = Vec::new();
+    }
+}
