@@ -1,1 +1,361 @@
+//! Test support: a fresh Postgres database per test, the S3/SQS emulator endpoint started by
+//! `scripts/test.sh`, an in-process `bulk-export serve`, and the test data set.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::config::StoragePath;
+use shared::db::{self, Pool};
+use shared::export::engine::Exporter;
+use shared::http::AppState;
+use shared::queue::{JobQueue, LocalQueue};
+use shared::storage::ObjectStore;
+use shared::Config;
+
+pub mod data;
+
+/// Admin connection used to create per-test databases.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A database of its own, migrated.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: Pool,
+}
+
+fn url_for(db_name: &str) -> String {
+    let admin = admin_url();
+    let (base, _) = admin
+        .rsplit_once('/')
+        .expect("TEST_DATABASE_URL has a database path");
+    format!("{base}/{db_name}")
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let name = format!("bulkt_{}", uuid::Uuid::new_v4().simple());
+        Self::create(&name).await;
+        let url = url_for(&name);
+        let pool = db::pool(&url, 8).expect("pool");
+        db::migrate(&pool).await.expect("migrate");
+        TestDb { name, url, pool }
+    }
+
+    /// Connects to an existing database (created by [`TestDb::new`] elsewhere).
+    pub fn connect(name: &str) -> TestDb {
+        let url = url_for(name);
+        let pool = db::pool(&url, 8).expect("pool");
+        TestDb {
+            name: name.to_string(),
+            url,
+            pool,
+        }
+    }
+
+    async fn create(name: &str) {
+        let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect to Postgres at TEST_DATABASE_URL (scripts/test.sh starts it)");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+    }
+}
+
+/// The S3/SQS emulator endpoint (moto), from TEST_AWS_ENDPOINT_URL.
+pub fn aws_endpoint() -> String {
+    std::env::var("TEST_AWS_ENDPOINT_URL").expect(
+        "TEST_AWS_ENDPOINT_URL is not set: run the tests with scripts/test.sh, which starts an S3+SQS emulator",
+    )
+}
+
+pub async fn aws_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(aws_endpoint())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "static",
+        ))
+        .load()
+        .await
+}
+
+pub async fn s3_client() -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::from(&aws_config().await)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+pub async fn sqs_client() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&aws_config().await)
+}
+
+/// A new bucket with a random name.
+pub async fn new_bucket() -> (aws_sdk_s3::Client, String) {
+    let client = s3_client().await;
+    let bucket = format!("bulkt-{}", uuid::Uuid::new_v4().simple());
+    client
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create bucket");
+    (client, bucket)
+}
+
+/// A new SQS queue; returns its URL.
+pub async fn new_queue() -> (aws_sdk_sqs::Client, String) {
+    let client = sqs_client().await;
+    let name = format!("bulkt-{}", uuid::Uuid::new_v4().simple());
+    let out = client
+        .create_queue()
+        .queue_name(&name)
+        .send()
+        .await
+        .expect("create queue");
+    (client, out.queue_url().expect("queue url").to_string())
+}
+
+/// A test configuration over `db` with local storage in a temp directory.
+pub fn config(db: &TestDb, storage: StoragePath) -> Config {
+    let url = db.url.clone();
+    let storage = match storage {
+        StoragePath::Local(p) => p.display().to_string(),
+        StoragePath::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+    };
+    Config::from_lookup(|k| match k {
+        "DATABASE_URL" => Some(url.clone()),
+        "STORAGE_PATH" => Some(storage.clone()),
+        "REPEAT_PERIOD" => Some("200".into()),
+        _ => None,
+    })
+    .expect("config")
+}
+
+pub fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bulkt-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// `bulk-export serve` in-process on an ephemeral port.
+pub struct Server {
+    pub base: String,
+    pub state: AppState,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Server {
+    pub async fn start(config: Config, pool: Pool, store: Arc<dyn ObjectStore>) -> Server {
+        let config = Arc::new(config);
+        let wake = LocalQueue::default();
+        let queue: Arc<dyn JobQueue> = Arc::new(wake.clone());
+        let state = AppState {
+            pool: pool.clone(),
+            store: store.clone(),
+            queue: queue.clone(),
+            config: config.clone(),
+        };
+        let mut exporter = Exporter::new(pool, store, queue, config.clone());
+        exporter.retry_backoff = Duration::from_millis(50);
+        let (listener, addr) = shared::serve::bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let task = tokio::spawn(shared::serve::run(
+            listener,
+            state.clone(),
+            exporter,
+            wake,
+            config.repeat_period,
+        ));
+        Server {
+            base: format!("http://{addr}"),
+            state,
+            task,
+        }
+    }
+}
+
+/// An HTTP client that follows redirects (as bulk-data clients do) and sends no auth header.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+/// A client that does not follow redirects, to inspect them.
+pub fn http_client_no_redirect() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+/// Kicks off an export with the standard headers; returns the response.
+pub async fn kickoff(client: &reqwest::Client, url: &str) -> reqwest::Response {
+    client
+        .get(url)
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async")
+        .send()
+        .await
+        .expect("kick-off request")
+}
+
+/// Polls a status URL until it stops answering 202; returns the final response.
+pub async fn poll(
+    client: &reqwest::Client,
+    status_url: &str,
+    timeout: Duration,
+) -> reqwest::Response {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let resp = client.get(status_url).send().await.expect("status request");
+        if resp.status() != 202 {
+            return resp;
+        }
+        assert!(
+            resp.headers().get("x-progress").is_some(),
+            "202 status without X-Progress"
+        );
+        let retry: u64 = resp.headers()["retry-after"]
+            .to_str()
+            .expect("retry-after")
+            .parse()
+            .expect("Retry-After is integer seconds");
+        assert!(retry >= 1);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "export did not finish in {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Path of a data set under ../shared/data, when this machine has it.
+pub fn shared_data(name: &str) -> Option<PathBuf> {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = here.join("../../shared/data").join(name);
+    dir.is_dir().then_some(dir)
+}
+
+/// Downloads every file of a manifest's `output` (following redirects, as a client would) and
+/// returns resource counts per type, checking that each line's resourceType matches the entry.
+pub async fn download_counts(
+    client: &reqwest::Client,
+    manifest: &serde_json::Value,
+    key: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in manifest[key].as_array().expect("array") {
+        let t = entry["type"].as_str().expect("type");
+        let url = entry["url"].as_str().expect("url");
+        let resp = client
+            .get(url)
+            .header("Accept", "application/fhir+ndjson")
+            .send()
+            .await
+            .expect("download");
+        assert_eq!(resp.status(), 200, "download {url}");
+        let ct = resp.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .to_string();
+        assert!(
+            ct.starts_with("application/fhir+ndjson"),
+            "content type {ct}"
+        );
+        let text = resp.text().await.expect("body");
+        let mut n = 0;
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("ndjson line is JSON");
+            assert_eq!(v["resourceType"], t, "line type matches manifest entry");
+            n += 1;
+        }
+        assert_eq!(
+            n,
+            entry["count"].as_u64().expect("count") as usize,
+            "{url} count"
+        );
+        *out.entry(t.to_string()).or_default() += n;
+    }
+    out
+}
+
+/// A database loaded once per test binary with the test data set, used as a TEMPLATE so each
+/// test gets its own copy in a fraction of a second.
+pub struct LoadedTemplate {
+    pub template: String,
+    pub data: data::DataSet,
+}
+
+static TEMPLATE: std::sync::OnceLock<LoadedTemplate> = std::sync::OnceLock::new();
+
+pub fn loaded_template() -> &'static LoadedTemplate {
+    TEMPLATE.get_or_init(|| {
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(async {
+                let data = data::DataSet::load();
+                let db = TestDb::new().await;
+                let report = shared::load::load_paths(&db.pool, &[data.dir.clone()], |_| {})
+                    .await
+                    .expect("load data set");
+                assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+                assert_eq!(report.loaded as usize, data.resources.len());
+                db.pool.close();
+                LoadedTemplate {
+                    template: db.name,
+                    data,
+                }
+            })
+        })
+        .join()
+        .expect("loader thread")
+    })
+}
+
+impl TestDb {
+    /// A fresh database copied from the loaded template.
+    pub async fn from_template() -> (TestDb, &'static data::DataSet) {
+        let tpl = loaded_template();
+        let name = format!("bulkt_{}", uuid::Uuid::new_v4().simple());
+        let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        // CREATE DATABASE … TEMPLATE fails while another copy is being made; retry briefly.
+        let mut tries = 0;
+        loop {
+            match client
+                .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {}", tpl.template))
+                .await
+            {
+                Ok(()) => break,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("create database from template: {e}"),
+            }
+        }
+        (TestDb::connect(&name), &tpl.data)
+    }
+}

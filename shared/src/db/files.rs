@@ -91,11 +91,13 @@ pub async fn select_page(
     };
     let sql = format!(
         "SELECT id, resource FROM (
-             SELECT id, resource, sum(len) OVER (ORDER BY id) - len AS before FROM (
+             SELECT id, resource, (sum(len) OVER (ORDER BY id))::int8 - len AS before FROM (
                  SELECT r.id, r.resource, octet_length(r.resource)::int8 AS len
                  FROM ({source}) r
                  WHERE NOT r.deleted AND ($4::timestamptz IS NULL OR r.last_updated > $4)
                    AND {scope}
+                   -- every statement binds the same eight parameters
+                   AND $7::uuid IS NOT NULL AND $8::text[] IS NOT NULL
                  ORDER BY r.id LIMIT $5) lim) w
          WHERE before < $6 ORDER BY id"
     );

@@ -18,7 +18,7 @@ pub enum DbError {
     Config(String),
     #[error("database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database: {0}")]
+    #[error("database: {}", error_chain(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("database row: {0}")]
     Row(String),
@@ -28,6 +28,18 @@ pub enum DbError {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// An error with its sources, `a: b: c` (tokio-postgres keeps the server's message in a source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Migrations, applied in order by `bulk-export migrate`, each in its own transaction.

@@ -1,0 +1,286 @@
+//! The test data set and expected export contents computed independently of the exporter:
+//! plain reference scans over the input files, not the exporter's compartment traversal.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+/// The AdditionalResources default (Firely).
+pub const ADDITIONAL: &[&str] = &[
+    "Organization",
+    "Location",
+    "Substance",
+    "Device",
+    "BodyStructure",
+    "Medication",
+    "Coverage",
+];
+
+pub struct DataSet {
+    pub dir: PathBuf,
+    pub resources: Vec<Value>,
+    pub group_id: String,
+    /// Whether this is the real Synthea set from ../shared/data.
+    pub synthea: bool,
+}
+
+impl DataSet {
+    /// ../shared/data/synthea-bulk-data-server-100 when present, else a generated set.
+    pub fn load() -> DataSet {
+        match crate::shared_data("synthea-bulk-data-server-100") {
+            Some(dir) => Self::from_dir(dir, true),
+            None => {
+                let dir = crate::temp_dir();
+                generate(&dir, 40);
+                Self::from_dir(dir, false)
+            }
+        }
+    }
+
+    pub fn from_dir(dir: PathBuf, synthea: bool) -> DataSet {
+        let mut resources: Vec<Value> = Vec::new();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("data dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("ndjson"))
+            .collect();
+        files.sort();
+        for f in files {
+            for line in std::fs::read_to_string(&f).expect("read").lines() {
+                if !line.trim().is_empty() {
+                    resources.push(serde_json::from_str(line).expect("data set line is JSON"));
+                }
+            }
+        }
+        let group_id = resources
+            .iter()
+            .find(|r| r["resourceType"] == "Group")
+            .and_then(|g| g["id"].as_str())
+            .expect("data set has a Group")
+            .to_string();
+        DataSet {
+            dir,
+            resources,
+            group_id,
+            synthea,
+        }
+    }
+
+    pub fn count_by_type(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for r in &self.resources {
+            *out.entry(rtype(r).to_string()).or_default() += 1;
+        }
+        out
+    }
+
+    pub fn group_members(&self) -> BTreeSet<String> {
+        let group = self
+            .resources
+            .iter()
+            .find(|r| r["resourceType"] == "Group" && r["id"] == self.group_id.as_str())
+            .expect("group");
+        group["member"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .filter_map(|m| m["entity"]["reference"].as_str())
+            .filter_map(|r| r.strip_prefix("Patient/"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn patient_ids(&self) -> BTreeSet<String> {
+        self.resources
+            .iter()
+            .filter(|r| r["resourceType"] == "Patient")
+            .map(|r| r["id"].as_str().expect("id").to_string())
+            .collect()
+    }
+
+    /// Expected counts per type of a Patient-level (all patients) or Group-level export:
+    /// compartment-type resources that reference one of `patients`, the Patients themselves,
+    /// and AdditionalResources-type resources those reference.
+    pub fn expected_compartment_export(
+        &self,
+        patients: &BTreeSet<String>,
+    ) -> BTreeMap<String, usize> {
+        let compartment_types = compartment_types();
+        let mut included: Vec<&Value> = Vec::new();
+        for r in &self.resources {
+            let t = rtype(r);
+            let id = r["id"].as_str().unwrap_or_default();
+            let member = if t == "Patient" {
+                patients.contains(id)
+            } else {
+                t != "Group"
+                    && compartment_types.contains(t)
+                    && refs(r)
+                        .iter()
+                        .any(|(rt, rid)| rt == "Patient" && patients.contains(rid))
+            };
+            if member {
+                included.push(r);
+            }
+        }
+        let mut referenced: BTreeSet<(String, String)> = BTreeSet::new();
+        for r in &included {
+            for (t, id) in refs(r) {
+                if ADDITIONAL.contains(&t.as_str()) {
+                    referenced.insert((t, id));
+                }
+            }
+        }
+        let mut out: BTreeMap<String, usize> = BTreeMap::new();
+        let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
+        for r in &included {
+            seen.insert((
+                rtype(r).to_string(),
+                r["id"].as_str().unwrap_or_default().to_string(),
+            ));
+        }
+        for r in &self.resources {
+            let key = (
+                rtype(r).to_string(),
+                r["id"].as_str().unwrap_or_default().to_string(),
+            );
+            if referenced.contains(&key) && !seen.contains(&key) {
+                seen.insert(key);
+            }
+        }
+        for (t, _) in seen {
+            *out.entry(t).or_default() += 1;
+        }
+        out
+    }
+}
+
+pub fn rtype(r: &Value) -> &str {
+    r["resourceType"].as_str().unwrap_or_default()
+}
+
+/// Every relative `Type/id` reference in a resource.
+pub fn refs(v: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    fn walk(v: &Value, out: &mut Vec<(String, String)>) {
+        match v {
+            Value::Object(m) => {
+                for (k, c) in m {
+                    if k == "reference" {
+                        if let Some((t, id)) = c.as_str().and_then(|s| s.split_once('/')) {
+                            out.push((t.to_string(), id.to_string()));
+                        }
+                    } else {
+                        walk(c, out);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|c| walk(c, out)),
+            _ => {}
+        }
+    }
+    walk(v, &mut out);
+    out
+}
+
+/// Types with at least one param in the R4 Patient CompartmentDefinition: read from
+/// ../shared/fhir/r4 when present, else the types the generated data set uses.
+pub fn compartment_types() -> BTreeSet<String> {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let def = here.join("../../shared/fhir/r4/CompartmentDefinition-patient.json");
+    if let Ok(text) = std::fs::read_to_string(def) {
+        let v: Value = serde_json::from_str(&text).expect("CompartmentDefinition");
+        return v["resource"]
+            .as_array()
+            .expect("resource")
+            .iter()
+            .filter(|r| {
+                r.get("param")
+                    .is_some_and(|p| p.as_array().is_some_and(|a| !a.is_empty()))
+            })
+            .map(|r| r["code"].as_str().expect("code").to_string())
+            .collect();
+    }
+    [
+        "Patient",
+        "Encounter",
+        "Observation",
+        "Condition",
+        "Coverage",
+        "Group",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect()
+}
+
+/// Writes a small deterministic data set: patients with encounters, observations and
+/// conditions; organizations (some never referenced), practitioners, devices (not in the Patient
+/// compartment), a coverage per patient, and a Group holding every other patient.
+pub fn generate(dir: &Path, patients: usize) {
+    let mut files: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    let orgs = 5;
+    for o in 0..orgs {
+        files.entry("Organization").or_default().push(json!({
+            "resourceType": "Organization", "id": format!("org-{o}"), "name": format!("Org {o}")}));
+    }
+    files.entry("Organization").or_default().push(json!({
+        "resourceType": "Organization", "id": "org-unreferenced", "name": "Nobody's"}));
+    for p in 0..3 {
+        files.entry("Practitioner").or_default().push(json!({
+            "resourceType": "Practitioner", "id": format!("prac-{p}")}));
+    }
+    let mut members = Vec::new();
+    for i in 0..patients {
+        let pid = format!("pat-{i}");
+        let org = format!("Organization/org-{}", i % (orgs - 1));
+        files.entry("Patient").or_default().push(json!({
+            "resourceType": "Patient", "id": pid, "gender": if i % 2 == 0 {"female"} else {"male"},
+            "managingOrganization": {"reference": org}}));
+        for e in 0..3 {
+            let eid = format!("enc-{i}-{e}");
+            files.entry("Encounter").or_default().push(json!({
+                "resourceType": "Encounter", "id": eid, "status": "finished",
+                "class": {"code": "AMB"}, "subject": {"reference": format!("Patient/{pid}")},
+                "participant": [{"individual": {"reference": format!("Practitioner/prac-{}", e % 3)}}],
+                "serviceProvider": {"reference": format!("Organization/org-{}", (i + e) % (orgs - 1))}}));
+            for o in 0..4 {
+                files.entry("Observation").or_default().push(json!({
+                    "resourceType": "Observation", "id": format!("obs-{i}-{e}-{o}"), "status": "final",
+                    "code": {"text": "heart rate"}, "subject": {"reference": format!("Patient/{pid}")},
+                    "encounter": {"reference": format!("Encounter/{eid}")},
+                    "valueQuantity": {"value": 60 + o, "unit": "/min"}}));
+            }
+        }
+        files.entry("Condition").or_default().push(json!({
+            "resourceType": "Condition", "id": format!("cond-{i}"),
+            "subject": {"reference": format!("Patient/{pid}")}, "code": {"text": "asthma"}}));
+        files.entry("Coverage").or_default().push(json!({
+            "resourceType": "Coverage", "id": format!("cov-{i}"), "status": "active",
+            "beneficiary": {"reference": format!("Patient/{pid}")},
+            "payor": [{"reference": "Organization/org-0"}]}));
+        if i % 10 == 0 {
+            files.entry("Device").or_default().push(json!({
+                "resourceType": "Device", "id": format!("dev-{i}"),
+                "patient": {"reference": format!("Patient/{pid}")}}));
+        }
+        if i % 2 == 0 {
+            members.push(json!({"entity": {"reference": format!("Patient/{pid}")}}));
+        }
+    }
+    files.entry("Group").or_default().push(json!({
+        "resourceType": "Group", "id": "group-even", "type": "person", "actual": true,
+        "member": members}));
+    files.entry("Group").or_default().push(json!({
+        "resourceType": "Group", "id": "group-other", "type": "person", "actual": true,
+        "member": [{"entity": {"reference": "Patient/pat-1"}}]}));
+    std::fs::create_dir_all(dir).expect("dir");
+    for (t, rows) in files {
+        let mut f = std::fs::File::create(dir.join(format!("{t}.000.ndjson"))).expect("file");
+        for r in rows {
+            writeln!(f, "{r}").expect("write");
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! End to end over HTTP: load the data set, run system, Patient and Group exports through
+//! `bulk-export serve` with local storage and with S3 (moto), download every file as a client
+//! would, and compare counts per type with counts computed independently from the input files.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use integration_tests::data::DataSet;
+use integration_tests::{
+    config, download_counts, http_client, http_client_no_redirect, kickoff, new_bucket, poll,
+    temp_dir, Server, TestDb,
+};
+use shared::config::StoragePath;
+use shared::storage::local::LocalStore;
+use shared::storage::s3::S3Store;
+use shared::storage::ObjectStore;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn local_server() -> (Server, &'static DataSet, std::path::PathBuf) {
+    let (db, data) = TestDb::from_template().await;
+    let dir = temp_dir();
+    let cfg = config(&db, StoragePath::Local(dir.clone()));
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.clone()).expect("store"));
+    (Server::start(cfg, db.pool.clone(), store).await, data, dir)
+}
+
+async fn s3_server() -> (Server, &'static DataSet, aws_sdk_s3::Client, String) {
+    let (db, data) = TestDb::from_template().await;
+    let (client, bucket) = new_bucket().await;
+    let cfg = config(
+        &db,
+        StoragePath::S3 {
+            bucket: bucket.clone(),
+            prefix: "exports".into(),
+        },
+    );
+    let store: Arc<dyn ObjectStore> = Arc::new(S3Store::new(
+        client.clone(),
+        bucket.clone(),
+        "exports".into(),
+    ));
+    (
+        Server::start(cfg, db.pool.clone(), store).await,
+        data,
+        client,
+        bucket,
+    )
+}
+
+/// Kicks off `path`, checks the 202, polls to completion, checks the manifest; returns it.
+async fn export(server: &Server, path: &str) -> serde_json::Value {
+    let client = http_client();
+    let url = format!("{}{}", server.base, path);
+    let resp = kickoff(&client, &url).await;
+    assert_eq!(resp.status(), 202, "kick-off {path}");
+    let status_url = resp.headers()["content-location"]
+        .to_str()
+        .expect("content-location")
+        .to_string();
+    assert!(
+        status_url.starts_with(&format!("{}/$exportstatus?_id=", server.base)),
+        "absolute status URL: {status_url}"
+    );
+    let body: serde_json::Value = resp.json().await.expect("kick-off body");
+    assert_eq!(body["resourceType"], "OperationOutcome");
+
+    let done = poll(&client, &status_url, TIMEOUT).await;
+    assert_eq!(done.status(), 200);
+    assert_eq!(done.headers()["content-type"], "application/json");
+    assert!(done.headers().contains_key("expires"), "Expires header");
+    let manifest: serde_json::Value = done.json().await.expect("manifest");
+    assert_eq!(manifest["request"], url);
+    assert_eq!(manifest["requiresAccessToken"], true);
+    assert!(manifest["transactionTime"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    assert!(manifest["error"].is_array(), "error[] always present");
+    for entry in manifest["output"].as_array().expect("output") {
+        assert!(entry["url"]
+            .as_str()
+            .expect("url")
+            .starts_with(&server.base));
+        assert!(
+            entry["count"].as_u64().expect("count") > 0,
+            "no empty files listed"
+        );
+    }
+    manifest
+}
+
+fn without_zeroes(m: BTreeMap<String, usize>) -> BTreeMap<String, usize> {
+    m.into_iter().filter(|(_, n)| *n > 0).collect()
+}
+
+async fn check_all_levels(server: &Server, data: &DataSet) {
+    let client = http_client();
+
+    let system = export(server, "/$export").await;
+    let got = download_counts(&client, &system, "output").await;
+    assert_eq!(got, data.count_by_type(), "system export counts");
+    assert!(got.contains_key("Device"), "Device is in a system export");
+
+    let patient = export(server, "/Patient/$export").await;
+    let got = download_counts(&client, &patient, "output").await;
+    let expected = data.expected_compartment_export(&data.patient_ids());
+    assert_eq!(
+        got,
+        without_zeroes(expected.clone()),
+        "Patient export counts"
+    );
+    assert!(!got.contains_key("Group"), "a Patient export has no Groups");
+    assert_eq!(
+        got.contains_key("Device"),
+        expected.contains_key("Device"),
+        "Device only when referenced"
+    );
+    if data.synthea {
+        assert!(
+            !got.contains_key("Device"),
+            "no resource references a Device in this data set"
+        );
+        assert!(
+            !got.contains_key("Practitioner"),
+            "Practitioner is not an AdditionalResources type"
+        );
+    }
+
+    let group = export(server, &format!("/Group/{}/$export", data.group_id)).await;
+    let got = download_counts(&client, &group, "output").await;
+    let expected = data.expected_compartment_export(&data.group_members());
+    assert_eq!(got, without_zeroes(expected), "Group export counts");
+    assert!(
+        !got.contains_key("Group"),
+        "a Group export never pulls in Groups"
+    );
+    assert_eq!(
+        got.get("Patient").copied(),
+        Some(data.group_members().len())
+    );
+
+    let typed = export(
+        server,
+        "/$export?_type=Patient,Observation&_outputFormat=ndjson",
+    )
+    .await;
+    let got = download_counts(&client, &typed, "output").await;
+    let all = data.count_by_type();
+    let want: BTreeMap<String, usize> = ["Observation", "Patient"]
+        .iter()
+        .map(|t| (t.to_string(), all[*t]))
+        .collect();
+    assert_eq!(got, want, "_type limits a system export");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_at_every_level_match_the_input_with_local_storage() {
+    let (server, data, _dir) = local_server().await;
+    check_all_levels(&server, data).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_at_every_level_match_the_input_with_s3_storage_and_presigned_redirects() {
+    let (server, data, _client, _bucket) = s3_server().await;
+    check_all_levels(&server, data).await;
+
+    // A download is a 307 to a short-lived presigned URL on the S3 endpoint, which serves the
+    // file to a client that sends no Authorization header.
+    let manifest = export(&server, "/$export?_type=Patient").await;
+    let url = manifest["output"][0]["url"].as_str().expect("url");
+    let resp = http_client_no_redirect()
+        .get(url)
+        .send()
+        .await
+        .expect("file request");
+    assert_eq!(resp.status(), 307);
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    assert!(
+        location.starts_with(&integration_tests::aws_endpoint()),
+        "{location}"
+    );
+    assert!(location.contains("X-Amz-Expires=300"), "{location}");
+    let file = reqwest::get(&location).await.expect("presigned GET");
+    assert_eq!(file.status(), 200);
+    assert_eq!(file.headers()["content-type"], "application/fhir+ndjson");
+    let lines = file.text().await.expect("body").lines().count();
+    assert_eq!(lines, data.patient_ids().len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_gives_202_then_404_and_deletes_the_files() {
+    let (server, _data, dir) = local_server().await;
+    let client = http_client();
+    let resp = kickoff(&client, &format!("{}/$export", server.base)).await;
+    assert_eq!(resp.status(), 202);
+    let status_url = resp.headers()["content-location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    let job_id = status_url.rsplit('=').next().expect("id").to_string();
+
+    let del = client.delete(&status_url).send().await.expect("delete");
+    assert_eq!(del.status(), 202);
+    let oo: serde_json::Value = del.json().await.expect("body");
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+
+    let after = client.get(&status_url).send().await.expect("status");
+    assert_eq!(after.status(), 404);
+    let oo: serde_json::Value = after.json().await.expect("body");
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    let again = client
+        .delete(&status_url)
+        .send()
+        .await
+        .expect("delete again");
+    assert_eq!(again.status(), 404);
+
+    // The exporter sees the cancellation and removes whatever it had written.
+    let id = uuid::Uuid::parse_str(&job_id).expect("uuid");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let job = shared::db::jobs::get_job(&server.state.pool, id)
+            .await
+            .expect("db")
+            .expect("job");
+        if job.status == shared::export::JobStatus::Cancelled {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job never became Cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !dir.join(&job_id).exists(),
+        "files of a cancelled job are deleted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_completed_export_removes_its_files_and_its_status() {
+    let (server, _data, dir) = local_server().await;
+    let manifest = export(&server, "/$export?_type=Patient").await;
+    let url = manifest["output"][0]["url"]
+        .as_str()
+        .expect("url")
+        .to_string();
+    let job_id = url
+        .split("_id=")
+        .nth(1)
+        .and_then(|s| s.split('&').next())
+        .expect("id")
+        .to_string();
+    assert!(dir.join(&job_id).exists());
+    let status_url = format!("{}/$exportstatus?_id={job_id}", server.base);
+    let client = http_client();
+    assert_eq!(
+        client
+            .delete(&status_url)
+            .send()
+            .await
+            .expect("delete")
+            .status(),
+        202
+    );
+    assert_eq!(
+        client.get(&status_url).send().await.expect("get").status(),
+        404
+    );
+    assert_eq!(client.get(&url).send().await.expect("file").status(), 404);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while dir.join(&job_id).exists() {
+        assert!(std::time::Instant::now() < deadline, "files never purged");
+        // The purge runs on the exporter's next wake-up (every REPEAT_PERIOD).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn independent_expectations_are_not_trivial() {
+    let tpl = integration_tests::loaded_template();
+    let data = &tpl.data;
+    let patients: BTreeSet<String> = data.patient_ids();
+    let expected = data.expected_compartment_export(&patients);
+    assert_eq!(expected.get("Patient").copied(), Some(patients.len()));
+    assert!(expected.get("Organization").copied().unwrap_or(0) > 0);
+    assert!(expected.get("Organization") < data.count_by_type().get("Organization"));
+}
