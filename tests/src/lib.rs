@@ -359,3 +359,52 @@ impl TestDb {
         (TestDb::connect(&name), &tpl.data)
     }
 }
+
+impl TestDb {
+    /// A fresh database loaded with a generated data set of `patients` patients.
+    pub async fn with_generated(patients: usize) -> (TestDb, data::DataSet) {
+        let dir = temp_dir();
+        data::generate(&dir, patients);
+        let data = data::DataSet::from_dir(dir, false);
+        let db = TestDb::new().await;
+        let report = shared::load::load_paths(&db.pool, &[data.dir.clone()], |_| {})
+            .await
+            .expect("load");
+        assert!(report.rejected.is_empty());
+        (db, data)
+    }
+}
+
+/// Reads every output file of a finished job straight from storage: (type, resource JSON).
+pub async fn stored_resources(
+    pool: &Pool,
+    store: &dyn ObjectStore,
+    job_id: uuid::Uuid,
+) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    for f in shared::db::work_items::select_files(pool, job_id)
+        .await
+        .expect("files")
+    {
+        if f.kind != shared::export::manifest::FileKind::Output {
+            continue;
+        }
+        let bytes = store.read(&f.object_key).await.expect("read file");
+        let text = String::from_utf8(bytes).expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines.len() as i64,
+            f.resource_count,
+            "{} count",
+            f.file_name
+        );
+        assert_eq!(text.len() as i64, f.byte_count, "{} bytes", f.file_name);
+        for line in lines {
+            out.push((
+                f.resource_type.clone(),
+                serde_json::from_str(line).expect("json"),
+            ));
+        }
+    }
+    out
+}

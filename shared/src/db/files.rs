@@ -67,8 +67,8 @@ fn scope_condition(scope: &Option<PatientScope<'_>>) -> String {
 }
 
 /// Reads the next page after `cursor` in `phase` (0: current versions; 1: the version current
-/// at the transaction time of resources changed since). At most `max_rows` rows, and rows stop
-/// once `max_bytes` is reached (the first row always comes).
+/// at the transaction time of resources changed since). At most `max_rows` rows and at most
+/// `max_bytes` bytes of ndjson lines (the first row always comes, however large).
 pub async fn select_page(
     pool: &Pool,
     sel: &Selection<'_>,
@@ -91,15 +91,15 @@ pub async fn select_page(
     };
     let sql = format!(
         "SELECT id, resource FROM (
-             SELECT id, resource, (sum(len) OVER (ORDER BY id))::int8 - len AS before FROM (
-                 SELECT r.id, r.resource, octet_length(r.resource)::int8 AS len
+             SELECT id, resource, (sum(len) OVER (ORDER BY id))::int8 AS upto, len FROM (
+                 SELECT r.id, r.resource, octet_length(r.resource)::int8 + 1 AS len
                  FROM ({source}) r
                  WHERE NOT r.deleted AND ($4::timestamptz IS NULL OR r.last_updated > $4)
                    AND {scope}
                    -- every statement binds the same eight parameters
                    AND $7::uuid IS NOT NULL AND $8::text[] IS NOT NULL
                  ORDER BY r.id LIMIT $5) lim) w
-         WHERE before < $6 ORDER BY id"
+         WHERE upto <= $6 OR upto = len ORDER BY id"
     );
     let empty: Vec<String> = Vec::new();
     let sources = sel.scope.as_ref().map_or(&empty[..], |s| s.referenced_from);

@@ -62,6 +62,8 @@ pub struct Exporter {
     pub deadline_margin: Duration,
     /// Wait before a failed attempt is retried.
     pub retry_backoff: Duration,
+    /// Rows per page read from Postgres.
+    pub page_rows: i64,
 }
 
 impl Exporter {
@@ -79,6 +81,7 @@ impl Exporter {
             owner: format!("exporter-{}", Uuid::new_v4()),
             deadline_margin: Duration::from_secs(0),
             retry_backoff: Duration::from_secs(5),
+            page_rows: PAGE_ROWS,
         }
     }
 
@@ -305,13 +308,15 @@ impl Exporter {
             let mut exhausted = false;
             let mut stop = None;
             loop {
+                // Never read past the file's size cap (a single larger resource still comes).
+                let room = self.config.max_file_bytes.saturating_sub(bytes).max(1);
                 let rows = match files::select_page(
                     &self.pool,
                     sel,
                     item.phase,
                     &item.cursor_id,
-                    PAGE_ROWS,
-                    PAGE_BYTES,
+                    self.page_rows,
+                    PAGE_BYTES.min(room as i64),
                 )
                 .await
                 {
@@ -321,6 +326,14 @@ impl Exporter {
                         return Err(e.into());
                     }
                 };
+                if bytes > 0
+                    && rows
+                        .first()
+                        .is_some_and(|r| r.resource.len() as u64 + 1 > room)
+                {
+                    // The next resource does not fit: it starts the next file.
+                    break;
+                }
                 if rows.is_empty() {
                     if item.phase == 0 {
                         item.phase = 1;

@@ -1,0 +1,443 @@
+//! The exporter engine against real Postgres: file splitting, exactness at transactionTime,
+//! crash recovery without duplicates, deadline hand-off, lease reclaim, failures, error[] files.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use integration_tests::{stored_resources, temp_dir, TestDb};
+use shared::config::StoragePath;
+use shared::db::jobs::{self, NewJob};
+use shared::export::engine::Exporter;
+use shared::export::{ExportLevel, ExportParams, Job, JobStatus};
+use shared::queue::NoQueue;
+use shared::storage::local::LocalStore;
+use shared::storage::{Download, ObjectStore, ObjectWriter, StorageError};
+use shared::Config;
+
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(600)
+}
+
+fn cfg(db: &TestDb, extra: &[(&str, &str)]) -> Arc<Config> {
+    let url = db.url.clone();
+    let extra: BTreeMap<String, String> = extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Arc::new(
+        Config::from_lookup(|k| match k {
+            "DATABASE_URL" => Some(url.clone()),
+            _ => extra.get(k).cloned(),
+        })
+        .expect("config"),
+    )
+}
+
+fn exporter(db: &TestDb, store: Arc<dyn ObjectStore>, config: Arc<Config>) -> Exporter {
+    let mut e = Exporter::new(db.pool.clone(), store, Arc::new(NoQueue), config);
+    e.retry_backoff = Duration::ZERO;
+    e
+}
+
+async fn new_job(
+    db: &TestDb,
+    level: ExportLevel,
+    group: Option<&str>,
+    types: Option<&[&str]>,
+) -> Job {
+    let params = ExportParams {
+        types: types.map(|t| t.iter().map(|s| s.to_string()).collect()),
+        since: None,
+        output_format: "application/fhir+ndjson".into(),
+    };
+    jobs::insert_job(
+        &db.pool,
+        NewJob {
+            level,
+            group_id: group,
+            params: &params,
+            request_url: "http://test/$export",
+            client_id: None,
+        },
+    )
+    .await
+    .expect("insert job")
+}
+
+async fn status(db: &TestDb, id: uuid::Uuid) -> Job {
+    jobs::get_job(&db.pool, id).await.expect("db").expect("job")
+}
+
+fn counts(rows: &[(String, serde_json::Value)]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for (t, _) in rows {
+        *m.entry(t.clone()).or_default() += 1;
+    }
+    m
+}
+
+fn assert_no_duplicates(rows: &[(String, serde_json::Value)]) {
+    let mut seen = BTreeSet::new();
+    for (t, r) in rows {
+        assert!(
+            seen.insert((t.clone(), r["id"].as_str().expect("id").to_string())),
+            "duplicate {t}/{}",
+            r["id"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn files_are_split_at_the_size_cap_and_counts_add_up() {
+    let (db, data) = TestDb::with_generated(30).await;
+    let dir = temp_dir();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
+    let config = cfg(&db, &[("MAX_FILE_BYTES", "20000")]);
+    let job = new_job(&db, ExportLevel::System, None, None).await;
+    let summary = exporter(&db, store.clone(), config)
+        .run_until_idle(None, far())
+        .await
+        .expect("run");
+    assert_eq!(summary.completed, vec![job.id]);
+
+    let files = shared::db::work_items::select_files(&db.pool, job.id)
+        .await
+        .expect("files");
+    let obs_files: Vec<_> = files
+        .iter()
+        .filter(|f| f.resource_type == "Observation")
+        .collect();
+    assert!(
+        obs_files.len() > 3,
+        "Observation split into {} files",
+        obs_files.len()
+    );
+    for f in &files {
+        assert!(
+            f.byte_count <= 20000,
+            "{} has {} bytes",
+            f.file_name,
+            f.byte_count
+        );
+    }
+    let rows = stored_resources(&db.pool, store.as_ref(), job.id).await;
+    assert_eq!(counts(&rows), data.count_by_type());
+    assert_no_duplicates(&rows);
+}
+
+#[tokio::test]
+async fn an_export_is_exact_at_its_transaction_time_while_data_changes() {
+    let (db, _data) = TestDb::with_generated(5).await;
+    let dir = temp_dir();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.clone()).expect("store"));
+    let job = new_job(&db, ExportLevel::System, None, Some(&["Patient"])).await;
+
+    // After the kick-off: pat-0 is updated and a new patient appears.
+    let changes = temp_dir().join("changes.ndjson");
+    std::fs::write(
+        &changes,
+        "{\"resourceType\":\"Patient\",\"id\":\"pat-0\",\"gender\":\"unknown\"}\n\
+         {\"resourceType\":\"Patient\",\"id\":\"pat-new\"}\n",
+    )
+    .expect("write");
+    let report = shared::load::load_paths(&db.pool, &[changes], |_| {})
+        .await
+        .expect("load");
+    assert_eq!(report.loaded, 2);
+
+    exporter(&db, store.clone(), cfg(&db, &[]))
+        .run_until_idle(None, far())
+        .await
+        .expect("run");
+    let rows = stored_resources(&db.pool, store.as_ref(), job.id).await;
+    let ids: BTreeSet<&str> = rows
+        .iter()
+        .map(|(_, r)| r["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids.len(), 5);
+    assert!(!ids.contains("pat-new"), "created after transactionTime");
+    let pat0 = rows
+        .iter()
+        .find(|(_, r)| r["id"] == "pat-0")
+        .expect("pat-0")
+        .1
+        .clone();
+    assert_eq!(
+        pat0["gender"], "female",
+        "the version current at transactionTime"
+    );
+    assert_eq!(pat0["meta"]["versionId"], "1");
+
+    // A later export sees the new state.
+    let job2 = new_job(&db, ExportLevel::System, None, Some(&["Patient"])).await;
+    exporter(&db, store.clone(), cfg(&db, &[]))
+        .run_until_idle(None, far())
+        .await
+        .expect("run");
+    let rows = stored_resources(&db.pool, store.as_ref(), job2.id).await;
+    assert_eq!(rows.len(), 6);
+    let pat0 = rows
+        .iter()
+        .find(|(_, r)| r["id"] == "pat-0")
+        .expect("pat-0")
+        .1
+        .clone();
+    assert_eq!(pat0["gender"], "unknown");
+    assert_eq!(pat0["meta"]["versionId"], "2");
+}
+
+/// Wraps a store and fails chosen `finish` calls, or slows every `finish` down.
+struct FlakyStore {
+    inner: Arc<dyn ObjectStore>,
+    finishes: Arc<AtomicUsize>,
+    fail_on: Vec<usize>,
+    fail_always: bool,
+    delay: Duration,
+}
+
+struct FlakyWriter {
+    inner: Box<dyn ObjectWriter>,
+    finishes: Arc<AtomicUsize>,
+    fail_on: Vec<usize>,
+    fail_always: bool,
+    delay: Duration,
+}
+
+#[async_trait]
+impl ObjectStore for FlakyStore {
+    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        Ok(Box::new(FlakyWriter {
+            inner: self.inner.writer(key).await?,
+            finishes: self.finishes.clone(),
+            fail_on: self.fail_on.clone(),
+            fail_always: self.fail_always,
+            delay: self.delay,
+        }))
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
+        self.inner.delete_prefix(prefix).await
+    }
+    async fn download(&self, key: &str, ttl: Duration) -> Result<Download, StorageError> {
+        self.inner.download(key, ttl).await
+    }
+    async fn read(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+        self.inner.read(key).await
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for FlakyWriter {
+    async fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        self.inner.write(data).await
+    }
+    async fn finish(self: Box<Self>) -> Result<u64, StorageError> {
+        tokio::time::sleep(self.delay).await;
+        let n = self.finishes.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail_always || self.fail_on.contains(&n) {
+            self.inner.abort().await?;
+            return Err(StorageError::S3 {
+                operation: "CompleteMultipartUpload",
+                key: "test".into(),
+                message: "injected failure".into(),
+            });
+        }
+        self.inner.finish().await
+    }
+    async fn abort(self: Box<Self>) -> Result<(), StorageError> {
+        self.inner.abort().await
+    }
+}
+
+fn flaky(fail_on: Vec<usize>, fail_always: bool, delay: Duration) -> Arc<FlakyStore> {
+    Arc::new(FlakyStore {
+        inner: Arc::new(LocalStore::new(temp_dir()).expect("store")),
+        finishes: Arc::new(AtomicUsize::new(0)),
+        fail_on,
+        fail_always,
+        delay,
+    })
+}
+
+#[tokio::test]
+async fn a_failed_attempt_resumes_from_its_checkpoint_without_duplicates() {
+    let (db, data) = TestDb::with_generated(20).await;
+    let store = flaky(vec![4], false, Duration::ZERO);
+    let config = cfg(&db, &[("MAX_FILE_BYTES", "15000")]);
+    let job = new_job(&db, ExportLevel::System, None, None).await;
+    let ex = exporter(&db, store.clone(), config);
+
+    let first = ex.run_until_idle(None, far()).await.expect("run");
+    assert_eq!(
+        first.retrying,
+        vec![job.id],
+        "the 4th file failed; the job is retried"
+    );
+    assert_eq!(status(&db, job.id).await.status, JobStatus::Active);
+    let second = ex.run_until_idle(None, far()).await.expect("run");
+    assert_eq!(second.completed, vec![job.id]);
+    let done = status(&db, job.id).await;
+    assert_eq!(done.status, JobStatus::Complete);
+    assert_eq!(done.attempts, 1);
+
+    let rows = stored_resources(&db.pool, store.as_ref(), job.id).await;
+    assert_eq!(counts(&rows), data.count_by_type());
+    assert_no_duplicates(&rows);
+}
+
+#[tokio::test]
+async fn a_job_that_keeps_failing_becomes_failed_and_its_status_is_500() {
+    let (db, _data) = TestDb::with_generated(3).await;
+    let store = flaky(vec![], true, Duration::ZERO);
+    let config = cfg(&db, &[("MAX_ATTEMPTS", "2")]);
+    let job = new_job(&db, ExportLevel::System, None, None).await;
+    let ex = exporter(&db, store.clone(), config.clone());
+    for _ in 0..3 {
+        ex.run_until_idle(None, far()).await.expect("run");
+    }
+    let failed = status(&db, job.id).await;
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert!(failed
+        .error
+        .as_deref()
+        .is_some_and(|e| e.contains("injected failure")));
+
+    let state = shared::http::AppState {
+        pool: db.pool.clone(),
+        store,
+        queue: Arc::new(NoQueue),
+        config,
+    };
+    let req = http::Request::get(format!("http://h/$exportstatus?_id={}", job.id))
+        .body(bytes::Bytes::new())
+        .expect("request");
+    let resp = shared::http::router::handle(&state, req).await;
+    assert_eq!(resp.status(), 500);
+    let shared::http::Body::Full(body) = resp.into_body() else {
+        panic!("body")
+    };
+    let oo: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    assert_eq!(oo["issue"][0]["code"], "exception");
+}
+
+#[tokio::test]
+async fn near_the_deadline_progress_is_saved_and_the_job_handed_off() {
+    let (db, data) = TestDb::with_generated(20).await;
+    let store = flaky(vec![], false, Duration::from_millis(300));
+    let config = cfg(&db, &[("MAX_FILE_BYTES", "15000")]);
+    let job = new_job(&db, ExportLevel::System, None, Some(&["Observation"])).await;
+    let ex = exporter(&db, store.clone(), config);
+
+    let first = ex
+        .run_until_idle(None, Instant::now() + Duration::from_millis(500))
+        .await
+        .expect("run");
+    assert_eq!(first.handed_off, vec![job.id]);
+    let mid = status(&db, job.id).await;
+    assert_eq!(mid.status, JobStatus::Active);
+    let files_before = shared::db::work_items::select_files(&db.pool, job.id)
+        .await
+        .expect("files")
+        .len();
+    assert!(files_before >= 1, "finished files are kept");
+
+    let second = ex.run_until_idle(None, far()).await.expect("run");
+    assert_eq!(second.completed, vec![job.id]);
+    assert_eq!(
+        status(&db, job.id).await.attempts,
+        0,
+        "a hand-off is not a failed attempt"
+    );
+    let rows = stored_resources(&db.pool, store.as_ref(), job.id).await;
+    assert_eq!(rows.len(), data.count_by_type()["Observation"]);
+    assert_no_duplicates(&rows);
+}
+
+#[tokio::test]
+async fn a_job_whose_exporter_vanished_is_reclaimed_after_its_lease() {
+    let (db, _data) = TestDb::with_generated(3).await;
+    let job = new_job(&db, ExportLevel::System, None, Some(&["Patient"])).await;
+    // Another exporter claims the job and dies without a word.
+    let claimed = jobs::claim_job(&db.pool, "crashed", Duration::from_millis(200), None)
+        .await
+        .expect("claim")
+        .expect("job");
+    assert_eq!(claimed.status, JobStatus::Active);
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(temp_dir()).expect("store"));
+    let ex = exporter(&db, store, cfg(&db, &[]));
+    let early = ex.run_until_idle(None, far()).await.expect("run");
+    assert!(early.completed.is_empty(), "the lease is still held");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = ex.run_until_idle(None, far()).await.expect("run");
+    assert_eq!(later.completed, vec![job.id]);
+    assert_eq!(status(&db, job.id).await.attempts, 1);
+}
+
+#[tokio::test]
+async fn missing_referenced_resources_are_reported_in_error_files() {
+    let (db, _data) = TestDb::with_generated(4).await;
+    let extra = temp_dir().join("dangling.ndjson");
+    std::fs::write(
+        &extra,
+        "{\"resourceType\":\"Encounter\",\"id\":\"enc-dangling\",\"status\":\"finished\",\"class\":{\"code\":\"AMB\"},\
+          \"subject\":{\"reference\":\"Patient/pat-1\"},\"serviceProvider\":{\"reference\":\"Organization/gone\"}}\n",
+    )
+    .expect("write");
+    shared::load::load_paths(&db.pool, &[extra], |_| {})
+        .await
+        .expect("load");
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(temp_dir()).expect("store"));
+    let job = new_job(&db, ExportLevel::Patient, None, None).await;
+    let summary = exporter(&db, store.clone(), cfg(&db, &[]))
+        .run_until_idle(None, far())
+        .await
+        .expect("run");
+    assert_eq!(
+        summary.completed,
+        vec![job.id],
+        "the export still completes"
+    );
+    let files = shared::db::work_items::select_files(&db.pool, job.id)
+        .await
+        .expect("files");
+    let errors: Vec<_> = files
+        .iter()
+        .filter(|f| f.kind == shared::export::manifest::FileKind::Error)
+        .collect();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].resource_count, 1);
+    let text =
+        String::from_utf8(store.read(&errors[0].object_key).await.expect("read")).expect("utf8");
+    let oo: serde_json::Value = serde_json::from_str(text.trim()).expect("json");
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    assert!(oo["issue"][0]["diagnostics"]
+        .as_str()
+        .expect("diag")
+        .contains("Organization/gone"));
+}
+
+#[tokio::test]
+async fn a_group_export_covers_only_members_and_never_other_groups() {
+    let (db, data) = TestDb::with_generated(10).await;
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(temp_dir()).expect("store"));
+    let job = new_job(&db, ExportLevel::Group, Some("group-even"), None).await;
+    exporter(&db, store.clone(), cfg(&db, &[]))
+        .run_until_idle(None, far())
+        .await
+        .expect("run");
+    let rows = stored_resources(&db.pool, store.as_ref(), job.id).await;
+    let members = data.group_members();
+    assert_eq!(members.len(), 5);
+    assert_eq!(counts(&rows), data.expected_compartment_export(&members));
+    assert!(rows.iter().all(|(t, _)| t != "Group"));
+    let patients: BTreeSet<&str> = rows
+        .iter()
+        .filter(|(t, _)| t == "Patient")
+        .map(|(_, r)| r["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(patients, members.iter().map(String::as_str).collect());
+    let _ = StoragePath::Local(temp_dir());
+}
