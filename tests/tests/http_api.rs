@@ -1,0 +1,307 @@
+//! The HTTP contract over real HTTP (`bulk-export serve` in-process): errors are 4xx with an
+//! OperationOutcome, headers and bodies follow the Bulk Data IG and Firely.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use integration_tests::{download_counts, http_client, kickoff, poll, temp_dir, Server, TestDb};
+use shared::storage::local::LocalStore;
+use shared::storage::ObjectStore;
+use shared::Config;
+
+async fn server_with(
+    extra: &[(&'static str, &'static str)],
+) -> (Server, integration_tests::data::DataSet) {
+    let (db, data) = TestDb::with_generated(10).await;
+    let dir = temp_dir();
+    let url = db.url.clone();
+    let storage = dir.display().to_string();
+    let extra = extra.to_vec();
+    let cfg = Config::from_lookup(|k| match k {
+        "DATABASE_URL" => Some(url.clone()),
+        "STORAGE_PATH" => Some(storage.clone()),
+        "REPEAT_PERIOD" => Some("200".into()),
+        other => extra
+            .iter()
+            .find(|(n, _)| *n == other)
+            .map(|(_, v)| v.to_string()),
+    })
+    .expect("config");
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
+    (Server::start(cfg, db.pool.clone(), store).await, data)
+}
+
+async fn outcome(resp: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(resp.status(), status);
+    assert_eq!(resp.headers()["content-type"], "application/fhir+json");
+    let body: serde_json::Value = resp.json().await.expect("json body");
+    assert_eq!(body["resourceType"], "OperationOutcome");
+    assert!(body["issue"][0]["diagnostics"]
+        .as_str()
+        .is_some_and(|d| !d.is_empty()));
+    body
+}
+
+#[tokio::test]
+async fn kickoff_refuses_bad_parameters_with_400_operation_outcomes() {
+    let (server, _) = server_with(&[]).await;
+    let c = http_client();
+    for (query, needle) in [
+        ("_type=Patient,Foo", "Foo"),
+        ("_since=2020-01-01", "instant"),
+        ("_since=yesterday", "instant"),
+        ("_outputFormat=text/csv", "_outputFormat"),
+        ("_count=5", "_count"),
+        ("_typeFilter=Observation%3Fstatus%3Dfinal", "_typeFilter"),
+        ("_type=", "_type"),
+    ] {
+        let resp = kickoff(&c, &format!("{}/$export?{query}", server.base)).await;
+        let oo = outcome(resp, 400).await;
+        let diag = oo["issue"][0]["diagnostics"].as_str().unwrap_or_default();
+        assert!(diag.contains(needle), "{query}: {diag}");
+    }
+    let resp = kickoff(
+        &c,
+        &format!("{}/Patient/$export?_type=Practitioner", server.base),
+    )
+    .await;
+    outcome(resp, 400).await;
+}
+
+#[tokio::test]
+async fn kickoff_checks_its_headers() {
+    let (server, _) = server_with(&[]).await;
+    let c = http_client();
+    let url = format!("{}/$export", server.base);
+    let no_prefer = c
+        .get(&url)
+        .header("Accept", "application/fhir+json")
+        .send()
+        .await
+        .expect("req");
+    outcome(no_prefer, 400).await;
+    let wrong_accept = c
+        .get(&url)
+        .header("Accept", "text/html")
+        .header("Prefer", "respond-async")
+        .send()
+        .await
+        .expect("req");
+    outcome(wrong_accept, 406).await;
+    // Prefer is a list; a missing Accept is tolerated.
+    let ok = c
+        .get(&url)
+        .header("Prefer", "handling=lenient, respond-async")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(ok.status(), 202);
+    let post = c
+        .post(&url)
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async")
+        .send()
+        .await
+        .expect("req");
+    outcome(post, 405).await;
+}
+
+#[tokio::test]
+async fn unknown_groups_jobs_and_files_are_404() {
+    let (server, _) = server_with(&[]).await;
+    let c = http_client();
+    outcome(
+        kickoff(&c, &format!("{}/Group/nope/$export", server.base)).await,
+        404,
+    )
+    .await;
+    outcome(
+        kickoff(&c, &format!("{}/Group/..%2F..%2Fx/$export", server.base)).await,
+        404,
+    )
+    .await;
+    let unknown = uuid::Uuid::new_v4();
+    outcome(
+        c.get(format!("{}/$exportstatus?_id={unknown}", server.base))
+            .send()
+            .await
+            .expect("req"),
+        404,
+    )
+    .await;
+    outcome(
+        c.get(format!("{}/$exportstatus?_id=not-a-uuid", server.base))
+            .send()
+            .await
+            .expect("req"),
+        404,
+    )
+    .await;
+    outcome(
+        c.get(format!("{}/$exportstatus", server.base))
+            .send()
+            .await
+            .expect("req"),
+        400,
+    )
+    .await;
+    outcome(
+        c.delete(format!("{}/$exportstatus?_id={unknown}", server.base))
+            .send()
+            .await
+            .expect("req"),
+        404,
+    )
+    .await;
+    outcome(
+        c.get(format!(
+            "{}/$exportfilerequest?_id={unknown}&filename=Patient-0001.ndjson",
+            server.base
+        ))
+        .send()
+        .await
+        .expect("req"),
+        404,
+    )
+    .await;
+    outcome(
+        c.get(format!("{}/nothing/here", server.base))
+            .send()
+            .await
+            .expect("req"),
+        404,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn files_are_served_as_fhir_ndjson_and_other_accept_headers_get_406() {
+    let (server, data) = server_with(&[]).await;
+    let c = http_client();
+    let resp = kickoff(
+        &c,
+        &format!("{}/$export?_type=Patient&_type=Condition", server.base),
+    )
+    .await;
+    let status_url = resp.headers()["content-location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    let done = poll(&c, &status_url, Duration::from_secs(60)).await;
+    assert_eq!(done.status(), 200);
+    let manifest: serde_json::Value = done.json().await.expect("manifest");
+    let counts = download_counts(&c, &manifest, "output").await;
+    assert_eq!(
+        counts.get("Patient").copied(),
+        Some(data.patient_ids().len())
+    );
+    assert_eq!(
+        counts.get("Condition").copied(),
+        Some(data.count_by_type()["Condition"])
+    );
+    assert_eq!(counts.len(), 2, "repeated _type parameters are joined");
+
+    let url = manifest["output"][0]["url"].as_str().expect("url");
+    let plain = c.get(url).send().await.expect("req");
+    assert_eq!(plain.status(), 200, "no Accept header is fine");
+    assert_eq!(plain.headers()["content-type"], "application/fhir+ndjson");
+    let wrong = c
+        .get(url)
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .expect("req");
+    outcome(wrong, 406).await;
+    let traversal = c
+        .get(format!(
+            "{}&filename=../../etc/passwd",
+            url.split("&filename=").next().expect("base")
+        ))
+        .send()
+        .await
+        .expect("req");
+    outcome(traversal, 404).await;
+}
+
+#[tokio::test]
+async fn a_since_in_the_future_gives_an_empty_manifest_with_error_and_deleted_arrays() {
+    let (server, _) = server_with(&[]).await;
+    let c = http_client();
+    let resp = kickoff(
+        &c,
+        &format!("{}/$export?_since=2999-01-01T00:00:00Z", server.base),
+    )
+    .await;
+    assert_eq!(resp.status(), 202);
+    let status_url = resp.headers()["content-location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    let manifest: serde_json::Value = poll(&c, &status_url, Duration::from_secs(60))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(manifest["output"], serde_json::json!([]));
+    assert_eq!(manifest["error"], serde_json::json!([]));
+    assert_eq!(manifest["deleted"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn firely_compatibility_setting_answers_410_after_cancel() {
+    let (server, _) = server_with(&[("CANCELLED_STATUS_CODE", "410")]).await;
+    let c = http_client();
+    let resp = kickoff(&c, &format!("{}/$export", server.base)).await;
+    let status_url = resp.headers()["content-location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    assert_eq!(
+        c.delete(&status_url).send().await.expect("req").status(),
+        202
+    );
+    outcome(c.get(&status_url).send().await.expect("req"), 410).await;
+}
+
+#[tokio::test]
+async fn metadata_is_a_bulk_data_capability_statement() {
+    let (server, _) = server_with(&[]).await;
+    let resp = http_client()
+        .get(format!("{}/metadata", server.base))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/fhir+json");
+    let cs: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(cs["resourceType"], "CapabilityStatement");
+    assert_eq!(
+        cs["instantiates"][0],
+        "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
+    );
+    let rest = &cs["rest"][0];
+    assert_eq!(
+        rest["operation"][0]["definition"],
+        "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
+    );
+    let op_of = |t: &str| {
+        rest["resource"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .find(|r| r["type"] == t)
+            .map(|r| r["operation"][0]["definition"].clone())
+    };
+    assert_eq!(
+        op_of("Patient"),
+        Some(serde_json::json!(
+            "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
+        ))
+    );
+    assert_eq!(
+        op_of("Group"),
+        Some(serde_json::json!(
+            "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
+        ))
+    );
+}
