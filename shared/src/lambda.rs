@@ -25,21 +25,27 @@ where
     lambda_http::run(lambda_http::service_fn(move |req: lambda_http::Request| {
         let handler = handler.clone();
         async move {
-            let (parts, body) = req.into_parts();
-            let bytes = match body {
-                lambda_http::Body::Empty => Bytes::new(),
-                lambda_http::Body::Text(t) => Bytes::from(t),
-                lambda_http::Body::Binary(b) => Bytes::from(b),
-                _ => Bytes::new(),
-            };
-            let resp = handler(http::Request::from_parts(parts, bytes)).await;
+            let resp = handler(from_lambda_request(req)).await;
             to_lambda_response(resp).await
         }
     }))
     .await
 }
 
-async fn to_lambda_response(
+/// A lambda_http request (API Gateway, ALB, Function URL) as the handlers' request type.
+pub fn from_lambda_request(req: lambda_http::Request) -> Request {
+    let (parts, body) = req.into_parts();
+    let bytes = match body {
+        lambda_http::Body::Empty => Bytes::new(),
+        lambda_http::Body::Text(t) => Bytes::from(t),
+        lambda_http::Body::Binary(b) => Bytes::from(b),
+        _ => Bytes::new(),
+    };
+    http::Request::from_parts(parts, bytes)
+}
+
+/// The handlers' response as a lambda_http response.
+pub async fn to_lambda_response(
     resp: Response,
 ) -> Result<lambda_http::Response<lambda_http::Body>, lambda_http::Error> {
     let (parts, body) = resp.into_parts();
