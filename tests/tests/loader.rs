@@ -1,0 +1,216 @@
+//! `bulk-export load` and `migrate`: bad lines reported with file and line while good lines
+//! load, versions and history kept, Bundles with urn:uuid references, the CLI itself.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use integration_tests::{temp_dir, TestDb};
+use shared::db::Pool;
+
+async fn scalar(pool: &Pool, sql: &str) -> i64 {
+    let client = pool.get().await.expect("conn");
+    client.query_one(sql, &[]).await.expect("query").get(0)
+}
+
+fn bulk_export_bin() -> PathBuf {
+    // target/debug/deps/loader-xxxx → target/debug/bulk-export
+    let exe = std::env::current_exe().expect("exe");
+    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
+    let bin = dir.join("bulk-export");
+    assert!(
+        bin.exists(),
+        "{bin:?} missing: cargo test --workspace builds it"
+    );
+    bin
+}
+
+#[tokio::test]
+async fn bad_lines_are_reported_with_file_and_line_and_good_lines_still_load() {
+    let db = TestDb::new().await;
+    let file = temp_dir().join("Mixed.ndjson");
+    std::fs::write(
+        &file,
+        "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n\
+         not json\n\
+         {\"resourceType\":\"Patient\"}\n\
+         \n\
+         {\"resourceType\":\"Unicorn\",\"id\":\"u\"}\n\
+         {\"resourceType\":\"Observation\",\"id\":\"o\",\"subject\":{\"reference\":\"Patient/a\"}}\n",
+    )
+    .expect("write");
+    let report = shared::load::load_paths(&db.pool, &[file.clone()], |_| {})
+        .await
+        .expect("load");
+    assert_eq!(report.loaded, 2);
+    let lines: Vec<usize> = report.rejected.iter().map(|r| r.line).collect();
+    assert_eq!(lines, vec![2, 3, 5]);
+    assert!(report.rejected.iter().all(|r| r.file == file));
+    assert!(report.rejected[2].message.contains("Unicorn"));
+    assert_eq!(scalar(&db.pool, "SELECT count(*) FROM resources").await, 2);
+    assert_eq!(
+        scalar(
+            &db.pool,
+            "SELECT count(*) FROM compartment WHERE patient_id = 'a'"
+        )
+        .await,
+        2,
+        "the Patient and its Observation"
+    );
+}
+
+#[tokio::test]
+async fn reloading_a_resource_keeps_the_prior_version_and_stamps_meta() {
+    let db = TestDb::new().await;
+    let dir = temp_dir();
+    let v1 = dir.join("v1.ndjson");
+    let v2 = dir.join("v2.ndjson");
+    std::fs::write(
+        &v1,
+        "{\"resourceType\":\"Patient\",\"id\":\"p\",\"gender\":\"male\"}\n",
+    )
+    .expect("w");
+    std::fs::write(
+        &v2,
+        "{\"resourceType\":\"Patient\",\"id\":\"p\",\"gender\":\"female\"}\n\
+         {\"resourceType\":\"Patient\",\"id\":\"q\",\"meta\":{\"versionId\":\"7\",\"lastUpdated\":\"2020-01-01T00:00:00Z\"}}\n",
+    )
+    .expect("w");
+    shared::load::load_paths(&db.pool, &[v1], |_| {})
+        .await
+        .expect("load");
+    shared::load::load_paths(&db.pool, &[v2], |_| {})
+        .await
+        .expect("load");
+    let client = db.pool.get().await.expect("conn");
+    let row = client
+        .query_one(
+            "SELECT version_id, resource FROM resources WHERE id = 'p'",
+            &[],
+        )
+        .await
+        .expect("q");
+    assert_eq!(row.get::<_, i64>(0), 2);
+    let current: serde_json::Value = serde_json::from_str(row.get(1)).expect("json");
+    assert_eq!(current["gender"], "female");
+    assert_eq!(current["meta"]["versionId"], "2");
+    assert!(current["meta"]["lastUpdated"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(
+        serde_json::to_string(&current)
+            .expect("s")
+            .find("resourceType"),
+        Some(2),
+        "key order is kept: resourceType first"
+    );
+    let old = client
+        .query_one(
+            "SELECT resource FROM resource_history WHERE id = 'p' AND version_id = 1",
+            &[],
+        )
+        .await
+        .expect("q");
+    let old: serde_json::Value = serde_json::from_str(old.get(0)).expect("json");
+    assert_eq!(old["gender"], "male");
+    let q = client
+        .query_one("SELECT resource FROM resources WHERE id = 'q'", &[])
+        .await
+        .expect("q");
+    let q: serde_json::Value = serde_json::from_str(q.get(0)).expect("json");
+    assert_eq!(q["meta"]["versionId"], "7", "meta from the source is kept");
+}
+
+#[tokio::test]
+async fn bundles_load_with_urn_uuid_references_resolved() {
+    let db = TestDb::new().await;
+    let file = temp_dir().join("bundle.json");
+    let bundle = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:11111111-1111-1111-1111-111111111111",
+         "resource": {"resourceType": "Patient", "id": "11111111-1111-1111-1111-111111111111"},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": "urn:uuid:22222222-2222-2222-2222-222222222222",
+         "resource": {"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+                      "subject": {"reference": "urn:uuid:11111111-1111-1111-1111-111111111111"}},
+         "request": {"method": "POST", "url": "Encounter"}}
+    ]});
+    std::fs::write(&file, bundle.to_string()).expect("write");
+    let report = shared::load::load_paths(&db.pool, &[file], |_| {})
+        .await
+        .expect("load");
+    assert_eq!(report.loaded, 2);
+    assert_eq!(
+        scalar(
+            &db.pool,
+            "SELECT count(*) FROM compartment WHERE patient_id = '11111111-1111-1111-1111-111111111111' AND resource_type = 'Encounter'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_cli_migrates_loads_with_progress_and_exits_2_on_rejected_lines() {
+    let db = TestDb::new().await; // already migrated: migrate must be a no-op
+    let bin = bulk_export_bin();
+    let out = Command::new(&bin)
+        .arg("migrate")
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "database is up to date"
+    );
+
+    let dir = temp_dir();
+    integration_tests::data::generate(&dir, 3);
+    let generated = integration_tests::data::DataSet::from_dir(dir.clone(), false)
+        .resources
+        .len();
+    std::fs::write(
+        dir.join("Broken.ndjson"),
+        "{\"resourceType\":\"Patient\",\"id\":\"x\"}\n{oops\n",
+    )
+    .expect("w");
+    let out = Command::new(&bin)
+        .args(["load", dir.to_str().expect("utf8")])
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("loaded "), "progress shown: {stderr}");
+    assert!(stderr.contains("Broken.ndjson:2: invalid JSON"), "{stderr}");
+    assert_eq!(
+        scalar(&db.pool, "SELECT count(*) FROM resources").await as usize,
+        generated + 1,
+        "every good line loaded (the generated set and Broken.ndjson:1)"
+    );
+
+    let fresh = format!("bulkt_cli_{}", uuid::Uuid::new_v4().simple());
+    let admin = integration_tests::admin_url();
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {fresh}"))
+        .await
+        .expect("create");
+    let url = format!("{}/{fresh}", admin.rsplit_once('/').expect("url").0);
+    let refused = Command::new(&bin)
+        .args(["load", "/nonexistent"])
+        .env("DATABASE_URL", &url)
+        .output()
+        .expect("run");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("bulk-export migrate"));
+    let migrated = Command::new(&bin)
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&migrated.stdout).contains("0001_initial"));
+}
