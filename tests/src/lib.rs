@@ -314,9 +314,10 @@ pub fn loaded_template() -> &'static LoadedTemplate {
             rt.block_on(async {
                 let data = data::DataSet::load();
                 let db = TestDb::new().await;
-                let report = shared::load::load_paths(&db.pool, &[data.dir.clone()], |_| {})
-                    .await
-                    .expect("load data set");
+                let report =
+                    shared::load::load_paths(&db.pool, std::slice::from_ref(&data.dir), |_| {})
+                        .await
+                        .expect("load data set");
                 assert!(report.rejected.is_empty(), "{:?}", report.rejected);
                 assert_eq!(report.loaded as usize, data.resources.len());
                 db.pool.close();
@@ -367,7 +368,7 @@ impl TestDb {
         data::generate(&dir, patients);
         let data = data::DataSet::from_dir(dir, false);
         let db = TestDb::new().await;
-        let report = shared::load::load_paths(&db.pool, &[data.dir.clone()], |_| {})
+        let report = shared::load::load_paths(&db.pool, std::slice::from_ref(&data.dir), |_| {})
             .await
             .expect("load");
         assert!(report.rejected.is_empty());

@@ -38,7 +38,7 @@ async fn bad_lines_are_reported_with_file_and_line_and_good_lines_still_load() {
          {\"resourceType\":\"Observation\",\"id\":\"o\",\"subject\":{\"reference\":\"Patient/a\"}}\n",
     )
     .expect("write");
-    let report = shared::load::load_paths(&db.pool, &[file.clone()], |_| {})
+    let report = shared::load::load_paths(&db.pool, std::slice::from_ref(&file), |_| {})
         .await
         .expect("load");
     assert_eq!(report.loaded, 2);

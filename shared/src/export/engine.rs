@@ -223,8 +223,7 @@ impl Exporter {
                 && self
                     .config
                     .additional_resources
-                    .iter()
-                    .any(|a| *a == item.resource_type);
+                    .contains(&item.resource_type);
             let referenced_from: &[String] = if additional {
                 &exported_compartment_types
             } else {

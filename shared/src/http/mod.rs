@@ -156,7 +156,7 @@ pub fn query_param(pairs: &[(String, String)], name: &str) -> Option<String> {
         .map(|(_, v)| v.clone())
 }
 
-pub fn header_str<'a>(req: &'a Request, name: header::HeaderName) -> Option<&'a str> {
+pub fn header_str(req: &Request, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 

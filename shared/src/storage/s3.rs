@@ -73,7 +73,7 @@ impl S3Store {
     }
 
     fn full_key(&self, key: &str) -> Result<String, StorageError> {
-        validate_key(key.trim_end_matches('/'))?;
+        validate_key(key)?;
         Ok(if self.prefix.is_empty() {
             key.to_string()
         } else {

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Sets everything up and serves the FHIR Bulk Data API locally with sample data loaded:
+# PostgreSQL (installed from apt and started when needed), a database and role `fhir_bulk`,
+# the release build of `bulk-export`, migrations, the sample data (loaded once), then
+# `bulk-export serve` on http://127.0.0.1:${PORT:-8080} with files under ./data-local/exports.
+#
+#   scripts/run-local.sh                       # Ctrl-C stops it
+#   PORT=9000 DATA=/path/to/ndjson scripts/run-local.sh
+#
+# Environment: PORT, HOST (default 127.0.0.1), DATA (what to load into an empty database;
+# default infra/sample-data/synthea-10), DATABASE_URL (use this database instead of the local
+# one), STORAGE_PATH and every other setting in README.md.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
+
+command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+ensure_cc
+
+if [[ -z "${DATABASE_URL:-}" ]]; then
+  pg_ensure_running
+  as_postgres psql -X -q -v ON_ERROR_STOP=1 <<'SQL'
+SELECT 'CREATE ROLE fhir_bulk LOGIN PASSWORD ''fhir_bulk'''
+WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'fhir_bulk') \gexec
+SELECT 'CREATE DATABASE fhir_bulk OWNER fhir_bulk'
+WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'fhir_bulk') \gexec
+SQL
+  export DATABASE_URL="postgres://fhir_bulk:fhir_bulk@127.0.0.1:5432/fhir_bulk"
+fi
+export STORAGE_PATH="${STORAGE_PATH:-$ROOT/data-local/exports}"
+export REPEAT_PERIOD="${REPEAT_PERIOD:-5000}"
+
+echo "building bulk-export (release; the first build takes a few minutes)" >&2
+cargo build --release --quiet -p shared --bin bulk-export
+BIN="$ROOT/target/release/bulk-export"
+
+"$BIN" migrate
+loaded="$(psql "$DATABASE_URL" -X -A -t -c 'SELECT count(*) FROM resources')"
+if [[ "$loaded" == "0" ]]; then
+  "$BIN" load "${DATA:-$ROOT/infra/sample-data/synthea-10}"
+else
+  echo "database already holds $loaded resources; not loading sample data" >&2
+fi
+exec "$BIN" serve --port "${PORT:-8080}" --host "${HOST:-127.0.0.1}"

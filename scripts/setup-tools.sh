@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Installs the Python tools the tests and the template checks use into one venv:
+#   moto[server]  S3 + SQS emulator the integration tests talk to (scripts/test.sh starts it)
+#   cfn-lint      template linter          (scripts/validate-template.sh)
+#   aws-sam-cli   `sam validate --lint`    (scripts/validate-template.sh)
+#
+#   scripts/setup-tools.sh          # idempotent; installs only what is missing
+#
+# The venv is $TOOLS_DIR/venv (TOOLS_DIR defaults to ~/.cache/fhir-bulk-tools), outside the
+# repository so that it survives `git clean` and is shared between checkouts. Python 3 and its
+# venv module come from apt when missing (as root, or through sudo).
+set -euo pipefail
+
+TOOLS_DIR="${TOOLS_DIR:-$HOME/.cache/fhir-bulk-tools}"
+VENV="$TOOLS_DIR/venv"
+
+# Versions known to install and work together on Python 3.11.
+MOTO_SPEC="moto[server]==5.2.5"
+MOTO_VERSION="5.2.5"
+CFN_LINT_SPEC="cfn-lint==1.58.0"
+SAM_SPEC="aws-sam-cli==1.170.0"
+
+log() { echo "setup-tools: $*" >&2; }
+
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
+venv_works() {
+  [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1
+}
+
+if ! venv_works; then
+  # Debian's python3 has no ensurepip (so no `-m venv`) without the python3-venv package.
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3 python3-venv
+  fi
+  if [[ -e "$VENV" ]]; then
+    log "recreating broken venv $VENV"
+    rm -rf "$VENV"
+  fi
+  log "creating venv $VENV"
+  mkdir -p "$TOOLS_DIR"
+  python3 -m venv "$VENV"
+fi
+
+missing=()
+if ! "$VENV/bin/python" - "$MOTO_VERSION" >/dev/null 2>&1 <<'PY'
+import sys, importlib.metadata
+import moto, moto.server  # moto.server needs the [server] extra (flask, ...)
+sys.exit(importlib.metadata.version("moto") != sys.argv[1])
+PY
+then
+  missing+=("$MOTO_SPEC")
+fi
+[[ -x "$VENV/bin/cfn-lint" ]] || missing+=("$CFN_LINT_SPEC")
+[[ -x "$VENV/bin/sam" ]] || missing+=("$SAM_SPEC")
+
+if ((${#missing[@]})); then
+  log "installing ${missing[*]} into $VENV"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${missing[@]}"
+else
+  log "tools present in $VENV"
+fi
+
+# A package whose metadata is present but whose command was deleted is "already satisfied" for
+# pip; reinstall it alone to get the command back.
+for tool in "cfn-lint:$CFN_LINT_SPEC" "sam:$SAM_SPEC" "moto_server:$MOTO_SPEC"; do
+  if [[ ! -x "$VENV/bin/${tool%%:*}" ]]; then
+    log "reinstalling ${tool#*:} (no ${tool%%:*} command)"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+      --force-reinstall --no-deps "${tool#*:}"
+  fi
+done

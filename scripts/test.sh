@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Runs every test: the generated-table check, the whole cargo workspace (unit, contract,
+# integration and end-to-end tests) and the template lint.
+#
+#   scripts/test.sh                    # from any directory
+#   scripts/test.sh -- --nocapture     # extra arguments go to `cargo test`
+#   scripts/test.sh -p integration-tests --test storage_contract
+#
+# Needs: Debian (or similar) with cargo on PATH; root or sudo only when something must be
+# installed or started. No Docker: S3 and SQS come from a moto server started here.
+#
+# Environment:
+#   TEST_DATABASE_URL  admin connection for the per-test databases
+#                      (default postgres://postgres@127.0.0.1:5432/postgres, a local Postgres this
+#                      script installs/starts when needed; when set, it is used as is)
+#   TOOLS_DIR          where the Python tools venv lives (default ~/.cache/fhir-bulk-tools)
+#   MOTO_PORT          port for the moto server (default 5000, or a free one when 5000 is taken)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+TOOLS_DIR="${TOOLS_DIR:-$HOME/.cache/fhir-bulk-tools}"
+VENV="$TOOLS_DIR/venv"
+DEFAULT_DB_URL="postgres://postgres@127.0.0.1:5432/postgres"
+
+log() { echo "test.sh: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+# as_root, pg_version, pg_reload, pg_ensure_running (shared with scripts/run-local.sh)
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
+
+# Everything started or changed for this run is undone here.
+MOTO_PID=""
+HBA_FILE=""
+HBA_MARK="# fhir-bulk test run: temporary, removed on exit"
+DROP_DBS_ON_EXIT=false
+MOTO_LOG=""
+cleanup() {
+  local rc=$?
+  if [[ -n "$MOTO_PID" ]] && kill -0 "$MOTO_PID" 2>/dev/null; then
+    kill "$MOTO_PID" 2>/dev/null || true
+    wait "$MOTO_PID" 2>/dev/null || true
+  fi
+  if [[ $rc -eq 0 && -n "$MOTO_LOG" ]]; then rm -f "$MOTO_LOG"; fi
+  # On failure the databases stay for inspection; the next run drops them.
+  if [[ $rc -eq 0 ]] && $DROP_DBS_ON_EXIT; then drop_test_databases || true; fi
+  if [[ -n "$HBA_FILE" ]]; then
+    as_root sed -i "/^host .*$HBA_MARK\$/d" "$HBA_FILE" || true
+    pg_reload || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+command -v cargo >/dev/null 2>&1 \
+  || die "cargo not found: install Rust with rustup (https://rustup.rs), then rerun"
+ensure_cc
+
+# --- Python tools -------------------------------------------------------------------------
+TOOLS_DIR="$TOOLS_DIR" "$ROOT/scripts/setup-tools.sh"
+export TOOLS_VENV="$VENV"   # scripts/validate-template.sh takes cfn-lint and sam from here
+
+# --- Postgres -----------------------------------------------------------------------------
+psql_admin() { psql "$TEST_DATABASE_URL" -w -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+if [[ -n "${TEST_DATABASE_URL:-}" ]]; then
+  # A database chosen by the caller: use it, change nothing about the server.
+  command -v psql >/dev/null 2>&1 || die "psql not found (apt-get install postgresql-client)"
+  psql_admin -c 'select 1' >/dev/null || die "cannot connect to TEST_DATABASE_URL"
+else
+  export TEST_DATABASE_URL="$DEFAULT_DB_URL"
+  pg_ensure_running || die "no Postgres on 127.0.0.1:5432"
+  # The tests connect as `postgres` over TCP without a password. A fresh Debian install uses
+  # peer (socket) and scram-sha-256 (TCP) instead; then a `trust` line for postgres@127.0.0.1 is
+  # put first in pg_hba.conf for the duration of this run and removed again on exit (cleanup).
+  if ! psql_admin -c 'select 1' >/dev/null 2>&1; then
+    HBA_FILE="/etc/postgresql/$(pg_version)/main/pg_hba.conf"
+    [[ -f "$HBA_FILE" ]] || die "cannot connect as postgres and $HBA_FILE does not exist"
+    log "allowing trust auth for postgres@127.0.0.1 during this run ($HBA_FILE)"
+    as_root sed -i "1i host all postgres 127.0.0.1/32 trust $HBA_MARK" "$HBA_FILE"
+    pg_reload
+    psql_admin -c 'select 1' >/dev/null || die "still cannot connect to $TEST_DATABASE_URL"
+  fi
+fi
+
+# Per-test databases (bulkt_*) are not dropped by the tests themselves. Drop those left by
+# earlier runs; one still in use (a test run in progress elsewhere) is skipped, not forced.
+drop_test_databases() {
+  local db n=0
+  while read -r db; do
+    [[ -n "$db" ]] || continue
+    if psql_admin -c "drop database if exists \"$db\"" >/dev/null 2>&1; then
+      n=$((n + 1))
+    fi
+  done < <(psql_admin -A -t -c "select datname from pg_database where datname like 'bulkt\_%'")
+  if ((n)); then log "dropped $n test database(s)"; fi
+}
+drop_test_databases
+DROP_DBS_ON_EXIT=true
+
+# --- moto (S3 + SQS) ----------------------------------------------------------------------
+port_free() {
+  "$VENV/bin/python" - "$1" <<'PY'
+import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+PY
+}
+free_port() {
+  "$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+if [[ -n "${MOTO_PORT:-}" ]]; then
+  port="$MOTO_PORT"
+elif port_free 5000; then
+  port=5000
+else
+  port="$(free_port)"
+fi
+MOTO_LOG="$(mktemp "${TMPDIR:-/tmp}/fhir-bulk-moto.XXXXXX.log")"
+"$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$MOTO_LOG" 2>&1 &
+MOTO_PID=$!
+moto_answers() {
+  "$VENV/bin/python" - "http://127.0.0.1:$port/moto-api/" >/dev/null 2>&1 <<'PY'
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=1)
+except urllib.error.HTTPError:
+    pass  # any HTTP answer means it is serving
+PY
+}
+moto_up=false
+for _ in $(seq 1 150); do
+  kill -0 "$MOTO_PID" 2>/dev/null || { cat "$MOTO_LOG" >&2; die "moto server exited"; }
+  if moto_answers; then moto_up=true; break; fi
+  sleep 0.2
+done
+$moto_up || { cat "$MOTO_LOG" >&2; die "moto server did not answer on port $port"; }
+log "moto server on 127.0.0.1:$port (pid $MOTO_PID, log $MOTO_LOG)"
+export TEST_AWS_ENDPOINT_URL="http://127.0.0.1:$port"
+# Nothing in the tests should look for EC2 instance credentials.
+export AWS_EC2_METADATA_DISABLED=true
+
+# --- the tests ----------------------------------------------------------------------------
+log "python3 infra/gen_compartment.py --check"
+python3 infra/gen_compartment.py --check
+
+log "cargo test --workspace --no-fail-fast $*"
+cargo test --workspace --no-fail-fast "$@"
+
+log "scripts/validate-template.sh"
+scripts/validate-template.sh
+
+log "all tests passed"

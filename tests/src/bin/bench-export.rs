@@ -1,0 +1,236 @@
+//! Benchmark: wall time of a system export from kick-off to the last byte downloaded, and the
+//! exporter's peak memory, against a real `bulk-export serve` process (release build).
+//!
+//! ```text
+//! cargo build --release -p shared --bin bulk-export
+//! cargo run --release -p integration-tests --bin bench-export -- [--data DIR] [--copies N] [--runs N]
+//! ```
+//! `--copies N` loads the data set N times with suffixed ids (same shape, N× the size), to show
+//! that memory does not grow with the export. Peak memory is the serve process's VmHWM (peak RSS,
+//! /proc/<pid>/status), which includes the HTTP server, the exporter and the pool.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+
+struct Args {
+    data: PathBuf,
+    copies: usize,
+    runs: usize,
+    bin: PathBuf,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let default_data = integration_tests::shared_data("synthea-bulk-data-server-100")
+        .unwrap_or_else(|| root.join("infra/sample-data/synthea-10"));
+    let mut a = Args {
+        data: default_data,
+        copies: 1,
+        runs: 3,
+        bin: root.join("target/release/bulk-export"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().context("flag without value")?;
+        match flag.as_str() {
+            "--data" => a.data = value.into(),
+            "--copies" => a.copies = value.parse()?,
+            "--runs" => a.runs = value.parse()?,
+            "--bin" => a.bin = value.into(),
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(a)
+}
+
+/// Writes `copies` copies of every ndjson file with ids and `Type/id` references suffixed.
+fn replicate(src: &Path, copies: usize) -> anyhow::Result<(PathBuf, usize, u64)> {
+    let out = integration_tests::temp_dir();
+    let (mut resources, mut bytes) = (0usize, 0u64);
+    for entry in std::fs::read_dir(src)? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("ndjson") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(
+            out.join(path.file_name().context("name")?),
+        )?);
+        for c in 0..copies {
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let line = if c == 0 {
+                    line.to_string()
+                } else {
+                    let mut v: serde_json::Value = serde_json::from_str(line)?;
+                    suffix(&mut v, &format!("-c{c}"), true);
+                    v.to_string()
+                };
+                bytes += line.len() as u64 + 1;
+                resources += 1;
+                writeln!(f, "{line}")?;
+            }
+        }
+    }
+    Ok((out, resources, bytes))
+}
+
+fn suffix(v: &mut serde_json::Value, sfx: &str, top: bool) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, c) in m.iter_mut() {
+                match (k.as_str(), c) {
+                    ("id", serde_json::Value::String(s)) if top => s.push_str(sfx),
+                    ("reference", serde_json::Value::String(s))
+                        if s.contains('/') && !s.starts_with('#') =>
+                    {
+                        s.push_str(sfx)
+                    }
+                    (_, c) => suffix(c, sfx, false),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|c| suffix(c, sfx, false)),
+        _ => {}
+    }
+}
+
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    if !args.bin.exists() {
+        bail!(
+            "{:?} not found: cargo build --release -p shared --bin bulk-export",
+            args.bin
+        );
+    }
+    let (data_dir, resources, input_bytes) = replicate(&args.data, args.copies)?;
+    let db = format!("bulkbench_{}", uuid::Uuid::new_v4().simple());
+    let admin = integration_tests::admin_url();
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await?;
+    let url = format!("{}/{db}", admin.rsplit_once('/').context("admin url")?.0);
+    let storage = integration_tests::temp_dir();
+    let run = |cmd: &[&str]| -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let status = Command::new(&args.bin)
+            .args(cmd)
+            .env("DATABASE_URL", &url)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("bulk-export {cmd:?} failed");
+        }
+        Ok(started.elapsed())
+    };
+    run(&["migrate"])?;
+    let load = run(&["load", data_dir.to_str().context("path")?])?;
+    println!(
+        "loaded {resources} resources ({:.1} MB) in {:.1} s: {:.0} resources/s",
+        input_bytes as f64 / 1e6,
+        load.as_secs_f64(),
+        resources as f64 / load.as_secs_f64()
+    );
+
+    let mut child = Command::new(&args.bin)
+        .args(["serve", "--port", "0"])
+        .env("DATABASE_URL", &url)
+        .env("STORAGE_PATH", &storage)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let base = line
+        .trim()
+        .strip_prefix("FHIR base URL: ")
+        .context("base url line")?
+        .to_string();
+    let idle_rss = vm_kib(pid, "VmRSS:");
+
+    let http = reqwest::Client::new();
+    let mut times = Vec::new();
+    for _ in 0..args.runs {
+        let started = Instant::now();
+        let resp = integration_tests::kickoff(&http, &format!("{base}/$export")).await;
+        let status_url = resp.headers()["content-location"].to_str()?.to_string();
+        let manifest: serde_json::Value = loop {
+            let r = http.get(&status_url).send().await?;
+            if r.status() == 200 {
+                break r.json().await?;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let exported = started.elapsed();
+        let (mut lines, mut bytes) = (0usize, 0u64);
+        for entry in manifest["output"].as_array().context("output")? {
+            let mut stream = http
+                .get(entry["url"].as_str().context("url")?)
+                .send()
+                .await?
+                .bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                bytes += chunk.len() as u64;
+                lines += chunk.iter().filter(|b| **b == b'\n').count();
+            }
+        }
+        let total = started.elapsed();
+        if lines != resources {
+            bail!("exported {lines} resources, expected {resources}");
+        }
+        println!(
+            "system export: {lines} resources, {:.1} MB; manifest ready after {:.2} s, last byte downloaded after {:.2} s",
+            bytes as f64 / 1e6,
+            exported.as_secs_f64(),
+            total.as_secs_f64()
+        );
+        times.push(total.as_secs_f64());
+    }
+    let peak = vm_kib(pid, "VmHWM:");
+    child.kill().ok();
+    times.sort_by(f64::total_cmp);
+    println!(
+        "| {} | {resources} | {:.1} MB | {:.2} s | {:.1} MiB | {:.1} MiB |",
+        args.data
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("?")
+            .to_string()
+            + &if args.copies > 1 {
+                format!(" ×{}", args.copies)
+            } else {
+                String::new()
+            },
+        input_bytes as f64 / 1e6,
+        times[times.len() / 2],
+        idle_rss as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    client
+        .batch_execute(&format!("DROP DATABASE {db}"))
+        .await
+        .ok();
+    Ok(())
+}

@@ -1,0 +1,411 @@
+//! Contract of the object storage port (`shared::storage::ObjectStore`): one suite, run against
+//! every adapter — `LocalStore` over a temp directory and `S3Store` against the S3 emulator that
+//! `scripts/test.sh` starts (`TEST_AWS_ENDPOINT_URL`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use integration_tests::{http_client, new_bucket, s3_client, temp_dir};
+use shared::storage::local::LocalStore;
+use shared::storage::s3::{S3Store, PART_SIZE};
+use shared::storage::{Download, ObjectStore, StorageError, NDJSON_CONTENT_TYPE};
+
+const S3_PREFIX: &str = "exports";
+const TTL: Duration = Duration::from_secs(300);
+
+/// A store under test plus what is needed to look behind it.
+struct Subject {
+    store: Arc<dyn ObjectStore>,
+    backing: Backing,
+}
+
+enum Backing {
+    Local {
+        root: PathBuf,
+    },
+    S3 {
+        client: aws_sdk_s3::Client,
+        bucket: String,
+    },
+}
+
+impl Drop for Subject {
+    fn drop(&mut self) {
+        if let Backing::Local { root } = &self.backing {
+            let _ = std::fs::remove_dir_all(root);
+        }
+    }
+}
+
+async fn local_store() -> Subject {
+    let root = temp_dir();
+    let store = LocalStore::new(root.clone()).expect("local store");
+    // LocalStore canonicalizes its root; do the same so paths compare equal.
+    let root = root.canonicalize().expect("canonical temp dir");
+    Subject {
+        store: Arc::new(store),
+        backing: Backing::Local { root },
+    }
+}
+
+async fn s3_store() -> Subject {
+    let (client, bucket) = new_bucket().await;
+    let store = S3Store::new(s3_client().await, bucket.clone(), S3_PREFIX.into());
+    Subject {
+        store: Arc::new(store),
+        backing: Backing::S3 { client, bucket },
+    }
+}
+
+impl Subject {
+    /// Fetches a download the way a client would: a local adapter hands out a file inside its
+    /// root; S3 a presigned URL that works with no credentials and serves ndjson.
+    async fn fetch(&self, download: Download) -> Vec<u8> {
+        match (&self.backing, download) {
+            (Backing::Local { root }, Download::File(path)) => {
+                assert!(path.starts_with(root), "{path:?} is outside {root:?}");
+                tokio::fs::read(&path).await.expect("read downloaded file")
+            }
+            (Backing::S3 { .. }, Download::Redirect(url)) => {
+                let resp = http_client()
+                    .get(&url)
+                    .send()
+                    .await
+                    .expect("GET presigned URL");
+                assert_eq!(resp.status(), 200, "GET {url}");
+                let content_type = resp
+                    .headers()
+                    .get("content-type")
+                    .expect("content-type header")
+                    .to_str()
+                    .expect("ascii content-type")
+                    .to_string();
+                assert_eq!(content_type, NDJSON_CONTENT_TYPE);
+                resp.bytes().await.expect("body").to_vec()
+            }
+            (_, other) => panic!("unexpected kind of download for this adapter: {other:?}"),
+        }
+    }
+
+    /// Number of parts the stored object was uploaded in, where the adapter has parts
+    /// (S3: from the multipart ETag `"<md5>-<parts>"`). Also checks the configured prefix and
+    /// the stored content type.
+    async fn stored_parts(&self, key: &str) -> Option<usize> {
+        let Backing::S3 { client, bucket } = &self.backing else {
+            return None;
+        };
+        let head = client
+            .head_object()
+            .bucket(bucket)
+            .key(format!("{S3_PREFIX}/{key}"))
+            .send()
+            .await
+            .expect("object is stored under the configured prefix");
+        assert_eq!(head.content_type(), Some(NDJSON_CONTENT_TYPE));
+        let etag = head.e_tag().expect("etag").trim_matches('"');
+        Some(match etag.rsplit_once('-') {
+            Some((_, parts)) => parts.parse().expect("part count in multipart etag"),
+            None => 1,
+        })
+    }
+
+    /// Traces of unfinished writes: `.partial` files (local) or in-progress multipart uploads.
+    async fn unfinished_writes(&self) -> Vec<String> {
+        match &self.backing {
+            Backing::Local { root } => {
+                let mut found = Vec::new();
+                collect_files(root, &mut found);
+                found
+                    .into_iter()
+                    .filter(|p| p.extension().is_some_and(|e| e == "partial"))
+                    .map(|p| p.display().to_string())
+                    .collect()
+            }
+            Backing::S3 { client, bucket } => client
+                .list_multipart_uploads()
+                .bucket(bucket)
+                .send()
+                .await
+                .expect("list multipart uploads")
+                .uploads()
+                .iter()
+                .filter_map(|u| u.key().map(str::to_string))
+                .collect(),
+        }
+    }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            collect_files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// `len` bytes of ndjson-looking text whose lines are numbered, so a lost, repeated or
+/// reordered chunk changes the bytes.
+fn ndjson(len: usize) -> Vec<u8> {
+    let mut data = Vec::with_capacity(len + 64);
+    let mut i = 0u64;
+    while data.len() < len {
+        data.extend_from_slice(
+            format!("{{\"resourceType\":\"Patient\",\"id\":\"p{i}\"}}\n").as_bytes(),
+        );
+        i += 1;
+    }
+    data.truncate(len);
+    data
+}
+
+fn assert_same_bytes(actual: &[u8], expected: &[u8], what: &str) {
+    if actual != expected {
+        let first_diff = actual
+            .iter()
+            .zip(expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(actual.len().min(expected.len()));
+        panic!(
+            "{what}: {} bytes read back, {} written; first difference at byte {first_diff}",
+            actual.len(),
+            expected.len()
+        );
+    }
+}
+
+fn job() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+async fn write_object(store: &dyn ObjectStore, key: &str, data: &[u8], chunk: usize) -> u64 {
+    let mut writer = store.writer(key).await.expect("writer");
+    for piece in data.chunks(chunk) {
+        writer.write(piece).await.expect("write");
+    }
+    writer.finish().await.expect("finish")
+}
+
+fn assert_not_found<T>(result: Result<T, StorageError>, what: &str) {
+    match result {
+        Err(StorageError::NotFound { .. }) => {}
+        Err(other) => panic!("{what}: expected NotFound, got {other}"),
+        Ok(_) => panic!("{what}: expected NotFound, got an object"),
+    }
+}
+
+fn assert_invalid_key<T>(result: Result<T, StorageError>, key: &str, op: &str) {
+    match result {
+        Err(StorageError::InvalidKey { key: refused }) => {
+            assert_eq!(refused, key, "{op} reports the refused key")
+        }
+        Err(other) => panic!("{op}({key:?}): expected InvalidKey, got {other}"),
+        Ok(_) => panic!("{op}({key:?}) was accepted"),
+    }
+}
+
+// ---- the suite ------------------------------------------------------------------------------
+
+async fn round_trips_a_multipart_object(s: &Subject) {
+    let key = format!("{}/Observation-1.ndjson", job());
+    // More than two parts' worth, in chunks that do not line up with part boundaries.
+    let data = ndjson(2 * PART_SIZE + 4321);
+    let written = write_object(&*s.store, &key, &data, 1024 * 1024 + 7).await;
+    assert_eq!(
+        written,
+        data.len() as u64,
+        "finish() returns the object size"
+    );
+
+    assert_same_bytes(&s.store.read(&key).await.expect("read"), &data, "read");
+    let download = s.store.download(&key, TTL).await.expect("download");
+    assert_same_bytes(&s.fetch(download).await, &data, "download");
+    if let Some(parts) = s.stored_parts(&key).await {
+        assert!(
+            parts >= 3,
+            "uploaded in {parts} part(s), expected a multipart upload"
+        );
+    }
+    assert!(s.unfinished_writes().await.is_empty());
+}
+
+async fn round_trips_a_small_object(s: &Subject) {
+    let key = format!("{}/Patient-1.ndjson", job());
+    let data = ndjson(300 * 1024 + 5);
+    let written = write_object(&*s.store, &key, &data, 64 * 1024).await;
+    assert_eq!(
+        written,
+        data.len() as u64,
+        "finish() returns the object size"
+    );
+
+    assert_same_bytes(&s.store.read(&key).await.expect("read"), &data, "read");
+    let download = s.store.download(&key, TTL).await.expect("download");
+    assert_same_bytes(&s.fetch(download).await, &data, "download");
+    if let Some(parts) = s.stored_parts(&key).await {
+        assert_eq!(parts, 1, "a small object is a single PutObject");
+    }
+}
+
+async fn hides_an_object_until_it_is_finished(s: &Subject) {
+    let key = format!("{}/Condition-1.ndjson", job());
+    let data = ndjson(PART_SIZE + 10);
+    let mut writer = s.store.writer(&key).await.expect("writer");
+    // Enough for one uploaded part: the object must still not exist.
+    writer.write(&data).await.expect("write");
+    assert_not_found(s.store.read(&key).await, "read before finish");
+
+    assert_eq!(writer.finish().await.expect("finish"), data.len() as u64);
+    assert_same_bytes(&s.store.read(&key).await.expect("read"), &data, "read");
+}
+
+async fn discards_an_aborted_object(s: &Subject) {
+    let job = job();
+    for (name, len) in [("big", PART_SIZE + 10), ("small", 1000)] {
+        let key = format!("{job}/{name}.ndjson");
+        let mut writer = s.store.writer(&key).await.expect("writer");
+        writer.write(&ndjson(len)).await.expect("write");
+        assert_not_found(s.store.read(&key).await, "read before abort");
+        writer.abort().await.expect("abort");
+        assert_not_found(s.store.read(&key).await, "read after abort");
+    }
+    let left = s.unfinished_writes().await;
+    assert!(left.is_empty(), "aborted writes left {left:?}");
+}
+
+async fn deletes_every_object_under_a_prefix_and_nothing_else(s: &Subject) {
+    let other = job();
+    let job = job();
+    let sibling = format!("{job}x"); // shares the string prefix, not the directory
+    let keys = [
+        format!("{job}/Patient-1.ndjson"),
+        format!("{job}/Patient-2.ndjson"),
+        format!("{job}/Observation-1.ndjson"),
+    ];
+    let kept = [
+        format!("{sibling}/Patient-1.ndjson"),
+        format!("{other}/Patient-1.ndjson"),
+    ];
+    for key in keys.iter().chain(&kept) {
+        write_object(&*s.store, key, key.as_bytes(), 1024).await;
+    }
+
+    assert_eq!(s.store.delete_prefix(&job).await.expect("delete"), 3);
+    for key in &keys {
+        assert_not_found(s.store.read(key).await, key);
+    }
+    for key in &kept {
+        assert_eq!(
+            s.store.read(key).await.expect("kept object"),
+            key.as_bytes()
+        );
+    }
+    assert_eq!(
+        s.store.delete_prefix(&job).await.expect("delete again"),
+        0,
+        "nothing left to delete"
+    );
+    assert_eq!(
+        s.store
+            .delete_prefix(&format!("{other}/"))
+            .await
+            .expect("delete"),
+        1
+    );
+    assert_not_found(s.store.read(&kept[1]).await, &kept[1]);
+}
+
+async fn refuses_keys_that_could_escape_the_prefix(s: &Subject) {
+    for key in ["../x", "/abs", "a//b", "a/../../b", ""] {
+        assert_invalid_key(s.store.writer(key).await, key, "writer");
+        assert_invalid_key(s.store.read(key).await, key, "read");
+        assert_invalid_key(s.store.download(key, TTL).await, key, "download");
+        assert_invalid_key(s.store.delete_prefix(key).await, key, "delete_prefix");
+    }
+}
+
+/// A prefix may end in '/' (`delete_prefix("<job>/")`), an object key may not: on S3 it would
+/// create a directory-marker object, which a directory cannot hold.
+async fn refuses_an_object_key_that_names_a_directory(s: &Subject) {
+    let key = format!("{}/", job());
+    assert_invalid_key(s.store.writer(&key).await, &key, "writer");
+    assert_invalid_key(s.store.read(&key).await, &key, "read");
+    assert_invalid_key(s.store.download(&key, TTL).await, &key, "download");
+}
+
+// ---- LocalStore -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn local_store_round_trips_a_multipart_object() {
+    round_trips_a_multipart_object(&local_store().await).await;
+}
+
+#[tokio::test]
+async fn local_store_round_trips_a_small_object() {
+    round_trips_a_small_object(&local_store().await).await;
+}
+
+#[tokio::test]
+async fn local_store_hides_an_object_until_it_is_finished() {
+    hides_an_object_until_it_is_finished(&local_store().await).await;
+}
+
+#[tokio::test]
+async fn local_store_discards_an_aborted_object() {
+    discards_an_aborted_object(&local_store().await).await;
+}
+
+#[tokio::test]
+async fn local_store_deletes_every_object_under_a_prefix_and_nothing_else() {
+    deletes_every_object_under_a_prefix_and_nothing_else(&local_store().await).await;
+}
+
+#[tokio::test]
+async fn local_store_refuses_keys_that_could_escape_the_prefix() {
+    refuses_keys_that_could_escape_the_prefix(&local_store().await).await;
+}
+
+#[tokio::test]
+async fn local_store_refuses_an_object_key_that_names_a_directory() {
+    refuses_an_object_key_that_names_a_directory(&local_store().await).await;
+}
+
+// ---- S3Store --------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn s3_store_round_trips_a_multipart_object() {
+    round_trips_a_multipart_object(&s3_store().await).await;
+}
+
+#[tokio::test]
+async fn s3_store_round_trips_a_small_object() {
+    round_trips_a_small_object(&s3_store().await).await;
+}
+
+#[tokio::test]
+async fn s3_store_hides_an_object_until_it_is_finished() {
+    hides_an_object_until_it_is_finished(&s3_store().await).await;
+}
+
+#[tokio::test]
+async fn s3_store_discards_an_aborted_object() {
+    discards_an_aborted_object(&s3_store().await).await;
+}
+
+#[tokio::test]
+async fn s3_store_deletes_every_object_under_a_prefix_and_nothing_else() {
+    deletes_every_object_under_a_prefix_and_nothing_else(&s3_store().await).await;
+}
+
+#[tokio::test]
+async fn s3_store_refuses_keys_that_could_escape_the_prefix() {
+    refuses_keys_that_could_escape_the_prefix(&s3_store().await).await;
+}
+
+#[tokio::test]
+async fn s3_store_refuses_an_object_key_that_names_a_directory() {
+    refuses_an_object_key_that_names_a_directory(&s3_store().await).await;
+}
