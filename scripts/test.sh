@@ -45,7 +45,7 @@ cleanup() {
   fi
   if [[ $rc -eq 0 && -n "$MOTO_LOG" ]]; then rm -f "$MOTO_LOG"; fi
   # On failure the databases stay for inspection; the next run drops them.
-  if [[ $rc -eq 0 ]] && $DROP_DBS_ON_EXIT; then drop_test_databases || true; fi
+  if [[ $rc -eq 0 ]] && $DROP_DBS_ON_EXIT; then drop_test_databases 2>/dev/null || true; fi
   if [[ -n "$HBA_FILE" ]]; then
     as_root sed -i "/^host .*$HBA_MARK\$/d" "$HBA_FILE" || true
     pg_reload || true
@@ -152,10 +152,28 @@ export AWS_EC2_METADATA_DISABLED=true
 log "python3 infra/gen_compartment.py --check"
 python3 infra/gen_compartment.py --check
 
+# The CLI tests run the `bulk-export` binary, which `cargo test` alone does not build.
+log "cargo build --workspace --bins"
+cargo build --workspace --bins
+
 log "cargo test --workspace --no-fail-fast $*"
-cargo test --workspace --no-fail-fast "$@"
+CARGO_TEST_LOG="$(mktemp "${TMPDIR:-/tmp}/fhir-bulk-cargo-test.XXXXXX.log")"
+set +e
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$CARGO_TEST_LOG"
+test_rc=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run: the sum of every test binary's "test result" line.
+read -r passed failed < <(awk '/^test result:/ {
+    for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) }
+  } END { print p + 0, f + 0 }' "$CARGO_TEST_LOG")
+rm -f "$CARGO_TEST_LOG"
+if [[ $test_rc -ne 0 ]]; then
+  echo "cargo: $passed passed, $failed failed"
+  exit "$test_rc"
+fi
 
 log "scripts/validate-template.sh"
 scripts/validate-template.sh
 
 log "all tests passed"
+echo "cargo: $passed passed, $failed failed"

@@ -183,3 +183,51 @@ async fn a_failed_run_reports_its_message_as_a_batch_item_failure() {
         serde_json::json!([{"itemIdentifier": message_id}])
     );
 }
+
+#[tokio::test]
+async fn a_kickoff_whose_wake_up_cannot_be_sent_still_queues_the_job() {
+    let (db, _data) = TestDb::with_generated(2).await;
+    let sqs = integration_tests::sqs_client().await;
+    let missing = format!(
+        "{}/123456789012/no-such-queue",
+        integration_tests::aws_endpoint()
+    );
+    let state = state(&db, Arc::new(SqsQueue::new(sqs, missing))).await;
+    let req = lambda_http::request::from_str(&event("kickoff-system.json")).expect("event");
+    let resp =
+        shared::http::kickoff::handle(&state, shared::lambda::from_lambda_request(req)).await;
+    assert_eq!(
+        resp.status(),
+        202,
+        "the job is stored before the wake-up is sent"
+    );
+    let location = resp.headers()["content-location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    let job_id: uuid::Uuid = location
+        .rsplit('=')
+        .next()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    let job = shared::db::jobs::get_job(&db.pool, job_id)
+        .await
+        .expect("db")
+        .expect("job");
+    assert_eq!(job.status, JobStatus::Queued);
+    // The next scheduled run picks it up.
+    let payload: serde_json::Value =
+        serde_json::from_str(&event("exporter-schedule.json")).expect("json");
+    shared::lambda::handle_exporter_event(
+        &state.exporter(),
+        lambda_runtime::LambdaEvent::new(payload, context(900)),
+    )
+    .await
+    .expect("handler");
+    let job = shared::db::jobs::get_job(&db.pool, job_id)
+        .await
+        .expect("db")
+        .expect("job");
+    assert_eq!(job.status, JobStatus::Complete);
+}

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -328,10 +327,4 @@ pub async fn select_progress(pool: &Pool, id: Uuid) -> Result<(i64, i64), DbErro
         )
         .await?;
     Ok((row.get(0), row.get(1)))
-}
-
-/// The database clock, for consistent time comparisons.
-pub async fn now(pool: &Pool) -> Result<DateTime<Utc>, DbError> {
-    let client = pool.get().await?;
-    Ok(client.query_one("SELECT now()", &[]).await?.get(0))
 }

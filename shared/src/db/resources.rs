@@ -164,16 +164,3 @@ pub async fn resource_exists(pool: &Pool, resource_type: &str, id: &str) -> Resu
         .await?;
     Ok(row.is_some())
 }
-
-/// Counts of current resources per type.
-pub async fn count_by_type(pool: &Pool) -> Result<Vec<(String, i64)>, DbError> {
-    let client = pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT resource_type, count(*) FROM resources WHERE NOT deleted
-             GROUP BY resource_type ORDER BY resource_type",
-            &[],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}

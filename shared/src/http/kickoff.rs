@@ -95,7 +95,8 @@ async fn kickoff(state: &AppState, req: &Request, route: &Route<'_>) -> Result<R
         }
     }
     let base = base_url(&state.config, req, route.prefix);
-    let route_path = &req.uri().path()[route.prefix.len().min(req.uri().path().len())..];
+    let path = normalized_path(req);
+    let route_path = path.get(route.prefix.len()..).unwrap_or_default();
     let request_url = match req.uri().query() {
         Some(q) if !q.is_empty() => format!("{base}{route_path}?{q}"),
         _ => format!("{base}{route_path}"),

@@ -181,11 +181,6 @@ pub fn base_url(config: &Config, req: &Request, prefix: &str) -> String {
     format!("{scheme}://{host}{}", prefix.trim_end_matches('/'))
 }
 
-/// Splits the path at a route suffix: `Some(prefix)` when the path ends with `suffix`.
-pub fn strip_route<'a>(path: &'a str, suffix: &str) -> Option<&'a str> {
-    path.strip_suffix(suffix)
-}
-
 pub fn not_found_route(req: &Request) -> Response {
     ApiError::NotFound(format!(
         "no route for {} {}",
