@@ -52,6 +52,7 @@ async fn new_job(
         types: types.map(|t| t.iter().map(|s| s.to_string()).collect()),
         since: None,
         output_format: "application/fhir+ndjson".into(),
+        ..Default::default()
     };
     jobs::insert_job(
         &db.pool,

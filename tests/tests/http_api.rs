@@ -53,6 +53,7 @@ async fn kickoff_refuses_bad_parameters_with_400_operation_outcomes() {
         ("_outputFormat=text/csv", "_outputFormat"),
         ("_count=5", "_count"),
         ("_typeFilter=Observation%3Fstatus%3Dfinal", "_typeFilter"),
+        ("patient=Patient/pat-1", "patient"),
         ("_type=", "_type"),
     ] {
         let resp = kickoff(&c, &format!("{}/$export?{query}", server.base)).await;
@@ -96,14 +97,14 @@ async fn kickoff_checks_its_headers() {
         .await
         .expect("req");
     assert_eq!(ok.status(), 202);
-    let post = c
-        .post(&url)
+    let put = c
+        .put(&url)
         .header("Accept", "application/fhir+json")
         .header("Prefer", "respond-async")
         .send()
         .await
         .expect("req");
-    outcome(post, 405).await;
+    outcome(put, 405).await;
 }
 
 #[tokio::test]
@@ -304,4 +305,205 @@ async fn metadata_is_a_bulk_data_capability_statement() {
             "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
         ))
     );
+}
+
+async fn post_kickoff(
+    c: &reqwest::Client,
+    url: &str,
+    prefer: &str,
+    body: serde_json::Value,
+) -> reqwest::Response {
+    c.post(url)
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", prefer)
+        .header("Content-Type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("POST kick-off")
+}
+
+async fn finished_manifest(c: &reqwest::Client, resp: reqwest::Response) -> serde_json::Value {
+    assert_eq!(resp.status(), 202);
+    let status_url = resp.headers()["content-location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    let done = poll(c, &status_url, Duration::from_secs(60)).await;
+    assert_eq!(done.status(), 200);
+    done.json().await.expect("manifest")
+}
+
+#[tokio::test]
+async fn post_kickoff_takes_a_parameters_body_at_every_level() {
+    let (server, data) = server_with(&[]).await;
+    let c = http_client();
+    let url = format!("{}/$export", server.base);
+    let body = serde_json::json!({"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Patient"},
+        {"name": "_outputFormat", "valueString": "application/fhir+ndjson"}]});
+    let manifest = finished_manifest(&c, post_kickoff(&c, &url, "respond-async", body).await).await;
+    assert_eq!(
+        manifest["request"], url,
+        "POST: the kick-off URL without the body's parameters"
+    );
+    let counts = download_counts(&c, &manifest, "output").await;
+    assert_eq!(counts.len(), 1);
+    assert_eq!(counts["Patient"], data.patient_ids().len());
+
+    // Group level with `patient`: only that member's compartment.
+    let group_url = format!("{}/Group/group-even/$export", server.base);
+    let body = serde_json::json!({"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": "Patient/pat-2"}}]});
+    let manifest = finished_manifest(
+        &c,
+        post_kickoff(&c, &group_url, "respond-async", body).await,
+    )
+    .await;
+    let counts = download_counts(&c, &manifest, "output").await;
+    let one: std::collections::BTreeSet<String> = ["pat-2".to_string()].into();
+    let expected: std::collections::BTreeMap<String, usize> = data
+        .expected_compartment_export(&one)
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(counts, expected);
+    assert_eq!(counts["Patient"], 1);
+
+    // Patient level with two patients, GET form of `patient` accepted too.
+    let resp = kickoff(
+        &c,
+        &format!(
+            "{}/Patient/$export?patient=Patient/pat-1,pat-3&_type=Patient",
+            server.base
+        ),
+    )
+    .await;
+    let manifest = finished_manifest(&c, resp).await;
+    assert_eq!(download_counts(&c, &manifest, "output").await["Patient"], 2);
+}
+
+#[tokio::test]
+async fn patients_that_are_unknown_or_outside_the_group_are_refused_unless_lenient() {
+    let (server, _) = server_with(&[]).await;
+    let c = http_client();
+    let group_url = format!("{}/Group/group-even/$export", server.base);
+    let odd = serde_json::json!({"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": "Patient/pat-1"}},
+        {"name": "patient", "valueReference": {"reference": "Patient/pat-2"}}]});
+    let oo = outcome(
+        post_kickoff(&c, &group_url, "respond-async", odd.clone()).await,
+        400,
+    )
+    .await;
+    assert!(oo["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("pat-1"));
+    let ghost = serde_json::json!({"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": "Patient/ghost"}}]});
+    outcome(
+        post_kickoff(
+            &c,
+            &format!("{}/Patient/$export", server.base),
+            "respond-async",
+            ghost,
+        )
+        .await,
+        400,
+    )
+    .await;
+
+    // Lenient: the export goes on with pat-2 and reports pat-1 in error[].
+    let resp = post_kickoff(&c, &group_url, "respond-async, handling=lenient", odd).await;
+    let manifest = finished_manifest(&c, resp).await;
+    assert_eq!(download_counts(&c, &manifest, "output").await["Patient"], 1);
+    let errors = manifest["error"].as_array().expect("error[]");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["type"], "OperationOutcome");
+    let text = c
+        .get(errors[0]["url"].as_str().expect("url"))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    let oo: serde_json::Value = serde_json::from_str(text.trim()).expect("json");
+    assert!(oo["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("pat-1"));
+}
+
+#[tokio::test]
+async fn lenient_handling_ignores_unknown_parameters_and_types_and_reports_each() {
+    let (server, data) = server_with(&[]).await;
+    let c = http_client();
+    let url = format!(
+        "{}/$export?_type=Patient,Unicorn&_count=5&_elements=id",
+        server.base
+    );
+    outcome(kickoff(&c, &url).await, 400).await;
+    let resp = c
+        .get(&url)
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async, handling=lenient")
+        .send()
+        .await
+        .expect("req");
+    let manifest = finished_manifest(&c, resp).await;
+    assert_eq!(
+        download_counts(&c, &manifest, "output").await["Patient"],
+        data.patient_ids().len()
+    );
+    let errors = manifest["error"].as_array().expect("error[]");
+    assert_eq!(errors.len(), 1, "one file");
+    assert_eq!(
+        errors[0]["count"], 3,
+        "one OperationOutcome per ignored parameter or type"
+    );
+}
+
+#[tokio::test]
+async fn post_kickoff_refuses_bodies_that_are_not_parameters() {
+    let (server, _) = server_with(&[]).await;
+    let c = http_client();
+    let url = format!("{}/$export", server.base);
+    outcome(
+        post_kickoff(
+            &c,
+            &url,
+            "respond-async",
+            serde_json::json!({"resourceType": "Patient"}),
+        )
+        .await,
+        400,
+    )
+    .await;
+    let not_json = c
+        .post(&url)
+        .header("Prefer", "respond-async")
+        .header("Content-Type", "application/fhir+json")
+        .body("{oops")
+        .send()
+        .await
+        .expect("req");
+    outcome(not_json, 400).await;
+    let xml = c
+        .post(&url)
+        .header("Prefer", "respond-async")
+        .header("Content-Type", "application/fhir+xml")
+        .body("<Parameters/>")
+        .send()
+        .await
+        .expect("req");
+    outcome(xml, 415).await;
+    let system_patient = serde_json::json!({"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": "Patient/pat-1"}}]});
+    outcome(
+        post_kickoff(&c, &url, "respond-async", system_patient).await,
+        400,
+    )
+    .await;
 }

@@ -212,36 +212,70 @@ pub async fn complete_job(
     Ok(n == 1)
 }
 
-/// Marks the job planned and stores its patients (Patient and Group level) in one transaction.
+/// The patients of a Patient- or Group-level job.
+#[derive(Debug, Clone, Copy)]
+pub enum PatientSet<'a> {
+    /// System level: no patient scope.
+    None,
+    /// Every current Patient.
+    All,
+    /// The Patients a Group's `Group.member` references.
+    Group(&'a str),
+    /// The `patient` parameter: these Patients (that exist and, with a group, are members).
+    Listed {
+        ids: &'a [String],
+        group: Option<&'a str>,
+    },
+}
+
+/// Marks the job planned, stores its patients and its work items, in one transaction.
 pub async fn mark_planned(
     pool: &Pool,
     id: Uuid,
     resource_types: &[String],
-    patients_from_group: Option<&str>,
-    all_patients: bool,
+    patients: PatientSet<'_>,
 ) -> Result<(), DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    if all_patients {
-        tx.execute(
-            "INSERT INTO export_job_patients (job_id, patient_id)
-             SELECT $1, id FROM resources WHERE resource_type = 'Patient' AND NOT deleted
-             ON CONFLICT DO NOTHING",
-            &[&id],
-        )
-        .await?;
-    } else if let Some(group) = patients_from_group {
-        // Group.member references, as computed on load into resource_refs; only Patients that
-        // exist count, so a Group member can never pull in another Group.
-        tx.execute(
-            "INSERT INTO export_job_patients (job_id, patient_id)
-             SELECT $1, f.target_id FROM resource_refs f
-             JOIN resources p ON p.resource_type = 'Patient' AND p.id = f.target_id AND NOT p.deleted
-             WHERE f.source_type = 'Group' AND f.source_id = $2 AND f.target_type = 'Patient'
-             ON CONFLICT DO NOTHING",
-            &[&id, &group],
-        )
-        .await?;
+    // Only Patients that exist count, so a Group member can never pull in another Group.
+    const GROUP_MEMBERS: &str = "SELECT f.target_id FROM resource_refs f
+         WHERE f.source_type = 'Group' AND f.source_id = $2 AND f.target_type = 'Patient'";
+    match patients {
+        PatientSet::None => {}
+        PatientSet::All => {
+            tx.execute(
+                "INSERT INTO export_job_patients (job_id, patient_id)
+                 SELECT $1, id FROM resources WHERE resource_type = 'Patient' AND NOT deleted
+                 ON CONFLICT DO NOTHING",
+                &[&id],
+            )
+            .await?;
+        }
+        PatientSet::Group(group) => {
+            tx.execute(
+                &format!(
+                    "INSERT INTO export_job_patients (job_id, patient_id)
+                     SELECT $1, p.id FROM resources p
+                     WHERE p.resource_type = 'Patient' AND NOT p.deleted AND p.id IN ({GROUP_MEMBERS})
+                     ON CONFLICT DO NOTHING"
+                ),
+                &[&id, &group],
+            )
+            .await?;
+        }
+        PatientSet::Listed { ids, group } => {
+            tx.execute(
+                &format!(
+                    "INSERT INTO export_job_patients (job_id, patient_id)
+                     SELECT $1, p.id FROM resources p
+                     WHERE p.resource_type = 'Patient' AND NOT p.deleted AND p.id = ANY($3)
+                       AND ($2::text IS NULL OR p.id IN ({GROUP_MEMBERS}))
+                     ON CONFLICT DO NOTHING"
+                ),
+                &[&id, &group, &ids],
+            )
+            .await?;
+        }
     }
     tx.execute(
         "INSERT INTO export_work_items (job_id, resource_type)

@@ -153,6 +153,28 @@ pub async fn select_resource_types(pool: &Pool) -> Result<Vec<String>, DbError> 
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Of `ids`, those that are not current Patients, or (with `group`) not members of that Group.
+pub async fn select_unknown_patients(
+    pool: &Pool,
+    ids: &[String],
+    group: Option<&str>,
+) -> Result<Vec<String>, DbError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT p FROM unnest($1::text[]) WITH ORDINALITY AS u(p, n)
+             WHERE NOT EXISTS (SELECT 1 FROM resources r
+                               WHERE r.resource_type = 'Patient' AND r.id = u.p AND NOT r.deleted)
+                OR ($2::text IS NOT NULL AND NOT EXISTS (
+                       SELECT 1 FROM resource_refs f WHERE f.source_type = 'Group'
+                         AND f.source_id = $2 AND f.target_type = 'Patient' AND f.target_id = u.p))
+             ORDER BY n",
+            &[&ids, &group],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Whether a current, non-deleted resource exists.
 pub async fn resource_exists(pool: &Pool, resource_type: &str, id: &str) -> Result<bool, DbError> {
     let client = pool.get().await?;

@@ -44,25 +44,7 @@ pub async fn select_work_items(pool: &Pool, job_id: Uuid) -> Result<Vec<WorkItem
 pub async fn checkpoint(pool: &Pool, item: &WorkItem, files: &[ExportFile]) -> Result<(), DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    for f in files {
-        tx.execute(
-            "INSERT INTO export_files (job_id, file_name, kind, resource_type, object_key,
-                 resource_count, byte_count)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (job_id, file_name) DO UPDATE SET resource_count = excluded.resource_count,
-                 byte_count = excluded.byte_count, object_key = excluded.object_key",
-            &[
-                &item.job_id,
-                &f.file_name,
-                &f.kind.as_str(),
-                &f.resource_type,
-                &f.object_key,
-                &f.resource_count,
-                &f.byte_count,
-            ],
-        )
-        .await?;
-    }
+    insert_files(&tx, item.job_id, files).await?;
     tx.execute(
         "UPDATE export_work_items SET phase = $3, cursor_id = $4, next_file_seq = $5, done = $6,
              updated_at = now()
@@ -78,6 +60,35 @@ pub async fn checkpoint(pool: &Pool, item: &WorkItem, files: &[ExportFile]) -> R
     )
     .await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// Records finished files (idempotent: a rewritten file replaces its row).
+pub async fn insert_files(
+    client: &impl deadpool_postgres::GenericClient,
+    job_id: Uuid,
+    files: &[ExportFile],
+) -> Result<(), DbError> {
+    for f in files {
+        client
+            .execute(
+                "INSERT INTO export_files (job_id, file_name, kind, resource_type, object_key,
+                     resource_count, byte_count)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (job_id, file_name) DO UPDATE SET resource_count = excluded.resource_count,
+                     byte_count = excluded.byte_count, object_key = excluded.object_key",
+                &[
+                    &job_id,
+                    &f.file_name,
+                    &f.kind.as_str(),
+                    &f.resource_type,
+                    &f.object_key,
+                    &f.resource_count,
+                    &f.byte_count,
+                ],
+            )
+            .await?;
+    }
     Ok(())
 }
 

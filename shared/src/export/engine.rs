@@ -14,8 +14,10 @@ use super::job::{ExportLevel, Job, JobStatus};
 use super::manifest::{ExportFile, FileKind};
 use crate::config::Config;
 use crate::db::files::{self, PatientScope, Selection};
+use crate::db::jobs::PatientSet;
 use crate::db::work_items::{self, WorkItem};
 use crate::db::{jobs, resources, DbError, Pool};
+use crate::fhir::outcome::Severity;
 use crate::fhir::resource_types::{is_patient_compartment_type, patient_compartment_types};
 use crate::fhir::OperationOutcome;
 use crate::queue::JobQueue;
@@ -280,14 +282,27 @@ impl Exporter {
             }
             _ => None,
         };
-        jobs::mark_planned(
-            &self.pool,
-            job.id,
-            &types,
-            group,
-            job.level == ExportLevel::Patient,
-        )
-        .await?;
+        let patients = match (job.level, &job.params.patients, group) {
+            (ExportLevel::System, _, _) => PatientSet::None,
+            (_, Some(ids), group) => PatientSet::Listed { ids, group },
+            (_, None, Some(g)) => PatientSet::Group(g),
+            (_, None, None) => PatientSet::All,
+        };
+        // Lenient handling: what the kick-off ignored is reported in error[].
+        if !job.params.ignored.is_empty() {
+            let lines: Vec<OperationOutcome> = job
+                .params
+                .ignored
+                .iter()
+                .map(|m| OperationOutcome::new(Severity::Warning, "not-supported", m.clone()))
+                .collect();
+            let file = self
+                .write_outcomes(job.id, "OperationOutcome-request.ndjson", &lines)
+                .await?;
+            let client = self.pool.get().await.map_err(DbError::from)?;
+            work_items::insert_files(&client, job.id, &[file]).await?;
+        }
+        jobs::mark_planned(&self.pool, job.id, &types, patients).await?;
         info!(types = types.len(), "export planned");
         Ok(())
     }
@@ -427,34 +442,49 @@ impl Exporter {
         if dangling.is_empty() {
             return Ok(None);
         }
+        let lines: Vec<OperationOutcome> = dangling
+            .iter()
+            .map(|(source_type, source_id, target_id)| {
+                OperationOutcome::new(
+                    Severity::Warning,
+                    "not-found",
+                    format!(
+                        "{source_type}/{source_id} references {}/{target_id}, which does not exist; it is not in the export",
+                        sel.resource_type
+                    ),
+                )
+            })
+            .collect();
+        let name = format!("OperationOutcome-{}.ndjson", sel.resource_type);
+        Ok(Some(self.write_outcomes(sel.job_id, &name, &lines).await?))
+    }
+
+    /// Writes OperationOutcomes as one error file of the job.
+    async fn write_outcomes(
+        &self,
+        job_id: Uuid,
+        file_name: &str,
+        outcomes: &[OperationOutcome],
+    ) -> Result<ExportFile, Failure> {
         let mut body = Vec::new();
-        for (source_type, source_id, target_id) in &dangling {
-            let oo = OperationOutcome::new(
-                crate::fhir::outcome::Severity::Warning,
-                "not-found",
-                format!(
-                    "{source_type}/{source_id} references {}/{target_id}, which does not exist; it is not in the export",
-                    sel.resource_type
-                ),
-            );
+        for oo in outcomes {
             body.extend_from_slice(oo.to_json().as_bytes());
             body.push(b'\n');
         }
-        let file_name = format!("OperationOutcome-{}.ndjson", sel.resource_type);
-        let key = format!("{}/{}", sel.job_id, file_name);
+        let key = format!("{job_id}/{file_name}");
         let mut writer = self.store.writer(&key).await?;
         if let Err(e) = writer.write(&body).await {
             return Err(abort_with(writer, e.into()).await);
         }
         let size = writer.finish().await?;
-        Ok(Some(ExportFile {
-            file_name,
+        Ok(ExportFile {
+            file_name: file_name.to_string(),
             kind: FileKind::Error,
             resource_type: "OperationOutcome".into(),
             object_key: key,
-            resource_count: dangling.len() as i64,
+            resource_count: outcomes.len() as i64,
             byte_count: size as i64,
-        }))
+        })
     }
 }
 

@@ -114,6 +114,7 @@ mod tests {
                 types: None,
                 since: since.then_some(t),
                 output_format: "application/fhir+ndjson".into(),
+                ..Default::default()
             },
             request_url: "http://h/$export".into(),
             transaction_time: t,

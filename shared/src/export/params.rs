@@ -13,7 +13,6 @@ pub const OUTPUT_FORMATS: &[&str] = &["application/fhir+ndjson", "application/nd
 /// Parameters recognised by the IG that this server does not support yet.
 const NOT_YET_SUPPORTED: &[&str] = &[
     "_elements",
-    "patient",
     "_typeFilter",
     "includeAssociatedData",
     "_until",
@@ -31,6 +30,12 @@ pub struct ExportParams {
     pub since: Option<DateTime<Utc>>,
     #[serde(rename = "_outputFormat")]
     pub output_format: String,
+    /// `patient`: only these patients' compartments (Patient and Group level).
+    #[serde(rename = "patient", default, skip_serializing_if = "Option::is_none")]
+    pub patients: Option<Vec<String>>,
+    /// With `Prefer: handling=lenient`: what was ignored, reported as OperationOutcomes in error[].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,9 +50,19 @@ pub enum KickoffError {
     NotAcceptable(String),
 }
 
+/// What the `Prefer` header asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Preferences {
+    pub lenient: bool,
+}
+
 /// Checks the kick-off headers: `Accept: application/fhir+json` (absent, `*/*` and
-/// `application/json` are tolerated) and `Prefer: respond-async` (parsed as a list).
-pub fn check_headers(accept: Option<&str>, prefer: Option<&str>) -> Result<(), KickoffError> {
+/// `application/json` are tolerated) and `Prefer: respond-async` (parsed as a list, which may
+/// also carry `handling=lenient`).
+pub fn check_headers(
+    accept: Option<&str>,
+    prefer: Option<&str>,
+) -> Result<Preferences, KickoffError> {
     if let Some(accept) = accept {
         let ok = accept.split(',').any(|a| {
             let media = a.split(';').next().unwrap_or("").trim();
@@ -62,47 +77,62 @@ pub fn check_headers(accept: Option<&str>, prefer: Option<&str>) -> Result<(), K
             )));
         }
     }
-    let respond_async = prefer.is_some_and(|p| {
-        p.split(',')
-            .any(|pref| pref.trim().eq_ignore_ascii_case("respond-async"))
-    });
-    if !respond_async {
+    let prefs: Vec<String> = prefer
+        .unwrap_or("")
+        .split(',')
+        .map(|p| p.trim().to_ascii_lowercase().replace(' ', ""))
+        .collect();
+    if !prefs.iter().any(|p| p == "respond-async") {
         return Err(KickoffError::InvalidHeader(
             "the Prefer header must include respond-async".into(),
         ));
     }
-    Ok(())
+    Ok(Preferences {
+        lenient: prefs.iter().any(|p| p == "handling=lenient"),
+    })
 }
 
-/// Parses the kick-off query. A repeated parameter is one comma-joined value (IG).
-/// `exportable` tells which types the level can export (Patient/Group level: compartment types
-/// and AdditionalResources).
-pub fn parse_query(
+/// Kick-off parameters in either form (GET query or POST `Parameters`), as (name, value) pairs.
+/// A repeated parameter means one comma-joined value (IG). `additional_resources` tells which
+/// non-compartment types a Patient or Group export can contain. With `lenient`, unknown or
+/// unsupported parameters and types are ignored and listed in [`ExportParams::ignored`].
+pub fn parse_params(
     level: ExportLevel,
-    query: &[(String, String)],
+    pairs: &[(String, String)],
     additional_resources: &[String],
+    lenient: bool,
 ) -> Result<ExportParams, KickoffError> {
-    let mut types: Option<Vec<String>> = None;
-    let mut since = None;
-    let mut output_format = None;
-    for (name, value) in query {
+    let mut p = ExportParams::default();
+    let mut ignored = Vec::new();
+    // Refuses, or with `lenient` records and goes on.
+    let mut refuse = |e: KickoffError| -> Result<(), KickoffError> {
+        if lenient {
+            ignored.push(format!("{e} (ignored: Prefer handling=lenient)"));
+            Ok(())
+        } else {
+            Err(e)
+        }
+    };
+    for (name, value) in pairs {
         match name.as_str() {
             "_type" => {
-                let list = types.get_or_insert_with(Vec::new);
+                let list = p.types.get_or_insert_with(Vec::new);
                 for t in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                     if !is_resource_type(t) {
-                        return Err(KickoffError::InvalidParameter(format!(
+                        refuse(KickoffError::InvalidParameter(format!(
                             "_type: {t:?} is not a FHIR R4 resource type"
-                        )));
+                        )))?;
+                        continue;
                     }
                     if level != ExportLevel::System
                         && !is_patient_compartment_type(t)
                         && !additional_resources.iter().any(|a| a == t)
                     {
-                        return Err(KickoffError::InvalidParameter(format!(
+                        refuse(KickoffError::InvalidParameter(format!(
                             "_type: {t} is neither in the Patient compartment nor an AdditionalResources type, so a {} export cannot contain it",
                             level.as_str()
-                        )));
+                        )))?;
+                        continue;
                     }
                     if !list.iter().any(|x| x == t) {
                         list.push(t.to_string());
@@ -110,48 +140,126 @@ pub fn parse_query(
                 }
             }
             "_since" => {
-                if since.is_some() {
-                    return Err(KickoffError::InvalidParameter(
+                if p.since.is_some() {
+                    refuse(KickoffError::InvalidParameter(
                         "_since may be given only once".into(),
-                    ));
+                    ))?;
+                    continue;
                 }
-                since = Some(
-                    parse_instant(value)
-                        .map_err(|e| KickoffError::InvalidParameter(format!("_since: {e}")))?,
-                );
+                match parse_instant(value) {
+                    Ok(t) => p.since = Some(t),
+                    Err(e) => refuse(KickoffError::InvalidParameter(format!("_since: {e}")))?,
+                }
             }
             "_outputFormat" => {
                 let v = value.trim();
-                if !OUTPUT_FORMATS.contains(&v) {
-                    return Err(KickoffError::InvalidParameter(format!(
+                if OUTPUT_FORMATS.contains(&v) {
+                    p.output_format = v.to_string();
+                } else {
+                    refuse(KickoffError::InvalidParameter(format!(
                         "_outputFormat {v:?} is not supported; use one of {}",
                         OUTPUT_FORMATS.join(", ")
-                    )));
+                    )))?;
                 }
-                output_format = Some(v.to_string());
+            }
+            "patient" => {
+                if level == ExportLevel::System {
+                    refuse(KickoffError::InvalidParameter(
+                        "patient is not allowed in a system-level export".into(),
+                    ))?;
+                    continue;
+                }
+                let list = p.patients.get_or_insert_with(Vec::new);
+                for r in value.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+                    let id = r.strip_prefix("Patient/").unwrap_or(r);
+                    if !is_fhir_id(id) {
+                        refuse(KickoffError::InvalidParameter(format!(
+                            "patient: {r:?} is not a Patient reference"
+                        )))?;
+                        continue;
+                    }
+                    if !list.iter().any(|x| x == id) {
+                        list.push(id.to_string());
+                    }
+                }
             }
             other if NOT_YET_SUPPORTED.contains(&other) => {
-                return Err(KickoffError::NotSupported(format!(
+                refuse(KickoffError::NotSupported(format!(
                     "parameter {other} is not supported by this server"
-                )));
+                )))?;
             }
             other => {
-                return Err(KickoffError::InvalidParameter(format!(
+                refuse(KickoffError::InvalidParameter(format!(
                     "unknown parameter {other:?}"
-                )));
+                )))?;
             }
         }
     }
-    if types.as_ref().is_some_and(|t| t.is_empty()) {
+    if p.types.as_ref().is_some_and(|t| t.is_empty()) {
+        if lenient && !ignored.is_empty() {
+            // Every requested type was ignored: export what the level allows.
+            p.types = None;
+        } else {
+            return Err(KickoffError::InvalidParameter(
+                "_type must list at least one resource type".into(),
+            ));
+        }
+    }
+    if p.patients.as_ref().is_some_and(|l| l.is_empty()) {
         return Err(KickoffError::InvalidParameter(
-            "_type must list at least one resource type".into(),
+            "patient must name at least one Patient".into(),
         ));
     }
-    Ok(ExportParams {
-        types,
-        since,
-        output_format: output_format.unwrap_or_else(|| OUTPUT_FORMATS[0].to_string()),
-    })
+    if p.output_format.is_empty() {
+        p.output_format = OUTPUT_FORMATS[0].to_string();
+    }
+    p.ignored = ignored;
+    Ok(p)
+}
+
+/// The parameters of a POST kick-off body: a FHIR `Parameters` resource. Values may be given as
+/// valueString, valueCode, valueInstant, valueDateTime, valueUri, valueId or valueReference.
+pub fn parameters_body(body: &[u8]) -> Result<Vec<(String, String)>, KickoffError> {
+    let bad = |m: String| KickoffError::InvalidParameter(m);
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+    if v.get("resourceType").and_then(|t| t.as_str()) != Some("Parameters") {
+        return Err(bad("the body must be a FHIR Parameters resource".into()));
+    }
+    let mut out = Vec::new();
+    let params = match v.get("parameter") {
+        None => return Ok(out),
+        Some(serde_json::Value::Array(a)) => a,
+        Some(_) => return Err(bad("Parameters.parameter must be an array".into())),
+    };
+    for param in params {
+        let name = param
+            .get("name")
+            .and_then(|n| n.as_str())
+            .ok_or_else(|| bad("a Parameters.parameter has no name".into()))?;
+        let value = [
+            "valueString",
+            "valueCode",
+            "valueInstant",
+            "valueDateTime",
+            "valueUri",
+            "valueId",
+        ]
+        .iter()
+        .find_map(|k| param.get(*k).and_then(|v| v.as_str()))
+        .or_else(|| {
+            param
+                .get("valueReference")
+                .and_then(|r| r.get("reference"))
+                .and_then(|r| r.as_str())
+        })
+        .ok_or_else(|| bad(format!("parameter {name} has no supported value[x]")))?;
+        out.push((name.to_string(), value.to_string()));
+    }
+    Ok(out)
 }
 
 /// A FHIR id: `[A-Za-z0-9\-\.]{1,64}`.
@@ -181,26 +289,29 @@ mod tests {
     #[test]
     fn kickoff_accepts_all_three_output_format_aliases() {
         for f in OUTPUT_FORMATS {
-            let p = parse_query(ExportLevel::System, &q(&[("_outputFormat", f)]), &[]).unwrap();
+            let p =
+                parse_params(ExportLevel::System, &q(&[("_outputFormat", f)]), &[], false).unwrap();
             assert_eq!(p.output_format, *f);
         }
-        assert!(parse_query(
+        assert!(parse_params(
             ExportLevel::System,
             &q(&[("_outputFormat", "text/csv")]),
-            &[]
+            &[],
+            false,
         )
         .is_err());
     }
 
     #[test]
     fn repeated_type_parameters_are_joined_and_deduplicated() {
-        let p = parse_query(
+        let p = parse_params(
             ExportLevel::System,
             &q(&[
                 ("_type", "Patient,Observation"),
                 ("_type", "Patient , Encounter"),
             ]),
             &[],
+            false,
         )
         .unwrap();
         assert_eq!(
@@ -211,59 +322,150 @@ mod tests {
 
     #[test]
     fn kickoff_rejects_unknown_type() {
-        let e = parse_query(ExportLevel::System, &q(&[("_type", "Patient,Foo")]), &[]).unwrap_err();
+        let e = parse_params(
+            ExportLevel::System,
+            &q(&[("_type", "Patient,Foo")]),
+            &[],
+            false,
+        )
+        .unwrap_err();
         assert!(matches!(e, KickoffError::InvalidParameter(m) if m.contains("Foo")));
     }
 
     #[test]
     fn patient_level_rejects_types_it_cannot_export() {
-        assert!(parse_query(
+        assert!(parse_params(
             ExportLevel::Patient,
             &q(&[("_type", "Practitioner")]),
-            &additional()
+            &additional(),
+            false,
         )
         .is_err());
-        assert!(parse_query(
+        assert!(parse_params(
             ExportLevel::Group,
             &q(&[("_type", "Device,Observation")]),
-            &additional()
+            &additional(),
+            false,
         )
         .is_ok());
-        assert!(parse_query(ExportLevel::System, &q(&[("_type", "Practitioner")]), &[]).is_ok());
+        assert!(parse_params(
+            ExportLevel::System,
+            &q(&[("_type", "Practitioner")]),
+            &[],
+            false
+        )
+        .is_ok());
     }
 
     #[test]
     fn since_must_be_an_instant() {
-        let p = parse_query(
+        let p = parse_params(
             ExportLevel::System,
             &q(&[("_since", "2020-01-01T00:00:00Z")]),
             &[],
+            false,
         )
         .unwrap();
         assert_eq!(p.since.unwrap().to_rfc3339(), "2020-01-01T00:00:00+00:00");
-        assert!(parse_query(ExportLevel::System, &q(&[("_since", "2020-01-01")]), &[]).is_err());
+        assert!(parse_params(
+            ExportLevel::System,
+            &q(&[("_since", "2020-01-01")]),
+            &[],
+            false
+        )
+        .is_err());
     }
 
     #[test]
     fn unknown_and_unsupported_parameters_are_refused() {
         assert!(matches!(
-            parse_query(ExportLevel::System, &q(&[("_count", "10")]), &[]),
+            parse_params(ExportLevel::System, &q(&[("_count", "10")]), &[], false),
             Err(KickoffError::InvalidParameter(_))
         ));
         assert!(matches!(
-            parse_query(ExportLevel::System, &q(&[("_typeFilter", "x")]), &[]),
+            parse_params(ExportLevel::System, &q(&[("_typeFilter", "x")]), &[], false),
             Err(KickoffError::NotSupported(_))
         ));
-        assert!(parse_query(ExportLevel::System, &q(&[("_type", "")]), &[]).is_err());
+        assert!(parse_params(ExportLevel::System, &q(&[("_type", "")]), &[], false).is_err());
+    }
+
+    #[test]
+    fn lenient_handling_ignores_and_reports_instead_of_refusing() {
+        let p = parse_params(
+            ExportLevel::System,
+            &q(&[
+                ("_type", "Patient,Foo"),
+                ("_count", "5"),
+                ("_typeFilter", "x"),
+            ]),
+            &[],
+            true,
+        )
+        .unwrap();
+        assert_eq!(p.types.unwrap(), vec!["Patient"]);
+        assert_eq!(p.ignored.len(), 3);
+        assert!(p.ignored[0].contains("Foo"));
+        let all_ignored =
+            parse_params(ExportLevel::System, &q(&[("_type", "Foo")]), &[], true).unwrap();
+        assert_eq!(all_ignored.types, None);
+    }
+
+    #[test]
+    fn patient_parameter_takes_references_or_ids_at_patient_and_group_level() {
+        let p = parse_params(
+            ExportLevel::Group,
+            &q(&[("patient", "Patient/a,b"), ("patient", "Patient/a")]),
+            &[],
+            false,
+        )
+        .unwrap();
+        assert_eq!(p.patients.unwrap(), vec!["a", "b"]);
+        assert!(parse_params(
+            ExportLevel::System,
+            &q(&[("patient", "Patient/a")]),
+            &[],
+            false
+        )
+        .is_err());
+        assert!(parse_params(
+            ExportLevel::Patient,
+            &q(&[("patient", "Patient/../x")]),
+            &[],
+            false
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn parameters_bodies_give_name_value_pairs() {
+        let body = br#"{"resourceType":"Parameters","parameter":[
+            {"name":"_type","valueString":"Patient,Observation"},
+            {"name":"_since","valueInstant":"2020-01-01T00:00:00Z"},
+            {"name":"patient","valueReference":{"reference":"Patient/p1"}},
+            {"name":"_outputFormat","valueString":"ndjson"}]}"#;
+        let pairs = parameters_body(body).unwrap();
+        assert_eq!(pairs.len(), 4);
+        assert_eq!(pairs[2], ("patient".to_string(), "Patient/p1".to_string()));
+        assert!(parameters_body(b"{\"resourceType\":\"Patient\"}").is_err());
+        assert!(parameters_body(b"not json").is_err());
+        assert!(parameters_body(
+            br#"{"resourceType":"Parameters","parameter":[{"name":"x","valueInteger":1}]}"#
+        )
+        .is_err());
+        assert_eq!(parameters_body(b"").unwrap(), vec![]);
     }
 
     #[test]
     fn prefer_is_parsed_as_a_list() {
-        assert!(check_headers(
-            Some("application/fhir+json"),
-            Some("respond-async, handling=lenient")
-        )
-        .is_ok());
+        assert!(
+            check_headers(
+                Some("application/fhir+json"),
+                Some("respond-async, handling=lenient")
+            )
+            .unwrap()
+            .lenient
+        );
+        assert!(!check_headers(None, Some("respond-async")).unwrap().lenient);
         assert!(check_headers(None, Some("handling=lenient,respond-async")).is_ok());
         assert!(matches!(
             check_headers(Some("application/fhir+json"), None),

@@ -68,25 +68,37 @@ pub async fn handle(state: &AppState, req: Request) -> Response {
 }
 
 async fn kickoff(state: &AppState, req: &Request, route: &Route<'_>) -> Result<Response, ApiError> {
-    if req.method() == Method::POST {
-        return Err(ApiError::MethodNotAllowed(
-            "POST kick-off with a Parameters body is not supported yet; use GET".into(),
-        ));
-    }
-    if req.method() != Method::GET {
+    let post = req.method() == Method::POST;
+    if !post && req.method() != Method::GET {
         return Err(ApiError::MethodNotAllowed(format!(
-            "$export supports GET, not {}",
+            "$export supports GET and POST, not {}",
             req.method()
         )));
     }
-    params::check_headers(
+    let prefs = params::check_headers(
         header_str(req, header::ACCEPT),
         header_str(req, header::HeaderName::from_static("prefer")),
     )
     .map_err(kickoff_error)?;
-    let pairs = query_pairs(req);
-    let params = params::parse_query(route.level, &pairs, &state.config.additional_resources)
-        .map_err(kickoff_error)?;
+    let mut pairs = query_pairs(req);
+    if post {
+        if let Some(ct) = header_str(req, header::CONTENT_TYPE) {
+            let media = ct.split(';').next().unwrap_or("").trim();
+            if !matches!(media, "application/fhir+json" | "application/json") {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "a POST kick-off body is a FHIR Parameters resource (application/fhir+json), not {media}"
+                )));
+            }
+        }
+        pairs.extend(params::parameters_body(req.body()).map_err(kickoff_error)?);
+    }
+    let mut params = params::parse_params(
+        route.level,
+        &pairs,
+        &state.config.additional_resources,
+        prefs.lenient,
+    )
+    .map_err(kickoff_error)?;
     if let Some(group_id) = route.group_id {
         if !is_fhir_id(group_id)
             || !resources::resource_exists(&state.pool, "Group", group_id).await?
@@ -94,9 +106,37 @@ async fn kickoff(state: &AppState, req: &Request, route: &Route<'_>) -> Result<R
             return Err(ApiError::NotFound(format!("Group/{group_id} is not known")));
         }
     }
+    if let Some(patients) = params.patients.take() {
+        let unknown =
+            resources::select_unknown_patients(&state.pool, &patients, route.group_id).await?;
+        if !unknown.is_empty() {
+            let what = match route.group_id {
+                Some(g) => format!("not Patients in Group/{g}"),
+                None => "not known Patients".to_string(),
+            };
+            let msg = format!("patient: {} {what}", unknown.join(", "));
+            if !prefs.lenient {
+                return Err(ApiError::BadRequest(msg));
+            }
+            params
+                .ignored
+                .push(format!("{msg} (ignored: Prefer handling=lenient)"));
+        }
+        let known: Vec<String> = patients
+            .into_iter()
+            .filter(|p| !unknown.contains(p))
+            .collect();
+        if known.is_empty() {
+            return Err(ApiError::BadRequest(
+                "patient: none of the patients can be exported".into(),
+            ));
+        }
+        params.patients = Some(known);
+    }
     let base = base_url(&state.config, req, route.prefix);
     let path = normalized_path(req);
     let route_path = path.get(route.prefix.len()..).unwrap_or_default();
+    // For POST the IG's `request` is the kick-off URL without the body's parameters.
     let request_url = match req.uri().query() {
         Some(q) if !q.is_empty() => format!("{base}{route_path}?{q}"),
         _ => format!("{base}{route_path}"),
@@ -112,7 +152,7 @@ async fn kickoff(state: &AppState, req: &Request, route: &Route<'_>) -> Result<R
         },
     )
     .await?;
-    tracing::info!(job_id = %job.id, level = route.level.as_str(), "export queued");
+    tracing::info!(job_id = %job.id, level = route.level.as_str(), post, "export queued");
     if let Err(e) = state.queue.send(job.id).await {
         tracing::warn!(job_id = %job.id, error = %e, "wake-up not sent; the schedule will pick the job up");
     }

@@ -56,6 +56,8 @@ pub enum ApiError {
     Gone(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("the service is temporarily unavailable; retry later")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("internal error")]
@@ -88,6 +90,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -96,7 +99,9 @@ impl ApiError {
     fn issue_code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "invalid",
-            ApiError::NotSupported(_) | ApiError::MethodNotAllowed(_) => "not-supported",
+            ApiError::NotSupported(_)
+            | ApiError::MethodNotAllowed(_)
+            | ApiError::UnsupportedMediaType(_) => "not-supported",
             ApiError::NotAcceptable(_) => "not-supported",
             ApiError::NotFound(_) | ApiError::Gone(_) => "not-found",
             ApiError::Unavailable(_) => "transient",
