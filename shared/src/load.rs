@@ -47,7 +47,27 @@ impl std::fmt::Display for Rejected {
 pub struct LoadReport {
     pub files: usize,
     pub loaded: u64,
+    /// Resources deleted by Bundle DELETE entries.
+    pub deleted: u64,
     pub rejected: Vec<Rejected>,
+}
+
+/// One entry of a Bundle: a resource to store, or a `DELETE Type/id` request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BundleEntry {
+    Resource(Value),
+    Delete { resource_type: String, id: String },
+}
+
+/// Parses `Type/id` (as in a DELETE request url or `bulk-export delete`).
+pub fn parse_type_id(s: &str) -> Result<(String, String), String> {
+    let s = s.trim().trim_start_matches('/');
+    match s.split_once('/') {
+        Some((t, id)) if is_resource_type(t) && is_fhir_id(id) => {
+            Ok((t.to_string(), id.to_string()))
+        }
+        _ => Err(format!("{s:?} is not Type/id")),
+    }
 }
 
 /// Turns one parsed resource into a row, or says why it cannot be stored.
@@ -155,8 +175,18 @@ impl<P: FnMut(u64)> Loader<'_, P> {
         }
         let entries = bundle_resources(value);
         for (i, entry) in entries.into_iter().enumerate() {
-            match entry.and_then(prepare) {
-                Ok(r) => self.push(r).await?,
+            match entry {
+                Ok(BundleEntry::Resource(r)) => match prepare(r) {
+                    Ok(r) => self.push(r).await?,
+                    Err(m) => self.reject(path, i + 1, m),
+                },
+                Ok(BundleEntry::Delete { resource_type, id }) => {
+                    // Earlier entries are stored first, so a Bundle's order is kept.
+                    self.flush().await?;
+                    self.report.deleted +=
+                        crate::db::resources::delete_resources(self.pool, &[(resource_type, id)])
+                            .await?;
+                }
                 Err(m) => self.reject(path, i + 1, m),
             }
         }
@@ -167,7 +197,7 @@ impl<P: FnMut(u64)> Loader<'_, P> {
 /// The resources of a Bundle, with `urn:uuid:` references rewritten to `Type/id` (Synthea
 /// transaction Bundles link entries by fullUrl). Resources without an id take it from a
 /// `urn:uuid:` fullUrl.
-pub fn bundle_resources(bundle: Value) -> Vec<Result<Value, String>> {
+pub fn bundle_resources(bundle: Value) -> Vec<Result<BundleEntry, String>> {
     let Some(Value::Array(entries)) = bundle.get("entry").cloned() else {
         return Vec::new();
     };
@@ -179,9 +209,14 @@ pub fn bundle_resources(bundle: Value) -> Vec<Result<Value, String>> {
             .and_then(Value::as_str)
             .unwrap_or("");
         if method.eq_ignore_ascii_case("DELETE") {
-            resources.push(Err(
-                "DELETE entries are not supported by this loader yet".into()
-            ));
+            let url = entry
+                .pointer("/request/url")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            resources.push(
+                parse_type_id(url)
+                    .map(|(resource_type, id)| BundleEntry::Delete { resource_type, id }),
+            );
             continue;
         }
         let Some(mut resource) = entry.get("resource").cloned() else {
@@ -202,10 +237,12 @@ pub fn bundle_resources(bundle: Value) -> Vec<Result<Value, String>> {
                 full_urls.insert(full_url.to_string(), format!("{t}/{id}"));
             }
         }
-        resources.push(Ok(resource));
+        resources.push(Ok(BundleEntry::Resource(resource)));
     }
-    for r in resources.iter_mut().flatten() {
-        rewrite_references(r, &full_urls);
+    for entry in resources.iter_mut().flatten() {
+        if let BundleEntry::Resource(r) = entry {
+            rewrite_references(r, &full_urls);
+        }
     }
     resources
 }
@@ -316,11 +353,19 @@ mod tests {
         ]});
         let out = bundle_resources(bundle);
         assert_eq!(out.len(), 3);
-        assert_eq!(out[0].as_ref().unwrap()["id"], "p1");
+        let resource = |i: usize| match &out[i] {
+            Ok(BundleEntry::Resource(r)) => r.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(resource(0)["id"], "p1");
+        assert_eq!(resource(1)["subject"]["reference"], "Patient/p1");
         assert_eq!(
-            out[1].as_ref().unwrap()["subject"]["reference"],
-            "Patient/p1"
+            out[2],
+            Ok(BundleEntry::Delete {
+                resource_type: "Patient".into(),
+                id: "x".into()
+            })
         );
-        assert!(out[2].is_err());
+        assert!(parse_type_id("Patient/../x").is_err());
     }
 }

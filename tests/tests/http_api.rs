@@ -507,3 +507,81 @@ async fn post_kickoff_refuses_bodies_that_are_not_parameters() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn since_exports_list_deletions_in_deleted_and_never_in_output() {
+    let (server, _) = server_with(&[]).await;
+    let c = http_client();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let since = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // After `since`: pat-0 is updated, one of its Observations deleted by a Bundle DELETE entry,
+    // and one Condition deleted through the CLI's library call.
+    let dir = temp_dir();
+    std::fs::write(
+        dir.join("changes.json"),
+        serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Patient", "id": "pat-0", "gender": "other"},
+             "request": {"method": "PUT", "url": "Patient/pat-0"}},
+            {"request": {"method": "DELETE", "url": "Observation/obs-0-0-0"}}]})
+        .to_string(),
+    )
+    .expect("write");
+    let report = shared::load::load_paths(&server.state.pool, &[dir], |_| {})
+        .await
+        .expect("load");
+    assert_eq!((report.loaded, report.deleted), (1, 1));
+    let n = shared::db::resources::delete_resources(
+        &server.state.pool,
+        &[
+            ("Condition".into(), "cond-0".into()),
+            ("Condition".into(), "missing".into()),
+        ],
+    )
+    .await
+    .expect("delete");
+    assert_eq!(n, 1);
+
+    let since = since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    for path in ["/$export", "/Patient/$export"] {
+        let resp = kickoff(&c, &format!("{}{path}?_since={since}", server.base)).await;
+        let manifest = finished_manifest(&c, resp).await;
+        let output = download_counts(&c, &manifest, "output").await;
+        assert_eq!(
+            output,
+            [("Patient".to_string(), 1)].into(),
+            "{path}: only the updated Patient"
+        );
+        let deleted = manifest["deleted"].as_array().expect("deleted[]");
+        let mut urls = Vec::new();
+        for entry in deleted {
+            assert_eq!(entry["type"], "Bundle");
+            let text = c
+                .get(entry["url"].as_str().expect("url"))
+                .send()
+                .await
+                .expect("get")
+                .text()
+                .await
+                .expect("body");
+            for line in text.lines() {
+                let b: serde_json::Value = serde_json::from_str(line).expect("json");
+                assert_eq!(b["type"], "transaction");
+                assert_eq!(b["entry"][0]["request"]["method"], "DELETE");
+                urls.push(
+                    b["entry"][0]["request"]["url"]
+                        .as_str()
+                        .expect("url")
+                        .to_string(),
+                );
+            }
+        }
+        urls.sort();
+        assert_eq!(
+            urls,
+            vec!["Condition/cond-0", "Observation/obs-0-0-0"],
+            "{path}"
+        );
+    }
+}

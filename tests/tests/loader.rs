@@ -189,6 +189,29 @@ async fn the_cli_migrates_loads_with_progress_and_exits_2_on_rejected_lines() {
         "every good line loaded (the generated set and Broken.ndjson:1)"
     );
 
+    let deleted = Command::new(&bin)
+        .args(["delete", "Patient/x", "Patient/pat-0"])
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run");
+    assert!(deleted.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&deleted.stdout).trim(),
+        "deleted 2 of 2 resources"
+    );
+    assert_eq!(
+        scalar(&db.pool, "SELECT count(*) FROM resources WHERE deleted").await,
+        2
+    );
+    let bad = Command::new(&bin)
+        .args(["delete", "Patient/../../x"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not Type/id"));
+
     let fresh = format!("bulkt_cli_{}", uuid::Uuid::new_v4().simple());
     let admin = integration_tests::admin_url();
     let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)

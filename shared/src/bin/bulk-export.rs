@@ -33,6 +33,12 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Delete resources (tombstones: `_since` exports list them in deleted[]).
+    Delete {
+        /// `Type/id` of each resource to delete.
+        #[arg(required = true)]
+        resources: Vec<String>,
+    },
     /// Serve every HTTP route and run the exporter in this process.
     Serve {
         #[arg(long, default_value_t = 8080, env = "PORT")]
@@ -71,15 +77,25 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("rejected {r}");
             }
             println!(
-                "loaded {} resources from {} files in {:.1}s; {} rejected",
+                "loaded {} resources from {} files in {:.1}s; {} deleted; {} rejected",
                 report.loaded,
                 report.files,
                 started.elapsed().as_secs_f64(),
+                report.deleted,
                 report.rejected.len()
             );
             if !report.rejected.is_empty() {
                 std::process::exit(2);
             }
+        }
+        Command::Delete { resources } => {
+            require_schema(&pool).await?;
+            let keys = resources
+                .iter()
+                .map(|r| load::parse_type_id(r).map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let n = db::resources::delete_resources(&pool, &keys).await?;
+            println!("deleted {n} of {} resources", keys.len());
         }
         Command::Serve { port, host } => {
             require_schema(&pool).await?;

@@ -129,6 +129,45 @@ pub async fn select_page(
         .collect())
 }
 
+/// Ids of resources deleted after `since` and up to the transaction time, in the selection's
+/// scope, after `cursor` (for `deleted[]`).
+pub async fn select_deleted_ids(
+    pool: &Pool,
+    sel: &Selection<'_>,
+    cursor: &str,
+    max_rows: i64,
+) -> Result<Vec<String>, DbError> {
+    let scope = scope_condition(&sel.scope);
+    let sql = format!(
+        "SELECT r.id FROM resources r
+         WHERE r.resource_type = $1 AND r.id > $2 AND r.deleted AND r.last_updated <= $3
+           AND r.last_updated > $4 AND {scope}
+           -- every statement binds the same parameters
+           AND $5::int8 IS NOT NULL AND $7::uuid IS NOT NULL AND $8::text[] IS NOT NULL
+         ORDER BY r.id LIMIT $6"
+    );
+    let empty: Vec<String> = Vec::new();
+    let sources = sel.scope.as_ref().map_or(&empty[..], |s| s.referenced_from);
+    let client = pool.get().await?;
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &sel.resource_type,
+                &cursor,
+                &sel.transaction_time,
+                &sel.since,
+                &0i64,
+                &max_rows,
+                &sel.job_id,
+                &sources,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// References from the job's exported compartment resources (of `source_types`) to
 /// `target_type` resources that do not exist: (source type, source id, target id).
 pub async fn select_dangling_refs(

@@ -136,6 +136,40 @@ fn stamp_meta(resource: &mut Value, version: i64, now: &DateTime<Utc>) {
     }
 }
 
+/// Deletes resources (tombstones): the current version moves to history and the row is marked
+/// deleted with a new version and `last_updated`, so `_since` exports list it in `deleted[]`.
+/// Compartment and reference rows stay, to scope those lists. Returns how many were deleted
+/// (unknown or already deleted resources are skipped).
+pub async fn delete_resources(pool: &Pool, keys: &[(String, String)]) -> Result<u64, DbError> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let types: Vec<&str> = keys.iter().map(|(t, _)| t.as_str()).collect();
+    let ids: Vec<&str> = keys.iter().map(|(_, i)| i.as_str()).collect();
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, resource)
+         SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.resource
+         FROM resources r JOIN unnest($1::text[], $2::text[]) AS k(t, i)
+           ON r.resource_type = k.t AND r.id = k.i
+         WHERE NOT r.deleted
+         ON CONFLICT DO NOTHING",
+        &[&types, &ids],
+    )
+    .await?;
+    let n = tx
+        .execute(
+            "UPDATE resources r SET deleted = true, version_id = r.version_id + 1, last_updated = now()
+             FROM unnest($1::text[], $2::text[]) AS k(t, i)
+             WHERE r.resource_type = k.t AND r.id = k.i AND NOT r.deleted",
+            &[&types, &ids],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
 /// The resource types that have at least one current resource (a loose index scan).
 pub async fn select_resource_types(pool: &Pool) -> Result<Vec<String>, DbError> {
     let client = pool.get().await?;

@@ -410,6 +410,7 @@ impl Exporter {
             let mut finished: Vec<ExportFile> = file.iter().cloned().collect();
             if exhausted {
                 finished.extend(self.write_dangling_reference_errors(sel).await?);
+                finished.extend(self.write_deleted(sel).await?);
             }
             item.done = exhausted;
             work_items::checkpoint(&self.pool, &item, &finished).await?;
@@ -457,6 +458,47 @@ impl Exporter {
             .collect();
         let name = format!("OperationOutcome-{}.ndjson", sel.resource_type);
         Ok(Some(self.write_outcomes(sel.job_id, &name, &lines).await?))
+    }
+
+    /// With `_since`: resources of this item deleted since then, as ndjson of transaction Bundles
+    /// with one DELETE entry each (so `count` is both lines and resources), listed in `deleted[]`.
+    async fn write_deleted(&self, sel: &Selection<'_>) -> Result<Option<ExportFile>, Failure> {
+        if sel.since.is_none() {
+            return Ok(None);
+        }
+        let mut cursor = String::new();
+        let mut body = Vec::new();
+        let mut count = 0i64;
+        loop {
+            let ids = files::select_deleted_ids(&self.pool, sel, &cursor, self.page_rows).await?;
+            let Some(last) = ids.last() else { break };
+            cursor.clone_from(last);
+            for id in &ids {
+                let bundle = serde_json::json!({"resourceType": "Bundle", "type": "transaction",
+                    "entry": [{"request": {"method": "DELETE", "url": format!("{}/{id}", sel.resource_type)}}]});
+                body.extend_from_slice(bundle.to_string().as_bytes());
+                body.push(b'\n');
+            }
+            count += ids.len() as i64;
+        }
+        if count == 0 {
+            return Ok(None);
+        }
+        let file_name = format!("Bundle-deleted-{}.ndjson", sel.resource_type);
+        let key = format!("{}/{file_name}", sel.job_id);
+        let mut writer = self.store.writer(&key).await?;
+        if let Err(e) = writer.write(&body).await {
+            return Err(abort_with(writer, e.into()).await);
+        }
+        let size = writer.finish().await?;
+        Ok(Some(ExportFile {
+            file_name,
+            kind: FileKind::Deleted,
+            resource_type: "Bundle".into(),
+            object_key: key,
+            resource_count: count,
+            byte_count: size as i64,
+        }))
     }
 
     /// Writes OperationOutcomes as one error file of the job.
