@@ -72,6 +72,10 @@ pub struct Config {
     pub max_attempts: i32,
     /// Seconds a client is told to wait between status polls.
     pub retry_after_seconds: u64,
+    /// Status polls of a running job closer together than this get 429 (0: no limit).
+    pub min_poll_interval: Duration,
+    /// Running exports one client may have at once; one more gets 429.
+    pub max_concurrent_exports: i64,
 }
 
 pub const DEFAULT_ADDITIONAL_RESOURCES: &[&str] = &[
@@ -152,6 +156,8 @@ impl Config {
             lease: Duration::from_secs(number(&var, "LEASE_SECONDS", 120)?.max(5)),
             max_attempts: number(&var, "MAX_ATTEMPTS", 3)?.max(1) as i32,
             retry_after_seconds: number(&var, "RETRY_AFTER_SECONDS", 2)?.max(1),
+            min_poll_interval: Duration::from_millis(number(&var, "MIN_POLL_INTERVAL_MS", 500)?),
+            max_concurrent_exports: number(&var, "MAX_CONCURRENT_EXPORTS", 10)?.max(1) as i64,
         })
     }
 }

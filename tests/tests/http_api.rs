@@ -21,6 +21,9 @@ async fn server_with(
         "DATABASE_URL" => Some(url.clone()),
         "STORAGE_PATH" => Some(storage.clone()),
         "REPEAT_PERIOD" => Some("200".into()),
+        "MIN_POLL_INTERVAL_MS" if !extra.iter().any(|(n, _)| *n == "MIN_POLL_INTERVAL_MS") => {
+            Some("50".into())
+        }
         other => extra
             .iter()
             .find(|(n, _)| *n == other)
@@ -584,4 +587,50 @@ async fn since_exports_list_deletions_in_deleted_and_never_in_output() {
             "{path}"
         );
     }
+}
+
+#[tokio::test]
+async fn over_polling_and_too_many_running_exports_get_429_with_retry_after() {
+    let (server, _) = server_with(&[
+        ("MIN_POLL_INTERVAL_MS", "60000"),
+        ("MAX_CONCURRENT_EXPORTS", "2"),
+    ])
+    .await;
+    let c = http_client();
+    let url = format!("{}/$export", server.base);
+    let first = kickoff(&c, &url).await;
+    assert_eq!(first.status(), 202);
+    let status_url = first.headers()["content-location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    let second = kickoff(&c, &url).await;
+    assert_eq!(second.status(), 202);
+    // Both may already be done: make them running again, leased to an exporter elsewhere.
+    let pool = &server.state.pool;
+    let client = pool.get().await.expect("conn");
+    client
+        .execute(
+            "UPDATE export_jobs SET status = 'Active', lease_owner = 'elsewhere',
+                 lease_expires_at = now() + interval '1 hour', completed_at = NULL, expires_at = NULL
+             WHERE true",
+            &[],
+        )
+        .await
+        .expect("hold jobs");
+    let third = kickoff(&c, &url).await;
+    let retry: u64 = third.headers()["retry-after"]
+        .to_str()
+        .expect("ra")
+        .parse()
+        .expect("int");
+    assert!(retry > 0);
+    let oo = outcome(third, 429).await;
+    assert_eq!(oo["issue"][0]["code"], "throttled");
+
+    let poll1 = c.get(&status_url).send().await.expect("poll");
+    assert_eq!(poll1.status(), 202);
+    let poll2 = c.get(&status_url).send().await.expect("poll");
+    assert_eq!(poll2.headers()["retry-after"], "2");
+    outcome(poll2, 429).await;
 }

@@ -351,6 +351,35 @@ pub async fn mark_purged(pool: &Pool, id: Uuid) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Records a status poll of a running job. Returns false when the previous poll was less than
+/// `min_interval` ago (the client is polling too often).
+pub async fn record_poll(pool: &Pool, id: Uuid, min_interval: Duration) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let n = client
+        .execute(
+            "UPDATE export_jobs SET last_polled_at = now()
+             WHERE id = $1 AND (last_polled_at IS NULL
+                                OR last_polled_at <= now() - make_interval(secs => $2))",
+            &[&id, &min_interval.as_secs_f64()],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// How many exports of this client (None: unauthenticated) are still running.
+pub async fn count_running_jobs(pool: &Pool, client_id: Option<&str>) -> Result<i64, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM export_jobs
+             WHERE client_id IS NOT DISTINCT FROM $1
+               AND status IN ('Queued', 'Active', 'CancellationRequested')",
+            &[&client_id],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// Work progress for X-Progress: (done items, all items).
 pub async fn select_progress(pool: &Pool, id: Uuid) -> Result<(i64, i64), DbError> {
     let client = pool.get().await?;

@@ -43,10 +43,16 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Migrations, applied in order by `bulk-export migrate`, each in its own transaction.
-pub const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_initial",
-    include_str!("../../../infra/migrations/0001_initial.sql"),
-)];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_initial",
+        include_str!("../../../infra/migrations/0001_initial.sql"),
+    ),
+    (
+        "0002_status_polling",
+        include_str!("../../../infra/migrations/0002_status_polling.sql"),
+    ),
+];
 
 pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, DbError> {
     let pg = tokio_postgres::Config::from_str(database_url)

@@ -133,6 +133,16 @@ async fn kickoff(state: &AppState, req: &Request, route: &Route<'_>) -> Result<R
         }
         params.patients = Some(known);
     }
+    let running = jobs::count_running_jobs(&state.pool, None).await?;
+    if running >= state.config.max_concurrent_exports {
+        return Err(ApiError::TooManyRequests {
+            message: format!(
+                "{running} exports are already running for this client (limit {}); retry later or cancel one",
+                state.config.max_concurrent_exports
+            ),
+            retry_after: 30,
+        });
+    }
     let base = base_url(&state.config, req, route.prefix);
     let path = normalized_path(req);
     let route_path = path.get(route.prefix.len()..).unwrap_or_default();

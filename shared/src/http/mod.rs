@@ -58,6 +58,8 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
     #[error("the service is temporarily unavailable; retry later")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("internal error")]
@@ -91,6 +93,7 @@ impl ApiError {
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -105,6 +108,7 @@ impl ApiError {
             ApiError::NotAcceptable(_) => "not-supported",
             ApiError::NotFound(_) | ApiError::Gone(_) => "not-found",
             ApiError::Unavailable(_) => "transient",
+            ApiError::TooManyRequests { .. } => "throttled",
             ApiError::Internal(_) => "exception",
         }
     }
@@ -112,6 +116,11 @@ impl ApiError {
     /// The response: an OperationOutcome with a safe message; the full chain is logged once.
     pub fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = match &self {
+            ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
+            ApiError::Unavailable(_) => Some(5),
+            _ => None,
+        };
         if status.is_server_error() {
             let mut chain = self.to_string();
             let mut source = std::error::Error::source(&self);
@@ -126,9 +135,9 @@ impl ApiError {
             status,
             &OperationOutcome::error(self.issue_code(), self.to_string()),
         );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(seconds) = retry_after {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         resp
     }

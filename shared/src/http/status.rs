@@ -68,6 +68,16 @@ async fn status(state: &AppState, req: &Request, prefix: &str) -> Result<Respons
     }
     match job.status {
         JobStatus::Queued | JobStatus::Active => {
+            let interval = state.config.min_poll_interval;
+            if !interval.is_zero() && !jobs::record_poll(&state.pool, id, interval).await? {
+                return Err(ApiError::TooManyRequests {
+                    message: format!(
+                        "polling too often; wait {} s (Retry-After) between status requests",
+                        state.config.retry_after_seconds
+                    ),
+                    retry_after: state.config.retry_after_seconds,
+                });
+            }
             let progress = if job.status == JobStatus::Queued {
                 "Queued".to_string()
             } else {
