@@ -634,3 +634,32 @@ async fn over_polling_and_too_many_running_exports_get_429_with_retry_after() {
     assert_eq!(poll2.headers()["retry-after"], "2");
     outcome(poll2, 429).await;
 }
+
+#[tokio::test]
+async fn operation_definitions_are_served_for_the_three_export_operations() {
+    let (server, _) = server_with(&[]).await;
+    let c = http_client();
+    for id in ["export", "patient-export", "group-export"] {
+        let resp = c
+            .get(format!("{}/OperationDefinition/{id}", server.base))
+            .send()
+            .await
+            .expect("req");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/fhir+json");
+        let def: serde_json::Value = resp.json().await.expect("json");
+        assert_eq!(def["resourceType"], "OperationDefinition");
+        assert_eq!(
+            def["url"],
+            format!("http://hl7.org/fhir/uv/bulkdata/OperationDefinition/{id}")
+        );
+    }
+    outcome(
+        c.get(format!("{}/OperationDefinition/nope", server.base))
+            .send()
+            .await
+            .expect("req"),
+        404,
+    )
+    .await;
+}

@@ -58,6 +58,19 @@ pub async fn handle(state: &AppState, req: Request) -> Response {
             metadata::capability_statement(&base, &state.config).to_string(),
         );
     }
+    if let Some(id) = metadata::operation_definition_id(&path) {
+        return match (
+            req.method() == Method::GET,
+            metadata::operation_definition(id),
+        ) {
+            (true, Some(def)) => json_response(StatusCode::OK, super::FHIR_JSON, def.to_string()),
+            (false, _) => ApiError::MethodNotAllowed("OperationDefinition supports GET".into())
+                .into_response(),
+            (true, None) => {
+                ApiError::NotFound(format!("OperationDefinition/{id} is not known")).into_response()
+            }
+        };
+    }
     let Some(route) = parse_route(&path) else {
         return not_found_route(&req);
     };
