@@ -56,7 +56,15 @@ pub async fn to_lambda_response(
             Err(e) => lambda_http::Body::Binary(e.into_bytes()),
         },
         // Local storage inside Lambda is only for `sam local`; the payload limit applies.
-        Body::File(path) => lambda_http::Body::Binary(tokio::fs::read(path).await?),
+        Body::File { path, gzip } => {
+            let mut bytes = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(
+                &mut crate::http::file_reader(&path, gzip).await?,
+                &mut bytes,
+            )
+            .await?;
+            lambda_http::Body::Binary(bytes)
+        }
     };
     Ok(lambda_http::Response::from_parts(parts, body))
 }

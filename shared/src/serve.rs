@@ -42,9 +42,10 @@ async fn into_axum(resp: crate::http::Response) -> axum::response::Response {
     let (parts, body) = resp.into_parts();
     let body = match body {
         Body::Full(b) => axum::body::Body::from(b),
-        Body::File(path) => match tokio::fs::File::open(&path).await {
-            Ok(f) => axum::body::Body::from_stream(
-                tokio_util::io::ReaderStream::with_capacity(f, 64 * 1024).map_err(axum::Error::new),
+        Body::File { path, gzip } => match crate::http::file_reader(&path, gzip).await {
+            Ok(reader) => axum::body::Body::from_stream(
+                tokio_util::io::ReaderStream::with_capacity(reader, 64 * 1024)
+                    .map_err(axum::Error::new),
             ),
             Err(e) => {
                 return Box::pin(into_axum(

@@ -663,3 +663,41 @@ async fn operation_definitions_are_served_for_the_three_export_operations() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn downloads_are_gzip_compressed_only_for_clients_that_accept_it() {
+    let (server, data) = server_with(&[]).await;
+    let c = http_client();
+    let resp = kickoff(&c, &format!("{}/$export?_type=Observation", server.base)).await;
+    let manifest = finished_manifest(&c, resp).await;
+    let url = manifest["output"][0]["url"]
+        .as_str()
+        .expect("url")
+        .to_string();
+
+    let plain = c.get(&url).send().await.expect("get");
+    assert!(plain.headers().get("content-encoding").is_none());
+    let plain = plain.bytes().await.expect("body");
+    assert_eq!(
+        plain.iter().filter(|b| **b == b'\n').count(),
+        data.count_by_type()["Observation"]
+    );
+
+    let zipped = c
+        .get(&url)
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(zipped.status(), 200);
+    assert_eq!(zipped.headers()["content-encoding"], "gzip");
+    assert_eq!(zipped.headers()["content-type"], "application/fhir+ndjson");
+    let compressed = zipped.bytes().await.expect("body");
+    assert!(compressed.len() * 3 < plain.len(), "ndjson compresses well");
+    let mut decoder = async_compression::tokio::bufread::GzipDecoder::new(&compressed[..]);
+    let mut unzipped = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut decoder, &mut unzipped)
+        .await
+        .expect("gunzip");
+    assert_eq!(unzipped, plain.to_vec());
+}

@@ -81,22 +81,53 @@ async fn download(state: &AppState, req: &Request) -> Result<Response, ApiError>
             Ok(resp)
         }
         Download::File(path) => {
-            let mut resp = http::Response::new(Body::File(path));
-            resp.headers_mut().insert(
+            let gzip = accepts_gzip(header_str(req, header::ACCEPT_ENCODING));
+            let mut resp = http::Response::new(Body::File { path, gzip });
+            let h = resp.headers_mut();
+            h.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(NDJSON_CONTENT_TYPE),
             );
-            if let Ok(v) = HeaderValue::from_str(&file.byte_count.to_string()) {
-                resp.headers_mut().insert(header::CONTENT_LENGTH, v);
+            h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+            if gzip {
+                h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            } else if let Ok(v) = HeaderValue::from_str(&file.byte_count.to_string()) {
+                h.insert(header::CONTENT_LENGTH, v);
             }
             Ok(resp)
         }
     }
 }
 
+/// Whether `Accept-Encoding` allows gzip (listed without `q=0`).
+fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
+    accept_encoding.is_some_and(|v| {
+        v.split(',').any(|part| {
+            let mut it = part.split(';');
+            let coding = it.next().unwrap_or("").trim();
+            let q_zero = it.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q_zero
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::accepts_ndjson;
+    use super::{accepts_gzip, accepts_ndjson};
+
+    #[test]
+    fn gzip_only_when_the_client_accepts_it() {
+        assert!(!accepts_gzip(None));
+        assert!(accepts_gzip(Some("gzip, deflate, br")));
+        assert!(accepts_gzip(Some("br;q=1.0, gzip;q=0.8")));
+        assert!(!accepts_gzip(Some("gzip;q=0")));
+        assert!(!accepts_gzip(Some("identity")));
+    }
 
     #[test]
     fn file_download_accepts_ndjson_or_nothing() {

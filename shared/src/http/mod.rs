@@ -26,11 +26,25 @@ pub type Response = http::Response<Body>;
 
 pub const FHIR_JSON: &str = "application/fhir+json";
 
-/// A response body: bytes, or a local file the host streams.
+/// A response body: bytes, or a local file the host streams (gzip-compressed on the way out
+/// when the client accepted it).
 #[derive(Debug)]
 pub enum Body {
     Full(Bytes),
-    File(PathBuf),
+    File { path: PathBuf, gzip: bool },
+}
+
+/// Opens a local file as a byte stream, compressed with gzip when asked.
+pub async fn file_reader(
+    path: &std::path::Path,
+    gzip: bool,
+) -> std::io::Result<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>> {
+    let file = tokio::io::BufReader::with_capacity(64 * 1024, tokio::fs::File::open(path).await?);
+    Ok(if gzip {
+        Box::pin(async_compression::tokio::bufread::GzipEncoder::new(file))
+    } else {
+        Box::pin(file)
+    })
 }
 
 /// What handlers need, built once per cold start.
