@@ -3,6 +3,7 @@
 #   moto[server]  S3 + SQS emulator the integration tests talk to (scripts/test.sh starts it)
 #   cfn-lint      template linter          (scripts/validate-template.sh)
 #   aws-sam-cli   `sam validate --lint`    (scripts/validate-template.sh)
+#   smart-fetch   a real bulk-export client for the end-to-end tests (own venv)
 #
 #   scripts/setup-tools.sh          # idempotent; installs only what is missing
 #
@@ -71,3 +72,14 @@ for tool in "cfn-lint:$CFN_LINT_SPEC" "sam:$SAM_SPEC" "moto_server:$MOTO_SPEC"; 
       --force-reinstall --no-deps "${tool#*:}"
   fi
 done
+
+# smart-fetch, the SMART on FHIR team's bulk-export client, in a venv of its own (its pins must
+# not meet moto's or sam's). The end-to-end tests run it unmodified against `bulk-export serve`.
+SMART_FETCH_SPEC="smart-fetch==1.0.3"
+SF_VENV="$TOOLS_DIR/smart-fetch-venv"
+if [[ ! -x "$SF_VENV/bin/smart-fetch" ]]; then
+  log "installing $SMART_FETCH_SPEC into $SF_VENV"
+  rm -rf "$SF_VENV"
+  python3 -m venv "$SF_VENV"
+  "$SF_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$SMART_FETCH_SPEC"
+fi

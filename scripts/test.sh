@@ -63,6 +63,7 @@ ensure_cc
 # --- Python tools -------------------------------------------------------------------------
 TOOLS_DIR="$TOOLS_DIR" "$ROOT/scripts/setup-tools.sh"
 export TOOLS_VENV="$VENV"   # scripts/validate-template.sh takes cfn-lint and sam from here
+export SMART_FETCH="$TOOLS_DIR/smart-fetch-venv/bin/smart-fetch"   # tests/tests/smart_fetch.rs
 
 # --- Postgres -----------------------------------------------------------------------------
 psql_admin() { psql "$TEST_DATABASE_URL" -w -X -q -v ON_ERROR_STOP=1 "$@"; }

@@ -16,8 +16,12 @@ pub fn capability_statement(base: &str, config: &Config) -> Value {
         .filter(|t| **t != "Patient" && **t != "Group")
         .map(|t| json!({"type": t}))
         .collect();
-    resources
-        .push(json!({"type": "Patient", "operation": [export_op("export", "patient-export")]}));
+    // `_lastUpdated` tells clients (e.g. smart-fetch) that `_since` filters on last update.
+    resources.push(json!({
+        "type": "Patient",
+        "operation": [export_op("export", "patient-export")],
+        "searchParam": [{"name": "_lastUpdated", "type": "date"}]
+    }));
     resources.push(json!({
         "type": "Group",
         "operation": [export_op("export", "group-export")],

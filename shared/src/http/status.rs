@@ -80,6 +80,8 @@ async fn status(state: &AppState, req: &Request, prefix: &str) -> Result<Respons
             }
             let progress = if job.status == JobStatus::Queued {
                 "Queued".to_string()
+            } else if !job.planned {
+                "Active: planning".to_string()
             } else {
                 let (done, all) = jobs::select_progress(&state.pool, id).await?;
                 format!("Active: {done} of {all} resource types exported")
@@ -102,7 +104,8 @@ async fn status(state: &AppState, req: &Request, prefix: &str) -> Result<Respons
         JobStatus::Complete => {
             let files = work_items::select_files(&state.pool, id).await?;
             let base = base_url(&state.config, req, prefix);
-            let manifest = manifest::build(&job, &files, &base, true);
+            // Downloads need no token until authorization is configured.
+            let manifest = manifest::build(&job, &files, &base, false);
             let body =
                 serde_json::to_string(&manifest).map_err(|e| ApiError::Internal(Box::new(e)))?;
             let mut resp = json_response(StatusCode::OK, "application/json", body);

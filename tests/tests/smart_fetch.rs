@@ -1,0 +1,146 @@
+//! A real client: `smart-fetch` (PyPI, SMART on FHIR team), unmodified, against
+//! `bulk-export serve`. scripts/test.sh installs it and sets SMART_FETCH.
+//!
+//! Flags used: `--no-default-filters` (its default adds a `_typeFilter` this server does not
+//! support yet), `--no-compression` (plain files to count), `--since-mode updated`. smart-fetch has
+//! no Patient-level flag; it appends `/$export` to `--fhir-url`, so `<base>/Patient` gives one.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use integration_tests::{config, temp_dir, Server, TestDb};
+use shared::config::StoragePath;
+use shared::storage::local::LocalStore;
+use shared::storage::ObjectStore;
+
+fn smart_fetch() -> String {
+    std::env::var("SMART_FETCH").expect(
+        "SMART_FETCH is not set: run the tests with scripts/test.sh, which installs smart-fetch",
+    )
+}
+
+/// Runs `smart-fetch bulk` and returns resource counts per type from the files it wrote.
+async fn run(args: &[&str]) -> BTreeMap<String, usize> {
+    let out = temp_dir().join("out");
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        tokio::process::Command::new(smart_fetch())
+            .arg("bulk")
+            .args(args)
+            .args(["--no-default-filters", "--no-compression"])
+            .arg(&out)
+            .output(),
+    )
+    .await
+    .expect("smart-fetch finished in time")
+    .expect("smart-fetch runs");
+    assert!(
+        output.status.success(),
+        "smart-fetch {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    count_files(&out)
+}
+
+fn count_files(dir: &Path) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).expect("output dir") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        // Data files are <Type>.<NNN>.ndjson; log.ndjson and the error/ and deleted/ folders are not.
+        let Some((rtype, rest)) = name.split_once('.') else {
+            continue;
+        };
+        if !rest.ends_with(".ndjson") || !path.is_file() || rtype == "log" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+            assert_eq!(v["resourceType"], rtype);
+        }
+        *counts.entry(rtype.to_string()).or_default() += text.lines().count();
+    }
+    counts
+}
+
+fn assert_matches(got: &BTreeMap<String, usize>, expected: &BTreeMap<String, usize>, what: &str) {
+    for core in ["Patient", "Encounter", "Observation", "Condition"] {
+        assert!(
+            got.contains_key(core),
+            "{what}: smart-fetch exported no {core}: {got:?}"
+        );
+    }
+    for (t, n) in got {
+        assert_eq!(Some(n), expected.get(t), "{what}: {t}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_fetch_exports_system_patient_group_and_since_unmodified() {
+    let (db, data) = TestDb::from_template().await;
+    let dir = temp_dir();
+    let cfg = config(&db, StoragePath::Local(dir.clone()));
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
+    let server = Server::start(cfg, db.pool.clone(), store).await;
+
+    let system = run(&["--fhir-url", &server.base]).await;
+    assert_matches(&system, &data.count_by_type(), "system");
+
+    let patient = run(&["--fhir-url", &format!("{}/Patient", server.base)]).await;
+    assert_matches(
+        &patient,
+        &data.expected_compartment_export(&data.patient_ids()),
+        "Patient",
+    );
+
+    let group = run(&["--fhir-url", &server.base, "--group", &data.group_id]).await;
+    assert_matches(
+        &group,
+        &data.expected_compartment_export(&data.group_members()),
+        "Group",
+    );
+
+    // --since: only what changed after it.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let patient_id = data.patient_ids().into_iter().next().expect("a patient");
+    let changes = temp_dir().join("changes.ndjson");
+    std::fs::write(
+        &changes,
+        format!("{{\"resourceType\":\"Patient\",\"id\":\"{patient_id}\",\"gender\":\"other\"}}\n"),
+    )
+    .expect("write");
+    shared::load::load_paths(&db.pool, &[changes], |_| {})
+        .await
+        .expect("load");
+    let since_run = temp_dir().join("since");
+    let output = tokio::process::Command::new(smart_fetch())
+        .args([
+            "bulk",
+            "--fhir-url",
+            &server.base,
+            "--since",
+            &since,
+            "--since-mode",
+            "updated",
+        ])
+        .args(["--no-default-filters", "--no-compression"])
+        .arg(&since_run)
+        .output()
+        .await
+        .expect("smart-fetch runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(count_files(&since_run), [("Patient".to_string(), 1)].into());
+}
