@@ -19,3 +19,15 @@ pub mod storage;
 pub mod telemetry;
 
 pub use config::Config;
+
+/// An error with its sources, `a: b: c` (tokio-postgres and the AWS SDK keep the useful message in a source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -18,7 +18,7 @@ pub enum DbError {
     Config(String),
     #[error("database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database: {}", error_chain(.0))]
+    #[error("database: {}", crate::error_chain(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("database row: {0}")]
     Row(String),
@@ -28,18 +28,6 @@ pub enum DbError {
         #[source]
         source: tokio_postgres::Error,
     },
-}
-
-/// An error with its sources, `a: b: c` (tokio-postgres keeps the server's message in a source).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Migrations, applied in order by `bulk-export migrate`, each in its own transaction.
@@ -88,15 +76,19 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<&'static str>, DbError> {
     result
 }
 
-async fn apply_pending(
-    client: &mut deadpool_postgres::Object,
-) -> Result<Vec<&'static str>, DbError> {
-    let applied: Vec<String> = client
+async fn applied_migrations(client: &deadpool_postgres::Object) -> Result<Vec<String>, DbError> {
+    Ok(client
         .query("SELECT name FROM schema_migrations", &[])
         .await?
         .iter()
         .map(|r| r.get(0))
-        .collect();
+        .collect())
+}
+
+async fn apply_pending(
+    client: &mut deadpool_postgres::Object,
+) -> Result<Vec<&'static str>, DbError> {
+    let applied = applied_migrations(client).await?;
     let mut done = Vec::new();
     for (name, sql) in MIGRATIONS {
         if applied.iter().any(|a| a == name) {
@@ -124,12 +116,7 @@ pub async fn pending_migrations(pool: &Pool) -> Result<Vec<&'static str>, DbErro
     if !exists {
         return Ok(MIGRATIONS.iter().map(|(n, _)| *n).collect());
     }
-    let applied: Vec<String> = client
-        .query("SELECT name FROM schema_migrations", &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let applied = applied_migrations(&client).await?;
     Ok(MIGRATIONS
         .iter()
         .map(|(n, _)| *n)

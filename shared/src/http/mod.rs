@@ -136,13 +136,7 @@ impl ApiError {
             _ => None,
         };
         if status.is_server_error() {
-            let mut chain = self.to_string();
-            let mut source = std::error::Error::source(&self);
-            while let Some(s) = source {
-                chain.push_str(": ");
-                chain.push_str(&s.to_string());
-                source = s.source();
-            }
+            let chain = crate::error_chain(&self);
             tracing::error!(status = status.as_u16(), error = %chain, "request failed");
         }
         let mut resp = outcome_response(

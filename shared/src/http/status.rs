@@ -58,14 +58,20 @@ fn gone(state: &AppState, job: &Job) -> Option<ApiError> {
     None
 }
 
-async fn status(state: &AppState, req: &Request, prefix: &str) -> Result<Response, ApiError> {
-    let id = job_id(req)?;
-    let job = jobs::get_job(&state.pool, id)
+/// The job named by `_id`, if the client may still see it.
+async fn visible_job(state: &AppState, req: &Request) -> Result<Job, ApiError> {
+    let job = jobs::get_job(&state.pool, job_id(req)?)
         .await?
         .ok_or_else(|| ApiError::NotFound("no such export job".into()))?;
-    if let Some(e) = gone(state, &job) {
-        return Err(e);
+    match gone(state, &job) {
+        Some(e) => Err(e),
+        None => Ok(job),
     }
+}
+
+async fn status(state: &AppState, req: &Request, prefix: &str) -> Result<Response, ApiError> {
+    let job = visible_job(state, req).await?;
+    let id = job.id;
     match job.status {
         JobStatus::Queued | JobStatus::Active => {
             let interval = state.config.min_poll_interval;
@@ -134,13 +140,8 @@ async fn status(state: &AppState, req: &Request, prefix: &str) -> Result<Respons
 }
 
 async fn delete(state: &AppState, req: &Request) -> Result<Response, ApiError> {
-    let id = job_id(req)?;
-    let job = jobs::get_job(&state.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such export job".into()))?;
-    if let Some(e) = gone(state, &job) {
-        return Err(e);
-    }
+    let job = visible_job(state, req).await?;
+    let id = job.id;
     if !jobs::request_cancellation(&state.pool, id).await? {
         return Err(ApiError::NotFound("no such export job".into()));
     }

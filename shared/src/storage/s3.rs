@@ -30,17 +30,10 @@ fn s3_err(
     key: &str,
     err: impl std::error::Error + 'static,
 ) -> StorageError {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
     StorageError::S3 {
         operation,
         key: key.to_string(),
-        message,
+        message: crate::error_chain(&err),
     }
 }
 
