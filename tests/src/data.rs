@@ -8,15 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 /// The AdditionalResources default (Firely).
-pub const ADDITIONAL: &[&str] = &[
-    "Organization",
-    "Location",
-    "Substance",
-    "Device",
-    "BodyStructure",
-    "Medication",
-    "Coverage",
-];
+pub const ADDITIONAL: &[&str] = shared::config::DEFAULT_ADDITIONAL_RESOURCES;
 
 pub struct DataSet {
     pub dir: PathBuf,

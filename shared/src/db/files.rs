@@ -66,6 +66,37 @@ fn scope_condition(scope: &Option<PatientScope<'_>>) -> String {
     }
 }
 
+/// Runs a selection statement. Parameters: $1 type, $2 cursor, $3 transaction time, $4 since,
+/// $5 and $6 the statement's own numbers, $7 job id, $8 source types of referenced resources.
+async fn query_selection(
+    pool: &Pool,
+    sql: &str,
+    sel: &Selection<'_>,
+    cursor: &str,
+    p5: i64,
+    p6: i64,
+) -> Result<Vec<tokio_postgres::Row>, DbError> {
+    let empty: Vec<String> = Vec::new();
+    let sources = sel.scope.as_ref().map_or(&empty[..], |s| s.referenced_from);
+    let client = pool.get().await?;
+    let stmt = client.prepare_cached(sql).await?;
+    Ok(client
+        .query(
+            &stmt,
+            &[
+                &sel.resource_type,
+                &cursor,
+                &sel.transaction_time,
+                &sel.since,
+                &p5,
+                &p6,
+                &sel.job_id,
+                &sources,
+            ],
+        )
+        .await?)
+}
+
 /// Reads the next page after `cursor` in `phase` (0: current versions; 1: the version current
 /// at the transaction time of resources changed since). At most `max_rows` rows and at most
 /// `max_bytes` bytes of ndjson lines (the first row always comes, however large).
@@ -101,25 +132,7 @@ pub async fn select_page(
                  ORDER BY r.id LIMIT $5) lim) w
          WHERE upto <= $6 OR upto = len ORDER BY id"
     );
-    let empty: Vec<String> = Vec::new();
-    let sources = sel.scope.as_ref().map_or(&empty[..], |s| s.referenced_from);
-    let client = pool.get().await?;
-    let stmt = client.prepare_cached(&sql).await?;
-    let rows = client
-        .query(
-            &stmt,
-            &[
-                &sel.resource_type,
-                &cursor,
-                &sel.transaction_time,
-                &sel.since,
-                &max_rows,
-                &max_bytes,
-                &sel.job_id,
-                &sources,
-            ],
-        )
-        .await?;
+    let rows = query_selection(pool, &sql, sel, cursor, max_rows, max_bytes).await?;
     Ok(rows
         .iter()
         .map(|r| Row {
@@ -142,29 +155,11 @@ pub async fn select_deleted_ids(
         "SELECT r.id FROM resources r
          WHERE r.resource_type = $1 AND r.id > $2 AND r.deleted AND r.last_updated <= $3
            AND r.last_updated > $4 AND {scope}
-           -- every statement binds the same parameters
-           AND $5::int8 IS NOT NULL AND $7::uuid IS NOT NULL AND $8::text[] IS NOT NULL
-         ORDER BY r.id LIMIT $6"
+           -- every statement binds the same eight parameters
+           AND $6::int8 IS NOT NULL AND $7::uuid IS NOT NULL AND $8::text[] IS NOT NULL
+         ORDER BY r.id LIMIT $5"
     );
-    let empty: Vec<String> = Vec::new();
-    let sources = sel.scope.as_ref().map_or(&empty[..], |s| s.referenced_from);
-    let client = pool.get().await?;
-    let stmt = client.prepare_cached(&sql).await?;
-    let rows = client
-        .query(
-            &stmt,
-            &[
-                &sel.resource_type,
-                &cursor,
-                &sel.transaction_time,
-                &sel.since,
-                &0i64,
-                &max_rows,
-                &sel.job_id,
-                &sources,
-            ],
-        )
-        .await?;
+    let rows = query_selection(pool, &sql, sel, cursor, max_rows, 0).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
