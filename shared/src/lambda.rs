@@ -69,15 +69,29 @@ pub async fn to_lambda_response(
     Ok(lambda_http::Response::from_parts(parts, body))
 }
 
-/// Time to keep in reserve before the Lambda deadline.
+/// Time kept in reserve before the Lambda deadline: at most this, and at most a fifth of the
+/// invocation's time, so a short timeout still gets work done.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(60);
 
+/// When the exporter must stop reading new pages in this invocation.
 fn deadline_of(ctx: &lambda_runtime::Context) -> Instant {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    Instant::now() + Duration::from_millis(ctx.deadline.saturating_sub(now_ms))
+    Instant::now() + work_time(ctx.deadline, now_ms)
+}
+
+/// The time to work given the runtime's deadline (ms since the epoch). Emulators such as
+/// `cargo lambda watch` send the timeout itself (e.g. 600000); values before 2001 are read so.
+fn work_time(deadline_ms: u64, now_ms: u64) -> Duration {
+    const EPOCH_2001_MS: u64 = 978_307_200_000;
+    let remaining = if deadline_ms < EPOCH_2001_MS {
+        Duration::from_millis(deadline_ms)
+    } else {
+        Duration::from_millis(deadline_ms.saturating_sub(now_ms))
+    };
+    remaining - DEADLINE_MARGIN.min(remaining / 5)
 }
 
 /// Handles one exporter invocation: an SQS batch (partial batch failures reported per message)
@@ -87,6 +101,10 @@ pub async fn handle_exporter_event(
     event: LambdaEvent<Value>,
 ) -> Result<Value, lambda_runtime::Error> {
     let deadline = deadline_of(&event.context);
+    tracing::info!(
+        seconds_to_work = deadline.saturating_duration_since(Instant::now()).as_secs(),
+        "exporter invocation"
+    );
     if event.payload.get("Records").is_some() {
         let sqs: SqsEvent = serde_json::from_value(event.payload)?;
         let mut response = SqsBatchResponse::default();
@@ -136,4 +154,22 @@ pub async fn run_exporter(exporter: Exporter) -> Result<(), lambda_runtime::Erro
         },
     ))
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_time_keeps_a_margin_before_the_lambda_deadline() {
+        let now = 1_795_000_000_000;
+        // 15 minutes left: stop 60 s early.
+        assert_eq!(work_time(now + 900_000, now), Duration::from_secs(840));
+        // 30 s left: keep a fifth in reserve, not 60 s.
+        assert_eq!(work_time(now + 30_000, now), Duration::from_secs(24));
+        // Past the deadline: nothing.
+        assert_eq!(work_time(now - 1, now), Duration::ZERO);
+        // An emulator's relative timeout (cargo lambda watch sends 600000).
+        assert_eq!(work_time(600_000, now), Duration::from_secs(540));
+    }
 }

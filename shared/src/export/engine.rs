@@ -60,8 +60,6 @@ pub struct Exporter {
     queue: Arc<dyn JobQueue>,
     config: Arc<Config>,
     owner: String,
-    /// Time kept in reserve before the deadline: no new page is read within it.
-    pub deadline_margin: Duration,
     /// Wait before a failed attempt is retried.
     pub retry_backoff: Duration,
     /// Rows per page read from Postgres.
@@ -81,7 +79,6 @@ impl Exporter {
             queue,
             config,
             owner: format!("exporter-{}", Uuid::new_v4()),
-            deadline_margin: Duration::from_secs(0),
             retry_backoff: Duration::from_secs(5),
             page_rows: PAGE_ROWS,
         }
@@ -116,7 +113,7 @@ impl Exporter {
     }
 
     fn near(&self, deadline: Instant) -> bool {
-        Instant::now() + self.deadline_margin >= deadline
+        Instant::now() >= deadline
     }
 
     async fn process(

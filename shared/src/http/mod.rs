@@ -237,6 +237,8 @@ pub enum StartupError {
     Db(#[from] DbError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("the database schema is not up to date (pending: {0}); run `bulk-export migrate`")]
+    SchemaOutdated(String),
 }
 
 impl AppState {
@@ -244,6 +246,10 @@ impl AppState {
     pub async fn from_env() -> Result<Self, StartupError> {
         let config = Arc::new(Config::from_env()?);
         let pool = crate::db::pool(&config.database_url, 4)?;
+        let pending = crate::db::pending_migrations(&pool).await?;
+        if !pending.is_empty() {
+            return Err(StartupError::SchemaOutdated(pending.join(", ")));
+        }
         let store = crate::storage::from_config(&config.storage_path).await?;
         let queue = crate::queue::from_config(config.queue_url.as_deref()).await;
         Ok(AppState {
@@ -254,14 +260,13 @@ impl AppState {
         })
     }
 
+    /// The exporter engine over the same clients (the Lambda adapter sets its deadlines).
     pub fn exporter(&self) -> crate::export::engine::Exporter {
-        let mut exporter = crate::export::engine::Exporter::new(
+        crate::export::engine::Exporter::new(
             self.pool.clone(),
             self.store.clone(),
             self.queue.clone(),
             self.config.clone(),
-        );
-        exporter.deadline_margin = crate::lambda::DEADLINE_MARGIN;
-        exporter
+        )
     }
 }
