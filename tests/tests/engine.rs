@@ -362,7 +362,7 @@ async fn a_job_whose_exporter_vanished_is_reclaimed_after_its_lease() {
     let (db, _data) = TestDb::with_generated(3).await;
     let job = new_job(&db, ExportLevel::System, None, Some(&["Patient"])).await;
     // Another exporter claims the job and dies without a word.
-    let claimed = jobs::claim_job(&db.pool, "crashed", Duration::from_millis(200), None)
+    let claimed = jobs::claim_job(&db.pool, "crashed", Duration::from_secs(2), None)
         .await
         .expect("claim")
         .expect("job");
@@ -371,7 +371,7 @@ async fn a_job_whose_exporter_vanished_is_reclaimed_after_its_lease() {
     let ex = exporter(&db, store, cfg(&db, &[]));
     let early = ex.run_until_idle(None, far()).await.expect("run");
     assert!(early.completed.is_empty(), "the lease is still held");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let later = ex.run_until_idle(None, far()).await.expect("run");
     assert_eq!(later.completed, vec![job.id]);
     assert_eq!(status(&db, job.id).await.attempts, 1);
