@@ -92,37 +92,47 @@ pub async fn insert_files(
     Ok(())
 }
 
+const FILE_COLUMNS: &str = "file_name, kind, resource_type, object_key, resource_count, byte_count";
+
+fn file_from_row(r: &tokio_postgres::Row) -> Result<ExportFile, DbError> {
+    let kind: String = r.get(1);
+    Ok(ExportFile {
+        file_name: r.get(0),
+        kind: FileKind::parse(&kind).ok_or_else(|| DbError::Row(format!("kind {kind}")))?,
+        resource_type: r.get(2),
+        object_key: r.get(3),
+        resource_count: r.get(4),
+        byte_count: r.get(5),
+    })
+}
+
 pub async fn select_files(pool: &Pool, job_id: Uuid) -> Result<Vec<ExportFile>, DbError> {
     let client = pool.get().await?;
     let rows = client
         .query(
-            "SELECT file_name, kind, resource_type, object_key, resource_count, byte_count
-             FROM export_files WHERE job_id = $1 ORDER BY file_name",
+            &format!(
+                "SELECT {FILE_COLUMNS} FROM export_files WHERE job_id = $1 ORDER BY file_name"
+            ),
             &[&job_id],
         )
         .await?;
-    rows.iter()
-        .map(|r| {
-            let kind: String = r.get(1);
-            Ok(ExportFile {
-                file_name: r.get(0),
-                kind: FileKind::parse(&kind).ok_or_else(|| DbError::Row(format!("kind {kind}")))?,
-                resource_type: r.get(2),
-                object_key: r.get(3),
-                resource_count: r.get(4),
-                byte_count: r.get(5),
-            })
-        })
-        .collect()
+    rows.iter().map(file_from_row).collect()
 }
 
+/// One file of a job, by name (a download looks up one row, not the job's whole file list).
 pub async fn get_file(
     pool: &Pool,
     job_id: Uuid,
     file_name: &str,
 ) -> Result<Option<ExportFile>, DbError> {
-    Ok(select_files(pool, job_id)
-        .await?
-        .into_iter()
-        .find(|f| f.file_name == file_name))
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {FILE_COLUMNS} FROM export_files WHERE job_id = $1 AND file_name = $2"
+            ),
+            &[&job_id, &file_name],
+        )
+        .await?;
+    row.as_ref().map(file_from_row).transpose()
 }
