@@ -142,11 +142,91 @@ impl DataSet {
                 seen.insert(key);
             }
         }
+        // Provenance whose target is an exported resource comes along (includeAssociatedData's
+        // default); its own references do not pull in AdditionalResources.
+        let exported: BTreeSet<(String, String)> = seen.clone();
+        for r in &self.resources {
+            if rtype(r) == "Provenance" {
+                let targets = provenance_targets(r);
+                if targets.iter().any(|t| exported.contains(t)) {
+                    seen.insert((
+                        "Provenance".into(),
+                        r["id"].as_str().unwrap_or_default().into(),
+                    ));
+                }
+            }
+        }
         for (t, _) in seen {
             *out.entry(t).or_default() += 1;
         }
         out
     }
+
+    /// Resources of `resource_type` for which `keep` holds.
+    pub fn count_where(&self, resource_type: &str, keep: impl Fn(&Value) -> bool) -> usize {
+        self.resources
+            .iter()
+            .filter(|r| rtype(r) == resource_type && keep(r))
+            .count()
+    }
+
+    /// Ids of the Provenance that `includeAssociatedData` selects for exported `targets`:
+    /// every one with a target among them, or (latest) only the newest per target.
+    pub fn associated_provenance(
+        &self,
+        targets: &BTreeSet<(String, String)>,
+        latest: bool,
+    ) -> BTreeSet<String> {
+        let mut best: BTreeMap<(String, String), (String, String)> = BTreeMap::new();
+        let mut all = BTreeSet::new();
+        for r in self.resources.iter().filter(|r| rtype(r) == "Provenance") {
+            let id = r["id"].as_str().unwrap_or_default().to_string();
+            let recorded = r["recorded"].as_str().unwrap_or_default().to_string();
+            for t in provenance_targets(r)
+                .into_iter()
+                .filter(|t| targets.contains(t))
+            {
+                all.insert(id.clone());
+                let e = best.entry(t).or_insert((recorded.clone(), id.clone()));
+                if (recorded.clone(), id.clone()) > *e {
+                    *e = (recorded.clone(), id.clone());
+                }
+            }
+        }
+        if latest {
+            best.into_values().map(|(_, id)| id).collect()
+        } else {
+            all
+        }
+    }
+
+    /// (type, id) of every resource of `resource_type` (optionally only the patients' compartment).
+    pub fn keys_of(&self, resource_type: &str) -> BTreeSet<(String, String)> {
+        self.resources
+            .iter()
+            .filter(|r| rtype(r) == resource_type)
+            .map(|r| {
+                (
+                    resource_type.to_string(),
+                    r["id"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// A Provenance's `target` references as (type, id).
+pub fn provenance_targets(r: &Value) -> Vec<(String, String)> {
+    r["target"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .filter_map(|t| t["reference"].as_str())
+                .filter_map(|s| s.split_once('/'))
+                .map(|(t, i)| (t.to_string(), i.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub fn rtype(r: &Value) -> &str {
@@ -239,10 +319,14 @@ pub fn generate(dir: &Path, patients: usize) {
                 "participant": [{"individual": {"reference": format!("Practitioner/prac-{}", e % 3)}}],
                 "serviceProvider": {"reference": format!("Organization/org-{}", (i + e) % (orgs - 1))}}));
             for o in 0..4 {
+                // Two vital signs and two laboratory results per encounter, on day e+1.
+                let category = if o < 2 { "vital-signs" } else { "laboratory" };
                 files.entry("Observation").or_default().push(json!({
                     "resourceType": "Observation", "id": format!("obs-{i}-{e}-{o}"), "status": "final",
+                    "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": category}]}],
                     "code": {"text": "heart rate"}, "subject": {"reference": format!("Patient/{pid}")},
                     "encounter": {"reference": format!("Encounter/{eid}")},
+                    "effectiveDateTime": format!("2020-01-0{}T10:00:00Z", e + 1),
                     "valueQuantity": {"value": 60 + o, "unit": "/min"}}));
             }
         }
@@ -253,6 +337,36 @@ pub fn generate(dir: &Path, patients: usize) {
             "resourceType": "Coverage", "id": format!("cov-{i}"), "status": "active",
             "beneficiary": {"reference": format!("Patient/{pid}")},
             "payor": [{"reference": "Organization/org-0"}]}));
+        // Provenance: one on the Patient (in its compartment), and two on its first two
+        // encounters (not in the compartment), the newer being the latest for both.
+        for (suffix, recorded, targets) in [
+            (
+                "patient",
+                "2019-06-01T00:00:00Z",
+                vec![format!("Patient/{pid}")],
+            ),
+            (
+                "old",
+                "2020-06-01T00:00:00Z",
+                vec![
+                    format!("Encounter/enc-{i}-0"),
+                    format!("Encounter/enc-{i}-1"),
+                ],
+            ),
+            (
+                "new",
+                "2021-06-01T00:00:00Z",
+                vec![
+                    format!("Encounter/enc-{i}-0"),
+                    format!("Encounter/enc-{i}-1"),
+                ],
+            ),
+        ] {
+            let target: Vec<Value> = targets.iter().map(|t| json!({"reference": t})).collect();
+            files.entry("Provenance").or_default().push(json!({
+                "resourceType": "Provenance", "id": format!("prov-{i}-{suffix}"), "target": target,
+                "recorded": recorded, "agent": [{"who": {"reference": "Practitioner/prac-0"}}]}));
+        }
         if i % 10 == 0 {
             files.entry("Device").or_default().push(json!({
                 "resourceType": "Device", "id": format!("dev-{i}"),
@@ -262,6 +376,10 @@ pub fn generate(dir: &Path, patients: usize) {
             members.push(json!({"entity": {"reference": format!("Patient/{pid}")}}));
         }
     }
+    files.entry("Provenance").or_default().push(json!({
+        "resourceType": "Provenance", "id": "prov-org", "recorded": "2021-01-01T00:00:00Z",
+        "target": [{"reference": "Organization/org-unreferenced"}],
+        "agent": [{"who": {"reference": "Practitioner/prac-1"}}]}));
     files.entry("Group").or_default().push(json!({
         "resourceType": "Group", "id": "group-even", "type": "person", "actual": true,
         "member": members}));

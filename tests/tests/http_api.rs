@@ -444,7 +444,7 @@ async fn lenient_handling_ignores_unknown_parameters_and_types_and_reports_each(
     let (server, data) = server_with(&[]).await;
     let c = http_client();
     let url = format!(
-        "{}/$export?_type=Patient,Unicorn&_count=5&_elements=id",
+        "{}/$export?_type=Patient,Unicorn&_count=5&_typeFilter=Unicorn%3Fx%3D1",
         server.base
     );
     outcome(kickoff(&c, &url).await, 400).await;

@@ -18,6 +18,19 @@ pub struct Selection<'a> {
     pub since: Option<DateTime<Utc>>,
     /// None: every resource of the type (system level). Some: Patient/Group level.
     pub scope: Option<PatientScope<'a>>,
+    /// Provenance only: select by `Provenance.target` (includeAssociatedData).
+    pub associated: Option<Associated<'a>>,
+}
+
+/// Provenance associated with the export's resources: those whose target is a current resource
+/// of `target_types` in the selection's scope and `_since`.
+#[derive(Debug, Clone)]
+pub struct Associated<'a> {
+    pub target_types: &'a [String],
+    /// Only the latest Provenance (by `recorded`) of each target.
+    pub latest: bool,
+    /// Also what the scope alone selects (Patient/Group level: the compartment's Provenance).
+    pub with_scope: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -34,8 +47,42 @@ pub struct Row {
     pub resource: String,
 }
 
-/// SQL condition on alias `r` for the scope; parameters: $1 type, $3 transaction time,
-/// $4 since, $7 job id, $8 source types.
+/// SQL condition on alias `r` for the selection; parameters: $1 type, $3 transaction time,
+/// $4 since, $7 job id, $8 source (or target) types.
+fn selection_condition(sel: &Selection<'_>) -> String {
+    let scope = scope_condition(&sel.scope);
+    let Some(a) = &sel.associated else {
+        return scope;
+    };
+    let in_patients = if sel.scope.is_some() {
+        "AND EXISTS (SELECT 1 FROM compartment c
+                     JOIN export_job_patients jp ON jp.job_id = $7 AND jp.patient_id = c.patient_id
+                     WHERE c.resource_type = t.resource_type AND c.resource_id = t.id)"
+    } else {
+        ""
+    };
+    let latest = if a.latest {
+        "AND NOT EXISTS (SELECT 1 FROM provenance_targets p2
+                         WHERE p2.target_type = pt.target_type AND p2.target_id = pt.target_id
+                           AND (p2.recorded, p2.provenance_id) > (pt.recorded, pt.provenance_id))"
+    } else {
+        ""
+    };
+    let associated = format!(
+        "EXISTS (SELECT 1 FROM provenance_targets pt
+                 JOIN resources t ON t.resource_type = pt.target_type AND t.id = pt.target_id
+                 WHERE pt.provenance_id = r.id AND pt.target_type = ANY($8)
+                   AND NOT t.deleted AND t.last_updated <= $3
+                   AND ($4::timestamptz IS NULL OR t.last_updated > $4)
+                   {in_patients} {latest})"
+    );
+    if a.with_scope {
+        format!("({scope} OR {associated})")
+    } else {
+        associated
+    }
+}
+
 fn scope_condition(scope: &Option<PatientScope<'_>>) -> String {
     let Some(scope) = scope else {
         return "true".into();
@@ -77,7 +124,14 @@ async fn query_selection(
     p6: i64,
 ) -> Result<Vec<tokio_postgres::Row>, DbError> {
     let empty: Vec<String> = Vec::new();
-    let sources = sel.scope.as_ref().map_or(&empty[..], |s| s.referenced_from);
+    let mut sources = sel.scope.as_ref().map_or(&empty[..], |s| s.referenced_from);
+    if let Some(a) = &sel.associated {
+        // The two lists never meet: AdditionalResources are never Provenance at system level,
+        // and at Patient level both are the exported compartment types.
+        if sources.is_empty() {
+            sources = a.target_types;
+        }
+    }
     let client = pool.get().await?;
     let stmt = client.prepare_cached(sql).await?;
     Ok(client
@@ -108,7 +162,7 @@ pub async fn select_page(
     max_rows: i64,
     max_bytes: i64,
 ) -> Result<Vec<Row>, DbError> {
-    let scope = scope_condition(&sel.scope);
+    let scope = selection_condition(sel);
     let source = if phase == 0 {
         "SELECT r.id, r.resource, r.deleted, r.last_updated FROM resources r
          WHERE r.resource_type = $1 AND r.id > $2 AND r.last_updated <= $3"
@@ -150,7 +204,7 @@ pub async fn select_deleted_ids(
     cursor: &str,
     max_rows: i64,
 ) -> Result<Vec<String>, DbError> {
-    let scope = scope_condition(&sel.scope);
+    let scope = selection_condition(sel);
     let sql = format!(
         "SELECT r.id FROM resources r
          WHERE r.resource_type = $1 AND r.id > $2 AND r.deleted AND r.last_updated <= $3

@@ -40,6 +40,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0002_status_polling",
         include_str!("../../../infra/migrations/0002_status_polling.sql"),
     ),
+    (
+        "0003_provenance_targets",
+        include_str!("../../../infra/migrations/0003_provenance_targets.sql"),
+    ),
 ];
 
 pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, DbError> {

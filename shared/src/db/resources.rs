@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{DbError, Pool};
-use crate::fhir::instant::format_instant;
+use crate::fhir::compartment::parse_reference;
+use crate::fhir::instant::{format_instant, parse_instant};
 
 /// A parsed resource ready to store.
 #[derive(Debug, Clone)]
@@ -117,8 +118,60 @@ pub async fn upsert_resources(pool: &Pool, batch: Vec<NewResource>) -> Result<u6
         &[&st, &si, &tt, &ti],
     )
     .await?;
+    let provenance: Vec<&NewResource> = batch
+        .iter()
+        .filter(|r| r.resource_type == "Provenance")
+        .collect();
+    if !provenance.is_empty() {
+        let ids: Vec<&str> = provenance.iter().map(|r| r.id.as_str()).collect();
+        tx.execute(
+            "DELETE FROM provenance_targets WHERE provenance_id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+        let (mut pi, mut pt, mut pti, mut pr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for r in &provenance {
+            let (targets, recorded) = provenance_targets(&r.resource);
+            for (t, i) in targets {
+                pi.push(r.id.as_str());
+                pt.push(t);
+                pti.push(i);
+                pr.push(recorded);
+            }
+        }
+        tx.execute(
+            "INSERT INTO provenance_targets (provenance_id, target_type, target_id, recorded)
+             SELECT i, t, ti, coalesce(rec, '-infinity')
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS k(i, t, ti, rec)
+             ON CONFLICT DO NOTHING",
+            &[&pi, &pt, &pti, &pr],
+        )
+        .await?;
+    }
     tx.commit().await?;
     Ok(batch.len() as u64)
+}
+
+/// A Provenance's relative `target` references and its `recorded` instant.
+fn provenance_targets(resource: &Value) -> (Vec<(&str, &str)>, Option<DateTime<Utc>>) {
+    let targets = resource
+        .get("target")
+        .and_then(Value::as_array)
+        .map(|ts| {
+            ts.iter()
+                .filter_map(|t| t.get("reference").and_then(Value::as_str))
+                .filter(|r| !r.contains("://"))
+                .filter_map(parse_reference)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        })
+        .unwrap_or_default();
+    let recorded = resource
+        .get("recorded")
+        .and_then(Value::as_str)
+        .and_then(|s| parse_instant(s).ok());
+    (targets, recorded)
 }
 
 fn stamp_meta(resource: &mut Value, version: i64, now: &DateTime<Utc>) {
@@ -166,6 +219,13 @@ pub async fn delete_resources(pool: &Pool, keys: &[(String, String)]) -> Result<
             &[&types, &ids],
         )
         .await?;
+    // A deleted Provenance is no longer any resource's latest.
+    tx.execute(
+        "DELETE FROM provenance_targets p USING unnest($1::text[], $2::text[]) AS k(t, i)
+         WHERE k.t = 'Provenance' AND p.provenance_id = k.i",
+        &[&types, &ids],
+    )
+    .await?;
     tx.commit().await?;
     Ok(n)
 }

@@ -12,13 +12,17 @@ use uuid::Uuid;
 
 use super::job::{ExportLevel, Job, JobStatus};
 use super::manifest::{ExportFile, FileKind};
+use super::params::{LATEST_PROVENANCE, RELEVANT_PROVENANCE};
+use super::transform::RowTransform;
 use crate::config::Config;
-use crate::db::files::{self, PatientScope, Selection};
+use crate::db::files::{self, Associated, PatientScope, Selection};
 use crate::db::jobs::PatientSet;
 use crate::db::work_items::{self, WorkItem};
 use crate::db::{jobs, resources, DbError, Pool};
+use crate::fhir::elements::ElementsFilter;
 use crate::fhir::outcome::Severity;
 use crate::fhir::resource_types::{is_patient_compartment_type, patient_compartment_types};
+use crate::fhir::search::TypeFilters;
 use crate::fhir::OperationOutcome;
 use crate::queue::JobQueue;
 use crate::storage::{ObjectStore, ObjectWriter, StorageError};
@@ -211,10 +215,18 @@ impl Exporter {
             self.plan(job).await?;
         }
         let items = work_items::select_work_items(&self.pool, job.id).await?;
+        // Validated at kick-off; a job stored by another version could still fail here.
+        let filters = TypeFilters::parse(&job.params.type_filters).map_err(Permanent)?;
+        let elements = ElementsFilter::new(&job.params.elements);
         let exported_compartment_types: Vec<String> = items
             .iter()
             .map(|i| i.resource_type.clone())
             .filter(|t| is_patient_compartment_type(t))
+            .collect();
+        let target_types: Vec<String> = items
+            .iter()
+            .map(|i| i.resource_type.clone())
+            .filter(|t| t != "Provenance")
             .collect();
         for item in items.into_iter().filter(|i| !i.done) {
             let resource_type = item.resource_type.clone();
@@ -237,10 +249,14 @@ impl Exporter {
                     compartment: is_patient_compartment_type(&resource_type),
                     referenced_from,
                 }),
+                associated: (resource_type == "Provenance")
+                    .then(|| provenance_association(job, &target_types))
+                    .flatten(),
             };
+            let transform = RowTransform::new(&resource_type, &filters, &elements);
             let span = info_span!("work_item", resource_type = %resource_type);
             match self
-                .export_item(item, &sel, deadline)
+                .export_item(item, &sel, &transform, deadline)
                 .instrument(span)
                 .await?
             {
@@ -253,7 +269,7 @@ impl Exporter {
 
     async fn plan(&self, job: &Job) -> Result<(), Failure> {
         let present = resources::select_resource_types(&self.pool).await?;
-        let candidates: Vec<String> = match (&job.params.types, job.level) {
+        let mut candidates: Vec<String> = match (&job.params.types, job.level) {
             (Some(types), _) => types.clone(),
             (None, ExportLevel::System) => present.clone(),
             (None, _) => patient_compartment_types()
@@ -261,6 +277,10 @@ impl Exporter {
                 .chain(self.config.additional_resources.iter().cloned())
                 .collect(),
         };
+        // includeAssociatedData brings the Provenance of the exported resources, whatever _type.
+        if !job.params.include_associated_data.is_empty() {
+            candidates.push("Provenance".into());
+        }
         let mut types: Vec<String> = candidates
             .into_iter()
             .filter(|t| present.contains(t))
@@ -309,6 +329,7 @@ impl Exporter {
         &self,
         mut item: WorkItem,
         sel: &Selection<'_>,
+        transform: &RowTransform,
         deadline: Instant,
     ) -> Result<Progress, Failure> {
         loop {
@@ -356,13 +377,17 @@ impl Exporter {
                 }
                 let mut page = Vec::with_capacity(rows.iter().map(|r| r.resource.len() + 1).sum());
                 for row in &rows {
-                    page.extend_from_slice(row.resource.as_bytes());
-                    page.push(b'\n');
+                    if let Some(line) = transform.apply(&row.resource) {
+                        page.extend_from_slice(line.as_bytes());
+                        page.push(b'\n');
+                        count += 1;
+                    }
                 }
-                if let Err(e) = writer.write(&page).await {
-                    return Err(abort_with(writer, e.into()).await);
+                if !page.is_empty() {
+                    if let Err(e) = writer.write(&page).await {
+                        return Err(abort_with(writer, e.into()).await);
+                    }
                 }
-                count += rows.len() as i64;
                 bytes += page.len() as u64;
                 if let Some(last) = rows.last() {
                     item.cursor_id.clone_from(&last.id);
@@ -525,6 +550,37 @@ impl Exporter {
             byte_count: size as i64,
         })
     }
+}
+
+/// How a job's Provenance work item selects (None: like any other type).
+///
+/// - `LatestProvenanceResources`: only the latest Provenance (by `recorded`) of each exported
+///   resource, at every level.
+/// - Patient/Group level otherwise: the compartment's Provenance and every Provenance whose
+///   target is an exported resource (IG: Provenance of the returned data comes along).
+/// - System level with `RelevantProvenanceResources` and a `_type` without Provenance: the
+///   Provenance whose target is an exported resource; with Provenance requested, all of them.
+fn provenance_association<'a>(job: &Job, target_types: &'a [String]) -> Option<Associated<'a>> {
+    let asked = |v: &str| job.params.include_associated_data.iter().any(|x| x == v);
+    let provenance_requested = job
+        .params
+        .types
+        .as_ref()
+        .is_none_or(|t| t.iter().any(|x| x == "Provenance"));
+    let (latest, with_scope) = if asked(LATEST_PROVENANCE) {
+        (true, false)
+    } else if job.level != ExportLevel::System {
+        (false, provenance_requested)
+    } else if asked(RELEVANT_PROVENANCE) && !provenance_requested {
+        (false, false)
+    } else {
+        return None;
+    };
+    Some(Associated {
+        target_types,
+        latest,
+        with_scope,
+    })
 }
 
 /// Why an attempt stopped early: `Transient` is retried (up to MAX_ATTEMPTS), `Permanent` fails

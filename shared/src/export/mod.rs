@@ -4,6 +4,7 @@ pub mod engine;
 pub mod job;
 pub mod manifest;
 pub mod params;
+pub mod transform;
 
 pub use job::{ExportLevel, Job, JobStatus};
 pub use params::ExportParams;

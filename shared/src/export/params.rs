@@ -4,21 +4,20 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::job::ExportLevel;
+use crate::fhir::elements::ElementsFilter;
 use crate::fhir::instant::parse_instant;
 use crate::fhir::resource_types::{is_patient_compartment_type, is_resource_type};
+use crate::fhir::search::parse_query;
 
 /// `_outputFormat` values we accept; all mean ndjson.
 pub const OUTPUT_FORMATS: &[&str] = &["application/fhir+ndjson", "application/ndjson", "ndjson"];
 
+/// `includeAssociatedData` values (IG code system include-associated-data).
+pub const LATEST_PROVENANCE: &str = "LatestProvenanceResources";
+pub const RELEVANT_PROVENANCE: &str = "RelevantProvenanceResources";
+
 /// Parameters recognised by the IG that this server does not support yet.
-const NOT_YET_SUPPORTED: &[&str] = &[
-    "_elements",
-    "_typeFilter",
-    "includeAssociatedData",
-    "_until",
-    "organizeOutputBy",
-    "allowPartialManifests",
-];
+const NOT_YET_SUPPORTED: &[&str] = &["_until", "organizeOutputBy", "allowPartialManifests"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ExportParams {
@@ -33,6 +32,20 @@ pub struct ExportParams {
     /// `patient`: only these patients' compartments (Patient and Group level).
     #[serde(rename = "patient", default, skip_serializing_if = "Option::is_none")]
     pub patients: Option<Vec<String>>,
+    /// `_typeFilter`: FHIR search queries (`Type?query`, query URL-encoded), validated; the
+    /// queries of one type are OR'd.
+    #[serde(rename = "_typeFilter", default, skip_serializing_if = "Vec::is_empty")]
+    pub type_filters: Vec<String>,
+    /// `_elements`: top-level elements (`name` or `Type.name`) to keep.
+    #[serde(rename = "_elements", default, skip_serializing_if = "Vec::is_empty")]
+    pub elements: Vec<String>,
+    /// `includeAssociatedData`: [`LATEST_PROVENANCE`] and/or [`RELEVANT_PROVENANCE`].
+    #[serde(
+        rename = "includeAssociatedData",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub include_associated_data: Vec<String>,
     /// With `Prefer: handling=lenient`: what was ignored, reported as OperationOutcomes in error[].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignored: Vec<String>,
@@ -180,6 +193,44 @@ pub fn parse_params(
                     }
                     if !list.iter().any(|x| x == id) {
                         list.push(id.to_string());
+                    }
+                }
+            }
+            "_typeFilter" => {
+                // Repeats arrive comma-joined; a comma inside one query is URL-encoded (%2C).
+                for q in value.split(',').map(str::trim).filter(|q| !q.is_empty()) {
+                    match parse_query(q) {
+                        Ok(_) => {
+                            if !p.type_filters.iter().any(|x| x == q) {
+                                p.type_filters.push(q.to_string());
+                            }
+                        }
+                        Err(e) => refuse(KickoffError::InvalidParameter(e))?,
+                    }
+                }
+            }
+            "_elements" => {
+                for e in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                    match ElementsFilter::check(e) {
+                        Ok(()) => {
+                            if !p.elements.iter().any(|x| x == e) {
+                                p.elements.push(e.to_string());
+                            }
+                        }
+                        Err(e) => refuse(KickoffError::InvalidParameter(e))?,
+                    }
+                }
+            }
+            "includeAssociatedData" => {
+                for v in value.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+                    if v == LATEST_PROVENANCE || v == RELEVANT_PROVENANCE {
+                        if !p.include_associated_data.iter().any(|x| x == v) {
+                            p.include_associated_data.push(v.to_string());
+                        }
+                    } else {
+                        refuse(KickoffError::NotSupported(format!(
+                            "includeAssociatedData {v:?} is not supported; use {LATEST_PROVENANCE} or {RELEVANT_PROVENANCE}"
+                        )))?;
                     }
                 }
             }
@@ -383,10 +434,71 @@ mod tests {
             Err(KickoffError::InvalidParameter(_))
         ));
         assert!(matches!(
-            parse_params(ExportLevel::System, &q(&[("_typeFilter", "x")]), &[], false),
+            parse_params(
+                ExportLevel::System,
+                &q(&[("_until", "2020-01-01T00:00:00Z")]),
+                &[],
+                false
+            ),
+            Err(KickoffError::NotSupported(_))
+        ));
+        for (name, value) in [
+            ("_typeFilter", "x"),
+            ("_typeFilter", "Observation?_include=Observation:subject"),
+            ("_typeFilter", "Observation?_sort=date"),
+            ("_elements", "Patient.name.family"),
+            ("_elements", "nonsense"),
+        ] {
+            assert!(
+                matches!(
+                    parse_params(ExportLevel::System, &q(&[(name, value)]), &[], false),
+                    Err(KickoffError::InvalidParameter(_))
+                ),
+                "{name}={value}"
+            );
+        }
+        assert!(matches!(
+            parse_params(
+                ExportLevel::System,
+                &q(&[("includeAssociatedData", "_custom")]),
+                &[],
+                false
+            ),
             Err(KickoffError::NotSupported(_))
         ));
         assert!(parse_params(ExportLevel::System, &q(&[("_type", "")]), &[], false).is_err());
+    }
+
+    #[test]
+    fn type_filter_elements_and_associated_data_are_kept_in_request_order() {
+        let p = parse_params(
+            ExportLevel::Patient,
+            &q(&[
+                (
+                    "_typeFilter",
+                    "Observation?category=laboratory,MedicationRequest?status=active",
+                ),
+                (
+                    "_typeFilter",
+                    "Observation?category=vital-signs%2Csocial-history",
+                ),
+                ("_elements", "id,Patient.name"),
+                ("includeAssociatedData", "LatestProvenanceResources"),
+            ]),
+            &[],
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            p.type_filters,
+            [
+                "Observation?category=laboratory",
+                "MedicationRequest?status=active",
+                "Observation?category=vital-signs%2Csocial-history"
+            ]
+        );
+        assert_eq!(p.elements, ["id", "Patient.name"]);
+        assert_eq!(p.include_associated_data, [LATEST_PROVENANCE]);
     }
 
     #[test]

@@ -3,8 +3,12 @@
 
 pub mod compartment;
 pub mod compartment_table;
+pub mod elements;
 pub mod instant;
 pub mod outcome;
 pub mod resource_types;
+pub mod search;
+pub mod search_table;
+pub mod search_types;
 
 pub use outcome::OperationOutcome;

@@ -1,0 +1,85 @@
+//! What `_typeFilter` and `_elements` do to the rows of one work item: drop the resources no
+//! query matches, cut the others down to the listed elements. Without either, rows are copied
+//! as stored, unparsed.
+
+use std::borrow::Cow;
+
+use serde_json::Value;
+use tracing::warn;
+
+use crate::fhir::elements::{subset, ElementsFilter};
+use crate::fhir::search::{matches_any, Query, TypeFilters};
+
+#[derive(Debug, Clone, Default)]
+pub struct RowTransform {
+    resource_type: String,
+    queries: Vec<Query>,
+    keep: Option<Vec<String>>,
+}
+
+impl RowTransform {
+    pub fn new(resource_type: &str, filters: &TypeFilters, elements: &ElementsFilter) -> Self {
+        RowTransform {
+            resource_type: resource_type.to_string(),
+            queries: filters.for_type(resource_type),
+            keep: elements.for_type(resource_type),
+        }
+    }
+
+    pub fn is_identity(&self) -> bool {
+        self.queries.is_empty() && self.keep.is_none()
+    }
+
+    /// The line to export for a stored resource, or None when `_typeFilter` drops it.
+    pub fn apply<'a>(&self, text: &'a str) -> Option<Cow<'a, str>> {
+        if self.is_identity() {
+            return Some(Cow::Borrowed(text));
+        }
+        let mut resource: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                // Stored resources are JSON the loader wrote; never drop data silently.
+                warn!(error = %e, "stored resource is not JSON; exported as stored");
+                return Some(Cow::Borrowed(text));
+            }
+        };
+        if !matches_any(&self.queries, &resource) {
+            return None;
+        }
+        match (&self.keep, resource.as_object_mut()) {
+            (Some(keep), Some(obj)) => {
+                subset(obj, &self.resource_type, keep);
+                Some(Cow::Owned(resource.to_string()))
+            }
+            _ => Some(Cow::Borrowed(text)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_copies_and_filters_drop_or_subset() {
+        let none = RowTransform::new(
+            "Observation",
+            &TypeFilters::default(),
+            &ElementsFilter::default(),
+        );
+        assert!(none.is_identity());
+        let text = r#"{"resourceType":"Observation","id":"a","status":"final","code":{"text":"x"},"note":[{"text":"n"}]}"#;
+        assert!(matches!(none.apply(text), Some(Cow::Borrowed(_))));
+
+        let filters = TypeFilters::parse(&["Observation?status=final"]).unwrap();
+        let t = RowTransform::new("Observation", &filters, &ElementsFilter::new(&["id"]));
+        let out = t.apply(text).unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert!(v.get("note").is_none());
+        assert_eq!(v["status"], "final");
+        assert_eq!(v["meta"]["tag"][0]["code"], "SUBSETTED");
+
+        let amended = text.replace("final", "amended");
+        assert!(t.apply(&amended).is_none());
+    }
+}

@@ -1,0 +1,334 @@
+//! `_typeFilter`, `_elements` and `includeAssociatedData` over real HTTP (`bulk-export serve`
+//! in-process) against the generated data set, whose expected results are computed here from
+//! the data, independently of the server.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use integration_tests::data::{provenance_targets, DataSet};
+use integration_tests::{download_counts, http_client, kickoff, poll, temp_dir, Server, TestDb};
+use serde_json::{json, Value};
+use shared::storage::local::LocalStore;
+use shared::storage::ObjectStore;
+use shared::Config;
+
+const PATIENTS: usize = 10;
+
+async fn server() -> (Server, DataSet) {
+    let (db, data) = TestDb::with_generated(PATIENTS).await;
+    let dir = temp_dir();
+    let url = db.url.clone();
+    let storage = dir.display().to_string();
+    let cfg = Config::from_lookup(|k| match k {
+        "DATABASE_URL" => Some(url.clone()),
+        "STORAGE_PATH" => Some(storage.clone()),
+        "REPEAT_PERIOD" => Some("200".into()),
+        "MIN_POLL_INTERVAL_MS" => Some("50".into()),
+        _ => None,
+    })
+    .expect("config");
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
+    (Server::start(cfg, db.pool.clone(), store).await, data)
+}
+
+async fn manifest_of(c: &reqwest::Client, resp: reqwest::Response) -> Value {
+    assert_eq!(resp.status(), 202, "kick-off accepted");
+    let status_url = resp.headers()["content-location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    let done = poll(c, &status_url, Duration::from_secs(60)).await;
+    assert_eq!(done.status(), 200);
+    done.json().await.expect("manifest")
+}
+
+async fn export(c: &reqwest::Client, url: &str) -> Value {
+    manifest_of(c, kickoff(c, url).await).await
+}
+
+async fn post_export(c: &reqwest::Client, url: &str, params: Value) -> Value {
+    let resp = c
+        .post(url)
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async")
+        .header("Content-Type", "application/fhir+json")
+        .body(json!({"resourceType": "Parameters", "parameter": params}).to_string())
+        .send()
+        .await
+        .expect("POST kick-off");
+    manifest_of(c, resp).await
+}
+
+/// Every exported resource of the manifest's output, by type.
+async fn download_all(c: &reqwest::Client, manifest: &Value) -> BTreeMap<String, Vec<Value>> {
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for entry in manifest["output"].as_array().expect("output") {
+        let text = c
+            .get(entry["url"].as_str().expect("url"))
+            .send()
+            .await
+            .expect("download")
+            .text()
+            .await
+            .expect("body");
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).expect("json line");
+            out.entry(entry["type"].as_str().expect("type").to_string())
+                .or_default()
+                .push(v);
+        }
+    }
+    out
+}
+
+fn category(r: &Value) -> &str {
+    r["category"][0]["coding"][0]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn type_filter_exports_only_matching_resources_of_the_filtered_types() {
+    let (server, data) = server().await;
+    let c = http_client();
+    // GET: one query; its `=` and `?` are URL-encoded as the IG says.
+    let manifest = export(
+        &c,
+        &format!(
+            "{}/Patient/$export?_type=Observation,Encounter&_typeFilter=Observation%3Fcategory%3Dlaboratory",
+            server.base
+        ),
+    )
+    .await;
+    let counts = download_counts(&c, &manifest, "output").await;
+    let labs = data.count_where("Observation", |r| category(r) == "laboratory");
+    assert!(labs > 0 && labs < data.count_by_type()["Observation"]);
+    assert_eq!(counts["Observation"], labs);
+    assert_eq!(
+        counts["Encounter"],
+        data.count_by_type()["Encounter"],
+        "types without a filter are whole"
+    );
+
+    // POST: two queries for one type are OR'd; parameters within a query are AND'd; a comma in
+    // a value (URL-encoded inside the query) ORs values. Token with system, quantity, date.
+    let manifest = post_export(
+        &c,
+        &format!("{}/$export", server.base),
+        json!([
+            {"name": "_type", "valueString": "Observation"},
+            {"name": "_typeFilter", "valueString": "Observation?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs&date=ge2020-01-02"},
+            {"name": "_typeFilter", "valueString": "Observation?value-quantity=ge63&status=final%2Camended"},
+        ]),
+    )
+    .await;
+    let expected = data.count_where("Observation", |r| {
+        let vital_late = category(r) == "vital-signs"
+            && r["effectiveDateTime"].as_str().unwrap_or("") >= "2020-01-02";
+        let high = r["valueQuantity"]["value"].as_f64().unwrap_or(0.0) >= 63.0;
+        vital_late || high
+    });
+    let counts = download_counts(&c, &manifest, "output").await;
+    assert_eq!(counts["Observation"], expected);
+
+    // A string search on Patient at the system level, and `_lastUpdated`.
+    let manifest = export(
+        &c,
+        &format!(
+            "{}/$export?_type=Patient&_typeFilter=Patient%3Fgender%3Dfemale%26_lastUpdated%3Dgt2000-01-01",
+            server.base
+        ),
+    )
+    .await;
+    let counts = download_counts(&c, &manifest, "output").await;
+    assert_eq!(
+        counts["Patient"],
+        data.count_where("Patient", |r| r["gender"] == "female")
+    );
+}
+
+#[tokio::test]
+async fn type_filter_refuses_include_sort_and_unknown_parameters_unless_lenient() {
+    let (server, data) = server().await;
+    let c = http_client();
+    for filter in [
+        "Observation%3F_include%3DObservation:subject",
+        "Observation%3F_sort%3Ddate",
+        "Observation%3Fnot-a-param%3Dx",
+        "Observation%3Fsubject.name%3Dx",
+        "Observation%3Fdate%3Dyesterday",
+        "NotAType%3Fx%3D1",
+    ] {
+        let resp = kickoff(&c, &format!("{}/$export?_typeFilter={filter}", server.base)).await;
+        assert_eq!(resp.status(), 400, "{filter}");
+        let oo: Value = resp.json().await.expect("json");
+        assert_eq!(oo["resourceType"], "OperationOutcome");
+        assert!(oo["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or("")
+            .contains("_typeFilter"));
+    }
+    let resp = c
+        .get(format!(
+            "{}/$export?_type=Observation&_typeFilter=Observation%3F_sort%3Ddate",
+            server.base
+        ))
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async, handling=lenient")
+        .send()
+        .await
+        .expect("req");
+    let manifest = manifest_of(&c, resp).await;
+    assert_eq!(
+        download_counts(&c, &manifest, "output").await["Observation"],
+        data.count_by_type()["Observation"],
+        "the ignored filter filters nothing"
+    );
+    assert_eq!(manifest["error"][0]["count"], 1);
+}
+
+#[tokio::test]
+async fn elements_subset_resources_keep_required_elements_and_are_tagged() {
+    let (server, data) = server().await;
+    let c = http_client();
+    let manifest = export(
+        &c,
+        &format!(
+            "{}/Patient/$export?_type=Patient,Observation&_elements=Patient.gender,identifier",
+            server.base
+        ),
+    )
+    .await;
+    let all = download_all(&c, &manifest).await;
+    assert_eq!(all["Patient"].len(), data.patient_ids().len());
+    assert_eq!(
+        all["Observation"].len(),
+        data.count_by_type()["Observation"]
+    );
+    let subsetted = |r: &Value| {
+        r["meta"]["tag"].as_array().is_some_and(|tags| {
+            tags.iter().any(|t| {
+                t["code"] == "SUBSETTED"
+                    && t["system"] == "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
+            })
+        })
+    };
+    for p in &all["Patient"] {
+        let keys: BTreeSet<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["gender", "id", "meta", "resourceType"].into());
+        assert!(subsetted(p));
+    }
+    for o in &all["Observation"] {
+        // `identifier` (untyped) applies to every type; status and code are required (1..1).
+        let keys: BTreeSet<&str> = o.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["code", "id", "meta", "resourceType", "status"].into()
+        );
+        assert!(subsetted(o));
+    }
+
+    // A typed element only subsets its own type.
+    let manifest = export(
+        &c,
+        &format!(
+            "{}/$export?_type=Patient,Observation&_elements=Patient.gender",
+            server.base
+        ),
+    )
+    .await;
+    let all = download_all(&c, &manifest).await;
+    assert!(all["Patient"]
+        .iter()
+        .all(|p| p.get("managingOrganization").is_none() && subsetted(p)));
+    assert!(all["Observation"]
+        .iter()
+        .all(|o| o.get("subject").is_some() && !subsetted(o)));
+
+    let resp = kickoff(
+        &c,
+        &format!("{}/$export?_elements=Patient.name.family", server.base),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+}
+
+fn ids(resources: Option<&Vec<Value>>) -> BTreeSet<String> {
+    resources
+        .map(|rs| {
+            rs.iter()
+                .map(|r| r["id"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn include_associated_data_brings_the_provenance_of_exported_resources() {
+    let (server, data) = server().await;
+    let c = http_client();
+    let encounters = data.keys_of("Encounter");
+    assert!(data.count_by_type()["Provenance"] > 0);
+
+    // Patient level, default: the compartment's Provenance and those of exported resources.
+    let manifest = export(
+        &c,
+        &format!("{}/Patient/$export?_type=Encounter,Provenance", server.base),
+    )
+    .await;
+    let all = download_all(&c, &manifest).await;
+    let mut expected = data.associated_provenance(&encounters, false);
+    expected.extend(
+        data.resources
+            .iter()
+            .filter(|r| r["resourceType"] == "Provenance")
+            .filter(|r| provenance_targets(r).iter().any(|(t, _)| t == "Patient"))
+            .map(|r| r["id"].as_str().unwrap_or("").to_string()),
+    );
+    assert_eq!(ids(all.get("Provenance")), expected);
+
+    // Latest: only the newest Provenance of each exported Encounter, though _type omits it.
+    let manifest = export(
+        &c,
+        &format!(
+            "{}/Patient/$export?_type=Encounter&includeAssociatedData=LatestProvenanceResources",
+            server.base
+        ),
+    )
+    .await;
+    let all = download_all(&c, &manifest).await;
+    let latest = data.associated_provenance(&encounters, true);
+    let relevant = data.associated_provenance(&encounters, false);
+    assert!(
+        latest.len() < relevant.len(),
+        "the data has superseded Provenance"
+    );
+    assert_eq!(ids(all.get("Provenance")), latest);
+
+    // Relevant, at the system level, with a _type without Provenance: every Provenance of an
+    // exported Encounter, none of other resources.
+    let manifest = export(
+        &c,
+        &format!(
+            "{}/$export?_type=Encounter&includeAssociatedData=RelevantProvenanceResources",
+            server.base
+        ),
+    )
+    .await;
+    let all = download_all(&c, &manifest).await;
+    assert_eq!(ids(all.get("Provenance")), relevant);
+    assert_eq!(all["Encounter"].len(), encounters.len());
+
+    // Without the parameter a system export has every Provenance when it exports the type.
+    let manifest = export(&c, &format!("{}/$export?_type=Provenance", server.base)).await;
+    assert_eq!(
+        download_counts(&c, &manifest, "output").await["Provenance"],
+        data.count_by_type()["Provenance"]
+    );
+
+    let resp = kickoff(
+        &c,
+        &format!("{}/$export?includeAssociatedData=_custom", server.base),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+}
