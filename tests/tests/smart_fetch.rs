@@ -1,9 +1,11 @@
 //! A real client: `smart-fetch` (PyPI, SMART on FHIR team), unmodified, against
 //! `bulk-export serve`. scripts/test.sh installs it and sets SMART_FETCH.
 //!
-//! Flags used: `--no-default-filters` (its default adds a `_typeFilter` this server does not
-//! support yet), `--no-compression` (plain files to count), `--since-mode updated`. smart-fetch has
-//! no Patient-level flag; it appends `/$export` to `--fhir-url`, so `<base>/Patient` gives one.
+//! Flags used: `--no-compression` (plain files to count), `--since-mode updated`, and
+//! `--type`/`--type-filter` for the `_typeFilter` run. Its default filters stay on: they send
+//! `_typeFilter=Observation?category=social-history%2Cvital-signs%2C…` (a URL-encoded comma list
+//! inside one query). smart-fetch has no Patient-level flag; it appends `/$export` to
+//! `--fhir-url`, so `<base>/Patient` gives one.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,7 +30,7 @@ async fn run(args: &[&str]) -> BTreeMap<String, usize> {
         tokio::process::Command::new(smart_fetch())
             .arg("bulk")
             .args(args)
-            .args(["--no-default-filters", "--no-compression"])
+            .arg("--no-compression")
             .arg(&out)
             .output(),
     )
@@ -107,6 +109,45 @@ async fn smart_fetch_exports_system_patient_group_and_since_unmodified() {
         "Group",
     );
 
+    // Its own filters: a comma list within one query, and queries for two types.
+    let filtered = run(&[
+        "--fhir-url",
+        &server.base,
+        "--type",
+        "Observation,Condition",
+        "--type-filter",
+        "Observation?category=laboratory,vital-signs",
+        "--type-filter",
+        "Condition?clinical-status=http://terminology.hl7.org/CodeSystem/condition-clinical|active",
+    ])
+    .await;
+    let coded = |r: &serde_json::Value, field: &str, codes: &[&str]| {
+        let concepts = match &r[field] {
+            serde_json::Value::Array(a) => a.clone(),
+            other => vec![other.clone()],
+        };
+        concepts.iter().any(|c| {
+            c["coding"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|x| codes.iter().any(|code| x["code"] == *code))
+            })
+        })
+    };
+    let labs_and_vitals = data.count_where("Observation", |r| {
+        coded(r, "category", &["laboratory", "vital-signs"])
+    });
+    let active = data.count_where("Condition", |r| coded(r, "clinicalStatus", &["active"]));
+    assert!(labs_and_vitals > 0 && labs_and_vitals < data.count_by_type()["Observation"]);
+    assert!(active > 0 && active < data.count_by_type()["Condition"]);
+    assert_eq!(
+        filtered,
+        [
+            ("Condition".to_string(), active),
+            ("Observation".to_string(), labs_and_vitals)
+        ]
+        .into()
+    );
+
     // --since: only what changed after it.
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -132,7 +173,7 @@ async fn smart_fetch_exports_system_patient_group_and_since_unmodified() {
             "--since-mode",
             "updated",
         ])
-        .args(["--no-default-filters", "--no-compression"])
+        .arg("--no-compression")
         .arg(&since_run)
         .output()
         .await

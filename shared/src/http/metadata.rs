@@ -4,6 +4,10 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::fhir::compartment_table::R4_RESOURCE_TYPES;
+use crate::fhir::search_types::search_params;
+
+/// What `_typeFilter` supports, for the CapabilityStatement, the OperationDefinitions and README.
+pub const TYPE_FILTER_DOC: &str = "Supported: FHIR search queries `Type?name=value&…` (URL-encoded; repeats and comma-separated queries are OR'd, parameters in one query AND'd, comma-separated values OR'd; a comma inside one query is sent as %2C). Every search parameter listed under rest.resource.searchParam can be used: the R4 parameters of type token (:not, :text), reference (Type/id, id, :[Type]), date (eq ne gt lt ge le sa eb ap; partial dates are ranges), string (prefix, case and accent insensitive; :exact, :contains), quantity ([prefix]number|system|code), uri (:below, :above) and number, plus _id, _lastUpdated, _tag, _profile, _security, _source; :missing on all. Refused with 400 (or ignored and reported with handling=lenient): _include, _revinclude, _sort, _count, _elements and other result parameters, chained and _has parameters, composite and special parameters. A filter on a type the export does not contain has no effect. deleted[] lists deletions of a filtered type regardless of the filter.";
 
 pub fn route_prefix(path: &str) -> Option<&str> {
     path.strip_suffix("/metadata")
@@ -11,22 +15,27 @@ pub fn route_prefix(path: &str) -> Option<&str> {
 
 pub fn capability_statement(base: &str, config: &Config) -> Value {
     let export_op = |name: &str, def: &str| json!({"name": name, "definition": format!("http://hl7.org/fhir/uv/bulkdata/OperationDefinition/{def}")});
-    let mut resources: Vec<Value> = R4_RESOURCE_TYPES
+    // Every type, with the search parameters `_typeFilter` can use on it (`_lastUpdated` among
+    // them tells clients such as smart-fetch that `_since` filters on last update).
+    let resources: Vec<Value> = R4_RESOURCE_TYPES
         .iter()
-        .filter(|t| **t != "Patient" && **t != "Group")
-        .map(|t| json!({"type": t}))
+        .map(|t| {
+            let params: Vec<Value> = search_params(t)
+                .filter(|p| p.supported())
+                .map(|p| json!({"name": p.code, "type": p.kind.as_str()}))
+                .collect();
+            let mut r = json!({"type": t, "searchParam": params});
+            match *t {
+                "Patient" => r["operation"] = json!([export_op("export", "patient-export")]),
+                "Group" => {
+                    r["operation"] = json!([export_op("export", "group-export")]);
+                    r["documentation"] = json!("Group.member references to Patient define the patients; other Groups are never exported by a Group export.");
+                }
+                _ => {}
+            }
+            r
+        })
         .collect();
-    // `_lastUpdated` tells clients (e.g. smart-fetch) that `_since` filters on last update.
-    resources.push(json!({
-        "type": "Patient",
-        "operation": [export_op("export", "patient-export")],
-        "searchParam": [{"name": "_lastUpdated", "type": "date"}]
-    }));
-    resources.push(json!({
-        "type": "Group",
-        "operation": [export_op("export", "group-export")],
-        "documentation": "Group.member references to Patient define the patients; other Groups are never exported by a Group export."
-    }));
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -40,7 +49,7 @@ pub fn capability_statement(base: &str, config: &Config) -> Value {
         "rest": [{
             "mode": "server",
             "documentation": format!(
-                "Bulk Data export (IG v2.0.0), kick-off by GET or POST (Parameters). Parameters: _type, _since, _outputFormat (application/fhir+ndjson, application/ndjson, ndjson), patient (Patient and Group level). Prefer: handling=lenient ignores unsupported parameters and reports them in error[]. _since exports list deletions in deleted[]. Patient and Group exports contain the R4 Patient compartment plus referenced {}. A Group export covers the patients in Group.member at the time of the export, with all of their data that matches _since (membership history is not kept). Over-polling a status URL gets 429.",
+                "Bulk Data export (IG v2.0.0), kick-off by GET or POST (Parameters). Parameters: _type, _since, _outputFormat (application/fhir+ndjson, application/ndjson, ndjson), patient (Patient and Group level), _typeFilter, _elements, includeAssociatedData (LatestProvenanceResources, RelevantProvenanceResources). Prefer: handling=lenient ignores unsupported parameters and reports them in error[]. _since exports list deletions in deleted[]. Patient and Group exports contain the R4 Patient compartment plus referenced {} and the Provenance whose target is an exported resource. A Group export covers the patients in Group.member at the time of the export, with all of their data that matches _since (membership history is not kept). _elements keeps the listed top-level elements (`name` for every type, `Type.name` for one) plus id, meta and required elements, and tags the resource SUBSETTED. _typeFilter: {TYPE_FILTER_DOC} Over-polling a status URL gets 429.",
                 config.additional_resources.join(", ")
             ),
             "resource": resources,
@@ -90,9 +99,9 @@ pub fn operation_definition(id: &str) -> Option<Value> {
         param("_outputFormat", "1", "string", "Supported: application/fhir+ndjson (default), application/ndjson, ndjson."),
         param("_since", "1", "instant", "Supported: resources last updated after this instant; deletions since then are listed in deleted[]."),
         param("_type", "*", "string", "Supported: comma-separated resource types; repeats are joined."),
-        param("_elements", "*", "string", "Not supported yet (400, or ignored and reported with handling=lenient)."),
-        param("includeAssociatedData", "*", "code", "Not supported yet."),
-        param("_typeFilter", "*", "string", "Not supported yet."),
+        param("_elements", "*", "string", "Supported: top-level elements, `name` (every type) or `Type.name` (that type); id, meta and required elements are kept; subsetted resources are tagged SUBSETTED. Unknown elements are a 400."),
+        param("includeAssociatedData", "*", "code", "Supported: LatestProvenanceResources (only the newest Provenance, by recorded, of each exported resource) and RelevantProvenanceResources (every Provenance whose target is exported); Patient and Group exports include the latter by default. Custom values are a 400."),
+        param("_typeFilter", "*", "string", TYPE_FILTER_DOC),
     ];
     if resource.is_some() {
         parameters.push(param(
