@@ -332,3 +332,56 @@ async fn include_associated_data_brings_the_provenance_of_exported_resources() {
     .await;
     assert_eq!(resp.status(), 400);
 }
+
+#[tokio::test]
+async fn until_exports_the_data_as_it_was_at_that_instant() {
+    let (server, data) = server().await;
+    let c = http_client();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let until = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // After `until`: pat-0 changes, one Observation is deleted, a new Patient arrives.
+    let dir = temp_dir();
+    std::fs::write(
+        dir.join("changes.json"),
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Patient", "id": "pat-0", "gender": "other"},
+             "request": {"method": "PUT", "url": "Patient/pat-0"}},
+            {"resource": {"resourceType": "Patient", "id": "pat-new", "gender": "other"},
+             "request": {"method": "PUT", "url": "Patient/pat-new"}},
+            {"request": {"method": "DELETE", "url": "Observation/obs-0-0-0"}}]})
+        .to_string(),
+    )
+    .expect("write");
+    shared::load::load_paths(&server.state.pool, &[dir], |_| {})
+        .await
+        .expect("load");
+
+    let until = until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let manifest = export(
+        &c,
+        &format!(
+            "{}/$export?_type=Patient,Observation&_until={until}",
+            server.base
+        ),
+    )
+    .await;
+    let all = download_all(&c, &manifest).await;
+    assert_eq!(ids(all.get("Patient")), data.patient_ids(), "no pat-new");
+    let pat0 = all["Patient"]
+        .iter()
+        .find(|p| p["id"] == "pat-0")
+        .expect("pat-0");
+    assert_eq!(pat0["gender"], "female", "the version current at _until");
+    assert_eq!(
+        all["Observation"].len(),
+        data.count_by_type()["Observation"]
+    );
+    assert!(all["Observation"].iter().any(|o| o["id"] == "obs-0-0-0"));
+
+    // Without _until: today's data.
+    let manifest = export(&c, &format!("{}/$export?_type=Patient", server.base)).await;
+    let all = download_all(&c, &manifest).await;
+    assert_eq!(all["Patient"].len(), data.patient_ids().len() + 1);
+}

@@ -60,7 +60,8 @@ async fn kickoff_refuses_bad_parameters_with_400_operation_outcomes() {
             "_typeFilter",
         ),
         ("_elements=Patient.nope", "_elements"),
-        ("_until=2020-01-01T00:00:00Z", "_until"),
+        ("_until=2020-01-01", "_until"),
+        ("organizeOutputBy=Patient", "organizeOutputBy"),
         ("patient=Patient/pat-1", "patient"),
         ("_type=", "_type"),
     ] {

@@ -243,7 +243,11 @@ impl Exporter {
             let sel = Selection {
                 job_id: job.id,
                 resource_type: &resource_type,
-                transaction_time: job.transaction_time,
+                // `_until` (v3): the data as it was then; phase 1 reads the versions of that time.
+                transaction_time: job
+                    .params
+                    .until
+                    .map_or(job.transaction_time, |u| u.min(job.transaction_time)),
                 since: job.params.since,
                 scope: (job.level != ExportLevel::System).then_some(PatientScope {
                     compartment: is_patient_compartment_type(&resource_type),

@@ -17,7 +17,7 @@ pub const LATEST_PROVENANCE: &str = "LatestProvenanceResources";
 pub const RELEVANT_PROVENANCE: &str = "RelevantProvenanceResources";
 
 /// Parameters recognised by the IG that this server does not support yet.
-const NOT_YET_SUPPORTED: &[&str] = &["_until", "organizeOutputBy", "allowPartialManifests"];
+const NOT_YET_SUPPORTED: &[&str] = &["organizeOutputBy", "allowPartialManifests"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ExportParams {
@@ -27,6 +27,10 @@ pub struct ExportParams {
     /// `_since`: only resources last updated after this instant.
     #[serde(rename = "_since", skip_serializing_if = "Option::is_none")]
     pub since: Option<DateTime<Utc>>,
+    /// `_until` (IG v3): the export is the data as it was at this instant (if earlier than the
+    /// transaction time).
+    #[serde(rename = "_until", default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
     #[serde(rename = "_outputFormat")]
     pub output_format: String,
     /// `patient`: only these patients' compartments (Patient and Group level).
@@ -164,6 +168,18 @@ pub fn parse_params(
                     Err(e) => refuse(KickoffError::InvalidParameter(format!("_since: {e}")))?,
                 }
             }
+            "_until" => {
+                if p.until.is_some() {
+                    refuse(KickoffError::InvalidParameter(
+                        "_until may be given only once".into(),
+                    ))?;
+                    continue;
+                }
+                match parse_instant(value) {
+                    Ok(t) => p.until = Some(t),
+                    Err(e) => refuse(KickoffError::InvalidParameter(format!("_until: {e}")))?,
+                }
+            }
             "_outputFormat" => {
                 let v = value.trim();
                 if OUTPUT_FORMATS.contains(&v) {
@@ -253,6 +269,13 @@ pub fn parse_params(
         } else {
             return Err(KickoffError::InvalidParameter(
                 "_type must list at least one resource type".into(),
+            ));
+        }
+    }
+    if let (Some(since), Some(until)) = (p.since, p.until) {
+        if until <= since {
+            return Err(KickoffError::InvalidParameter(
+                "_until must be later than _since".into(),
             ));
         }
     }
@@ -436,7 +459,7 @@ mod tests {
         assert!(matches!(
             parse_params(
                 ExportLevel::System,
-                &q(&[("_until", "2020-01-01T00:00:00Z")]),
+                &q(&[("organizeOutputBy", "Patient")]),
                 &[],
                 false
             ),
@@ -467,6 +490,33 @@ mod tests {
             Err(KickoffError::NotSupported(_))
         ));
         assert!(parse_params(ExportLevel::System, &q(&[("_type", "")]), &[], false).is_err());
+    }
+
+    #[test]
+    fn until_is_an_instant_after_since() {
+        let p = parse_params(
+            ExportLevel::System,
+            &q(&[
+                ("_since", "2020-01-01T00:00:00Z"),
+                ("_until", "2021-01-01T00:00:00Z"),
+            ]),
+            &[],
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            p.until.map(|t| t.to_rfc3339()),
+            Some("2021-01-01T00:00:00+00:00".into())
+        );
+        for until in ["2019-01-01T00:00:00Z", "2020-01-01T00:00:00Z", "2021-01-01"] {
+            assert!(parse_params(
+                ExportLevel::System,
+                &q(&[("_since", "2020-01-01T00:00:00Z"), ("_until", until)]),
+                &[],
+                false,
+            )
+            .is_err());
+        }
     }
 
     #[test]
