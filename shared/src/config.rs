@@ -48,6 +48,43 @@ impl StoragePath {
     }
 }
 
+/// Authorization of the kick-off, status and file routes.
+#[derive(Clone, PartialEq, Eq)]
+pub enum AuthMode {
+    /// None at all: for one machine only (`serve --insecure`, `AUTH=off`).
+    Off,
+    /// SMART Backend Services bearer tokens, signed with `signing_key` (`TOKEN_SIGNING_KEY`;
+    /// `serve` makes a random one when it is not set, the Lambdas refuse to start).
+    Smart { signing_key: Option<Vec<u8>> },
+}
+
+impl std::fmt::Debug for AuthMode {
+    // Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthMode::Off => write!(f, "Off"),
+            AuthMode::Smart { signing_key } => write!(
+                f,
+                "Smart {{ signing_key: {} }}",
+                if signing_key.is_some() {
+                    "<set>"
+                } else {
+                    "<none>"
+                }
+            ),
+        }
+    }
+}
+
+impl AuthMode {
+    pub fn is_on(&self) -> bool {
+        matches!(self, AuthMode::Smart { .. })
+    }
+}
+
+/// Shortest accepted TOKEN_SIGNING_KEY (HS256 wants at least 256 bits).
+pub const MIN_SIGNING_KEY_BYTES: usize = 32;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: String,
@@ -76,6 +113,9 @@ pub struct Config {
     pub min_poll_interval: Duration,
     /// Running exports one client may have at once; one more gets 429.
     pub max_concurrent_exports: i64,
+    pub auth: AuthMode,
+    /// Lifetime of issued access tokens (at most 300 s).
+    pub access_token_ttl: Duration,
 }
 
 pub const DEFAULT_ADDITIONAL_RESOURCES: &[&str] = &[
@@ -142,7 +182,41 @@ impl Config {
                 reason: "must be at least 1024".into(),
             });
         }
+        let auth = match var("AUTH").as_deref().map(str::trim) {
+            None | Some("smart") => {
+                let signing_key = var("TOKEN_SIGNING_KEY").map(|k| k.trim().as_bytes().to_vec());
+                if signing_key
+                    .as_ref()
+                    .is_some_and(|k| k.len() < MIN_SIGNING_KEY_BYTES)
+                {
+                    return Err(ConfigError::Invalid {
+                        name: "TOKEN_SIGNING_KEY",
+                        value: "<hidden>".into(),
+                        reason: format!("must be at least {MIN_SIGNING_KEY_BYTES} bytes"),
+                    });
+                }
+                AuthMode::Smart { signing_key }
+            }
+            Some("off") => AuthMode::Off,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "AUTH",
+                    value: other.to_string(),
+                    reason: "must be smart (the default) or off".into(),
+                })
+            }
+        };
+        let access_token_ttl = number(&var, "ACCESS_TOKEN_TTL_SECONDS", 300)?;
+        if !(10..=300).contains(&access_token_ttl) {
+            return Err(ConfigError::Invalid {
+                name: "ACCESS_TOKEN_TTL_SECONDS",
+                value: access_token_ttl.to_string(),
+                reason: "must be between 10 and 300".into(),
+            });
+        }
         Ok(Config {
+            auth,
+            access_token_ttl: Duration::from_secs(access_token_ttl),
             database_url,
             storage_path,
             queue_url: var("QUEUE_URL"),
@@ -219,6 +293,24 @@ mod tests {
         assert_eq!(c.cancelled_status_code, 404);
         assert_eq!(c.repeat_period, Duration::from_secs(60));
         assert_eq!(c.presign_ttl, Duration::from_secs(300));
+        assert_eq!(
+            c.auth,
+            AuthMode::Smart { signing_key: None },
+            "auth is on by default"
+        );
+        assert_eq!(c.access_token_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn auth_settings_are_checked_and_the_key_never_printed() {
+        let c = config(&[("DATABASE_URL", "x"), ("AUTH", "off")]).unwrap();
+        assert_eq!(c.auth, AuthMode::Off);
+        let key = "k".repeat(32);
+        let c = config(&[("DATABASE_URL", "x"), ("TOKEN_SIGNING_KEY", &key)]).unwrap();
+        assert!(!format!("{c:?}").contains(&key));
+        assert!(config(&[("DATABASE_URL", "x"), ("TOKEN_SIGNING_KEY", "short")]).is_err());
+        assert!(config(&[("DATABASE_URL", "x"), ("AUTH", "maybe")]).is_err());
+        assert!(config(&[("DATABASE_URL", "x"), ("ACCESS_TOKEN_TTL_SECONDS", "3600")]).is_err());
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! - [`export`]: kick-off parameters, job states, manifest and the exporter engine.
 //! - [`db`]: Postgres pool, migrations and one module per table.
 //! - [`storage`] and [`queue`]: ports with S3/SQS and local adapters.
+//! - [`auth`]: SMART Backend Services tokens, scopes and client keys.
 //! - [`http`]: handlers over `http::Request`, shared by the Lambdas and `bulk-export serve`.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod export;

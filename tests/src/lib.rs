@@ -135,6 +135,8 @@ pub fn config(db: &TestDb, storage: StoragePath) -> Config {
         "DATABASE_URL" => Some(url.clone()),
         "STORAGE_PATH" => Some(storage.clone()),
         "REPEAT_PERIOD" => Some("200".into()),
+        // Authorization has its own tests (tests/auth.rs); these exercise everything else.
+        "AUTH" => Some("off".into()),
         // poll() waits 100 ms between polls: the over-polling limit is on, but not hit.
         "MIN_POLL_INTERVAL_MS" => Some("50".into()),
         _ => None,

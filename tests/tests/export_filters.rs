@@ -24,6 +24,7 @@ async fn server() -> (Server, DataSet) {
         "DATABASE_URL" => Some(url.clone()),
         "STORAGE_PATH" => Some(storage.clone()),
         "REPEAT_PERIOD" => Some("200".into()),
+        "AUTH" => Some("off".into()),
         "MIN_POLL_INTERVAL_MS" => Some("50".into()),
         _ => None,
     })

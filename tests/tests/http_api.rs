@@ -21,6 +21,7 @@ async fn server_with(
         "DATABASE_URL" => Some(url.clone()),
         "STORAGE_PATH" => Some(storage.clone()),
         "REPEAT_PERIOD" => Some("200".into()),
+        "AUTH" if !extra.iter().any(|(n, _)| *n == "AUTH") => Some("off".into()),
         "MIN_POLL_INTERVAL_MS" if !extra.iter().any(|(n, _)| *n == "MIN_POLL_INTERVAL_MS") => {
             Some("50".into())
         }

@@ -38,6 +38,7 @@ async fn state(db: &TestDb, queue: Arc<dyn JobQueue>) -> AppState {
         Config::from_lookup(|k| match k {
             "DATABASE_URL" => Some(url.clone()),
             "STORAGE_PATH" => Some(storage.clone()),
+            "AUTH" => Some("off".into()),
             _ => None,
         })
         .expect("config"),

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use shared::config::AuthMode;
 use shared::export::engine::Exporter;
 use shared::http::AppState;
 use shared::queue::LocalQueue;
-use shared::{db, load, serve, storage, Config};
+use shared::{auth, db, load, serve, storage, Config};
 
 #[derive(Parser)]
 #[command(
@@ -45,7 +46,42 @@ enum Command {
         port: u16,
         #[arg(long, default_value = "127.0.0.1", env = "HOST")]
         host: IpAddr,
+        /// No authorization at all (one machine only): same as AUTH=off.
+        #[arg(long)]
+        insecure: bool,
     },
+    /// Register, list or remove SMART Backend Services clients.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Register a client (or replace its keys and scopes); prints its client id.
+    Add {
+        /// The client's public keys as a JWKS file (RS384 or ES384 keys).
+        #[arg(
+            long,
+            conflicts_with = "jwks_url",
+            required_unless_present = "jwks_url"
+        )]
+        jwks: Option<PathBuf>,
+        /// Or the URL the client publishes its JWKS at (fetched and cached per Cache-Control).
+        #[arg(long)]
+        jwks_url: Option<String>,
+        /// Scopes the client may be granted (space- or comma-separated).
+        #[arg(long, default_value = "system/*.read")]
+        scope: Vec<String>,
+        /// The client id (default: a new UUID).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// List registered clients.
+    List,
+    /// Remove a client.
+    Remove { id: String },
 }
 
 #[tokio::main]
@@ -97,8 +133,36 @@ async fn main() -> anyhow::Result<()> {
             let n = db::resources::delete_resources(&pool, &keys).await?;
             println!("deleted {n} of {} resources", keys.len());
         }
-        Command::Serve { port, host } => {
+        Command::Client { command } => {
             require_schema(&pool).await?;
+            client_command(&pool, command).await?;
+        }
+        Command::Serve {
+            port,
+            host,
+            insecure,
+        } => {
+            require_schema(&pool).await?;
+            let mut config = config;
+            if insecure {
+                config.auth = AuthMode::Off;
+            }
+            match &config.auth {
+                AuthMode::Off => eprintln!(
+                    "WARNING: authorization is off (--insecure or AUTH=off): anyone who can reach this port can export every record"
+                ),
+                AuthMode::Smart { signing_key: None } => {
+                    // One process signs and checks its own tokens: a random key will do; tokens
+                    // end with the process.
+                    config.auth = AuthMode::Smart {
+                        signing_key: Some(auth::random_key()),
+                    };
+                    eprintln!("authorization: SMART Backend Services (random token signing key; set TOKEN_SIGNING_KEY to keep tokens across restarts)");
+                }
+                AuthMode::Smart { .. } => {
+                    eprintln!("authorization: SMART Backend Services");
+                }
+            }
             let config = Arc::new(config);
             let store = storage::from_config(&config.storage_path).await?;
             let wake = LocalQueue::default();
@@ -120,6 +184,72 @@ async fn main() -> anyhow::Result<()> {
             );
             let _ = std::io::stdout().flush();
             serve::run(listener, state, exporter, wake, config.repeat_period).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn client_command(pool: &db::Pool, command: ClientCommand) -> anyhow::Result<()> {
+    match command {
+        ClientCommand::Add {
+            jwks,
+            jwks_url,
+            scope,
+            id,
+        } => {
+            let scopes = scope.join(" ").replace(',', " ");
+            let scopes = scopes.split_whitespace().collect::<Vec<_>>().join(" ");
+            auth::scopes::check_registered(&scopes).map_err(anyhow::Error::msg)?;
+            let jwks = match jwks {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let value: serde_json::Value = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not JSON", path.display()))?;
+                    auth::check_public_jwks(&value).map_err(anyhow::Error::msg)?;
+                    Some(value)
+                }
+                None => None,
+            };
+            if let Some(url) = &jwks_url {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    bail!("--jwks-url must be an http(s) URL");
+                }
+            }
+            let client_id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            if client_id.is_empty() || client_id.len() > 256 {
+                bail!("the client id must be 1 to 256 characters");
+            }
+            db::clients::insert_client(
+                pool,
+                &db::clients::Client {
+                    client_id: client_id.clone(),
+                    jwks,
+                    jwks_url,
+                    scopes: scopes.clone(),
+                },
+            )
+            .await?;
+            eprintln!("registered client (scopes: {scopes})");
+            println!("{client_id}");
+        }
+        ClientCommand::List => {
+            for c in db::clients::list_clients(pool).await? {
+                let keys = match (&c.jwks, &c.jwks_url) {
+                    (_, Some(url)) => url.clone(),
+                    (Some(j), None) => {
+                        format!("{} inline key(s)", j["keys"].as_array().map_or(0, Vec::len))
+                    }
+                    (None, None) => "no keys".into(),
+                };
+                println!("{}\t{}\t{keys}", c.client_id, c.scopes);
+            }
+        }
+        ClientCommand::Remove { id } => {
+            if !db::clients::delete_client(pool, &id).await? {
+                bail!("no client {id}");
+            }
+            println!("removed client {id}");
         }
     }
     Ok(())

@@ -8,8 +8,8 @@ use uuid::Uuid;
 use super::{DbError, Pool};
 use crate::export::{ExportLevel, ExportParams, Job, JobStatus};
 
-const JOB_COLUMNS: &str = "id, level, group_id, params, request_url, transaction_time, status, \
-     planned, attempts, error, created_at, completed_at, expires_at, deleted_at";
+const JOB_COLUMNS: &str = "id, level, group_id, params, request_url, client_id, transaction_time, \
+     status, planned, attempts, error, created_at, completed_at, expires_at, deleted_at";
 
 fn job_from_row(row: &Row) -> Result<Job, DbError> {
     let level: String = row.get("level");
@@ -21,6 +21,7 @@ fn job_from_row(row: &Row) -> Result<Job, DbError> {
         group_id: row.get("group_id"),
         params: serde_json::from_value(params).map_err(|e| DbError::Row(e.to_string()))?,
         request_url: row.get("request_url"),
+        client_id: row.get("client_id"),
         transaction_time: row.get("transaction_time"),
         status: JobStatus::parse(&status)
             .ok_or_else(|| DbError::Row(format!("status {status}")))?,

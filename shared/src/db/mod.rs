@@ -1,5 +1,6 @@
 //! Postgres: connection pool, migrations, and one module per table.
 
+pub mod clients;
 pub mod files;
 pub mod jobs;
 pub mod resources;
@@ -43,6 +44,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_provenance_targets",
         include_str!("../../../infra/migrations/0003_provenance_targets.sql"),
+    ),
+    (
+        "0004_auth",
+        include_str!("../../../infra/migrations/0004_auth.sql"),
     ),
 ];
 

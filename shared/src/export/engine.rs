@@ -285,6 +285,10 @@ impl Exporter {
         if !job.params.include_associated_data.is_empty() {
             candidates.push("Provenance".into());
         }
+        // Never a type the client's token does not cover.
+        if let Some(allowed) = &job.params.allowed_types {
+            candidates.retain(|t| allowed.contains(t));
+        }
         let mut types: Vec<String> = candidates
             .into_iter()
             .filter(|t| present.contains(t))

@@ -103,6 +103,8 @@ pub struct Job {
     pub group_id: Option<String>,
     pub params: ExportParams,
     pub request_url: String,
+    /// The SMART client that started the export (None when authorization is off).
+    pub client_id: Option<String>,
     pub transaction_time: DateTime<Utc>,
     pub status: JobStatus,
     pub planned: bool,

@@ -117,6 +117,7 @@ mod tests {
                 ..Default::default()
             },
             request_url: "http://h/$export".into(),
+            client_id: None,
             transaction_time: t,
             status: JobStatus::Complete,
             planned: true,

@@ -50,6 +50,9 @@ pub struct ExportParams {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub include_associated_data: Vec<String>,
+    /// The types the client's access token allows (None: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_types: Option<Vec<String>>,
     /// With `Prefer: handling=lenient`: what was ignored, reported as OperationOutcomes in error[].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignored: Vec<String>,

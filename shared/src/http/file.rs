@@ -6,8 +6,8 @@ use http::{header, HeaderValue, Method, StatusCode};
 use uuid::Uuid;
 
 use super::{
-    header_str, normalized_path, not_found_route, query_pairs, query_param, ApiError, AppState,
-    Body, Request, Response,
+    base_url, header_str, normalized_path, not_found_route, query_pairs, query_param, ApiError,
+    AppState, Body, Request, Response,
 };
 use crate::db::{jobs, work_items};
 use crate::export::JobStatus;
@@ -15,12 +15,21 @@ use crate::storage::{Download, NDJSON_CONTENT_TYPE};
 
 pub async fn handle(state: &AppState, req: Request) -> Response {
     let path = normalized_path(&req);
-    if !path.ends_with("/$exportfilerequest") {
+    let Some(prefix) = path.strip_suffix("/$exportfilerequest") else {
         return not_found_route(&req);
-    }
-    download(state, &req)
-        .await
-        .unwrap_or_else(ApiError::into_response)
+    };
+    let base = base_url(&state.config, &req, prefix);
+    let principal = match crate::auth::authenticate(state, &req, &base) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    download(
+        state,
+        &req,
+        principal.as_ref().map(|p| p.client_id.as_str()),
+    )
+    .await
+    .unwrap_or_else(ApiError::into_response)
 }
 
 /// No Accept header, `application/fhir+ndjson` (Firely), `application/ndjson` or `*/*`.
@@ -34,7 +43,11 @@ fn accepts_ndjson(accept: Option<&str>) -> bool {
     })
 }
 
-async fn download(state: &AppState, req: &Request) -> Result<Response, ApiError> {
+async fn download(
+    state: &AppState,
+    req: &Request,
+    client_id: Option<&str>,
+) -> Result<Response, ApiError> {
     if req.method() != Method::GET {
         return Err(ApiError::MethodNotAllowed(
             "$exportfilerequest supports GET".into(),
@@ -54,6 +67,7 @@ async fn download(state: &AppState, req: &Request) -> Result<Response, ApiError>
         .ok_or_else(|| ApiError::BadRequest("the filename parameter is required".into()))?;
     let job = jobs::get_job(&state.pool, id)
         .await?
+        .filter(|j| client_id.is_none() || j.client_id.as_deref() == client_id)
         .ok_or_else(not_found)?;
     let visible = job.status == JobStatus::Complete
         && job.deleted_at.is_none()

@@ -88,6 +88,8 @@ async fn kickoff(state: &AppState, req: &Request, route: &Route<'_>) -> Result<R
             req.method()
         )));
     }
+    let base = base_url(&state.config, req, route.prefix);
+    let principal = crate::auth::authenticate(state, req, &base)?;
     let prefs = params::check_headers(
         header_str(req, header::ACCEPT),
         header_str(req, header::HeaderName::from_static("prefer")),
@@ -112,6 +114,9 @@ async fn kickoff(state: &AppState, req: &Request, route: &Route<'_>) -> Result<R
         prefs.lenient,
     )
     .map_err(kickoff_error)?;
+    if let Some(p) = &principal {
+        restrict_to_scopes(&mut params, p, prefs.lenient)?;
+    }
     if let Some(group_id) = route.group_id {
         if !is_fhir_id(group_id)
             || !resources::resource_exists(&state.pool, "Group", group_id).await?
@@ -146,7 +151,8 @@ async fn kickoff(state: &AppState, req: &Request, route: &Route<'_>) -> Result<R
         }
         params.patients = Some(known);
     }
-    let running = jobs::count_running_jobs(&state.pool, None).await?;
+    let client_id = principal.as_ref().map(|p| p.client_id.as_str());
+    let running = jobs::count_running_jobs(&state.pool, client_id).await?;
     if running >= state.config.max_concurrent_exports {
         return Err(ApiError::TooManyRequests {
             message: format!(
@@ -156,7 +162,6 @@ async fn kickoff(state: &AppState, req: &Request, route: &Route<'_>) -> Result<R
             retry_after: 30,
         });
     }
-    let base = base_url(&state.config, req, route.prefix);
     let path = normalized_path(req);
     let route_path = path.get(route.prefix.len()..).unwrap_or_default();
     // For POST the IG's `request` is the kick-off URL without the body's parameters.
@@ -171,7 +176,7 @@ async fn kickoff(state: &AppState, req: &Request, route: &Route<'_>) -> Result<R
             group_id: route.group_id,
             params: &params,
             request_url: &request_url,
-            client_id: None,
+            client_id,
         },
     )
     .await?;
@@ -192,6 +197,45 @@ async fn kickoff(state: &AppState, req: &Request, route: &Route<'_>) -> Result<R
         HeaderValue::from_str(&status_url).map_err(|e| ApiError::Internal(Box::new(e)))?,
     );
     Ok(resp)
+}
+
+/// A token limited to some types: a `_type` outside them is refused (403), or with lenient
+/// handling narrowed and reported; without `_type`, only its types are exported.
+fn restrict_to_scopes(
+    params: &mut params::ExportParams,
+    principal: &crate::auth::Principal,
+    lenient: bool,
+) -> Result<(), ApiError> {
+    let crate::auth::TypeSet::Only(allowed) = &principal.types else {
+        return Ok(());
+    };
+    if let Some(types) = &mut params.types {
+        let denied: Vec<String> = types
+            .iter()
+            .filter(|t| !allowed.contains(*t))
+            .cloned()
+            .collect();
+        if !denied.is_empty() {
+            let msg = format!(
+                "_type: the access token's scopes do not cover {}",
+                denied.join(", ")
+            );
+            if !lenient {
+                return Err(ApiError::Forbidden(msg));
+            }
+            types.retain(|t| allowed.contains(t));
+            params
+                .ignored
+                .push(format!("{msg} (ignored: Prefer handling=lenient)"));
+            if types.is_empty() {
+                return Err(ApiError::Forbidden(
+                    "_type: the access token's scopes cover none of the requested types".into(),
+                ));
+            }
+        }
+    }
+    params.allowed_types = Some(allowed.iter().cloned().collect());
+    Ok(())
 }
 
 fn kickoff_error(e: KickoffError) -> ApiError {

@@ -36,7 +36,7 @@ pub fn capability_statement(base: &str, config: &Config) -> Value {
             r
         })
         .collect();
-    json!({
+    let mut cs = json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": "2026-11-26",
@@ -55,7 +55,21 @@ pub fn capability_statement(base: &str, config: &Config) -> Value {
             "resource": resources,
             "operation": [export_op("export", "export")]
         }]
-    })
+    });
+    if config.auth.is_on() {
+        cs["rest"][0]["security"] = json!({
+            "extension": [{
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [{"url": "token", "valueUri": format!("{base}{}", crate::auth::TOKEN_PATH)}]
+            }],
+            "service": [{"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                "code": "SMART-on-FHIR"
+            }]}],
+            "description": "SMART Backend Services (client_credentials, private_key_jwt with RS384 or ES384); scopes system/*.read or system/<Type>.read (v1) and .rs (v2). See .well-known/smart-configuration."
+        });
+    }
+    cs
 }
 
 /// `[base]/OperationDefinition/{id}`: the id when the path names one of ours.

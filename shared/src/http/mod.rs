@@ -74,6 +74,18 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{message}")]
     TooManyRequests { message: String, retry_after: u64 },
+    /// No or a bad bearer token: 401 with WWW-Authenticate.
+    #[error("{message}")]
+    Unauthorized {
+        message: String,
+        /// A token was sent but is not valid (`error="invalid_token"`).
+        invalid_token: bool,
+    },
+    /// A valid token whose scopes do not cover the request.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
     #[error("the service is temporarily unavailable; retry later")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("internal error")]
@@ -108,6 +120,9 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -123,6 +138,9 @@ impl ApiError {
             ApiError::NotFound(_) | ApiError::Gone(_) => "not-found",
             ApiError::Unavailable(_) => "transient",
             ApiError::TooManyRequests { .. } => "throttled",
+            ApiError::Unauthorized { .. } => "login",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::PayloadTooLarge(_) => "too-long",
             ApiError::Internal(_) => "exception",
         }
     }
@@ -133,6 +151,17 @@ impl ApiError {
         let retry_after = match &self {
             ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
             ApiError::Unavailable(_) => Some(5),
+            _ => None,
+        };
+        let www_authenticate = match &self {
+            ApiError::Unauthorized {
+                invalid_token: true,
+                message,
+            } => Some(format!(
+                "Bearer realm=\"fhir-bulk-export\", error=\"invalid_token\", error_description=\"{}\"",
+                message.replace(['"', '\\'], "'")
+            )),
+            ApiError::Unauthorized { .. } => Some("Bearer realm=\"fhir-bulk-export\"".to_string()),
             _ => None,
         };
         if status.is_server_error() {
@@ -146,6 +175,11 @@ impl ApiError {
         if let Some(seconds) = retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(challenge) = www_authenticate {
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
         }
         resp
     }
@@ -245,6 +279,11 @@ impl AppState {
     /// Config, pool, storage and queue clients, built once per cold start.
     pub async fn from_env() -> Result<Self, StartupError> {
         let config = Arc::new(Config::from_env()?);
+        if config.auth == (crate::config::AuthMode::Smart { signing_key: None }) {
+            return Err(StartupError::Config(crate::config::ConfigError::Missing {
+                name: "TOKEN_SIGNING_KEY",
+            }));
+        }
         let pool = crate::db::pool(&config.database_url, 4)?;
         let pending = crate::db::pending_migrations(&pool).await?;
         if !pending.is_empty() {

@@ -4,7 +4,9 @@ use super::{file, kickoff, normalized_path, status, AppState, Request, Response}
 
 pub async fn handle(state: &AppState, req: Request) -> Response {
     let path = normalized_path(&req);
-    if path.ends_with("/$exportstatus") {
+    if crate::auth::token::is_route(&path) {
+        crate::auth::token::handle(state, req).await
+    } else if path.ends_with("/$exportstatus") {
         status::handle(state, req).await
     } else if path.ends_with("/$exportfilerequest") {
         file::handle(state, req).await

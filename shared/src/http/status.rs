@@ -18,9 +18,15 @@ pub async fn handle(state: &AppState, req: Request) -> Response {
     let Some(prefix) = path.strip_suffix("/$exportstatus") else {
         return not_found_route(&req);
     };
+    let base = base_url(&state.config, &req, prefix);
+    let principal = match crate::auth::authenticate(state, &req, &base) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let client_id = principal.as_ref().map(|p| p.client_id.as_str());
     let result = match *req.method() {
-        Method::GET => status(state, &req, prefix).await,
-        Method::DELETE => delete(state, &req).await,
+        Method::GET => status(state, &req, &base, client_id).await,
+        Method::DELETE => delete(state, &req, client_id).await,
         _ => Err(ApiError::MethodNotAllowed(
             "$exportstatus supports GET and DELETE".into(),
         )),
@@ -58,10 +64,16 @@ fn gone(state: &AppState, job: &Job) -> Option<ApiError> {
     None
 }
 
-/// The job named by `_id`, if the client may still see it.
-async fn visible_job(state: &AppState, req: &Request) -> Result<Job, ApiError> {
+/// The job named by `_id`, if the client may still see it. Another client's job is answered
+/// exactly like an unknown one.
+async fn visible_job(
+    state: &AppState,
+    req: &Request,
+    client_id: Option<&str>,
+) -> Result<Job, ApiError> {
     let job = jobs::get_job(&state.pool, job_id(req)?)
         .await?
+        .filter(|j| client_id.is_none() || j.client_id.as_deref() == client_id)
         .ok_or_else(|| ApiError::NotFound("no such export job".into()))?;
     match gone(state, &job) {
         Some(e) => Err(e),
@@ -69,8 +81,13 @@ async fn visible_job(state: &AppState, req: &Request) -> Result<Job, ApiError> {
     }
 }
 
-async fn status(state: &AppState, req: &Request, prefix: &str) -> Result<Response, ApiError> {
-    let job = visible_job(state, req).await?;
+async fn status(
+    state: &AppState,
+    req: &Request,
+    base: &str,
+    client_id: Option<&str>,
+) -> Result<Response, ApiError> {
+    let job = visible_job(state, req, client_id).await?;
     let id = job.id;
     match job.status {
         JobStatus::Queued | JobStatus::Active => {
@@ -109,9 +126,8 @@ async fn status(state: &AppState, req: &Request, prefix: &str) -> Result<Respons
         }
         JobStatus::Complete => {
             let files = work_items::select_files(&state.pool, id).await?;
-            let base = base_url(&state.config, req, prefix);
-            // Downloads need no token until authorization is configured.
-            let manifest = manifest::build(&job, &files, &base, false);
+            // With authorization on, downloads go through $exportfilerequest with the token.
+            let manifest = manifest::build(&job, &files, base, state.config.auth.is_on());
             let body =
                 serde_json::to_string(&manifest).map_err(|e| ApiError::Internal(Box::new(e)))?;
             let mut resp = json_response(StatusCode::OK, "application/json", body);
@@ -139,8 +155,12 @@ async fn status(state: &AppState, req: &Request, prefix: &str) -> Result<Respons
     }
 }
 
-async fn delete(state: &AppState, req: &Request) -> Result<Response, ApiError> {
-    let job = visible_job(state, req).await?;
+async fn delete(
+    state: &AppState,
+    req: &Request,
+    client_id: Option<&str>,
+) -> Result<Response, ApiError> {
+    let job = visible_job(state, req, client_id).await?;
     let id = job.id;
     if !jobs::request_cancellation(&state.pool, id).await? {
         return Err(ApiError::NotFound("no such export job".into()));

@@ -1,0 +1,101 @@
+//! Clients' JWKS: inline, or fetched from the registered URL and cached as its `Cache-Control`
+//! allows (`max-age`, `no-store`/`no-cache`; 5 minutes when the header says nothing, at most an
+//! hour). The cache is per process, so a warm Lambda does not fetch on every token request.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+
+const DEFAULT_TTL: Duration = Duration::from_secs(300);
+const MAX_TTL: Duration = Duration::from_secs(3600);
+/// A JWKS larger than this is refused (a key set is a few KiB).
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+static CACHE: LazyLock<Mutex<HashMap<String, (Instant, JwkSet)>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+static HTTP: LazyLock<reqwest::Client> = LazyLock::new(|| {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default()
+});
+
+/// How long a response may be reused, from its Cache-Control header.
+pub fn cache_ttl(cache_control: Option<&str>) -> Duration {
+    let Some(cc) = cache_control else {
+        return DEFAULT_TTL;
+    };
+    let mut ttl = DEFAULT_TTL;
+    for directive in cc.split(',').map(|d| d.trim().to_ascii_lowercase()) {
+        if directive == "no-store" || directive == "no-cache" {
+            return Duration::ZERO;
+        }
+        if let Some(v) = directive.strip_prefix("max-age=") {
+            if let Ok(secs) = v.trim_matches('"').parse::<u64>() {
+                ttl = Duration::from_secs(secs);
+            }
+        }
+    }
+    ttl.min(MAX_TTL)
+}
+
+/// The key set at `url`, from the cache while it is fresh.
+pub async fn fetch(url: &str) -> Result<JwkSet, String> {
+    if let Ok(cache) = CACHE.lock() {
+        if let Some((until, set)) = cache.get(url) {
+            if Instant::now() < *until {
+                return Ok(set.clone());
+            }
+        }
+    }
+    let resp = HTTP
+        .get(url)
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| format!("fetching the client's JWKS failed: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("the client's JWKS URL answered {}", resp.status()));
+    }
+    let ttl = cache_ttl(
+        resp.headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("reading the client's JWKS failed: {e}"))?;
+    if body.len() > MAX_JWKS_BYTES {
+        return Err("the client's JWKS is too large".into());
+    }
+    let set: JwkSet = serde_json::from_slice(&body)
+        .map_err(|e| format!("the client's JWKS is not a JWK Set: {e}"))?;
+    if !ttl.is_zero() {
+        if let Ok(mut cache) = CACHE.lock() {
+            cache.insert(url.to_string(), (Instant::now() + ttl, set.clone()));
+        }
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_control_decides_how_long_a_jwks_is_reused() {
+        assert_eq!(cache_ttl(None), DEFAULT_TTL);
+        assert_eq!(
+            cache_ttl(Some("public, max-age=60")),
+            Duration::from_secs(60)
+        );
+        assert_eq!(cache_ttl(Some("max-age=999999")), MAX_TTL);
+        assert_eq!(cache_ttl(Some("no-store")), Duration::ZERO);
+        assert_eq!(cache_ttl(Some("max-age=60, no-cache")), Duration::ZERO);
+    }
+}

@@ -1,0 +1,369 @@
+//! `POST [base]/auth/token` (SMART Backend Services: `client_credentials` with a
+//! `private_key_jwt` client assertion, RS384 or ES384) and `GET .well-known/smart-configuration`
+//! (at the base and at the server root).
+//!
+//! The assertion must have `iss` = `sub` = a registered client id, `aud` = this token URL, `exp`
+//! at most five minutes ahead, and a `jti` never seen before (kept until `exp`); a `jku` header,
+//! when present, must be the client's registered JWKS URL. Errors are OAuth errors
+//! (`invalid_request`, `invalid_client`, `invalid_grant`, `invalid_scope`,
+//! `unsupported_grant_type`) as JSON, never a stack trace.
+
+use base64::Engine;
+use http::{header, HeaderValue, Method, StatusCode};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{issue_access_token, jwks, scopes, SMART_CONFIG_PATH, TOKEN_PATH};
+use crate::config::AuthMode;
+use crate::db::clients;
+use crate::http::{
+    base_url, header_str, json_response, normalized_path, not_found_route, ApiError, AppState,
+    Request, Response,
+};
+
+pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Longest accepted assertion lifetime (`exp` - now), seconds.
+const MAX_ASSERTION_LIFETIME: i64 = 300;
+/// Clock skew tolerated on `exp`, seconds.
+const LEEWAY: u64 = 10;
+const MAX_ASSERTION_BYTES: usize = 16 * 1024;
+/// Scopes this server can grant, for smart-configuration.
+pub const SCOPES_SUPPORTED: &[&str] = &["system/*.read", "system/*.rs", "system/*.r"];
+
+/// Whether the path is one of this module's routes.
+pub fn is_route(path: &str) -> bool {
+    path.ends_with(TOKEN_PATH) || path.ends_with(SMART_CONFIG_PATH)
+}
+
+pub async fn handle(state: &AppState, req: Request) -> Response {
+    let path = normalized_path(&req);
+    if !state.config.auth.is_on() {
+        return ApiError::NotFound(
+            "authorization is off on this server (AUTH=off or serve --insecure): no token is needed"
+                .into(),
+        )
+        .into_response();
+    }
+    if let Some(prefix) = path.strip_suffix(SMART_CONFIG_PATH) {
+        if req.method() != Method::GET {
+            return ApiError::MethodNotAllowed("smart-configuration supports GET".into())
+                .into_response();
+        }
+        let base = base_url(&state.config, &req, prefix);
+        return json_response(
+            StatusCode::OK,
+            "application/json",
+            smart_configuration(&base).to_string(),
+        );
+    }
+    if let Some(prefix) = path.strip_suffix(TOKEN_PATH) {
+        let base = base_url(&state.config, &req, prefix);
+        return token(state, &req, &base)
+            .await
+            .unwrap_or_else(TokenError::into_response);
+    }
+    not_found_route(&req)
+}
+
+/// `.well-known/smart-configuration` for the FHIR base `base`.
+pub fn smart_configuration(base: &str) -> serde_json::Value {
+    json!({
+        "issuer": base,
+        "token_endpoint": format!("{base}{TOKEN_PATH}"),
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "grant_types_supported": ["client_credentials"],
+        "scopes_supported": SCOPES_SUPPORTED,
+        "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"]
+    })
+}
+
+/// An OAuth error (RFC 6749 §5.2).
+#[derive(Debug)]
+pub struct OAuthError {
+    pub code: &'static str,
+    pub description: String,
+}
+
+impl OAuthError {
+    fn new(code: &'static str, description: impl Into<String>) -> Self {
+        OAuthError {
+            code,
+            description: description.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        if self.code == "invalid_client" {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::BAD_REQUEST
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.code, "error_description": self.description});
+        let mut resp = json_response(self.status(), "application/json", body.to_string());
+        no_store(&mut resp);
+        resp
+    }
+}
+
+fn no_store(resp: &mut Response) {
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+enum TokenError {
+    OAuth(OAuthError),
+    Api(ApiError),
+}
+
+impl TokenError {
+    fn into_response(self) -> Response {
+        match self {
+            TokenError::OAuth(e) => e.into_response(),
+            TokenError::Api(e) => e.into_response(),
+        }
+    }
+}
+
+impl From<OAuthError> for TokenError {
+    fn from(e: OAuthError) -> Self {
+        TokenError::OAuth(e)
+    }
+}
+
+impl From<crate::db::DbError> for TokenError {
+    fn from(e: crate::db::DbError) -> Self {
+        TokenError::Api(e.into())
+    }
+}
+
+fn invalid_client(d: impl Into<String>) -> OAuthError {
+    OAuthError::new("invalid_client", d)
+}
+
+fn invalid_request(d: impl Into<String>) -> OAuthError {
+    OAuthError::new("invalid_request", d)
+}
+
+#[derive(Debug, Deserialize)]
+struct UnverifiedClaims {
+    iss: Option<String>,
+    sub: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AssertionClaims {
+    exp: i64,
+    jti: Option<String>,
+}
+
+async fn token(state: &AppState, req: &Request, base: &str) -> Result<Response, TokenError> {
+    if req.method() != Method::POST {
+        return Err(TokenError::Api(ApiError::MethodNotAllowed(
+            "the token endpoint supports POST".into(),
+        )));
+    }
+    let media = header_str(req, header::CONTENT_TYPE)
+        .and_then(|ct| ct.split(';').next())
+        .map(str::trim);
+    if media != Some("application/x-www-form-urlencoded") {
+        return Err(invalid_request("the body must be application/x-www-form-urlencoded").into());
+    }
+    let mut form: Vec<(String, String)> = Vec::new();
+    for (k, v) in form_urlencoded::parse(req.body()) {
+        if form.iter().any(|(name, _)| *name == k) {
+            return Err(invalid_request(format!("parameter {k} given twice")).into());
+        }
+        form.push((k.into_owned(), v.into_owned()));
+    }
+    let get = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    match get("grant_type") {
+        None => return Err(invalid_request("grant_type is required").into()),
+        Some("client_credentials") => {}
+        Some(other) => {
+            return Err(OAuthError::new(
+                "unsupported_grant_type",
+                format!("grant_type {other:?} is not supported; use client_credentials"),
+            )
+            .into())
+        }
+    }
+    if get("client_assertion_type") != Some(ASSERTION_TYPE) {
+        return Err(
+            invalid_request(format!("client_assertion_type must be {ASSERTION_TYPE}")).into(),
+        );
+    }
+    let assertion = get("client_assertion")
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| invalid_request("client_assertion is required"))?;
+    if assertion.len() > MAX_ASSERTION_BYTES {
+        return Err(invalid_client("the client assertion is too large").into());
+    }
+    let requested_scope = get("scope")
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| invalid_request("scope is required, e.g. system/*.read"))?;
+
+    let header = jsonwebtoken::decode_header(assertion).map_err(|_| {
+        invalid_client("the client assertion is not a JWT signed with RS384 or ES384")
+    })?;
+    if !matches!(header.alg, Algorithm::RS384 | Algorithm::ES384) {
+        return Err(invalid_client(format!(
+            "the client assertion is signed with {:?}; only RS384 and ES384 are accepted",
+            header.alg
+        ))
+        .into());
+    }
+    let unverified = unverified_claims(assertion)
+        .ok_or_else(|| invalid_client("the client assertion's claims are not readable"))?;
+    let client_id = unverified
+        .iss
+        .filter(|iss| Some(iss) == unverified.sub.as_ref() && !iss.is_empty() && iss.len() <= 256)
+        .ok_or_else(|| invalid_client("iss and sub must both be the client id"))?;
+    let client = clients::get_client(&state.pool, &client_id)
+        .await?
+        .ok_or_else(|| invalid_client("unknown client"))?;
+    if let Some(jku) = &header.jku {
+        if client.jwks_url.as_deref() != Some(jku.as_str()) {
+            return Err(invalid_client("jku is not the client's registered JWKS URL").into());
+        }
+    }
+    let keys: JwkSet = match (&client.jwks, &client.jwks_url) {
+        (Some(inline), _) => serde_json::from_value(inline.clone())
+            .map_err(|_| invalid_client("the client's registered JWKS is not usable"))?,
+        (None, Some(url)) => jwks::fetch(url).await.map_err(invalid_client)?,
+        (None, None) => return Err(invalid_client("the client has no keys").into()),
+    };
+    let candidates: Vec<&Jwk> = keys
+        .keys
+        .iter()
+        .filter(|k| header.kid.is_none() || k.common.key_id == header.kid)
+        .filter(|k| k.common.public_key_use != Some(PublicKeyUse::Encryption))
+        .filter(|k| key_fits(k, header.alg))
+        .collect();
+    if candidates.is_empty() {
+        return Err(invalid_client(format!(
+            "no key of the client fits the assertion (kid {:?}, alg {:?})",
+            header.kid, header.alg
+        ))
+        .into());
+    }
+    let token_url = format!("{base}{TOKEN_PATH}");
+    let mut validation = Validation::new(header.alg);
+    validation.leeway = LEEWAY;
+    validation.set_audience(&[&token_url]);
+    validation.set_issuer(&[&client_id]);
+    validation.sub = Some(client_id.clone());
+    validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    let mut last = invalid_client("the client assertion's signature does not verify");
+    let mut verified = None;
+    for jwk in candidates {
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        match jsonwebtoken::decode::<AssertionClaims>(assertion, &key, &validation) {
+            Ok(data) => {
+                verified = Some(data.claims);
+                break;
+            }
+            Err(e) => {
+                use jsonwebtoken::errors::ErrorKind as K;
+                last = match e.kind() {
+                    K::ExpiredSignature => invalid_client("the client assertion has expired"),
+                    K::InvalidAudience => invalid_client(format!(
+                        "the client assertion's aud must be the token URL {token_url}"
+                    )),
+                    K::InvalidIssuer | K::InvalidSubject => {
+                        invalid_client("iss and sub must both be the client id")
+                    }
+                    K::MissingRequiredClaim(c) => {
+                        invalid_client(format!("the client assertion has no {c} claim"))
+                    }
+                    _ => invalid_client("the client assertion's signature does not verify"),
+                };
+            }
+        }
+    }
+    let claims = verified.ok_or(last)?;
+    let now = chrono::Utc::now().timestamp();
+    if claims.exp > now + MAX_ASSERTION_LIFETIME + LEEWAY as i64 {
+        return Err(
+            invalid_client("the client assertion's exp is more than 5 minutes ahead").into(),
+        );
+    }
+    let jti = claims
+        .jti
+        .filter(|j| !j.is_empty() && j.len() <= 256)
+        .ok_or_else(|| invalid_client("the client assertion needs a jti"))?;
+    let expires = chrono::DateTime::from_timestamp(claims.exp, 0)
+        .ok_or_else(|| invalid_client("the client assertion's exp is out of range"))?;
+    if !clients::record_jti(&state.pool, &client_id, &jti, expires).await? {
+        return Err(invalid_client("this client assertion (jti) was already used").into());
+    }
+    let granted = scopes::grant(requested_scope, &client.scopes);
+    if granted.is_empty() {
+        return Err(OAuthError::new(
+            "invalid_scope",
+            format!(
+                "none of the requested scopes can be granted; this client may have: {}",
+                client.scopes
+            ),
+        )
+        .into());
+    }
+    let AuthMode::Smart {
+        signing_key: Some(key),
+    } = &state.config.auth
+    else {
+        return Err(TokenError::Api(ApiError::Internal(
+            "authorization is on but no TOKEN_SIGNING_KEY is configured".into(),
+        )));
+    };
+    let ttl = state.config.access_token_ttl;
+    let access_token = issue_access_token(key, base, &client_id, &granted, ttl)
+        .map_err(|e| TokenError::Api(ApiError::Internal(Box::new(e))))?;
+    tracing::info!(client_id = %client_id, scope = %granted, "access token issued");
+    let body = json!({
+        "access_token": access_token,
+        "token_type": "bearer",
+        "expires_in": ttl.as_secs(),
+        "scope": granted,
+    });
+    let mut resp = json_response(StatusCode::OK, "application/json", body.to_string());
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+/// The JWT's claims without checking anything, only to find the client (then verified).
+fn unverified_claims(jwt: &str) -> Option<UnverifiedClaims> {
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// RS384 needs an RSA key, ES384 an EC key on P-384 (no algorithm confusion).
+fn key_fits(jwk: &Jwk, alg: Algorithm) -> bool {
+    if let Some(key_alg) = &jwk.common.key_algorithm {
+        if format!("{key_alg:?}") != format!("{alg:?}") {
+            return false;
+        }
+    }
+    match (&jwk.algorithm, alg) {
+        (AlgorithmParameters::RSA(_), Algorithm::RS384) => true,
+        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES384) => {
+            ec.curve == EllipticCurve::P384
+        }
+        _ => false,
+    }
+}
