@@ -24,12 +24,17 @@ fn smart_fetch() -> String {
 
 /// Runs `smart-fetch bulk` and returns resource counts per type from the files it wrote.
 async fn run(args: &[&str]) -> BTreeMap<String, usize> {
+    run_with(args, &[]).await
+}
+
+async fn run_with(args: &[&str], extra: &[&str]) -> BTreeMap<String, usize> {
     let out = temp_dir().join("out");
     let output = tokio::time::timeout(
         std::time::Duration::from_secs(300),
         tokio::process::Command::new(smart_fetch())
             .arg("bulk")
             .args(args)
+            .args(extra)
             .arg("--no-compression")
             .arg(&out)
             .output(),
@@ -184,4 +189,71 @@ async fn smart_fetch_exports_system_patient_group_and_since_unmodified() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(count_files(&since_run), [("Patient".to_string(), 1)].into());
+}
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/auth")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_fetch_exports_with_smart_backend_services_authorization() {
+    let (db, data) = TestDb::from_template().await;
+    let dir = temp_dir();
+    let mut cfg = config(&db, StoragePath::Local(dir.clone()));
+    cfg.auth = shared::config::AuthMode::Smart {
+        signing_key: Some(b"smart-fetch-test-signing-key-0123456789abcdef".to_vec()),
+    };
+    let public: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("public.jwks")).expect("jwks"))
+            .expect("json");
+    shared::db::clients::insert_client(
+        &db.pool,
+        &shared::db::clients::Client {
+            client_id: "smart-fetch".into(),
+            jwks: Some(public),
+            jwks_url: None,
+            scopes: "system/*.read".into(),
+        },
+    )
+    .await
+    .expect("register");
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
+    let server = Server::start(cfg, db.pool.clone(), store).await;
+
+    // Without credentials it gets nowhere.
+    let out = temp_dir().join("denied");
+    let denied = tokio::process::Command::new(smart_fetch())
+        .args(["bulk", "--fhir-url", &server.base, "--no-compression"])
+        .arg(&out)
+        .output()
+        .await
+        .expect("smart-fetch runs");
+    assert!(
+        !denied.status.success(),
+        "an export without a token must fail"
+    );
+
+    // RS384 key, system level; ES384 key, Group level.
+    let rs = fixture("rs384.jwks");
+    let system = run_with(
+        &["--fhir-url", &server.base],
+        &["--smart-client-id", "smart-fetch", "--smart-key", &rs],
+    )
+    .await;
+    assert_matches(&system, &data.count_by_type(), "system (RS384)");
+    let es = fixture("es384.jwks");
+    let group = run_with(
+        &["--fhir-url", &server.base, "--group", &data.group_id],
+        &["--smart-client-id", "smart-fetch", "--smart-key", &es],
+    )
+    .await;
+    assert_matches(
+        &group,
+        &data.expected_compartment_export(&data.group_members()),
+        "Group (ES384)",
+    );
 }

@@ -1,0 +1,15 @@
+//! Token Lambda: SMART Backend Services `POST [base]/auth/token` and
+//! `GET .well-known/smart-configuration`.
+
+use shared::auth::token;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    shared::telemetry::init();
+    let state = shared::http::AppState::from_env().await?;
+    shared::lambda::run_http(move |req| {
+        let state = state.clone();
+        async move { token::handle(&state, req).await }
+    })
+    .await
+}
