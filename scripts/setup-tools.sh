@@ -4,6 +4,8 @@
 #   cfn-lint      template linter          (scripts/validate-template.sh)
 #   aws-sam-cli   `sam validate --lint`    (scripts/validate-template.sh)
 #   smart-fetch   a real bulk-export client for the end-to-end tests (own venv)
+# and one Rust tool, with `cargo install` under $TOOLS_DIR/cargo:
+#   s3s-fs        S3 server over a directory that checks SigV4 signatures (presigned-URL tests)
 #
 #   scripts/setup-tools.sh          # idempotent; installs only what is missing
 #
@@ -82,4 +84,17 @@ if [[ ! -x "$SF_VENV/bin/smart-fetch" ]]; then
   rm -rf "$SF_VENV"
   python3 -m venv "$SF_VENV"
   "$SF_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$SMART_FETCH_SPEC"
+fi
+
+# s3s-fs, an S3 server over a directory that checks SigV4 signatures: moto accepts any signature,
+# so tests/tests/presigned_s3s.rs runs against this one to prove that a tampered or expired
+# presigned URL is refused. Built from crates.io once (~2 min); 0.17 needs a newer rustc.
+S3S_FS_VERSION="0.14.1"
+S3S_FS_ROOT="$TOOLS_DIR/cargo"
+if [[ ! -x "$S3S_FS_ROOT/bin/s3s-fs" ]]; then
+  command -v cargo >/dev/null 2>&1 \
+    || { log "cargo not found: install Rust with rustup (https://rustup.rs), then rerun"; exit 1; }
+  log "installing s3s-fs $S3S_FS_VERSION into $S3S_FS_ROOT"
+  mkdir -p "$S3S_FS_ROOT"
+  cargo install --quiet --locked --features binary --root "$S3S_FS_ROOT" "s3s-fs@$S3S_FS_VERSION"
 fi

@@ -7,7 +7,8 @@
 #   scripts/test.sh -p integration-tests --test storage_contract
 #
 # Needs: Debian (or similar) with cargo on PATH; root or sudo only when something must be
-# installed or started. No Docker: S3 and SQS come from a moto server started here.
+# installed or started. No Docker: S3 and SQS come from a moto server started here, and an
+# s3s-fs server (S3 that checks SigV4 signatures) for the presigned-URL tests.
 #
 # Environment:
 #   TEST_DATABASE_URL  admin connection for the per-test databases
@@ -15,6 +16,8 @@
 #                      script installs/starts when needed; when set, it is used as is)
 #   TOOLS_DIR          where the Python tools venv lives (default ~/.cache/fhir-bulk-tools)
 #   MOTO_PORT          port for the moto server (default 5000, or a free one when 5000 is taken)
+# Exported for the tests: TEST_AWS_ENDPOINT_URL (moto), TEST_S3S_ENDPOINT_URL,
+# TEST_S3S_ACCESS_KEY, TEST_S3S_SECRET_KEY (s3s-fs, on a free port over a temp directory).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +36,9 @@ die() { log "$*"; exit 1; }
 
 # Everything started or changed for this run is undone here.
 MOTO_PID=""
+S3S_PID=""
+S3S_DIR=""
+S3S_LOG=""
 HBA_FILE=""
 HBA_MARK="# fhir-bulk test run: temporary, removed on exit"
 DROP_DBS_ON_EXIT=false
@@ -44,6 +50,12 @@ cleanup() {
     wait "$MOTO_PID" 2>/dev/null || true
   fi
   if [[ $rc -eq 0 && -n "$MOTO_LOG" ]]; then rm -f "$MOTO_LOG"; fi
+  if [[ -n "$S3S_PID" ]] && kill -0 "$S3S_PID" 2>/dev/null; then
+    kill "$S3S_PID" 2>/dev/null || true
+    wait "$S3S_PID" 2>/dev/null || true
+  fi
+  if [[ -n "$S3S_DIR" ]]; then rm -rf "$S3S_DIR"; fi
+  if [[ $rc -eq 0 && -n "$S3S_LOG" ]]; then rm -f "$S3S_LOG"; fi
   # On failure the databases stay for inspection; the next run drops them.
   if [[ $rc -eq 0 ]] && $DROP_DBS_ON_EXIT; then drop_test_databases 2>/dev/null || true; fi
   if [[ -n "$HBA_FILE" ]]; then
@@ -60,7 +72,7 @@ command -v cargo >/dev/null 2>&1 \
   || die "cargo not found: install Rust with rustup (https://rustup.rs), then rerun"
 ensure_cc
 
-# --- Python tools -------------------------------------------------------------------------
+# --- Python tools (and s3s-fs) ------------------------------------------------------------
 TOOLS_DIR="$TOOLS_DIR" "$ROOT/scripts/setup-tools.sh"
 export TOOLS_VENV="$VENV"   # scripts/validate-template.sh takes cfn-lint and sam from here
 export SMART_FETCH="$TOOLS_DIR/smart-fetch-venv/bin/smart-fetch"   # tests/tests/smart_fetch.rs
@@ -128,8 +140,9 @@ fi
 MOTO_LOG="$(mktemp "${TMPDIR:-/tmp}/fhir-bulk-moto.XXXXXX.log")"
 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$MOTO_LOG" 2>&1 &
 MOTO_PID=$!
-moto_answers() {
-  "$VENV/bin/python" - "http://127.0.0.1:$port/moto-api/" >/dev/null 2>&1 <<'PY'
+# Whether something answers HTTP at $1 (any status: an error status still means it is serving).
+http_answers() {
+  "$VENV/bin/python" - "$1" >/dev/null 2>&1 <<'PY'
 import sys, urllib.error, urllib.request
 try:
     urllib.request.urlopen(sys.argv[1], timeout=1)
@@ -140,7 +153,7 @@ PY
 moto_up=false
 for _ in $(seq 1 150); do
   kill -0 "$MOTO_PID" 2>/dev/null || { cat "$MOTO_LOG" >&2; die "moto server exited"; }
-  if moto_answers; then moto_up=true; break; fi
+  if http_answers "http://127.0.0.1:$port/moto-api/"; then moto_up=true; break; fi
   sleep 0.2
 done
 $moto_up || { cat "$MOTO_LOG" >&2; die "moto server did not answer on port $port"; }
@@ -148,6 +161,31 @@ log "moto server on 127.0.0.1:$port (pid $MOTO_PID, log $MOTO_LOG)"
 export TEST_AWS_ENDPOINT_URL="http://127.0.0.1:$port"
 # Nothing in the tests should look for EC2 instance credentials.
 export AWS_EC2_METADATA_DISABLED=true
+
+# --- s3s-fs (S3 that checks signatures) -------------------------------------------------------
+# moto accepts any signature; tests/tests/presigned_s3s.rs needs a server that refuses a tampered
+# or expired presigned URL. Keys differ from moto's so that a test mixing the two up fails.
+S3S_FS="$TOOLS_DIR/cargo/bin/s3s-fs"   # installed by scripts/setup-tools.sh
+[[ -x "$S3S_FS" ]] || die "$S3S_FS missing: scripts/setup-tools.sh should have installed it"
+S3S_ACCESS_KEY="s3s-test-access"
+S3S_SECRET_KEY="s3s-test-secret"
+S3S_DIR="$(mktemp -d "${TMPDIR:-/tmp}/fhir-bulk-s3s.XXXXXX")"
+S3S_LOG="$(mktemp "${TMPDIR:-/tmp}/fhir-bulk-s3s.XXXXXX.log")"
+s3s_port="$(free_port)"
+"$S3S_FS" --host 127.0.0.1 --port "$s3s_port" \
+  --access-key "$S3S_ACCESS_KEY" --secret-key "$S3S_SECRET_KEY" "$S3S_DIR" >"$S3S_LOG" 2>&1 &
+S3S_PID=$!
+s3s_up=false
+for _ in $(seq 1 150); do
+  kill -0 "$S3S_PID" 2>/dev/null || { cat "$S3S_LOG" >&2; die "s3s-fs exited"; }
+  if http_answers "http://127.0.0.1:$s3s_port/"; then s3s_up=true; break; fi
+  sleep 0.2
+done
+$s3s_up || { cat "$S3S_LOG" >&2; die "s3s-fs did not answer on port $s3s_port"; }
+log "s3s-fs on 127.0.0.1:$s3s_port over $S3S_DIR (pid $S3S_PID, log $S3S_LOG)"
+export TEST_S3S_ENDPOINT_URL="http://127.0.0.1:$s3s_port"
+export TEST_S3S_ACCESS_KEY="$S3S_ACCESS_KEY"
+export TEST_S3S_SECRET_KEY="$S3S_SECRET_KEY"
 
 # --- the tests ----------------------------------------------------------------------------
 log "python3 infra/gen_compartment.py --check"

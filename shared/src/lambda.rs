@@ -25,7 +25,11 @@ where
     lambda_http::run(lambda_http::service_fn(move |req: lambda_http::Request| {
         let handler = handler.clone();
         async move {
-            let resp = handler(from_lambda_request(req)).await;
+            let req = from_lambda_request(req);
+            let resp = match crate::http::check_limits(&req) {
+                None => handler(req).await,
+                Some(refused) => refused,
+            };
             to_lambda_response(resp).await
         }
     }))

@@ -14,8 +14,7 @@ use crate::export::engine::Exporter;
 use crate::http::{router, AppState, Body};
 use crate::queue::LocalQueue;
 
-/// Largest request body accepted (kick-off bodies are small).
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+use crate::http::MAX_BODY_BYTES;
 
 async fn dispatch(
     State(state): State<Arc<AppState>>,
@@ -26,7 +25,7 @@ async fn dispatch(
         Ok(b) => b,
         Err(_) => {
             return into_axum(
-                crate::http::ApiError::BadRequest(format!(
+                crate::http::ApiError::PayloadTooLarge(format!(
                     "request body larger than {MAX_BODY_BYTES} bytes"
                 ))
                 .into_response(),
@@ -34,7 +33,11 @@ async fn dispatch(
             .await
         }
     };
-    let resp = router::handle(&state, http::Request::from_parts(parts, bytes)).await;
+    let req = http::Request::from_parts(parts, bytes);
+    let resp = match crate::http::check_limits(&req) {
+        None => router::handle(&state, req).await,
+        Some(refused) => refused,
+    };
     into_axum(resp).await
 }
 
@@ -109,12 +112,20 @@ async fn shutdown_signal() {
 pub async fn exporter_loop(exporter: Exporter, wake: LocalQueue, repeat_period: Duration) {
     loop {
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        if let Err(e) = exporter.run_until_idle(None, far).await {
-            tracing::error!(error = %e, "exporter run failed; retrying after the repeat period");
-        }
+        // A job whose attempt failed is retried after the backoff, not a whole RepeatPeriod.
+        let pause = match exporter.run_until_idle(None, far).await {
+            Ok(summary) if !summary.retrying.is_empty() || !summary.handed_off.is_empty() => {
+                exporter.retry_backoff.min(repeat_period)
+            }
+            Ok(_) => repeat_period,
+            Err(e) => {
+                tracing::error!(error = %e, "exporter run failed; retrying after the backoff");
+                exporter.retry_backoff.min(repeat_period)
+            }
+        };
         tokio::select! {
             _ = wake.notify.notified() => {}
-            _ = tokio::time::sleep(repeat_period) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }

@@ -692,3 +692,69 @@ async fn clients_are_registered_with_the_cli() {
         .expect("db")
         .is_none());
 }
+
+// Multi-threaded: the CLI's blocking runs must not stall the in-process server it talks to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_flow_keygen_register_token_export_works_from_the_cli() {
+    let (server, data) = server().await;
+    let dir = temp_dir().join("my-client");
+    let bin = bulk_export_bin();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&bin)
+            .args(args)
+            .env("DATABASE_URL", server_db_url(&server))
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let d = dir.to_str().expect("path");
+    run(&["client", "keygen", "--out", d]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("private.pem"))
+            .expect("pem")
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the private key is readable by its owner only"
+        );
+    }
+    let id = run(&["client", "add", "--jwks", &format!("{d}/public.jwks")]);
+    let token_url = format!("{}/auth/token", server.base);
+    // The token helper needs no database.
+    let out = std::process::Command::new(&bin)
+        .args([
+            "client",
+            "token",
+            "--client-id",
+            &id,
+            "--key",
+            &format!("{d}/private.pem"),
+            "--token-url",
+            &token_url,
+        ])
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let status_url = kickoff(&format!("{}/$export?_type=Patient", server.base), &token).await;
+    let manifest = wait_manifest(&status_url, &token).await;
+    assert_eq!(manifest["output"][0]["count"], data.patient_ids().len());
+}
+
+fn server_db_url(server: &Server) -> String {
+    server.state.config.database_url.clone()
+}

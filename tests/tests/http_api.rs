@@ -20,7 +20,7 @@ async fn server_with(
     let cfg = Config::from_lookup(|k| match k {
         "DATABASE_URL" => Some(url.clone()),
         "STORAGE_PATH" => Some(storage.clone()),
-        "REPEAT_PERIOD" => Some("200".into()),
+        "REPEAT_PERIOD" if !extra.iter().any(|(n, _)| *n == "REPEAT_PERIOD") => Some("200".into()),
         "AUTH" if !extra.iter().any(|(n, _)| *n == "AUTH") => Some("off".into()),
         "MIN_POLL_INTERVAL_MS" if !extra.iter().any(|(n, _)| *n == "MIN_POLL_INTERVAL_MS") => {
             Some("50".into())
@@ -757,4 +757,141 @@ async fn downloads_are_gzip_compressed_only_for_clients_that_accept_it() {
         .await
         .expect("gunzip");
     assert_eq!(unzipped, plain.to_vec());
+}
+
+#[tokio::test]
+async fn oversized_and_hostile_requests_get_4xx_operation_outcomes() {
+    let (server, _) = server_with(&[]).await;
+    let c = http_client();
+    let base = &server.base;
+    let big_body = serde_json::json!({"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Patient,".repeat(200_000)}]})
+    .to_string();
+    let resp = c
+        .post(format!("{base}/$export"))
+        .header("Prefer", "respond-async")
+        .header("Content-Type", "application/fhir+json")
+        .body(big_body)
+        .send()
+        .await
+        .expect("req");
+    outcome(resp, 413).await;
+    let long_uri = format!("{base}/$export?_type={}", "Patient,".repeat(3_000));
+    outcome(kickoff(&c, &long_uri).await, 414).await;
+    let resp = c
+        .get(format!("{base}/$export"))
+        .header("Prefer", "respond-async")
+        .header("X-Padding", "x".repeat(20_000))
+        .send()
+        .await
+        .expect("req");
+    outcome(resp, 431).await;
+
+    // Injection and traversal attempts never reach SQL or storage keys as such.
+    for query in [
+        "_type=Patient';DROP TABLE resources;--",
+        "_since=2020-01-01T00:00:00Z';--",
+        "_typeFilter=Patient%3Fname%3D'%20OR%201%3D1--%26_sort%3Dx",
+        "_elements=id;DROP",
+    ] {
+        let resp = kickoff(&c, &format!("{base}/$export?{query}")).await;
+        outcome(resp, 400).await;
+    }
+    let resp = kickoff(&c, &format!("{base}/$export?_type=Patient")).await;
+    let status_url = resp.headers()["content-location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    let id = status_url.rsplit('=').next().expect("id").to_string();
+    for file in [
+        "../../etc/passwd",
+        "..%2F..%2Fetc%2Fpasswd",
+        "Patient-0001.ndjson%00",
+        "",
+    ] {
+        let resp = c
+            .get(format!(
+                "{base}/$exportfilerequest?_id={id}&filename={file}"
+            ))
+            .send()
+            .await
+            .expect("req");
+        assert!(
+            resp.status() == 404 || resp.status() == 400,
+            "{file}: {}",
+            resp.status()
+        );
+    }
+    for bad_id in ["../x", "1 OR 1=1", "00000000-0000-0000-0000-000000000000"] {
+        let resp = c
+            .get(format!("{base}/$exportstatus?_id={bad_id}"))
+            .send()
+            .await
+            .expect("req");
+        outcome(resp, 404).await;
+    }
+    // The data is all still there.
+    let n: i64 = server
+        .state
+        .pool
+        .get()
+        .await
+        .expect("conn")
+        .query_one("SELECT count(*) FROM resources", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert!(n > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_polling_hard_never_holds_up_its_export() {
+    // RepeatPeriod of a minute: only the kick-off's wake-up can start these exports in time.
+    let (server, data) =
+        server_with(&[("REPEAT_PERIOD", "60000"), ("MIN_POLL_INTERVAL_MS", "1")]).await;
+    let c = http_client();
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let resp = kickoff(&c, &format!("{}/$export?_type=Patient", server.base)).await;
+        assert_eq!(resp.status(), 202);
+        let status_url = resp.headers()["content-location"]
+            .to_str()
+            .expect("loc")
+            .to_string();
+        // Poll as fast as possible, as impatient clients would (three at once).
+        let pollers: Vec<_> = (0..2)
+            .map(|_| {
+                let (c, url) = (c.clone(), status_url.clone());
+                tokio::spawn(async move {
+                    for _ in 0..200 {
+                        if c.get(&url)
+                            .send()
+                            .await
+                            .map(|r| r.status() == 200)
+                            .unwrap_or(true)
+                        {
+                            break;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let manifest: serde_json::Value = loop {
+            let r = c.get(&status_url).send().await.expect("poll");
+            if r.status() == 200 {
+                break r.json().await.expect("manifest");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the export waited for the RepeatPeriod"
+            );
+        };
+        for p in pollers {
+            p.abort();
+        }
+        assert_eq!(
+            download_counts(&c, &manifest, "output").await["Patient"],
+            data.patient_ids().len()
+        );
+    }
 }

@@ -6,6 +6,7 @@
 //! URL, subject the client id, `scope` the granted scopes.
 
 pub mod jwks;
+pub mod keys;
 pub mod scopes;
 pub mod token;
 

@@ -80,6 +80,31 @@ enum ClientCommand {
     },
     /// List registered clients.
     List,
+    /// Make a new ES384 client key pair in DIR: private.pem (signs assertions), private.jwks
+    /// (for clients such as smart-fetch) and public.jwks (to register). No database needed.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+        /// Key id written into the JWKs.
+        #[arg(long, default_value = "client-key-1")]
+        kid: String,
+    },
+    /// Get an access token from a token endpoint with a client key and print it (what a SMART
+    /// Backend Services client does). No database needed.
+    Token {
+        #[arg(long)]
+        client_id: String,
+        /// PEM private key (P-384 → ES384, RSA → RS384).
+        #[arg(long)]
+        key: PathBuf,
+        /// The token endpoint, e.g. http://127.0.0.1:8080/auth/token.
+        #[arg(long)]
+        token_url: String,
+        #[arg(long, default_value = "system/*.read")]
+        scope: String,
+        #[arg(long)]
+        kid: Option<String>,
+    },
     /// Remove a client.
     Remove { id: String },
 }
@@ -88,6 +113,38 @@ enum ClientCommand {
 async fn main() -> anyhow::Result<()> {
     shared::telemetry::init();
     let cli = Cli::parse();
+    // Client-side helpers need neither the database nor the server's configuration.
+    let cli = match cli.command {
+        Command::Client {
+            command: ClientCommand::Keygen { out, kid },
+        } => return keygen(&out, &kid),
+        Command::Client {
+            command:
+                ClientCommand::Token {
+                    client_id,
+                    key,
+                    token_url,
+                    scope,
+                    kid,
+                },
+        } => {
+            let pem = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
+            let assertion =
+                auth::keys::client_assertion(&pem, &client_id, &token_url, kid.as_deref())
+                    .map_err(anyhow::Error::msg)?;
+            let body = auth::keys::request_token(&token_url, &assertion, &scope)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "granted {} for {} s",
+                body["scope"].as_str().unwrap_or("?"),
+                body["expires_in"]
+            );
+            println!("{}", body["access_token"].as_str().unwrap_or_default());
+            return Ok(());
+        }
+        other => Cli { command: other },
+    };
     let config = Config::from_env()?;
     let pool = db::pool(&config.database_url, 8)?;
     match cli.command {
@@ -148,19 +205,22 @@ async fn main() -> anyhow::Result<()> {
                 config.auth = AuthMode::Off;
             }
             match &config.auth {
-                AuthMode::Off => eprintln!(
-                    "WARNING: authorization is off (--insecure or AUTH=off): anyone who can reach this port can export every record"
-                ),
+                AuthMode::Off => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "WARNING: authorization is off (--insecure or AUTH=off): anyone who can reach this port can export every record"
+                    );
+                }
                 AuthMode::Smart { signing_key: None } => {
                     // One process signs and checks its own tokens: a random key will do; tokens
                     // end with the process.
                     config.auth = AuthMode::Smart {
                         signing_key: Some(auth::random_key()),
                     };
-                    eprintln!("authorization: SMART Backend Services (random token signing key; set TOKEN_SIGNING_KEY to keep tokens across restarts)");
+                    let _ = writeln!(std::io::stderr(), "authorization: SMART Backend Services (random token signing key; set TOKEN_SIGNING_KEY to keep tokens across restarts)");
                 }
                 AuthMode::Smart { .. } => {
-                    eprintln!("authorization: SMART Backend Services");
+                    let _ = writeln!(std::io::stderr(), "authorization: SMART Backend Services");
                 }
             }
             let config = Arc::new(config);
@@ -178,14 +238,53 @@ async fn main() -> anyhow::Result<()> {
                 .public_base_url
                 .clone()
                 .unwrap_or_else(|| format!("http://{addr}"));
-            println!("FHIR base URL: {base}");
-            println!(
+            // A closed stdout (`serve | head -1`, a supervisor that reads one line) must not
+            // take the server down: these writes ignore errors, unlike println!.
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "FHIR base URL: {base}");
+            let _ = writeln!(
+                out,
                 "  kick-off: {base}/$export  {base}/Patient/$export  {base}/Group/{{id}}/$export"
             );
-            let _ = std::io::stdout().flush();
+            let _ = out.flush();
             serve::run(listener, state, exporter, wake, config.repeat_period).await?;
         }
     }
+    Ok(())
+}
+
+fn keygen(out: &std::path::Path, kid: &str) -> anyhow::Result<()> {
+    let key = auth::keys::generate_es384(kid).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let write = |name: &str, text: String, private: bool| -> anyhow::Result<()> {
+        let path = out.join(name);
+        if path.exists() {
+            bail!("{} exists; not overwriting a key", path.display());
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        #[cfg(unix)]
+        if private {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        let _ = private;
+        Ok(())
+    };
+    write("private.pem", key.private_pem, true)?;
+    write(
+        "private.jwks",
+        serde_json::to_string_pretty(&key.private_jwks)?,
+        true,
+    )?;
+    write(
+        "public.jwks",
+        serde_json::to_string_pretty(&key.public_jwks)?,
+        false,
+    )?;
+    println!(
+        "wrote {0}/private.pem, {0}/private.jwks (keep these secret) and {0}/public.jwks (register it: bulk-export client add --jwks {0}/public.jwks)",
+        out.display()
+    );
     Ok(())
 }
 
@@ -244,6 +343,9 @@ async fn client_command(pool: &db::Pool, command: ClientCommand) -> anyhow::Resu
                 };
                 println!("{}\t{}\t{keys}", c.client_id, c.scopes);
             }
+        }
+        ClientCommand::Keygen { .. } | ClientCommand::Token { .. } => {
+            unreachable!("handled before the database is opened")
         }
         ClientCommand::Remove { id } => {
             if !db::clients::delete_client(pool, &id).await? {

@@ -349,18 +349,22 @@ pub async fn mark_purged(pool: &Pool, id: Uuid) -> Result<(), DbError> {
             &[&id],
         )
         .await?;
+    client
+        .execute("DELETE FROM export_job_polls WHERE job_id = $1", &[&id])
+        .await?;
     Ok(())
 }
 
 /// Records a status poll of a running job. Returns false when the previous poll was less than
-/// `min_interval` ago (the client is polling too often).
+/// `min_interval` ago (the client is polling too often). Never touches the job's own row, so a
+/// poll can never make an exporter's claim skip the job.
 pub async fn record_poll(pool: &Pool, id: Uuid, min_interval: Duration) -> Result<bool, DbError> {
     let client = pool.get().await?;
     let n = client
         .execute(
-            "UPDATE export_jobs SET last_polled_at = now()
-             WHERE id = $1 AND (last_polled_at IS NULL
-                                OR last_polled_at <= now() - make_interval(secs => $2))",
+            "INSERT INTO export_job_polls AS p (job_id, last_polled_at) VALUES ($1, now())
+             ON CONFLICT (job_id) DO UPDATE SET last_polled_at = now()
+             WHERE p.last_polled_at <= now() - make_interval(secs => $2)",
             &[&id, &min_interval.as_secs_f64()],
         )
         .await?;

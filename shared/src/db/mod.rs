@@ -49,6 +49,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0004_auth",
         include_str!("../../../infra/migrations/0004_auth.sql"),
     ),
+    (
+        "0005_poll_table",
+        include_str!("../../../infra/migrations/0005_poll_table.sql"),
+    ),
 ];
 
 pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, DbError> {

@@ -65,6 +65,16 @@ async fn download(
         .ok_or_else(not_found)?;
     let file_name = query_param(&pairs, "filename")
         .ok_or_else(|| ApiError::BadRequest("the filename parameter is required".into()))?;
+    // Our file names: `<Type>-0001.ndjson`, `OperationOutcome-….ndjson`, `Bundle-deleted-….ndjson`.
+    let plausible = !file_name.is_empty()
+        && file_name.len() <= 128
+        && file_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        && !file_name.contains("..");
+    if !plausible {
+        return Err(not_found());
+    }
     let job = jobs::get_job(&state.pool, id)
         .await?
         .filter(|j| client_id.is_none() || j.client_id.as_deref() == client_id)

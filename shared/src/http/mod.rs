@@ -237,6 +237,56 @@ pub fn base_url(config: &Config, req: &Request, prefix: &str) -> String {
     format!("{scheme}://{host}{}", prefix.trim_end_matches('/'))
 }
 
+/// Largest request body accepted (kick-off `Parameters` and token forms are small).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest request target (path and query).
+pub const MAX_URI_BYTES: usize = 16 * 1024;
+/// Largest header section, and largest single header value.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+pub const MAX_HEADER_VALUE_BYTES: usize = 16 * 1024;
+
+/// Size limits every adapter applies before any handler sees the request: 413 for a large
+/// body, 414 for a long URI, 431 for large headers, each with an OperationOutcome (None: the
+/// request is within them).
+pub fn check_limits(req: &Request) -> Option<Response> {
+    let too = |status: StatusCode, msg: String| {
+        Some(outcome_response(
+            status,
+            &OperationOutcome::error("too-long", msg),
+        ))
+    };
+    if req.body().len() > MAX_BODY_BYTES {
+        return too(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {MAX_BODY_BYTES} bytes"),
+        );
+    }
+    let uri_len = req.uri().path().len() + req.uri().query().map_or(0, str::len);
+    if uri_len > MAX_URI_BYTES {
+        return too(
+            StatusCode::URI_TOO_LONG,
+            format!("request URI longer than {MAX_URI_BYTES} bytes"),
+        );
+    }
+    let mut total = 0;
+    for (name, value) in req.headers() {
+        if value.len() > MAX_HEADER_VALUE_BYTES {
+            return too(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!("header {name} is larger than {MAX_HEADER_VALUE_BYTES} bytes"),
+            );
+        }
+        total += name.as_str().len() + value.len();
+    }
+    if total > MAX_HEADER_BYTES {
+        return too(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("request headers larger than {MAX_HEADER_BYTES} bytes"),
+        );
+    }
+    None
+}
+
 pub fn not_found_route(req: &Request) -> Response {
     ApiError::NotFound(format!(
         "no route for {} {}",

@@ -156,14 +156,21 @@ async fn main() -> anyhow::Result<()> {
         resources as f64 / load.as_secs_f64()
     );
 
+    let serve_log = integration_tests::temp_dir().join("serve.log");
     let mut child = Command::new(&args.bin)
         .args(["serve", "--port", "0"])
         .env("DATABASE_URL", &url)
         .env("STORAGE_PATH", &storage)
-        .env("RUST_LOG", "warn")
+        // The benchmark measures the export path, not token handling.
+        .env("AUTH", "off")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_SERVE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&serve_log)?)
         .spawn()?;
+    println!("serve log (warnings): {}", serve_log.display());
     let pid = child.id();
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
