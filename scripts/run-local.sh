@@ -44,4 +44,9 @@ if [[ "$loaded" == "0" ]]; then
 else
   echo "database already holds $loaded resources; not loading sample data" >&2
 fi
+# SMART Backend Services authorization is on unless INSECURE=1 (then anyone who can reach the
+# port can export everything: keep HOST at 127.0.0.1).
+if [[ "${INSECURE:-0}" == "1" ]]; then
+  exec "$BIN" serve --port "${PORT:-8080}" --host "${HOST:-127.0.0.1}" --insecure
+fi
 exec "$BIN" serve --port "${PORT:-8080}" --host "${HOST:-127.0.0.1}"
