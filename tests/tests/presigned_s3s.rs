@@ -414,3 +414,114 @@ async fn s3_store_writes_multipart_reads_presigns_and_deletes_a_prefix_on_s3s_fs
     let (status, _, _) = plain_get(&url).await;
     assert_eq!(status, 404, "GET {url} after delete");
 }
+
+/// With authorization on: the file route wants the bearer token, and its redirect is a presigned
+/// URL that works for a client that (rightly) does not forward Authorization to another host.
+#[tokio::test]
+async fn with_authorization_the_token_opens_the_redirect_and_the_presigned_url_needs_none() {
+    let (db, data) = TestDb::with_generated(PATIENTS).await;
+    let (client, bucket) = new_bucket().await;
+    let url = db.url.clone();
+    let storage = format!("s3://{bucket}/{PREFIX}");
+    let cfg = Config::from_lookup(|k| match k {
+        "DATABASE_URL" => Some(url.clone()),
+        "STORAGE_PATH" => Some(storage.clone()),
+        "TOKEN_SIGNING_KEY" => Some("presigned-test-signing-key-0123456789abcdef".into()),
+        "REPEAT_PERIOD" => Some("200".into()),
+        "MIN_POLL_INTERVAL_MS" => Some("0".into()),
+        _ => None,
+    })
+    .expect("config");
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/auth");
+    let jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("public.jwks")).expect("jwks"))
+            .expect("json");
+    shared::db::clients::insert_client(
+        &db.pool,
+        &shared::db::clients::Client {
+            client_id: "s3-client".into(),
+            jwks: Some(jwks),
+            jwks_url: None,
+            scopes: "system/*.read".into(),
+        },
+    )
+    .await
+    .expect("register");
+    let store: Arc<dyn ObjectStore> = Arc::new(S3Store::new(client, bucket, PREFIX.into()));
+    let server = Server::start(cfg, db.pool.clone(), store).await;
+
+    // A token the way a client gets one.
+    let token_url = format!("{}/auth/token", server.base);
+    let pem = std::fs::read(fixtures.join("es384.pem")).expect("pem");
+    let assertion = shared::auth::keys::client_assertion(&pem, "s3-client", &token_url, None)
+        .expect("assertion");
+    let token = shared::auth::keys::request_token(&token_url, &assertion, "system/*.read")
+        .await
+        .expect("token")["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string();
+
+    let http = http_client();
+    let resp = http
+        .get(format!("{}/$export?_type=Patient", server.base))
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("kick-off");
+    assert_eq!(resp.status(), 202);
+    let status_url = resp.headers()["content-location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    let manifest: serde_json::Value = loop {
+        let r = http
+            .get(&status_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("status");
+        if r.status() == 200 {
+            break r.json().await.expect("manifest");
+        }
+        assert_eq!(r.status(), 202);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(manifest["requiresAccessToken"], true);
+    let (file_url, count) = entry(&manifest, "Patient");
+    assert_eq!(count, data.patient_ids().len());
+
+    // No token: 401 and no Location to leak.
+    let resp = http_client_no_redirect()
+        .get(&file_url)
+        .send()
+        .await
+        .expect("file request");
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers().get("location").is_none());
+    // With the token: a redirect whose URL carries no trace of the token.
+    let resp = http_client_no_redirect()
+        .get(&file_url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("file request");
+    assert_eq!(resp.status(), 307);
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    assert!(!location.contains(&token));
+    assert!(location.starts_with(&s3s().endpoint));
+    // A fresh client without any Authorization header downloads it.
+    let body = reqwest::Client::new()
+        .get(&location)
+        .send()
+        .await
+        .expect("presigned GET");
+    assert_eq!(body.status(), 200);
+    let text = body.text().await.expect("ndjson");
+    assert_eq!(text.lines().count(), count);
+}
