@@ -194,6 +194,33 @@ impl Server {
     }
 }
 
+/// An HTTP client that sends `Authorization: Bearer <token>` with every request (and, like
+/// reqwest, drops it on redirects to another host).
+pub fn bearer_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
+/// The `bulk-export` binary next to the running test binary (target/debug/deps/x → target/debug).
+pub fn bulk_export_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("exe");
+    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
+    let bin = dir.join("bulk-export");
+    assert!(
+        bin.exists(),
+        "{bin:?} missing: cargo build --workspace --bins (scripts/test.sh does)"
+    );
+    bin
+}
+
 /// An HTTP client that follows redirects (as bulk-data clients do) and sends no auth header.
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use integration_tests::{download_counts, http_client, temp_dir, Server, TestDb};
+use integration_tests::{
+    bearer_client, bulk_export_bin, download_counts, http_client, temp_dir, Server, TestDb,
+};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use shared::db::clients::{self, Client};
@@ -201,18 +203,7 @@ async fn rs384_and_es384_clients_get_short_lived_tokens_that_open_every_route() 
     // Downloads need the token too.
     let first = manifest["output"][0]["url"].as_str().expect("url");
     assert_eq!(get(first, None).await.status(), 401);
-    let with_token = reqwest::Client::builder()
-        .default_headers(
-            [(
-                reqwest::header::AUTHORIZATION,
-                format!("Bearer {token}").parse().expect("header"),
-            )]
-            .into_iter()
-            .collect(),
-        )
-        .build()
-        .expect("client");
-    let counts = download_counts(&with_token, &manifest, "output").await;
+    let counts = download_counts(&bearer_client(&token), &manifest, "output").await;
     assert_eq!(counts["Patient"], data.patient_ids().len());
     assert_eq!(counts["Condition"], data.count_by_type()["Condition"]);
 }
@@ -488,20 +479,7 @@ async fn scopes_limit_the_exported_types() {
     let (server, data) = server().await;
     let base = &server.base;
     let token = access_token(base, LIMITED, "system/*.read").await;
-    let with_token = |t: &str| {
-        reqwest::Client::builder()
-            .default_headers(
-                [(
-                    reqwest::header::AUTHORIZATION,
-                    format!("Bearer {t}").parse().expect("header"),
-                )]
-                .into_iter()
-                .collect(),
-            )
-            .build()
-            .expect("client")
-    };
-    let c = with_token(&token);
+    let c = bearer_client(&token);
 
     // A type outside the scopes: 403.
     let resp = get(
@@ -621,17 +599,6 @@ async fn jwks_urls_are_fetched_and_cached_as_cache_control_says() {
             "{cache_control}"
         );
     }
-}
-
-fn bulk_export_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("exe");
-    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
-    let bin = dir.join("bulk-export");
-    assert!(
-        bin.exists(),
-        "{bin:?} missing: cargo build --workspace --bins"
-    );
-    bin
 }
 
 #[tokio::test]

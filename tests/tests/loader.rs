@@ -1,27 +1,14 @@
 //! `bulk-export load` and `migrate`: bad lines reported with file and line while good lines
 //! load, versions and history kept, Bundles with urn:uuid references, the CLI itself.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use integration_tests::{temp_dir, TestDb};
+use integration_tests::{bulk_export_bin, temp_dir, TestDb};
 use shared::db::Pool;
 
 async fn scalar(pool: &Pool, sql: &str) -> i64 {
     let client = pool.get().await.expect("conn");
     client.query_one(sql, &[]).await.expect("query").get(0)
-}
-
-fn bulk_export_bin() -> PathBuf {
-    // target/debug/deps/loader-xxxx → target/debug/bulk-export
-    let exe = std::env::current_exe().expect("exe");
-    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
-    let bin = dir.join("bulk-export");
-    assert!(
-        bin.exists(),
-        "{bin:?} missing: cargo test --workspace builds it"
-    );
-    bin
 }
 
 #[tokio::test]
