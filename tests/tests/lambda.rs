@@ -232,3 +232,97 @@ async fn a_kickoff_whose_wake_up_cannot_be_sent_still_queues_the_job() {
         .expect("job");
     assert_eq!(job.status, JobStatus::Complete);
 }
+
+#[tokio::test]
+async fn the_token_function_answers_api_gateway_events() {
+    let db = TestDb::new().await;
+    let url = db.url.clone();
+    let config = Arc::new(
+        Config::from_lookup(|k| match k {
+            "DATABASE_URL" => Some(url.clone()),
+            "TOKEN_SIGNING_KEY" => Some("lambda-test-signing-key-0123456789abcdef".into()),
+            _ => None,
+        })
+        .expect("config"),
+    );
+    let state = AppState {
+        pool: db.pool.clone(),
+        store: Arc::new(LocalStore::new(temp_dir()).expect("store")),
+        queue: Arc::new(shared::queue::NoQueue),
+        config,
+    };
+    let base = "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com";
+
+    // The shipped event: smart-configuration names the token endpoint under the API's host.
+    let req =
+        lambda_http::request::from_str(&event("token-smart-configuration.json")).expect("event");
+    let resp = shared::auth::token::handle(&state, shared::lambda::from_lambda_request(req)).await;
+    assert_eq!(resp.status(), 200);
+    let shared::http::Body::Full(body) = resp.into_body() else {
+        panic!("a JSON body")
+    };
+    let conf: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(conf["token_endpoint"], format!("{base}/auth/token"));
+
+    // A token request as API Gateway delivers it (form body), from a registered client.
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/auth");
+    let jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("public.jwks")).expect("jwks"))
+            .expect("json");
+    shared::db::clients::insert_client(
+        &db.pool,
+        &shared::db::clients::Client {
+            client_id: "lambda-client".into(),
+            jwks: Some(jwks),
+            jwks_url: None,
+            scopes: "system/*.read".into(),
+        },
+    )
+    .await
+    .expect("register");
+    let assertion = shared::auth::keys::client_assertion(
+        &std::fs::read(fixtures.join("rs384.pem")).expect("pem"),
+        "lambda-client",
+        &format!("{base}/auth/token"),
+        Some("test-rs384"),
+    )
+    .expect("assertion");
+    let form: String = form_body(&[
+        ("grant_type", "client_credentials"),
+        ("client_assertion_type", shared::auth::token::ASSERTION_TYPE),
+        ("client_assertion", &assertion),
+        ("scope", "system/*.read"),
+    ]);
+    let mut ev: serde_json::Value =
+        serde_json::from_str(&event("token-smart-configuration.json")).expect("json");
+    ev["routeKey"] = "POST /auth/token".into();
+    ev["rawPath"] = "/auth/token".into();
+    ev["requestContext"]["http"]["method"] = "POST".into();
+    ev["requestContext"]["http"]["path"] = "/auth/token".into();
+    ev["headers"]["content-type"] = "application/x-www-form-urlencoded".into();
+    ev["body"] = form.into();
+    let req = lambda_http::request::from_str(&ev.to_string()).expect("event");
+    let resp = shared::auth::token::handle(&state, shared::lambda::from_lambda_request(req)).await;
+    assert_eq!(resp.status(), 200);
+    let shared::http::Body::Full(body) = resp.into_body() else {
+        panic!("a JSON body")
+    };
+    let token: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(token["token_type"], "bearer");
+    let access = token["access_token"].as_str().expect("token");
+    let principal = shared::auth::verify_access_token(
+        b"lambda-test-signing-key-0123456789abcdef",
+        base,
+        access,
+    )
+    .expect("a token for this API");
+    assert_eq!(principal.client_id, "lambda-client");
+}
+
+fn form_body(pairs: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
