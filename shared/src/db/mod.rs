@@ -4,6 +4,7 @@ pub mod clients;
 pub mod files;
 pub mod jobs;
 pub mod resources;
+pub mod tls;
 pub mod work_items;
 
 use std::str::FromStr;
@@ -55,16 +56,17 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// A connection pool for DATABASE_URL, over TLS when its `sslmode` asks for it (see [`tls`]).
 pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, DbError> {
-    let pg = tokio_postgres::Config::from_str(database_url)
-        .map_err(|e| DbError::Config(e.to_string()))?;
-    let manager = Manager::from_config(
-        pg,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let (url, tls) = tls::from_url(database_url)?;
+    let pg = tokio_postgres::Config::from_str(&url).map_err(|e| DbError::Config(e.to_string()))?;
+    let config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match tls {
+        tls::TlsChoice::Plain => Manager::from_config(pg, NoTls, config),
+        tls::TlsChoice::Tls(connector) => Manager::from_config(pg, connector, config),
+    };
     Pool::builder(manager)
         .max_size(max_size)
         .build()
