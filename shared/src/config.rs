@@ -116,6 +116,9 @@ pub struct Config {
     pub auth: AuthMode,
     /// Lifetime of issued access tokens (at most 300 s).
     pub access_token_ttl: Duration,
+    /// Secrets Manager secret (ARN or name) holding the signing key, read at cold start when
+    /// TOKEN_SIGNING_KEY is not set.
+    pub token_signing_key_secret: Option<String>,
 }
 
 pub const DEFAULT_ADDITIONAL_RESOURCES: &[&str] = &[
@@ -215,6 +218,7 @@ impl Config {
             });
         }
         Ok(Config {
+            token_signing_key_secret: var("TOKEN_SIGNING_KEY_SECRET"),
             auth,
             access_token_ttl: Duration::from_secs(access_token_ttl),
             database_url,

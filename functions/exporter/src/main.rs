@@ -3,6 +3,6 @@
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     shared::telemetry::init();
-    let exporter = shared::http::AppState::from_env().await?.exporter();
+    let exporter = shared::http::AppState::for_exporter().await?.exporter();
     shared::lambda::run_exporter(exporter).await
 }

@@ -8,6 +8,7 @@
 pub mod jwks;
 pub mod keys;
 pub mod scopes;
+pub mod secret;
 pub mod token;
 
 use std::time::Duration;

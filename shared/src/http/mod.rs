@@ -326,14 +326,22 @@ pub enum StartupError {
 }
 
 impl AppState {
-    /// Config, pool, storage and queue clients, built once per cold start.
+    /// Config, pool, storage and queue clients, built once per cold start, for the HTTP
+    /// functions: with authorization on, the token signing key is required (TOKEN_SIGNING_KEY,
+    /// or read from Secrets Manager through TOKEN_SIGNING_KEY_SECRET).
     pub async fn from_env() -> Result<Self, StartupError> {
-        let config = Arc::new(Config::from_env()?);
-        if config.auth == (crate::config::AuthMode::Smart { signing_key: None }) {
-            return Err(StartupError::Config(crate::config::ConfigError::Missing {
-                name: "TOKEN_SIGNING_KEY",
-            }));
-        }
+        let mut config = Config::from_env()?;
+        crate::auth::secret::resolve_signing_key(&mut config, None).await?;
+        Self::build(config).await
+    }
+
+    /// The same for the exporter, which never sees a token (so needs no signing key).
+    pub async fn for_exporter() -> Result<Self, StartupError> {
+        Self::build(Config::from_env()?).await
+    }
+
+    async fn build(config: Config) -> Result<Self, StartupError> {
+        let config = Arc::new(config);
         let pool = crate::db::pool(&config.database_url, 4)?;
         let pending = crate::db::pending_migrations(&pool).await?;
         if !pending.is_empty() {
