@@ -442,3 +442,26 @@ async fn a_group_export_covers_only_members_and_never_other_groups() {
     assert_eq!(patients, members.iter().map(String::as_str).collect());
     let _ = StoragePath::Local(temp_dir());
 }
+
+/// Regression: a status poll in flight (its transaction still open) must not hide the job from
+/// an exporter's claim. It used to update the job row, and the claim's `FOR UPDATE SKIP LOCKED`
+/// then skipped the job until the next RepeatPeriod.
+#[tokio::test]
+async fn a_status_poll_in_flight_does_not_hide_the_job_from_the_claim() {
+    let (db, _data) = TestDb::with_generated(2).await;
+    let job = new_job(&db, ExportLevel::System, None, Some(&["Patient"])).await;
+    let mut conn = db.pool.get().await.expect("conn");
+    let tx = conn.transaction().await.expect("tx");
+    assert!(
+        jobs::record_poll_with(&tx, job.id, Duration::ZERO)
+            .await
+            .expect("poll"),
+        "the first poll is recorded"
+    );
+    // The poll's transaction holds its locks while the exporter claims.
+    let claimed = jobs::claim_job(&db.pool, "exporter-test", Duration::from_secs(30), None)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.map(|j| j.id), Some(job.id));
+    tx.rollback().await.expect("rollback");
+}

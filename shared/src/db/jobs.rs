@@ -360,6 +360,15 @@ pub async fn mark_purged(pool: &Pool, id: Uuid) -> Result<(), DbError> {
 /// poll can never make an exporter's claim skip the job.
 pub async fn record_poll(pool: &Pool, id: Uuid, min_interval: Duration) -> Result<bool, DbError> {
     let client = pool.get().await?;
+    record_poll_with(&client, id, min_interval).await
+}
+
+/// [`record_poll`] on a given connection or transaction.
+pub async fn record_poll_with(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+    min_interval: Duration,
+) -> Result<bool, DbError> {
     let n = client
         .execute(
             "INSERT INTO export_job_polls AS p (job_id, last_polled_at) VALUES ($1, now())
