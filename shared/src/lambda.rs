@@ -28,7 +28,7 @@ where
             let req = from_lambda_request(req);
             let resp = match crate::http::check_limits(&req) {
                 None => handler(req).await,
-                Some(refused) => refused,
+                Some(refused) => refused.into_response(),
             };
             to_lambda_response(resp).await
         }

@@ -25,9 +25,10 @@ async fn dispatch(
         Ok(b) => b,
         Err(_) => {
             return into_axum(
-                crate::http::ApiError::PayloadTooLarge(format!(
-                    "request body larger than {MAX_BODY_BYTES} bytes"
-                ))
+                crate::http::ApiError::TooLarge(
+                    http::StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body larger than {MAX_BODY_BYTES} bytes"),
+                )
                 .into_response(),
             )
             .await
@@ -36,7 +37,7 @@ async fn dispatch(
     let req = http::Request::from_parts(parts, bytes);
     let resp = match crate::http::check_limits(&req) {
         None => router::handle(&state, req).await,
-        Some(refused) => refused,
+        Some(refused) => refused.into_response(),
     };
     into_axum(resp).await
 }

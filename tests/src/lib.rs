@@ -194,6 +194,34 @@ impl Server {
     }
 }
 
+/// A file of tests/fixtures/auth: TEST-ONLY client keys (made by make-keys.py there).
+pub fn auth_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/auth")
+        .join(name)
+}
+
+/// The public JWKS of the fixture keys (`rs384`, `es384`).
+pub fn fixture_public_jwks() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(auth_fixture("public.jwks")).expect("jwks"))
+        .expect("json")
+}
+
+/// Registers a SMART client with the fixture keys and these scopes.
+pub async fn register_fixture_client(pool: &Pool, client_id: &str, scopes: &str) {
+    shared::db::clients::insert_client(
+        pool,
+        &shared::db::clients::Client {
+            client_id: client_id.into(),
+            jwks: Some(fixture_public_jwks()),
+            jwks_url: None,
+            scopes: scopes.into(),
+        },
+    )
+    .await
+    .expect("register client");
+}
+
 /// An HTTP client that sends `Authorization: Bearer <token>` with every request (and, like
 /// reqwest, drops it on redirects to another host).
 pub fn bearer_client(token: &str) -> reqwest::Client {

@@ -3,13 +3,13 @@
 //! fixtures in tests/fixtures/auth (made by make-keys.py there).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use integration_tests::{
-    bearer_client, bulk_export_bin, download_counts, http_client, temp_dir, Server, TestDb,
+    auth_fixture, bearer_client, bulk_export_bin, download_counts, fixture_public_jwks,
+    http_client, register_fixture_client, temp_dir, Server, TestDb,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -22,17 +22,6 @@ const SIGNING_KEY: &str = "test-signing-key-0123456789abcdef-0123456789";
 const ALL: &str = "client-all";
 const LIMITED: &str = "client-limited";
 const BY_URL: &str = "client-by-url";
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/auth")
-        .join(name)
-}
-
-fn public_jwks() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture("public.jwks")).expect("jwks"))
-        .expect("json")
-}
 
 async fn server() -> (Server, integration_tests::data::DataSet) {
     let (db, data) = TestDb::with_generated(6).await;
@@ -52,17 +41,7 @@ async fn server() -> (Server, integration_tests::data::DataSet) {
         (ALL, "system/*.read"),
         (LIMITED, "system/Patient.read system/Condition.read"),
     ] {
-        clients::insert_client(
-            &db.pool,
-            &Client {
-                client_id: id.into(),
-                jwks: Some(public_jwks()),
-                jwks_url: None,
-                scopes: scopes.into(),
-            },
-        )
-        .await
-        .expect("register");
+        register_fixture_client(&db.pool, id, scopes).await;
     }
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
     (Server::start(cfg, db.pool.clone(), store).await, data)
@@ -74,7 +53,7 @@ fn now() -> i64 {
 
 /// A client assertion signed with a fixture key (`rs384`, `es384` or `other`).
 fn assertion(key: &str, claims: Value, kid: Option<&str>) -> String {
-    let pem = std::fs::read(fixture(&format!("{key}.pem"))).expect("pem");
+    let pem = std::fs::read(auth_fixture(&format!("{key}.pem"))).expect("pem");
     let (alg, enc) = if key == "es384" {
         (
             Algorithm::ES384,
@@ -274,7 +253,7 @@ async fn the_token_endpoint_refuses_bad_requests_and_assertions_with_oauth_error
         b64(&claims(ALL, &token_url))
     );
     // HS256 "signed" with the client's public key as the HMAC secret (algorithm confusion).
-    let public_pem = std::fs::read_to_string(fixture("public.jwks")).expect("jwks");
+    let public_pem = std::fs::read_to_string(auth_fixture("public.jwks")).expect("jwks");
     let hs256 = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims(ALL, &token_url),
@@ -286,7 +265,7 @@ async fn the_token_endpoint_refuses_bad_requests_and_assertions_with_oauth_error
     let with_jku = jsonwebtoken::encode(
         &jku_header,
         &claims(ALL, &token_url),
-        &EncodingKey::from_rsa_pem(&std::fs::read(fixture("rs384.pem")).expect("pem"))
+        &EncodingKey::from_rsa_pem(&std::fs::read(auth_fixture("rs384.pem")).expect("pem"))
             .expect("key"),
     )
     .expect("sign");
@@ -533,7 +512,7 @@ async fn scopes_limit_the_exported_types() {
 async fn jwks_server(cache_control: &'static str) -> (String, Arc<AtomicUsize>) {
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
-    let body = public_jwks().to_string();
+    let body = fixture_public_jwks().to_string();
     let app = axum::Router::new().route(
         "/jwks.json",
         axum::routing::get(move || {
@@ -580,7 +559,7 @@ async fn jwks_urls_are_fetched_and_cached_as_cache_control_says() {
         for _ in 0..3 {
             let mut header_claims = claims(&id, &token_url);
             header_claims["iss"] = json!(id);
-            let pem = std::fs::read(fixture("es384.pem")).expect("pem");
+            let pem = std::fs::read(auth_fixture("es384.pem")).expect("pem");
             let mut header = Header::new(Algorithm::ES384);
             header.jku = Some(url.clone());
             header.kid = Some("test-es384".into());
@@ -612,7 +591,7 @@ async fn clients_are_registered_with_the_cli() {
             .output()
             .expect("run")
     };
-    let jwks = fixture("public.jwks");
+    let jwks = auth_fixture("public.jwks");
     let out = run(&[
         "client",
         "add",
@@ -632,12 +611,12 @@ async fn clients_are_registered_with_the_cli() {
         .expect("db")
         .expect("client");
     assert_eq!(stored.scopes, "system/Patient.read system/Observation.rs");
-    assert_eq!(stored.jwks, Some(public_jwks()));
+    assert_eq!(stored.jwks, Some(fixture_public_jwks()));
     let list = run(&["client", "list"]);
     assert!(String::from_utf8_lossy(&list.stdout).contains(&id));
 
     // Private keys, unsupported scopes and non-URLs are refused.
-    let private = fixture("rs384.jwks");
+    let private = auth_fixture("rs384.jwks");
     let out = run(&["client", "add", "--jwks", private.to_str().expect("path")]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("private"));

@@ -265,23 +265,9 @@ async fn the_token_function_answers_api_gateway_events() {
     assert_eq!(conf["token_endpoint"], format!("{base}/auth/token"));
 
     // A token request as API Gateway delivers it (form body), from a registered client.
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/auth");
-    let jwks: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures.join("public.jwks")).expect("jwks"))
-            .expect("json");
-    shared::db::clients::insert_client(
-        &db.pool,
-        &shared::db::clients::Client {
-            client_id: "lambda-client".into(),
-            jwks: Some(jwks),
-            jwks_url: None,
-            scopes: "system/*.read".into(),
-        },
-    )
-    .await
-    .expect("register");
+    integration_tests::register_fixture_client(&db.pool, "lambda-client", "system/*.read").await;
     let assertion = shared::auth::keys::client_assertion(
-        &std::fs::read(fixtures.join("rs384.pem")).expect("pem"),
+        &std::fs::read(integration_tests::auth_fixture("rs384.pem")).expect("pem"),
         "lambda-client",
         &format!("{base}/auth/token"),
         Some("test-rs384"),

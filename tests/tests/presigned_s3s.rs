@@ -432,27 +432,13 @@ async fn with_authorization_the_token_opens_the_redirect_and_the_presigned_url_n
         _ => None,
     })
     .expect("config");
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/auth");
-    let jwks: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures.join("public.jwks")).expect("jwks"))
-            .expect("json");
-    shared::db::clients::insert_client(
-        &db.pool,
-        &shared::db::clients::Client {
-            client_id: "s3-client".into(),
-            jwks: Some(jwks),
-            jwks_url: None,
-            scopes: "system/*.read".into(),
-        },
-    )
-    .await
-    .expect("register");
+    integration_tests::register_fixture_client(&db.pool, "s3-client", "system/*.read").await;
     let store: Arc<dyn ObjectStore> = Arc::new(S3Store::new(client, bucket, PREFIX.into()));
     let server = Server::start(cfg, db.pool.clone(), store).await;
 
     // A token the way a client gets one.
     let token_url = format!("{}/auth/token", server.base);
-    let pem = std::fs::read(fixtures.join("es384.pem")).expect("pem");
+    let pem = std::fs::read(integration_tests::auth_fixture("es384.pem")).expect("pem");
     let assertion = shared::auth::keys::client_assertion(&pem, "s3-client", &token_url, None)
         .expect("assertion");
     let token = shared::auth::keys::request_token(&token_url, &assertion, "system/*.read")

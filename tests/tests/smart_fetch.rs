@@ -191,14 +191,6 @@ async fn smart_fetch_exports_system_patient_group_and_since_unmodified() {
     assert_eq!(count_files(&since_run), [("Patient".to_string(), 1)].into());
 }
 
-fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/auth")
-        .join(name)
-        .display()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smart_fetch_exports_with_smart_backend_services_authorization() {
     let (db, data) = TestDb::from_template().await;
@@ -207,20 +199,7 @@ async fn smart_fetch_exports_with_smart_backend_services_authorization() {
     cfg.auth = shared::config::AuthMode::Smart {
         signing_key: Some(b"smart-fetch-test-signing-key-0123456789abcdef".to_vec()),
     };
-    let public: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("public.jwks")).expect("jwks"))
-            .expect("json");
-    shared::db::clients::insert_client(
-        &db.pool,
-        &shared::db::clients::Client {
-            client_id: "smart-fetch".into(),
-            jwks: Some(public),
-            jwks_url: None,
-            scopes: "system/*.read".into(),
-        },
-    )
-    .await
-    .expect("register");
+    integration_tests::register_fixture_client(&db.pool, "smart-fetch", "system/*.read").await;
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
     let server = Server::start(cfg, db.pool.clone(), store).await;
 
@@ -238,14 +217,18 @@ async fn smart_fetch_exports_with_smart_backend_services_authorization() {
     );
 
     // RS384 key, system level; ES384 key, Group level.
-    let rs = fixture("rs384.jwks");
+    let rs = integration_tests::auth_fixture("rs384.jwks")
+        .display()
+        .to_string();
     let system = run_with(
         &["--fhir-url", &server.base],
         &["--smart-client-id", "smart-fetch", "--smart-key", &rs],
     )
     .await;
     assert_matches(&system, &data.count_by_type(), "system (RS384)");
-    let es = fixture("es384.jwks");
+    let es = integration_tests::auth_fixture("es384.jwks")
+        .display()
+        .to_string();
     let group = run_with(
         &["--fhir-url", &server.base, "--group", &data.group_id],
         &["--smart-client-id", "smart-fetch", "--smart-key", &es],

@@ -116,6 +116,14 @@ pub struct Job {
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
+impl Job {
+    /// Whether the requesting client may see this job: always when authorization is off
+    /// (`client` None), else only the client that started it.
+    pub fn visible_to(&self, client: Option<&str>) -> bool {
+        client.is_none() || self.client_id.as_deref() == client
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::JobStatus::*;

@@ -195,44 +195,39 @@ fn parse_criterion(resource_type: &str, name: &str, value: &str) -> Result<Crite
     })
 }
 
-/// Splits on `sep` where it is not escaped with `\`, and unescapes `\,` `\|` `\$` `\\`.
+/// Splits on `sep` where it is not escaped with `\\`; escapes are kept for [`unescape`].
 fn split_escaped(text: &str, sep: char) -> Vec<String> {
-    let mut out = vec![String::new()];
+    let mut parts = Vec::new();
+    let mut current = String::new();
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
         if c == '\\' {
-            match chars.next() {
-                Some(n @ (',' | '|' | '$' | '\\')) if n != sep => {
-                    if let Some(last) = out.last_mut() {
-                        last.push('\\');
-                        last.push(n);
-                    }
-                }
-                Some(n) => {
-                    if let Some(last) = out.last_mut() {
-                        if n != sep {
-                            last.push('\\');
-                        }
-                        last.push(n);
-                    }
-                }
-                None => {
-                    if let Some(last) = out.last_mut() {
-                        last.push('\\');
-                    }
-                }
+            current.push(c);
+            if let Some(next) = chars.next() {
+                current.push(next);
             }
         } else if c == sep {
-            out.push(String::new());
-        } else if let Some(last) = out.last_mut() {
-            last.push(c);
+            parts.push(std::mem::take(&mut current));
+        } else {
+            current.push(c);
         }
     }
-    out
+    parts.push(current);
+    parts
 }
 
+/// Removes FHIR search escapes: `\\,` `\\|` `\\$` `\\\\` (any escaped character stands for itself).
 fn unescape(text: &str) -> String {
-    split_escaped(text, '\u{0}').concat().replace('\\', "")
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        out.push(if c == '\\' {
+            chars.next().unwrap_or(c)
+        } else {
+            c
+        });
+    }
+    out
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -845,6 +840,16 @@ mod tests {
         // `%2C` is how a comma inside one _typeFilter query reaches us.
         let q = "Observation?category=laboratory%2Cvital-signs";
         assert!(m(q, &obs()));
+    }
+
+    #[test]
+    fn escaped_separators_are_literal() {
+        assert_eq!(split_escaped(r"a\,b,c", ','), [r"a\,b", "c"]);
+        assert_eq!(split_escaped(r"s\|x|c", '|'), [r"s\|x", "c"]);
+        assert_eq!(unescape(r"a\,b\\c\|d"), r"a,b\c|d");
+        let p = json!({"resourceType": "Patient", "name": [{"family": "a,b"}]});
+        assert!(m(r"Patient?family=a\,b", &p));
+        assert!(m("Patient?family=zz,a", &p), "an unescaped comma ORs");
     }
 
     #[test]

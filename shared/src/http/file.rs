@@ -77,7 +77,7 @@ async fn download(
     }
     let job = jobs::get_job(&state.pool, id)
         .await?
-        .filter(|j| client_id.is_none() || j.client_id.as_deref() == client_id)
+        .filter(|j| j.visible_to(client_id))
         .ok_or_else(not_found)?;
     let visible = job.status == JobStatus::Complete
         && job.deleted_at.is_none()

@@ -84,8 +84,9 @@ pub enum ApiError {
     /// A valid token whose scopes do not cover the request.
     #[error("{0}")]
     Forbidden(String),
-    #[error("{0}")]
-    PayloadTooLarge(String),
+    /// A request over a size limit: 413, 414 or 431.
+    #[error("{1}")]
+    TooLarge(StatusCode, String),
     #[error("the service is temporarily unavailable; retry later")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("internal error")]
@@ -122,7 +123,7 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge(status, _) => *status,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -140,7 +141,7 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => "throttled",
             ApiError::Unauthorized { .. } => "login",
             ApiError::Forbidden(_) => "forbidden",
-            ApiError::PayloadTooLarge(_) => "too-long",
+            ApiError::TooLarge(..) => "too-long",
             ApiError::Internal(_) => "exception",
         }
     }
@@ -246,15 +247,9 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 pub const MAX_HEADER_VALUE_BYTES: usize = 16 * 1024;
 
 /// Size limits every adapter applies before any handler sees the request: 413 for a large
-/// body, 414 for a long URI, 431 for large headers, each with an OperationOutcome (None: the
-/// request is within them).
-pub fn check_limits(req: &Request) -> Option<Response> {
-    let too = |status: StatusCode, msg: String| {
-        Some(outcome_response(
-            status,
-            &OperationOutcome::error("too-long", msg),
-        ))
-    };
+/// body, 414 for a long URI, 431 for large headers (None: the request is within them).
+pub fn check_limits(req: &Request) -> Option<ApiError> {
+    let too = |status, msg: String| Some(ApiError::TooLarge(status, msg));
     if req.body().len() > MAX_BODY_BYTES {
         return too(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -73,7 +73,7 @@ async fn visible_job(
 ) -> Result<Job, ApiError> {
     let job = jobs::get_job(&state.pool, job_id(req)?)
         .await?
-        .filter(|j| client_id.is_none() || j.client_id.as_deref() == client_id)
+        .filter(|j| j.visible_to(client_id))
         .ok_or_else(|| ApiError::NotFound("no such export job".into()))?;
     match gone(state, &job) {
         Some(e) => Err(e),
