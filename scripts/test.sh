@@ -4,7 +4,7 @@
 #
 #   scripts/test.sh                    # from any directory
 #   scripts/test.sh -- --nocapture     # extra arguments go to `cargo test`
-#   scripts/test.sh -p integration-tests --test storage_contract
+#   scripts/test.sh -p integration-tests --test it -- storage_contract::
 #
 # Needs: Debian (or similar) with cargo on PATH; root or sudo only when something must be
 # installed or started. No Docker: S3 and SQS come from a moto server started here, and an
@@ -75,7 +75,7 @@ ensure_cc
 # --- Python tools (and s3s-fs) ------------------------------------------------------------
 TOOLS_DIR="$TOOLS_DIR" "$ROOT/scripts/setup-tools.sh"
 export TOOLS_VENV="$VENV"   # scripts/validate-template.sh takes cfn-lint and sam from here
-export SMART_FETCH="$TOOLS_DIR/smart-fetch-venv/bin/smart-fetch"   # tests/tests/smart_fetch.rs
+export SMART_FETCH="$TOOLS_DIR/smart-fetch-venv/bin/smart-fetch"   # tests/tests/it/smart_fetch.rs
 
 # --- Postgres -----------------------------------------------------------------------------
 psql_admin() { psql "$TEST_DATABASE_URL" -w -X -q -v ON_ERROR_STOP=1 "$@"; }
