@@ -54,6 +54,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0005_poll_table",
         include_str!("../../../infra/migrations/0005_poll_table.sql"),
     ),
+    (
+        "0006_gzip_copies",
+        include_str!("../../../infra/migrations/0006_gzip_copies.sql"),
+    ),
 ];
 
 /// A connection pool for DATABASE_URL, over TLS when its `sslmode` asks for it (see [`tls`]).

@@ -73,10 +73,11 @@ pub async fn insert_files(
         client
             .execute(
                 "INSERT INTO export_files (job_id, file_name, kind, resource_type, object_key,
-                     resource_count, byte_count)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     resource_count, byte_count, gzip_object_key)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (job_id, file_name) DO UPDATE SET resource_count = excluded.resource_count,
-                     byte_count = excluded.byte_count, object_key = excluded.object_key",
+                     byte_count = excluded.byte_count, object_key = excluded.object_key,
+                     gzip_object_key = excluded.gzip_object_key",
                 &[
                     &job_id,
                     &f.file_name,
@@ -85,6 +86,7 @@ pub async fn insert_files(
                     &f.object_key,
                     &f.resource_count,
                     &f.byte_count,
+                    &f.gzip_object_key,
                 ],
             )
             .await?;
@@ -92,7 +94,8 @@ pub async fn insert_files(
     Ok(())
 }
 
-const FILE_COLUMNS: &str = "file_name, kind, resource_type, object_key, resource_count, byte_count";
+const FILE_COLUMNS: &str =
+    "file_name, kind, resource_type, object_key, resource_count, byte_count, gzip_object_key";
 
 fn file_from_row(r: &tokio_postgres::Row) -> Result<ExportFile, DbError> {
     let kind: String = r.get(1);
@@ -103,6 +106,7 @@ fn file_from_row(r: &tokio_postgres::Row) -> Result<ExportFile, DbError> {
         object_key: r.get(3),
         resource_count: r.get(4),
         byte_count: r.get(5),
+        gzip_object_key: r.get(6),
     })
 }
 

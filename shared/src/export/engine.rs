@@ -423,15 +423,16 @@ impl Exporter {
                 return Ok(stop);
             }
             let file = if count > 0 {
-                let size = writer.finish().await?;
+                let written = writer.finish().await?;
                 item.next_file_seq += 1;
                 Some(ExportFile {
                     file_name,
                     kind: FileKind::Output,
                     resource_type: item.resource_type.clone(),
                     object_key: key,
+                    gzip_object_key: written.gzip_key,
                     resource_count: count,
-                    byte_count: size as i64,
+                    byte_count: written.bytes as i64,
                 })
             } else {
                 writer.abort().await?;
@@ -520,14 +521,15 @@ impl Exporter {
         if let Err(e) = writer.write(&body).await {
             return Err(abort_with(writer, e.into()).await);
         }
-        let size = writer.finish().await?;
+        let written = writer.finish().await?;
         Ok(Some(ExportFile {
             file_name,
             kind: FileKind::Deleted,
             resource_type: "Bundle".into(),
             object_key: key,
+            gzip_object_key: written.gzip_key,
             resource_count: count,
-            byte_count: size as i64,
+            byte_count: written.bytes as i64,
         }))
     }
 
@@ -548,14 +550,15 @@ impl Exporter {
         if let Err(e) = writer.write(&body).await {
             return Err(abort_with(writer, e.into()).await);
         }
-        let size = writer.finish().await?;
+        let written = writer.finish().await?;
         Ok(ExportFile {
             file_name: file_name.to_string(),
             kind: FileKind::Error,
             resource_type: "OperationOutcome".into(),
             object_key: key,
+            gzip_object_key: written.gzip_key,
             resource_count: outcomes.len() as i64,
-            byte_count: size as i64,
+            byte_count: written.bytes as i64,
         })
     }
 }

@@ -38,6 +38,8 @@ pub struct ExportFile {
     pub kind: FileKind,
     pub resource_type: String,
     pub object_key: String,
+    /// A gzip copy of the object, where the store keeps one (S3).
+    pub gzip_object_key: Option<String>,
     pub resource_count: i64,
     pub byte_count: i64,
 }
@@ -136,6 +138,7 @@ mod tests {
             kind,
             resource_type: t.into(),
             object_key: format!("k/{name}"),
+            gzip_object_key: None,
             resource_count: count,
             byte_count: count * 10,
         }

@@ -1,5 +1,6 @@
 //! `GET [base]/$exportfilerequest?_id=…&filename=…`: a redirect to a short-lived presigned URL
-//! (S3), or the file streamed (local storage).
+//! (S3; to the file's gzip copy when the client sends `Accept-Encoding: gzip`), or the file
+//! streamed (local storage; gzip-compressed on the way out when accepted).
 
 use chrono::Utc;
 use http::{header, HeaderValue, Method, StatusCode};
@@ -88,24 +89,27 @@ async fn download(
     let file = work_items::get_file(&state.pool, id, &file_name)
         .await?
         .ok_or_else(not_found)?;
-    match state
-        .store
-        .download(&file.object_key, state.config.presign_ttl)
-        .await?
-    {
+    let gzip = accepts_gzip(header_str(req, header::ACCEPT_ENCODING));
+    // A store that keeps a gzip copy (S3) sends gzip-accepting clients to it: the copy is stored
+    // with `Content-Encoding: gzip`, so their HTTP library inflates it as it arrives.
+    let key = match &file.gzip_object_key {
+        Some(copy) if gzip => copy,
+        _ => &file.object_key,
+    };
+    match state.store.download(key, state.config.presign_ttl).await? {
         Download::Redirect(url) => {
             let mut resp = http::Response::new(Body::Full(bytes::Bytes::new()));
             *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
-            resp.headers_mut().insert(
+            let h = resp.headers_mut();
+            h.insert(
                 header::LOCATION,
                 HeaderValue::from_str(&url).map_err(|e| ApiError::Internal(Box::new(e)))?,
             );
-            resp.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
             Ok(resp)
         }
         Download::File(path) => {
-            let gzip = accepts_gzip(header_str(req, header::ACCEPT_ENCODING));
             let mut resp = http::Response::new(Body::File { path, gzip });
             let h = resp.headers_mut();
             h.insert(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 
-use super::{validate_key, Download, ObjectStore, ObjectWriter, StorageError};
+use super::{validate_key, Download, ObjectStore, ObjectWriter, StorageError, Written};
 
 pub struct LocalStore {
     root: PathBuf,
@@ -112,7 +112,8 @@ impl ObjectWriter for LocalWriter {
         Ok(())
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<u64, StorageError> {
+    /// No gzip copy: the file route compresses local files on the way out.
+    async fn finish(mut self: Box<Self>) -> Result<Written, StorageError> {
         self.file.flush().await.map_err(io(&self.tmp))?;
         self.file
             .get_ref()
@@ -122,7 +123,10 @@ impl ObjectWriter for LocalWriter {
         tokio::fs::rename(&self.tmp, &self.path)
             .await
             .map_err(io(&self.path))?;
-        Ok(self.bytes)
+        Ok(Written {
+            bytes: self.bytes,
+            gzip_key: None,
+        })
     }
 
     async fn abort(self: Box<Self>) -> Result<(), StorageError> {

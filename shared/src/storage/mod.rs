@@ -59,11 +59,21 @@ pub trait ObjectStore: Send + Sync {
     async fn read(&self, key: &str) -> Result<Vec<u8>, StorageError>;
 }
 
+/// A finished object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Size of the object in bytes (uncompressed).
+    pub bytes: u64,
+    /// Key of a gzip-compressed copy stored beside it (stored with `Content-Encoding: gzip`), for
+    /// clients that send `Accept-Encoding: gzip` to a store that cannot compress on the way out.
+    pub gzip_key: Option<String>,
+}
+
 #[async_trait]
 pub trait ObjectWriter: Send {
     async fn write(&mut self, data: &[u8]) -> Result<(), StorageError>;
-    /// Makes the object visible; returns its size in bytes.
-    async fn finish(self: Box<Self>) -> Result<u64, StorageError>;
+    /// Makes the object (and its gzip copy, if the store keeps one) visible.
+    async fn finish(self: Box<Self>) -> Result<Written, StorageError>;
     /// Discards everything written.
     async fn abort(self: Box<Self>) -> Result<(), StorageError>;
 }

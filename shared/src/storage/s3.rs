@@ -1,9 +1,11 @@
-//! S3 adapter (aws-sdk-s3): multipart uploads with fixed-size parts, presigned downloads.
+//! S3 adapter (aws-sdk-s3): multipart uploads with fixed-size parts, a gzip copy of every
+//! object, presigned downloads.
 //!
 //! The endpoint comes from the standard AWS variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, …), so
 //! AWS, LocalStack and moto work unchanged. Path-style addressing is used when an endpoint is
 //! configured (emulators) or `S3_FORCE_PATH_STYLE=true`.
 
+use std::io::Write;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,8 +13,12 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use aws_sdk_s3::Client;
+use flate2::write::GzEncoder;
+use flate2::Compression;
 
-use super::{validate_key, Download, ObjectStore, ObjectWriter, StorageError, NDJSON_CONTENT_TYPE};
+use super::{
+    validate_key, Download, ObjectStore, ObjectWriter, StorageError, Written, NDJSON_CONTENT_TYPE,
+};
 
 /// S3 requires parts of at least 5 MiB (except the last); 8 MiB keeps the part count of a
 /// 256 MiB file at 32 while one writer holds at most one part in memory.
@@ -23,6 +29,7 @@ pub struct S3Store {
     client: Client,
     bucket: String,
     prefix: String,
+    gzip_copies: bool,
 }
 
 fn s3_err(
@@ -53,8 +60,14 @@ pub async fn client_from_env() -> Client {
 }
 
 impl S3Store {
+    /// The client from the standard AWS variables; `S3_GZIP_COPIES=false` turns the gzip copies
+    /// off (clients that accept gzip then get the plain file).
     pub async fn from_env(bucket: String, prefix: String) -> Self {
-        Self::new(client_from_env().await, bucket, prefix)
+        let gzip_copies = !matches!(
+            std::env::var("S3_GZIP_COPIES").as_deref(),
+            Ok("false" | "0" | "no")
+        );
+        Self::new(client_from_env().await, bucket, prefix).with_gzip_copies(gzip_copies)
     }
 
     pub fn new(client: Client, bucket: String, prefix: String) -> Self {
@@ -62,7 +75,14 @@ impl S3Store {
             client,
             bucket,
             prefix: prefix.trim_matches('/').to_string(),
+            gzip_copies: true,
         }
+    }
+
+    /// Whether each object gets a gzip copy beside it (default: yes).
+    pub fn with_gzip_copies(mut self, on: bool) -> Self {
+        self.gzip_copies = on;
+        self
     }
 
     fn full_key(&self, key: &str) -> Result<String, StorageError> {
@@ -78,12 +98,18 @@ impl S3Store {
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let gzip_key = format!("{key}{GZIP_SUFFIX}");
+        let plain = Upload::new(self.clone(), self.full_key(key)?, None);
+        let gzip = if self.gzip_copies {
+            let upload = Upload::new(self.clone(), self.full_key(&gzip_key)?, Some("gzip"));
+            Some((GzEncoder::new(Vec::new(), Compression::fast()), upload))
+        } else {
+            None
+        };
         Ok(Box::new(S3Writer {
-            store: self.clone(),
-            key: self.full_key(key)?,
-            buffer: Vec::new(),
-            upload_id: None,
-            parts: Vec::new(),
+            plain,
+            gzip,
+            gzip_key,
             bytes: 0,
         }))
     }
@@ -173,16 +199,51 @@ impl ObjectStore for S3Store {
     }
 }
 
+/// Suffix of the gzip copy stored beside every object.
+pub const GZIP_SUFFIX: &str = ".gz";
+
+/// Writes one object and, beside it, a gzip-compressed copy (`<key>.gz`, stored with
+/// `Content-Encoding: gzip`): S3 cannot compress on the way out, and a presigned download goes
+/// straight to S3, so clients that accept gzip are redirected to the copy. FHIR ndjson shrinks
+/// about tenfold, so the copy costs a tenth of the storage and one fast deflate pass.
 struct S3Writer {
-    store: S3Store,
-    key: String,
-    buffer: Vec<u8>,
-    upload_id: Option<String>,
-    parts: Vec<CompletedPart>,
+    plain: Upload,
+    gzip: Option<(GzEncoder<Vec<u8>>, Upload)>,
+    gzip_key: String,
     bytes: u64,
 }
 
-impl S3Writer {
+/// One object being uploaded: a single PutObject if it stays under [`PART_SIZE`], else a
+/// multipart upload with parts of [`PART_SIZE`].
+struct Upload {
+    store: S3Store,
+    key: String,
+    content_encoding: Option<&'static str>,
+    buffer: Vec<u8>,
+    upload_id: Option<String>,
+    parts: Vec<CompletedPart>,
+}
+
+impl Upload {
+    fn new(store: S3Store, key: String, content_encoding: Option<&'static str>) -> Self {
+        Upload {
+            store,
+            key,
+            content_encoding,
+            buffer: Vec::new(),
+            upload_id: None,
+            parts: Vec::new(),
+        }
+    }
+
+    async fn push(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() >= PART_SIZE {
+            self.upload_part().await?;
+        }
+        Ok(())
+    }
+
     async fn upload_part(&mut self) -> Result<(), StorageError> {
         let upload_id = match &self.upload_id {
             Some(id) => id.clone(),
@@ -194,6 +255,7 @@ impl S3Writer {
                     .bucket(&self.store.bucket)
                     .key(&self.key)
                     .content_type(NDJSON_CONTENT_TYPE)
+                    .set_content_encoding(self.content_encoding.map(str::to_string))
                     .send()
                     .await
                     .map_err(|e| s3_err("CreateMultipartUpload", &self.key, e))?;
@@ -224,23 +286,8 @@ impl S3Writer {
         );
         Ok(())
     }
-}
 
-#[async_trait]
-impl ObjectWriter for S3Writer {
-    async fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
-        self.buffer.extend_from_slice(data);
-        self.bytes += data.len() as u64;
-        if self.buffer.len() >= PART_SIZE {
-            if let Err(e) = self.upload_part().await {
-                self.abort_upload().await;
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self: Box<Self>) -> Result<u64, StorageError> {
+    async fn complete(&mut self) -> Result<(), StorageError> {
         if self.upload_id.is_none() {
             let body = std::mem::take(&mut self.buffer);
             self.store
@@ -249,22 +296,19 @@ impl ObjectWriter for S3Writer {
                 .bucket(&self.store.bucket)
                 .key(&self.key)
                 .content_type(NDJSON_CONTENT_TYPE)
+                .set_content_encoding(self.content_encoding.map(str::to_string))
                 .body(ByteStream::from(body))
                 .send()
                 .await
                 .map_err(|e| s3_err("PutObject", &self.key, e))?;
-            return Ok(self.bytes);
+            return Ok(());
         }
         if !self.buffer.is_empty() {
-            if let Err(e) = self.upload_part().await {
-                self.abort_upload().await;
-                return Err(e);
-            }
+            self.upload_part().await?;
         }
         let upload_id = self.upload_id.clone().unwrap_or_default();
         let parts = std::mem::take(&mut self.parts);
-        let result = self
-            .store
+        self.store
             .client
             .complete_multipart_upload()
             .bucket(&self.store.bucket)
@@ -276,22 +320,13 @@ impl ObjectWriter for S3Writer {
                     .build(),
             )
             .send()
-            .await;
-        if let Err(e) = result {
-            self.abort_upload().await;
-            return Err(s3_err("CompleteMultipartUpload", &self.key, e));
-        }
-        Ok(self.bytes)
-    }
-
-    async fn abort(mut self: Box<Self>) -> Result<(), StorageError> {
-        self.abort_upload().await;
+            .await
+            .map_err(|e| s3_err("CompleteMultipartUpload", &self.key, e))?;
+        self.upload_id = None;
         Ok(())
     }
-}
 
-impl S3Writer {
-    async fn abort_upload(&mut self) {
+    async fn abort(&mut self) {
         if let Some(upload_id) = self.upload_id.take() {
             if let Err(e) = self
                 .store
@@ -307,5 +342,93 @@ impl S3Writer {
             }
         }
         self.buffer = Vec::new();
+    }
+
+    /// Deletes the finished object (undoes [`Upload::complete`]).
+    async fn delete(&self) {
+        if let Err(e) = self
+            .store
+            .client
+            .delete_object()
+            .bucket(&self.store.bucket)
+            .key(&self.key)
+            .send()
+            .await
+        {
+            tracing::warn!(key = %self.key, error = %e, "could not delete an unfinished export object; job cleanup removes it");
+        }
+    }
+}
+
+impl S3Writer {
+    async fn write_all(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        self.plain.push(data).await?;
+        if let Some((encoder, upload)) = &mut self.gzip {
+            encoder
+                .write_all(data)
+                .map_err(|e| s3_err("gzip", &upload.key, e))?;
+            let compressed = std::mem::take(encoder.get_mut());
+            upload.push(&compressed).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish_all(&mut self) -> Result<(), StorageError> {
+        if let Some((encoder, mut upload)) = self.gzip.take() {
+            let rest = encoder
+                .finish()
+                .map_err(|e| s3_err("gzip", &upload.key, e))?;
+            let result = match upload.push(&rest).await {
+                Ok(()) => upload.complete().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                upload.abort().await;
+                return Err(e);
+            }
+            if let Err(e) = self.plain.complete().await {
+                upload.delete().await;
+                return Err(e);
+            }
+            return Ok(());
+        }
+        self.plain.complete().await
+    }
+
+    async fn abort_all(&mut self) {
+        self.plain.abort().await;
+        if let Some((_, mut upload)) = self.gzip.take() {
+            upload.abort().await;
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for S3Writer {
+    async fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        self.bytes += data.len() as u64;
+        if let Err(e) = self.write_all(data).await {
+            self.abort_all().await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The copy is completed first, so a finished plain object always has its copy.
+    async fn finish(mut self: Box<Self>) -> Result<Written, StorageError> {
+        let has_copy = self.gzip.is_some();
+        if let Err(e) = self.finish_all().await {
+            self.abort_all().await;
+            return Err(e);
+        }
+        Ok(Written {
+            bytes: self.bytes,
+            gzip_key: has_copy.then(|| self.gzip_key.clone()),
+        })
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<(), StorageError> {
+        self.abort_all().await;
+        Ok(())
     }
 }

@@ -7,6 +7,10 @@
 //! ```
 //! `--query Q` appends kick-off parameters (e.g. `_typeFilter=Observation%3Fcategory%3Dlaboratory`),
 //! to measure the cost of parsing and filtering rows instead of copying them.
+//! `--storage URL` exports to that storage path instead of a temp directory (e.g.
+//! `s3://bench/exports`; the S3 endpoint and keys come from the usual AWS variables, which the
+//! serve process inherits, as does `S3_GZIP_COPIES`). `--gzip` downloads with
+//! `Accept-Encoding: gzip` and reports the compressed bytes transferred.
 //! `--copies N` loads the data set N times with suffixed ids (same shape, N× the size), to show
 //! that memory does not grow with the export. Peak memory is the serve process's VmHWM (peak RSS,
 //! /proc/<pid>/status), which includes the HTTP server, the exporter and the pool.
@@ -25,6 +29,8 @@ struct Args {
     runs: usize,
     bin: PathBuf,
     query: Option<String>,
+    storage: Option<String>,
+    gzip: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -37,9 +43,15 @@ fn args() -> anyhow::Result<Args> {
         runs: 3,
         bin: root.join("target/release/bulk-export"),
         query: None,
+        storage: None,
+        gzip: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--gzip" {
+            a.gzip = true;
+            continue;
+        }
         let value = it.next().context("flag without value")?;
         match flag.as_str() {
             "--data" => a.data = value.into(),
@@ -47,6 +59,7 @@ fn args() -> anyhow::Result<Args> {
             "--runs" => a.runs = value.parse()?,
             "--bin" => a.bin = value.into(),
             "--query" => a.query = Some(value),
+            "--storage" => a.storage = Some(value),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -133,7 +146,10 @@ async fn main() -> anyhow::Result<()> {
         .batch_execute(&format!("CREATE DATABASE {db}"))
         .await?;
     let url = format!("{}/{db}", admin.rsplit_once('/').context("admin url")?.0);
-    let storage = integration_tests::temp_dir();
+    let storage = match &args.storage {
+        Some(s) => s.clone(),
+        None => integration_tests::temp_dir().display().to_string(),
+    };
     let run = |cmd: &[&str]| -> anyhow::Result<Duration> {
         let started = Instant::now();
         let status = Command::new(&args.bin)
@@ -204,16 +220,27 @@ async fn main() -> anyhow::Result<()> {
         let exported = started.elapsed();
         let (mut lines, mut bytes) = (0usize, 0u64);
         for entry in manifest["output"].as_array().context("output")? {
-            let mut stream = http
-                .get(entry["url"].as_str().context("url")?)
-                .send()
-                .await?
-                .bytes_stream();
+            let mut req = http.get(entry["url"].as_str().context("url")?);
+            if args.gzip {
+                req = req.header("Accept-Encoding", "gzip");
+            }
+            let resp = req.send().await?;
+            let gzipped = resp
+                .headers()
+                .get("content-encoding")
+                .is_some_and(|v| v == "gzip");
+            let mut stream = resp.bytes_stream();
+            let mut inflate = flate2::write::GzDecoder::new(LineCounter(0));
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
                 bytes += chunk.len() as u64;
-                lines += chunk.iter().filter(|b| **b == b'\n').count();
+                if gzipped {
+                    inflate.write_all(&chunk)?;
+                } else {
+                    lines += chunk.iter().filter(|b| **b == b'\n').count();
+                }
             }
+            lines += inflate.finish()?.0;
         }
         let total = started.elapsed();
         if args.query.is_none() && lines != resources {
@@ -257,4 +284,17 @@ async fn main() -> anyhow::Result<()> {
         .await
         .ok();
     Ok(())
+}
+
+/// Counts the newlines written to it (lines of an inflated download).
+struct LineCounter(usize);
+
+impl Write for LineCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.iter().filter(|b| **b == b'\n').count();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

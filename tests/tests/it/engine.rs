@@ -14,7 +14,7 @@ use shared::export::engine::Exporter;
 use shared::export::{ExportLevel, ExportParams, Job, JobStatus};
 use shared::queue::NoQueue;
 use shared::storage::local::LocalStore;
-use shared::storage::{Download, ObjectStore, ObjectWriter, StorageError};
+use shared::storage::{Download, ObjectStore, ObjectWriter, StorageError, Written};
 use shared::Config;
 
 fn far() -> Instant {
@@ -234,7 +234,7 @@ impl ObjectWriter for FlakyWriter {
     async fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
         self.inner.write(data).await
     }
-    async fn finish(self: Box<Self>) -> Result<u64, StorageError> {
+    async fn finish(self: Box<Self>) -> Result<Written, StorageError> {
         tokio::time::sleep(self.delay).await;
         let n = self.finishes.fetch_add(1, Ordering::SeqCst) + 1;
         if self.fail_always || self.fail_on.contains(&n) {

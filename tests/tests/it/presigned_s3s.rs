@@ -264,6 +264,73 @@ async fn the_file_route_redirects_to_a_presigned_url_that_s3s_fs_serves_without_
     assert_eq!(head.content_type(), Some(NDJSON_CONTENT_TYPE));
 }
 
+/// A client that sends `Accept-Encoding: gzip` (as curl --compressed, Python requests and most
+/// HTTP libraries do) is sent to the file's gzip copy, which S3 serves with
+/// `Content-Encoding: gzip`; a client that sends none gets the plain ndjson. Both decode to the
+/// same bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_accepting_clients_download_the_gzip_copy_and_others_plain_ndjson() {
+    let (server, _client, _bucket) = s3s_server(None).await;
+    let manifest = export(&server, "/$export?_type=Patient,Observation").await;
+    for resource_type in ["Patient", "Observation"] {
+        let (file_url, count) = entry(&manifest, resource_type);
+
+        let location = presigned_location(&file_url, 300).await;
+        let resp = http_client().get(&location).send().await.expect("GET");
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.headers().get("content-encoding").is_none(),
+            "plain download for a client without Accept-Encoding"
+        );
+        let plain = resp.bytes().await.expect("body");
+        assert_eq!(plain.iter().filter(|&&b| b == b'\n').count(), count);
+
+        let redirect = http_client_no_redirect()
+            .get(&file_url)
+            .header("Accept-Encoding", "gzip, deflate")
+            .send()
+            .await
+            .expect("file request");
+        assert_eq!(redirect.status(), 307, "GET {file_url} with gzip");
+        assert_eq!(redirect.headers()["vary"], "accept-encoding");
+        let gz_location = redirect.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_string();
+        let (object, _) = gz_location.split_once('?').expect("presigned query");
+        assert!(
+            object.ends_with(&format!("{resource_type}-0001.ndjson.gz")),
+            "{object}"
+        );
+        let resp = http_client()
+            .get(&gz_location)
+            .header("Accept-Encoding", "gzip")
+            .send()
+            .await
+            .expect("GET gzip copy");
+        assert_eq!(resp.status(), 200, "GET {gz_location}");
+        assert_eq!(resp.headers()["content-encoding"], "gzip");
+        assert_eq!(resp.headers()["content-type"], NDJSON_CONTENT_TYPE);
+        let compressed = resp.bytes().await.expect("body");
+        assert!(
+            compressed.len() * 3 < plain.len(),
+            "{resource_type}: {} gzip bytes for {} plain",
+            compressed.len(),
+            plain.len()
+        );
+        let mut inflated = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(&compressed[..]),
+            &mut inflated,
+        )
+        .expect("valid gzip");
+        assert!(
+            inflated == plain,
+            "{resource_type}: the copy holds the same bytes"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_presigned_url_with_a_changed_signature_or_object_key_is_refused() {
     let (server, _client, _bucket) = s3s_server(None).await;
@@ -345,7 +412,10 @@ async fn write_object(store: &dyn ObjectStore, key: &str, data: &[u8], chunk: us
     for piece in data.chunks(chunk) {
         writer.write(piece).await.expect("write");
     }
-    assert_eq!(writer.finish().await.expect("finish"), data.len() as u64);
+    assert_eq!(
+        writer.finish().await.expect("finish").bytes,
+        data.len() as u64
+    );
 }
 
 fn assert_not_found(result: Result<Vec<u8>, StorageError>, what: &str) {
@@ -405,7 +475,8 @@ async fn s3_store_writes_multipart_reads_presigns_and_deletes_a_prefix_on_s3s_fs
         "presigned download"
     );
 
-    assert_eq!(store.delete_prefix(&job).await.expect("delete"), 2);
+    // Two files and their gzip copies.
+    assert_eq!(store.delete_prefix(&job).await.expect("delete"), 4);
     assert_not_found(store.read(&big_key).await, "deleted multipart object");
     assert_not_found(store.read(&small_key).await, "deleted object");
     assert_eq!(store.read(&kept_key).await.expect("kept"), small);

@@ -2,6 +2,7 @@
 //! every adapter — `LocalStore` over a temp directory and `S3Store` against the S3 emulator that
 //! `scripts/test.sh` starts (`TEST_AWS_ENDPOINT_URL`).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use integration_tests::{http_client, new_bucket, s3_client, temp_dir};
 use shared::storage::local::LocalStore;
 use shared::storage::s3::{S3Store, PART_SIZE};
-use shared::storage::{Download, ObjectStore, StorageError, NDJSON_CONTENT_TYPE};
+use shared::storage::{Download, ObjectStore, StorageError, Written, NDJSON_CONTENT_TYPE};
 
 const S3_PREFIX: &str = "exports";
 const TTL: Duration = Duration::from_secs(300);
@@ -18,6 +19,8 @@ const TTL: Duration = Duration::from_secs(300);
 struct Subject {
     store: Arc<dyn ObjectStore>,
     backing: Backing,
+    /// Whether the store keeps a gzip copy of each object (S3) or compresses while serving.
+    gzip_copies: bool,
 }
 
 enum Backing {
@@ -46,6 +49,7 @@ async fn local_store() -> Subject {
     Subject {
         store: Arc::new(store),
         backing: Backing::Local { root },
+        gzip_copies: false,
     }
 }
 
@@ -55,6 +59,7 @@ async fn s3_store() -> Subject {
     Subject {
         store: Arc::new(store),
         backing: Backing::S3 { client, bucket },
+        gzip_copies: true,
     }
 }
 
@@ -108,6 +113,39 @@ impl Subject {
             Some((_, parts)) => parts.parse().expect("part count in multipart etag"),
             None => 1,
         })
+    }
+
+    /// The object's gzip copy, if the store keeps one: it is named in `written`, decompresses to
+    /// `data`, and (S3) is stored as ndjson with `Content-Encoding: gzip` so that a client's HTTP
+    /// library inflates it. Returns the compressed size.
+    async fn check_gzip_copy(&self, key: &str, written: &Written, data: &[u8]) -> Option<usize> {
+        let Some(copy) = &written.gzip_key else {
+            assert!(
+                !self.gzip_copies,
+                "{key}: the store keeps gzip copies, none named"
+            );
+            return None;
+        };
+        assert!(self.gzip_copies, "{key}: unexpected gzip copy {copy}");
+        assert_eq!(
+            copy,
+            &format!("{key}.gz"),
+            "the copy sits beside the object"
+        );
+        let compressed = self.store.read(copy).await.expect("read gzip copy");
+        assert_same_bytes(&gunzip(&compressed), data, "gzip copy, decompressed");
+        if let Backing::S3 { client, bucket } = &self.backing {
+            let head = client
+                .head_object()
+                .bucket(bucket)
+                .key(format!("{S3_PREFIX}/{copy}"))
+                .send()
+                .await
+                .expect("gzip copy is stored under the configured prefix");
+            assert_eq!(head.content_type(), Some(NDJSON_CONTENT_TYPE));
+            assert_eq!(head.content_encoding(), Some("gzip"));
+        }
+        Some(compressed.len())
     }
 
     /// Traces of unfinished writes: `.partial` files (local) or in-progress multipart uploads.
@@ -181,7 +219,30 @@ fn job() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-async fn write_object(store: &dyn ObjectStore, key: &str, data: &[u8], chunk: usize) -> u64 {
+fn gunzip(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .expect("a valid gzip stream");
+    out
+}
+
+/// `len` bytes that deflate cannot shrink (xorshift output), so that a gzip copy is as large as
+/// the object and needs a multipart upload of its own.
+fn incompressible(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(len);
+    data
+}
+
+async fn write_object(store: &dyn ObjectStore, key: &str, data: &[u8], chunk: usize) -> Written {
     let mut writer = store.writer(key).await.expect("writer");
     for piece in data.chunks(chunk) {
         writer.write(piece).await.expect("write");
@@ -215,7 +276,7 @@ async fn round_trips_a_multipart_object(s: &Subject) {
     let data = ndjson(2 * PART_SIZE + 4321);
     let written = write_object(&*s.store, &key, &data, 1024 * 1024 + 7).await;
     assert_eq!(
-        written,
+        written.bytes,
         data.len() as u64,
         "finish() returns the object size"
     );
@@ -229,6 +290,13 @@ async fn round_trips_a_multipart_object(s: &Subject) {
             "uploaded in {parts} part(s), expected a multipart upload"
         );
     }
+    if let Some(size) = s.check_gzip_copy(&key, &written, &data).await {
+        assert!(
+            size * 5 < data.len(),
+            "ndjson compresses: {size} of {}",
+            data.len()
+        );
+    }
     assert!(s.unfinished_writes().await.is_empty());
 }
 
@@ -237,10 +305,11 @@ async fn round_trips_a_small_object(s: &Subject) {
     let data = ndjson(300 * 1024 + 5);
     let written = write_object(&*s.store, &key, &data, 64 * 1024).await;
     assert_eq!(
-        written,
+        written.bytes,
         data.len() as u64,
         "finish() returns the object size"
     );
+    s.check_gzip_copy(&key, &written, &data).await;
 
     assert_same_bytes(&s.store.read(&key).await.expect("read"), &data, "read");
     let download = s.store.download(&key, TTL).await.expect("download");
@@ -257,9 +326,15 @@ async fn hides_an_object_until_it_is_finished(s: &Subject) {
     // Enough for one uploaded part: the object must still not exist.
     writer.write(&data).await.expect("write");
     assert_not_found(s.store.read(&key).await, "read before finish");
+    assert_not_found(
+        s.store.read(&format!("{key}.gz")).await,
+        "gzip copy before finish",
+    );
 
-    assert_eq!(writer.finish().await.expect("finish"), data.len() as u64);
+    let written = writer.finish().await.expect("finish");
+    assert_eq!(written.bytes, data.len() as u64);
     assert_same_bytes(&s.store.read(&key).await.expect("read"), &data, "read");
+    s.check_gzip_copy(&key, &written, &data).await;
 }
 
 async fn discards_an_aborted_object(s: &Subject) {
@@ -271,6 +346,10 @@ async fn discards_an_aborted_object(s: &Subject) {
         assert_not_found(s.store.read(&key).await, "read before abort");
         writer.abort().await.expect("abort");
         assert_not_found(s.store.read(&key).await, "read after abort");
+        assert_not_found(
+            s.store.read(&format!("{key}.gz")).await,
+            "gzip copy after abort",
+        );
     }
     let left = s.unfinished_writes().await;
     assert!(left.is_empty(), "aborted writes left {left:?}");
@@ -293,9 +372,15 @@ async fn deletes_every_object_under_a_prefix_and_nothing_else(s: &Subject) {
         write_object(&*s.store, key, key.as_bytes(), 1024).await;
     }
 
-    assert_eq!(s.store.delete_prefix(&job).await.expect("delete"), 3);
+    // Objects stored: each file, plus its gzip copy where the store keeps one.
+    let per_file = if s.gzip_copies { 2 } else { 1 };
+    assert_eq!(
+        s.store.delete_prefix(&job).await.expect("delete"),
+        3 * per_file
+    );
     for key in &keys {
         assert_not_found(s.store.read(key).await, key);
+        assert_not_found(s.store.read(&format!("{key}.gz")).await, key);
     }
     for key in &kept {
         assert_eq!(
@@ -313,7 +398,7 @@ async fn deletes_every_object_under_a_prefix_and_nothing_else(s: &Subject) {
             .delete_prefix(&format!("{other}/"))
             .await
             .expect("delete"),
-        1
+        per_file
     );
     assert_not_found(s.store.read(&kept[1]).await, &kept[1]);
 }
@@ -408,4 +493,50 @@ async fn s3_store_refuses_keys_that_could_escape_the_prefix() {
 #[tokio::test]
 async fn s3_store_refuses_an_object_key_that_names_a_directory() {
     refuses_an_object_key_that_names_a_directory(&s3_store().await).await;
+}
+
+#[tokio::test]
+async fn s3_store_uploads_a_large_gzip_copy_in_parts() {
+    let s = s3_store().await;
+    let key = format!("{}/Binary-1.ndjson", job());
+    // Incompressible: the copy is as large as the object, so it is a multipart upload too.
+    let data = incompressible(2 * PART_SIZE + 99);
+    let written = write_object(&*s.store, &key, &data, 3 * 1024 * 1024 + 1).await;
+    assert_eq!(written.bytes, data.len() as u64);
+    let size = s
+        .check_gzip_copy(&key, &written, &data)
+        .await
+        .expect("a copy");
+    assert!(
+        size >= data.len(),
+        "incompressible: {size} of {}",
+        data.len()
+    );
+    let copy_parts = s
+        .stored_parts(&format!("{key}.gz"))
+        .await
+        .expect("S3 part count");
+    assert!(
+        copy_parts >= 2,
+        "gzip copy uploaded in {copy_parts} part(s), expected a multipart upload"
+    );
+    assert!(s.unfinished_writes().await.is_empty());
+}
+
+#[tokio::test]
+async fn s3_store_without_gzip_copies_writes_the_object_alone() {
+    let (client, bucket) = new_bucket().await;
+    let store =
+        S3Store::new(s3_client().await, bucket.clone(), S3_PREFIX.into()).with_gzip_copies(false);
+    let s = Subject {
+        store: Arc::new(store),
+        backing: Backing::S3 { client, bucket },
+        gzip_copies: false,
+    };
+    let key = format!("{}/Patient-1.ndjson", job());
+    let data = ndjson(PART_SIZE + 5);
+    let written = write_object(&*s.store, &key, &data, 1024 * 1024).await;
+    assert_eq!(written.gzip_key, None);
+    assert_same_bytes(&s.store.read(&key).await.expect("read"), &data, "read");
+    assert_not_found(s.store.read(&format!("{key}.gz")).await, "no gzip copy");
 }
