@@ -240,7 +240,9 @@ async fn main() -> anyhow::Result<()> {
                     lines += chunk.iter().filter(|b| **b == b'\n').count();
                 }
             }
-            lines += inflate.finish()?.0;
+            if gzipped {
+                lines += inflate.finish()?.0;
+            }
         }
         let total = started.elapsed();
         if args.query.is_none() && lines != resources {
