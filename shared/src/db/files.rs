@@ -196,17 +196,18 @@ pub async fn select_page(
         .collect())
 }
 
-/// Ids of resources deleted after `since` and up to the transaction time, in the selection's
-/// scope, after `cursor` (for `deleted[]`).
-pub async fn select_deleted_ids(
+/// Resources deleted after `since` and up to the transaction time, in the selection's scope,
+/// after `cursor` (for `deleted[]`): the id and the content the resource had when it was
+/// deleted (a tombstone keeps it), so that `_typeFilter` can decide whether it is listed.
+pub async fn select_deleted(
     pool: &Pool,
     sel: &Selection<'_>,
     cursor: &str,
     max_rows: i64,
-) -> Result<Vec<String>, DbError> {
+) -> Result<Vec<Row>, DbError> {
     let scope = selection_condition(sel);
     let sql = format!(
-        "SELECT r.id FROM resources r
+        "SELECT r.id, r.resource FROM resources r
          WHERE r.resource_type = $1 AND r.id > $2 AND r.deleted AND r.last_updated <= $3
            AND r.last_updated > $4 AND {scope}
            -- every statement binds the same eight parameters
@@ -214,7 +215,13 @@ pub async fn select_deleted_ids(
          ORDER BY r.id LIMIT $5"
     );
     let rows = query_selection(pool, &sql, sel, cursor, max_rows, 0).await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(rows
+        .iter()
+        .map(|r| Row {
+            id: r.get(0),
+            resource: r.get(1),
+        })
+        .collect())
 }
 
 /// References from the job's exported compartment resources (of `source_types`) to

@@ -441,7 +441,7 @@ impl Exporter {
             let mut finished: Vec<ExportFile> = file.iter().cloned().collect();
             if exhausted {
                 finished.extend(self.write_dangling_reference_errors(sel).await?);
-                finished.extend(self.write_deleted(sel).await?);
+                finished.extend(self.write_deleted(sel, transform).await?);
             }
             item.done = exhausted;
             work_items::checkpoint(&self.pool, &item, &finished).await?;
@@ -493,34 +493,59 @@ impl Exporter {
 
     /// With `_since`: resources of this item deleted since then, as ndjson of transaction Bundles
     /// with one DELETE entry each (so `count` is both lines and resources), listed in `deleted[]`.
-    async fn write_deleted(&self, sel: &Selection<'_>) -> Result<Option<ExportFile>, Failure> {
+    /// With `_typeFilter`, only those whose last content matches a query of their type ("resources
+    /// that match the kick-off request criteria", IG).
+    async fn write_deleted(
+        &self,
+        sel: &Selection<'_>,
+        transform: &RowTransform,
+    ) -> Result<Option<ExportFile>, Failure> {
         if sel.since.is_none() {
-            return Ok(None);
-        }
-        let mut cursor = String::new();
-        let mut body = Vec::new();
-        let mut count = 0i64;
-        loop {
-            let ids = files::select_deleted_ids(&self.pool, sel, &cursor, self.page_rows).await?;
-            let Some(last) = ids.last() else { break };
-            cursor.clone_from(last);
-            for id in &ids {
-                let bundle = serde_json::json!({"resourceType": "Bundle", "type": "transaction",
-                    "entry": [{"request": {"method": "DELETE", "url": format!("{}/{id}", sel.resource_type)}}]});
-                body.extend_from_slice(bundle.to_string().as_bytes());
-                body.push(b'\n');
-            }
-            count += ids.len() as i64;
-        }
-        if count == 0 {
             return Ok(None);
         }
         let file_name = format!("Bundle-deleted-{}.ndjson", sel.resource_type);
         let key = format!("{}/{file_name}", sel.job_id);
-        let mut writer = self.store.writer(&key).await?;
-        if let Err(e) = writer.write(&body).await {
-            return Err(abort_with(writer, e.into()).await);
+        // Written page by page (a mass deletion is not held in memory); the object is started
+        // at the first listed deletion, so a type with none leaves nothing behind.
+        let mut writer: Option<Box<dyn ObjectWriter>> = None;
+        let mut cursor = String::new();
+        let mut count = 0i64;
+        loop {
+            let rows = match files::select_deleted(&self.pool, sel, &cursor, self.page_rows).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    if let Some(w) = writer {
+                        return Err(abort_with(w, e.into()).await);
+                    }
+                    return Err(e.into());
+                }
+            };
+            let Some(last) = rows.last() else { break };
+            cursor.clone_from(&last.id);
+            let mut page = Vec::new();
+            for row in rows.iter().filter(|r| transform.keeps(&r.resource)) {
+                let url = format!("{}/{}", sel.resource_type, row.id);
+                let bundle = serde_json::json!({"resourceType": "Bundle", "type": "transaction",
+                    "entry": [{"request": {"method": "DELETE", "url": url}}]});
+                page.extend_from_slice(bundle.to_string().as_bytes());
+                page.push(b'\n');
+                count += 1;
+            }
+            if page.is_empty() {
+                continue;
+            }
+            let mut w = match writer.take() {
+                Some(w) => w,
+                None => self.store.writer(&key).await?,
+            };
+            if let Err(e) = w.write(&page).await {
+                return Err(abort_with(w, e.into()).await);
+            }
+            writer = Some(w);
         }
+        let Some(writer) = writer else {
+            return Ok(None);
+        };
         let written = writer.finish().await?;
         Ok(Some(ExportFile {
             file_name,

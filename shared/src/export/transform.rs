@@ -30,6 +30,19 @@ impl RowTransform {
         self.queries.is_empty() && self.keep.is_none()
     }
 
+    /// Whether `_typeFilter` keeps the resource (for `deleted[]`: a deleted resource is listed
+    /// when its last content matches, like the resources in `output`).
+    pub fn keeps(&self, text: &str) -> bool {
+        if self.queries.is_empty() {
+            return true;
+        }
+        match serde_json::from_str::<Value>(text) {
+            Ok(resource) => matches_any(&self.queries, &resource),
+            // Never drop silently (see `apply`).
+            Err(_) => true,
+        }
+    }
+
     /// The line to export for a stored resource, or None when `_typeFilter` drops it.
     pub fn apply<'a>(&self, text: &'a str) -> Option<Cow<'a, str>> {
         if self.is_identity() {
@@ -81,5 +94,8 @@ mod tests {
 
         let amended = text.replace("final", "amended");
         assert!(t.apply(&amended).is_none());
+        assert!(t.keeps(text));
+        assert!(!t.keeps(&amended));
+        assert!(none.keeps(&amended), "no _typeFilter keeps everything");
     }
 }

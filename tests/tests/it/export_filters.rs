@@ -386,3 +386,121 @@ async fn until_exports_the_data_as_it_was_at_that_instant() {
     let all = download_all(&c, &manifest).await;
     assert_eq!(all["Patient"].len(), data.patient_ids().len() + 1);
 }
+
+/// `deleted[]` lists the deletions that "match the kick-off request criteria" (IG): with a
+/// `_typeFilter`, a deleted resource is listed only when its last content matched; types without
+/// a filter list every deletion.
+#[tokio::test]
+async fn type_filter_also_selects_the_deletions_listed_in_deleted() {
+    let (server, data) = server().await;
+    let c = http_client();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let since = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // Three laboratory and three other Observations, and two Encounters, are deleted.
+    let observations: Vec<&Value> = data
+        .resources
+        .iter()
+        .filter(|r| r["resourceType"] == "Observation")
+        .collect();
+    let labs: Vec<String> = observations
+        .iter()
+        .filter(|r| category(r) == "laboratory")
+        .take(3)
+        .map(|r| r["id"].as_str().expect("id").to_string())
+        .collect();
+    let others: Vec<String> = observations
+        .iter()
+        .filter(|r| category(r) != "laboratory")
+        .take(3)
+        .map(|r| r["id"].as_str().expect("id").to_string())
+        .collect();
+    let encounters: Vec<String> = data
+        .resources
+        .iter()
+        .filter(|r| r["resourceType"] == "Encounter")
+        .take(2)
+        .map(|r| r["id"].as_str().expect("id").to_string())
+        .collect();
+    assert_eq!((labs.len(), others.len(), encounters.len()), (3, 3, 2));
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for id in labs.iter().chain(&others) {
+        keys.push(("Observation".into(), id.clone()));
+    }
+    for id in &encounters {
+        keys.push(("Encounter".into(), id.clone()));
+    }
+    let n = shared::db::resources::delete_resources(&server.state.pool, &keys)
+        .await
+        .expect("delete");
+    assert_eq!(n, 8);
+
+    let since = since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let deleted_urls = |manifest: Value| {
+        let c = c.clone();
+        async move {
+            let mut urls = BTreeSet::new();
+            for entry in manifest["deleted"].as_array().expect("deleted[]") {
+                let text = c
+                    .get(entry["url"].as_str().expect("url"))
+                    .send()
+                    .await
+                    .expect("get")
+                    .text()
+                    .await
+                    .expect("body");
+                let mut lines = 0;
+                for line in text.lines() {
+                    let b: Value = serde_json::from_str(line).expect("json");
+                    assert_eq!(b["entry"][0]["request"]["method"], "DELETE");
+                    urls.insert(
+                        b["entry"][0]["request"]["url"]
+                            .as_str()
+                            .expect("url")
+                            .to_string(),
+                    );
+                    lines += 1;
+                }
+                assert_eq!(entry["count"], lines, "count = lines");
+            }
+            urls
+        }
+    };
+    let expect = |obs: &[&String], enc: &[String]| -> BTreeSet<String> {
+        obs.iter()
+            .map(|id| format!("Observation/{id}"))
+            .chain(enc.iter().map(|id| format!("Encounter/{id}")))
+            .collect()
+    };
+
+    for level in ["/$export", "/Patient/$export"] {
+        let filtered = export(
+            &c,
+            &format!(
+                "{}{level}?_since={since}&_type=Observation,Encounter&_typeFilter=Observation%3Fcategory%3Dlaboratory",
+                server.base
+            ),
+        )
+        .await;
+        assert_eq!(
+            deleted_urls(filtered).await,
+            expect(&labs.iter().collect::<Vec<_>>(), &encounters),
+            "{level}: lab Observations (filtered) and every Encounter (no filter)"
+        );
+
+        let unfiltered = export(
+            &c,
+            &format!(
+                "{}{level}?_since={since}&_type=Observation,Encounter",
+                server.base
+            ),
+        )
+        .await;
+        assert_eq!(
+            deleted_urls(unfiltered).await,
+            expect(&labs.iter().chain(&others).collect::<Vec<_>>(), &encounters),
+            "{level}: without _typeFilter every deletion"
+        );
+    }
+}
