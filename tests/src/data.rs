@@ -162,6 +162,56 @@ impl DataSet {
         out
     }
 
+    /// (type, id) of what the block of `patient` holds in an `organizeOutputBy=Patient` export
+    /// of every type: the Patient, compartment-type resources (not Group) that reference it,
+    /// the existing AdditionalResources those reference, and the Provenance that targets one of
+    /// those compartment resources.
+    pub fn expected_block(&self, patient: &str) -> BTreeSet<(String, String)> {
+        let compartment_types = compartment_types();
+        let key = |r: &Value| {
+            (
+                rtype(r).to_string(),
+                r["id"].as_str().unwrap_or_default().to_string(),
+            )
+        };
+        let existing: BTreeSet<(String, String)> = self.resources.iter().map(key).collect();
+        let members: Vec<&Value> = self
+            .resources
+            .iter()
+            .filter(|r| {
+                let t = rtype(r);
+                if t == "Patient" {
+                    r["id"] == patient
+                } else {
+                    t != "Group"
+                        && compartment_types.contains(t)
+                        && refs(r)
+                            .iter()
+                            .any(|(rt, rid)| rt == "Patient" && rid == patient)
+                }
+            })
+            .collect();
+        let member_keys: BTreeSet<(String, String)> = members.iter().map(|r| key(r)).collect();
+        let mut out = member_keys.clone();
+        for r in &members {
+            for (t, id) in refs(r) {
+                let k = (t, id);
+                if ADDITIONAL.contains(&k.0.as_str()) && existing.contains(&k) {
+                    out.insert(k);
+                }
+            }
+        }
+        for r in self.resources.iter().filter(|r| rtype(r) == "Provenance") {
+            if provenance_targets(r)
+                .iter()
+                .any(|t| t.0 != "Provenance" && member_keys.contains(t))
+            {
+                out.insert(key(r));
+            }
+        }
+        out
+    }
+
     /// Resources of `resource_type` for which `keep` holds.
     pub fn count_where(&self, resource_type: &str, keep: impl Fn(&Value) -> bool) -> usize {
         self.resources

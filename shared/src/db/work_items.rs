@@ -140,3 +140,15 @@ pub async fn get_file(
         .await?;
     row.as_ref().map(file_from_row).transpose()
 }
+
+/// Marks every work item of the job done (an organizeOutputBy job finishes all types at once).
+pub async fn mark_all_done(pool: &Pool, job_id: Uuid) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE export_work_items SET done = true, updated_at = now() WHERE job_id = $1",
+            &[&job_id],
+        )
+        .await?;
+    Ok(())
+}

@@ -4,9 +4,11 @@
 //! Every step is idempotent: a crashed invocation leaves the cursor at the last finished file, and
 //! the next owner rewrites the unfinished file under the same name.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt;
 use tracing::{info, info_span, warn, Instrument};
 use uuid::Uuid;
 
@@ -31,6 +33,13 @@ use crate::storage::{ObjectStore, ObjectWriter, StorageError};
 pub const PAGE_ROWS: i64 = 1000;
 /// Bytes per page read from Postgres (the first row of a page always comes, however large).
 pub const PAGE_BYTES: i64 = 4 * 1024 * 1024;
+
+/// The work item of an `organizeOutputBy=Patient` job (not a resource type: starts with `_`).
+pub const BLOCKS_ITEM: &str = "_blocks";
+/// Patients per block query (their rows are streamed, not held).
+const BLOCK_BATCH_PATIENTS: i64 = 200;
+/// Bytes of blocks gathered before a write to the object store.
+const BLOCK_BUFFER: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -228,35 +237,19 @@ impl Exporter {
             .map(|i| i.resource_type.clone())
             .filter(|t| t != "Provenance")
             .collect();
+        if job.params.organize_output_by.is_some() {
+            return self
+                .export_blocks(job, items, &filters, &elements, deadline)
+                .await;
+        }
         for item in items.into_iter().filter(|i| !i.done) {
             let resource_type = item.resource_type.clone();
-            let additional = job.level != ExportLevel::System
-                && self
-                    .config
-                    .additional_resources
-                    .contains(&item.resource_type);
-            let referenced_from: &[String] = if additional {
-                &exported_compartment_types
-            } else {
-                &[]
-            };
-            let sel = Selection {
-                job_id: job.id,
-                resource_type: &resource_type,
-                // `_until` (v3): the data as it was then; phase 1 reads the versions of that time.
-                transaction_time: job
-                    .params
-                    .until
-                    .map_or(job.transaction_time, |u| u.min(job.transaction_time)),
-                since: job.params.since,
-                scope: (job.level != ExportLevel::System).then_some(PatientScope {
-                    compartment: is_patient_compartment_type(&resource_type),
-                    referenced_from,
-                }),
-                associated: (resource_type == "Provenance")
-                    .then(|| provenance_association(job, &target_types))
-                    .flatten(),
-            };
+            let sel = self.selection(
+                job,
+                &resource_type,
+                &exported_compartment_types,
+                &target_types,
+            );
             let transform = RowTransform::new(&resource_type, &filters, &elements);
             let span = info_span!("work_item", resource_type = %resource_type);
             match self
@@ -269,6 +262,292 @@ impl Exporter {
             }
         }
         Ok(Progress::Finished)
+    }
+
+    /// Which resources of `resource_type` the job exports (one type per file).
+    fn selection<'a>(
+        &self,
+        job: &Job,
+        resource_type: &'a str,
+        exported_compartment_types: &'a [String],
+        target_types: &'a [String],
+    ) -> Selection<'a> {
+        let additional = job.level != ExportLevel::System
+            && self
+                .config
+                .additional_resources
+                .iter()
+                .any(|t| t == resource_type);
+        let referenced_from: &[String] = if additional {
+            exported_compartment_types
+        } else {
+            &[]
+        };
+        Selection {
+            job_id: job.id,
+            resource_type,
+            transaction_time: export_time(job),
+            since: job.params.since,
+            scope: (job.level != ExportLevel::System).then_some(PatientScope {
+                compartment: is_patient_compartment_type(resource_type),
+                referenced_from,
+            }),
+            associated: (resource_type == "Provenance")
+                .then(|| provenance_association(job, target_types))
+                .flatten(),
+        }
+    }
+
+    /// `organizeOutputBy=Patient` (IG v3): files of blocks, one per patient in id order — a
+    /// `Parameters` header naming the patient, its Patient resource, then its compartment
+    /// resources (and the AdditionalResources they reference and the Provenance that targets
+    /// them) by type and id. Patients are read in batches whose rows are streamed, files close
+    /// at a batch boundary once past `MAX_FILE_BYTES` (a block is never split), and the work
+    /// item's cursor is the last patient written, so a resumed attempt continues after it.
+    async fn export_blocks(
+        &self,
+        job: &Job,
+        items: Vec<WorkItem>,
+        filters: &TypeFilters,
+        elements: &ElementsFilter,
+        deadline: Instant,
+    ) -> Result<Progress, Failure> {
+        let types: Vec<String> = items
+            .iter()
+            .map(|i| i.resource_type.clone())
+            .filter(|t| t != BLOCKS_ITEM)
+            .collect();
+        let Some(mut item) = items.into_iter().find(|i| i.resource_type == BLOCKS_ITEM) else {
+            return Err(Permanent(
+                "organizeOutputBy job planned without its work item".into(),
+            ));
+        };
+        if item.done {
+            return Ok(Progress::Finished);
+        }
+        let compartment: Vec<String> = types
+            .iter()
+            .filter(|t| is_patient_compartment_type(t) && *t != "Provenance")
+            .cloned()
+            .collect();
+        let target_types: Vec<String> = types
+            .iter()
+            .filter(|t| *t != "Provenance")
+            .cloned()
+            .collect();
+        let associated = types
+            .iter()
+            .any(|t| t == "Provenance")
+            .then(|| provenance_association(job, &target_types))
+            .flatten();
+        let mut compartment_types = compartment.clone();
+        if types.iter().any(|t| t == "Provenance")
+            && associated.as_ref().is_none_or(|a| a.with_scope)
+        {
+            compartment_types.push("Provenance".into());
+        }
+        let referenced_types: Vec<String> = types
+            .iter()
+            .filter(|t| !is_patient_compartment_type(t))
+            .cloned()
+            .collect();
+        let provenance_target_types: Vec<String> = if associated.is_some() {
+            compartment.clone()
+        } else {
+            Vec::new()
+        };
+        let transforms: HashMap<&str, RowTransform> = types
+            .iter()
+            .map(|t| (t.as_str(), RowTransform::new(t, filters, elements)))
+            .collect();
+        let mut file: Option<BlockFile> = None;
+        loop {
+            let batch = match files::select_patient_batch(
+                &self.pool,
+                job.id,
+                &item.cursor_id,
+                BLOCK_BATCH_PATIENTS,
+            )
+            .await
+            {
+                Ok(batch) => batch,
+                Err(e) => return Err(abandon(file, e.into()).await),
+            };
+            let Some(last) = batch.last().cloned() else {
+                break;
+            };
+            let query = files::BlockQuery {
+                patients: &batch,
+                compartment_types: &compartment_types,
+                referenced_types: &referenced_types,
+                provenance_target_types: &provenance_target_types,
+                latest_provenance: associated.as_ref().is_some_and(|a| a.latest),
+                transaction_time: export_time(job),
+                since: job.params.since,
+            };
+            let (open, stopped) = self
+                .write_blocks(job, &mut item, file, &query, &transforms, deadline)
+                .await?;
+            if stopped {
+                return Ok(Progress::Deadline);
+            }
+            file = open;
+            // Patients of the batch without a block are behind us too.
+            item.cursor_id = last;
+            let stop =
+                match jobs::renew_lease(&self.pool, job.id, &self.owner, self.config.lease).await {
+                    Ok(Some(JobStatus::Active)) => None,
+                    Ok(Some(JobStatus::CancellationRequested)) => Some(Progress::Cancelled),
+                    Ok(_) => Some(Progress::LeaseLost),
+                    Err(e) => return Err(abandon(file, e.into()).await),
+                };
+            if let Some(stop) = stop {
+                if let Some(f) = file {
+                    f.writer.abort().await.ok();
+                }
+                return Ok(stop);
+            }
+            if self.near(deadline) {
+                let finished = self.close_block_file(&mut item, file.take()).await?;
+                work_items::checkpoint(&self.pool, &item, &finished).await?;
+                return Ok(Progress::Deadline);
+            }
+        }
+        let mut finished = self.close_block_file(&mut item, file.take()).await?;
+        // deleted[] (with `_since`) and dangling references, per type as without blocks.
+        let exported_compartment: Vec<String> = types
+            .iter()
+            .filter(|t| is_patient_compartment_type(t))
+            .cloned()
+            .collect();
+        for t in &types {
+            let sel = self.selection(job, t, &exported_compartment, &target_types);
+            finished.extend(self.write_dangling_reference_errors(&sel).await?);
+            finished.extend(self.write_deleted(&sel, &transforms[t.as_str()]).await?);
+        }
+        work_items::mark_all_done(&self.pool, job.id).await?;
+        item.done = true;
+        work_items::checkpoint(&self.pool, &item, &finished).await?;
+        Ok(Progress::Finished)
+    }
+
+    /// Streams the blocks of one batch of patients into `file` (opened at the first block).
+    /// Rows come ordered by patient; a header line opens each patient's block before its first
+    /// resource that `_typeFilter` keeps (a patient with none has no block). When a block is
+    /// about to start and the file is past `MAX_FILE_BYTES`, the file is finished and
+    /// checkpointed with the previous patient as the cursor, and the block starts a new file.
+    /// Near the deadline the same happens and the batch stops there: returns (None, true).
+    async fn write_blocks(
+        &self,
+        job: &Job,
+        item: &mut WorkItem,
+        mut file: Option<BlockFile>,
+        query: &files::BlockQuery<'_>,
+        transforms: &HashMap<&str, RowTransform>,
+        deadline: Instant,
+    ) -> Result<(Option<BlockFile>, bool), Failure> {
+        let client = match self.pool.get().await {
+            Ok(c) => c,
+            Err(e) => return Err(abandon(file, DbError::from(e).into()).await),
+        };
+        let rows = match files::stream_blocks(&client, query).await {
+            Ok(rows) => rows,
+            Err(e) => return Err(abandon(file, e.into()).await),
+        };
+        futures::pin_mut!(rows);
+        let mut open: Option<String> = None;
+        let mut buf = Vec::with_capacity(BLOCK_BUFFER);
+        loop {
+            let row = match rows.try_next().await {
+                Ok(Some(row)) => files::block_row(&row),
+                Ok(None) => break,
+                Err(e) => return Err(abandon(file, DbError::from(e).into()).await),
+            };
+            let Some(line) = transforms
+                .get(row.resource_type.as_str())
+                .and_then(|t| t.apply(&row.resource))
+            else {
+                continue;
+            };
+            if open.as_deref() != Some(row.patient_id.as_str()) {
+                let full = file
+                    .as_ref()
+                    .is_some_and(|f| f.bytes + buf.len() as u64 >= self.config.max_file_bytes);
+                let late = file.is_some() && self.near(deadline);
+                if full || late {
+                    if let Some(f) = file.as_mut() {
+                        if let Err(e) = f.write(&mut buf).await {
+                            return Err(abandon(file, e).await);
+                        }
+                    }
+                    // Everything up to the previous block is in this file.
+                    if let Some(prev) = open.take() {
+                        item.cursor_id = prev;
+                    }
+                    let finished = self.close_block_file(item, file.take()).await?;
+                    work_items::checkpoint(&self.pool, item, &finished).await?;
+                    if late {
+                        return Ok((None, true));
+                    }
+                }
+                if file.is_none() {
+                    let name = format!("blocks-{:04}.ndjson", item.next_file_seq);
+                    let key = format!("{}/{name}", job.id);
+                    let writer = self.store.writer(&key).await?;
+                    file = Some(BlockFile {
+                        writer,
+                        name,
+                        key,
+                        count: 0,
+                        bytes: 0,
+                    });
+                }
+                let header = serde_json::json!({"resourceType": "Parameters", "parameter": [
+                    {"name": "header", "valueReference": {"reference": format!("Patient/{}", row.patient_id)}}]});
+                buf.extend_from_slice(header.to_string().as_bytes());
+                buf.push(b'\n');
+                open = Some(row.patient_id);
+            }
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+            if let Some(f) = file.as_mut() {
+                f.count += 1;
+                if buf.len() >= BLOCK_BUFFER {
+                    if let Err(e) = f.write(&mut buf).await {
+                        return Err(abandon(file, e).await);
+                    }
+                }
+            }
+        }
+        if let Some(f) = file.as_mut() {
+            if let Err(e) = f.write(&mut buf).await {
+                return Err(abandon(file, e).await);
+            }
+        }
+        Ok((file, false))
+    }
+
+    /// Finishes a block file (nothing to do without one); returns its row for the checkpoint.
+    async fn close_block_file(
+        &self,
+        item: &mut WorkItem,
+        file: Option<BlockFile>,
+    ) -> Result<Vec<ExportFile>, Failure> {
+        let Some(f) = file else {
+            return Ok(Vec::new());
+        };
+        let written = f.writer.finish().await?;
+        item.next_file_seq += 1;
+        info!(file = %f.name, resources = f.count, bytes = written.bytes, "file written");
+        Ok(vec![ExportFile {
+            file_name: f.name,
+            kind: FileKind::Output,
+            resource_type: String::new(),
+            object_key: f.key,
+            gzip_object_key: written.gzip_key,
+            resource_count: f.count,
+            byte_count: written.bytes as i64,
+        }])
     }
 
     async fn plan(&self, job: &Job) -> Result<(), Failure> {
@@ -327,7 +606,13 @@ impl Exporter {
             let client = self.pool.get().await.map_err(DbError::from)?;
             work_items::insert_files(&client, job.id, &[file]).await?;
         }
-        jobs::mark_planned(&self.pool, job.id, &types, patients).await?;
+        // Organized by Patient: one work item for the blocks; the per-type items record the
+        // types (and carry deleted[] and error files at the end).
+        let mut items = types.clone();
+        if job.params.organize_output_by.is_some() {
+            items.push(BLOCKS_ITEM.into());
+        }
+        jobs::mark_planned(&self.pool, job.id, &items, patients).await?;
         info!(types = types.len(), "export planned");
         Ok(())
     }
@@ -586,6 +871,44 @@ impl Exporter {
             byte_count: written.bytes as i64,
         })
     }
+}
+
+/// An open file of blocks (organizeOutputBy=Patient).
+struct BlockFile {
+    writer: Box<dyn ObjectWriter>,
+    name: String,
+    key: String,
+    count: i64,
+    bytes: u64,
+}
+
+impl BlockFile {
+    /// Writes and empties `buf`.
+    async fn write(&mut self, buf: &mut Vec<u8>) -> Result<(), Failure> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.writer.write(buf).await?;
+        self.bytes += buf.len() as u64;
+        buf.clear();
+        Ok(())
+    }
+}
+
+/// Aborts the open block file, if any, and passes the failure on.
+async fn abandon(file: Option<BlockFile>, failure: Failure) -> Failure {
+    match file {
+        Some(f) => abort_with(f.writer, failure).await,
+        None => failure,
+    }
+}
+
+/// The instant the export shows the data at: the transaction time, or `_until` (v3) when
+/// earlier (phase 1 reads the versions of that time).
+fn export_time(job: &Job) -> chrono::DateTime<chrono::Utc> {
+    job.params
+        .until
+        .map_or(job.transaction_time, |u| u.min(job.transaction_time))
 }
 
 /// How a job's Provenance work item selects (None: like any other type).

@@ -46,10 +46,13 @@ pub struct ExportFile {
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct ManifestEntry {
-    #[serde(rename = "type")]
-    pub resource_type: String,
+    /// Absent for files organized by Patient (they hold every type).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub resource_type: Option<String>,
     pub url: String,
-    pub count: i64,
+    /// Absent for files organized by Patient (the IG's example lists only their url).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -58,6 +61,9 @@ pub struct Manifest {
     pub transaction_time: String,
     pub request: String,
     pub requires_access_token: bool,
+    /// `Patient` when the kick-off asked for `organizeOutputBy=Patient` (IG v3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_organized_by: Option<String>,
     pub output: Vec<ManifestEntry>,
     /// Always present, even when empty: real clients fail without it.
     pub error: Vec<ManifestEntry>,
@@ -78,14 +84,16 @@ pub fn build(
 ) -> Manifest {
     let mut sorted: Vec<&ExportFile> = files.iter().filter(|f| f.resource_count > 0).collect();
     sorted.sort_by(|a, b| a.file_name.cmp(&b.file_name));
+    let organized = job.params.organize_output_by.clone();
     let entries = |kind: FileKind| -> Vec<ManifestEntry> {
+        let blocks = kind == FileKind::Output && organized.is_some();
         sorted
             .iter()
             .filter(|f| f.kind == kind)
             .map(|f| ManifestEntry {
-                resource_type: f.resource_type.clone(),
+                resource_type: (!blocks).then(|| f.resource_type.clone()),
                 url: file_url(base_url, &job.id, &f.file_name),
-                count: f.resource_count,
+                count: (!blocks).then_some(f.resource_count),
             })
             .collect()
     };
@@ -93,6 +101,7 @@ pub fn build(
         transaction_time: format_instant(&job.transaction_time),
         request: job.request_url.clone(),
         requires_access_token,
+        output_organized_by: organized.clone(),
         output: entries(FileKind::Output),
         error: entries(FileKind::Error),
         deleted: job.params.since.map(|_| entries(FileKind::Deleted)),
@@ -167,12 +176,18 @@ mod tests {
         let types: Vec<_> = m
             .output
             .iter()
-            .map(|e| (e.resource_type.as_str(), e.count))
+            .map(|e| {
+                (
+                    e.resource_type.as_deref().unwrap_or(""),
+                    e.count.unwrap_or(-1),
+                )
+            })
             .collect();
         assert_eq!(
             types,
             vec![("Observation", 5), ("Patient", 3), ("Patient", 1)]
         );
+        assert!(v.get("outputOrganizedBy").is_none());
         assert_eq!(
             m.output[0].url,
             "https://x/fhir/$exportfilerequest?_id=00000000-0000-0000-0000-000000000000&filename=Observation-0001.ndjson"
@@ -194,5 +209,28 @@ mod tests {
         );
         assert_eq!(m.deleted, Some(vec![]));
         assert_eq!(m.error.len(), 1);
+    }
+
+    #[test]
+    fn files_organized_by_patient_are_listed_by_url_only() {
+        let mut j = job(false);
+        j.params.organize_output_by = Some("Patient".into());
+        let files = vec![
+            file("blocks-0001.ndjson", FileKind::Output, "", 40),
+            file(
+                "OperationOutcome-x.ndjson",
+                FileKind::Error,
+                "OperationOutcome",
+                1,
+            ),
+        ];
+        let v = serde_json::to_value(build(&j, &files, "https://x/fhir", false)).unwrap();
+        assert_eq!(v["outputOrganizedBy"], "Patient");
+        assert_eq!(
+            v["output"],
+            serde_json::json!([{"url": "https://x/fhir/$exportfilerequest?_id=00000000-0000-0000-0000-000000000000&filename=blocks-0001.ndjson"}])
+        );
+        assert_eq!(v["error"][0]["type"], "OperationOutcome");
+        assert_eq!(v["error"][0]["count"], 1);
     }
 }

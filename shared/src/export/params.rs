@@ -17,7 +17,10 @@ pub const LATEST_PROVENANCE: &str = "LatestProvenanceResources";
 pub const RELEVANT_PROVENANCE: &str = "RelevantProvenanceResources";
 
 /// Parameters recognised by the IG that this server does not support yet.
-const NOT_YET_SUPPORTED: &[&str] = &["organizeOutputBy", "allowPartialManifests"];
+const NOT_YET_SUPPORTED: &[&str] = &["allowPartialManifests"];
+
+/// The one `organizeOutputBy` value supported: blocks of Patient compartments (IG v3).
+pub const ORGANIZE_BY_PATIENT: &str = "Patient";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ExportParams {
@@ -50,6 +53,14 @@ pub struct ExportParams {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub include_associated_data: Vec<String>,
+    /// `organizeOutputBy` (IG v3): `Patient` — files hold one block per patient (a header
+    /// Parameters, the Patient, then its compartment) instead of one type per file.
+    #[serde(
+        rename = "organizeOutputBy",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub organize_output_by: Option<String>,
     /// The types the client's access token allows (None: any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_types: Option<Vec<String>>,
@@ -251,6 +262,20 @@ pub fn parse_params(
                             "includeAssociatedData {v:?} is not supported; use {LATEST_PROVENANCE} or {RELEVANT_PROVENANCE}"
                         )))?;
                     }
+                }
+            }
+            "organizeOutputBy" => {
+                let v = value.trim();
+                if level == ExportLevel::System {
+                    refuse(KickoffError::NotSupported(
+                        "organizeOutputBy is supported at Patient and Group level, where blocks are Patient compartments".into(),
+                    ))?;
+                } else if v == ORGANIZE_BY_PATIENT {
+                    p.organize_output_by = Some(ORGANIZE_BY_PATIENT.into());
+                } else {
+                    refuse(KickoffError::NotSupported(format!(
+                        "organizeOutputBy {v:?} is not supported; use {ORGANIZE_BY_PATIENT}"
+                    )))?;
                 }
             }
             other if NOT_YET_SUPPORTED.contains(&other) => {

@@ -7,6 +7,8 @@ use crate::fhir::compartment_table::R4_RESOURCE_TYPES;
 use crate::fhir::search_types::search_params;
 
 /// What `_typeFilter` supports, for the CapabilityStatement, the OperationDefinitions and README.
+pub const ORGANIZE_BY_DOC: &str = "Supported value Patient (Patient and Group level): files of blocks, one per patient in id order, each a Parameters header (parameter header = Reference to the Patient), the Patient, then its compartment resources, the AdditionalResources they reference and the Provenance that targets them, by type and id; a block is never split across files; manifest entries have no type or count, and the manifest says outputOrganizedBy Patient. Other values, and system level, are a 400.";
+
 pub const TYPE_FILTER_DOC: &str = "Supported: FHIR search queries `Type?name=value&…` (URL-encoded; repeats and comma-separated queries are OR'd, parameters in one query AND'd, comma-separated values OR'd; a comma inside one query is sent as %2C). Every search parameter listed under rest.resource.searchParam can be used: the R4 parameters of type token (:not, :text), reference (Type/id, id, :[Type]), date (eq ne gt lt ge le sa eb ap; partial dates are ranges), string (prefix, case and accent insensitive; :exact, :contains), quantity ([prefix]number|system|code), uri (:below, :above) and number, plus _id, _lastUpdated, _tag, _profile, _security, _source; :missing on all. Refused with 400 (or ignored and reported with handling=lenient): _include, _revinclude, _sort, _count, _elements and other result parameters, chained and _has parameters, composite and special parameters. A filter on a type the export does not contain has no effect. deleted[] lists the deletions of a filtered type whose last content matched the filter.";
 
 pub fn route_prefix(path: &str) -> Option<&str> {
@@ -49,7 +51,7 @@ pub fn capability_statement(base: &str, config: &Config) -> Value {
         "rest": [{
             "mode": "server",
             "documentation": format!(
-                "Bulk Data export (IG v2.0.0), kick-off by GET or POST (Parameters). Parameters: _type, _since, _outputFormat (application/fhir+ndjson, application/ndjson, ndjson), patient (Patient and Group level), _typeFilter, _elements, includeAssociatedData (LatestProvenanceResources, RelevantProvenanceResources), _until (IG v3; organizeOutputBy and allowPartialManifests are not supported). Prefer: handling=lenient ignores unsupported parameters and reports them in error[]. _since exports list deletions in deleted[]. Patient and Group exports contain the R4 Patient compartment plus referenced {} and the Provenance whose target is an exported resource. A Group export covers the patients in Group.member at the time of the export, with all of their data that matches _since (membership history is not kept). _elements keeps the listed top-level elements (`name` for every type, `Type.name` for one) plus id, meta and required elements, and tags the resource SUBSETTED. _typeFilter: {TYPE_FILTER_DOC} Over-polling a status URL gets 429.",
+                "Bulk Data export (IG v2.0.0), kick-off by GET or POST (Parameters). Parameters: _type, _since, _outputFormat (application/fhir+ndjson, application/ndjson, ndjson), patient (Patient and Group level), _typeFilter, _elements, includeAssociatedData (LatestProvenanceResources, RelevantProvenanceResources), _until and organizeOutputBy=Patient (IG v3; Patient and Group level: {ORGANIZE_BY_DOC}); allowPartialManifests is not supported. Prefer: handling=lenient ignores unsupported parameters and reports them in error[]. _since exports list deletions in deleted[]. Patient and Group exports contain the R4 Patient compartment plus referenced {} and the Provenance whose target is an exported resource. A Group export covers the patients in Group.member at the time of the export, with all of their data that matches _since (membership history is not kept). _elements keeps the listed top-level elements (`name` for every type, `Type.name` for one) plus id, meta and required elements, and tags the resource SUBSETTED. _typeFilter: {TYPE_FILTER_DOC} Over-polling a status URL gets 429.",
                 config.additional_resources.join(", ")
             ),
             "resource": resources,
@@ -125,6 +127,7 @@ pub fn operation_definition(id: &str) -> Option<Value> {
             "Reference",
             "Supported (POST Parameters or GET): only these patients; unknown patients or ones outside the Group are a 400.",
         ));
+        parameters.push(param("organizeOutputBy", "1", "string", ORGANIZE_BY_DOC));
     }
     let mut def = json!({
         "resourceType": "OperationDefinition",

@@ -465,3 +465,76 @@ async fn a_status_poll_in_flight_does_not_hide_the_job_from_the_claim() {
     assert_eq!(claimed.map(|j| j.id), Some(job.id));
     tx.rollback().await.expect("rollback");
 }
+
+/// organizeOutputBy=Patient: a file that fails to finish, then a deadline hand-off, and the
+/// blocks still come out whole, each patient once, each block exactly what the data says.
+#[tokio::test]
+async fn blocks_by_patient_resume_after_a_failure_and_a_hand_off_without_duplicates() {
+    let (db, data) = TestDb::with_generated(20).await;
+    let store = flaky(vec![2], false, Duration::from_millis(150));
+    let config = cfg(&db, &[("MAX_FILE_BYTES", "15000")]);
+    let params = ExportParams {
+        output_format: "application/fhir+ndjson".into(),
+        organize_output_by: Some("Patient".into()),
+        ..Default::default()
+    };
+    let job = jobs::insert_job(
+        &db.pool,
+        NewJob {
+            level: ExportLevel::Patient,
+            group_id: None,
+            params: &params,
+            request_url: "http://test/Patient/$export?organizeOutputBy=Patient",
+            client_id: None,
+        },
+    )
+    .await
+    .expect("insert job");
+    let ex = exporter(&db, store.clone(), config);
+
+    let first = ex.run_until_idle(None, far()).await.expect("run");
+    assert_eq!(first.retrying, vec![job.id], "the 2nd file failed");
+    let second = ex
+        .run_until_idle(None, Instant::now() + Duration::from_millis(400))
+        .await
+        .expect("run");
+    assert_eq!(second.handed_off, vec![job.id], "deadline: progress saved");
+    let third = ex.run_until_idle(None, far()).await.expect("run");
+    assert_eq!(third.completed, vec![job.id]);
+
+    let files = shared::db::work_items::select_files(&db.pool, job.id)
+        .await
+        .expect("files");
+    assert!(files.len() > 3, "{} files", files.len());
+    let mut blocks: Vec<(String, BTreeSet<(String, String)>)> = Vec::new();
+    for f in files {
+        let text = String::from_utf8(store.read(&f.object_key).await.expect("read")).expect("utf8");
+        let mut resources = 0;
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("json");
+            if v["resourceType"] == "Parameters" {
+                let patient = v["parameter"][0]["valueReference"]["reference"]
+                    .as_str()
+                    .and_then(|r| r.strip_prefix("Patient/"))
+                    .expect("header")
+                    .to_string();
+                blocks.push((patient, BTreeSet::new()));
+            } else {
+                let (_, block) = blocks.last_mut().expect("a block is open");
+                let key = (
+                    v["resourceType"].as_str().expect("type").to_string(),
+                    v["id"].as_str().expect("id").to_string(),
+                );
+                assert!(block.insert(key), "nothing twice within a block");
+                resources += 1;
+            }
+        }
+        assert_eq!(resources, f.resource_count, "{}: count", f.file_name);
+    }
+    let patients: Vec<String> = blocks.iter().map(|(p, _)| p.clone()).collect();
+    let expected: Vec<String> = data.patient_ids().into_iter().collect();
+    assert_eq!(patients, expected, "every patient once, in order");
+    for (patient, block) in &blocks {
+        assert_eq!(block, &data.expected_block(patient), "{patient}");
+    }
+}

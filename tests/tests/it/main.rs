@@ -10,6 +10,7 @@ mod export_filters;
 mod http_api;
 mod lambda;
 mod loader;
+mod organize_output;
 mod postgres_tls;
 mod presigned_s3s;
 mod queue_contract;
