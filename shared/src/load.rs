@@ -318,6 +318,16 @@ pub async fn load_paths(
         }
     }
     loader.flush().await?;
+    // Fresh statistics: right after a bulk load autovacuum has not caught up, and the export
+    // queries' plans depend on the row counts of these tables (a stale count made a Patient
+    // export of 1,000 patients read every member of a type on every page).
+    if loader.report.loaded > 0 || loader.report.deleted > 0 {
+        let client = pool.get().await.map_err(crate::db::DbError::from)?;
+        client
+            .batch_execute("ANALYZE resources, resource_history, compartment, resource_refs, provenance_targets")
+            .await
+            .map_err(crate::db::DbError::from)?;
+    }
     tracing::info!(
         files = loader.report.files,
         loaded = loader.report.loaded,

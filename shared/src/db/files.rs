@@ -92,7 +92,10 @@ fn scope_condition(scope: &Option<PatientScope<'_>>) -> String {
         parts.push(
             "EXISTS (SELECT 1 FROM compartment c
                      JOIN export_job_patients jp ON jp.job_id = $7 AND jp.patient_id = c.patient_id
-                     WHERE c.resource_type = $1 AND c.resource_id = r.id)",
+                     WHERE c.resource_type = $1 AND c.resource_id = r.id
+                       -- redundant with r.id > $2, but lets the join start at the cursor
+                       -- instead of reading every member before it on every page
+                       AND c.resource_id > $2)",
         );
     }
     if !scope.referenced_from.is_empty() {
