@@ -10,6 +10,7 @@ use shared::db::{self, Pool};
 use shared::export::engine::Exporter;
 use shared::http::AppState;
 use shared::queue::{JobQueue, LocalQueue};
+use shared::storage::local::LocalStore;
 use shared::storage::ObjectStore;
 use shared::Config;
 
@@ -122,6 +123,41 @@ pub async fn new_queue() -> (aws_sdk_sqs::Client, String) {
         .await
         .expect("create queue");
     (client, out.queue_url().expect("queue url").to_string())
+}
+
+/// `bulk-export serve` in-process over a generated data set of `patients` patients, with local
+/// storage in a temp directory, authorization off and `extra` settings on top of [`config`]'s.
+pub async fn local_server(patients: usize, extra: &[(&str, &str)]) -> (Server, data::DataSet) {
+    let (db, data) = TestDb::with_generated(patients).await;
+    let dir = temp_dir();
+    let url = db.url.clone();
+    let storage = dir.display().to_string();
+    let extra: std::collections::BTreeMap<String, String> = extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let cfg = Config::from_lookup(|k| match (extra.get(k), k) {
+        (Some(v), _) => Some(v.clone()),
+        (None, "DATABASE_URL") => Some(url.clone()),
+        (None, "STORAGE_PATH") => Some(storage.clone()),
+        (None, "REPEAT_PERIOD") => Some("200".into()),
+        (None, "AUTH") => Some("off".into()),
+        (None, "MIN_POLL_INTERVAL_MS") => Some("50".into()),
+        _ => None,
+    })
+    .expect("config");
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
+    (Server::start(cfg, db.pool.clone(), store).await, data)
+}
+
+/// Loads `resource` (a resource or a transaction Bundle) through the loader, as
+/// `bulk-export load` would.
+pub async fn load_json(pool: &Pool, resource: &serde_json::Value) -> shared::load::LoadReport {
+    let dir = temp_dir();
+    std::fs::write(dir.join("changes.json"), resource.to_string()).expect("write");
+    shared::load::load_paths(pool, &[dir], |_| {})
+        .await
+        .expect("load")
 }
 
 /// A test configuration over `db` with local storage in a temp directory.

@@ -47,6 +47,16 @@ pub struct Row {
     pub resource: String,
 }
 
+impl Row {
+    /// From a statement whose first two columns are the id and the resource text.
+    fn from_row(r: &tokio_postgres::Row) -> Row {
+        Row {
+            id: r.get(0),
+            resource: r.get(1),
+        }
+    }
+}
+
 /// SQL condition on alias `r` for the selection; parameters: $1 type, $3 transaction time,
 /// $4 since, $7 job id, $8 source (or target) types.
 fn selection_condition(sel: &Selection<'_>) -> String {
@@ -190,13 +200,7 @@ pub async fn select_page(
          WHERE upto <= $6 OR upto = len ORDER BY id"
     );
     let rows = query_selection(pool, &sql, sel, cursor, max_rows, max_bytes).await?;
-    Ok(rows
-        .iter()
-        .map(|r| Row {
-            id: r.get(0),
-            resource: r.get(1),
-        })
-        .collect())
+    Ok(rows.iter().map(Row::from_row).collect())
 }
 
 /// Resources deleted after `since` and up to the transaction time, in the selection's scope,
@@ -218,13 +222,7 @@ pub async fn select_deleted(
          ORDER BY r.id LIMIT $5"
     );
     let rows = query_selection(pool, &sql, sel, cursor, max_rows, 0).await?;
-    Ok(rows
-        .iter()
-        .map(|r| Row {
-            id: r.get(0),
-            resource: r.get(1),
-        })
-        .collect())
+    Ok(rows.iter().map(Row::from_row).collect())
 }
 
 /// References from the job's exported compartment resources (of `source_types`) to

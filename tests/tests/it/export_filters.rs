@@ -3,34 +3,16 @@
 //! the data, independently of the server.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use integration_tests::data::{provenance_targets, DataSet};
-use integration_tests::{download_counts, http_client, kickoff, poll, temp_dir, Server, TestDb};
+use integration_tests::{download_counts, http_client, kickoff, load_json, poll, Server};
 use serde_json::{json, Value};
-use shared::storage::local::LocalStore;
-use shared::storage::ObjectStore;
-use shared::Config;
 
 const PATIENTS: usize = 10;
 
 async fn server() -> (Server, DataSet) {
-    let (db, data) = TestDb::with_generated(PATIENTS).await;
-    let dir = temp_dir();
-    let url = db.url.clone();
-    let storage = dir.display().to_string();
-    let cfg = Config::from_lookup(|k| match k {
-        "DATABASE_URL" => Some(url.clone()),
-        "STORAGE_PATH" => Some(storage.clone()),
-        "REPEAT_PERIOD" => Some("200".into()),
-        "AUTH" => Some("off".into()),
-        "MIN_POLL_INTERVAL_MS" => Some("50".into()),
-        _ => None,
-    })
-    .expect("config");
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
-    (Server::start(cfg, db.pool.clone(), store).await, data)
+    integration_tests::local_server(PATIENTS, &[]).await
 }
 
 async fn manifest_of(c: &reqwest::Client, resp: reqwest::Response) -> Value {
@@ -81,6 +63,16 @@ async fn download_all(c: &reqwest::Client, manifest: &Value) -> BTreeMap<String,
         }
     }
     out
+}
+
+/// After an `_until`: pat-0 changes, pat-new arrives, obs-0-0-0 is deleted.
+pub(crate) fn changes_after_until() -> Value {
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "pat-0", "gender": "other"},
+         "request": {"method": "PUT", "url": "Patient/pat-0"}},
+        {"resource": {"resourceType": "Patient", "id": "pat-new", "gender": "other"},
+         "request": {"method": "PUT", "url": "Patient/pat-new"}},
+        {"request": {"method": "DELETE", "url": "Observation/obs-0-0-0"}}]})
 }
 
 fn category(r: &Value) -> &str {
@@ -343,21 +335,7 @@ async fn until_exports_the_data_as_it_was_at_that_instant() {
     tokio::time::sleep(Duration::from_millis(20)).await;
 
     // After `until`: pat-0 changes, one Observation is deleted, a new Patient arrives.
-    let dir = temp_dir();
-    std::fs::write(
-        dir.join("changes.json"),
-        json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-            {"resource": {"resourceType": "Patient", "id": "pat-0", "gender": "other"},
-             "request": {"method": "PUT", "url": "Patient/pat-0"}},
-            {"resource": {"resourceType": "Patient", "id": "pat-new", "gender": "other"},
-             "request": {"method": "PUT", "url": "Patient/pat-new"}},
-            {"request": {"method": "DELETE", "url": "Observation/obs-0-0-0"}}]})
-        .to_string(),
-    )
-    .expect("write");
-    shared::load::load_paths(&server.state.pool, &[dir], |_| {})
-        .await
-        .expect("load");
+    load_json(&server.state.pool, &changes_after_until()).await;
 
     let until = until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let manifest = export(

@@ -2,36 +2,21 @@
 //! block by block against what the generated data says each patient's block must hold.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use integration_tests::data::DataSet;
-use integration_tests::{http_client, kickoff, poll, temp_dir, Server, TestDb};
+use integration_tests::{http_client, kickoff, load_json, poll, temp_dir, Server};
 use serde_json::Value;
-use shared::storage::local::LocalStore;
-use shared::storage::ObjectStore;
-use shared::Config;
 
 const PATIENTS: usize = 12;
 
 /// Small files (MAX_FILE_BYTES = 16 KiB), so blocks spread over several files.
 async fn server() -> (Server, DataSet) {
-    let (db, data) = TestDb::with_generated(PATIENTS).await;
-    let dir = temp_dir();
-    let url = db.url.clone();
-    let storage = dir.display().to_string();
-    let cfg = Config::from_lookup(|k| match k {
-        "DATABASE_URL" => Some(url.clone()),
-        "STORAGE_PATH" => Some(storage.clone()),
-        "REPEAT_PERIOD" => Some("200".into()),
-        "AUTH" => Some("off".into()),
-        "MIN_POLL_INTERVAL_MS" => Some("0".into()),
-        "MAX_FILE_BYTES" => Some("16384".into()),
-        _ => None,
-    })
-    .expect("config");
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
-    (Server::start(cfg, db.pool.clone(), store).await, data)
+    integration_tests::local_server(
+        PATIENTS,
+        &[("MAX_FILE_BYTES", "16384"), ("MIN_POLL_INTERVAL_MS", "0")],
+    )
+    .await
 }
 
 async fn manifest(c: &reqwest::Client, url: &str) -> Value {
@@ -284,21 +269,11 @@ async fn blocks_with_until_hold_the_data_as_it_was() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let until = chrono::Utc::now();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let dir = temp_dir();
-    std::fs::write(
-        dir.join("changes.json"),
-        serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-            {"resource": {"resourceType": "Patient", "id": "pat-0", "gender": "other"},
-             "request": {"method": "PUT", "url": "Patient/pat-0"}},
-            {"resource": {"resourceType": "Patient", "id": "pat-new", "gender": "other"},
-             "request": {"method": "PUT", "url": "Patient/pat-new"}},
-            {"request": {"method": "DELETE", "url": "Observation/obs-0-0-0"}}]})
-        .to_string(),
+    load_json(
+        &server.state.pool,
+        &super::export_filters::changes_after_until(),
     )
-    .expect("write");
-    shared::load::load_paths(&server.state.pool, &[dir], |_| {})
-        .await
-        .expect("load");
+    .await;
 
     let until = until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let m = manifest(
