@@ -227,19 +227,29 @@ impl Exporter {
         // Validated at kick-off; a job stored by another version could still fail here.
         let filters = TypeFilters::parse(&job.params.type_filters).map_err(Permanent)?;
         let elements = ElementsFilter::new(&job.params.elements);
-        let exported_compartment_types: Vec<String> = items
+        let types: Vec<String> = items
             .iter()
             .map(|i| i.resource_type.clone())
-            .filter(|t| is_patient_compartment_type(t))
+            .filter(|t| t != BLOCKS_ITEM)
             .collect();
-        let target_types: Vec<String> = items
+        let exported_compartment_types: Vec<String> = types
             .iter()
-            .map(|i| i.resource_type.clone())
-            .filter(|t| t != "Provenance")
+            .filter(|t| is_patient_compartment_type(t))
+            .cloned()
+            .collect();
+        let target_types: Vec<String> = types
+            .iter()
+            .filter(|t| *t != "Provenance")
+            .cloned()
             .collect();
         if job.params.organize_output_by.is_some() {
+            let layout = BlockTypes {
+                types: &types,
+                exported_compartment_types: &exported_compartment_types,
+                target_types: &target_types,
+            };
             return self
-                .export_blocks(job, items, &filters, &elements, deadline)
+                .export_blocks(job, items, layout, &filters, &elements, deadline)
                 .await;
         }
         for item in items.into_iter().filter(|i| !i.done) {
@@ -302,21 +312,22 @@ impl Exporter {
     /// `Parameters` header naming the patient, its Patient resource, then its compartment
     /// resources (and the AdditionalResources they reference and the Provenance that targets
     /// them) by type and id. Patients are read in batches whose rows are streamed, files close
-    /// at a batch boundary once past `MAX_FILE_BYTES` (a block is never split), and the work
+    /// at a block boundary once past `MAX_FILE_BYTES` (a block is never split), and the work
     /// item's cursor is the last patient written, so a resumed attempt continues after it.
     async fn export_blocks(
         &self,
         job: &Job,
         items: Vec<WorkItem>,
+        layout: BlockTypes<'_>,
         filters: &TypeFilters,
         elements: &ElementsFilter,
         deadline: Instant,
     ) -> Result<Progress, Failure> {
-        let types: Vec<String> = items
-            .iter()
-            .map(|i| i.resource_type.clone())
-            .filter(|t| t != BLOCKS_ITEM)
-            .collect();
+        let BlockTypes {
+            types,
+            exported_compartment_types,
+            target_types,
+        } = layout;
         let Some(mut item) = items.into_iter().find(|i| i.resource_type == BLOCKS_ITEM) else {
             return Err(Permanent(
                 "organizeOutputBy job planned without its work item".into(),
@@ -325,25 +336,18 @@ impl Exporter {
         if item.done {
             return Ok(Progress::Finished);
         }
-        let compartment: Vec<String> = types
-            .iter()
-            .filter(|t| is_patient_compartment_type(t) && *t != "Provenance")
-            .cloned()
-            .collect();
-        let target_types: Vec<String> = types
+        // Compartment members other than Provenance; they are also the Provenance targets.
+        let compartment: Vec<String> = exported_compartment_types
             .iter()
             .filter(|t| *t != "Provenance")
             .cloned()
             .collect();
-        let associated = types
-            .iter()
-            .any(|t| t == "Provenance")
-            .then(|| provenance_association(job, &target_types))
+        let with_provenance = types.iter().any(|t| t == "Provenance");
+        let associated = with_provenance
+            .then(|| provenance_association(job, target_types))
             .flatten();
         let mut compartment_types = compartment.clone();
-        if types.iter().any(|t| t == "Provenance")
-            && associated.as_ref().is_none_or(|a| a.with_scope)
-        {
+        if with_provenance && associated.as_ref().is_none_or(|a| a.with_scope) {
             compartment_types.push("Provenance".into());
         }
         let referenced_types: Vec<String> = types
@@ -352,7 +356,7 @@ impl Exporter {
             .cloned()
             .collect();
         let provenance_target_types: Vec<String> = if associated.is_some() {
-            compartment.clone()
+            compartment
         } else {
             Vec::new()
         };
@@ -415,13 +419,8 @@ impl Exporter {
         }
         let mut finished = self.close_block_file(&mut item, file.take()).await?;
         // deleted[] (with `_since`) and dangling references, per type as without blocks.
-        let exported_compartment: Vec<String> = types
-            .iter()
-            .filter(|t| is_patient_compartment_type(t))
-            .cloned()
-            .collect();
-        for t in &types {
-            let sel = self.selection(job, t, &exported_compartment, &target_types);
+        for t in types {
+            let sel = self.selection(job, t, exported_compartment_types, target_types);
             finished.extend(self.write_dangling_reference_errors(&sel).await?);
             finished.extend(self.write_deleted(&sel, &transforms[t.as_str()]).await?);
         }
@@ -871,6 +870,14 @@ impl Exporter {
             byte_count: written.bytes as i64,
         })
     }
+}
+
+/// The job's types as the blocks of organizeOutputBy=Patient need them (computed once in
+/// `export`, as for the per-type layout).
+struct BlockTypes<'a> {
+    types: &'a [String],
+    exported_compartment_types: &'a [String],
+    target_types: &'a [String],
 }
 
 /// An open file of blocks (organizeOutputBy=Patient).

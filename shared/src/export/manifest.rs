@@ -84,9 +84,9 @@ pub fn build(
 ) -> Manifest {
     let mut sorted: Vec<&ExportFile> = files.iter().filter(|f| f.resource_count > 0).collect();
     sorted.sort_by(|a, b| a.file_name.cmp(&b.file_name));
-    let organized = job.params.organize_output_by.clone();
+    let organized = job.params.organize_output_by.is_some();
     let entries = |kind: FileKind| -> Vec<ManifestEntry> {
-        let blocks = kind == FileKind::Output && organized.is_some();
+        let blocks = kind == FileKind::Output && organized;
         sorted
             .iter()
             .filter(|f| f.kind == kind)
@@ -101,7 +101,7 @@ pub fn build(
         transaction_time: format_instant(&job.transaction_time),
         request: job.request_url.clone(),
         requires_access_token,
-        output_organized_by: organized.clone(),
+        output_organized_by: job.params.organize_output_by.clone(),
         output: entries(FileKind::Output),
         error: entries(FileKind::Error),
         deleted: job.params.since.map(|_| entries(FileKind::Deleted)),
