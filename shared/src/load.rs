@@ -13,6 +13,7 @@ use crate::db::resources::{upsert_resources, NewResource};
 use crate::db::{DbError, Pool};
 use crate::export::params::is_fhir_id;
 use crate::fhir::compartment::{patient_ids, references};
+use crate::fhir::raw::{self, RawObject};
 use crate::fhir::resource_types::is_resource_type;
 
 pub const BATCH_SIZE: usize = 1000;
@@ -55,8 +56,15 @@ pub struct LoadReport {
 /// One entry of a Bundle: a resource to store, or a `DELETE Type/id` request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BundleEntry {
-    Resource(Value),
-    Delete { resource_type: String, id: String },
+    /// The resource's text to store (one line) and the same parsed.
+    Resource {
+        text: String,
+        resource: Value,
+    },
+    Delete {
+        resource_type: String,
+        id: String,
+    },
 }
 
 /// Parses `Type/id` (as in a DELETE request url or `bulk-export delete`).
@@ -70,8 +78,10 @@ pub fn parse_type_id(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Turns one parsed resource into a row, or says why it cannot be stored.
-pub fn prepare(resource: Value) -> Result<NewResource, String> {
+/// Turns one resource into a row, or says why it cannot be stored. `text` is what is stored
+/// (the JSON as received, on one line: numbers keep their exact text); `resource` is the same
+/// parsed, for the checks, compartment membership and references.
+pub fn prepare(text: String, resource: Value) -> Result<NewResource, String> {
     let rtype = resource
         .get("resourceType")
         .and_then(Value::as_str)
@@ -88,12 +98,16 @@ pub fn prepare(resource: Value) -> Result<NewResource, String> {
     if !is_fhir_id(&id) {
         return Err(format!("{rtype} id {id:?} is not a valid FHIR id"));
     }
+    if text.contains(['\n', '\r']) {
+        return Err("a resource must be one line of JSON (minify it)".into());
+    }
     Ok(NewResource {
         patients: patient_ids(&rtype, &id, &resource),
         refs: references(&resource),
         resource_type: rtype,
         id,
         resource,
+        text,
     })
 }
 
@@ -141,9 +155,10 @@ impl<P: FnMut(u64)> Loader<'_, P> {
             if line.trim().is_empty() {
                 continue;
             }
-            match serde_json::from_str::<Value>(&line)
+            let line = line.trim();
+            match serde_json::from_str::<Value>(line)
                 .map_err(|e| format!("invalid JSON: {e}"))
-                .and_then(prepare)
+                .and_then(|v| prepare(line.to_string(), v))
             {
                 Ok(r) => self.push(r).await?,
                 Err(message) => self.reject(path, n, message),
@@ -167,16 +182,22 @@ impl<P: FnMut(u64)> Loader<'_, P> {
             }
         };
         if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
-            match prepare(value) {
+            match prepare(raw::minify(&text), value) {
                 Ok(r) => self.push(r).await?,
                 Err(m) => self.reject(path, 1, m),
             }
             return Ok(());
         }
-        let entries = bundle_resources(value);
+        let entries = match bundle_resources(&text, value) {
+            Ok(entries) => entries,
+            Err(m) => {
+                self.reject(path, 1, m);
+                return Ok(());
+            }
+        };
         for (i, entry) in entries.into_iter().enumerate() {
             match entry {
-                Ok(BundleEntry::Resource(r)) => match prepare(r) {
+                Ok(BundleEntry::Resource { text, resource }) => match prepare(text, resource) {
                     Ok(r) => self.push(r).await?,
                     Err(m) => self.reject(path, i + 1, m),
                 },
@@ -196,14 +217,27 @@ impl<P: FnMut(u64)> Loader<'_, P> {
 
 /// The resources of a Bundle, with `urn:uuid:` references rewritten to `Type/id` (Synthea
 /// transaction Bundles link entries by fullUrl). Resources without an id take it from a
-/// `urn:uuid:` fullUrl.
-pub fn bundle_resources(bundle: Value) -> Vec<Result<BundleEntry, String>> {
+/// `urn:uuid:` fullUrl. `text` is the Bundle's JSON, `bundle` the same parsed: each resource's
+/// text is taken from `text` (numbers exactly as written), edited only where references or the
+/// id change, and put on one line.
+pub fn bundle_resources(
+    text: &str,
+    bundle: Value,
+) -> Result<Vec<Result<BundleEntry, String>>, String> {
     let Some(Value::Array(entries)) = bundle.get("entry").cloned() else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
+    let bad = |e: serde_json::Error| format!("invalid Bundle: {e}");
+    let raw_entries = match RawObject::parse(text).map_err(bad)?.get("entry") {
+        Some(raw) => raw::array_items(raw).map_err(bad)?,
+        None => Vec::new(),
+    };
+    if raw_entries.len() != entries.len() {
+        return Err("invalid Bundle: entry is not an array of entries".into());
+    }
     let mut resources = Vec::with_capacity(entries.len());
     let mut full_urls: HashMap<String, String> = HashMap::new();
-    for entry in entries {
+    for (entry, raw_entry) in entries.into_iter().zip(raw_entries) {
         let method = entry
             .pointer("/request/method")
             .and_then(Value::as_str)
@@ -219,7 +253,12 @@ pub fn bundle_resources(bundle: Value) -> Vec<Result<BundleEntry, String>> {
             );
             continue;
         }
-        let Some(mut resource) = entry.get("resource").cloned() else {
+        let raw_resource = RawObject::parse(raw_entry.get())
+            .ok()
+            .and_then(|e| e.get("resource").map(|r| RawObject::parse(r.get())));
+        let (Some(mut resource), Some(Ok(mut raw_resource))) =
+            (entry.get("resource").cloned(), raw_resource)
+        else {
             resources.push(Err("entry without a resource".into()));
             continue;
         };
@@ -227,6 +266,7 @@ pub fn bundle_resources(bundle: Value) -> Vec<Result<BundleEntry, String>> {
         if resource.get("id").is_none() {
             if let Some(uuid) = full_url.strip_prefix("urn:uuid:") {
                 resource["id"] = Value::String(uuid.to_string());
+                raw_resource.set_if_absent("id", &Value::String(uuid.to_string()));
             }
         }
         if let (Some(t), Some(id)) = (
@@ -237,14 +277,22 @@ pub fn bundle_resources(bundle: Value) -> Vec<Result<BundleEntry, String>> {
                 full_urls.insert(full_url.to_string(), format!("{t}/{id}"));
             }
         }
-        resources.push(Ok(BundleEntry::Resource(resource)));
+        resources.push(Ok(BundleEntry::Resource {
+            text: raw_resource.to_text(),
+            resource,
+        }));
     }
+    let lookup = |s: &str| full_urls.get(s).cloned();
     for entry in resources.iter_mut().flatten() {
-        if let BundleEntry::Resource(r) = entry {
-            rewrite_references(r, &full_urls);
+        if let BundleEntry::Resource { text, resource } = entry {
+            rewrite_references(resource, &full_urls);
+            if let Ok(raw) = serde_json::value::RawValue::from_string(std::mem::take(text)) {
+                let rewritten = raw::rewrite_references(&raw, &lookup).map_err(bad)?;
+                *text = raw::minify(rewritten.get());
+            }
         }
     }
-    resources
+    Ok(resources)
 }
 
 fn rewrite_references(value: &mut Value, map: &HashMap<String, String>) {
@@ -345,30 +393,44 @@ mod tests {
 
     #[test]
     fn prepare_rejects_what_cannot_be_stored() {
-        assert!(prepare(json!({"id": "x"})).is_err());
-        assert!(prepare(json!({"resourceType": "Nope", "id": "x"})).is_err());
-        assert!(prepare(json!({"resourceType": "Patient"})).is_err());
-        assert!(prepare(json!({"resourceType": "Patient", "id": "a/b"})).is_err());
-        let r = prepare(json!({"resourceType": "Patient", "id": "p"})).unwrap();
+        let prep = |v: Value| prepare(v.to_string(), v);
+        assert!(prep(json!({"id": "x"})).is_err());
+        assert!(prep(json!({"resourceType": "Nope", "id": "x"})).is_err());
+        assert!(prep(json!({"resourceType": "Patient"})).is_err());
+        assert!(prep(json!({"resourceType": "Patient", "id": "a/b"})).is_err());
+        let r = prep(json!({"resourceType": "Patient", "id": "p"})).unwrap();
         assert_eq!(r.patients.iter().collect::<Vec<_>>(), vec!["p"]);
+        let two_lines = "{\"resourceType\":\"Patient\",\n\"id\":\"p\"}";
+        assert!(prepare(
+            two_lines.into(),
+            json!({"resourceType": "Patient", "id": "p"})
+        )
+        .is_err());
     }
 
     #[test]
     fn bundle_urn_uuid_references_become_relative() {
-        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        let text = r#"{"resourceType": "Bundle", "type": "transaction", "entry": [
             {"fullUrl": "urn:uuid:p1", "resource": {"resourceType": "Patient"}},
             {"fullUrl": "urn:uuid:e1", "resource": {"resourceType": "Encounter", "id": "e1",
-                "subject": {"reference": "urn:uuid:p1"}}},
+                "subject": {"reference": "urn:uuid:p1"},
+                "length": {"value": 1.50}}},
             {"request": {"method": "DELETE", "url": "Patient/x"}}
-        ]});
-        let out = bundle_resources(bundle);
+        ]}"#;
+        let out = bundle_resources(text, serde_json::from_str(text).unwrap()).unwrap();
         assert_eq!(out.len(), 3);
         let resource = |i: usize| match &out[i] {
-            Ok(BundleEntry::Resource(r)) => r.clone(),
+            Ok(BundleEntry::Resource { text, resource }) => (text.clone(), resource.clone()),
             other => panic!("{other:?}"),
         };
-        assert_eq!(resource(0)["id"], "p1");
-        assert_eq!(resource(1)["subject"]["reference"], "Patient/p1");
+        assert_eq!(resource(0).1["id"], "p1");
+        assert_eq!(resource(0).0, r#"{"resourceType":"Patient","id":"p1"}"#);
+        assert_eq!(resource(1).1["subject"]["reference"], "Patient/p1");
+        // The stored text keeps the decimal as written, on one line.
+        assert_eq!(
+            resource(1).0,
+            r#"{"resourceType":"Encounter","id":"e1","subject":{"reference":"Patient/p1"},"length":{"value":1.50}}"#
+        );
         assert_eq!(
             out[2],
             Ok(BundleEntry::Delete {

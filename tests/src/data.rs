@@ -14,24 +14,24 @@ pub struct DataSet {
     pub dir: PathBuf,
     pub resources: Vec<Value>,
     pub group_id: String,
-    /// Whether this is the real Synthea set from ../shared/data.
-    pub synthea: bool,
 }
 
 impl DataSet {
-    /// ../shared/data/synthea-bulk-data-server-100 when present, else a generated set.
+    /// ../shared/data/synthea-bulk-data-server-100 when present (and not hidden by
+    /// `TEST_WITHOUT_SHARED`), else a generated set. Tests assert the same things of both: every
+    /// expectation is computed from the data, and the generated set has every shape they need.
     pub fn load() -> DataSet {
         match crate::shared_data("synthea-bulk-data-server-100") {
-            Some(dir) => Self::from_dir(dir, true),
+            Some(dir) => Self::from_dir(dir),
             None => {
                 let dir = crate::temp_dir();
                 generate(&dir, 40);
-                Self::from_dir(dir, false)
+                Self::from_dir(dir)
             }
         }
     }
 
-    pub fn from_dir(dir: PathBuf, synthea: bool) -> DataSet {
+    pub fn from_dir(dir: PathBuf) -> DataSet {
         let mut resources: Vec<Value> = Vec::new();
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .expect("data dir")
@@ -56,7 +56,6 @@ impl DataSet {
             dir,
             resources,
             group_id,
-            synthea,
         }
     }
 
@@ -158,6 +157,50 @@ impl DataSet {
         }
         for (t, _) in seen {
             *out.entry(t).or_default() += 1;
+        }
+        out
+    }
+
+    /// Distinct references to AdditionalResources-type resources that do not exist, made by
+    /// the compartment resources of `patients` (a Patient/Group export reports each in error[]).
+    /// Only types of which the data set has resources: the exporter looks for dangling
+    /// references per exported type, and a type with no resources at all is not exported.
+    pub fn dangling_references(&self, patients: &BTreeSet<String>) -> BTreeSet<(String, String)> {
+        let compartment_types = compartment_types();
+        let existing: BTreeSet<(String, String)> = self
+            .resources
+            .iter()
+            .map(|r| {
+                (
+                    rtype(r).to_string(),
+                    r["id"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let mut out = BTreeSet::new();
+        for r in &self.resources {
+            let t = rtype(r);
+            let id = r["id"].as_str().unwrap_or_default();
+            let member = if t == "Patient" {
+                patients.contains(id)
+            } else {
+                t != "Group"
+                    && compartment_types.contains(t)
+                    && refs(r)
+                        .iter()
+                        .any(|(rt, rid)| rt == "Patient" && patients.contains(rid))
+            };
+            if !member {
+                continue;
+            }
+            for k in refs(r) {
+                if ADDITIONAL.contains(&k.0.as_str())
+                    && !existing.contains(&k)
+                    && existing.iter().any(|(t, _)| *t == k.0)
+                {
+                    out.insert(k);
+                }
+            }
         }
         out
     }
@@ -307,14 +350,14 @@ pub fn refs(v: &Value) -> Vec<(String, String)> {
     out
 }
 
-/// Types with at least one param in the R4 Patient CompartmentDefinition: read from
-/// ../shared/fhir/r4 when present, else the types the generated data set uses.
+/// Types with at least one param in the R4 Patient CompartmentDefinition, read from the
+/// official definition: ../shared/fhir/r4 when present (and not hidden by `TEST_WITHOUT_SHARED`),
+/// else the full R4 definitions scripts/test.sh fetches (`FHIR_R4_DEFINITIONS`), else the
+/// generated table (which `infra/gen_compartment.py --check` compares with those definitions).
+/// All three give the same set.
 pub fn compartment_types() -> BTreeSet<String> {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let def = here.join("../../shared/fhir/r4/CompartmentDefinition-patient.json");
-    if let Ok(text) = std::fs::read_to_string(def) {
-        let v: Value = serde_json::from_str(&text).expect("CompartmentDefinition");
-        return v["resource"]
+    let from_definition = |v: &Value| -> BTreeSet<String> {
+        v["resource"]
             .as_array()
             .expect("resource")
             .iter()
@@ -323,24 +366,36 @@ pub fn compartment_types() -> BTreeSet<String> {
                     .is_some_and(|p| p.as_array().is_some_and(|a| !a.is_empty()))
             })
             .map(|r| r["code"].as_str().expect("code").to_string())
-            .collect();
+            .collect()
+    };
+    if let Some(dir) = crate::shared_dir("fhir/r4") {
+        let text = std::fs::read_to_string(dir.join("CompartmentDefinition-patient.json"))
+            .expect("CompartmentDefinition-patient.json");
+        return from_definition(&serde_json::from_str(&text).expect("CompartmentDefinition"));
     }
-    [
-        "Patient",
-        "Encounter",
-        "Observation",
-        "Condition",
-        "Coverage",
-        "Group",
-    ]
-    .into_iter()
-    .map(str::to_string)
-    .collect()
+    if let Some(dir) = std::env::var_os("FHIR_R4_DEFINITIONS").filter(|d| !d.is_empty()) {
+        let text = std::fs::read_to_string(Path::new(&dir).join("profiles-resources.json"))
+            .expect("FHIR_R4_DEFINITIONS/profiles-resources.json");
+        let bundle: Value = serde_json::from_str(&text).expect("profiles-resources.json");
+        let def = bundle["entry"]
+            .as_array()
+            .expect("entry")
+            .iter()
+            .map(|e| &e["resource"])
+            .find(|r| r["resourceType"] == "CompartmentDefinition" && r["code"] == "Patient")
+            .expect("Patient CompartmentDefinition in profiles-resources.json");
+        return from_definition(def);
+    }
+    shared::fhir::compartment_table::PATIENT_COMPARTMENT
+        .iter()
+        .map(|e| e.resource_type.to_string())
+        .collect()
 }
 
-/// Writes a small deterministic data set: patients with encounters, observations and
-/// conditions; organizations (some never referenced), practitioners, devices (not in the Patient
-/// compartment), a coverage per patient, and a Group holding every other patient.
+/// Writes a small deterministic data set: patients with encounters, observations (five
+/// categories) and conditions; organizations (some never referenced), practitioners, devices
+/// (not in the Patient compartment, never referenced), a coverage per patient, Provenance,
+/// references to Locations that do not exist, and a Group holding every other patient.
 pub fn generate(dir: &Path, patients: usize) {
     let mut files: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     let orgs = 5;
@@ -363,21 +418,39 @@ pub fn generate(dir: &Path, patients: usize) {
             "managingOrganization": {"reference": org}}));
         for e in 0..3 {
             let eid = format!("enc-{i}-{e}");
-            files.entry("Encounter").or_default().push(json!({
+            let mut encounter = json!({
                 "resourceType": "Encounter", "id": eid, "status": "finished",
                 "class": {"code": "AMB"}, "subject": {"reference": format!("Patient/{pid}")},
                 "participant": [{"individual": {"reference": format!("Practitioner/prac-{}", e % 3)}}],
-                "serviceProvider": {"reference": format!("Organization/org-{}", (i + e) % (orgs - 1))}}));
+                "serviceProvider": {"reference": format!("Organization/org-{}", (i + e) % (orgs - 1))}});
+            // Only in sets of more than 30 patients, such as the end-to-end set (smaller tests
+            // keep an empty error[]): Locations, an AdditionalResources type, one that exists
+            // and some that do not (dangling references: exports report each in error[]).
+            if i >= 30 && i % 5 == 2 && e == 0 {
+                encounter["location"] =
+                    json!([{"location": {"reference": format!("Location/loc-missing-{i}")}}]);
+            } else if i >= 30 && e == 1 {
+                encounter["location"] = json!([{"location": {"reference": "Location/loc-main"}}]);
+            }
+            files.entry("Encounter").or_default().push(encounter);
             for o in 0..4 {
-                // Two vital signs and two laboratory results per encounter, on day e+1.
-                let category = if o < 2 { "vital-signs" } else { "laboratory" };
+                // Per encounter, on day e+1: a vital sign, a second Observation whose category
+                // varies (vital signs, survey, social history, exam: US Core categories, as in
+                // Synthea) and two laboratory results.
+                let category = match (o, (i + e) % 4) {
+                    (0, _) | (1, 0) => "vital-signs",
+                    (1, 1) => "survey",
+                    (1, 2) => "social-history",
+                    (1, _) => "exam",
+                    _ => "laboratory",
+                };
                 files.entry("Observation").or_default().push(json!({
                     "resourceType": "Observation", "id": format!("obs-{i}-{e}-{o}"), "status": "final",
                     "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": category}]}],
                     "code": {"text": "heart rate"}, "subject": {"reference": format!("Patient/{pid}")},
                     "encounter": {"reference": format!("Encounter/{eid}")},
                     "effectiveDateTime": format!("2020-01-0{}T10:00:00Z", e + 1),
-                    "valueQuantity": {"value": 60 + o, "unit": "/min"}}));
+                    "valueQuantity": {"value": format!("{DECIMAL_MARK}{}", (i + e + o) % DECIMALS.len()), "unit": "/min"}}));
             }
         }
         files.entry("Condition").or_default().push(json!({
@@ -428,6 +501,10 @@ pub fn generate(dir: &Path, patients: usize) {
             members.push(json!({"entity": {"reference": format!("Patient/{pid}")}}));
         }
     }
+    if patients > 30 {
+        files.entry("Location").or_default().push(json!({
+            "resourceType": "Location", "id": "loc-main", "name": "Main campus"}));
+    }
     files.entry("Provenance").or_default().push(json!({
         "resourceType": "Provenance", "id": "prov-org", "recorded": "2021-01-01T00:00:00Z",
         "target": [{"reference": "Organization/org-unreferenced"}],
@@ -442,7 +519,25 @@ pub fn generate(dir: &Path, patients: usize) {
     for (t, rows) in files {
         let mut f = std::fs::File::create(dir.join(format!("{t}.000.ndjson"))).expect("file");
         for r in rows {
-            writeln!(f, "{r}").expect("write");
+            let mut line = r.to_string();
+            for (k, text) in DECIMALS.iter().enumerate() {
+                line = line.replace(&format!("\"{DECIMAL_MARK}{k}\""), text);
+            }
+            writeln!(f, "{line}").expect("write");
         }
     }
 }
+
+/// Observation values as written in the generated files: decimals whose text an f64 round trip
+/// would change (trailing zeros, `.0`, 17 significant digits, an exponent). FHIR requires their
+/// precision kept; the exports must give them back byte for byte.
+pub const DECIMALS: &[&str] = &[
+    "60.50",
+    "63.0",
+    "61",
+    "62.41600000000001",
+    "6.3E1",
+    "60.00",
+    "11266.736000000003",
+];
+const DECIMAL_MARK: &str = "__decimal_";

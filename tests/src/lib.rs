@@ -22,11 +22,63 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
 
-/// A database of its own, migrated.
+/// A database of its own, migrated; dropped when the value is (at the end of its test, pass
+/// or fail: a panicking test unwinds and drops it too).
 pub struct TestDb {
     pub name: String,
     pub url: String,
     pub pool: Pool,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        self.pool.close();
+        drop_database(&self.name);
+    }
+}
+
+/// `DROP DATABASE … WITH (FORCE)` (ends the connections still open to it: a server task or a
+/// child process of the test), from a thread of its own so that it works inside or outside a
+/// runtime. Errors are ignored: scripts/test.sh drops whatever is left at its end.
+fn drop_database(name: &str) {
+    let name = name.to_string();
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            if let Ok((client, conn)) =
+                tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await
+            {
+                tokio::spawn(conn);
+                let _ = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            }
+        });
+    })
+    .join();
+}
+
+/// Drops database `name` when this process ends, however it ends (even killed): a child
+/// `sh` waits for its stdin, a pipe from this process, to close, then runs `psql`. Used for the
+/// template database, which lives as long as the test binary. Without `sh`/`psql` it does
+/// nothing (scripts/test.sh drops leftovers).
+fn drop_database_at_exit(name: &str) {
+    static GUARDS: std::sync::Mutex<Vec<std::process::Child>> = std::sync::Mutex::new(Vec::new());
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"cat >/dev/null; psql "$0" -X -q -w -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" >/dev/null 2>&1"#)
+        .arg(admin_url())
+        .arg(name)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Ok(child) = child {
+        GUARDS.lock().expect("guards").push(child);
+    }
 }
 
 fn url_for(db_name: &str) -> String {
@@ -147,7 +199,8 @@ pub async fn local_server(patients: usize, extra: &[(&str, &str)]) -> (Server, d
     })
     .expect("config");
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
-    (Server::start(cfg, db.pool.clone(), store).await, data)
+    let pool = db.pool.clone();
+    (Server::start(cfg, pool, store).await.owning(db), data)
 }
 
 /// Loads `resource` (a resource or a transaction Bundle) through the loader, as
@@ -191,6 +244,8 @@ pub struct Server {
     pub base: String,
     pub state: AppState,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The database the server uses, when it owns it: dropped with the server.
+    db: Option<TestDb>,
 }
 
 impl Drop for Server {
@@ -226,7 +281,19 @@ impl Server {
             base: format!("http://{addr}"),
             state,
             task,
+            db: None,
         }
+    }
+
+    /// The server takes `db` along: the database lives (and is dropped) with the server.
+    pub fn owning(mut self, db: TestDb) -> Server {
+        self.db = Some(db);
+        self
+    }
+
+    /// The database this server owns (see [`Server::owning`]).
+    pub fn db(&self) -> &TestDb {
+        self.db.as_ref().expect("a server started with .owning(db)")
     }
 }
 
@@ -345,8 +412,17 @@ pub async fn poll(
 
 /// Path of a data set under ../shared/data, when this machine has it.
 pub fn shared_data(name: &str) -> Option<PathBuf> {
+    shared_dir(&format!("data/{name}"))
+}
+
+/// A directory under ../shared (beside the checkout), when it exists and `TEST_WITHOUT_SHARED`
+/// is not set. A user's clone has no ../shared; CI runs the integration tests both ways.
+pub fn shared_dir(path: &str) -> Option<PathBuf> {
+    if std::env::var("TEST_WITHOUT_SHARED").is_ok_and(|v| !v.is_empty() && v != "0") {
+        return None;
+    }
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = here.join("../../shared/data").join(name);
+    let dir = here.join("../../shared").join(path);
     dir.is_dir().then_some(dir)
 }
 
@@ -416,10 +492,11 @@ pub fn loaded_template() -> &'static LoadedTemplate {
                 assert!(report.rejected.is_empty(), "{:?}", report.rejected);
                 assert_eq!(report.loaded as usize, data.resources.len());
                 db.pool.close();
-                LoadedTemplate {
-                    template: db.name,
-                    data,
-                }
+                // The template outlives every test: it is dropped when the test binary exits.
+                let template = db.name.clone();
+                std::mem::forget(db);
+                drop_database_at_exit(&template);
+                LoadedTemplate { template, data }
             })
         })
         .join()
@@ -461,7 +538,7 @@ impl TestDb {
     pub async fn with_generated(patients: usize) -> (TestDb, data::DataSet) {
         let dir = temp_dir();
         data::generate(&dir, patients);
-        let data = data::DataSet::from_dir(dir, false);
+        let data = data::DataSet::from_dir(dir);
         let db = TestDb::new().await;
         let report = shared::load::load_paths(&db.pool, std::slice::from_ref(&data.dir), |_| {})
             .await

@@ -6,6 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::process::ExitCode;
+
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use shared::config::AuthMode;
@@ -18,7 +20,9 @@ use shared::{auth, db, load, serve, storage, Config};
 #[command(
     name = "bulk-export",
     version,
-    about = "FHIR Bulk Data $export service"
+    about = "FHIR Bulk Data $export service",
+    after_help = "Each command's --help lists the environment variables it reads (DATABASE_URL, ...). \
+                  Logging: RUST_LOG (default info), LOG_FORMAT=json, NO_COLOR."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,19 +32,23 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Apply pending database migrations.
+    #[command(after_help = ENV_DATABASE)]
     Migrate,
     /// Load ndjson files, folders of them, or FHIR Bundle JSON files.
+    #[command(after_help = ENV_DATABASE)]
     Load {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
     /// Delete resources (tombstones: `_since` exports list them in deleted[]).
+    #[command(after_help = ENV_DATABASE)]
     Delete {
         /// `Type/id` of each resource to delete.
         #[arg(required = true)]
         resources: Vec<String>,
     },
     /// Serve every HTTP route and run the exporter in this process.
+    #[command(after_help = ENV_SERVE)]
     Serve {
         #[arg(long, default_value_t = 8080, env = "PORT")]
         port: u16,
@@ -60,6 +68,7 @@ enum Command {
 #[derive(Subcommand)]
 enum ClientCommand {
     /// Register a client (or replace its keys and scopes); prints its client id.
+    #[command(after_help = ENV_DATABASE)]
     Add {
         /// The client's public keys as a JWKS file (RS384 or ES384 keys).
         #[arg(
@@ -79,6 +88,7 @@ enum ClientCommand {
         id: Option<String>,
     },
     /// List registered clients.
+    #[command(after_help = ENV_DATABASE)]
     List,
     /// Make a new ES384 client key pair in DIR: private.pem (signs assertions), private.jwks
     /// (for clients such as smart-fetch) and public.jwks (to register). No database needed.
@@ -105,19 +115,51 @@ enum ClientCommand {
         #[arg(long)]
         kid: Option<String>,
     },
-    /// Remove a client.
+    /// Remove a client (its access tokens stop working at once).
+    #[command(after_help = ENV_DATABASE)]
     Remove { id: String },
 }
 
+const ENV_DATABASE: &str = "Environment:
+  DATABASE_URL  Postgres URL (required), e.g. postgres://user:pass@127.0.0.1:5432/fhir_bulk;
+                TLS: ?sslmode=require|verify-ca|verify-full&sslrootcert=/path/ca.pem
+  RUST_LOG, LOG_FORMAT=json, NO_COLOR  logging";
+
+const ENV_SERVE: &str = "Environment (README.md, Configuration, has the defaults):
+  DATABASE_URL            Postgres URL (required)
+  STORAGE_PATH            ./exports (default), another directory, or s3://bucket/prefix
+  PORT, HOST              what --port and --host default to
+  PUBLIC_BASE_URL         the FHIR base URL clients use
+  AUTH                    smart (default) or off (same as --insecure)
+  TOKEN_SIGNING_KEY, TOKEN_SIGNING_KEY_SECRET, ACCESS_TOKEN_TTL_SECONDS
+  REPEAT_PERIOD, ADDITIONAL_RESOURCES, MAX_FILE_BYTES, PRESIGN_TTL_SECONDS,
+  JOB_RETENTION_HOURS, CANCELLED_STATUS_CODE, LEASE_SECONDS, MAX_ATTEMPTS,
+  RETRY_AFTER_SECONDS, MIN_POLL_INTERVAL_MS, MAX_CONCURRENT_EXPORTS, S3_GZIP_COPIES
+  AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...  S3 storage (standard AWS SDK variables)
+  RUST_LOG, LOG_FORMAT=json, NO_COLOR  logging";
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     shared::telemetry::init();
     let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            // One line per distinct cause, with what to do where we know it; no backtrace (an
+            // error here is about the setup, not a bug; RUST_BACKTRACE is often set anyway).
+            let url = std::env::var("DATABASE_URL").ok();
+            eprintln!("error: {}", shared::cli::describe(&e, url.as_deref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Client-side helpers need neither the database nor the server's configuration.
     let cli = match cli.command {
         Command::Client {
             command: ClientCommand::Keygen { out, kid },
-        } => return keygen(&out, &kid),
+        } => return keygen(&out, &kid).map(|()| ExitCode::SUCCESS),
         Command::Client {
             command:
                 ClientCommand::Token {
@@ -132,16 +174,17 @@ async fn main() -> anyhow::Result<()> {
             let assertion =
                 auth::keys::client_assertion(&pem, &client_id, &token_url, kid.as_deref())
                     .map_err(anyhow::Error::msg)?;
-            let body = auth::keys::request_token(&token_url, &assertion, &scope)
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let body = match auth::keys::request_token(&token_url, &assertion, &scope).await {
+                Ok(body) => body,
+                Err(e) => bail!("{e}{}", token_url_hint(&token_url).await),
+            };
             eprintln!(
                 "granted {} for {} s",
                 body["scope"].as_str().unwrap_or("?"),
                 body["expires_in"]
             );
             println!("{}", body["access_token"].as_str().unwrap_or_default());
-            return Ok(());
+            return Ok(ExitCode::SUCCESS);
         }
         other => Cli { command: other },
     };
@@ -149,7 +192,7 @@ async fn main() -> anyhow::Result<()> {
     let pool = db::pool(&config.database_url, 8)?;
     match cli.command {
         Command::Migrate => {
-            let applied = db::migrate(&pool).await.context("migrating the database")?;
+            let applied = db::migrate(&pool).await?;
             if applied.is_empty() {
                 println!("database is up to date");
             } else {
@@ -159,13 +202,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Load { paths } => {
             require_schema(&pool).await?;
             let started = std::time::Instant::now();
+            let mut progress = shared::telemetry::Progress::new();
             let report = load::load_paths(&pool, &paths, |n| {
                 let rate = n as f64 / started.elapsed().as_secs_f64().max(0.001);
-                eprint!("\rloaded {n} resources ({rate:.0}/s)");
-                let _ = std::io::stderr().flush();
+                progress.update(&format!("loaded {n} resources ({rate:.0}/s)"));
             })
-            .await?;
-            eprintln!();
+            .await;
+            progress.finish();
+            let report = report?;
             for r in &report.rejected {
                 eprintln!("rejected {r}");
             }
@@ -178,7 +222,7 @@ async fn main() -> anyhow::Result<()> {
                 report.rejected.len()
             );
             if !report.rejected.is_empty() {
-                std::process::exit(2);
+                return Ok(ExitCode::from(2));
             }
         }
         Command::Delete { resources } => {
@@ -233,7 +277,9 @@ async fn main() -> anyhow::Result<()> {
                 config: config.clone(),
             };
             let exporter = Exporter::new(pool, store, Arc::new(wake.clone()), config.clone());
-            let (listener, addr) = serve::bind(SocketAddr::new(host, port)).await?;
+            let (listener, addr) = serve::bind(SocketAddr::new(host, port))
+                .await
+                .map_err(|e| anyhow::anyhow!(shared::cli::bind_error(&e, host, port)))?;
             let base = config
                 .public_base_url
                 .clone()
@@ -250,7 +296,42 @@ async fn main() -> anyhow::Result<()> {
             serve::run(listener, state, exporter, wake, config.repeat_period).await?;
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What to add to a failed token request's message when `--token-url` may not be a token
+/// endpoint: if the URL is a FHIR base whose smart-configuration names the token endpoint, that
+/// URL; otherwise what was expected.
+async fn token_url_hint(token_url: &str) -> String {
+    let expected = "\n  --token-url must be the server's token endpoint: for bulk-export serve `<FHIR base>/auth/token` \
+                    (e.g. http://127.0.0.1:8080/auth/token); other servers name it as `token_endpoint` in \
+                    `<FHIR base>/.well-known/smart-configuration`";
+    if token_url.trim_end_matches('/').ends_with("/auth/token") {
+        return String::new();
+    }
+    let discovery = format!(
+        "{}/.well-known/smart-configuration",
+        token_url.trim_end_matches('/')
+    );
+    let found = async {
+        let resp = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .ok()?
+            .get(&discovery)
+            .send()
+            .await
+            .ok()?;
+        let v: serde_json::Value = resp.json().await.ok()?;
+        v["token_endpoint"].as_str().map(str::to_string)
+    }
+    .await;
+    match found {
+        Some(endpoint) => format!(
+            "\n  {token_url} looks like a FHIR base URL; its token endpoint is {endpoint}: use --token-url {endpoint}"
+        ),
+        None => expected.to_string(),
+    }
 }
 
 fn keygen(out: &std::path::Path, kid: &str) -> anyhow::Result<()> {
@@ -358,9 +439,7 @@ async fn client_command(pool: &db::Pool, command: ClientCommand) -> anyhow::Resu
 }
 
 async fn require_schema(pool: &db::Pool) -> anyhow::Result<()> {
-    let pending = db::pending_migrations(pool)
-        .await
-        .context("connecting to the database (DATABASE_URL)")?;
+    let pending = db::pending_migrations(pool).await?;
     if !pending.is_empty() {
         bail!(
             "the database schema is not up to date (pending: {}); run `bulk-export migrate` first",

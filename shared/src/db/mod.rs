@@ -83,14 +83,16 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<&'static str>, DbError> {
     let mut client = pool.get().await?;
     client
         .batch_execute(
-            "SELECT pg_advisory_lock(7417001);
+            "SET client_min_messages = warning;
+             SELECT pg_advisory_lock(7417001);
              CREATE TABLE IF NOT EXISTS schema_migrations (
                  name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
         )
         .await?;
     let result = apply_pending(&mut client).await;
+    // The connection goes back to the pool: restore the default notice level.
     client
-        .batch_execute("SELECT pg_advisory_unlock(7417001)")
+        .batch_execute("SELECT pg_advisory_unlock(7417001); RESET client_min_messages")
         .await?;
     result
 }

@@ -15,7 +15,10 @@ use crate::fhir::instant::{format_instant, parse_instant};
 pub struct NewResource {
     pub resource_type: String,
     pub id: String,
+    /// Parsed, for what the database indexes (numbers approximated: never stored from here).
     pub resource: Value,
+    /// What is stored: the resource's JSON as received, on one line (crate::fhir::raw).
+    pub text: String,
     pub patients: BTreeSet<String>,
     pub refs: BTreeSet<(String, String)>,
 }
@@ -55,10 +58,8 @@ pub async fn upsert_resources(pool: &Pool, batch: Vec<NewResource>) -> Result<u6
         let version = existing
             .get(&(r.resource_type.clone(), r.id.clone()))
             .map_or(1, |v| v + 1);
-        let mut resource = r.resource.clone();
-        stamp_meta(&mut resource, version, &now);
         versions.push(version);
-        texts.push(serde_json::to_string(&resource).map_err(|e| DbError::Row(e.to_string()))?);
+        texts.push(stamp_meta(&r.text, version, &now).map_err(|e| DbError::Row(e.to_string()))?);
     }
 
     tx.execute(
@@ -174,19 +175,28 @@ fn provenance_targets(resource: &Value) -> (Vec<(&str, &str)>, Option<DateTime<U
     (targets, recorded)
 }
 
-fn stamp_meta(resource: &mut Value, version: i64, now: &DateTime<Utc>) {
-    let Some(obj) = resource.as_object_mut() else {
-        return;
+/// `text` with `meta.versionId` and `meta.lastUpdated` set where absent; every other byte of
+/// the resource (numbers above all) as it was.
+fn stamp_meta(text: &str, version: i64, now: &DateTime<Utc>) -> Result<String, serde_json::Error> {
+    use crate::fhir::raw::RawObject;
+    let mut resource = RawObject::parse(text)?;
+    let mut meta = match resource.get("meta") {
+        Some(m) => match RawObject::parse(m.get()) {
+            Ok(m) => m,
+            // A `meta` that is not an object is kept as it was.
+            Err(_) => return Ok(resource.to_text()),
+        },
+        None => RawObject::default(),
     };
-    let meta = obj
-        .entry("meta")
-        .or_insert_with(|| Value::Object(Default::default()));
-    if let Some(meta) = meta.as_object_mut() {
-        meta.entry("versionId")
-            .or_insert_with(|| Value::String(version.to_string()));
-        meta.entry("lastUpdated")
-            .or_insert_with(|| Value::String(format_instant(now)));
+    let has_version = meta.get("versionId").is_some();
+    let has_updated = meta.get("lastUpdated").is_some();
+    if has_version && has_updated {
+        return Ok(text.to_string());
     }
+    meta.set_if_absent("versionId", &Value::String(version.to_string()));
+    meta.set_if_absent("lastUpdated", &Value::String(format_instant(now)));
+    resource.set("meta", meta.into_raw());
+    Ok(resource.to_text())
 }
 
 /// Deletes resources (tombstones): the current version moves to history and the row is marked

@@ -8,6 +8,7 @@ use serde_json::Value;
 use tracing::warn;
 
 use crate::fhir::elements::{subset, ElementsFilter};
+use crate::fhir::raw::RawObject;
 use crate::fhir::search::{matches_any, Query, TypeFilters};
 
 #[derive(Debug, Clone, Default)]
@@ -48,21 +49,24 @@ impl RowTransform {
         if self.is_identity() {
             return Some(Cow::Borrowed(text));
         }
-        let mut resource: Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => {
-                // Stored resources are JSON the loader wrote; never drop data silently.
-                warn!(error = %e, "stored resource is not JSON; exported as stored");
-                return Some(Cow::Borrowed(text));
+        if !self.queries.is_empty() {
+            let resource: Value = match serde_json::from_str(text) {
+                Ok(v) => v,
+                Err(e) => {
+                    // Stored resources are JSON the loader wrote; never drop data silently.
+                    warn!(error = %e, "stored resource is not JSON; exported as stored");
+                    return Some(Cow::Borrowed(text));
+                }
+            };
+            if !matches_any(&self.queries, &resource) {
+                return None;
             }
-        };
-        if !matches_any(&self.queries, &resource) {
-            return None;
         }
-        match (&self.keep, resource.as_object_mut()) {
-            (Some(keep), Some(obj)) => {
-                subset(obj, &self.resource_type, keep);
-                Some(Cow::Owned(resource.to_string()))
+        // `_elements` edits the stored text's members: what is kept stays byte for byte.
+        match (&self.keep, RawObject::parse(text)) {
+            (Some(keep), Ok(mut obj)) => {
+                subset(&mut obj, &self.resource_type, keep);
+                Some(Cow::Owned(obj.to_text()))
             }
             _ => Some(Cow::Borrowed(text)),
         }

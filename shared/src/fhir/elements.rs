@@ -6,7 +6,9 @@
 //! `id`, `meta`, its required elements (min >= 1 in the R4 StructureDefinition) and the listed
 //! ones, and gets the `SUBSETTED` tag in `meta.tag` so nobody mistakes it for the whole resource.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use super::raw::{self, RawObject};
 
 use super::resource_types::is_resource_type;
 use super::search_table::ELEMENTS;
@@ -84,7 +86,9 @@ impl ElementsFilter {
 
 /// Removes every top-level element of `resource` not in `keep` (choice elements by their
 /// `[x]`-less name, primitive extensions `_name` with their element) and tags it SUBSETTED.
-pub fn subset(resource: &mut Map<String, Value>, resource_type: &str, keep: &[String]) {
+/// Works on the stored text's members, so what is kept is copied byte for byte (decimals keep
+/// their precision).
+pub fn subset(resource: &mut RawObject, resource_type: &str, keep: &[String]) {
     let defs = elements(resource_type);
     let kept = |key: &str| {
         let key = key.strip_prefix('_').unwrap_or(key);
@@ -96,25 +100,36 @@ pub fn subset(resource: &mut Map<String, Value>, resource_type: &str, keep: &[St
                     && defs.iter().any(|d| d.choice && d.name == k))
         })
     };
-    resource.retain(|k, _| kept(k));
-    let meta = resource
-        .entry("meta")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if let Value::Object(meta) = meta {
-        let tags = meta
-            .entry("tag")
-            .or_insert_with(|| Value::Array(Vec::new()));
-        if let Value::Array(tags) = tags {
-            let tagged = tags.iter().any(|t| {
-                t.get("code").and_then(Value::as_str) == Some("SUBSETTED")
-                    && t.get("system").and_then(Value::as_str) == Some(SUBSETTED_SYSTEM)
-            });
-            if !tagged {
-                tags.push(serde_json::json!({
-                    "system": SUBSETTED_SYSTEM, "code": "SUBSETTED", "display": "subsetted"
-                }));
-            }
-        }
+    resource.retain(kept);
+    let mut meta = match resource.get("meta") {
+        None => RawObject::default(),
+        Some(m) => match RawObject::parse(m.get()) {
+            Ok(m) => m,
+            Err(_) => return,
+        },
+    };
+    let mut tags = match meta.get("tag") {
+        None => Vec::new(),
+        Some(t) => match raw::array_items(t) {
+            Ok(tags) => tags,
+            Err(_) => return,
+        },
+    };
+    let tagged = tags.iter().any(|t| {
+        serde_json::from_str::<Value>(t.get()).is_ok_and(|t| {
+            t.get("code").and_then(Value::as_str) == Some("SUBSETTED")
+                && t.get("system").and_then(Value::as_str) == Some(SUBSETTED_SYSTEM)
+        })
+    });
+    if !tagged {
+        tags.push(raw::to_raw(&serde_json::json!({
+            "system": SUBSETTED_SYSTEM, "code": "SUBSETTED", "display": "subsetted"
+        })));
+        let items: Vec<&str> = tags.iter().map(|t| t.get()).collect();
+        let array = serde_json::value::RawValue::from_string(format!("[{}]", items.join(",")))
+            .expect("an array of JSON values is JSON");
+        meta.set("tag", array);
+        resource.set("meta", meta.into_raw());
     }
 }
 
@@ -148,14 +163,20 @@ mod tests {
 
     #[test]
     fn subset_keeps_listed_required_and_choice_forms_and_tags() {
-        let mut o = json!({
+        let text = json!({
             "resourceType": "Observation", "id": "o1", "meta": {"versionId": "1"},
             "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/p"},
             "valueQuantity": {"value": 1}, "_status": {"extension": []}, "note": [{"text": "n"}]
-        });
+        })
+        .to_string()
+        .replace("\"value\":1}", "\"value\":1.50}");
         let f = ElementsFilter::new(&["Observation.value"]);
         let keep = f.for_type("Observation").unwrap();
-        subset(o.as_object_mut().unwrap(), "Observation", &keep);
+        let mut raw = RawObject::parse(&text).unwrap();
+        subset(&mut raw, "Observation", &keep);
+        let out = raw.to_text();
+        assert!(out.contains(r#""valueQuantity":{"value":1.50}"#), "{out}");
+        let o: Value = serde_json::from_str(&out).unwrap();
         let keys: Vec<&String> = o.as_object().unwrap().keys().collect();
         assert_eq!(
             keys,

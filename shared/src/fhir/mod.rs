@@ -6,6 +6,7 @@ pub mod compartment_table;
 pub mod elements;
 pub mod instant;
 pub mod outcome;
+pub mod raw;
 pub mod resource_types;
 pub mod search;
 pub mod search_table;

@@ -44,7 +44,8 @@ async fn server() -> (Server, integration_tests::data::DataSet) {
         register_fixture_client(&db.pool, id, scopes).await;
     }
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
-    (Server::start(cfg, db.pool.clone(), store).await, data)
+    let pool = db.pool.clone();
+    (Server::start(cfg, pool, store).await.owning(db), data)
 }
 
 fn now() -> i64 {

@@ -32,7 +32,10 @@ async fn server_with(
     })
     .expect("config");
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
-    (Server::start(cfg, db.pool.clone(), store).await, data)
+    (
+        Server::start(cfg, db.pool.clone(), store).await.owning(db),
+        data,
+    )
 }
 
 async fn outcome(resp: reqwest::Response, status: u16) -> serde_json::Value {

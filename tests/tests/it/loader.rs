@@ -152,7 +152,7 @@ async fn the_cli_migrates_loads_with_progress_and_exits_2_on_rejected_lines() {
 
     let dir = temp_dir();
     integration_tests::data::generate(&dir, 3);
-    let generated = integration_tests::data::DataSet::from_dir(dir.clone(), false)
+    let generated = integration_tests::data::DataSet::from_dir(dir.clone())
         .resources
         .len();
     std::fs::write(

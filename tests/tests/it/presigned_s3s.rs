@@ -94,7 +94,7 @@ async fn s3s_server(presign_ttl: Option<&str>) -> (Server, aws_sdk_s3::Client, S
     let store: Arc<dyn ObjectStore> =
         Arc::new(S3Store::new(client.clone(), bucket.clone(), PREFIX.into()));
     (
-        Server::start(cfg, db.pool.clone(), store).await,
+        Server::start(cfg, db.pool.clone(), store).await.owning(db),
         client,
         bucket,
     )
