@@ -95,8 +95,12 @@ pub struct Config {
     pub repeat_period: Duration,
     /// Types of referenced resources added to Patient and Group exports (Firely AdditionalResources).
     pub additional_resources: Vec<String>,
-    /// Public FHIR base URL. None: derived from each request's Host and X-Forwarded-Proto.
+    /// The FHIR base URL of this deployment (`PUBLIC_BASE_URL`; `serve` defaults it from its
+    /// bind address). None: from API Gateway's request context in Lambda (crate::http::canonical_base).
     pub public_base_url: Option<String>,
+    /// `TRUST_FORWARDED_HEADERS=true`: take the base from X-Forwarded-Proto/-Host when no
+    /// PUBLIC_BASE_URL is set (only behind a proxy that sets them and strips clients' own).
+    pub trust_forwarded_headers: bool,
     /// An ndjson file is closed and a new one started once it reaches this size.
     pub max_file_bytes: u64,
     pub presign_ttl: Duration,
@@ -226,7 +230,12 @@ impl Config {
             queue_url: var("QUEUE_URL"),
             repeat_period: Duration::from_millis(number(&var, "REPEAT_PERIOD", 60_000)?.max(100)),
             additional_resources,
-            public_base_url: var("PUBLIC_BASE_URL").map(|u| u.trim_end_matches('/').to_string()),
+            public_base_url: match var("PUBLIC_BASE_URL") {
+                None => None,
+                Some(u) => Some(check_base_url(&u)?),
+            },
+            trust_forwarded_headers: var("TRUST_FORWARDED_HEADERS")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1"),
             max_file_bytes,
             presign_ttl: Duration::from_secs(number(&var, "PRESIGN_TTL_SECONDS", 300)?),
             job_retention: Duration::from_secs(number(&var, "JOB_RETENTION_HOURS", 24)? * 3600),
@@ -253,6 +262,27 @@ fn number(
             reason: "expected a non-negative integer".into(),
         }),
     }
+}
+
+/// `PUBLIC_BASE_URL`: an absolute http(s) URL without query or fragment; trailing `/` removed.
+fn check_base_url(u: &str) -> Result<String, ConfigError> {
+    let u = u.trim().trim_end_matches('/');
+    let invalid = |reason: &str| ConfigError::Invalid {
+        name: "PUBLIC_BASE_URL",
+        value: u.to_string(),
+        reason: reason.into(),
+    };
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"))
+        .ok_or_else(|| invalid("must start with https:// or http://"))?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() || rest.contains(['?', '#', ' ']) {
+        return Err(invalid(
+            "must be scheme://host[:port][/path], without query or fragment",
+        ));
+    }
+    Ok(u.to_string())
 }
 
 #[cfg(test)]

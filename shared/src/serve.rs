@@ -62,6 +62,25 @@ async fn into_axum(resp: crate::http::Response) -> axum::response::Response {
     axum::response::Response::from_parts(parts, body)
 }
 
+/// `serve`'s canonical FHIR base: PUBLIC_BASE_URL, or `http://<bind address>` (never the
+/// request's Host). Returns a warning when the bind address cannot be a base (0.0.0.0, ::),
+/// then `http://127.0.0.1:<port>` is used: set PUBLIC_BASE_URL to the URL clients use.
+pub fn default_base_url(config: &mut crate::Config, addr: SocketAddr) -> Option<String> {
+    if config.public_base_url.is_some() {
+        return None;
+    }
+    if addr.ip().is_unspecified() {
+        config.public_base_url = Some(format!("http://127.0.0.1:{}", addr.port()));
+        return Some(format!(
+            "listening on {addr} without PUBLIC_BASE_URL: URLs in responses use http://127.0.0.1:{}; \
+             set PUBLIC_BASE_URL to the URL clients reach this server at",
+            addr.port()
+        ));
+    }
+    config.public_base_url = Some(format!("http://{addr}"));
+    None
+}
+
 /// Binds the listener; returns it with its local address.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(addr).await?;

@@ -255,7 +255,11 @@ impl Drop for Server {
 }
 
 impl Server {
-    pub async fn start(config: Config, pool: Pool, store: Arc<dyn ObjectStore>) -> Server {
+    pub async fn start(mut config: Config, pool: Pool, store: Arc<dyn ObjectStore>) -> Server {
+        let (listener, addr) = shared::serve::bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        shared::serve::default_base_url(&mut config, addr);
         let config = Arc::new(config);
         let wake = LocalQueue::default();
         let queue: Arc<dyn JobQueue> = Arc::new(wake.clone());
@@ -267,9 +271,6 @@ impl Server {
         };
         let mut exporter = Exporter::new(pool, store, queue, config.clone());
         exporter.retry_backoff = Duration::from_millis(50);
-        let (listener, addr) = shared::serve::bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind");
         let task = tokio::spawn(shared::serve::run(
             listener,
             state.clone(),

@@ -103,18 +103,25 @@ pub async fn request_token(token_url: &str, assertion: &str, scope: &str) -> Res
         ])
         .send()
         .await
-        .map_err(|e| format!("token request to {token_url} failed: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "token request to {token_url} failed: {}",
+                crate::error_chain(&e)
+            )
+        })?;
     let status = resp.status();
     let body: Value = resp
         .json()
         .await
         .map_err(|e| format!("the token endpoint answered {status} without JSON: {e}"))?;
     if !status.is_success() {
-        return Err(format!(
-            "the token endpoint answered {status}: {} ({})",
-            body["error"].as_str().unwrap_or("?"),
-            body["error_description"].as_str().unwrap_or("")
-        ));
+        return Err(match body["error"].as_str() {
+            Some(error) => format!(
+                "the token endpoint answered {status}: {error} ({})",
+                body["error_description"].as_str().unwrap_or("")
+            ),
+            None => format!("{token_url} answered {status}, not an OAuth token response"),
+        });
     }
     Ok(body)
 }

@@ -51,7 +51,23 @@ pub async fn handle(state: &AppState, req: Request) -> Response {
             return ApiError::MethodNotAllowed("smart-configuration supports GET".into())
                 .into_response();
         }
-        let base = base_url(&state.config, &req, prefix);
+        // Served at the base, at the server root, and under `[base]/Patient` (smart-fetch takes
+        // `<base>/Patient` as its FHIR URL for a Patient-level export and discovers there);
+        // the content is always the canonical base's.
+        let Some(canonical) = crate::http::canonical_base(&state.config, &req) else {
+            return ApiError::Internal(
+                "no FHIR base URL is configured: set PUBLIC_BASE_URL".into(),
+            )
+            .into_response();
+        };
+        let base = match base_url(&state.config, &req, prefix) {
+            Ok(base) => base,
+            Err(_) if prefix.is_empty() => canonical,
+            Err(_) => match prefix.strip_suffix("/Patient") {
+                Some(p) if base_url(&state.config, &req, p).is_ok() => canonical,
+                _ => return not_found_route(&req),
+            },
+        };
         return json_response(
             StatusCode::OK,
             "application/json",
@@ -59,7 +75,10 @@ pub async fn handle(state: &AppState, req: Request) -> Response {
         );
     }
     if let Some(prefix) = path.strip_suffix(TOKEN_PATH) {
-        let base = base_url(&state.config, &req, prefix);
+        let base = match base_url(&state.config, &req, prefix) {
+            Ok(base) => base,
+            Err(e) => return e.into_response(),
+        };
         return token(state, &req, &base)
             .await
             .unwrap_or_else(TokenError::into_response);

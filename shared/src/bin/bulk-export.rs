@@ -267,6 +267,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let _ = writeln!(std::io::stderr(), "authorization: SMART Backend Services");
                 }
             }
+            let (listener, addr) = serve::bind(SocketAddr::new(host, port))
+                .await
+                .map_err(|e| anyhow::anyhow!(shared::cli::bind_error(&e, host, port)))?;
+            if let Some(warning) = serve::default_base_url(&mut config, addr) {
+                let _ = writeln!(std::io::stderr(), "WARNING: {warning}");
+            }
             let config = Arc::new(config);
             let store = storage::from_config(&config.storage_path).await?;
             let wake = LocalQueue::default();
@@ -277,13 +283,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config: config.clone(),
             };
             let exporter = Exporter::new(pool, store, Arc::new(wake.clone()), config.clone());
-            let (listener, addr) = serve::bind(SocketAddr::new(host, port))
-                .await
-                .map_err(|e| anyhow::anyhow!(shared::cli::bind_error(&e, host, port)))?;
-            let base = config
-                .public_base_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{addr}"));
+            let base = config.public_base_url.clone().unwrap_or_default();
             // A closed stdout (`serve | head -1`, a supervisor that reads one line) must not
             // take the server down: these writes ignore errors, unlike println!.
             let mut out = std::io::stdout();

@@ -51,7 +51,10 @@ pub async fn handle(state: &AppState, req: Request) -> Response {
         if req.method() != Method::GET {
             return ApiError::MethodNotAllowed("metadata supports GET".into()).into_response();
         }
-        let base = base_url(&state.config, &req, prefix);
+        let base = match base_url(&state.config, &req, prefix) {
+            Ok(base) => base,
+            Err(e) => return e.into_response(),
+        };
         return json_response(
             StatusCode::OK,
             super::FHIR_JSON,
@@ -88,7 +91,7 @@ async fn kickoff(state: &AppState, req: &Request, route: &Route<'_>) -> Result<R
             req.method()
         )));
     }
-    let base = base_url(&state.config, req, route.prefix);
+    let base = base_url(&state.config, req, route.prefix)?;
     let principal = crate::auth::authenticate(state, req, &base)?;
     let prefs = params::check_headers(
         header_str(req, header::ACCEPT),

@@ -229,20 +229,87 @@ pub fn normalized_path(req: &Request) -> String {
     req.uri().path().replace("%24", "$")
 }
 
-/// The FHIR base URL: PUBLIC_BASE_URL, or scheme://host + `prefix` (the path before the route).
-pub fn base_url(config: &Config, req: &Request, prefix: &str) -> String {
+/// The FHIR base URL of this deployment, never taken from what a request says about itself:
+/// `PUBLIC_BASE_URL` (`serve` sets it from its bind address when unset); else, with
+/// `TRUST_FORWARDED_HEADERS=true` (behind a proxy that sets them), `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`; else in Lambda the domain API Gateway reports in the request context
+/// (set by API Gateway from the endpoint that was called, not by the client). None: no base
+/// can be known (a Lambda invoked without a request context and without PUBLIC_BASE_URL).
+pub fn canonical_base(config: &Config, req: &Request) -> Option<String> {
     if let Some(base) = &config.public_base_url {
-        return base.clone();
+        return Some(base.clone());
     }
-    let host = header_str(req, header::HOST)
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_else(|| "localhost".to_string());
-    let scheme = header_str(req, header::HeaderName::from_static("x-forwarded-proto"))
-        .map(|s| s.split(',').next().unwrap_or("http").trim().to_string())
-        .or_else(|| req.uri().scheme_str().map(str::to_string))
-        .unwrap_or_else(|| "http".to_string());
-    format!("{scheme}://{host}{}", prefix.trim_end_matches('/'))
+    if config.trust_forwarded_headers {
+        let proto = header_str(req, header::HeaderName::from_static("x-forwarded-proto"))
+            .and_then(|s| s.split(',').next())
+            .map(str::trim)
+            .filter(|p| matches!(*p, "http" | "https"));
+        let host = header_str(req, header::HeaderName::from_static("x-forwarded-host"))
+            .and_then(|s| s.split(',').next())
+            .map(str::trim)
+            .filter(|h| is_host(h));
+        if let (Some(proto), Some(host)) = (proto, host) {
+            return Some(format!("{proto}://{host}"));
+        }
+    }
+    lambda_base(req)
+}
+
+/// `https://{domain}` (plus `/{stage}` for a REST API stage) from API Gateway's request context.
+fn lambda_base(req: &Request) -> Option<String> {
+    use lambda_http::request::RequestContext;
+    match req.extensions().get::<RequestContext>()? {
+        RequestContext::ApiGatewayV2(ctx) => {
+            let domain = ctx.domain_name.as_deref().filter(|d| is_host(d))?;
+            Some(format!("https://{domain}"))
+        }
+        RequestContext::ApiGatewayV1(ctx) => {
+            let domain = ctx.domain_name.as_deref().filter(|d| is_host(d))?;
+            match ctx.stage.as_deref() {
+                Some(stage) if stage != "$default" && !stage.is_empty() && is_host(stage) => {
+                    Some(format!("https://{domain}/{stage}"))
+                }
+                _ => Some(format!("https://{domain}")),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A host name (or host:port): letters, digits, `.`, `-`, `:` and `[`/`]` only.
+fn is_host(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+}
+
+/// The path of the canonical base (`""` for a base at the root, else `/fhir` …).
+fn base_path(base: &str) -> &str {
+    let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
+    after_scheme
+        .find('/')
+        .map_or("", |i| after_scheme[i..].trim_end_matches('/'))
+}
+
+/// The FHIR base for a request whose route starts after `prefix` (the path before the route):
+/// the canonical base when `prefix` is its path, else a 404 (routes exist only under the
+/// configured base: `/anything/$export` is no base of ours).
+pub fn base_url(config: &Config, req: &Request, prefix: &str) -> Result<String, ApiError> {
+    let no_route = || {
+        ApiError::NotFound(format!(
+            "no route for {} {}",
+            req.method(),
+            req.uri().path()
+        ))
+    };
+    let base = canonical_base(config, req).ok_or_else(|| {
+        ApiError::Internal("no FHIR base URL is configured: set PUBLIC_BASE_URL".into())
+    })?;
+    if prefix.trim_end_matches('/') != base_path(&base) {
+        return Err(no_route());
+    }
+    Ok(base)
 }
 
 /// Largest request body accepted (kick-off `Parameters` and token forms are small).

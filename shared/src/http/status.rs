@@ -18,7 +18,10 @@ pub async fn handle(state: &AppState, req: Request) -> Response {
     let Some(prefix) = path.strip_suffix("/$exportstatus") else {
         return not_found_route(&req);
     };
-    let base = base_url(&state.config, &req, prefix);
+    let base = match base_url(&state.config, &req, prefix) {
+        Ok(base) => base,
+        Err(e) => return e.into_response(),
+    };
     let principal = match crate::auth::authenticate(state, &req, &base) {
         Ok(p) => p,
         Err(e) => return e.into_response(),

@@ -705,3 +705,101 @@ async fn the_readme_flow_keygen_register_token_export_works_from_the_cli() {
 fn server_db_url(server: &Server) -> String {
     server.state.config.database_url.clone()
 }
+
+/// The server's identity comes from configuration, never from the request: a spoofed Host and
+/// X-Forwarded-Proto change neither the URLs it answers with nor the audience it accepts, and
+/// routes exist only under the configured base.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_base_url_is_configured_not_taken_from_host_or_forwarded_headers() {
+    let (server, _data) = server().await;
+    let c = http_client();
+    let spoof = |rb: reqwest::RequestBuilder| {
+        rb.header("Host", "other.example")
+            .header("X-Forwarded-Proto", "https")
+            .header("X-Forwarded-Host", "other.example")
+    };
+
+    // An assertion made for another server's token URL, sent with that server's Host: refused.
+    let foreign = assertion(
+        "rs384",
+        claims(ALL, "https://other.example/auth/token"),
+        Some("test-rs384"),
+    );
+    let resp = spoof(c.post(format!("{}/auth/token", server.base)))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", foreign.as_str()),
+            ("scope", "system/*.read"),
+        ])
+        .send()
+        .await
+        .expect("token request");
+    oauth_error(resp, 401, "invalid_client").await;
+
+    // smart-configuration and Content-Location name the configured base whatever Host says.
+    let conf: Value = spoof(c.get(format!("{}/.well-known/smart-configuration", server.base)))
+        .send()
+        .await
+        .expect("smart-configuration")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(conf["issuer"], server.base.as_str());
+    assert_eq!(
+        conf["token_endpoint"],
+        format!("{}/auth/token", server.base)
+    );
+    // Discovery under [base]/Patient (smart-fetch's Patient level) gives the same document.
+    let patient_conf: Value = c
+        .get(format!(
+            "{}/Patient/.well-known/smart-configuration",
+            server.base
+        ))
+        .send()
+        .await
+        .expect("smart-configuration")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(patient_conf, conf);
+
+    let token = access_token(&server.base, ALL, "system/*.read").await;
+    let resp = spoof(c.get(format!("{}/$export?_type=Patient", server.base)))
+        .header("Authorization", format!("Bearer {token}"))
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async")
+        .send()
+        .await
+        .expect("kick-off");
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["content-location"].to_str().expect("loc");
+    assert!(
+        location.starts_with(&format!("{}/$exportstatus?_id=", server.base)),
+        "{location}"
+    );
+
+    // Anything before a route that is not the configured base path is no route at all.
+    for path in [
+        "/anything/$export",
+        "/anything/Patient/$export",
+        "/x/$exportstatus?_id=1",
+        "/x/metadata",
+        "/x/auth/token",
+    ] {
+        let resp = c
+            .get(format!("{}{path}", server.base))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Accept", "application/fhir+json")
+            .header("Prefer", "respond-async")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 404, "{path}");
+        let body: Value = resp.json().await.expect("OperationOutcome");
+        assert_eq!(body["resourceType"], "OperationOutcome", "{path}");
+    }
+}

@@ -4,6 +4,7 @@
 //! --test it -- auth::` (see scripts/test.sh).
 
 mod auth;
+mod cli;
 mod e2e;
 mod engine;
 mod export_filters;

@@ -226,6 +226,18 @@ async fn smart_fetch_exports_with_smart_backend_services_authorization() {
     )
     .await;
     assert_matches(&system, &data.count_by_type(), "system (RS384)");
+    // Patient level: smart-fetch takes `<base>/Patient` as its FHIR URL (and discovers the
+    // token endpoint there); its token is for the server's one canonical base.
+    let patient = run_with(
+        &["--fhir-url", &format!("{}/Patient", server.base)],
+        &["--smart-client-id", "smart-fetch", "--smart-key", &rs],
+    )
+    .await;
+    assert_matches(
+        &patient,
+        &data.expected_compartment_export(&data.patient_ids()),
+        "Patient (RS384)",
+    );
     let es = integration_tests::auth_fixture("es384.jwks")
         .display()
         .to_string();
