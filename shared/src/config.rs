@@ -117,6 +117,9 @@ pub struct Config {
     pub min_poll_interval: Duration,
     /// Running exports one client may have at once; one more gets 429.
     pub max_concurrent_exports: i64,
+    /// Exports per client whose status and files are kept (any state, until deleted or
+    /// expired): one more kick-off gets 429.
+    pub max_stored_exports: i64,
     pub auth: AuthMode,
     /// Lifetime of issued access tokens (at most 300 s).
     pub access_token_ttl: Duration,
@@ -245,6 +248,7 @@ impl Config {
             retry_after_seconds: number(&var, "RETRY_AFTER_SECONDS", 2)?.max(1),
             min_poll_interval: Duration::from_millis(number(&var, "MIN_POLL_INTERVAL_MS", 500)?),
             max_concurrent_exports: number(&var, "MAX_CONCURRENT_EXPORTS", 10)?.max(1) as i64,
+            max_stored_exports: number(&var, "MAX_STORED_EXPORTS", 100)?.max(1) as i64,
         })
     }
 }

@@ -43,11 +43,55 @@ pub struct NewJob<'a> {
     pub client_id: Option<&'a str>,
 }
 
-/// Inserts a Queued job; its transaction time is the database's `now()`.
-pub async fn insert_job(pool: &Pool, job: NewJob<'_>) -> Result<Job, DbError> {
-    let client = pool.get().await?;
+/// Per-client limits checked when a job is inserted.
+#[derive(Debug, Clone, Copy)]
+pub struct JobLimits {
+    /// Queued, Active or CancellationRequested exports.
+    pub running: i64,
+    /// Exports whose status and files are still kept (not deleted, not expired), any state.
+    pub stored: i64,
+}
+
+/// Why a job was not inserted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitReached {
+    Running(i64),
+    Stored(i64),
+}
+
+/// Inserts a Queued job (its transaction time is the database's `now()`) unless the client is
+/// at one of its limits. Exact under concurrent kick-offs: the count and the insert run in one
+/// transaction holding the client's advisory lock.
+pub async fn insert_job(
+    pool: &Pool,
+    job: NewJob<'_>,
+    limits: JobLimits,
+) -> Result<Result<Job, LimitReached>, DbError> {
+    let mut client = pool.get().await?;
     let params = serde_json::to_value(job.params).map_err(|e| DbError::Row(e.to_string()))?;
-    let row = client
+    let tx = client.transaction().await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(7417002, hashtext(coalesce($1::text, '')))",
+        &[&job.client_id],
+    )
+    .await?;
+    let counts = tx
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status IN ('Queued', 'Active', 'CancellationRequested')),
+                    count(*) FILTER (WHERE deleted_at IS NULL
+                                       AND (expires_at IS NULL OR expires_at > now()))
+             FROM export_jobs WHERE client_id IS NOT DISTINCT FROM $1",
+            &[&job.client_id],
+        )
+        .await?;
+    let (running, stored): (i64, i64) = (counts.get(0), counts.get(1));
+    if running >= limits.running {
+        return Ok(Err(LimitReached::Running(running)));
+    }
+    if stored >= limits.stored {
+        return Ok(Err(LimitReached::Stored(stored)));
+    }
+    let row = tx
         .query_one(
             &format!(
                 "INSERT INTO export_jobs (id, level, group_id, params, request_url, client_id,
@@ -64,7 +108,26 @@ pub async fn insert_job(pool: &Pool, job: NewJob<'_>) -> Result<Job, DbError> {
             ],
         )
         .await?;
-    job_from_row(&row)
+    tx.commit().await?;
+    Ok(Ok(job_from_row(&row)?))
+}
+
+/// A job as a status poll needs it: every column but only the parameters the manifest uses
+/// (a poll never reads the whole stored parameter list).
+pub async fn get_job_for_status(pool: &Pool, id: Uuid) -> Result<Option<Job>, DbError> {
+    let client = pool.get().await?;
+    let columns = JOB_COLUMNS.replace(
+        "params,",
+        "jsonb_strip_nulls(jsonb_build_object('_outputFormat', params->'_outputFormat', \
+         '_since', params->'_since', 'organizeOutputBy', params->'organizeOutputBy')) AS params,",
+    );
+    let row = client
+        .query_opt(
+            &format!("SELECT {columns} FROM export_jobs WHERE id = $1"),
+            &[&id],
+        )
+        .await?;
+    row.as_ref().map(job_from_row).transpose()
 }
 
 pub async fn get_job(pool: &Pool, id: Uuid) -> Result<Option<Job>, DbError> {
@@ -385,20 +448,6 @@ pub async fn record_poll_with(
         )
         .await?;
     Ok(n == 1)
-}
-
-/// How many exports of this client (None: unauthenticated) are still running.
-pub async fn count_running_jobs(pool: &Pool, client_id: Option<&str>) -> Result<i64, DbError> {
-    let client = pool.get().await?;
-    let row = client
-        .query_one(
-            "SELECT count(*) FROM export_jobs
-             WHERE client_id IS NOT DISTINCT FROM $1
-               AND status IN ('Queued', 'Active', 'CancellationRequested')",
-            &[&client_id],
-        )
-        .await?;
-    Ok(row.get(0))
 }
 
 /// Work progress for X-Progress: (done items, all items).

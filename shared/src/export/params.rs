@@ -16,8 +16,19 @@ pub const OUTPUT_FORMATS: &[&str] = &["application/fhir+ndjson", "application/nd
 pub const LATEST_PROVENANCE: &str = "LatestProvenanceResources";
 pub const RELEVANT_PROVENANCE: &str = "RelevantProvenanceResources";
 
-/// Parameters recognised by the IG that this server does not support yet.
-const NOT_YET_SUPPORTED: &[&str] = &["allowPartialManifests"];
+/// Hints the IG lets a server ignore: accepted (strict handling included) and ignored.
+/// `allowPartialManifests` (IG v3): this server always answers with one complete manifest.
+const IGNORED_HINTS: &[&str] = &["allowPartialManifests"];
+
+/// Bounds on what one kick-off may ask for (requests are parsed and stored, and a stored job is
+/// read back by the exporter): more is a 400 even with `handling=lenient`.
+pub const MAX_PARAMETERS: usize = 100;
+/// Values of one list parameter (`_type`, `patient`, `_typeFilter` queries, `_elements`, …).
+pub const MAX_VALUES: usize = 500;
+/// Ignored items reported in error[] (more are summarised in one message).
+pub const MAX_IGNORED_REPORTED: usize = 20;
+/// The stored parameters of one job, serialised.
+pub const MAX_STORED_PARAMS_BYTES: usize = 64 * 1024;
 
 /// The one `organizeOutputBy` value supported: blocks of Patient compartments (IG v3).
 pub const ORGANIZE_BY_PATIENT: &str = "Patient";
@@ -134,17 +145,37 @@ pub fn parse_params(
     lenient: bool,
 ) -> Result<ExportParams, KickoffError> {
     let mut p = ExportParams::default();
-    let mut ignored = Vec::new();
-    // Refuses, or with `lenient` records and goes on.
+    let mut ignored: Vec<String> = Vec::new();
+    let mut distinct_ignored: std::collections::HashSet<String> = Default::default();
+    if pairs.len() > MAX_PARAMETERS {
+        return Err(KickoffError::InvalidParameter(format!(
+            "{} parameters; at most {MAX_PARAMETERS} are accepted",
+            pairs.len()
+        )));
+    }
+    // Refuses, or with `lenient` records (once per distinct message, at most
+    // MAX_IGNORED_REPORTED) and goes on.
     let mut refuse = |e: KickoffError| -> Result<(), KickoffError> {
         if lenient {
-            ignored.push(format!("{e} (ignored: Prefer handling=lenient)"));
+            let msg = format!("{e} (ignored: Prefer handling=lenient)");
+            if ignored.len() < MAX_IGNORED_REPORTED && !distinct_ignored.contains(&msg) {
+                ignored.push(msg.clone());
+            }
+            distinct_ignored.insert(msg);
             Ok(())
         } else {
             Err(e)
         }
     };
+    let too_many = |name: &str| {
+        KickoffError::InvalidParameter(format!(
+            "{name}: more than {MAX_VALUES} values; split the export"
+        ))
+    };
     for (name, value) in pairs {
+        if value.split(',').nth(MAX_VALUES).is_some() {
+            return Err(too_many(name));
+        }
         match name.as_str() {
             "_type" => {
                 let list = p.types.get_or_insert_with(Vec::new);
@@ -227,8 +258,12 @@ pub fn parse_params(
                 }
             }
             "_typeFilter" => {
-                // Repeats arrive comma-joined; a comma inside one query is URL-encoded (%2C).
-                for q in value.split(',').map(str::trim).filter(|q| !q.is_empty()) {
+                // Repeats arrive comma-joined. A comma inside one query may arrive encoded
+                // (%2C, smart-fetch) or not (bulk-data-client encodes each query whole, so
+                // `Observation?category=a,b` arrives with a plain comma): a piece that does not
+                // start a new `Type?…` query belongs to the one before it.
+                for q in split_type_filters(value) {
+                    let q = q.as_str();
                     match parse_query(q) {
                         Ok(_) => {
                             if !p.type_filters.iter().any(|x| x == q) {
@@ -278,11 +313,7 @@ pub fn parse_params(
                     )))?;
                 }
             }
-            other if NOT_YET_SUPPORTED.contains(&other) => {
-                refuse(KickoffError::NotSupported(format!(
-                    "parameter {other} is not supported by this server"
-                )))?;
-            }
+            other if IGNORED_HINTS.contains(&other) => {}
             other => {
                 refuse(KickoffError::InvalidParameter(format!(
                     "unknown parameter {other:?}"
@@ -315,8 +346,53 @@ pub fn parse_params(
     if p.output_format.is_empty() {
         p.output_format = OUTPUT_FORMATS[0].to_string();
     }
+    for (name, n) in [
+        ("_type", p.types.as_ref().map_or(0, Vec::len)),
+        ("patient", p.patients.as_ref().map_or(0, Vec::len)),
+        ("_typeFilter", p.type_filters.len()),
+        ("_elements", p.elements.len()),
+    ] {
+        if n > MAX_VALUES {
+            return Err(too_many(name));
+        }
+    }
+    let ignored_more = distinct_ignored.len() - ignored.len();
+    if ignored_more > 0 {
+        ignored.push(format!(
+            "{ignored_more} more ignored items not listed (ignored: Prefer handling=lenient)"
+        ));
+    }
     p.ignored = ignored;
+    let stored = serde_json::to_vec(&p).map_or(usize::MAX, |v| v.len());
+    if stored > MAX_STORED_PARAMS_BYTES {
+        return Err(KickoffError::InvalidParameter(format!(
+            "the export's parameters take {stored} bytes; at most {MAX_STORED_PARAMS_BYTES} are accepted"
+        )));
+    }
     Ok(p)
+}
+
+/// `_typeFilter` values split into queries: on commas, except that a piece which does not
+/// start with `Type?` continues the query before it (its comma was part of a value list).
+pub fn split_type_filters(value: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for piece in value.split(',') {
+        let starts_query = piece
+            .trim()
+            .split_once('?')
+            .is_some_and(|(t, _)| is_resource_type(t.trim()));
+        match out.last_mut() {
+            Some(last) if !starts_query => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => out.push(piece.to_string()),
+        }
+    }
+    out.into_iter()
+        .map(|q| q.trim().to_string())
+        .filter(|q| !q.is_empty())
+        .collect()
 }
 
 /// The parameters of a POST kick-off body: a FHIR `Parameters` resource. Values may be given as
@@ -386,6 +462,64 @@ mod tests {
 
     fn additional() -> Vec<String> {
         vec!["Organization".into(), "Device".into()]
+    }
+
+    #[test]
+    fn a_comma_inside_a_type_filter_query_keeps_its_or_meaning() {
+        assert_eq!(
+            split_type_filters(
+                "Observation?category=laboratory,vital-signs,Condition?clinical-status=active"
+            ),
+            vec![
+                "Observation?category=laboratory,vital-signs",
+                "Condition?clinical-status=active"
+            ]
+        );
+        let p = parse_params(
+            ExportLevel::System,
+            &q(&[("_typeFilter", "Observation?category=laboratory,vital-signs")]),
+            &[],
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            p.type_filters,
+            vec!["Observation?category=laboratory,vital-signs"]
+        );
+    }
+
+    #[test]
+    fn allow_partial_manifests_is_accepted_and_ignored_even_when_strict() {
+        let p = parse_params(
+            ExportLevel::System,
+            &q(&[("allowPartialManifests", "true")]),
+            &[],
+            false,
+        )
+        .unwrap();
+        assert!(p.ignored.is_empty());
+    }
+
+    #[test]
+    fn requests_are_bounded_and_ignored_items_reported_once() {
+        let many = "A,".repeat(500_000);
+        let e = parse_params(ExportLevel::System, &q(&[("_type", &many)]), &[], true);
+        assert!(matches!(e, Err(KickoffError::InvalidParameter(m)) if m.contains("more than")));
+        let pairs: Vec<(String, String)> = (0..=MAX_PARAMETERS)
+            .map(|i| ("_type".to_string(), format!("X{i}")))
+            .collect();
+        assert!(parse_params(ExportLevel::System, &pairs, &[], true).is_err());
+        // 400 unknown types, a few repeated: each distinct message once, at most 20 + a summary.
+        let types: Vec<String> = (0..400).map(|i| format!("Nope{}", i % 300)).collect();
+        let p = parse_params(
+            ExportLevel::System,
+            &q(&[("_type", &types.join(",")), ("_type", "Patient")]),
+            &[],
+            true,
+        )
+        .unwrap();
+        assert_eq!(p.ignored.len(), MAX_IGNORED_REPORTED + 1);
+        assert!(p.ignored.last().unwrap().starts_with("280 more"));
     }
 
     #[test]

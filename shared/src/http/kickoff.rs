@@ -155,16 +155,6 @@ async fn kickoff(state: &AppState, req: &Request, route: &Route<'_>) -> Result<R
         params.patients = Some(known);
     }
     let client_id = principal.as_ref().map(|p| p.client_id.as_str());
-    let running = jobs::count_running_jobs(&state.pool, client_id).await?;
-    if running >= state.config.max_concurrent_exports {
-        return Err(ApiError::TooManyRequests {
-            message: format!(
-                "{running} exports are already running for this client (limit {}); retry later or cancel one",
-                state.config.max_concurrent_exports
-            ),
-            retry_after: 30,
-        });
-    }
     let path = normalized_path(req);
     let route_path = path.get(route.prefix.len()..).unwrap_or_default();
     // For POST the IG's `request` is the kick-off URL without the body's parameters.
@@ -172,17 +162,38 @@ async fn kickoff(state: &AppState, req: &Request, route: &Route<'_>) -> Result<R
         Some(q) if !q.is_empty() => format!("{base}{route_path}?{q}"),
         _ => format!("{base}{route_path}"),
     };
-    let job = jobs::insert_job(
-        &state.pool,
-        jobs::NewJob {
-            level: route.level,
-            group_id: route.group_id,
-            params: &params,
-            request_url: &request_url,
-            client_id,
-        },
-    )
-    .await?;
+    let limits = jobs::JobLimits {
+        running: state.config.max_concurrent_exports,
+        stored: state.config.max_stored_exports,
+    };
+    let new = jobs::NewJob {
+        level: route.level,
+        group_id: route.group_id,
+        params: &params,
+        request_url: &request_url,
+        client_id,
+    };
+    let job = match jobs::insert_job(&state.pool, new, limits).await? {
+        Ok(job) => job,
+        Err(jobs::LimitReached::Running(n)) => {
+            return Err(ApiError::TooManyRequests {
+                message: format!(
+                    "{n} exports are already running for this client (limit {}); retry later or cancel one",
+                    limits.running
+                ),
+                retry_after: 30,
+            })
+        }
+        Err(jobs::LimitReached::Stored(n)) => {
+            return Err(ApiError::TooManyRequests {
+                message: format!(
+                    "this client has {n} exports whose files are kept (limit {}); DELETE the ones it no longer needs (their status URL) or wait until they expire",
+                    limits.stored
+                ),
+                retry_after: 60,
+            })
+        }
+    };
     tracing::info!(job_id = %job.id, level = route.level.as_str(), post, "export queued");
     if let Err(e) = state.queue.send(job.id).await {
         tracing::warn!(job_id = %job.id, error = %e, "wake-up not sent; the schedule will pick the job up");

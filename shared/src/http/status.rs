@@ -74,7 +74,7 @@ async fn visible_job(
     req: &Request,
     client_id: Option<&str>,
 ) -> Result<Job, ApiError> {
-    let job = jobs::get_job(&state.pool, job_id(req)?)
+    let job = jobs::get_job_for_status(&state.pool, job_id(req)?)
         .await?
         .filter(|j| j.visible_to(client_id))
         .ok_or_else(|| ApiError::NotFound("no such export job".into()))?;

@@ -63,10 +63,17 @@ async fn new_job(
             request_url: "http://test/$export",
             client_id: None,
         },
+        NO_LIMITS,
     )
     .await
     .expect("insert job")
+    .expect("within limits")
 }
+
+const NO_LIMITS: jobs::JobLimits = jobs::JobLimits {
+    running: i64::MAX,
+    stored: i64::MAX,
+};
 
 async fn status(db: &TestDb, id: uuid::Uuid) -> Job {
     jobs::get_job(&db.pool, id).await.expect("db").expect("job")
@@ -487,9 +494,11 @@ async fn blocks_by_patient_resume_after_a_failure_and_a_hand_off_without_duplica
             request_url: "http://test/Patient/$export?organizeOutputBy=Patient",
             client_id: None,
         },
+        NO_LIMITS,
     )
     .await
-    .expect("insert job");
+    .expect("insert job")
+    .expect("within limits");
     let ex = exporter(&db, store.clone(), config);
 
     let first = ex.run_until_idle(None, far()).await.expect("run");

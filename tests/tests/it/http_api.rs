@@ -898,3 +898,156 @@ async fn a_client_polling_hard_never_holds_up_its_export() {
         );
     }
 }
+
+/// The running-exports limit is exact under concurrent kick-offs: the count and the insert
+/// share one transaction under the client's lock (before, each kick-off counted, then
+/// inserted, and a burst got past the limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_running_exports_limit_holds_under_concurrent_kickoffs() {
+    let db = TestDb::new().await;
+    let params = shared::export::ExportParams::default();
+    let limits = shared::db::jobs::JobLimits {
+        running: 3,
+        stored: 100,
+    };
+    let attempts = (0..16).map(|_| {
+        let pool = db.pool.clone();
+        let params = params.clone();
+        tokio::spawn(async move {
+            shared::db::jobs::insert_job(
+                &pool,
+                shared::db::jobs::NewJob {
+                    level: shared::export::ExportLevel::System,
+                    group_id: None,
+                    params: &params,
+                    request_url: "http://test/$export",
+                    client_id: Some("burst"),
+                },
+                limits,
+            )
+            .await
+            .expect("db")
+            .is_ok()
+        })
+    });
+    let accepted = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().expect("task"))
+        .count();
+    assert_eq!(accepted, 3);
+}
+
+/// Kept exports count too: a client at MAX_STORED_EXPORTS gets 429 until it deletes one.
+#[tokio::test]
+async fn kept_exports_are_capped_per_client_until_one_is_deleted() {
+    let (server, _) = server_with(&[("MAX_STORED_EXPORTS", "2")]).await;
+    let c = http_client();
+    let url = format!("{}/$export?_type=Patient", server.base);
+    let mut status_urls = Vec::new();
+    for _ in 0..2 {
+        let resp = kickoff(&c, &url).await;
+        assert_eq!(resp.status(), 202);
+        let status_url = resp.headers()["content-location"]
+            .to_str()
+            .expect("loc")
+            .to_string();
+        assert_eq!(
+            poll(&c, &status_url, Duration::from_secs(60))
+                .await
+                .status(),
+            200
+        );
+        status_urls.push(status_url);
+    }
+    let third = kickoff(&c, &url).await;
+    let oo = outcome(third, 429).await;
+    assert!(
+        oo["issue"][0]["diagnostics"]
+            .as_str()
+            .is_some_and(|d| d.contains("DELETE")),
+        "{oo}"
+    );
+    let deleted = c.delete(&status_urls[0]).send().await.expect("delete");
+    assert_eq!(deleted.status(), 202);
+    assert_eq!(kickoff(&c, &url).await.status(), 202);
+}
+
+/// Bounded work per request: a huge parameter list is refused at once, even with lenient
+/// handling, instead of being stored and re-read on every poll.
+#[tokio::test]
+async fn oversized_parameter_lists_are_refused_even_when_lenient() {
+    let (server, _) = server_with(&[]).await;
+    let c = http_client();
+    let many = "A,".repeat(500_000);
+    let body = serde_json::json!({"resourceType": "Parameters",
+        "parameter": [{"name": "_type", "valueString": many}]})
+    .to_string();
+    assert!(body.len() < shared::http::MAX_BODY_BYTES);
+    let started = std::time::Instant::now();
+    let resp = c
+        .post(format!("{}/$export", server.base))
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async, handling=lenient")
+        .header("Content-Type", "application/fhir+json")
+        .body(body)
+        .send()
+        .await
+        .expect("kick-off");
+    let oo = outcome(resp, 400).await;
+    assert!(
+        oo["issue"][0]["diagnostics"]
+            .as_str()
+            .is_some_and(|d| d.contains("more than")),
+        "{oo}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let jobs: i64 = server
+        .state
+        .pool
+        .get()
+        .await
+        .expect("conn")
+        .query_one("SELECT count(*) FROM export_jobs", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(jobs, 0, "nothing stored");
+}
+
+/// bulk-data-client URL-encodes each `_typeFilter` query whole, so a comma inside one arrives
+/// as a plain comma in the value: it stays inside its query (FHIR OR), also in strict mode.
+/// And `allowPartialManifests` is a hint this server may ignore: accepted, strict or not.
+#[tokio::test]
+async fn a_comma_inside_a_type_filter_query_and_allow_partial_manifests_are_understood() {
+    let (server, data) = server_with(&[]).await;
+    let c = http_client();
+    let query = form_urlencoded::byte_serialize(b"Observation?category=laboratory,vital-signs")
+        .collect::<String>();
+    let resp = kickoff(
+        &c,
+        &format!(
+            "{}/$export?_type=Observation&_typeFilter={query}&allowPartialManifests=true",
+            server.base
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 202);
+    let status_url = resp.headers()["content-location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    let done = poll(&c, &status_url, Duration::from_secs(60)).await;
+    assert_eq!(done.status(), 200);
+    let manifest: serde_json::Value = done.json().await.expect("manifest");
+    assert_eq!(manifest["error"], serde_json::json!([]));
+    let expected = data.count_where("Observation", |r| {
+        matches!(
+            r["category"][0]["coding"][0]["code"].as_str(),
+            Some("laboratory" | "vital-signs")
+        )
+    });
+    assert!(expected > 0 && expected < data.count_by_type()["Observation"]);
+    let counts = download_counts(&c, &manifest, "output").await;
+    assert_eq!(counts["Observation"], expected);
+}
