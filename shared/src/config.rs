@@ -120,6 +120,12 @@ pub struct Config {
     /// Exports per client whose status and files are kept (any state, until deleted or
     /// expired): one more kick-off gets 429.
     pub max_stored_exports: i64,
+    /// `serve`: a connection's request headers must arrive within this (slow clients).
+    pub header_read_timeout: Duration,
+    /// `serve`: a request body must arrive within this.
+    pub body_read_timeout: Duration,
+    /// `serve`: open connections at most; more are closed at once.
+    pub max_connections: usize,
     pub auth: AuthMode,
     /// Lifetime of issued access tokens (at most 300 s).
     pub access_token_ttl: Duration,
@@ -249,6 +255,13 @@ impl Config {
             min_poll_interval: Duration::from_millis(number(&var, "MIN_POLL_INTERVAL_MS", 500)?),
             max_concurrent_exports: number(&var, "MAX_CONCURRENT_EXPORTS", 10)?.max(1) as i64,
             max_stored_exports: number(&var, "MAX_STORED_EXPORTS", 100)?.max(1) as i64,
+            header_read_timeout: Duration::from_secs(
+                number(&var, "SERVE_HEADER_TIMEOUT_SECONDS", 10)?.max(1),
+            ),
+            body_read_timeout: Duration::from_secs(
+                number(&var, "SERVE_BODY_TIMEOUT_SECONDS", 30)?.max(1),
+            ),
+            max_connections: number(&var, "SERVE_MAX_CONNECTIONS", 512)?.max(1) as usize,
         })
     }
 }

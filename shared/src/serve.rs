@@ -21,9 +21,26 @@ async fn dispatch(
     req: axum::extract::Request,
 ) -> axum::response::Response {
     let (parts, body) = req.into_parts();
-    let bytes: Bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(b) => b,
+    // A body that trickles in is cut off: its connection is not held for as long as the
+    // client likes (the headers have their own timeout in `run`).
+    let read = tokio::time::timeout(
+        state.config.body_read_timeout,
+        axum::body::to_bytes(body, MAX_BODY_BYTES),
+    )
+    .await;
+    let bytes: Bytes = match read {
+        Ok(Ok(b)) => b,
         Err(_) => {
+            return into_axum(
+                crate::http::ApiError::Timeout(format!(
+                    "the request body was not received within {} s",
+                    state.config.body_read_timeout.as_secs()
+                ))
+                .into_response(),
+            )
+            .await
+        }
+        Ok(Err(_)) => {
             return into_axum(
                 crate::http::ApiError::TooLarge(
                     http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -89,6 +106,11 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
 }
 
 /// Serves HTTP on `listener` and runs the exporter loop until ctrl-c.
+///
+/// HTTP/1.1 connections, each with a deadline for its request headers (`SERVE_HEADER_TIMEOUT_
+/// SECONDS`; the body has `SERVE_BODY_TIMEOUT_SECONDS` in `dispatch`), and at most
+/// `SERVE_MAX_CONNECTIONS` open at once: a connection beyond that is closed at once rather than
+/// let it exhaust the process's file descriptors. Slow or idle clients cannot hold the server.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -96,15 +118,49 @@ pub async fn run(
     wake: LocalQueue,
     repeat_period: Duration,
 ) -> std::io::Result<()> {
+    let config = state.config.clone();
     let exporter_task = tokio::spawn(exporter_loop(exporter, wake, repeat_period));
     let app = axum::Router::new()
         .fallback(dispatch)
         .with_state(Arc::new(state));
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = config.max_connections, "connection refused: too many open connections");
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+            drop(permit);
+        });
+    }
     exporter_task.abort();
-    result
+    // Requests in flight finish (at most 30 s); idle connections close now.
+    let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+    Ok(())
 }
 
 /// Ctrl-C or SIGTERM (containers, systemd).

@@ -58,6 +58,15 @@ enum Command {
         #[arg(long)]
         insecure: bool,
     },
+    /// List export jobs, or show one with its internal error (what clients are not told).
+    #[command(after_help = ENV_DATABASE)]
+    Jobs {
+        /// A job id: show this job; without: list the newest jobs.
+        id: Option<uuid::Uuid>,
+        /// How many jobs to list.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
     /// Register, list or remove SMART Backend Services clients.
     Client {
         #[command(subcommand)]
@@ -237,6 +246,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Client { command } => {
             require_schema(&pool).await?;
             client_command(&pool, command).await?;
+        }
+        Command::Jobs { id, limit } => {
+            require_schema(&pool).await?;
+            jobs_command(&pool, id, limit).await?;
         }
         Command::Serve {
             port,
@@ -435,6 +448,50 @@ async fn client_command(pool: &db::Pool, command: ClientCommand) -> anyhow::Resu
             println!("removed client {id}");
         }
     }
+    Ok(())
+}
+
+async fn jobs_command(pool: &db::Pool, id: Option<uuid::Uuid>, limit: i64) -> anyhow::Result<()> {
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or("-".to_string(), |t| {
+            t.format("%Y-%m-%d %H:%M:%S").to_string()
+        })
+    };
+    let Some(id) = id else {
+        println!("id\tstatus\tlevel\tclient\tcreated\tcompleted\terror");
+        for j in db::jobs::list_jobs(pool, limit.clamp(1, 10_000)).await? {
+            println!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                j.id,
+                j.status.as_str(),
+                j.level.as_str(),
+                j.client_id.as_deref().unwrap_or("-"),
+                time(Some(j.created_at)),
+                time(j.completed_at),
+                j.error.as_deref().unwrap_or("").replace(['\n', '\t'], " ")
+            );
+        }
+        return Ok(());
+    };
+    let Some(j) = db::jobs::get_job(pool, id).await? else {
+        bail!("no export job {id}");
+    };
+    let (done, all) = db::jobs::select_progress(pool, id).await?;
+    println!("id:             {}", j.id);
+    println!("status:         {}", j.status.as_str());
+    println!("level:          {}", j.level.as_str());
+    println!("request:        {}", j.request_url);
+    println!("client:         {}", j.client_id.as_deref().unwrap_or("-"));
+    println!("created:        {}", time(Some(j.created_at)));
+    println!("completed:      {}", time(j.completed_at));
+    println!("expires:        {}", time(j.expires_at));
+    println!("attempts:       {}", j.attempts);
+    println!("work items:     {done} of {all} done");
+    println!("error:          {}", j.error.as_deref().unwrap_or("-"));
+    println!(
+        "client is told: {}",
+        j.public_error.as_deref().unwrap_or("-")
+    );
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use super::{DbError, Pool};
 use crate::export::{ExportLevel, ExportParams, Job, JobStatus};
 
 const JOB_COLUMNS: &str = "id, level, group_id, params, request_url, client_id, transaction_time, \
-     status, planned, attempts, error, created_at, completed_at, expires_at, deleted_at";
+     status, planned, attempts, error, public_error, created_at, completed_at, expires_at, deleted_at";
 
 fn job_from_row(row: &Row) -> Result<Job, DbError> {
     let level: String = row.get("level");
@@ -28,6 +28,7 @@ fn job_from_row(row: &Row) -> Result<Job, DbError> {
         planned: row.get("planned"),
         attempts: row.get("attempts"),
         error: row.get("error"),
+        public_error: row.get("public_error"),
         created_at: row.get("created_at"),
         completed_at: row.get("completed_at"),
         expires_at: row.get("expires_at"),
@@ -110,6 +111,20 @@ pub async fn insert_job(
         .await?;
     tx.commit().await?;
     Ok(Ok(job_from_row(&row)?))
+}
+
+/// The newest `limit` jobs, newest first (`bulk-export jobs list`).
+pub async fn list_jobs(pool: &Pool, limit: i64) -> Result<Vec<Job>, DbError> {
+    let client = pool.get().await?;
+    client
+        .query(
+            &format!("SELECT {JOB_COLUMNS} FROM export_jobs ORDER BY created_at DESC LIMIT $1"),
+            &[&limit],
+        )
+        .await?
+        .iter()
+        .map(job_from_row)
+        .collect()
 }
 
 /// A job as a status poll needs it: every column but only the parameters the manifest uses
@@ -220,7 +235,7 @@ pub async fn record_failure(
     pool: &Pool,
     id: Uuid,
     owner: &str,
-    error: &str,
+    error: &JobError,
     max_attempts: i32,
     backoff: Duration,
 ) -> Result<Option<JobStatus>, DbError> {
@@ -229,28 +244,48 @@ pub async fn record_failure(
         .query_opt(
             "UPDATE export_jobs SET
                  attempts = attempts + 1,
-                 error = $3,
+                 error = $3, public_error = $6,
                  status = CASE WHEN status = 'Active' AND attempts + 1 >= $4 THEN 'Failed' ELSE status END,
                  completed_at = CASE WHEN status = 'Active' AND attempts + 1 >= $4 THEN now() ELSE completed_at END,
                  lease_owner = NULL,
                  lease_expires_at = now() + make_interval(secs => $5),
                  updated_at = now()
              WHERE id = $1 AND lease_owner = $2 RETURNING status",
-            &[&id, &owner, &error, &max_attempts, &backoff.as_secs_f64()],
+            &[
+                &id,
+                &owner,
+                &error.internal,
+                &max_attempts,
+                &backoff.as_secs_f64(),
+                &error.public,
+            ],
         )
         .await?;
     Ok(row.and_then(|r| JobStatus::parse(r.get::<_, &str>(0))))
 }
 
+/// Why a job failed: `internal` for operators (logs, `bulk-export jobs`), `public` for the
+/// client's status request (never paths, keys or database text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError {
+    pub internal: String,
+    pub public: String,
+}
+
 /// Fails a job at once (a problem no retry can fix).
-pub async fn fail_job(pool: &Pool, id: Uuid, owner: &str, error: &str) -> Result<bool, DbError> {
+pub async fn fail_job(
+    pool: &Pool,
+    id: Uuid,
+    owner: &str,
+    error: &JobError,
+) -> Result<bool, DbError> {
     let client = pool.get().await?;
     let n = client
         .execute(
-            "UPDATE export_jobs SET status = 'Failed', error = $3, completed_at = now(),
-                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+            "UPDATE export_jobs SET status = 'Failed', error = $3, public_error = $4,
+                 completed_at = now(), lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
              WHERE id = $1 AND lease_owner = $2 AND status IN ('Queued', 'Active')",
-            &[&id, &owner, &error],
+            &[&id, &owner, &error.internal, &error.public],
         )
         .await?;
     Ok(n == 1)

@@ -58,6 +58,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0006_gzip_copies",
         include_str!("../../../infra/migrations/0006_gzip_copies.sql"),
     ),
+    (
+        "0007_public_error",
+        include_str!("../../../infra/migrations/0007_public_error.sql"),
+    ),
 ];
 
 /// A connection pool for DATABASE_URL, over TLS when its `sslmode` asks for it (see [`tls`]).

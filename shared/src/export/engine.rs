@@ -49,6 +49,21 @@ pub enum EngineError {
     Storage(#[from] StorageError),
 }
 
+impl EngineError {
+    /// What a client may be told: the kind of failure, never its details (paths, object keys
+    /// and database text stay in the logs and `bulk-export jobs`).
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            EngineError::Db(_) => {
+                "a database error interrupted the export; the server operator has the details"
+            }
+            EngineError::Storage(_) => {
+                "writing the export files failed; the server operator has the details"
+            }
+        }
+    }
+}
+
 /// What one run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RunSummary {
@@ -141,15 +156,24 @@ impl Exporter {
             return Ok(());
         }
         if job.attempts >= self.config.max_attempts {
-            let msg = format!(
-                "export gave up after {} attempts; last error: {}",
-                job.attempts,
-                job.error
-                    .as_deref()
-                    .unwrap_or("the exporter stopped unexpectedly")
-            );
-            warn!(attempts = job.attempts, "export failed for good");
-            jobs::fail_job(&self.pool, job.id, &self.owner, &msg).await?;
+            let error = jobs::JobError {
+                internal: format!(
+                    "export gave up after {} attempts; last error: {}",
+                    job.attempts,
+                    job.error
+                        .as_deref()
+                        .unwrap_or("the exporter stopped unexpectedly")
+                ),
+                public: format!(
+                    "the export failed after {} attempts: {}",
+                    job.attempts,
+                    job.public_error
+                        .as_deref()
+                        .unwrap_or("the exporter stopped unexpectedly")
+                ),
+            };
+            warn!(attempts = job.attempts, error = %error.internal, "export failed for good");
+            jobs::fail_job(&self.pool, job.id, &self.owner, &error).await?;
             summary.failed.push(job.id);
             return Ok(());
         }
@@ -177,16 +201,26 @@ impl Exporter {
             Ok(Progress::LeaseLost) => warn!("lease lost to another exporter; stopping"),
             Err(Permanent(msg)) => {
                 warn!(error = %msg, "export failed");
-                jobs::fail_job(&self.pool, job.id, &self.owner, &msg).await?;
+                // A permanent failure is about the request (a Group that is gone): say it.
+                let error = jobs::JobError {
+                    internal: msg.clone(),
+                    public: msg,
+                };
+                jobs::fail_job(&self.pool, job.id, &self.owner, &error).await?;
                 summary.failed.push(job.id);
             }
             Err(Transient(e)) => {
-                warn!(error = %e, "export attempt failed");
+                let internal = crate::error_chain(&e);
+                warn!(error = %internal, "export attempt failed");
+                let error = jobs::JobError {
+                    internal,
+                    public: e.public_message().to_string(),
+                };
                 let status = jobs::record_failure(
                     &self.pool,
                     job.id,
                     &self.owner,
-                    &e.to_string(),
+                    &error,
                     self.config.max_attempts,
                     self.retry_backoff,
                 )

@@ -109,7 +109,10 @@ pub struct Job {
     pub status: JobStatus,
     pub planned: bool,
     pub attempts: i32,
+    /// The internal error of a failed attempt or job (operators only).
     pub error: Option<String>,
+    /// What a client is told about a failed job.
+    pub public_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,

@@ -134,6 +134,7 @@ mod tests {
             planned: true,
             attempts: 0,
             error: None,
+            public_error: None,
             created_at: t,
             completed_at: Some(t),
             expires_at: None,

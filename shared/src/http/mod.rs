@@ -94,6 +94,9 @@ pub enum ApiError {
     /// A request over a size limit: 413, 414 or 431.
     #[error("{1}")]
     TooLarge(StatusCode, String),
+    /// A request that did not arrive in time: 408.
+    #[error("{0}")]
+    Timeout(String),
     #[error("the service is temporarily unavailable; retry later")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("internal error")]
@@ -131,6 +134,7 @@ impl ApiError {
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge(status, _) => *status,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -149,6 +153,7 @@ impl ApiError {
             ApiError::Unauthorized { .. } => "login",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::TooLarge(..) => "too-long",
+            ApiError::Timeout(_) => "timeout",
             ApiError::Internal(_) => "exception",
         }
     }

@@ -148,7 +148,9 @@ async fn status(
                 format!(
                     "export job {} failed: {}",
                     job.id,
-                    job.error.as_deref().unwrap_or("unknown error")
+                    job.public_error.as_deref().unwrap_or(
+                        "the export could not be completed; the server operator has the details"
+                    )
                 ),
             ),
         )),

@@ -181,3 +181,42 @@ async fn every_subcommand_help_lists_the_environment_it_reads() {
         assert!(out.contains(var), "serve --help lists {var}: {out}");
     }
 }
+
+/// Operators see what clients are not told: `bulk-export jobs` lists jobs with their internal
+/// error, and `bulk-export jobs ID` shows both messages.
+#[tokio::test]
+async fn jobs_lists_and_shows_the_internal_error_of_a_failed_export() {
+    let db = TestDb::new().await;
+    let id = uuid::Uuid::new_v4();
+    db.pool
+        .get()
+        .await
+        .expect("conn")
+        .execute(
+            "INSERT INTO export_jobs (id, level, params, request_url, client_id, transaction_time,
+                 status, attempts, error, public_error, completed_at)
+             VALUES ($1, 'system', '{\"_outputFormat\": \"ndjson\"}', 'http://h/$export', 'c1',
+                     now(), 'Failed', 3, 'local storage I/O on \"/srv/exports/x\": Not a directory',
+                     'writing the export files failed', now())",
+            &[&id],
+        )
+        .await
+        .expect("insert");
+    let (code, out, err) = run(&["jobs"], &[("DATABASE_URL", &db.url)]).await;
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&id.to_string()))
+        .expect("the job is listed");
+    assert!(
+        line.contains("Failed") && line.contains("c1") && line.contains("/srv/exports/x"),
+        "{line}"
+    );
+    let (code, out, err) = run(&["jobs", &id.to_string()], &[("DATABASE_URL", &db.url)]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Not a directory"), "{out}");
+    assert!(
+        out.contains("client is told: writing the export files failed"),
+        "{out}"
+    );
+}

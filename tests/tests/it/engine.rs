@@ -299,7 +299,14 @@ async fn a_failed_attempt_resumes_from_its_checkpoint_without_duplicates() {
 async fn a_job_that_keeps_failing_becomes_failed_and_its_status_is_500() {
     let (db, _data) = TestDb::with_generated(3).await;
     let store = flaky(vec![], true, Duration::ZERO);
-    let config = cfg(&db, &[("MAX_ATTEMPTS", "2")]);
+    let config = cfg(
+        &db,
+        &[
+            ("MAX_ATTEMPTS", "2"),
+            ("PUBLIC_BASE_URL", "http://h"),
+            ("AUTH", "off"),
+        ],
+    );
     let job = new_job(&db, ExportLevel::System, None, None).await;
     let ex = exporter(&db, store.clone(), config.clone());
     for _ in 0..3 {
@@ -329,6 +336,10 @@ async fn a_job_that_keeps_failing_becomes_failed_and_its_status_is_500() {
     let oo: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(oo["resourceType"], "OperationOutcome");
     assert_eq!(oo["issue"][0]["code"], "exception");
+    // The client is told what kind of failure, never the internal text (operators have it).
+    let said = oo["issue"][0]["diagnostics"].as_str().expect("diagnostics");
+    assert!(said.contains("writing the export files failed"), "{said}");
+    assert!(!said.contains("injected failure"), "{said}");
 }
 
 #[tokio::test]

@@ -1051,3 +1051,75 @@ async fn a_comma_inside_a_type_filter_query_and_allow_partial_manifests_are_unde
     let counts = download_counts(&c, &manifest, "output").await;
     assert_eq!(counts["Observation"], expected);
 }
+
+/// Slow clients cannot hold `serve`: request headers and bodies have deadlines, and
+/// connections beyond the cap are closed at once instead of exhausting file descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_connections_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let (server, _) = server_with(&[
+        ("SERVE_HEADER_TIMEOUT_SECONDS", "1"),
+        ("SERVE_BODY_TIMEOUT_SECONDS", "1"),
+        ("SERVE_MAX_CONNECTIONS", "4"),
+    ])
+    .await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+    // What the server sends before closing (empty: closed without an answer).
+    async fn answer(s: &mut TcpStream, within: Duration) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            match tokio::time::timeout(within, s.read(&mut buf)).await {
+                Err(_) => panic!("the server kept the connection open: {out:?}"),
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(&addr).await.expect("connect");
+        s.write_all(b"GET /metadata HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("half a request");
+        slow.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut extra = TcpStream::connect(&addr).await.expect("connect");
+    let _ = extra
+        .write_all(b"GET /metadata HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert_eq!(
+        answer(&mut extra, Duration::from_secs(2)).await,
+        "",
+        "a fifth connection is closed at once"
+    );
+    for s in &mut slow {
+        let got = answer(s, Duration::from_secs(5)).await;
+        assert!(
+            got.is_empty() || got.starts_with("HTTP/1.1 408"),
+            "header deadline: {got}"
+        );
+    }
+    // The slots are free again.
+    let ok = http_client()
+        .get(format!("{}/metadata", server.base))
+        .send()
+        .await
+        .expect("metadata");
+    assert_eq!(ok.status(), 200);
+
+    // A body that never completes gets 408 with an OperationOutcome.
+    let mut s = TcpStream::connect(&addr).await.expect("connect");
+    s.write_all(
+        b"POST /$export HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\nContent-Length: 100\r\nPrefer: respond-async\r\n\r\n{\"resou",
+    )
+    .await
+    .expect("partial body");
+    let got = answer(&mut s, Duration::from_secs(5)).await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(got.contains("OperationOutcome"), "{got}");
+}
