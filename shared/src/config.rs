@@ -20,6 +20,9 @@ pub enum ConfigError {
     },
 }
 
+/// The longest lifetime of a presigned download URL.
+pub const MAX_PRESIGN_TTL_SECONDS: u64 = 3600;
+
 /// Where export files go: `s3://bucket/prefix` or a local directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoragePath {
@@ -230,6 +233,19 @@ impl Config {
                 reason: "must be between 10 and 300".into(),
             });
         }
+        // A presigned URL is a bearer credential for the file: anyone holding it downloads
+        // without a token. Clients get a new one on every $exportfilerequest, so it need not
+        // live longer than a download takes to start.
+        let presign_ttl = number(&var, "PRESIGN_TTL_SECONDS", 300)?;
+        if !(1..=MAX_PRESIGN_TTL_SECONDS).contains(&presign_ttl) {
+            return Err(ConfigError::Invalid {
+                name: "PRESIGN_TTL_SECONDS",
+                value: presign_ttl.to_string(),
+                reason: format!(
+                    "must be between 1 and {MAX_PRESIGN_TTL_SECONDS} (a presigned URL lets anyone who holds it download the file)"
+                ),
+            });
+        }
         Ok(Config {
             token_signing_key_secret: var("TOKEN_SIGNING_KEY_SECRET"),
             auth,
@@ -246,7 +262,7 @@ impl Config {
             trust_forwarded_headers: var("TRUST_FORWARDED_HEADERS")
                 .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1"),
             max_file_bytes,
-            presign_ttl: Duration::from_secs(number(&var, "PRESIGN_TTL_SECONDS", 300)?),
+            presign_ttl: Duration::from_secs(presign_ttl),
             job_retention: Duration::from_secs(number(&var, "JOB_RETENTION_HOURS", 24)? * 3600),
             cancelled_status_code: cancelled_status_code as u16,
             lease: Duration::from_secs(number(&var, "LEASE_SECONDS", 120)?.max(5)),
@@ -362,6 +378,38 @@ mod tests {
         assert!(config(&[("DATABASE_URL", "x"), ("TOKEN_SIGNING_KEY", "short")]).is_err());
         assert!(config(&[("DATABASE_URL", "x"), ("AUTH", "maybe")]).is_err());
         assert!(config(&[("DATABASE_URL", "x"), ("ACCESS_TOKEN_TTL_SECONDS", "3600")]).is_err());
+    }
+
+    #[test]
+    fn presigned_urls_live_at_most_an_hour_and_the_base_url_is_checked() {
+        let ok = config(&[("DATABASE_URL", "x"), ("PRESIGN_TTL_SECONDS", "3600")]).unwrap();
+        assert_eq!(ok.presign_ttl, Duration::from_secs(3600));
+        for bad in ["3601", "604800", "0"] {
+            assert!(
+                config(&[("DATABASE_URL", "x"), ("PRESIGN_TTL_SECONDS", bad)]).is_err(),
+                "{bad}"
+            );
+        }
+        let c = config(&[
+            ("DATABASE_URL", "x"),
+            ("PUBLIC_BASE_URL", "https://fhir.example/r4/"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.public_base_url.as_deref(),
+            Some("https://fhir.example/r4")
+        );
+        for bad in [
+            "javascript://x",
+            "fhir.example",
+            "https://h/x?y=1",
+            "https:///x",
+        ] {
+            assert!(
+                config(&[("DATABASE_URL", "x"), ("PUBLIC_BASE_URL", bad)]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

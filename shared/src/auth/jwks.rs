@@ -1,6 +1,11 @@
 //! Clients' JWKS: inline, or fetched from the registered URL and cached as its `Cache-Control`
 //! allows (`max-age`, `no-store`/`no-cache`; 5 minutes when the header says nothing, at most an
 //! hour). The cache is per process, so a warm Lambda does not fetch on every token request.
+//!
+//! A fetch is bounded: at most one per URL (= per client) every [`MIN_REFETCH`] whatever the
+//! JWKS's Cache-Control says (forged assertions cannot make the server fetch on each request),
+//! the body is read in chunks and abandoned past [`MAX_JWKS_BYTES`], and redirects are
+//! followed only on the same host, https, at most 3.
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
@@ -13,13 +18,35 @@ const MAX_TTL: Duration = Duration::from_secs(3600);
 /// A JWKS larger than this is refused (a key set is a few KiB).
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
-static CACHE: LazyLock<Mutex<HashMap<String, (Instant, JwkSet)>>> =
+/// The shortest time between two fetches of one JWKS URL.
+pub const MIN_REFETCH: Duration = Duration::from_secs(10);
+
+struct Cached {
+    /// Reusable until (per Cache-Control).
+    fresh_until: Instant,
+    fetched_at: Instant,
+    set: JwkSet,
+}
+
+static CACHE: LazyLock<Mutex<HashMap<String, Cached>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 static HTTP: LazyLock<reqwest::Client> = LazyLock::new(|| {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none())
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let first = attempt.previous().first().cloned();
+            let same_host = first
+                .as_ref()
+                .is_some_and(|f| f.host_str() == attempt.url().host_str());
+            let downgrade = first.as_ref().is_some_and(|f| f.scheme() == "https")
+                && attempt.url().scheme() != "https";
+            if attempt.previous().len() > 3 || !same_host || downgrade {
+                attempt.stop()
+            } else {
+                attempt.follow()
+            }
+        }))
         .build()
         .unwrap_or_default()
 });
@@ -43,16 +70,18 @@ pub fn cache_ttl(cache_control: Option<&str>) -> Duration {
     ttl.min(MAX_TTL)
 }
 
-/// The key set at `url`, from the cache while it is fresh.
+/// The key set at `url`: from the cache while it is fresh, or while the last fetch is less
+/// than [`MIN_REFETCH`] old; else fetched.
 pub async fn fetch(url: &str) -> Result<JwkSet, String> {
     if let Ok(cache) = CACHE.lock() {
-        if let Some((until, set)) = cache.get(url) {
-            if Instant::now() < *until {
-                return Ok(set.clone());
+        if let Some(c) = cache.get(url) {
+            let now = Instant::now();
+            if now < c.fresh_until || now < c.fetched_at + MIN_REFETCH {
+                return Ok(c.set.clone());
             }
         }
     }
-    let resp = HTTP
+    let mut resp = HTTP
         .get(url)
         .header("Accept", "application/json")
         .send()
@@ -61,24 +90,40 @@ pub async fn fetch(url: &str) -> Result<JwkSet, String> {
     if !resp.status().is_success() {
         return Err(format!("the client's JWKS URL answered {}", resp.status()));
     }
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
+    {
+        return Err("the client's JWKS is too large".into());
+    }
     let ttl = cache_ttl(
         resp.headers()
             .get("cache-control")
             .and_then(|v| v.to_str().ok()),
     );
-    let body = resp
-        .bytes()
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
         .await
-        .map_err(|e| format!("reading the client's JWKS failed: {e}"))?;
-    if body.len() > MAX_JWKS_BYTES {
-        return Err("the client's JWKS is too large".into());
+        .map_err(|e| format!("reading the client's JWKS failed: {e}"))?
+    {
+        if body.len() + chunk.len() > MAX_JWKS_BYTES {
+            return Err("the client's JWKS is too large".into());
+        }
+        body.extend_from_slice(&chunk);
     }
     let set: JwkSet = serde_json::from_slice(&body)
         .map_err(|e| format!("the client's JWKS is not a JWK Set: {e}"))?;
-    if !ttl.is_zero() {
-        if let Ok(mut cache) = CACHE.lock() {
-            cache.insert(url.to_string(), (Instant::now() + ttl, set.clone()));
-        }
+    if let Ok(mut cache) = CACHE.lock() {
+        let now = Instant::now();
+        cache.insert(
+            url.to_string(),
+            Cached {
+                fresh_until: now + ttl,
+                fetched_at: now,
+                set: set.clone(),
+            },
+        );
     }
     Ok(set)
 }

@@ -97,7 +97,7 @@ pub fn verify_access_token(key: &[u8], base: &str, token: &str) -> Result<Princi
 
 /// The request's principal when authorization is on (None when it is off): a valid bearer
 /// token for `base` is required, else 401.
-pub fn authenticate(
+pub async fn authenticate(
     state: &AppState,
     req: &Request,
     base: &str,
@@ -129,12 +129,22 @@ pub fn authenticate(
             message: "the Authorization header must be `Bearer <access token>`".into(),
             invalid_token: true,
         })?;
-    verify_access_token(key, base, token)
-        .map(Some)
-        .map_err(|message| ApiError::Unauthorized {
+    let principal =
+        verify_access_token(key, base, token).map_err(|message| ApiError::Unauthorized {
             message,
             invalid_token: true,
-        })
+        })?;
+    // A removed client's tokens stop working at once, not when they expire.
+    if crate::db::clients::get_client(&state.pool, &principal.client_id)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::Unauthorized {
+            message: "the client of this access token is no longer registered".into(),
+            invalid_token: true,
+        });
+    }
+    Ok(Some(principal))
 }
 
 /// 32 random bytes, hex-encoded, for a process that signs and checks its own tokens.

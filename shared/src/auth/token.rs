@@ -180,6 +180,8 @@ struct UnverifiedClaims {
 struct AssertionClaims {
     exp: i64,
     jti: Option<String>,
+    nbf: Option<i64>,
+    iat: Option<i64>,
 }
 
 async fn token(state: &AppState, req: &Request, base: &str) -> Result<Response, TokenError> {
@@ -314,6 +316,14 @@ async fn token(state: &AppState, req: &Request, base: &str) -> Result<Response, 
     }
     let claims = verified.ok_or(last)?;
     let now = chrono::Utc::now().timestamp();
+    // An assertion made for later (clock games, or one prepared to be replayed) is refused.
+    for (name, t) in [("nbf", claims.nbf), ("iat", claims.iat)] {
+        if t.is_some_and(|t| t > now + LEEWAY as i64) {
+            return Err(
+                invalid_client(format!("the client assertion's {name} is in the future")).into(),
+            );
+        }
+    }
     if claims.exp > now + MAX_ASSERTION_LIFETIME + LEEWAY as i64 {
         return Err(
             invalid_client("the client assertion's exp is more than 5 minutes ahead").into(),

@@ -23,7 +23,7 @@ pub async fn handle(state: &AppState, req: Request) -> Response {
         Ok(base) => base,
         Err(e) => return e.into_response(),
     };
-    let principal = match crate::auth::authenticate(state, &req, &base) {
+    let principal = match crate::auth::authenticate(state, &req, &base).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };

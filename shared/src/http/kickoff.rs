@@ -92,7 +92,7 @@ async fn kickoff(state: &AppState, req: &Request, route: &Route<'_>) -> Result<R
         )));
     }
     let base = base_url(&state.config, req, route.prefix)?;
-    let principal = crate::auth::authenticate(state, req, &base)?;
+    let principal = crate::auth::authenticate(state, req, &base).await?;
     let prefs = params::check_headers(
         header_str(req, header::ACCEPT),
         header_str(req, header::HeaderName::from_static("prefer")),

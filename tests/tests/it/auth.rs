@@ -242,6 +242,12 @@ async fn the_token_endpoint_refuses_bad_requests_and_assertions_with_oauth_error
         None,
     );
     let unknown_client = assertion("rs384", claims("nobody", &token_url), None);
+    let mut c = claims(ALL, &token_url);
+    c["iat"] = json!(now() + 120);
+    let iat_future = assertion("rs384", c, None);
+    let mut c = claims(ALL, &token_url);
+    c["nbf"] = json!(now() + 120);
+    let nbf_future = assertion("rs384", c, None);
     let unregistered_key = assertion("other", claims(ALL, &token_url), Some("test-rs384"));
     // alg none: no signature at all.
     let b64 = |v: &Value| {
@@ -277,6 +283,8 @@ async fn the_token_endpoint_refuses_bad_requests_and_assertions_with_oauth_error
         ("no jti", no_jti, "jti"),
         ("another audience", other_audience, "aud"),
         ("unknown client", unknown_client, "unknown client"),
+        ("iat in the future", iat_future, "iat is in the future"),
+        ("nbf in the future", nbf_future, "nbf is in the future"),
         ("unregistered key", unregistered_key, "signature"),
         ("alg none", alg_none, "RS384"),
         ("HS256 with the public key", hs256, "RS384"),
@@ -514,22 +522,45 @@ async fn jwks_server(cache_control: &'static str) -> (String, Arc<AtomicUsize>) 
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
     let body = fixture_public_jwks().to_string();
-    let app = axum::Router::new().route(
-        "/jwks.json",
-        axum::routing::get(move || {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let body = body.clone();
-            async move {
+    let huge_hits = hits.clone();
+    let app = axum::Router::new()
+        .route(
+            "/huge.json",
+            axum::routing::get(move || {
+                huge_hits.fetch_add(1, Ordering::SeqCst);
+                // 64 MiB streamed without a Content-Length: the reader must stop early.
+                let chunks =
+                    futures::stream::iter((0..1024).map(|_| {
+                        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 64 * 1024]))
+                    }));
+                async move { axum::body::Body::from_stream(chunks) }
+            }),
+        )
+        .route(
+            "/elsewhere.json",
+            axum::routing::get(|| async {
                 (
-                    [
-                        ("content-type", "application/json"),
-                        ("cache-control", cache_control),
-                    ],
-                    body,
+                    axum::http::StatusCode::FOUND,
+                    [("location", "http://localhost:1/jwks.json")],
                 )
-            }
-        }),
-    );
+            }),
+        )
+        .route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let body = body.clone();
+                async move {
+                    (
+                        [
+                            ("content-type", "application/json"),
+                            ("cache-control", cache_control),
+                        ],
+                        body,
+                    )
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -543,7 +574,9 @@ async fn jwks_urls_are_fetched_and_cached_as_cache_control_says() {
     let (server, _) = server().await;
     let base = &server.base;
     let token_url = format!("{base}/auth/token");
-    for (cache_control, expected_fetches) in [("max-age=60", 1), ("no-store", 3)] {
+    // no-store: fetched again, but at most once per JWKS URL every 10 s (jwks::MIN_REFETCH), so
+    // a burst of assertions (forged ones included) costs one fetch.
+    for (cache_control, expected_fetches) in [("max-age=60", 1), ("no-store", 1)] {
         let (url, hits) = jwks_server(cache_control).await;
         let id = format!("{BY_URL}-{expected_fetches}");
         clients::insert_client(
@@ -578,6 +611,72 @@ async fn jwks_urls_are_fetched_and_cached_as_cache_control_says() {
             expected_fetches,
             "{cache_control}"
         );
+    }
+
+    // A JWKS that never ends is abandoned past the size cap; a redirect to another host is not
+    // followed.
+    for (path, needle) in [("/huge.json", "too large"), ("/elsewhere.json", "302")] {
+        let (ok_url, _) = jwks_server("no-store").await;
+        let url = ok_url.replace("/jwks.json", path);
+        let id = format!("{BY_URL}{}", path.replace(['/', '.'], "-"));
+        clients::insert_client(
+            &server.state.pool,
+            &Client {
+                client_id: id.clone(),
+                jwks: None,
+                jwks_url: Some(url.clone()),
+                scopes: "system/*.read".into(),
+            },
+        )
+        .await
+        .expect("register");
+        let a = assertion("es384", claims(&id, &token_url), Some("test-es384"));
+        let d = oauth_error(
+            token_request(base, &a, "system/*.read").await,
+            401,
+            "invalid_client",
+        )
+        .await;
+        assert!(d.contains(needle), "{path}: {d}");
+    }
+}
+
+/// Removing a client stops its tokens at once, not when they expire.
+#[tokio::test]
+async fn a_removed_clients_tokens_stop_working_at_once() {
+    let (server, _) = server().await;
+    let token = access_token(&server.base, LIMITED, "system/*.read").await;
+    let c = integration_tests::bearer_client(&token);
+    let url = format!("{}/$export?_type=Patient", server.base);
+    let resp = c
+        .get(&url)
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async")
+        .send()
+        .await
+        .expect("kick-off");
+    assert_eq!(resp.status(), 202);
+    let status_url = resp.headers()["content-location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    assert!(clients::delete_client(&server.state.pool, LIMITED)
+        .await
+        .expect("remove"));
+    for resp in [
+        c.get(&url)
+            .header("Accept", "application/fhir+json")
+            .header("Prefer", "respond-async")
+            .send()
+            .await
+            .expect("kick-off"),
+        c.get(&status_url).send().await.expect("status"),
+    ] {
+        assert_eq!(resp.status(), 401);
+        assert!(resp.headers()["www-authenticate"]
+            .to_str()
+            .expect("challenge")
+            .contains("invalid_token"));
     }
 }
 
