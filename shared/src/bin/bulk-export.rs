@@ -476,7 +476,10 @@ async fn jobs_command(pool: &db::Pool, id: Option<uuid::Uuid>, limit: i64) -> an
     let Some(j) = db::jobs::get_job(pool, id).await? else {
         bail!("no export job {id}");
     };
-    let (done, all) = db::jobs::select_progress(pool, id).await?;
+    let progress = match db::jobs::select_progress(pool, id).await? {
+        db::jobs::JobProgress::Types { done, all } => format!("{done} of {all} resource types"),
+        db::jobs::JobProgress::Patients { done, all } => format!("{done} of {all} patients"),
+    };
     println!("id:             {}", j.id);
     println!("status:         {}", j.status.as_str());
     println!("level:          {}", j.level.as_str());
@@ -486,7 +489,7 @@ async fn jobs_command(pool: &db::Pool, id: Option<uuid::Uuid>, limit: i64) -> an
     println!("completed:      {}", time(j.completed_at));
     println!("expires:        {}", time(j.expires_at));
     println!("attempts:       {}", j.attempts);
-    println!("work items:     {done} of {all} done");
+    println!("progress:       {progress}");
     println!("error:          {}", j.error.as_deref().unwrap_or("-"));
     println!(
         "client is told: {}",

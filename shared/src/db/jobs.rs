@@ -485,14 +485,40 @@ pub async fn record_poll_with(
     Ok(n == 1)
 }
 
-/// Work progress for X-Progress: (done items, all items).
-pub async fn select_progress(pool: &Pool, id: Uuid) -> Result<(i64, i64), DbError> {
+/// How far a running job is, for X-Progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobProgress {
+    /// Work items (resource types) done of all.
+    Types { done: i64, all: i64 },
+    /// organizeOutputBy=Patient: patients whose blocks are written, of all.
+    Patients { done: i64, all: i64 },
+}
+
+/// Work progress for X-Progress.
+pub async fn select_progress(pool: &Pool, id: Uuid) -> Result<JobProgress, DbError> {
     let client = pool.get().await?;
     let row = client
         .query_one(
-            "SELECT count(*) FILTER (WHERE done), count(*) FROM export_work_items WHERE job_id = $1",
-            &[&id],
+            "SELECT count(*) FILTER (WHERE done), count(*),
+                    max(cursor_id) FILTER (WHERE resource_type = $2)
+             FROM export_work_items WHERE job_id = $1",
+            &[&id, &crate::export::engine::BLOCKS_ITEM],
         )
         .await?;
-    Ok((row.get(0), row.get(1)))
+    let (done, all, blocks_cursor): (i64, i64, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    let Some(cursor) = blocks_cursor else {
+        return Ok(JobProgress::Types { done, all });
+    };
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE patient_id <= $2), count(*)
+             FROM export_job_patients WHERE job_id = $1",
+            &[&id, &cursor],
+        )
+        .await?;
+    Ok(JobProgress::Patients {
+        done: if done == all { row.get(1) } else { row.get(0) },
+        all: row.get(1),
+    })
 }

@@ -42,9 +42,36 @@ pub async fn select_work_items(pool: &Pool, job_id: Uuid) -> Result<Vec<WorkItem
 /// Records a finished file and advances the item's cursor in one transaction, so a crash
 /// either keeps both or neither (the file is then rewritten under the same name).
 pub async fn checkpoint(pool: &Pool, item: &WorkItem, files: &[ExportFile]) -> Result<(), DbError> {
+    checkpoint_with(pool, item, files, false).await
+}
+
+/// The last checkpoint of a job whose one item did all the work (organizeOutputBy=Patient):
+/// its files, its state and every other work item marked done, in one transaction, so a crash
+/// can never leave the job looking finished with files missing from the manifest.
+pub async fn checkpoint_last(
+    pool: &Pool,
+    item: &WorkItem,
+    files: &[ExportFile],
+) -> Result<(), DbError> {
+    checkpoint_with(pool, item, files, true).await
+}
+
+async fn checkpoint_with(
+    pool: &Pool,
+    item: &WorkItem,
+    files: &[ExportFile],
+    all_done: bool,
+) -> Result<(), DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     insert_files(&tx, item.job_id, files).await?;
+    if all_done {
+        tx.execute(
+            "UPDATE export_work_items SET done = true, updated_at = now() WHERE job_id = $1",
+            &[&item.job_id],
+        )
+        .await?;
+    }
     tx.execute(
         "UPDATE export_work_items SET phase = $3, cursor_id = $4, next_file_seq = $5, done = $6,
              updated_at = now()
@@ -139,16 +166,4 @@ pub async fn get_file(
         )
         .await?;
     row.as_ref().map(file_from_row).transpose()
-}
-
-/// Marks every work item of the job done (an organizeOutputBy job finishes all types at once).
-pub async fn mark_all_done(pool: &Pool, job_id: Uuid) -> Result<(), DbError> {
-    let client = pool.get().await?;
-    client
-        .execute(
-            "UPDATE export_work_items SET done = true, updated_at = now() WHERE job_id = $1",
-            &[&job_id],
-        )
-        .await?;
-    Ok(())
 }

@@ -458,9 +458,8 @@ impl Exporter {
             finished.extend(self.write_dangling_reference_errors(&sel).await?);
             finished.extend(self.write_deleted(&sel, &transforms[t.as_str()]).await?);
         }
-        work_items::mark_all_done(&self.pool, job.id).await?;
         item.done = true;
-        work_items::checkpoint(&self.pool, &item, &finished).await?;
+        work_items::checkpoint_last(&self.pool, &item, &finished).await?;
         Ok(Progress::Finished)
     }
 

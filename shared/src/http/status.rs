@@ -109,8 +109,14 @@ async fn status(
             } else if !job.planned {
                 "Active: planning".to_string()
             } else {
-                let (done, all) = jobs::select_progress(&state.pool, id).await?;
-                format!("Active: {done} of {all} resource types exported")
+                match jobs::select_progress(&state.pool, id).await? {
+                    jobs::JobProgress::Types { done, all } => {
+                        format!("Active: {done} of {all} resource types exported")
+                    }
+                    jobs::JobProgress::Patients { done, all } => {
+                        format!("Active: {done} of {all} patients exported")
+                    }
+                }
             };
             let mut resp = outcome_response(
                 StatusCode::ACCEPTED,
