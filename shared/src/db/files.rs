@@ -288,6 +288,9 @@ pub struct BlockQuery<'a> {
     pub patients: &'a [String],
     /// Compartment members of these types.
     pub compartment_types: &'a [String],
+    /// Compartment members of these types bring the resources they reference (`_type` filters
+    /// the output, not this traversal).
+    pub referencing_types: &'a [String],
     /// Resources of these types referenced by a compartment member of the block.
     pub referenced_types: &'a [String],
     /// Provenance whose target is a compartment member of the block (of these types);
@@ -315,7 +318,7 @@ WITH cand AS (
     FROM compartment c
     JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
     JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
-    WHERE c.patient_id = ANY($1) AND c.resource_type = ANY($2) AND f.target_type = ANY($3)
+    WHERE c.patient_id = ANY($1) AND c.resource_type = ANY($8) AND f.target_type = ANY($3)
       AND NOT s.deleted AND s.last_updated <= $4
       AND ($5::timestamptz IS NULL OR s.last_updated > $5)
   UNION
@@ -354,7 +357,7 @@ pub async fn stream_blocks(
     q: &BlockQuery<'_>,
 ) -> Result<tokio_postgres::RowStream, DbError> {
     let stmt = client.prepare_cached(BLOCKS_SQL).await?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
         &q.patients,
         &q.compartment_types,
         &q.referenced_types,
@@ -362,6 +365,7 @@ pub async fn stream_blocks(
         &q.since,
         &q.provenance_target_types,
         &q.latest_provenance,
+        &q.referencing_types,
     ];
     Ok(client.query_raw(&stmt, params).await?)
 }

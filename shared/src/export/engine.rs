@@ -276,10 +276,24 @@ impl Exporter {
             .filter(|t| *t != "Provenance")
             .cloned()
             .collect();
+        // AdditionalResources are those referenced by the patients' compartment, whichever
+        // types `_type` asked for: `_type` filters the output, not the traversal (so
+        // `Patient/$export?_type=Organization` gives the Organizations the unfiltered export
+        // gives). The compartment types are those an unfiltered export of this job would have.
+        let referencing_types: Vec<String> = if job.level == ExportLevel::System {
+            Vec::new()
+        } else {
+            let present = resources::select_resource_types(&self.pool).await?;
+            self.unfiltered_types(job, &present)
+                .into_iter()
+                .filter(|t| is_patient_compartment_type(t))
+                .collect()
+        };
         if job.params.organize_output_by.is_some() {
             let layout = BlockTypes {
                 types: &types,
                 exported_compartment_types: &exported_compartment_types,
+                referencing_types: &referencing_types,
                 target_types: &target_types,
             };
             return self
@@ -288,12 +302,7 @@ impl Exporter {
         }
         for item in items.into_iter().filter(|i| !i.done) {
             let resource_type = item.resource_type.clone();
-            let sel = self.selection(
-                job,
-                &resource_type,
-                &exported_compartment_types,
-                &target_types,
-            );
+            let sel = self.selection(job, &resource_type, &referencing_types, &target_types);
             let transform = RowTransform::new(&resource_type, &filters, &elements);
             let span = info_span!("work_item", resource_type = %resource_type);
             match self
@@ -313,7 +322,7 @@ impl Exporter {
         &self,
         job: &Job,
         resource_type: &'a str,
-        exported_compartment_types: &'a [String],
+        referencing_types: &'a [String],
         target_types: &'a [String],
     ) -> Selection<'a> {
         let additional = job.level != ExportLevel::System
@@ -322,11 +331,7 @@ impl Exporter {
                 .additional_resources
                 .iter()
                 .any(|t| t == resource_type);
-        let referenced_from: &[String] = if additional {
-            exported_compartment_types
-        } else {
-            &[]
-        };
+        let referenced_from: &[String] = if additional { referencing_types } else { &[] };
         Selection {
             job_id: job.id,
             resource_type,
@@ -360,6 +365,7 @@ impl Exporter {
         let BlockTypes {
             types,
             exported_compartment_types,
+            referencing_types,
             target_types,
         } = layout;
         let Some(mut item) = items.into_iter().find(|i| i.resource_type == BLOCKS_ITEM) else {
@@ -417,6 +423,7 @@ impl Exporter {
             let query = files::BlockQuery {
                 patients: &batch,
                 compartment_types: &compartment_types,
+                referencing_types,
                 referenced_types: &referenced_types,
                 provenance_target_types: &provenance_target_types,
                 latest_provenance: associated.as_ref().is_some_and(|a| a.latest),
@@ -454,7 +461,7 @@ impl Exporter {
         let mut finished = self.close_block_file(&mut item, file.take()).await?;
         // deleted[] (with `_since`) and dangling references, per type as without blocks.
         for t in types {
-            let sel = self.selection(job, t, exported_compartment_types, target_types);
+            let sel = self.selection(job, t, referencing_types, target_types);
             finished.extend(self.write_dangling_reference_errors(&sel).await?);
             finished.extend(self.write_deleted(&sel, &transforms[t.as_str()]).await?);
         }
@@ -582,11 +589,17 @@ impl Exporter {
         }])
     }
 
-    async fn plan(&self, job: &Job) -> Result<(), Failure> {
-        let present = resources::select_resource_types(&self.pool).await?;
-        let mut candidates: Vec<String> = match (&job.params.types, job.level) {
-            (Some(types), _) => types.clone(),
-            (None, ExportLevel::System) => present.clone(),
+    /// The types of the job's export: `_type`, or without it every type the level can export;
+    /// plus Provenance with includeAssociatedData; only types the token covers and that exist.
+    fn export_types(
+        &self,
+        job: &Job,
+        requested: Option<&[String]>,
+        present: &[String],
+    ) -> Vec<String> {
+        let mut candidates: Vec<String> = match (requested, job.level) {
+            (Some(types), _) => types.to_vec(),
+            (None, ExportLevel::System) => present.to_vec(),
             (None, _) => patient_compartment_types()
                 .map(str::to_string)
                 .chain(self.config.additional_resources.iter().cloned())
@@ -606,6 +619,17 @@ impl Exporter {
             .collect();
         types.sort();
         types.dedup();
+        types
+    }
+
+    /// The types an export of this job without `_type` would have.
+    fn unfiltered_types(&self, job: &Job, present: &[String]) -> Vec<String> {
+        self.export_types(job, None, present)
+    }
+
+    async fn plan(&self, job: &Job) -> Result<(), Failure> {
+        let present = resources::select_resource_types(&self.pool).await?;
+        let types = self.export_types(job, job.params.types.as_deref(), &present);
         let group = match (job.level, &job.group_id) {
             (ExportLevel::Group, Some(g)) => {
                 if !resources::resource_exists(&self.pool, "Group", g).await? {
@@ -910,6 +934,8 @@ impl Exporter {
 struct BlockTypes<'a> {
     types: &'a [String],
     exported_compartment_types: &'a [String],
+    /// Compartment types whose references bring AdditionalResources (whatever `_type`).
+    referencing_types: &'a [String],
     target_types: &'a [String],
 }
 

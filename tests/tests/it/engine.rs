@@ -521,7 +521,10 @@ async fn blocks_by_patient_resume_after_a_failure_and_a_hand_off_without_duplica
     assert_eq!(second.handed_off, vec![job.id], "deadline: progress saved");
     // X-Progress counts the patients whose blocks are durably written (not "0 of N" until the
     // very end).
-    match jobs::select_progress(&db.pool, job.id).await.expect("progress") {
+    match jobs::select_progress(&db.pool, job.id)
+        .await
+        .expect("progress")
+    {
         jobs::JobProgress::Patients { done, all } => {
             assert_eq!(all, 20);
             assert!(done > 0 && done <= all, "{done} of {all}");
@@ -632,7 +635,9 @@ async fn an_organized_export_is_complete_only_with_every_file_recorded() {
     assert_eq!(status(&db, job.id).await.status, JobStatus::Active);
     // Progress is counted in patients, and only what is durable counts: nothing yet.
     assert_eq!(
-        jobs::select_progress(&db.pool, job.id).await.expect("progress"),
+        jobs::select_progress(&db.pool, job.id)
+            .await
+            .expect("progress"),
         jobs::JobProgress::Patients { done: 0, all: 4 }
     );
 

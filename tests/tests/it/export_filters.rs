@@ -482,3 +482,63 @@ async fn type_filter_also_selects_the_deletions_listed_in_deleted() {
         );
     }
 }
+
+/// `_type` filters the output, not the traversal: the AdditionalResources of a Patient or
+/// Group export are those the compartment references, whichever other types were requested.
+#[tokio::test]
+async fn type_filters_the_output_not_the_traversal_for_additional_resources() {
+    let (server, data) = server().await;
+    let c = http_client();
+    let all = data.expected_compartment_export(&data.patient_ids());
+    let orgs = all.get("Organization").copied().unwrap_or(0);
+    assert!(orgs > 0, "the data set has referenced Organizations");
+    for query in ["_type=Organization", "_type=Patient,Condition,Organization"] {
+        let m = export(&c, &format!("{}/Patient/$export?{query}", server.base)).await;
+        let got = download_counts(&c, &m, "output").await;
+        assert_eq!(got.get("Organization").copied(), Some(orgs), "{query}");
+        for (t, n) in &got {
+            assert_eq!(Some(n), all.get(t), "{query}: {t}");
+        }
+    }
+    let group = data.expected_compartment_export(&data.group_members());
+    let m = export(
+        &c,
+        &format!(
+            "{}/Group/{}/$export?_type=Organization",
+            server.base, data.group_id
+        ),
+    )
+    .await;
+    let got = download_counts(&c, &m, "output").await;
+    assert_eq!(
+        got.get("Organization").copied(),
+        group.get("Organization").copied()
+    );
+    // Per-patient blocks too: each block holds the Organizations its compartment references.
+    let m = export(
+        &c,
+        &format!(
+            "{}/Patient/$export?organizeOutputBy=Patient&_type=Organization",
+            server.base
+        ),
+    )
+    .await;
+    let mut in_blocks: BTreeSet<String> = BTreeSet::new();
+    for entry in m["output"].as_array().expect("output") {
+        let text = c
+            .get(entry["url"].as_str().expect("url"))
+            .send()
+            .await
+            .expect("download")
+            .text()
+            .await
+            .expect("body");
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).expect("json");
+            if v["resourceType"] == "Organization" {
+                in_blocks.insert(v["id"].as_str().expect("id").to_string());
+            }
+        }
+    }
+    assert_eq!(in_blocks.len(), orgs);
+}
