@@ -33,8 +33,14 @@ fi
 export STORAGE_PATH="${STORAGE_PATH:-$ROOT/data-local/exports}"
 export REPEAT_PERIOD="${REPEAT_PERIOD:-5000}"
 
-echo "building bulk-export (release; the first build takes a few minutes)" >&2
-cargo build --release --quiet -p shared --bin bulk-export
+# cargo's own output shows what happens: a progress bar on a terminal, one "Compiling …" line per
+# crate otherwise (a log, CI).
+if [[ -x "$ROOT/target/release/bulk-export" ]]; then
+  echo "run-local: building bulk-export (release; seconds when up to date, a minute or two after source changes)" >&2
+else
+  echo "run-local: building bulk-export (release; about 8 minutes the first time on 2 cores, seconds afterwards)" >&2
+fi
+cargo build --release -p shared --bin bulk-export
 BIN="$ROOT/target/release/bulk-export"
 
 "$BIN" migrate
