@@ -8,6 +8,7 @@
 //! - [`http`]: handlers over `http::Request`, shared by the Lambdas and `bulk-export serve`.
 
 pub mod auth;
+pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod db;

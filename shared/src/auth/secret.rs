@@ -4,9 +4,7 @@
 use crate::config::{AuthMode, Config, ConfigError, MIN_SIGNING_KEY_BYTES};
 
 pub async fn client_from_env() -> aws_sdk_secretsmanager::Client {
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
+    let shared = crate::aws::shared_config().await;
     aws_sdk_secretsmanager::Client::new(&shared)
 }
 

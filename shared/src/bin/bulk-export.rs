@@ -295,7 +295,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 queue: Arc::new(wake.clone()),
                 config: config.clone(),
             };
-            let exporter = Exporter::new(pool, store, Arc::new(wake.clone()), config.clone());
+            // Named after host and port: a restarted serve resumes its own jobs at once.
+            let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into());
+            let exporter = Exporter::new(pool, store, Arc::new(wake.clone()), config.clone())
+                .with_owner(format!("serve@{host_name}:{}", addr.port()));
             let base = config.public_base_url.clone().unwrap_or_default();
             // A closed stdout (`serve | head -1`, a supervisor that reads one line) must not
             // take the server down: these writes ignore errors, unlike println!.

@@ -174,7 +174,8 @@ pub async fn claim_job(
                      SELECT id FROM export_jobs
                      WHERE (status IN ('Queued', 'CancellationRequested')
                             OR (status = 'Active'))
-                       AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                       AND (lease_expires_at IS NULL OR lease_expires_at < now()
+                            OR lease_owner = $1)
                      ORDER BY (id = $3) DESC, created_at
                      LIMIT 1
                      FOR UPDATE SKIP LOCKED)
@@ -238,6 +239,7 @@ pub async fn record_failure(
     error: &JobError,
     max_attempts: i32,
     backoff: Duration,
+    retention: Duration,
 ) -> Result<Option<JobStatus>, DbError> {
     let client = pool.get().await?;
     let row = client
@@ -247,6 +249,8 @@ pub async fn record_failure(
                  error = $3, public_error = $6,
                  status = CASE WHEN status = 'Active' AND attempts + 1 >= $4 THEN 'Failed' ELSE status END,
                  completed_at = CASE WHEN status = 'Active' AND attempts + 1 >= $4 THEN now() ELSE completed_at END,
+                 expires_at = CASE WHEN status = 'Active' AND attempts + 1 >= $4
+                                   THEN now() + make_interval(secs => $7) ELSE expires_at END,
                  lease_owner = NULL,
                  lease_expires_at = now() + make_interval(secs => $5),
                  updated_at = now()
@@ -258,6 +262,7 @@ pub async fn record_failure(
                 &max_attempts,
                 &backoff.as_secs_f64(),
                 &error.public,
+                &retention.as_secs_f64(),
             ],
         )
         .await?;
@@ -273,19 +278,28 @@ pub struct JobError {
 }
 
 /// Fails a job at once (a problem no retry can fix).
+/// A failed job's status and files expire like a completed one's (`retention`).
 pub async fn fail_job(
     pool: &Pool,
     id: Uuid,
     owner: &str,
     error: &JobError,
+    retention: Duration,
 ) -> Result<bool, DbError> {
     let client = pool.get().await?;
     let n = client
         .execute(
             "UPDATE export_jobs SET status = 'Failed', error = $3, public_error = $4,
-                 completed_at = now(), lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+                 completed_at = now(), expires_at = now() + make_interval(secs => $5),
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
              WHERE id = $1 AND lease_owner = $2 AND status IN ('Queued', 'Active')",
-            &[&id, &owner, &error.internal, &error.public],
+            &[
+                &id,
+                &owner,
+                &error.internal,
+                &error.public,
+                &retention.as_secs_f64(),
+            ],
         )
         .await?;
     Ok(n == 1)

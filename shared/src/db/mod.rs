@@ -67,7 +67,17 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
 /// A connection pool for DATABASE_URL, over TLS when its `sslmode` asks for it (see [`tls`]).
 pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, DbError> {
     let (url, tls) = tls::from_url(database_url)?;
-    let pg = tokio_postgres::Config::from_str(&url).map_err(|e| DbError::Config(e.to_string()))?;
+    let mut pg =
+        tokio_postgres::Config::from_str(&url).map_err(|e| DbError::Config(e.to_string()))?;
+    // A database that does not answer costs a bounded wait: connecting, and (through TCP
+    // keepalives) a connection whose peer vanished mid-query.
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(std::time::Duration::from_secs(10));
+    }
+    pg.keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(30))
+        .keepalives_interval(std::time::Duration::from_secs(10))
+        .keepalives_retries(3);
     let config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
@@ -77,6 +87,10 @@ pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, DbError> {
     };
     Pool::builder(manager)
         .max_size(max_size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(std::time::Duration::from_secs(30)))
+        .create_timeout(Some(std::time::Duration::from_secs(15)))
+        .recycle_timeout(Some(std::time::Duration::from_secs(5)))
         .build()
         .map_err(|e| DbError::Config(e.to_string()))
 }

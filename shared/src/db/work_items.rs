@@ -65,6 +65,15 @@ async fn checkpoint_with(
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     insert_files(&tx, item.job_id, files).await?;
+    // Progress: attempts count failures without progress, so a long export on a flaky network
+    // does not fail after a few blips that each cost nothing.
+    if !files.is_empty() {
+        tx.execute(
+            "UPDATE export_jobs SET attempts = 0 WHERE id = $1 AND attempts > 0",
+            &[&item.job_id],
+        )
+        .await?;
+    }
     if all_done {
         tx.execute(
             "UPDATE export_work_items SET done = true, updated_at = now() WHERE job_id = $1",

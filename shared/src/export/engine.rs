@@ -64,6 +64,29 @@ impl EngineError {
     }
 }
 
+/// Renews the job's lease every third of its length until the job is no longer this owner's.
+async fn heartbeat(pool: crate::db::Pool, id: Uuid, owner: String, lease: Duration) {
+    let mut every = tokio::time::interval(lease / 3);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        match jobs::renew_lease(&pool, id, &owner, lease).await {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => warn!(job_id = %id, error = %e, "lease heartbeat failed; retrying"),
+        }
+    }
+}
+
+/// Aborts the task when dropped (the heartbeat ends with the job, whatever path it takes).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What one run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RunSummary {
@@ -129,15 +152,34 @@ impl Exporter {
             };
             let id = job.id;
             let span = info_span!("export_job", job_id = %id, level = job.level.as_str());
-            self.process(job, deadline, &mut summary)
+            // The lease is kept alive by time, not by page progress: a storage call that takes
+            // long (within its own timeout) does not let another exporter take the job.
+            let heartbeat = AbortOnDrop(tokio::spawn(heartbeat(
+                self.pool.clone(),
+                id,
+                self.owner.clone(),
+                self.config.lease,
+            )));
+            let result = self
+                .process(job, deadline, &mut summary)
                 .instrument(span)
-                .await?;
+                .await;
+            drop(heartbeat);
+            result?;
             if summary.handed_off.contains(&id) || summary.retrying.contains(&id) {
                 break;
             }
         }
         summary.purged = self.purge_finished().await?;
         Ok(summary)
+    }
+
+    /// This exporter's lease owner name: jobs it held when its process stopped are claimed again
+    /// at once by a process of the same name (`serve` names it after host and port), instead of
+    /// after the lease expires.
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
     }
 
     fn near(&self, deadline: Instant) -> bool {
@@ -173,7 +215,14 @@ impl Exporter {
                 ),
             };
             warn!(attempts = job.attempts, error = %error.internal, "export failed for good");
-            jobs::fail_job(&self.pool, job.id, &self.owner, &error).await?;
+            jobs::fail_job(
+                &self.pool,
+                job.id,
+                &self.owner,
+                &error,
+                self.config.job_retention,
+            )
+            .await?;
             summary.failed.push(job.id);
             return Ok(());
         }
@@ -206,7 +255,14 @@ impl Exporter {
                     internal: msg.clone(),
                     public: msg,
                 };
-                jobs::fail_job(&self.pool, job.id, &self.owner, &error).await?;
+                jobs::fail_job(
+                    &self.pool,
+                    job.id,
+                    &self.owner,
+                    &error,
+                    self.config.job_retention,
+                )
+                .await?;
                 summary.failed.push(job.id);
             }
             Err(Transient(e)) => {
@@ -223,6 +279,7 @@ impl Exporter {
                     &error,
                     self.config.max_attempts,
                     self.retry_backoff,
+                    self.config.job_retention,
                 )
                 .await?;
                 if status == Some(JobStatus::Failed) {

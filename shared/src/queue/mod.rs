@@ -34,9 +34,7 @@ pub struct SqsQueue {
 
 impl SqsQueue {
     pub async fn from_env(queue_url: String) -> Self {
-        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .load()
-            .await;
+        let shared = crate::aws::shared_config().await;
         Self::new(aws_sdk_sqs::Client::new(&shared), queue_url)
     }
 

@@ -45,9 +45,7 @@ fn s3_err(
 }
 
 pub async fn client_from_env() -> Client {
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
+    let shared = crate::aws::shared_config().await;
     let path_style = std::env::var("S3_FORCE_PATH_STYLE")
         .map(|v| v == "true" || v == "1")
         .unwrap_or(false)

@@ -656,3 +656,112 @@ async fn an_organized_export_is_complete_only_with_every_file_recorded() {
         .iter()
         .any(|f| f.kind == shared::export::manifest::FileKind::Output && f.resource_count > 0));
 }
+
+/// Attempts count failures without progress: a long export whose files sometimes fail to
+/// finish, but which checkpoints a file between failures, completes even with MAX_ATTEMPTS=2.
+#[tokio::test]
+async fn attempts_reset_when_an_export_makes_progress() {
+    let (db, data) = TestDb::with_generated(20).await;
+    let store = flaky(vec![2, 4], false, Duration::ZERO);
+    let config = cfg(&db, &[("MAX_FILE_BYTES", "15000"), ("MAX_ATTEMPTS", "2")]);
+    let job = new_job(&db, ExportLevel::System, None, None).await;
+    let ex = exporter(&db, store.clone(), config);
+    for _ in 0..4 {
+        ex.run_until_idle(None, far()).await.expect("run");
+    }
+    let done = status(&db, job.id).await;
+    assert_eq!(done.status, JobStatus::Complete, "{:?}", done.error);
+    let rows = stored_resources(&db.pool, store.as_ref(), job.id).await;
+    assert_eq!(counts(&rows), data.count_by_type());
+    assert_no_duplicates(&rows);
+}
+
+/// A restarted exporter of the same name resumes the job it held at once, instead of waiting
+/// for its own old lease to expire.
+#[tokio::test]
+async fn a_restarted_exporter_resumes_its_own_job_at_once() {
+    let (db, data) = TestDb::with_generated(3).await;
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(temp_dir()).expect("store"));
+    let job = new_job(&db, ExportLevel::System, None, None).await;
+    // The previous process claimed it (a 2-minute lease) and died.
+    let claimed = jobs::claim_job(&db.pool, "serve@host:8080", Duration::from_secs(120), None)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.map(|j| j.id), Some(job.id));
+    let other = exporter(&db, store.clone(), cfg(&db, &[]));
+    assert!(other
+        .run_until_idle(None, far())
+        .await
+        .expect("run")
+        .completed
+        .is_empty());
+    let restarted = exporter(&db, store.clone(), cfg(&db, &[])).with_owner("serve@host:8080");
+    let summary = restarted.run_until_idle(None, far()).await.expect("run");
+    assert_eq!(summary.completed, vec![job.id]);
+    let rows = stored_resources(&db.pool, store.as_ref(), job.id).await;
+    assert_eq!(counts(&rows), data.count_by_type());
+}
+
+/// The lease is renewed by time, not by page progress: while one exporter waits on a slow
+/// storage call longer than the lease, another cannot take the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_kept_alive_while_a_storage_call_is_slow() {
+    let (db, data) = TestDb::with_generated(2).await;
+    let slow = flaky(vec![], false, Duration::from_secs(7));
+    let config = cfg(&db, &[("LEASE_SECONDS", "5")]);
+    let job = new_job(&db, ExportLevel::System, None, Some(&["Patient"])).await;
+    let first = exporter(&db, slow.clone(), config.clone());
+    let running = tokio::spawn(async move { first.run_until_idle(None, far()).await });
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Past the 5 s lease, the first exporter is still inside finish() (7 s).
+    let fast: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(temp_dir()).expect("store"));
+    let second = exporter(&db, fast, config)
+        .run_until_idle(None, far())
+        .await
+        .expect("run");
+    assert!(second.completed.is_empty(), "the job was taken: {second:?}");
+    let first = running.await.expect("task").expect("run");
+    assert_eq!(first.completed, vec![job.id]);
+    let rows = stored_resources(&db.pool, slow.as_ref(), job.id).await;
+    assert_eq!(rows.len(), data.count_by_type()["Patient"]);
+}
+
+/// A Failed job's files expire like a Complete one's: it gets an expiry, and past it the files
+/// are purged (a full disk of failed exports no longer blocks every later export).
+#[tokio::test]
+async fn failed_exports_expire_and_their_files_are_purged() {
+    let (db, _data) = TestDb::with_generated(5).await;
+    // The 2nd file fails, always: the first is written and kept, then the job fails.
+    let store = flaky(vec![2, 3, 4, 5, 6], false, Duration::ZERO);
+    let config = cfg(&db, &[("MAX_ATTEMPTS", "1"), ("MAX_FILE_BYTES", "4000")]);
+    let job = new_job(&db, ExportLevel::System, None, None).await;
+    let ex = exporter(&db, store.clone(), config);
+    ex.run_until_idle(None, far()).await.expect("run");
+    let failed = status(&db, job.id).await;
+    assert_eq!(failed.status, JobStatus::Failed);
+    let expires = failed.expires_at.expect("a failed job expires");
+    assert!(expires > chrono::Utc::now() + chrono::Duration::hours(23));
+    let files = shared::db::work_items::select_files(&db.pool, job.id)
+        .await
+        .expect("files");
+    let kept = files
+        .first()
+        .expect("the first file was written before the failure");
+    assert!(store.read(&kept.object_key).await.is_ok());
+    db.pool
+        .get()
+        .await
+        .expect("conn")
+        .execute(
+            "UPDATE export_jobs SET expires_at = now() - interval '1 second' WHERE id = $1",
+            &[&job.id],
+        )
+        .await
+        .expect("expire");
+    let summary = ex.run_until_idle(None, far()).await.expect("run");
+    assert_eq!(summary.purged, 1);
+    assert!(matches!(
+        store.read(&kept.object_key).await,
+        Err(StorageError::NotFound { .. })
+    ));
+}

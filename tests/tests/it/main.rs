@@ -17,4 +17,5 @@ mod presigned_s3s;
 mod queue_contract;
 mod signing_secret;
 mod smart_fetch;
+mod stalls;
 mod storage_contract;
