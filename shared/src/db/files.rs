@@ -164,9 +164,30 @@ async fn query_selection(
         .await?)
 }
 
+/// Ids in `(after_id, upto_id]` (to the end when None) were read in phase 0 under `snapshot`
+/// (a `pg_snapshot` in its text form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRange {
+    pub after_id: String,
+    pub upto_id: Option<String>,
+    pub snapshot: String,
+}
+
+/// One page: its rows, and in phase 0 the snapshot it was read under.
+pub struct Page {
+    pub rows: Vec<Row>,
+    pub snapshot: Option<String>,
+}
+
 /// Reads the next page after `cursor` in `phase` (0: current versions; 1: the version current
-/// at the transaction time of resources changed since). At most `max_rows` rows and at most
-/// `max_bytes` bytes of ndjson lines (the first row always comes, however large).
+/// at the transaction time of resources changed since, unless phase 0 already exported it). At
+/// most `max_rows` rows and at most `max_bytes` bytes of ndjson lines (the first row always
+/// comes, however large).
+///
+/// Phase 1 is exact under concurrent writes: a resource changed after the transaction time was
+/// exported by phase 0 exactly when the write that changed it was not yet visible to the phase-0
+/// page that covered its id (that page then still saw the transaction-time version). The pages'
+/// snapshots are in `export_read_ranges`, each version's writer in `written_xid`.
 pub async fn select_page(
     pool: &Pool,
     sel: &Selection<'_>,
@@ -174,20 +195,32 @@ pub async fn select_page(
     cursor: &str,
     max_rows: i64,
     max_bytes: i64,
-) -> Result<Vec<Row>, DbError> {
+) -> Result<Page, DbError> {
     let scope = selection_condition(sel);
     let source = if phase == 0 {
         "SELECT r.id, r.resource, r.deleted, r.last_updated FROM resources r
          WHERE r.resource_type = $1 AND r.id > $2 AND r.last_updated <= $3"
     } else {
-        "SELECT DISTINCT ON (h.id) h.id, h.resource, h.deleted, h.last_updated
-         FROM resource_history h
-         JOIN resources cur ON cur.resource_type = h.resource_type AND cur.id = h.id
-         WHERE h.resource_type = $1 AND h.id > $2 AND h.last_updated <= $3
-           AND cur.last_updated > $3
-         ORDER BY h.id, h.version_id DESC"
+        "SELECT h1.id, h1.resource, h1.deleted, h1.last_updated FROM (
+             SELECT DISTINCT ON (h.id) h.id, h.resource, h.deleted, h.last_updated, h.version_id,
+                    cur.version_id AS cur_version, cur.written_xid AS cur_xid
+             FROM resource_history h
+             JOIN resources cur ON cur.resource_type = h.resource_type AND cur.id = h.id
+             WHERE h.resource_type = $1 AND h.id > $2 AND h.last_updated <= $3
+               AND cur.last_updated > $3
+             ORDER BY h.id, h.version_id DESC) h1
+         WHERE NOT EXISTS (
+             SELECT 1 FROM export_read_ranges p
+             WHERE p.job_id = $7 AND p.resource_type = $1
+               AND h1.id > p.after_id AND (p.upto_id IS NULL OR h1.id <= p.upto_id)
+               AND NOT coalesce(pg_visible_in_snapshot(
+                   CASE WHEN h1.cur_version = h1.version_id + 1 THEN h1.cur_xid
+                        ELSE (SELECT h2.written_xid FROM resource_history h2
+                              WHERE h2.resource_type = $1 AND h2.id = h1.id
+                                AND h2.version_id = h1.version_id + 1) END,
+                   p.snap), true))"
     };
-    let sql = format!(
+    let page_sql = format!(
         "SELECT id, resource FROM (
              SELECT id, resource, (sum(len) OVER (ORDER BY id))::int8 AS upto, len FROM (
                  SELECT r.id, r.resource, octet_length(r.resource)::int8 + 1 AS len
@@ -199,8 +232,33 @@ pub async fn select_page(
                  ORDER BY r.id LIMIT $5) lim) w
          WHERE upto <= $6 OR upto = len ORDER BY id"
     );
+    if phase != 0 {
+        let rows = query_selection(pool, &page_sql, sel, cursor, max_rows, max_bytes).await?;
+        return Ok(Page {
+            rows: rows.iter().map(Row::from_row).collect(),
+            snapshot: None,
+        });
+    }
+    // Phase 0: the statement's snapshot comes first (also for an empty page).
+    let sql = format!(
+        "WITH page AS ({page_sql})
+         SELECT 0 AS k, NULL::text AS id, NULL::text AS resource, pg_current_snapshot()::text AS snap
+         UNION ALL
+         SELECT 1, id, resource, NULL FROM page
+         ORDER BY k, id"
+    );
     let rows = query_selection(pool, &sql, sel, cursor, max_rows, max_bytes).await?;
-    Ok(rows.iter().map(Row::from_row).collect())
+    let mut rows = rows.iter();
+    let snapshot = rows.next().map(|r| r.get::<_, String>(3));
+    Ok(Page {
+        rows: rows
+            .map(|r| Row {
+                id: r.get(1),
+                resource: r.get(2),
+            })
+            .collect(),
+        snapshot,
+    })
 }
 
 /// Resources deleted after `since` and up to the transaction time, in the selection's scope,

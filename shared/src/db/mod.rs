@@ -62,6 +62,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0007_public_error",
         include_str!("../../../infra/migrations/0007_public_error.sql"),
     ),
+    (
+        "0008_exact_reads",
+        include_str!("../../../infra/migrations/0008_exact_reads.sql"),
+    ),
 ];
 
 /// A connection pool for DATABASE_URL, over TLS when its `sslmode` asks for it (see [`tls`]).

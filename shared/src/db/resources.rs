@@ -63,8 +63,10 @@ pub async fn upsert_resources(pool: &Pool, batch: Vec<NewResource>) -> Result<u6
     }
 
     tx.execute(
-        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, resource)
-         SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.resource
+        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, resource,
+             written_xid)
+         SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.resource,
+             r.written_xid
          FROM resources r JOIN unnest($1::text[], $2::text[]) AS k(t, i)
            ON r.resource_type = k.t AND r.id = k.i
          ON CONFLICT DO NOTHING",
@@ -75,6 +77,7 @@ pub async fn upsert_resources(pool: &Pool, batch: Vec<NewResource>) -> Result<u6
         "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, resource)
          SELECT t, i, v, $4, false, r FROM unnest($1::text[], $2::text[], $3::int8[], $5::text[]) AS k(t, i, v, r)
          ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id,
+             written_xid = pg_current_xact_id(),
              last_updated = excluded.last_updated, deleted = false, resource = excluded.resource",
         &[&types, &ids, &versions, &now, &texts],
     )
@@ -212,8 +215,10 @@ pub async fn delete_resources(pool: &Pool, keys: &[(String, String)]) -> Result<
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     tx.execute(
-        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, resource)
-         SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.resource
+        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, resource,
+             written_xid)
+         SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.resource,
+             r.written_xid
          FROM resources r JOIN unnest($1::text[], $2::text[]) AS k(t, i)
            ON r.resource_type = k.t AND r.id = k.i
          WHERE NOT r.deleted
@@ -223,7 +228,8 @@ pub async fn delete_resources(pool: &Pool, keys: &[(String, String)]) -> Result<
     .await?;
     let n = tx
         .execute(
-            "UPDATE resources r SET deleted = true, version_id = r.version_id + 1, last_updated = now()
+            "UPDATE resources r SET deleted = true, version_id = r.version_id + 1, last_updated = now(),
+                 written_xid = pg_current_xact_id()
              FROM unnest($1::text[], $2::text[]) AS k(t, i)
              WHERE r.resource_type = k.t AND r.id = k.i AND NOT r.deleted",
             &[&types, &ids],

@@ -42,7 +42,18 @@ pub async fn select_work_items(pool: &Pool, job_id: Uuid) -> Result<Vec<WorkItem
 /// Records a finished file and advances the item's cursor in one transaction, so a crash
 /// either keeps both or neither (the file is then rewritten under the same name).
 pub async fn checkpoint(pool: &Pool, item: &WorkItem, files: &[ExportFile]) -> Result<(), DbError> {
-    checkpoint_with(pool, item, files, false).await
+    checkpoint_with(pool, item, files, &[], false).await
+}
+
+/// A checkpoint that also records the snapshots phase-0 pages were read under (see
+/// `crate::db::files::ReadRange`), durable with the file that holds their rows.
+pub async fn checkpoint_read(
+    pool: &Pool,
+    item: &WorkItem,
+    files: &[ExportFile],
+    ranges: &[crate::db::files::ReadRange],
+) -> Result<(), DbError> {
+    checkpoint_with(pool, item, files, ranges, false).await
 }
 
 /// The last checkpoint of a job whose one item did all the work (organizeOutputBy=Patient):
@@ -53,18 +64,31 @@ pub async fn checkpoint_last(
     item: &WorkItem,
     files: &[ExportFile],
 ) -> Result<(), DbError> {
-    checkpoint_with(pool, item, files, true).await
+    checkpoint_with(pool, item, files, &[], true).await
 }
 
 async fn checkpoint_with(
     pool: &Pool,
     item: &WorkItem,
     files: &[ExportFile],
+    ranges: &[crate::db::files::ReadRange],
     all_done: bool,
 ) -> Result<(), DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     insert_files(&tx, item.job_id, files).await?;
+    if !ranges.is_empty() {
+        let after: Vec<&str> = ranges.iter().map(|r| r.after_id.as_str()).collect();
+        let upto: Vec<Option<&str>> = ranges.iter().map(|r| r.upto_id.as_deref()).collect();
+        let snaps: Vec<&str> = ranges.iter().map(|r| r.snapshot.as_str()).collect();
+        tx.execute(
+            "INSERT INTO export_read_ranges (job_id, resource_type, after_id, upto_id, snap)
+             SELECT $1, $2, a, u, s::pg_snapshot
+             FROM unnest($3::text[], $4::text[], $5::text[]) AS x(a, u, s)",
+            &[&item.job_id, &item.resource_type, &after, &upto, &snaps],
+        )
+        .await?;
+    }
     // Progress: attempts count failures without progress, so a long export on a flaky network
     // does not fail after a few blips that each cost nothing.
     if !files.is_empty() {

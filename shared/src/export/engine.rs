@@ -745,10 +745,12 @@ impl Exporter {
             let (mut count, mut bytes) = (0i64, 0u64);
             let mut exhausted = false;
             let mut stop = None;
+            // Phase-0 pages of this file and their snapshots, recorded with its checkpoint.
+            let mut ranges: Vec<files::ReadRange> = Vec::new();
             loop {
                 // Never read past the file's size cap (a single larger resource still comes).
                 let room = self.config.max_file_bytes.saturating_sub(bytes).max(1);
-                let rows = match files::select_page(
+                let page = match files::select_page(
                     &self.pool,
                     sel,
                     item.phase,
@@ -758,12 +760,13 @@ impl Exporter {
                 )
                 .await
                 {
-                    Ok(rows) => rows,
+                    Ok(page) => page,
                     Err(e) => {
                         writer.abort().await.ok();
                         return Err(e.into());
                     }
                 };
+                let rows = page.rows;
                 if bytes > 0
                     && rows
                         .first()
@@ -772,11 +775,20 @@ impl Exporter {
                     // The next resource does not fit: it starts the next file.
                     break;
                 }
+                if let Some(snapshot) = page.snapshot {
+                    ranges.push(files::ReadRange {
+                        after_id: item.cursor_id.clone(),
+                        upto_id: rows.last().map(|r| r.id.clone()),
+                        snapshot,
+                    });
+                }
                 if rows.is_empty() {
                     if item.phase == 0 {
+                        // Phase 1 decides what phase 0 exported from the phase-0 snapshots, so
+                        // they must be durable first: the file (with them) ends here.
                         item.phase = 1;
                         item.cursor_id.clear();
-                        continue;
+                        break;
                     }
                     exhausted = true;
                     break;
@@ -842,7 +854,7 @@ impl Exporter {
                 finished.extend(self.write_deleted(sel, transform).await?);
             }
             item.done = exhausted;
-            work_items::checkpoint(&self.pool, &item, &finished).await?;
+            work_items::checkpoint_read(&self.pool, &item, &finished, &ranges).await?;
             if let Some(f) = &file {
                 info!(file = %f.file_name, resources = f.resource_count, bytes = f.byte_count, "file written");
             }

@@ -283,12 +283,17 @@ async fn a_failed_attempt_resumes_from_its_checkpoint_without_duplicates() {
         vec![job.id],
         "the 4th file failed; the job is retried"
     );
-    assert_eq!(status(&db, job.id).await.status, JobStatus::Active);
+    let failed_once = status(&db, job.id).await;
+    assert_eq!(failed_once.status, JobStatus::Active);
+    assert_eq!(failed_once.attempts, 1, "the failure counts");
     let second = ex.run_until_idle(None, far()).await.expect("run");
     assert_eq!(second.completed, vec![job.id]);
     let done = status(&db, job.id).await;
     assert_eq!(done.status, JobStatus::Complete);
-    assert_eq!(done.attempts, 1);
+    assert_eq!(
+        done.attempts, 0,
+        "the retry made progress: attempts start over"
+    );
 
     let rows = stored_resources(&db.pool, store.as_ref(), job.id).await;
     assert_eq!(counts(&rows), data.count_by_type());
@@ -390,9 +395,17 @@ async fn a_job_whose_exporter_vanished_is_reclaimed_after_its_lease() {
     let early = ex.run_until_idle(None, far()).await.expect("run");
     assert!(early.completed.is_empty(), "the lease is still held");
     tokio::time::sleep(Duration::from_millis(2100)).await;
+    // The reclaim counts as an attempt (the previous owner vanished)...
+    let reclaimed = jobs::claim_job(&db.pool, "second", Duration::from_secs(2), None)
+        .await
+        .expect("claim")
+        .expect("job");
+    assert_eq!(reclaimed.attempts, 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let later = ex.run_until_idle(None, far()).await.expect("run");
     assert_eq!(later.completed, vec![job.id]);
-    assert_eq!(status(&db, job.id).await.attempts, 1);
+    // ... and the export that then made progress starts its count over.
+    assert_eq!(status(&db, job.id).await.attempts, 0);
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 
 mod auth;
 mod cli;
+mod concurrent_writes;
 mod e2e;
 mod engine;
 mod export_filters;
