@@ -224,3 +224,51 @@ async fn the_cli_migrates_loads_with_progress_and_exits_2_on_rejected_lines() {
         .expect("run");
     assert!(String::from_utf8_lossy(&migrated.stdout).contains("0001_initial"));
 }
+
+/// What the loader refuses, the database refuses too (a row written around the loader): a
+/// resource on more than one line would break the ndjson framing of every export, and one whose
+/// JSON id or type differs from its key would put a duplicate id in one.
+#[tokio::test]
+async fn the_database_refuses_multi_line_rows_and_ids_that_differ_from_their_key() {
+    let db = TestDb::new().await;
+    let client = db.pool.get().await.expect("conn");
+    let insert = |id: &'static str, text: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .execute(
+                    "INSERT INTO resources (resource_type, id, version_id, last_updated, resource)
+                     VALUES ('Patient', $1, 1, now(), $2)",
+                    &[&id, &text],
+                )
+                .await
+        }
+    };
+    assert!(insert("p1", "{\"resourceType\":\"Patient\",\"id\":\"p1\"}")
+        .await
+        .is_ok());
+    for (id, text, constraint) in [
+        (
+            "p2",
+            "{\"resourceType\":\"Patient\",\n\"id\":\"p2\"}",
+            "resources_one_line",
+        ),
+        (
+            "p3",
+            "{\"resourceType\":\"Patient\",\"id\":\"p1\"}",
+            "resources_key_matches_json",
+        ),
+        (
+            "p4",
+            "{\"resourceType\":\"Observation\",\"id\":\"p4\"}",
+            "resources_key_matches_json",
+        ),
+    ] {
+        let err = insert(id, text).await.expect_err(id);
+        assert_eq!(
+            err.as_db_error().and_then(|e| e.constraint()),
+            Some(constraint),
+            "{id}: {err}"
+        );
+    }
+}
