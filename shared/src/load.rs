@@ -111,27 +111,137 @@ pub fn prepare(text: String, resource: Value) -> Result<NewResource, String> {
     })
 }
 
+/// What a writer task is sent.
+enum WriterMsg {
+    Batch(Vec<NewResource>),
+    /// Answered once every batch sent before it is stored.
+    Sync(tokio::sync::oneshot::Sender<()>),
+}
+
+/// One writer: its own connection, batches in the order they were sent.
+struct Writer {
+    tx: tokio::sync::mpsc::Sender<WriterMsg>,
+    task: tokio::task::JoinHandle<Result<(), LoadError>>,
+}
+
+/// Parses on the caller's task while `writers` store batches concurrently, each on its own
+/// connection: Postgres, not parsing, bounds a load, and one connection keeps one core busy.
+/// A resource always goes to the same writer (by a hash of its type and id), so a later line
+/// for the same resource is stored after an earlier one, and no two writers touch the same
+/// rows (no lock waits, no deadlocks).
 struct Loader<'a, P: FnMut(u64)> {
+    batches: Vec<Vec<NewResource>>,
+    writers: Vec<Writer>,
+    loaded: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pool: &'a Pool,
-    batch: Vec<NewResource>,
     report: LoadReport,
     progress: P,
 }
 
-impl<P: FnMut(u64)> Loader<'_, P> {
+/// How many writers: one per core, at least two (one parses while the other waits on I/O).
+fn writer_count() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
+
+impl<'a, P: FnMut(u64)> Loader<'a, P> {
+    fn new(pool: &'a Pool, progress: P) -> Self {
+        let loaded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let writers = (0..writer_count())
+            .map(|_| {
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<WriterMsg>(2);
+                let pool = pool.clone();
+                let loaded = loaded.clone();
+                let task = tokio::spawn(async move {
+                    while let Some(msg) = rx.recv().await {
+                        match msg {
+                            WriterMsg::Batch(batch) => {
+                                let n = upsert_resources(&pool, batch).await?;
+                                loaded.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            WriterMsg::Sync(done) => {
+                                let _ = done.send(());
+                            }
+                        }
+                    }
+                    Ok(())
+                });
+                Writer { tx, task }
+            })
+            .collect::<Vec<_>>();
+        Loader {
+            batches: (0..writers.len()).map(|_| Vec::new()).collect(),
+            writers,
+            loaded,
+            pool,
+            report: LoadReport::default(),
+            progress,
+        }
+    }
+
     async fn push(&mut self, resource: NewResource) -> Result<(), LoadError> {
-        self.batch.push(resource);
-        if self.batch.len() >= BATCH_SIZE {
-            self.flush().await?;
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&resource.resource_type, &resource.id).hash(&mut h);
+        let w = (h.finish() % self.writers.len() as u64) as usize;
+        self.batches[w].push(resource);
+        if self.batches[w].len() >= BATCH_SIZE {
+            let batch = std::mem::take(&mut self.batches[w]);
+            self.send(w, WriterMsg::Batch(batch)).await?;
+            (self.progress)(self.loaded.load(std::sync::atomic::Ordering::Relaxed));
         }
         Ok(())
     }
 
+    /// Sends to writer `w`; if it stopped, its error.
+    async fn send(&mut self, w: usize, msg: WriterMsg) -> Result<(), LoadError> {
+        if self.writers[w].tx.send(msg).await.is_err() {
+            return Err(self
+                .stop_writers()
+                .await
+                .err()
+                .unwrap_or_else(|| LoadError::Db(DbError::Row("a load writer stopped".into()))));
+        }
+        Ok(())
+    }
+
+    /// Stores everything pushed so far and waits until it is stored.
     async fn flush(&mut self) -> Result<(), LoadError> {
-        let batch = std::mem::take(&mut self.batch);
-        self.report.loaded += upsert_resources(self.pool, batch).await?;
+        let mut waits = Vec::new();
+        for w in 0..self.writers.len() {
+            let batch = std::mem::take(&mut self.batches[w]);
+            if !batch.is_empty() {
+                self.send(w, WriterMsg::Batch(batch)).await?;
+            }
+            let (done, wait) = tokio::sync::oneshot::channel();
+            self.send(w, WriterMsg::Sync(done)).await?;
+            waits.push(wait);
+        }
+        for wait in waits {
+            if wait.await.is_err() {
+                self.stop_writers().await?;
+            }
+        }
+        self.report.loaded = self.loaded.load(std::sync::atomic::Ordering::Relaxed);
         (self.progress)(self.report.loaded);
         Ok(())
+    }
+
+    /// Ends the writers; the first error any of them met.
+    async fn stop_writers(&mut self) -> Result<(), LoadError> {
+        let mut first = Ok(());
+        for w in std::mem::take(&mut self.writers) {
+            drop(w.tx);
+            let result = match w.task.await {
+                Ok(r) => r,
+                Err(e) => Err(LoadError::Db(DbError::Row(format!(
+                    "a load writer failed: {e}"
+                )))),
+            };
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        first
     }
 
     fn reject(&mut self, file: &Path, line: usize, message: String) {
@@ -348,12 +458,7 @@ pub async fn load_paths(
     paths: &[PathBuf],
     progress: impl FnMut(u64),
 ) -> Result<LoadReport, LoadError> {
-    let mut loader = Loader {
-        pool,
-        batch: Vec::with_capacity(BATCH_SIZE),
-        report: LoadReport::default(),
-        progress,
-    };
+    let mut loader = Loader::new(pool, progress);
     let started = Instant::now();
     for path in paths {
         for file in collect_files(path)? {
@@ -366,6 +471,7 @@ pub async fn load_paths(
         }
     }
     loader.flush().await?;
+    loader.stop_writers().await?;
     // Fresh statistics: right after a bulk load autovacuum has not caught up, and the export
     // queries' plans depend on the row counts of these tables (a stale count made a Patient
     // export of 1,000 patients read every member of a type on every page).

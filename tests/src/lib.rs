@@ -14,6 +14,7 @@ use shared::storage::local::LocalStore;
 use shared::storage::ObjectStore;
 use shared::Config;
 
+pub mod bench;
 pub mod data;
 
 /// Admin connection used to create per-test databases.

@@ -52,6 +52,14 @@ pub async fn upsert_resources(pool: &Pool, batch: Vec<NewResource>) -> Result<u6
         .map(|row| ((row.get(0), row.get(1)), row.get(2)))
         .collect();
 
+    // Rows to replace exist only for resources stored before; a first load has none, and its
+    // statements then touch nothing (a DELETE of unknown keys over a fast-growing table was
+    // planned as a scan with the statistics of the empty table: a load slowed down as it went).
+    let (old_types, old_ids): (Vec<&str>, Vec<&str>) = existing
+        .keys()
+        .map(|(t, i)| (t.as_str(), i.as_str()))
+        .unzip();
+
     let mut versions = Vec::with_capacity(batch.len());
     let mut texts = Vec::with_capacity(batch.len());
     for r in &batch {
@@ -62,17 +70,19 @@ pub async fn upsert_resources(pool: &Pool, batch: Vec<NewResource>) -> Result<u6
         texts.push(stamp_meta(&r.text, version, &now).map_err(|e| DbError::Row(e.to_string()))?);
     }
 
-    tx.execute(
-        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, resource,
-             written_xid)
-         SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.resource,
-             r.written_xid
-         FROM resources r JOIN unnest($1::text[], $2::text[]) AS k(t, i)
-           ON r.resource_type = k.t AND r.id = k.i
-         ON CONFLICT DO NOTHING",
-        &[&types, &ids],
-    )
-    .await?;
+    if !old_types.is_empty() {
+        tx.execute(
+            "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, resource,
+                 written_xid)
+             SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.resource,
+                 r.written_xid
+             FROM resources r JOIN unnest($1::text[], $2::text[]) AS k(t, i)
+               ON r.resource_type = k.t AND r.id = k.i
+             ON CONFLICT DO NOTHING",
+            &[&old_types, &old_ids],
+        )
+        .await?;
+    }
     tx.execute(
         "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, resource)
          SELECT t, i, v, $4, false, r FROM unnest($1::text[], $2::text[], $3::int8[], $5::text[]) AS k(t, i, v, r)
@@ -82,18 +92,20 @@ pub async fn upsert_resources(pool: &Pool, batch: Vec<NewResource>) -> Result<u6
         &[&types, &ids, &versions, &now, &texts],
     )
     .await?;
-    tx.execute(
-        "DELETE FROM compartment c USING unnest($1::text[], $2::text[]) AS k(t, i)
-         WHERE c.resource_type = k.t AND c.resource_id = k.i",
-        &[&types, &ids],
-    )
-    .await?;
-    tx.execute(
-        "DELETE FROM resource_refs f USING unnest($1::text[], $2::text[]) AS k(t, i)
-         WHERE f.source_type = k.t AND f.source_id = k.i",
-        &[&types, &ids],
-    )
-    .await?;
+    if !old_types.is_empty() {
+        tx.execute(
+            "DELETE FROM compartment c USING unnest($1::text[], $2::text[]) AS k(t, i)
+             WHERE c.resource_type = k.t AND c.resource_id = k.i",
+            &[&old_types, &old_ids],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM resource_refs f USING unnest($1::text[], $2::text[]) AS k(t, i)
+             WHERE f.source_type = k.t AND f.source_id = k.i",
+            &[&old_types, &old_ids],
+        )
+        .await?;
+    }
 
     let (mut cp, mut ct, mut ci) = (Vec::new(), Vec::new(), Vec::new());
     let (mut st, mut si, mut tt, mut ti) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

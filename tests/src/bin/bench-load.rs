@@ -1,0 +1,158 @@
+//! Benchmark: `bulk-export load` against the physical limit, in one run — a raw `COPY FROM` of
+//! the same ndjson lines into a one-column table — alternating the two, on fresh databases.
+//!
+//! ```text
+//! cargo build --release -p shared --bin bulk-export
+//! cargo run --release -p integration-tests --bin bench-load -- [--data DIR] [--copies N] [--runs N]
+//! ```
+//! `--copies N` loads the data set N times with suffixed ids (×N the rows). Prints resources/s
+//! of each and the ratio load / COPY. Databases are made on TEST_DATABASE_URL's server (default
+//! postgres://postgres@127.0.0.1:5432/postgres) and dropped afterwards.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use futures::SinkExt;
+
+struct Args {
+    data: PathBuf,
+    copies: usize,
+    runs: usize,
+    bin: PathBuf,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut a = Args {
+        data: integration_tests::shared_data("synthea-bulk-data-server-100")
+            .unwrap_or_else(|| root.join("infra/sample-data/synthea-10")),
+        copies: 1,
+        runs: 2,
+        bin: root.join("target/release/bulk-export"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().context("flag without value")?;
+        match flag.as_str() {
+            "--data" => a.data = value.into(),
+            "--copies" => a.copies = value.parse()?,
+            "--runs" => a.runs = value.parse()?,
+            "--bin" => a.bin = value.into(),
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(a)
+}
+
+async fn admin() -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) =
+        tokio_postgres::connect(&integration_tests::admin_url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+fn url_for(name: &str) -> String {
+    let admin = integration_tests::admin_url();
+    format!("{}/{name}", admin.rsplit_once('/').map_or("", |(b, _)| b))
+}
+
+/// Seconds to COPY every line of the ndjson files into `raw(line text)` of a fresh database.
+async fn raw_copy(dir: &Path) -> anyhow::Result<f64> {
+    let name = format!("bench_copy_{}", uuid::Uuid::new_v4().simple());
+    let a = admin().await?;
+    a.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+    let result = async {
+        let (client, conn) =
+            tokio_postgres::connect(&url_for(&name), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        client
+            .batch_execute("CREATE TABLE raw (line text NOT NULL)")
+            .await?;
+        let started = Instant::now();
+        // CSV with quote and delimiter bytes that JSON never holds: each line arrives verbatim.
+        let sink = client
+            .copy_in("COPY raw FROM STDIN WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')")
+            .await?;
+        futures::pin_mut!(sink);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        files.sort();
+        for f in files {
+            if f.extension().and_then(|e| e.to_str()) != Some("ndjson") {
+                continue;
+            }
+            let bytes = tokio::fs::read(&f).await?;
+            for chunk in bytes.chunks(1 << 20) {
+                sink.send(bytes::Bytes::copy_from_slice(chunk)).await?;
+            }
+        }
+        sink.finish().await?;
+        Ok::<f64, anyhow::Error>(started.elapsed().as_secs_f64())
+    }
+    .await;
+    a.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await?;
+    result
+}
+
+/// Seconds for `bulk-export load dir` into a fresh, migrated database.
+async fn export_load(bin: &Path, dir: &Path) -> anyhow::Result<f64> {
+    let name = format!("bench_load_{}", uuid::Uuid::new_v4().simple());
+    let a = admin().await?;
+    a.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+    let url = url_for(&name);
+    let run = |args: &[&str]| -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let out = Command::new(bin)
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .env("RUST_LOG", "warn")
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "bulk-export {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(started.elapsed().as_secs_f64())
+    };
+    let result = run(&["migrate"]).and_then(|_| run(&["load", &dir.display().to_string()]));
+    a.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await?;
+    result
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    if !args.bin.exists() {
+        bail!(
+            "{:?} not found: cargo build --release -p shared --bin bulk-export",
+            args.bin
+        );
+    }
+    let (dir, resources, bytes) = integration_tests::bench::replicate(&args.data, args.copies)?;
+    println!(
+        "data: {} ×{} = {resources} resources, {:.1} MB of ndjson",
+        args.data.display(),
+        args.copies,
+        bytes as f64 / 1e6
+    );
+    println!("| run | raw COPY s | raw COPY res/s | load s | load res/s | load / COPY |");
+    println!("|---|---|---|---|---|---|");
+    for run in 1..=args.runs {
+        let copy = raw_copy(&dir).await?;
+        let load = export_load(&args.bin, &dir).await?;
+        println!(
+            "| {run} | {copy:.2} | {:.0} | {load:.2} | {:.0} | {:.2} |",
+            resources as f64 / copy,
+            resources as f64 / load,
+            copy / load
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
