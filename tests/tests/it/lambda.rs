@@ -312,3 +312,33 @@ fn form_body(pairs: &[(&str, &str)]) -> String {
     }
     s.finish()
 }
+
+/// In Lambda the base is the domain API Gateway reports in the request context, never the
+/// request's Host or forwarded headers; a path before the route is no base.
+#[tokio::test]
+async fn a_lambda_request_takes_its_base_from_api_gateway_not_from_host() {
+    let (db, _data) = TestDb::with_generated(1).await;
+    let state = state(&db, Arc::new(shared::queue::NoQueue)).await;
+    let mut e: serde_json::Value =
+        serde_json::from_str(&event("kickoff-system.json")).expect("json");
+    e["headers"]["host"] = "evil.example".into();
+    e["headers"]["x-forwarded-host"] = "evil.example".into();
+    let req = lambda_http::request::from_str(&e.to_string()).expect("event");
+    let resp =
+        shared::http::kickoff::handle(&state, shared::lambda::from_lambda_request(req)).await;
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["content-location"].to_str().expect("loc");
+    assert!(
+        location.starts_with(
+            "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/$exportstatus?_id="
+        ),
+        "{location}"
+    );
+    let mut prefixed = e.clone();
+    prefixed["rawPath"] = "/anything/$export".into();
+    prefixed["requestContext"]["http"]["path"] = "/anything/$export".into();
+    let req = lambda_http::request::from_str(&prefixed.to_string()).expect("event");
+    let resp =
+        shared::http::kickoff::handle(&state, shared::lambda::from_lambda_request(req)).await;
+    assert_eq!(resp.status(), 404);
+}
