@@ -35,13 +35,15 @@ export REPEAT_PERIOD="${REPEAT_PERIOD:-5000}"
 
 # cargo's own output shows what happens: a progress bar on a terminal, one "Compiling …" line per
 # crate otherwise (a log, CI).
-if [[ -x "$ROOT/target/release/bulk-export" ]]; then
+# cargo's target directory (CARGO_TARGET_DIR, when a developer keeps one for all checkouts).
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+if [[ -x "$TARGET_DIR/release/bulk-export" ]]; then
   echo "run-local: building bulk-export (release; seconds when up to date, a minute or two after source changes)" >&2
 else
   echo "run-local: building bulk-export (release; about 8 minutes the first time on 2 cores, seconds afterwards)" >&2
 fi
 cargo build --release -p shared --bin bulk-export
-BIN="$ROOT/target/release/bulk-export"
+BIN="$TARGET_DIR/release/bulk-export"
 
 "$BIN" migrate
 loaded="$(psql "$DATABASE_URL" -X -A -t -c 'SELECT count(*) FROM resources')"
