@@ -747,19 +747,26 @@ impl Exporter {
             let mut stop = None;
             // Phase-0 pages of this file and their snapshots, recorded with its checkpoint.
             let mut ranges: Vec<files::ReadRange> = Vec::new();
+            // The next page, read while the current one was being written.
+            let mut prefetched: Option<Result<files::Page, crate::db::DbError>> = None;
             loop {
                 // Never read past the file's size cap (a single larger resource still comes).
                 let room = self.config.max_file_bytes.saturating_sub(bytes).max(1);
-                let page = match files::select_page(
-                    &self.pool,
-                    sel,
-                    item.phase,
-                    &item.cursor_id,
-                    self.page_rows,
-                    PAGE_BYTES.min(room as i64),
-                )
-                .await
-                {
+                let page = match prefetched.take() {
+                    Some(page) => page,
+                    None => {
+                        files::select_page(
+                            &self.pool,
+                            sel,
+                            item.phase,
+                            &item.cursor_id,
+                            self.page_rows,
+                            PAGE_BYTES.min(room as i64),
+                        )
+                        .await
+                    }
+                };
+                let page = match page {
                     Ok(page) => page,
                     Err(e) => {
                         writer.abort().await.ok();
@@ -801,15 +808,39 @@ impl Exporter {
                         count += 1;
                     }
                 }
-                if !page.is_empty() {
-                    if let Err(e) = writer.write(&page).await {
-                        return Err(abort_with(writer, e.into()).await);
-                    }
-                }
-                bytes += page.len() as u64;
                 if let Some(last) = rows.last() {
                     item.cursor_id.clone_from(&last.id);
                 }
+                // Postgres reads the next page while this one is written: the two overlap
+                // instead of taking turns (unless the file or the time ends with this page).
+                let after = bytes + page.len() as u64;
+                let write = async {
+                    if page.is_empty() {
+                        Ok(())
+                    } else {
+                        writer.write(&page).await
+                    }
+                };
+                let written = if after < self.config.max_file_bytes && !self.near(deadline) {
+                    let next_room = self.config.max_file_bytes.saturating_sub(after).max(1);
+                    let fetch = files::select_page(
+                        &self.pool,
+                        sel,
+                        item.phase,
+                        &item.cursor_id,
+                        self.page_rows,
+                        PAGE_BYTES.min(next_room as i64),
+                    );
+                    let (written, next) = tokio::join!(write, fetch);
+                    prefetched = Some(next);
+                    written
+                } else {
+                    write.await
+                };
+                if let Err(e) = written {
+                    return Err(abort_with(writer, e.into()).await);
+                }
+                bytes = after;
                 match jobs::renew_lease(&self.pool, item.job_id, &self.owner, self.config.lease)
                     .await
                 {
