@@ -47,6 +47,7 @@ HBA_FILE=""
 HBA_MARK="# fhir-bulk test run: temporary, removed on exit"
 DROP_DBS_ON_EXIT=false
 MOTO_LOG=""
+RUN_TMP=""
 cleanup() {
   local rc=$?
   if [[ -n "$MOTO_PID" ]] && kill -0 "$MOTO_PID" 2>/dev/null; then
@@ -62,6 +63,11 @@ cleanup() {
   if [[ $rc -eq 0 && -n "$S3S_LOG" ]]; then rm -f "$S3S_LOG"; fi
   # Each test drops its own database; anything a killed test binary left goes here.
   if $DROP_DBS_ON_EXIT; then drop_test_databases 2>/dev/null || true; fi
+  if [[ -n "$RUN_TMP" && $rc -eq 0 ]]; then
+    rm -rf "$RUN_TMP"
+  elif [[ -n "$RUN_TMP" ]]; then
+    log "temporary files of this run kept in $RUN_TMP"
+  fi
   if [[ -n "$HBA_FILE" ]]; then
     as_root sed -i "/^host .*$HBA_MARK\$/d" "$HBA_FILE" || true
     pg_reload || true
@@ -71,6 +77,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# Every temporary file and directory of this run (the tests' data sets, export folders, the
+# servers' logs) goes under one directory, removed at the end when the run passed (kept for
+# inspection when it failed; the path is printed).
+RUN_TMP="$(mktemp -d "${TMPDIR:-/tmp}/fhir-bulk-test.XXXXXX")"
+export TMPDIR="$RUN_TMP"
 
 command -v cargo >/dev/null 2>&1 \
   || die "cargo not found: install Rust with rustup (https://rustup.rs), then rerun"

@@ -265,6 +265,11 @@ async fn main() -> anyhow::Result<()> {
         .batch_execute(&format!("DROP DATABASE {db}"))
         .await
         .ok();
+    // The replicated data and the exported files (gigabytes at ×32) go with the run.
+    std::fs::remove_dir_all(&data_dir).ok();
+    if args.storage.is_none() {
+        std::fs::remove_dir_all(&storage).ok();
+    }
     Ok(())
 }
 
