@@ -262,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
         peak as f64 / 1024.0
     );
     client
-        .batch_execute(&format!("DROP DATABASE {db}"))
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
         .await
         .ok();
     // The replicated data and the exported files (gigabytes at ×32) go with the run.
