@@ -99,23 +99,11 @@ impl DataSet {
         patients: &BTreeSet<String>,
     ) -> BTreeMap<String, usize> {
         let compartment_types = compartment_types();
-        let mut included: Vec<&Value> = Vec::new();
-        for r in &self.resources {
-            let t = rtype(r);
-            let id = r["id"].as_str().unwrap_or_default();
-            let member = if t == "Patient" {
-                patients.contains(id)
-            } else {
-                t != "Group"
-                    && compartment_types.contains(t)
-                    && refs(r)
-                        .iter()
-                        .any(|(rt, rid)| rt == "Patient" && patients.contains(rid))
-            };
-            if member {
-                included.push(r);
-            }
-        }
+        let included: Vec<&Value> = self
+            .resources
+            .iter()
+            .filter(|r| in_compartments(r, patients, &compartment_types))
+            .collect();
         let mut referenced: BTreeSet<(String, String)> = BTreeSet::new();
         for r in &included {
             for (t, id) in refs(r) {
@@ -178,21 +166,11 @@ impl DataSet {
             })
             .collect();
         let mut out = BTreeSet::new();
-        for r in &self.resources {
-            let t = rtype(r);
-            let id = r["id"].as_str().unwrap_or_default();
-            let member = if t == "Patient" {
-                patients.contains(id)
-            } else {
-                t != "Group"
-                    && compartment_types.contains(t)
-                    && refs(r)
-                        .iter()
-                        .any(|(rt, rid)| rt == "Patient" && patients.contains(rid))
-            };
-            if !member {
-                continue;
-            }
+        for r in self
+            .resources
+            .iter()
+            .filter(|r| in_compartments(r, patients, &compartment_types))
+        {
             for k in refs(r) {
                 if ADDITIONAL.contains(&k.0.as_str())
                     && !existing.contains(&k)
@@ -306,6 +284,24 @@ impl DataSet {
             })
             .collect()
     }
+}
+
+/// Whether `r` is in the Patient compartment of one of `patients`: the Patient itself, or a
+/// resource of a compartment type (never a Group) that references one of them.
+fn in_compartments(
+    r: &Value,
+    patients: &BTreeSet<String>,
+    compartment_types: &BTreeSet<String>,
+) -> bool {
+    let t = rtype(r);
+    if t == "Patient" {
+        return patients.contains(r["id"].as_str().unwrap_or_default());
+    }
+    t != "Group"
+        && compartment_types.contains(t)
+        && refs(r)
+            .iter()
+            .any(|(rt, rid)| rt == "Patient" && patients.contains(rid))
 }
 
 /// A Provenance's `target` references as (type, id).

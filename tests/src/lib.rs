@@ -428,6 +428,23 @@ pub fn shared_dir(path: &str) -> Option<PathBuf> {
     dir.is_dir().then_some(dir)
 }
 
+/// Every line of every file of a manifest's `output`, as downloaded (following redirects).
+pub async fn download_lines(client: &reqwest::Client, manifest: &serde_json::Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in manifest["output"].as_array().expect("output") {
+        let text = client
+            .get(entry["url"].as_str().expect("url"))
+            .send()
+            .await
+            .expect("download")
+            .text()
+            .await
+            .expect("body");
+        lines.extend(text.lines().map(str::to_string));
+    }
+    lines
+}
+
 /// Downloads every file of a manifest's `output` (following redirects, as a client would) and
 /// returns resource counts per type, checking that each line's resourceType matches the entry.
 pub async fn download_counts(

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use integration_tests::data::DataSet;
 use integration_tests::{
-    config, download_counts, http_client, http_client_no_redirect, kickoff, new_bucket, poll,
-    temp_dir, Server, TestDb,
+    config, download_counts, download_lines, http_client, http_client_no_redirect, kickoff,
+    new_bucket, poll, temp_dir, Server, TestDb,
 };
 use shared::config::StoragePath;
 use shared::fhir::raw::RawObject;
@@ -353,52 +353,30 @@ async fn exported_resources_are_byte_for_byte_what_was_loaded() {
     );
 
     let manifest = export(&server, "/$export").await;
-    let mut seen = 0;
-    for entry in manifest["output"].as_array().expect("output") {
-        let text = client
-            .get(entry["url"].as_str().expect("url"))
-            .send()
-            .await
-            .expect("download")
-            .text()
-            .await
-            .expect("body");
-        for line in text.lines() {
-            let key = key_of(line);
-            let loaded = input.get(&key).expect("exported resource was loaded");
-            assert_eq!(without_meta(line), without_meta(loaded), "{key:?}");
-            seen += 1;
-        }
+    let lines = download_lines(&client, &manifest).await;
+    for line in &lines {
+        let key = key_of(line);
+        let loaded = input.get(&key).expect("exported resource was loaded");
+        assert_eq!(without_meta(line), without_meta(loaded), "{key:?}");
     }
-    assert_eq!(seen, input.len(), "every resource exported once");
+    assert_eq!(lines.len(), input.len(), "every resource exported once");
 
     let manifest = export(
         &server,
         "/$export?_type=Observation&_elements=Observation.value",
     )
     .await;
-    let mut subsetted = 0;
-    for entry in manifest["output"].as_array().expect("output") {
-        let text = client
-            .get(entry["url"].as_str().expect("url"))
-            .send()
-            .await
-            .expect("download")
-            .text()
-            .await
-            .expect("body");
-        for line in text.lines() {
-            let out = RawObject::parse(line).expect("object");
-            let loaded = RawObject::parse(&input[&key_of(line)]).expect("object");
-            for k in out.keys().filter(|k| *k != "meta") {
-                assert_eq!(
-                    out.get(k).map(|v| v.get()),
-                    loaded.get(k).map(|v| v.get()),
-                    "{k} of {line}"
-                );
-            }
-            subsetted += 1;
+    let lines = download_lines(&client, &manifest).await;
+    for line in &lines {
+        let out = RawObject::parse(line).expect("object");
+        let loaded = RawObject::parse(&input[&key_of(line)]).expect("object");
+        for k in out.keys().filter(|k| *k != "meta") {
+            assert_eq!(
+                out.get(k).map(|v| v.get()),
+                loaded.get(k).map(|v| v.get()),
+                "{k} of {line}"
+            );
         }
     }
-    assert_eq!(subsetted, data.count_by_type()["Observation"]);
+    assert_eq!(lines.len(), data.count_by_type()["Observation"]);
 }

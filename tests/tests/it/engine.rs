@@ -54,13 +54,23 @@ async fn new_job(
         output_format: "application/fhir+ndjson".into(),
         ..Default::default()
     };
+    insert(db, level, group, &params, "http://test/$export").await
+}
+
+async fn insert(
+    db: &TestDb,
+    level: ExportLevel,
+    group: Option<&str>,
+    params: &ExportParams,
+    request_url: &str,
+) -> Job {
     jobs::insert_job(
         &db.pool,
         NewJob {
             level,
             group_id: group,
-            params: &params,
-            request_url: "http://test/$export",
+            params,
+            request_url,
             client_id: None,
         },
         NO_LIMITS,
@@ -509,20 +519,14 @@ async fn blocks_by_patient_resume_after_a_failure_and_a_hand_off_without_duplica
         organize_output_by: Some("Patient".into()),
         ..Default::default()
     };
-    let job = jobs::insert_job(
-        &db.pool,
-        NewJob {
-            level: ExportLevel::Patient,
-            group_id: None,
-            params: &params,
-            request_url: "http://test/Patient/$export?organizeOutputBy=Patient",
-            client_id: None,
-        },
-        NO_LIMITS,
+    let job = insert(
+        &db,
+        ExportLevel::Patient,
+        None,
+        &params,
+        "http://test/Patient/$export?organizeOutputBy=Patient",
     )
-    .await
-    .expect("insert job")
-    .expect("within limits");
+    .await;
     let ex = exporter(&db, store.clone(), config);
 
     let first = ex.run_until_idle(None, far()).await.expect("run");
@@ -626,20 +630,14 @@ async fn an_organized_export_is_complete_only_with_every_file_recorded() {
         organize_output_by: Some("Patient".into()),
         ..Default::default()
     };
-    let job = jobs::insert_job(
-        &db.pool,
-        NewJob {
-            level: ExportLevel::Patient,
-            group_id: None,
-            params: &params,
-            request_url: "http://test/Patient/$export?organizeOutputBy=Patient",
-            client_id: None,
-        },
-        NO_LIMITS,
+    let job = insert(
+        &db,
+        ExportLevel::Patient,
+        None,
+        &params,
+        "http://test/Patient/$export?organizeOutputBy=Patient",
     )
-    .await
-    .expect("insert job")
-    .expect("within limits");
+    .await;
     let ex = exporter(&db, store.clone(), cfg(&db, &[]));
 
     let first = ex.run_until_idle(None, far()).await.expect("run");

@@ -524,20 +524,10 @@ async fn type_filters_the_output_not_the_traversal_for_additional_resources() {
     )
     .await;
     let mut in_blocks: BTreeSet<String> = BTreeSet::new();
-    for entry in m["output"].as_array().expect("output") {
-        let text = c
-            .get(entry["url"].as_str().expect("url"))
-            .send()
-            .await
-            .expect("download")
-            .text()
-            .await
-            .expect("body");
-        for line in text.lines() {
-            let v: Value = serde_json::from_str(line).expect("json");
-            if v["resourceType"] == "Organization" {
-                in_blocks.insert(v["id"].as_str().expect("id").to_string());
-            }
+    for line in integration_tests::download_lines(&c, &m).await {
+        let v: Value = serde_json::from_str(&line).expect("json");
+        if v["resourceType"] == "Organization" {
+            in_blocks.insert(v["id"].as_str().expect("id").to_string());
         }
     }
     assert_eq!(in_blocks.len(), orgs);
