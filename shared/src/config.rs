@@ -106,6 +106,9 @@ pub struct Config {
     pub trust_forwarded_headers: bool,
     /// An ndjson file is closed and a new one started once it reaches this size.
     pub max_file_bytes: u64,
+    /// Target size of a work item (`EXPORT_ITEM_BYTES`): planning splits larger types into key
+    /// ranges of about this many bytes, each claimed by any exporter.
+    pub item_bytes: u64,
     pub presign_ttl: Duration,
     pub job_retention: Duration,
     /// Status code for the status URL of a cancelled job: 404 (IG) or 410 (Firely).
@@ -263,6 +266,7 @@ impl Config {
                 .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1"),
             max_file_bytes,
             presign_ttl: Duration::from_secs(presign_ttl),
+            item_bytes: number(&var, "EXPORT_ITEM_BYTES", 64 * 1024 * 1024)?.max(1),
             job_retention: Duration::from_secs(number(&var, "JOB_RETENTION_HOURS", 24)? * 3600),
             cancelled_status_code: cancelled_status_code as u16,
             lease: Duration::from_secs(number(&var, "LEASE_SECONDS", 120)?.max(5)),

@@ -105,7 +105,15 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
     Ok((listener, local))
 }
 
-/// Serves HTTP on `listener` and runs the exporter loop until ctrl-c.
+/// How many exporters `serve` runs: `--workers`, or the number of cores.
+pub fn worker_count(workers: Option<usize>) -> usize {
+    workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .clamp(1, 64)
+}
+
+/// Serves HTTP on `listener` and runs the exporter loops (one per worker; they share the work
+/// items of every export) until ctrl-c.
 ///
 /// HTTP/1.1 connections, each with a deadline for its request headers (`SERVE_HEADER_TIMEOUT_
 /// SECONDS`; the body has `SERVE_BODY_TIMEOUT_SECONDS` in `dispatch`), and at most
@@ -114,12 +122,15 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
 pub async fn run(
     listener: TcpListener,
     state: AppState,
-    exporter: Exporter,
+    exporters: Vec<Exporter>,
     wake: LocalQueue,
     repeat_period: Duration,
 ) -> std::io::Result<()> {
     let config = state.config.clone();
-    let exporter_task = tokio::spawn(exporter_loop(exporter, wake, repeat_period));
+    let exporter_tasks: Vec<_> = exporters
+        .into_iter()
+        .map(|e| tokio::spawn(exporter_loop(e, wake.clone(), repeat_period)))
+        .collect();
     let app = axum::Router::new()
         .fallback(dispatch)
         .with_state(Arc::new(state));
@@ -157,7 +168,9 @@ pub async fn run(
             drop(permit);
         });
     }
-    exporter_task.abort();
+    for task in exporter_tasks {
+        task.abort();
+    }
     // Requests in flight finish (at most 30 s); idle connections close now.
     let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
     Ok(())

@@ -95,7 +95,7 @@ impl TestDb {
         let name = format!("bulkt_{}", uuid::Uuid::new_v4().simple());
         Self::create(&name).await;
         let url = url_for(&name);
-        let pool = db::pool(&url, 8).expect("pool");
+        let pool = db::pool(&url, 16).expect("pool");
         db::migrate(&pool).await.expect("migrate");
         TestDb { name, url, pool }
     }
@@ -103,7 +103,7 @@ impl TestDb {
     /// Connects to an existing database (created by [`TestDb::new`] elsewhere).
     pub fn connect(name: &str) -> TestDb {
         let url = url_for(name);
-        let pool = db::pool(&url, 8).expect("pool");
+        let pool = db::pool(&url, 16).expect("pool");
         TestDb {
             name: name.to_string(),
             url,
@@ -256,7 +256,17 @@ impl Drop for Server {
 }
 
 impl Server {
-    pub async fn start(mut config: Config, pool: Pool, store: Arc<dyn ObjectStore>) -> Server {
+    /// With two exporter workers, as `serve` has on a 2-core machine.
+    pub async fn start(config: Config, pool: Pool, store: Arc<dyn ObjectStore>) -> Server {
+        Server::start_with_workers(config, pool, store, 2).await
+    }
+
+    pub async fn start_with_workers(
+        mut config: Config,
+        pool: Pool,
+        store: Arc<dyn ObjectStore>,
+        workers: usize,
+    ) -> Server {
         let (listener, addr) = shared::serve::bind("127.0.0.1:0".parse().expect("addr"))
             .await
             .expect("bind");
@@ -270,12 +280,18 @@ impl Server {
             queue: queue.clone(),
             config: config.clone(),
         };
-        let mut exporter = Exporter::new(pool, store, queue, config.clone());
-        exporter.retry_backoff = Duration::from_millis(50);
+        let exporters = (0..workers)
+            .map(|_| {
+                let mut exporter =
+                    Exporter::new(pool.clone(), store.clone(), queue.clone(), config.clone());
+                exporter.retry_backoff = Duration::from_millis(50);
+                exporter
+            })
+            .collect();
         let task = tokio::spawn(shared::serve::run(
             listener,
             state.clone(),
-            exporter,
+            exporters,
             wake,
             config.repeat_period,
         ));

@@ -57,6 +57,10 @@ enum Command {
         /// No authorization at all (one machine only): same as AUTH=off.
         #[arg(long)]
         insecure: bool,
+        /// Exporters run in this process; they share every export's work items (default: the
+        /// number of cores).
+        #[arg(long, env = "EXPORT_WORKERS")]
+        workers: Option<usize>,
     },
     /// List export jobs, or show one with its internal error (what clients are not told).
     #[command(after_help = ENV_DATABASE)]
@@ -141,7 +145,8 @@ const ENV_SERVE: &str = "Environment (README.md, Configuration, has the defaults
   PUBLIC_BASE_URL         the FHIR base URL clients use
   AUTH                    smart (default) or off (same as --insecure)
   TOKEN_SIGNING_KEY, TOKEN_SIGNING_KEY_SECRET, ACCESS_TOKEN_TTL_SECONDS
-  REPEAT_PERIOD, ADDITIONAL_RESOURCES, MAX_FILE_BYTES, PRESIGN_TTL_SECONDS,
+  EXPORT_WORKERS          what --workers defaults to (default: the number of cores)
+  REPEAT_PERIOD, ADDITIONAL_RESOURCES, MAX_FILE_BYTES, EXPORT_ITEM_BYTES, PRESIGN_TTL_SECONDS,
   JOB_RETENTION_HOURS, CANCELLED_STATUS_CODE, LEASE_SECONDS, MAX_ATTEMPTS,
   RETRY_AFTER_SECONDS, MIN_POLL_INTERVAL_MS, MAX_CONCURRENT_EXPORTS, S3_GZIP_COPIES
   AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...  S3 storage (standard AWS SDK variables)
@@ -198,7 +203,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         other => Cli { command: other },
     };
     let config = Config::from_env()?;
-    let pool = db::pool(&config.database_url, 8)?;
+    // serve: the HTTP routes' connections plus about three per exporter worker (a page read
+    // ahead, a lease renewal, a checkpoint).
+    let pool_size = match &cli.command {
+        Command::Serve { workers, .. } => 8 + 3 * serve::worker_count(*workers),
+        _ => 8,
+    };
+    let pool = db::pool(&config.database_url, pool_size)?;
     match cli.command {
         Command::Migrate => {
             let applied = db::migrate(&pool).await?;
@@ -255,6 +266,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             port,
             host,
             insecure,
+            workers,
         } => {
             require_schema(&pool).await?;
             let mut config = config;
@@ -295,12 +307,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 queue: Arc::new(wake.clone()),
                 config: config.clone(),
             };
-            // Named after host and port: a restarted serve resumes its own jobs at once.
+            // Named after host, port and number: a restarted serve resumes its own work at once.
             let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| "localhost".into());
-            let exporter = Exporter::new(pool, store, Arc::new(wake.clone()), config.clone())
-                .with_owner(format!("serve@{host_name}:{}", addr.port()));
+            let exporters: Vec<Exporter> = (1..=serve::worker_count(workers))
+                .map(|n| {
+                    Exporter::new(
+                        pool.clone(),
+                        store.clone(),
+                        Arc::new(wake.clone()),
+                        config.clone(),
+                    )
+                    .with_owner(format!("serve@{host_name}:{}#{n}", addr.port()))
+                })
+                .collect();
             let base = config.public_base_url.clone().unwrap_or_default();
             // A closed stdout (`serve | head -1`, a supervisor that reads one line) must not
             // take the server down: these writes ignore errors, unlike println!.
@@ -311,7 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "  kick-off: {base}/$export  {base}/Patient/$export  {base}/Group/{{id}}/$export"
             );
             let _ = out.flush();
-            serve::run(listener, state, exporter, wake, config.repeat_period).await?;
+            serve::run(listener, state, exporters, wake, config.repeat_period).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -482,7 +503,7 @@ async fn jobs_command(pool: &db::Pool, id: Option<uuid::Uuid>, limit: i64) -> an
         bail!("no export job {id}");
     };
     let progress = match db::jobs::select_progress(pool, id).await? {
-        db::jobs::JobProgress::Types { done, all } => format!("{done} of {all} resource types"),
+        db::jobs::JobProgress::Items { done, all } => format!("{done} of {all} parts"),
         db::jobs::JobProgress::Patients { done, all } => format!("{done} of {all} patients"),
     };
     println!("id:             {}", j.id);

@@ -1,8 +1,7 @@
-//! Export reads: one byte-bounded page of a work item's resources, and dangling references.
+//! Export reads: a work item's resources as one streamed statement per phase, deletions,
+//! dangling references and the blocks of organizeOutputBy=Patient.
 //!
-//! Resource text is copied as stored (no JSON parsing). Pages are keyset-paginated on id and cut
-//! at a byte budget in SQL (`octet_length` reads the TOAST header, not the value), so a page of
-//! large resources stays small in memory.
+//! Resource text is copied as stored (no JSON parsing).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -14,6 +13,8 @@ use super::{DbError, Pool};
 pub struct Selection<'a> {
     pub job_id: Uuid,
     pub resource_type: &'a str,
+    /// The last id of the work item's key range (None: to the end of the type).
+    pub upto: Option<&'a str>,
     pub transaction_time: DateTime<Utc>,
     pub since: Option<DateTime<Utc>>,
     /// None: every resource of the type (system level). Some: Patient/Group level.
@@ -127,7 +128,8 @@ fn scope_condition(scope: &Option<PatientScope<'_>>) -> String {
 }
 
 /// Runs a selection statement. Parameters: $1 type, $2 cursor, $3 transaction time, $4 since,
-/// $5 and $6 the statement's own numbers, $7 job id, $8 source types of referenced resources.
+/// $5 and $6 the statement's own numbers, $7 job id, $8 source types of referenced resources,
+/// $9 the last id of the item's range (NULL: to the end).
 async fn query_selection(
     pool: &Pool,
     sql: &str,
@@ -136,15 +138,7 @@ async fn query_selection(
     p5: i64,
     p6: i64,
 ) -> Result<Vec<tokio_postgres::Row>, DbError> {
-    let empty: Vec<String> = Vec::new();
-    let mut sources = sel.scope.as_ref().map_or(&empty[..], |s| s.referenced_from);
-    if let Some(a) = &sel.associated {
-        // The two lists never meet: AdditionalResources are never Provenance at system level,
-        // and at Patient level both are the exported compartment types.
-        if sources.is_empty() {
-            sources = a.target_types;
-        }
-    }
+    let sources = source_types(sel);
     let client = pool.get().await?;
     let stmt = client.prepare_cached(sql).await?;
     Ok(client
@@ -159,6 +153,7 @@ async fn query_selection(
                 &p6,
                 &sel.job_id,
                 &sources,
+                &sel.upto,
             ],
         )
         .await?)
@@ -173,41 +168,22 @@ pub struct ReadRange {
     pub snapshot: String,
 }
 
-/// One page: its rows, and in phase 0 the snapshot it was read under.
-pub struct Page {
-    pub rows: Vec<Row>,
-    pub snapshot: Option<String>,
-}
-
-/// Reads the next page after `cursor` in `phase` (0: current versions; 1: the version current
-/// at the transaction time of resources changed since, unless phase 0 already exported it). At
-/// most `max_rows` rows and at most `max_bytes` bytes of ndjson lines (the first row always
-/// comes, however large).
-///
-/// Phase 1 is exact under concurrent writes: a resource changed after the transaction time was
-/// exported by phase 0 exactly when the write that changed it was not yet visible to the phase-0
-/// page that covered its id (that page then still saw the transaction-time version). The pages'
-/// snapshots are in `export_read_ranges`, each version's writer in `written_xid`.
-pub async fn select_page(
-    pool: &Pool,
-    sel: &Selection<'_>,
-    phase: i16,
-    cursor: &str,
-    max_rows: i64,
-    max_bytes: i64,
-) -> Result<Page, DbError> {
-    let scope = selection_condition(sel);
-    let source = if phase == 0 {
+/// The rows of a phase (0: current versions; 1: the version current at the transaction time of
+/// resources changed since, unless phase 0 already exported it) after the cursor, within the
+/// item's range: (id, resource, deleted, last_updated), unordered.
+fn phase_source(phase: i16) -> &'static str {
+    if phase == 0 {
         "SELECT r.id, r.resource, r.deleted, r.last_updated FROM resources r
-         WHERE r.resource_type = $1 AND r.id > $2 AND r.last_updated <= $3"
+         WHERE r.resource_type = $1 AND r.id > $2 AND ($9::text IS NULL OR r.id <= $9)
+           AND r.last_updated <= $3"
     } else {
         "SELECT h1.id, h1.resource, h1.deleted, h1.last_updated FROM (
              SELECT DISTINCT ON (h.id) h.id, h.resource, h.deleted, h.last_updated, h.version_id,
                     cur.version_id AS cur_version, cur.written_xid AS cur_xid
              FROM resource_history h
              JOIN resources cur ON cur.resource_type = h.resource_type AND cur.id = h.id
-             WHERE h.resource_type = $1 AND h.id > $2 AND h.last_updated <= $3
-               AND cur.last_updated > $3
+             WHERE h.resource_type = $1 AND h.id > $2 AND ($9::text IS NULL OR h.id <= $9)
+               AND h.last_updated <= $3 AND cur.last_updated > $3
              ORDER BY h.id, h.version_id DESC) h1
          WHERE NOT EXISTS (
              SELECT 1 FROM export_read_ranges p
@@ -219,46 +195,114 @@ pub async fn select_page(
                               WHERE h2.resource_type = $1 AND h2.id = h1.id
                                 AND h2.version_id = h1.version_id + 1) END,
                    p.snap), true))"
-    };
-    let page_sql = format!(
-        "SELECT id, resource FROM (
-             SELECT id, resource, (sum(len) OVER (ORDER BY id))::int8 AS upto, len FROM (
-                 SELECT r.id, r.resource, octet_length(r.resource)::int8 + 1 AS len
-                 FROM ({source}) r
-                 WHERE NOT r.deleted AND ($4::timestamptz IS NULL OR r.last_updated > $4)
-                   AND {scope}
-                   -- every statement binds the same eight parameters
-                   AND $7::uuid IS NOT NULL AND $8::text[] IS NOT NULL
-                 ORDER BY r.id LIMIT $5) lim) w
-         WHERE upto <= $6 OR upto = len ORDER BY id"
-    );
-    if phase != 0 {
-        let rows = query_selection(pool, &page_sql, sel, cursor, max_rows, max_bytes).await?;
-        return Ok(Page {
-            rows: rows.iter().map(Row::from_row).collect(),
-            snapshot: None,
-        });
     }
-    // Phase 0: the statement's snapshot comes first (also for an empty page).
+}
+
+/// A streamed read of a work item's range in one phase: one statement (a portal in a
+/// read-only REPEATABLE READ transaction, so its snapshot is the one recorded), fetched in
+/// batches. Rows come in id order, as stored text.
+///
+/// Phase 1 is exact under concurrent writes: a resource changed after the transaction time was
+/// exported by phase 0 exactly when the write that changed it was not visible to the phase-0
+/// read that covered its id (that read then still saw the transaction-time version). The reads'
+/// snapshots are in `export_read_ranges` (recorded with the files that hold their rows), each
+/// version's writer in `written_xid`. MVCC decides, not clocks.
+pub struct RangeRead<'c> {
+    tx: deadpool_postgres::Transaction<'c>,
+    portal: tokio_postgres::Portal,
+    /// Phase 0: the snapshot every row of this read was read under (`pg_snapshot` text).
+    pub snapshot: Option<String>,
+}
+
+impl RangeRead<'_> {
+    /// The next rows, at most `max_rows` (none: the range is exhausted).
+    pub async fn fetch(&mut self, max_rows: i32) -> Result<Vec<Row>, DbError> {
+        let rows = self.tx.query_portal(&self.portal, max_rows).await?;
+        Ok(rows.iter().map(Row::from_row).collect())
+    }
+
+    /// Ends the read (its transaction only read).
+    pub async fn close(self) -> Result<(), DbError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
+
+/// Opens the streamed read of `sel`'s rows after `cursor` in `phase` (see [`RangeRead`]).
+/// Planned for these parameter values every time (`plan_cache_mode = force_custom_plan`): a
+/// generic plan of the Patient-scope condition walked the whole type and tested each row.
+pub async fn read_range<'c>(
+    client: &'c mut deadpool_postgres::Client,
+    sel: &Selection<'_>,
+    phase: i16,
+    cursor: &str,
+) -> Result<RangeRead<'c>, DbError> {
+    let scope = selection_condition(sel);
+    let source = phase_source(phase);
     let sql = format!(
-        "WITH page AS ({page_sql})
-         SELECT 0 AS k, NULL::text AS id, NULL::text AS resource, pg_current_snapshot()::text AS snap
-         UNION ALL
-         SELECT 1, id, resource, NULL FROM page
-         ORDER BY k, id"
+        "SELECT r.id, r.resource FROM ({source}) r
+         WHERE NOT r.deleted AND ($4::timestamptz IS NULL OR r.last_updated > $4)
+           AND {scope}
+           -- every selection statement binds the same nine parameters
+           AND $5::int8 IS NOT NULL AND $6::int8 IS NOT NULL
+           AND $7::uuid IS NOT NULL AND $8::text[] IS NOT NULL
+         ORDER BY r.id"
     );
-    let rows = query_selection(pool, &sql, sel, cursor, max_rows, max_bytes).await?;
-    let mut rows = rows.iter();
-    let snapshot = rows.next().map(|r| r.get::<_, String>(3));
-    Ok(Page {
-        rows: rows
-            .map(|r| Row {
-                id: r.get(1),
-                resource: r.get(2),
-            })
-            .collect(),
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        .await?;
+    let snapshot = if phase == 0 {
+        Some(
+            tx.query_one("SELECT pg_current_snapshot()::text", &[])
+                .await?
+                .get(0),
+        )
+    } else {
+        None
+    };
+    let stmt = tx.prepare_cached(&sql).await?;
+    let sources = source_types(sel);
+    let zero = 0i64;
+    let portal = tx
+        .bind(
+            &stmt,
+            &[
+                &sel.resource_type,
+                &cursor,
+                &sel.transaction_time,
+                &sel.since,
+                &zero,
+                &zero,
+                &sel.job_id,
+                &sources,
+                &sel.upto,
+            ],
+        )
+        .await?;
+    Ok(RangeRead {
+        tx,
+        portal,
         snapshot,
     })
+}
+
+/// The $8 of a selection statement: source types of referenced resources, or for Provenance
+/// the target types.
+fn source_types<'a>(sel: &Selection<'a>) -> &'a [String] {
+    let mut sources: &[String] = sel.scope.as_ref().map_or(&[], |s| s.referenced_from);
+    if let Some(a) = &sel.associated {
+        // The two lists never meet: AdditionalResources are never Provenance at system level,
+        // and at Patient level both are the exported compartment types.
+        if sources.is_empty() {
+            sources = a.target_types;
+        }
+    }
+    sources
 }
 
 /// Resources deleted after `since` and up to the transaction time, in the selection's scope,
@@ -275,8 +319,9 @@ pub async fn select_deleted(
         "SELECT r.id, r.resource FROM resources r
          WHERE r.resource_type = $1 AND r.id > $2 AND r.deleted AND r.last_updated <= $3
            AND r.last_updated > $4 AND {scope}
-           -- every statement binds the same eight parameters
+           -- every statement binds the same nine parameters
            AND $6::int8 IS NOT NULL AND $7::uuid IS NOT NULL AND $8::text[] IS NOT NULL
+           AND ($9::text IS NULL OR r.id <= $9)
          ORDER BY r.id LIMIT $5"
     );
     let rows = query_selection(pool, &sql, sel, cursor, max_rows, 0).await?;

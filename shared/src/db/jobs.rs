@@ -156,9 +156,10 @@ pub async fn get_job(pool: &Pool, id: Uuid) -> Result<Option<Job>, DbError> {
     row.as_ref().map(job_from_row).transpose()
 }
 
-/// Claims one job that needs work: Queued, Active with an expired lease, or
-/// CancellationRequested. `prefer` is tried first (the job an SQS message named).
-/// A claim of a job whose previous owner vanished counts as an attempt.
+/// Claims one job that needs coordinating (its items are claimed in `work_items`): Queued or
+/// not yet planned (to plan it), or CancellationRequested once none of its items is leased by
+/// another exporter (to delete its files). `prefer` is tried first (the job an SQS message
+/// named). A claim of a job whose previous owner vanished counts as an attempt.
 pub async fn claim_job(
     pool: &Pool,
     owner: &str,
@@ -172,8 +173,13 @@ pub async fn claim_job(
             &format!(
                 "WITH candidate AS (
                      SELECT id FROM export_jobs
-                     WHERE (status IN ('Queued', 'CancellationRequested')
-                            OR (status = 'Active'))
+                     WHERE (status = 'Queued'
+                            OR (status = 'Active' AND NOT planned)
+                            -- cancelled once no other exporter holds one of its items
+                            OR (status = 'CancellationRequested' AND NOT EXISTS (
+                                    SELECT 1 FROM export_work_items w
+                                    WHERE w.job_id = export_jobs.id AND w.lease_owner <> $1
+                                      AND w.lease_expires_at > now())))
                        AND (lease_expires_at IS NULL OR lease_expires_at < now()
                             OR lease_owner = $1)
                      ORDER BY (id = $3) DESC, created_at
@@ -305,6 +311,32 @@ pub async fn fail_job(
     Ok(n == 1)
 }
 
+/// Fails a job whatever holds it (an item failed for good, or asked for something no retry
+/// can give); exporters working on its other items stop at their next lease renewal.
+pub async fn fail_job_unleased(
+    pool: &Pool,
+    id: Uuid,
+    error: &JobError,
+    retention: Duration,
+) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let n = client
+        .execute(
+            "UPDATE export_jobs SET status = 'Failed', error = $2, public_error = $3,
+                 completed_at = now(), expires_at = now() + make_interval(secs => $4),
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE id = $1 AND status IN ('Queued', 'Active')",
+            &[
+                &id,
+                &error.internal,
+                &error.public,
+                &retention.as_secs_f64(),
+            ],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
 /// Active → Complete, with its expiry.
 pub async fn complete_job(
     pool: &Pool,
@@ -341,13 +373,35 @@ pub enum PatientSet<'a> {
     },
 }
 
-/// Marks the job planned, stores its patients and its work items, in one transaction.
+/// What planning knows of the data it splits (see `export::engine::planner`).
+#[derive(Debug, Clone, Default)]
+pub struct DataSizes {
+    /// Share of all Patients that are the job's (1 at system level).
+    pub fraction: f64,
+    /// Bytes of the resources table (heap and TOAST).
+    pub table_bytes: u64,
+    /// Sampled (type, id, resource bytes), ordered by type and id; empty when the job's data
+    /// is estimated to fit one item per type (then nothing is sampled).
+    pub samples: Vec<(String, String, i64)>,
+    /// Bytes a sampled byte stands for (100 / sample percentage).
+    pub scale: f64,
+}
+
+/// Rows sampled to split types into items: enough for ranges within a few percent of their
+/// target size, few enough that planning a 4-million-row export reads ~1% of the table.
+const SAMPLE_ROWS: f64 = 50_000.0;
+
+/// Marks the job planned, in one transaction: stores its patients, measures its data (sampling
+/// only when it is larger than `item_bytes`) and stores the work items `split` makes of it.
+/// Returns the number of open items.
 pub async fn mark_planned(
     pool: &Pool,
     id: Uuid,
     resource_types: &[String],
     patients: PatientSet<'_>,
-) -> Result<(), DbError> {
+    item_bytes: u64,
+    split: impl FnOnce(&DataSizes) -> Vec<crate::db::work_items::NewItem>,
+) -> Result<usize, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     // Only Patients that exist count, so a Group member can never pull in another Group.
@@ -390,14 +444,62 @@ pub async fn mark_planned(
             .await?
         }
     };
+    let mut sizes = DataSizes {
+        fraction: 1.0,
+        ..Default::default()
+    };
+    if !matches!(patients, PatientSet::None) {
+        let all: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM resources WHERE resource_type = 'Patient' AND NOT deleted",
+                &[],
+            )
+            .await?
+            .get(0);
+        sizes.fraction = if all == 0 {
+            0.0
+        } else {
+            added as f64 / all as f64
+        };
+    }
+    let row = tx
+        .query_one(
+            "SELECT pg_table_size('resources')::int8, greatest(reltuples, 0)::float8
+             FROM pg_class WHERE oid = 'resources'::regclass",
+            &[],
+        )
+        .await?;
+    let (table_bytes, tuples): (i64, f64) = (row.get(0), row.get(1));
+    sizes.table_bytes = table_bytes.max(0) as u64;
+    if sizes.table_bytes as f64 * sizes.fraction > item_bytes as f64 && !resource_types.is_empty() {
+        // A fixed seed: the same data gives the same plan (and the same files), however many
+        // exporters then share the work.
+        let percent = if tuples <= SAMPLE_ROWS {
+            100.0
+        } else {
+            (100.0 * SAMPLE_ROWS / tuples).clamp(0.01, 100.0)
+        };
+        let rows = tx
+            .query(
+                "SELECT resource_type, id, octet_length(resource)::int8 + 1
+                 FROM resources TABLESAMPLE SYSTEM ($1::float4) REPEATABLE (0)
+                 WHERE resource_type = ANY($2) AND NOT deleted
+                 ORDER BY resource_type, id",
+                &[&(percent as f32), &resource_types],
+            )
+            .await?;
+        sizes.samples = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        sizes.scale = 100.0 / percent;
+    }
+    let items = split(&sizes);
+    crate::db::work_items::insert_items(&tx, id, &items).await?;
     tx.execute(
-        "INSERT INTO export_work_items (job_id, resource_type)
-         SELECT $1, t FROM unnest($2::text[]) AS t ON CONFLICT DO NOTHING",
-        &[&id, &resource_types],
-    )
-    .await?;
-    tx.execute(
-        "UPDATE export_jobs SET planned = true, updated_at = now() WHERE id = $1",
+        "UPDATE export_jobs SET planned = true, lease_owner = NULL, lease_expires_at = NULL,
+             updated_at = now()
+         WHERE id = $1",
         &[&id],
     )
     .await?;
@@ -409,7 +511,7 @@ pub async fn mark_planned(
     if added > 0 {
         client.batch_execute("ANALYZE export_job_patients").await?;
     }
-    Ok(())
+    Ok(items.iter().filter(|i| !i.done).count())
 }
 
 /// Queued|Active → CancellationRequested; Complete|Failed → deleted (files purged later).
@@ -502,8 +604,8 @@ pub async fn record_poll_with(
 /// How far a running job is, for X-Progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobProgress {
-    /// Work items (resource types) done of all.
-    Types { done: i64, all: i64 },
+    /// Work items (a resource type, or a key range of one) done of all.
+    Items { done: i64, all: i64 },
     /// organizeOutputBy=Patient: patients whose blocks are written, of all.
     Patients { done: i64, all: i64 },
 }
@@ -522,7 +624,7 @@ pub async fn select_progress(pool: &Pool, id: Uuid) -> Result<JobProgress, DbErr
     let (done, all, blocks_cursor): (i64, i64, Option<String>) =
         (row.get(0), row.get(1), row.get(2));
     let Some(cursor) = blocks_cursor else {
-        return Ok(JobProgress::Types { done, all });
+        return Ok(JobProgress::Items { done, all });
     };
     let row = client
         .query_one(

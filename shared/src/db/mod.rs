@@ -66,6 +66,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0008_exact_reads",
         include_str!("../../../infra/migrations/0008_exact_reads.sql"),
     ),
+    (
+        "0009_work_item_fanout",
+        include_str!("../../../infra/migrations/0009_work_item_fanout.sql"),
+    ),
 ];
 
 /// A connection pool for DATABASE_URL, over TLS when its `sslmode` asks for it (see [`tls`]).

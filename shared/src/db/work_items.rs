@@ -1,81 +1,366 @@
-//! `export_work_items`: one per resource type of a job, with a durable cursor.
+//! `export_work_items`: the unit of claim. Planning splits a job into items (a key range of one
+//! resource type, or the patient blocks of organizeOutputBy=Patient); any exporter claims an
+//! item with a lease, checkpoints it after every file and retries it on its own. The last
+//! item's last checkpoint completes the job, in the same transaction (the manifest is assembled
+//! exactly once). `export_files` (the job's finished files) is written here too, only ever in
+//! an item's checkpoint.
+
+use std::time::Duration;
 
 use uuid::Uuid;
 
+use super::jobs::JobError;
 use super::{DbError, Pool};
 use crate::export::manifest::{ExportFile, FileKind};
+use crate::export::JobStatus;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkItem {
     pub job_id: Uuid,
     pub resource_type: String,
+    /// Which key range of the type (0 when the type is not split).
+    pub part: i32,
+    /// Ids in (`lo_id`, `hi_id`]; `hi_id` None: to the end of the type.
+    pub lo_id: String,
+    pub hi_id: Option<String>,
     /// 0: current versions; 1: prior versions of resources changed after the transaction time.
     pub phase: i16,
     /// The last id durably written (exclusive lower bound for the next read).
     pub cursor_id: String,
     pub next_file_seq: i32,
     pub done: bool,
+    /// Failures without progress (a crashed owner's lease counts when the item is reclaimed).
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub public_error: Option<String>,
+}
+
+impl WorkItem {
+    /// The only item of its type (the type was not split): files keep the plain
+    /// `<Type>-<seq>.ndjson` names.
+    pub fn whole_type(&self) -> bool {
+        self.part == 0 && self.hi_id.is_none()
+    }
+
+    /// The item that reaches the end of its type (it also writes the type's deleted[] and
+    /// error files).
+    pub fn is_last_part(&self) -> bool {
+        self.hi_id.is_none()
+    }
+
+    /// The name of this item's file number `seq`: `Patient-0001.ndjson`, or for a type split
+    /// into parts `Observation-003-0001.ndjson` (names sort in key order).
+    pub fn file_name(&self, seq: i32) -> String {
+        if self.whole_type() {
+            format!("{}-{seq:04}.ndjson", self.resource_type)
+        } else {
+            format!("{}-{:03}-{seq:04}.ndjson", self.resource_type, self.part)
+        }
+    }
+}
+
+const ITEM_COLUMNS: &str = "job_id, resource_type, part, lo_id, hi_id, phase, cursor_id, \
+     next_file_seq, done, attempts, error, public_error";
+
+fn item_from_row(r: &tokio_postgres::Row) -> WorkItem {
+    WorkItem {
+        job_id: r.get("job_id"),
+        resource_type: r.get("resource_type"),
+        part: r.get("part"),
+        lo_id: r.get("lo_id"),
+        hi_id: r.get("hi_id"),
+        phase: r.get("phase"),
+        cursor_id: r.get("cursor_id"),
+        next_file_seq: r.get("next_file_seq"),
+        done: r.get("done"),
+        attempts: r.get("attempts"),
+        error: r.get("error"),
+        public_error: r.get("public_error"),
+    }
+}
+
+/// One item planned for a job: a key range of a type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewItem {
+    pub resource_type: String,
+    pub part: i32,
+    pub lo_id: String,
+    pub hi_id: Option<String>,
+    /// Planned as already done (the per-type items of organizeOutputBy=Patient only record
+    /// the job's types).
+    pub done: bool,
+}
+
+/// Inserts a job's planned items (in the planning transaction).
+pub async fn insert_items(
+    client: &impl deadpool_postgres::GenericClient,
+    job_id: Uuid,
+    items: &[NewItem],
+) -> Result<(), DbError> {
+    let types: Vec<&str> = items.iter().map(|i| i.resource_type.as_str()).collect();
+    let parts: Vec<i32> = items.iter().map(|i| i.part).collect();
+    let los: Vec<&str> = items.iter().map(|i| i.lo_id.as_str()).collect();
+    let his: Vec<Option<&str>> = items.iter().map(|i| i.hi_id.as_deref()).collect();
+    let done: Vec<bool> = items.iter().map(|i| i.done).collect();
+    client
+        .execute(
+            "INSERT INTO export_work_items (job_id, resource_type, part, lo_id, hi_id, cursor_id, done)
+             SELECT $1, t, p, lo, hi, lo, d
+             FROM unnest($2::text[], $3::int4[], $4::text[], $5::text[], $6::bool[]) AS x(t, p, lo, hi, d)
+             ON CONFLICT DO NOTHING",
+            &[&job_id, &types, &parts, &los, &his, &done],
+        )
+        .await?;
+    Ok(())
 }
 
 pub async fn select_work_items(pool: &Pool, job_id: Uuid) -> Result<Vec<WorkItem>, DbError> {
     let client = pool.get().await?;
     let rows = client
         .query(
-            "SELECT resource_type, phase, cursor_id, next_file_seq, done
-             FROM export_work_items WHERE job_id = $1 ORDER BY resource_type",
+            &format!(
+                "SELECT {ITEM_COLUMNS} FROM export_work_items WHERE job_id = $1
+                 ORDER BY resource_type, part"
+            ),
             &[&job_id],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| WorkItem {
-            job_id,
-            resource_type: r.get(0),
-            phase: r.get(1),
-            cursor_id: r.get(2),
-            next_file_seq: r.get(3),
-            done: r.get(4),
-        })
-        .collect())
+    Ok(rows.iter().map(item_from_row).collect())
 }
 
-/// Records a finished file and advances the item's cursor in one transaction, so a crash
-/// either keeps both or neither (the file is then rewritten under the same name).
-pub async fn checkpoint(pool: &Pool, item: &WorkItem, files: &[ExportFile]) -> Result<(), DbError> {
-    checkpoint_with(pool, item, files, &[], false).await
+/// The job's resource types (its items', without organizeOutputBy's blocks item).
+pub async fn select_item_types(pool: &Pool, job_id: Uuid) -> Result<Vec<String>, DbError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT DISTINCT resource_type FROM export_work_items
+             WHERE job_id = $1 AND resource_type NOT LIKE '\\_%' ORDER BY 1",
+            &[&job_id],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// A checkpoint that also records the snapshots phase-0 pages were read under (see
-/// `crate::db::files::ReadRange`), durable with the file that holds their rows.
-pub async fn checkpoint_read(
+/// Claims one open item of an Active, planned job whose lease is free (never taken, released,
+/// expired, or this owner's own from before a restart). Items of `prefer` come first, then the
+/// oldest job's, in key order, so every exporter works on the oldest export first. Reclaiming an
+/// item whose owner vanished counts as an attempt.
+pub async fn claim_item(
+    pool: &Pool,
+    owner: &str,
+    lease: Duration,
+    prefer: Option<Uuid>,
+) -> Result<Option<WorkItem>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(&format!(
+            "WITH candidate AS (
+                 SELECT w.job_id, w.resource_type, w.part
+                 FROM export_work_items w JOIN export_jobs j ON j.id = w.job_id
+                 WHERE NOT w.done AND j.status = 'Active' AND j.planned
+                   AND (w.lease_expires_at IS NULL OR w.lease_expires_at < now()
+                        OR w.lease_owner = $1)
+                 ORDER BY (w.job_id = $3) DESC, j.created_at, w.resource_type, w.part
+                 LIMIT 1
+                 FOR UPDATE OF w SKIP LOCKED)
+             UPDATE export_work_items w SET
+                 attempts = w.attempts + CASE WHEN w.lease_owner IS NOT NULL THEN 1 ELSE 0 END,
+                 lease_owner = $1,
+                 lease_expires_at = now() + make_interval(secs => $2),
+                 updated_at = now()
+             FROM candidate
+             WHERE (w.job_id, w.resource_type, w.part)
+                 = (candidate.job_id, candidate.resource_type, candidate.part)
+             RETURNING {}",
+            ITEM_COLUMNS
+                .split(", ")
+                .map(|c| format!("w.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .await?;
+    let row = client
+        .query_opt(
+            &stmt,
+            &[
+                &owner,
+                &lease.as_secs_f64(),
+                &prefer.unwrap_or_else(Uuid::nil),
+            ],
+        )
+        .await?;
+    Ok(row.as_ref().map(item_from_row))
+}
+
+/// Extends the item's lease; returns its job's status, or None when the lease was lost.
+pub async fn renew_lease(
     pool: &Pool,
     item: &WorkItem,
-    files: &[ExportFile],
-    ranges: &[crate::db::files::ReadRange],
-) -> Result<(), DbError> {
-    checkpoint_with(pool, item, files, ranges, false).await
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<JobStatus>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "UPDATE export_work_items w SET lease_expires_at = now() + make_interval(secs => $5)
+             FROM export_jobs j
+             WHERE w.job_id = $1 AND w.resource_type = $2 AND w.part = $3 AND w.lease_owner = $4
+               AND j.id = w.job_id
+             RETURNING j.status",
+        )
+        .await?;
+    let row = client
+        .query_opt(
+            &stmt,
+            &[
+                &item.job_id,
+                &item.resource_type,
+                &item.part,
+                &owner,
+                &lease.as_secs_f64(),
+            ],
+        )
+        .await?;
+    Ok(row.and_then(|r| JobStatus::parse(r.get::<_, &str>(0))))
 }
 
-/// The last checkpoint of a job whose one item did all the work (organizeOutputBy=Patient):
-/// its files, its state and every other work item marked done, in one transaction, so a crash
-/// can never leave the job looking finished with files missing from the manifest.
-pub async fn checkpoint_last(
-    pool: &Pool,
-    item: &WorkItem,
-    files: &[ExportFile],
-) -> Result<(), DbError> {
-    checkpoint_with(pool, item, files, &[], true).await
+/// Gives the item back without counting an attempt (deadline reached, or the job is being
+/// cancelled).
+pub async fn release(pool: &Pool, item: &WorkItem, owner: &str) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE export_work_items SET lease_owner = NULL, lease_expires_at = NULL,
+                 updated_at = now()
+             WHERE job_id = $1 AND resource_type = $2 AND part = $3 AND lease_owner = $4",
+            &[&item.job_id, &item.resource_type, &item.part, &owner],
+        )
+        .await?;
+    Ok(())
 }
 
-async fn checkpoint_with(
+/// Records a failed attempt of an item. Below `max_attempts` the item is retried after
+/// `backoff` (by any exporter); at the cap its job becomes Failed, in the same transaction.
+/// The job row shows the last error and the most attempts of any item. Returns the job's
+/// status afterwards (None when the item was no longer this owner's).
+pub async fn record_failure(
     pool: &Pool,
     item: &WorkItem,
-    files: &[ExportFile],
-    ranges: &[crate::db::files::ReadRange],
-    all_done: bool,
-) -> Result<(), DbError> {
+    owner: &str,
+    error: &JobError,
+    max_attempts: i32,
+    backoff: Duration,
+    retention: Duration,
+) -> Result<Option<JobStatus>, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    let Some(row) = tx
+        .query_opt(
+            "UPDATE export_work_items SET attempts = attempts + 1, error = $5, public_error = $6,
+                 lease_owner = NULL, lease_expires_at = now() + make_interval(secs => $7),
+                 updated_at = now()
+             WHERE job_id = $1 AND resource_type = $2 AND part = $3 AND lease_owner = $4
+             RETURNING attempts",
+            &[
+                &item.job_id,
+                &item.resource_type,
+                &item.part,
+                &owner,
+                &error.internal,
+                &error.public,
+                &backoff.as_secs_f64(),
+            ],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let attempts: i32 = row.get(0);
+    let status = tx
+        .query_opt(
+            "UPDATE export_jobs SET
+                 attempts = greatest(attempts, $2), error = $3, public_error = $4,
+                 status = CASE WHEN status = 'Active' AND $2 >= $5 THEN 'Failed' ELSE status END,
+                 completed_at = CASE WHEN status = 'Active' AND $2 >= $5 THEN now() ELSE completed_at END,
+                 expires_at = CASE WHEN status = 'Active' AND $2 >= $5
+                                   THEN now() + make_interval(secs => $6) ELSE expires_at END,
+                 updated_at = now()
+             WHERE id = $1 RETURNING status",
+            &[
+                &item.job_id,
+                &attempts,
+                &error.internal,
+                &error.public,
+                &max_attempts,
+                &retention.as_secs_f64(),
+            ],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(status.and_then(|r| JobStatus::parse(r.get::<_, &str>(0))))
+}
+
+/// What a checkpoint did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpointed {
+    /// The files and the cursor are durable.
+    Saved,
+    /// ... and this was the job's last open item: the job is Complete.
+    Completed,
+    /// The item is no longer this owner's (its lease expired and another exporter took it):
+    /// nothing was recorded.
+    LeaseLost,
+}
+
+/// Records finished files and advances the item's cursor in one transaction, so a crash
+/// either keeps both or neither (the file is then rewritten under the same name). When the
+/// item is done and it was the job's last open item, the job becomes Complete in the same
+/// transaction (with its expiry after `retention`): the manifest is assembled exactly once.
+pub async fn checkpoint(
+    pool: &Pool,
+    item: &WorkItem,
+    owner: &str,
+    files: &[ExportFile],
+    ranges: &[crate::db::files::ReadRange],
+    retention: Duration,
+) -> Result<Checkpointed, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    if item.done {
+        // Item checkpoints of one job that finish items take turns: the last one sees every
+        // other item done.
+        tx.execute(
+            "SELECT 1 FROM export_jobs WHERE id = $1 FOR UPDATE",
+            &[&item.job_id],
+        )
+        .await?;
+    }
+    let progress = !files.is_empty();
+    let n = tx
+        .execute(
+            "UPDATE export_work_items SET phase = $5, cursor_id = $6, next_file_seq = $7, done = $8,
+                 attempts = CASE WHEN $9 THEN 0 ELSE attempts END,
+                 lease_owner = CASE WHEN $8 THEN NULL ELSE lease_owner END,
+                 lease_expires_at = CASE WHEN $8 THEN NULL ELSE lease_expires_at END,
+                 updated_at = now()
+             WHERE job_id = $1 AND resource_type = $2 AND part = $3 AND lease_owner = $4",
+            &[
+                &item.job_id,
+                &item.resource_type,
+                &item.part,
+                &owner,
+                &item.phase,
+                &item.cursor_id,
+                &item.next_file_seq,
+                &item.done,
+                &progress,
+            ],
+        )
+        .await?;
+    if n == 0 {
+        tx.rollback().await?;
+        return Ok(Checkpointed::LeaseLost);
+    }
     insert_files(&tx, item.job_id, files).await?;
     if !ranges.is_empty() {
         let after: Vec<&str> = ranges.iter().map(|r| r.after_id.as_str()).collect();
@@ -91,36 +376,32 @@ async fn checkpoint_with(
     }
     // Progress: attempts count failures without progress, so a long export on a flaky network
     // does not fail after a few blips that each cost nothing.
-    if !files.is_empty() {
+    if progress {
         tx.execute(
             "UPDATE export_jobs SET attempts = 0 WHERE id = $1 AND attempts > 0",
             &[&item.job_id],
         )
         .await?;
     }
-    if all_done {
-        tx.execute(
-            "UPDATE export_work_items SET done = true, updated_at = now() WHERE job_id = $1",
-            &[&item.job_id],
-        )
-        .await?;
+    let mut result = Checkpointed::Saved;
+    if item.done {
+        let completed = tx
+            .execute(
+                "UPDATE export_jobs SET status = 'Complete', completed_at = now(),
+                     expires_at = now() + make_interval(secs => $2),
+                     lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+                 WHERE id = $1 AND status = 'Active'
+                   AND NOT EXISTS (SELECT 1 FROM export_work_items
+                                   WHERE job_id = $1 AND NOT done)",
+                &[&item.job_id, &retention.as_secs_f64()],
+            )
+            .await?;
+        if completed == 1 {
+            result = Checkpointed::Completed;
+        }
     }
-    tx.execute(
-        "UPDATE export_work_items SET phase = $3, cursor_id = $4, next_file_seq = $5, done = $6,
-             updated_at = now()
-         WHERE job_id = $1 AND resource_type = $2",
-        &[
-            &item.job_id,
-            &item.resource_type,
-            &item.phase,
-            &item.cursor_id,
-            &item.next_file_seq,
-            &item.done,
-        ],
-    )
-    .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(result)
 }
 
 /// Records finished files (idempotent: a rewritten file replaces its row).

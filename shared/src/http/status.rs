@@ -110,8 +110,8 @@ async fn status(
                 "Active: planning".to_string()
             } else {
                 match jobs::select_progress(&state.pool, id).await? {
-                    jobs::JobProgress::Types { done, all } => {
-                        format!("Active: {done} of {all} resource types exported")
+                    jobs::JobProgress::Items { done, all } => {
+                        format!("Active: {done} of {all} parts exported")
                     }
                     jobs::JobProgress::Patients { done, all } => {
                         format!("Active: {done} of {all} patients exported")

@@ -18,6 +18,15 @@ pub struct QueueError {
 #[async_trait]
 pub trait JobQueue: Send + Sync {
     async fn send(&self, job_id: Uuid) -> Result<(), QueueError>;
+
+    /// `count` wake-ups for one job: one per work item, so that as many exporters as the queue
+    /// allows (the exporter function's maximum concurrency in AWS) share it.
+    async fn send_many(&self, job_id: Uuid, count: usize) -> Result<(), QueueError> {
+        for _ in 0..count {
+            self.send(job_id).await?;
+        }
+        Ok(())
+    }
 }
 
 /// The message body the exporter receives from SQS.
@@ -45,6 +54,46 @@ impl SqsQueue {
 
 #[async_trait]
 impl JobQueue for SqsQueue {
+    /// Ten messages per call (SQS's batch limit).
+    async fn send_many(&self, job_id: Uuid, count: usize) -> Result<(), QueueError> {
+        let body = serde_json::to_string(&WakeMessage { job_id }).unwrap_or_default();
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(10);
+            let mut batch = self.client.send_message_batch().queue_url(&self.queue_url);
+            for i in 0..n {
+                let entry = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(format!("m{i}"))
+                    .message_body(body.clone())
+                    .build()
+                    .map_err(|e| QueueError {
+                        job_id,
+                        queue: self.queue_url.clone(),
+                        message: e.to_string(),
+                    })?;
+                batch = batch.entries(entry);
+            }
+            let out = batch.send().await.map_err(|e| QueueError {
+                job_id,
+                queue: self.queue_url.clone(),
+                message: aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
+            })?;
+            if let Some(failed) = out.failed().first() {
+                return Err(QueueError {
+                    job_id,
+                    queue: self.queue_url.clone(),
+                    message: format!(
+                        "{} of {n} messages refused: {}",
+                        out.failed().len(),
+                        failed.message().unwrap_or(failed.code())
+                    ),
+                });
+            }
+            left -= n;
+        }
+        Ok(())
+    }
+
     async fn send(&self, job_id: Uuid) -> Result<(), QueueError> {
         let body = serde_json::to_string(&WakeMessage { job_id }).unwrap_or_default();
         self.client

@@ -1,6 +1,7 @@
-//! Exact at transactionTime under concurrent writes, in both phases: while an export of one
-//! type runs, resources behind the read cursor (already exported) and ahead of it are updated
-//! and deleted, during phase 0 and during phase 1. The export holds each resource of the type
+//! Exact at transactionTime under concurrent writes, in both phases: after the transaction time
+//! and before the export reads, and while an export of one type runs, resources behind the read
+//! cursor (already exported) and ahead of it are updated and deleted, during phase 0 and during
+//! phase 1. The export holds each resource of the type
 //! exactly once, as it was at the transaction time. (Before, a resource exported in phase 0 and
 //! changed afterwards was exported again by phase 1.)
 
@@ -139,9 +140,14 @@ async fn writes_behind_and_ahead_of_the_cursor_in_both_phases_change_nothing() {
     .expect("limits");
     tokio::time::sleep(Duration::from_millis(20)).await;
 
-    let mut exporter = Exporter::new(db.pool.clone(), store.clone(), Arc::new(NoQueue), config);
-    exporter.page_rows = 10;
+    let exporter = {
+        let mut e = Exporter::new(db.pool.clone(), store.clone(), Arc::new(NoQueue), config);
+        e.page_rows = 10;
+        e
+    };
+    let (start, started) = oneshot::channel::<()>();
     let mut run = tokio::spawn(async move {
+        let _ = started.await;
         exporter
             .run_until_idle(None, Instant::now() + Duration::from_secs(120))
             .await
@@ -168,6 +174,20 @@ async fn writes_behind_and_ahead_of_the_cursor_in_both_phases_change_nothing() {
             }
         }
     };
+
+    // After the transaction time, before the export reads: phase 0 sees these changes (and
+    // skips the changed resources), phase 1 exports their transaction-time versions.
+    for (i, delete) in [
+        (50, false),
+        (51, true),
+        (120, false),
+        (160, true),
+        (205, false),
+    ] {
+        change(&ids[i], delete).await;
+    }
+    let go = start.send(());
+    assert!(go.is_ok(), "the exporter waits for the start");
 
     let mut previous_first = String::new();
     let mut phase0_done = false;

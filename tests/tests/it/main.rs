@@ -9,6 +9,7 @@ mod concurrent_writes;
 mod e2e;
 mod engine;
 mod export_filters;
+mod fanout;
 mod http_api;
 mod lambda;
 mod loader;

@@ -137,3 +137,59 @@ async fn no_queue_accepts_every_wake_up() {
         queue.send(Uuid::new_v4()).await.expect("send");
     }
 }
+
+/// Fan-out: one wake-up per work item (sent ten to a call), so that up to the exporter
+/// function's maximum concurrency of invocations share an export.
+#[tokio::test]
+async fn sqs_queue_sends_one_message_per_work_item() {
+    let (client, queue_url) = new_queue().await;
+    let queue: Arc<dyn JobQueue> = Arc::new(SqsQueue::new(sqs_client().await, queue_url.clone()));
+    let job_id = Uuid::new_v4();
+
+    queue.send_many(job_id, 23).await.expect("send_many");
+
+    let mut received = Vec::new();
+    loop {
+        let bodies = receive(&client, &queue_url, 1).await;
+        if bodies.is_empty() {
+            break;
+        }
+        for body in bodies {
+            let message: WakeMessage = serde_json::from_str(&body).expect("WakeMessage");
+            received.push(message.job_id);
+        }
+    }
+    assert_eq!(received, vec![job_id; 23]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_queue_wakes_one_waiting_worker_per_item() {
+    let wake = LocalQueue::default();
+    let queue: Arc<dyn JobQueue> = Arc::new(wake.clone());
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(3);
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let notify = wake.notify.clone();
+            let ready = ready_tx.clone();
+            tokio::spawn(async move {
+                let notified = notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                ready.send(()).await.expect("test is listening");
+                notified.await;
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        ready_rx.recv().await.expect("a worker is waiting");
+    }
+
+    queue.send_many(Uuid::new_v4(), 3).await.expect("send");
+
+    for worker in workers {
+        tokio::time::timeout(PROMPTLY, worker)
+            .await
+            .expect("every waiting worker was woken")
+            .expect("worker task");
+    }
+}

@@ -1,0 +1,270 @@
+//! The per-patient block writer of `organizeOutputBy=Patient` (IG v3): files of blocks, one per
+//! patient in id order — a `Parameters` header naming the patient, its Patient resource, then
+//! its compartment resources (and the AdditionalResources they reference and the Provenance
+//! that targets them) by type and id.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use futures::TryStreamExt;
+
+use super::planner::{export_time, provenance_association, JobLayout};
+use super::sink::{abandon, FileSink};
+use super::{Exporter, Failure, Progress};
+use crate::db::files;
+use crate::db::work_items::{self, Checkpointed, WorkItem};
+use crate::db::DbError;
+use crate::export::job::Job;
+use crate::export::manifest::{ExportFile, FileKind};
+use crate::export::transform::RowTransform;
+use crate::export::JobStatus;
+use crate::fhir::elements::ElementsFilter;
+use crate::fhir::resource_types::is_patient_compartment_type;
+use crate::fhir::search::TypeFilters;
+
+/// Patients per block query (their rows are streamed, not held).
+const BLOCK_BATCH_PATIENTS: i64 = 200;
+/// Bytes of blocks gathered before a write to the object store.
+const BLOCK_BUFFER: usize = 256 * 1024;
+
+/// How a batch of blocks ended.
+enum BatchEnd {
+    /// Every block of the batch is written; the file (if any) stays open.
+    Done(Option<FileSink>),
+    /// Near the deadline: the file was closed and checkpointed at a block boundary.
+    Deadline,
+    LeaseLost,
+}
+
+impl Exporter {
+    /// Patients are read in batches whose rows are streamed, files close at a block boundary
+    /// once past `MAX_FILE_BYTES` (a block is never split), and the item's cursor is the last
+    /// patient written, so a resumed attempt continues after it.
+    pub(super) async fn export_blocks(
+        &self,
+        job: &Job,
+        mut item: WorkItem,
+        layout: &JobLayout,
+        filters: &TypeFilters,
+        elements: &ElementsFilter,
+        deadline: Instant,
+    ) -> Result<Progress, Failure> {
+        let types = &layout.types;
+        // Compartment members other than Provenance; they are also the Provenance targets.
+        let compartment: Vec<String> = layout
+            .exported_compartment_types
+            .iter()
+            .filter(|t| *t != "Provenance")
+            .cloned()
+            .collect();
+        let with_provenance = types.iter().any(|t| t == "Provenance");
+        let associated = with_provenance
+            .then(|| provenance_association(job, &layout.target_types))
+            .flatten();
+        let mut compartment_types = compartment.clone();
+        if with_provenance && associated.as_ref().is_none_or(|a| a.with_scope) {
+            compartment_types.push("Provenance".into());
+        }
+        let referenced_types: Vec<String> = types
+            .iter()
+            .filter(|t| !is_patient_compartment_type(t))
+            .cloned()
+            .collect();
+        let provenance_target_types: Vec<String> = if associated.is_some() {
+            compartment
+        } else {
+            Vec::new()
+        };
+        let transforms: HashMap<&str, RowTransform> = types
+            .iter()
+            .map(|t| (t.as_str(), RowTransform::new(t, filters, elements)))
+            .collect();
+        let mut file: Option<FileSink> = None;
+        loop {
+            let batch = match files::select_patient_batch(
+                &self.pool,
+                job.id,
+                &item.cursor_id,
+                BLOCK_BATCH_PATIENTS,
+            )
+            .await
+            {
+                Ok(batch) => batch,
+                Err(e) => return Err(abandon(file, e.into()).await),
+            };
+            let Some(last) = batch.last().cloned() else {
+                break;
+            };
+            let query = files::BlockQuery {
+                patients: &batch,
+                compartment_types: &compartment_types,
+                referencing_types: &layout.referencing_types,
+                referenced_types: &referenced_types,
+                provenance_target_types: &provenance_target_types,
+                latest_provenance: associated.as_ref().is_some_and(|a| a.latest),
+                transaction_time: export_time(job),
+                since: job.params.since,
+            };
+            file = match self
+                .write_blocks(job, &mut item, file, &query, &transforms, deadline)
+                .await?
+            {
+                BatchEnd::Done(open) => open,
+                BatchEnd::Deadline => return Ok(Progress::Deadline),
+                BatchEnd::LeaseLost => return Ok(Progress::LeaseLost),
+            };
+            // Patients of the batch without a block are behind us too.
+            item.cursor_id = last;
+            let stop =
+                match work_items::renew_lease(&self.pool, &item, &self.owner, self.config.lease)
+                    .await
+                {
+                    Ok(Some(JobStatus::Active)) => None,
+                    Ok(Some(JobStatus::CancellationRequested)) => Some(Progress::Cancelled),
+                    Ok(_) => Some(Progress::LeaseLost),
+                    Err(e) => return Err(abandon(file, e.into()).await),
+                };
+            if let Some(stop) = stop {
+                if let Some(f) = file {
+                    f.abort().await;
+                }
+                return Ok(stop);
+            }
+            if self.near(deadline) {
+                let finished = self.close_block_file(&mut item, file.take()).await?;
+                return Ok(match self.checkpoint(&item, &finished, &[]).await? {
+                    Checkpointed::LeaseLost => Progress::LeaseLost,
+                    _ => Progress::Deadline,
+                });
+            }
+        }
+        let mut finished = self.close_block_file(&mut item, file.take()).await?;
+        // deleted[] (with `_since`) and dangling references, per type as without blocks.
+        for t in types {
+            let sel = layout.selection(job, &self.config, t, None);
+            finished.extend(self.write_dangling_reference_errors(&sel).await?);
+            finished.extend(self.write_deleted(&sel, &transforms[t.as_str()]).await?);
+        }
+        item.done = true;
+        Ok(match self.checkpoint(&item, &finished, &[]).await? {
+            Checkpointed::Completed => Progress::Finished { completed: true },
+            Checkpointed::Saved => Progress::Finished { completed: false },
+            Checkpointed::LeaseLost => Progress::LeaseLost,
+        })
+    }
+
+    /// Streams the blocks of one batch of patients into `file` (opened at the first block).
+    /// Rows come ordered by patient; a header line opens each patient's block before its first
+    /// resource that `_typeFilter` keeps (a patient with none has no block). When a block is
+    /// about to start and the file is past `MAX_FILE_BYTES`, the file is finished and
+    /// checkpointed with the previous patient as the cursor, and the block starts a new file.
+    /// Near the deadline the same happens and the batch stops there.
+    async fn write_blocks(
+        &self,
+        job: &Job,
+        item: &mut WorkItem,
+        mut file: Option<FileSink>,
+        query: &files::BlockQuery<'_>,
+        transforms: &HashMap<&str, RowTransform>,
+        deadline: Instant,
+    ) -> Result<BatchEnd, Failure> {
+        let client = match self.pool.get().await {
+            Ok(c) => c,
+            Err(e) => return Err(abandon(file, DbError::from(e).into()).await),
+        };
+        let rows = match files::stream_blocks(&client, query).await {
+            Ok(rows) => rows,
+            Err(e) => return Err(abandon(file, e.into()).await),
+        };
+        futures::pin_mut!(rows);
+        let mut open: Option<String> = None;
+        let mut buf = Vec::with_capacity(BLOCK_BUFFER);
+        let mut lines = 0i64;
+        loop {
+            let row = match rows.try_next().await {
+                Ok(Some(row)) => files::block_row(&row),
+                Ok(None) => break,
+                Err(e) => return Err(abandon(file, DbError::from(e).into()).await),
+            };
+            let Some(line) = transforms
+                .get(row.resource_type.as_str())
+                .and_then(|t| t.apply(&row.resource))
+            else {
+                continue;
+            };
+            if open.as_deref() != Some(row.patient_id.as_str()) {
+                let full = file
+                    .as_ref()
+                    .is_some_and(|f| f.bytes + buf.len() as u64 >= self.config.max_file_bytes);
+                let late = file.is_some() && self.near(deadline);
+                if full || late {
+                    if let Some(mut f) = file.take() {
+                        if let Err(e) = f.write(&buf, lines).await {
+                            return Err(f.abandon(e).await);
+                        }
+                        file = Some(f);
+                    }
+                    buf.clear();
+                    lines = 0;
+                    // Everything up to the previous block is in this file.
+                    if let Some(prev) = open.take() {
+                        item.cursor_id = prev;
+                    }
+                    let finished = self.close_block_file(item, file.take()).await?;
+                    if self.checkpoint(item, &finished, &[]).await? == Checkpointed::LeaseLost {
+                        return Ok(BatchEnd::LeaseLost);
+                    }
+                    if late {
+                        return Ok(BatchEnd::Deadline);
+                    }
+                }
+                if file.is_none() {
+                    let name = format!("blocks-{:04}.ndjson", item.next_file_seq);
+                    file = Some(
+                        FileSink::open(self.store.as_ref(), job.id, name, FileKind::Output, "")
+                            .await?,
+                    );
+                }
+                let header = serde_json::json!({"resourceType": "Parameters", "parameter": [
+                    {"name": "header", "valueReference": {"reference": format!("Patient/{}", row.patient_id)}}]});
+                buf.extend_from_slice(header.to_string().as_bytes());
+                buf.push(b'\n');
+                open = Some(row.patient_id);
+            }
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+            lines += 1;
+            if buf.len() >= BLOCK_BUFFER {
+                if let Some(mut f) = file.take() {
+                    if let Err(e) = f.write(&buf, lines).await {
+                        return Err(f.abandon(e).await);
+                    }
+                    file = Some(f);
+                }
+                buf.clear();
+                lines = 0;
+            }
+        }
+        if let Some(mut f) = file.take() {
+            if let Err(e) = f.write(&buf, lines).await {
+                return Err(f.abandon(e).await);
+            }
+            file = Some(f);
+        }
+        Ok(BatchEnd::Done(file))
+    }
+
+    /// Finishes a block file (nothing to do without one); returns its row for the checkpoint.
+    async fn close_block_file(
+        &self,
+        item: &mut WorkItem,
+        file: Option<FileSink>,
+    ) -> Result<Vec<ExportFile>, Failure> {
+        let Some(f) = file else {
+            return Ok(Vec::new());
+        };
+        let file = f.finish().await?;
+        item.next_file_seq += 1;
+        Ok(vec![file])
+    }
+}

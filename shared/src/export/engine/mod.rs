@@ -1,0 +1,579 @@
+//! The exporter engine. Jobs are planned into work items (key ranges of a type sized by bytes,
+//! or the patient blocks of organizeOutputBy=Patient); any number of exporters claim items with
+//! a lease, write them as ndjson files, checkpoint after every file and retry them on their
+//! own. The last item's last checkpoint completes the job.
+//!
+//! - `mod.rs`: the claim/run loop, job coordination (plan, cancel, fail) and item outcomes;
+//! - `planner`: pure planning (types, selections, splitting into items);
+//! - `sink`: one output file (open → write → finish/abort);
+//! - `typed`: the per-type range writer; `blocks`: the per-patient block writer;
+//! - `extras`: deleted[], dangling-reference outcomes, the request's outcomes.
+//!
+//! Every step is idempotent: a crashed invocation leaves the item's cursor at its last finished
+//! file, and the next owner rewrites the unfinished file under the same name.
+
+mod blocks;
+mod extras;
+pub mod planner;
+mod sink;
+mod typed;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, info_span, warn, Instrument};
+use uuid::Uuid;
+
+pub use planner::BLOCKS_ITEM;
+
+use super::job::{ExportLevel, Job, JobStatus};
+use crate::config::Config;
+use crate::db::files::ReadRange;
+use crate::db::jobs::PatientSet;
+use crate::db::work_items::{self, Checkpointed, WorkItem};
+use crate::db::{jobs, resources, DbError, Pool};
+use crate::export::manifest::ExportFile;
+use crate::export::transform::RowTransform;
+use crate::fhir::elements::ElementsFilter;
+use crate::fhir::outcome::Severity;
+use crate::fhir::search::TypeFilters;
+use crate::fhir::OperationOutcome;
+use crate::queue::JobQueue;
+use crate::storage::{ObjectStore, StorageError};
+use planner::JobLayout;
+
+/// Rows per batch fetched from Postgres, at most.
+pub const PAGE_ROWS: i64 = 1000;
+/// Bytes a batch fetched from Postgres aims at (from the mean size of the rows so far).
+pub const PAGE_BYTES: i64 = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl EngineError {
+    /// What a client may be told: the kind of failure, never its details (paths, object keys
+    /// and database text stay in the logs and `bulk-export jobs`).
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            EngineError::Db(_) => {
+                "a database error interrupted the export; the server operator has the details"
+            }
+            EngineError::Storage(_) => {
+                "writing the export files failed; the server operator has the details"
+            }
+        }
+    }
+}
+
+/// Why an attempt stopped early: `Transient` is retried (up to MAX_ATTEMPTS), `Permanent` fails
+/// the job at once.
+pub enum Failure {
+    Transient(EngineError),
+    Permanent(String),
+}
+use Failure::{Permanent, Transient};
+
+impl From<DbError> for Failure {
+    fn from(e: DbError) -> Self {
+        Transient(e.into())
+    }
+}
+
+impl From<StorageError> for Failure {
+    fn from(e: StorageError) -> Self {
+        Transient(e.into())
+    }
+}
+
+/// What one run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Jobs this run completed (it finished their last item).
+    pub completed: Vec<Uuid>,
+    pub failed: Vec<Uuid>,
+    pub cancelled: Vec<Uuid>,
+    /// Jobs of which this run handed work back near its deadline.
+    pub handed_off: Vec<Uuid>,
+    /// Jobs of which an attempt failed and will be retried.
+    pub retrying: Vec<Uuid>,
+    pub purged: usize,
+    /// Work items this run finished.
+    pub items: usize,
+}
+
+impl RunSummary {
+    fn stopped(&self, id: Uuid) -> bool {
+        self.handed_off.contains(&id) || self.retrying.contains(&id)
+    }
+}
+
+/// How an item's work ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Progress {
+    /// The item is done; `completed`: it was the job's last, and the job is Complete.
+    Finished {
+        completed: bool,
+    },
+    Deadline,
+    Cancelled,
+    /// The item is no longer this exporter's, or its job stopped (failed elsewhere).
+    LeaseLost,
+}
+
+/// Renews a lease every third of its length until `renew` says it is gone.
+async fn heartbeat<F, Fut>(lease: Duration, renew: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, DbError>>,
+{
+    let mut every = tokio::time::interval(lease / 3);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        match renew().await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => warn!(error = %e, "lease heartbeat failed; retrying"),
+        }
+    }
+}
+
+/// Aborts the task when dropped (the heartbeat ends with the work, whatever path it takes).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub struct Exporter {
+    pool: Pool,
+    store: Arc<dyn ObjectStore>,
+    queue: Arc<dyn JobQueue>,
+    config: Arc<Config>,
+    owner: String,
+    /// Wait before a failed attempt is retried.
+    pub retry_backoff: Duration,
+    /// Rows per batch fetched from Postgres, at most.
+    pub page_rows: i64,
+}
+
+impl Exporter {
+    pub fn new(
+        pool: Pool,
+        store: Arc<dyn ObjectStore>,
+        queue: Arc<dyn JobQueue>,
+        config: Arc<Config>,
+    ) -> Self {
+        Exporter {
+            pool,
+            store,
+            queue,
+            config,
+            owner: format!("exporter-{}", Uuid::new_v4()),
+            retry_backoff: Duration::from_secs(5),
+            page_rows: PAGE_ROWS,
+        }
+    }
+
+    /// This exporter's lease owner name: work it held when its process stopped is claimed again
+    /// at once by a process of the same name (`serve` names its workers after host, port and
+    /// number), instead of after the lease expires.
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Works until nothing is claimable or the deadline comes near: jobs to plan or cancel
+    /// first, then work items (those of `prefer` first, then the oldest job's). Then purges the
+    /// files of expired and deleted jobs.
+    pub async fn run_until_idle(
+        &self,
+        prefer: Option<Uuid>,
+        deadline: Instant,
+    ) -> Result<RunSummary, EngineError> {
+        let mut summary = RunSummary::default();
+        while !self.near(deadline) {
+            if let Some(job) =
+                jobs::claim_job(&self.pool, &self.owner, self.config.lease, prefer).await?
+            {
+                let id = job.id;
+                let span = info_span!("export_job", job_id = %id, level = job.level.as_str());
+                self.coordinate(job, &mut summary).instrument(span).await?;
+                if summary.stopped(id) {
+                    break;
+                }
+                continue;
+            }
+            if let Some(item) =
+                work_items::claim_item(&self.pool, &self.owner, self.config.lease, prefer).await?
+            {
+                let id = item.job_id;
+                let span = info_span!("work_item", job_id = %id, resource_type = %item.resource_type, part = item.part);
+                self.work(item, deadline, &mut summary)
+                    .instrument(span)
+                    .await?;
+                if summary.stopped(id) {
+                    break;
+                }
+                continue;
+            }
+            break;
+        }
+        summary.purged = self.purge_finished().await?;
+        Ok(summary)
+    }
+
+    fn near(&self, deadline: Instant) -> bool {
+        Instant::now() >= deadline
+    }
+
+    /// A claimed job: cancel it, fail it (too many attempts at planning) or plan it.
+    async fn coordinate(&self, job: Job, summary: &mut RunSummary) -> Result<(), EngineError> {
+        if job.status == JobStatus::CancellationRequested {
+            self.cancel(&job).await?;
+            summary.cancelled.push(job.id);
+            return Ok(());
+        }
+        if job.attempts >= self.config.max_attempts {
+            let error = gave_up(
+                job.attempts,
+                job.error.as_deref(),
+                job.public_error.as_deref(),
+            );
+            warn!(attempts = job.attempts, error = %error.internal, "export failed for good");
+            jobs::fail_job(
+                &self.pool,
+                job.id,
+                &self.owner,
+                &error,
+                self.config.job_retention,
+            )
+            .await?;
+            summary.failed.push(job.id);
+            return Ok(());
+        }
+        let heartbeat = {
+            let (pool, id, owner, lease) = (
+                self.pool.clone(),
+                job.id,
+                self.owner.clone(),
+                self.config.lease,
+            );
+            AbortOnDrop(tokio::spawn(heartbeat(lease, move || {
+                let (pool, owner) = (pool.clone(), owner.clone());
+                async move { Ok(jobs::renew_lease(&pool, id, &owner, lease).await?.is_some()) }
+            })))
+        };
+        let planned = self.plan(&job).await;
+        drop(heartbeat);
+        match planned {
+            Ok(0) => {
+                if jobs::complete_job(&self.pool, job.id, &self.owner, self.config.job_retention)
+                    .await?
+                {
+                    info!("export complete: nothing to export");
+                    summary.completed.push(job.id);
+                }
+            }
+            Ok(items) => {
+                // One wake-up per item: in AWS each is an SQS message, so up to the exporter's
+                // maximum concurrency of invocations share the job; in `serve` idle workers wake.
+                if let Err(e) = self.queue.send_many(job.id, items).await {
+                    warn!(error = %e, "could not send wake-ups; the schedule will find the items");
+                }
+            }
+            Err(Permanent(msg)) => {
+                warn!(error = %msg, "export failed");
+                // A permanent failure is about the request (a Group that is gone): say it.
+                let error = jobs::JobError {
+                    internal: msg.clone(),
+                    public: msg,
+                };
+                jobs::fail_job(
+                    &self.pool,
+                    job.id,
+                    &self.owner,
+                    &error,
+                    self.config.job_retention,
+                )
+                .await?;
+                summary.failed.push(job.id);
+            }
+            Err(Transient(e)) => {
+                let error = job_error(&e);
+                warn!(error = %error.internal, "planning failed");
+                let status = jobs::record_failure(
+                    &self.pool,
+                    job.id,
+                    &self.owner,
+                    &error,
+                    self.config.max_attempts,
+                    self.retry_backoff,
+                    self.config.job_retention,
+                )
+                .await?;
+                if status == Some(JobStatus::Failed) {
+                    summary.failed.push(job.id);
+                } else {
+                    summary.retrying.push(job.id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A claimed work item: export it and record how that ended.
+    async fn work(
+        &self,
+        item: WorkItem,
+        deadline: Instant,
+        summary: &mut RunSummary,
+    ) -> Result<(), EngineError> {
+        let Some(job) = jobs::get_job(&self.pool, item.job_id).await? else {
+            return Ok(());
+        };
+        if item.attempts >= self.config.max_attempts {
+            let error = gave_up(
+                item.attempts,
+                item.error.as_deref(),
+                item.public_error.as_deref(),
+            );
+            warn!(attempts = item.attempts, error = %error.internal, "export failed for good");
+            if jobs::fail_job_unleased(&self.pool, job.id, &error, self.config.job_retention)
+                .await?
+            {
+                summary.failed.push(job.id);
+            }
+            return Ok(());
+        }
+        // The lease is kept alive by time, not by page progress: a storage call that takes
+        // long (within its own timeout) does not let another exporter take the item.
+        let heartbeat = {
+            let (pool, it, owner, lease) = (
+                self.pool.clone(),
+                item.clone(),
+                self.owner.clone(),
+                self.config.lease,
+            );
+            AbortOnDrop(tokio::spawn(heartbeat(lease, move || {
+                let (pool, it, owner) = (pool.clone(), it.clone(), owner.clone());
+                async move {
+                    Ok(work_items::renew_lease(&pool, &it, &owner, lease)
+                        .await?
+                        .is_some())
+                }
+            })))
+        };
+        let result = self.export_item(&job, item.clone(), deadline).await;
+        drop(heartbeat);
+        match result {
+            Ok(Progress::Finished { completed }) => {
+                summary.items += 1;
+                if completed {
+                    info!("export complete");
+                    summary.completed.push(job.id);
+                }
+            }
+            Ok(Progress::Deadline) => {
+                work_items::release(&self.pool, &item, &self.owner).await?;
+                if let Err(e) = self.queue.send(job.id).await {
+                    warn!(error = %e, "could not requeue; the schedule will resume the job");
+                }
+                info!("deadline near: progress saved, item handed off");
+                summary.handed_off.push(job.id);
+            }
+            Ok(Progress::Cancelled) => {
+                // The job's files are deleted once no exporter holds one of its items.
+                work_items::release(&self.pool, &item, &self.owner).await?;
+                if let Err(e) = self.queue.send(job.id).await {
+                    warn!(error = %e, "could not send a wake-up for the cancellation");
+                }
+            }
+            Ok(Progress::LeaseLost) => {
+                work_items::release(&self.pool, &item, &self.owner).await?;
+                warn!("item lost to another exporter, or its job stopped");
+            }
+            Err(Permanent(msg)) => {
+                warn!(error = %msg, "export failed");
+                let error = jobs::JobError {
+                    internal: msg.clone(),
+                    public: msg,
+                };
+                if jobs::fail_job_unleased(&self.pool, job.id, &error, self.config.job_retention)
+                    .await?
+                {
+                    summary.failed.push(job.id);
+                }
+            }
+            Err(Transient(e)) => {
+                let error = job_error(&e);
+                warn!(error = %error.internal, "export attempt failed");
+                let status = work_items::record_failure(
+                    &self.pool,
+                    &item,
+                    &self.owner,
+                    &error,
+                    self.config.max_attempts,
+                    self.retry_backoff,
+                    self.config.job_retention,
+                )
+                .await?;
+                if status == Some(JobStatus::Failed) {
+                    summary.failed.push(job.id);
+                } else {
+                    summary.retrying.push(job.id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn export_item(
+        &self,
+        job: &Job,
+        item: WorkItem,
+        deadline: Instant,
+    ) -> Result<Progress, Failure> {
+        // Validated at kick-off; a job stored by another version could still fail here.
+        let filters = TypeFilters::parse(&job.params.type_filters).map_err(Permanent)?;
+        let elements = ElementsFilter::new(&job.params.elements);
+        let types = work_items::select_item_types(&self.pool, job.id).await?;
+        let present = if job.level == ExportLevel::System {
+            Vec::new()
+        } else {
+            resources::select_resource_types(&self.pool).await?
+        };
+        let layout = JobLayout::new(job, &self.config, types, &present);
+        if item.resource_type == BLOCKS_ITEM {
+            return self
+                .export_blocks(job, item, &layout, &filters, &elements, deadline)
+                .await;
+        }
+        let resource_type = item.resource_type.clone();
+        let hi_id = item.hi_id.clone();
+        let sel = layout.selection(job, &self.config, &resource_type, hi_id.as_deref());
+        let type_wide = layout.selection(job, &self.config, &resource_type, None);
+        let transform = RowTransform::new(&resource_type, &filters, &elements);
+        self.export_range(item, &sel, &type_wide, &transform, deadline)
+            .await
+    }
+
+    /// Records an item's finished files and cursor (see `work_items::checkpoint`).
+    async fn checkpoint(
+        &self,
+        item: &WorkItem,
+        files: &[ExportFile],
+        ranges: &[ReadRange],
+    ) -> Result<Checkpointed, Failure> {
+        Ok(work_items::checkpoint(
+            &self.pool,
+            item,
+            &self.owner,
+            files,
+            ranges,
+            self.config.job_retention,
+        )
+        .await?)
+    }
+
+    async fn cancel(&self, job: &Job) -> Result<(), EngineError> {
+        let n = self.store.delete_prefix(&job.id.to_string()).await?;
+        jobs::mark_cancelled(&self.pool, job.id, &self.owner).await?;
+        info!(files_deleted = n, "export cancelled");
+        Ok(())
+    }
+
+    /// Deletes the files of jobs the client deleted or that passed their expiry.
+    pub async fn purge_finished(&self) -> Result<usize, EngineError> {
+        let ids = jobs::select_jobs_to_purge(&self.pool, 100).await?;
+        for id in &ids {
+            let n = self.store.delete_prefix(&id.to_string()).await?;
+            jobs::mark_purged(&self.pool, *id).await?;
+            info!(job_id = %id, files_deleted = n, "export files purged");
+        }
+        Ok(ids.len())
+    }
+
+    /// Fixes the job's patients and splits it into work items; returns the open items.
+    async fn plan(&self, job: &Job) -> Result<usize, Failure> {
+        let present = resources::select_resource_types(&self.pool).await?;
+        let types = planner::export_types(
+            job,
+            &self.config.additional_resources,
+            job.params.types.as_deref(),
+            &present,
+        );
+        let group = match (job.level, &job.group_id) {
+            (ExportLevel::Group, Some(g)) => {
+                if !resources::resource_exists(&self.pool, "Group", g).await? {
+                    return Err(Permanent(format!("Group/{g} no longer exists")));
+                }
+                Some(g.as_str())
+            }
+            (ExportLevel::Group, None) => {
+                return Err(Permanent("group export without a group id".into()))
+            }
+            _ => None,
+        };
+        let patients = match (job.level, &job.params.patients, group) {
+            (ExportLevel::System, _, _) => PatientSet::None,
+            (_, Some(ids), group) => PatientSet::Listed { ids, group },
+            (_, None, Some(g)) => PatientSet::Group(g),
+            (_, None, None) => PatientSet::All,
+        };
+        // Lenient handling: what the kick-off ignored is reported in error[].
+        if !job.params.ignored.is_empty() {
+            let lines: Vec<OperationOutcome> = job
+                .params
+                .ignored
+                .iter()
+                .map(|m| OperationOutcome::new(Severity::Warning, "not-supported", m.clone()))
+                .collect();
+            let file = self
+                .write_outcomes(job.id, "OperationOutcome-request.ndjson".into(), &lines)
+                .await?;
+            let client = self.pool.get().await.map_err(DbError::from)?;
+            work_items::insert_files(&client, job.id, &[file]).await?;
+        }
+        let blocks = job.params.organize_output_by.is_some();
+        let item_bytes = self.config.item_bytes;
+        let open = jobs::mark_planned(&self.pool, job.id, &types, patients, item_bytes, |sizes| {
+            planner::split_items(&types, blocks, sizes, item_bytes)
+        })
+        .await?;
+        info!(types = types.len(), items = open, "export planned");
+        Ok(open)
+    }
+}
+
+/// The error of a job that failed after `attempts` attempts.
+fn gave_up(attempts: i32, internal: Option<&str>, public: Option<&str>) -> jobs::JobError {
+    jobs::JobError {
+        internal: format!(
+            "export gave up after {attempts} attempts; last error: {}",
+            internal.unwrap_or("the exporter stopped unexpectedly")
+        ),
+        public: format!(
+            "the export failed after {attempts} attempts: {}",
+            public.unwrap_or("the exporter stopped unexpectedly")
+        ),
+    }
+}
+
+fn job_error(e: &EngineError) -> jobs::JobError {
+    jobs::JobError {
+        internal: crate::error_chain(e),
+        public: e.public_message().to_string(),
+    }
+}

@@ -1,0 +1,202 @@
+//! The per-type writer: one work item's key range of one type, as ndjson files of at most
+//! `MAX_FILE_BYTES`, checkpointed after each file. Each phase of the item is one streamed
+//! statement (`files::read_range`), fetched in batches; the next batch is fetched while the
+//! current one is written, so Postgres and the exporter work at the same time, and a row is
+//! read once (a row that does not fit in a file starts the next one).
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use super::sink::FileSink;
+use super::{Exporter, Failure, Progress, PAGE_BYTES};
+use crate::db::files::{self, Row, Selection};
+use crate::db::work_items::{self, Checkpointed, WorkItem};
+use crate::db::DbError;
+use crate::export::manifest::{ExportFile, FileKind};
+use crate::export::transform::RowTransform;
+use crate::export::JobStatus;
+
+/// Rows of the first fetch of a read; later fetches aim at `PAGE_BYTES` from the rows' mean size,
+/// at most `Exporter::page_rows`.
+const FIRST_FETCH: i32 = 100;
+
+/// How a file of the item ended.
+#[derive(PartialEq, Eq)]
+enum FileEnd {
+    Full,
+    /// The phase's rows are all written.
+    Exhausted,
+    Deadline,
+    Stop(Progress),
+}
+
+impl Exporter {
+    /// Exports one item, one file at a time, checkpointing after each file. Phase 0 reads the
+    /// current versions of the range, phase 1 the transaction-time versions of what changed
+    /// since (see `files::RangeRead`). The type's last item then writes its deleted[] and error
+    /// files.
+    pub(super) async fn export_range(
+        &self,
+        mut item: WorkItem,
+        sel: &Selection<'_>,
+        type_wide: &Selection<'_>,
+        transform: &RowTransform,
+        deadline: Instant,
+    ) -> Result<Progress, Failure> {
+        let mut client = self.pool.get().await.map_err(DbError::from)?;
+        loop {
+            // One streamed read per phase (a new one after every checkpoint of phase 0's end).
+            let mut read = files::read_range(&mut client, sel, item.phase, &item.cursor_id).await?;
+            let mut pending: VecDeque<Row> = VecDeque::new();
+            // The next batch, fetched while the current one was written (it may start the
+            // next file).
+            let mut prefetched: Option<Result<Vec<Row>, DbError>> = None;
+            let max_fetch = self.page_rows.clamp(1, i32::MAX as i64) as u64;
+            let mut fetch = FIRST_FETCH.min(max_fetch as i32);
+            let (mut fetched_rows, mut fetched_bytes) = (0u64, 0u64);
+            loop {
+                let mut sink = FileSink::open(
+                    self.store.as_ref(),
+                    item.job_id,
+                    item.file_name(item.next_file_seq),
+                    FileKind::Output,
+                    &item.resource_type,
+                )
+                .await?;
+                let file_start = item.cursor_id.clone();
+                let end = loop {
+                    if pending.is_empty() {
+                        let rows = match prefetched.take() {
+                            Some(rows) => rows,
+                            None => read.fetch(fetch).await,
+                        };
+                        let rows = match rows {
+                            Ok(rows) => rows,
+                            Err(e) => return Err(sink.abandon(e.into()).await),
+                        };
+                        if rows.is_empty() {
+                            break FileEnd::Exhausted;
+                        }
+                        fetched_rows += rows.len() as u64;
+                        fetched_bytes += rows.iter().map(|r| r.resource.len() as u64).sum::<u64>();
+                        let mean = (fetched_bytes / fetched_rows).max(1);
+                        fetch = (PAGE_BYTES as u64 / mean).clamp(1, max_fetch) as i32;
+                        pending.extend(rows);
+                    }
+                    // The rows that fit in this file (the first one always does).
+                    let mut page = Vec::new();
+                    let mut lines = 0;
+                    let mut full = false;
+                    while let Some(row) = pending.front() {
+                        let len = row.resource.len() as u64 + 1;
+                        let used = sink.bytes + page.len() as u64;
+                        if used > 0 && used + len > self.config.max_file_bytes {
+                            full = true;
+                            break;
+                        }
+                        let Some(row) = pending.pop_front() else {
+                            break;
+                        };
+                        if let Some(line) = transform.apply(&row.resource) {
+                            page.extend_from_slice(line.as_bytes());
+                            page.push(b'\n');
+                            lines += 1;
+                        }
+                        item.cursor_id = row.id;
+                    }
+                    let late = self.near(deadline);
+                    // Postgres streams the next batch while this one is written.
+                    let written = if pending.is_empty() && !full && !late {
+                        let (written, next) =
+                            tokio::join!(sink.write(&page, lines), read.fetch(fetch));
+                        prefetched = Some(next);
+                        written
+                    } else {
+                        sink.write(&page, lines).await
+                    };
+                    if let Err(e) = written {
+                        return Err(sink.abandon(e).await);
+                    }
+                    match work_items::renew_lease(&self.pool, &item, &self.owner, self.config.lease)
+                        .await
+                    {
+                        Ok(Some(JobStatus::Active)) => {}
+                        Ok(Some(JobStatus::CancellationRequested)) => {
+                            break FileEnd::Stop(Progress::Cancelled)
+                        }
+                        Ok(_) => break FileEnd::Stop(Progress::LeaseLost),
+                        Err(e) => return Err(sink.abandon(e.into()).await),
+                    }
+                    if full || sink.bytes >= self.config.max_file_bytes {
+                        break FileEnd::Full;
+                    }
+                    if late {
+                        break FileEnd::Deadline;
+                    }
+                };
+                if let FileEnd::Stop(stop) = end {
+                    sink.abort().await;
+                    read.close().await.ok();
+                    return Ok(stop);
+                }
+                // Phase 0: the snapshot these ids were read under, durable with their file.
+                let ranges: Vec<files::ReadRange> = read
+                    .snapshot
+                    .iter()
+                    .map(|snap| files::ReadRange {
+                        after_id: file_start.clone(),
+                        upto_id: if end == FileEnd::Exhausted {
+                            item.hi_id.clone()
+                        } else {
+                            Some(item.cursor_id.clone())
+                        },
+                        snapshot: snap.clone(),
+                    })
+                    .collect();
+                let file = sink.finish_if_any().await?;
+                if file.is_some() {
+                    item.next_file_seq += 1;
+                }
+                let mut finished: Vec<ExportFile> = file.into_iter().collect();
+                let exhausted = end == FileEnd::Exhausted;
+                if exhausted && item.phase == 0 {
+                    // Phase 1 decides what phase 0 exported from the phase-0 snapshots, so they
+                    // are durable (with phase 0's last file) before it starts.
+                    item.phase = 1;
+                    item.cursor_id.clone_from(&item.lo_id);
+                } else if exhausted {
+                    if item.is_last_part() {
+                        finished.extend(self.write_dangling_reference_errors(type_wide).await?);
+                        finished.extend(self.write_deleted(type_wide, transform).await?);
+                    }
+                    item.done = true;
+                }
+                let saved = self.checkpoint(&item, &finished, &ranges).await?;
+                match saved {
+                    Checkpointed::Saved => {}
+                    Checkpointed::Completed => {
+                        read.close().await.ok();
+                        return Ok(Progress::Finished { completed: true });
+                    }
+                    Checkpointed::LeaseLost => {
+                        read.close().await.ok();
+                        return Ok(Progress::LeaseLost);
+                    }
+                }
+                if item.done {
+                    read.close().await.ok();
+                    return Ok(Progress::Finished { completed: false });
+                }
+                if end == FileEnd::Deadline || self.near(deadline) {
+                    read.close().await.ok();
+                    return Ok(Progress::Deadline);
+                }
+                if exhausted {
+                    // Phase 0 is done: phase 1 gets its own read.
+                    break;
+                }
+            }
+            read.close().await?;
+        }
+    }
+}
