@@ -198,9 +198,10 @@ fn phase_source(phase: i16) -> &'static str {
     }
 }
 
-/// A streamed read of a work item's range in one phase: one statement (a portal in a
-/// read-only REPEATABLE READ transaction, so its snapshot is the one recorded), fetched in
-/// batches. Rows come in id order, as stored text.
+/// A streamed read of a work item's range in one phase: one statement in a read-only
+/// REPEATABLE READ transaction (so its snapshot is the one recorded), whose rows Postgres sends
+/// as fast as they are taken (TCP and the client's buffers hold them back when the exporter
+/// falls behind). Rows come in id order, as stored text.
 ///
 /// Phase 1 is exact under concurrent writes: a resource changed after the transaction time was
 /// exported by phase 0 exactly when the write that changed it was not visible to the phase-0
@@ -209,22 +210,65 @@ fn phase_source(phase: i16) -> &'static str {
 /// version's writer in `written_xid`. MVCC decides, not clocks.
 pub struct RangeRead<'c> {
     tx: deadpool_postgres::Transaction<'c>,
-    portal: tokio_postgres::Portal,
+    rows: std::pin::Pin<Box<tokio_postgres::RowStream>>,
+    /// The statement has sent its last row (its stream must not be polled again).
+    exhausted: bool,
     /// Phase 0: the snapshot every row of this read was read under (`pg_snapshot` text).
     pub snapshot: Option<String>,
 }
 
 impl RangeRead<'_> {
-    /// The next rows, at most `max_rows` (none: the range is exhausted).
-    pub async fn fetch(&mut self, max_rows: i32) -> Result<Vec<Row>, DbError> {
-        let rows = self.tx.query_portal(&self.portal, max_rows).await?;
-        Ok(rows.iter().map(Row::from_row).collect())
+    /// The next rows: at most `max_rows`, and no more once `max_bytes` of resources are taken
+    /// (none: the range is exhausted).
+    pub async fn fetch(
+        &mut self,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StreamedRow>, DbError> {
+        use futures::TryStreamExt;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while !self.exhausted && out.len() < max_rows && bytes < max_bytes {
+            match self.rows.try_next().await? {
+                Some(r) => {
+                    let row = StreamedRow::new(r)?;
+                    bytes += row.len;
+                    out.push(row);
+                }
+                None => self.exhausted = true,
+            }
+        }
+        Ok(out)
     }
 
-    /// Ends the read (its transaction only read).
+    /// Ends the read (its transaction only read). Rows not taken yet are skipped on the way.
     pub async fn close(self) -> Result<(), DbError> {
+        drop(self.rows);
         self.tx.rollback().await?;
         Ok(())
+    }
+}
+
+/// A row of a [`RangeRead`], kept as received (its text is not copied out of it).
+pub struct StreamedRow {
+    row: tokio_postgres::Row,
+    /// Bytes of the resource text.
+    pub len: usize,
+}
+
+impl StreamedRow {
+    fn new(row: tokio_postgres::Row) -> Result<StreamedRow, DbError> {
+        let len = row.try_get::<_, &str>(1)?.len();
+        Ok(StreamedRow { row, len })
+    }
+
+    pub fn id(&self) -> &str {
+        self.row.get(0)
+    }
+
+    /// The resource as stored.
+    pub fn resource(&self) -> &str {
+        self.row.get(1)
     }
 }
 
@@ -268,25 +312,22 @@ pub async fn read_range<'c>(
     let stmt = tx.prepare_cached(&sql).await?;
     let sources = source_types(sel);
     let zero = 0i64;
-    let portal = tx
-        .bind(
-            &stmt,
-            &[
-                &sel.resource_type,
-                &cursor,
-                &sel.transaction_time,
-                &sel.since,
-                &zero,
-                &zero,
-                &sel.job_id,
-                &sources,
-                &sel.upto,
-            ],
-        )
-        .await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+        &sel.resource_type,
+        &cursor,
+        &sel.transaction_time,
+        &sel.since,
+        &zero,
+        &zero,
+        &sel.job_id,
+        &sources,
+        &sel.upto,
+    ];
+    let rows = Box::pin(tx.query_raw(&stmt, params).await?);
     Ok(RangeRead {
         tx,
-        portal,
+        rows,
+        exhausted: false,
         snapshot,
     })
 }

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::AsyncWriteExt;
 
 use super::{validate_key, Download, ObjectStore, ObjectWriter, StorageError, Written};
 
@@ -49,7 +48,7 @@ impl ObjectStore for LocalStore {
         let tmp = path.with_extension("partial");
         let file = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
         Ok(Box::new(LocalWriter {
-            file: tokio::io::BufWriter::with_capacity(256 * 1024, file),
+            file: Some(file.into_std().await),
             tmp,
             path,
             bytes: 0,
@@ -97,29 +96,52 @@ impl ObjectStore for LocalStore {
     }
 }
 
+/// Writes go to the file from a blocking thread, one call per buffer the exporter hands over
+/// (a page of ~4 MiB): one copy of the data, not three (a buffered async file copies into its
+/// own buffers before its blocking thread writes).
 struct LocalWriter {
-    file: tokio::io::BufWriter<tokio::fs::File>,
+    /// None only while a write is under way (or after one failed).
+    file: Option<std::fs::File>,
     tmp: PathBuf,
     path: PathBuf,
     bytes: u64,
 }
 
+impl LocalWriter {
+    async fn blocking<T: Send + 'static>(
+        &mut self,
+        op: impl FnOnce(&mut std::fs::File) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let Some(mut file) = self.file.take() else {
+            return Err(io(&self.tmp)(std::io::Error::other(
+                "an earlier write to this file failed",
+            )));
+        };
+        let (file, result) = tokio::task::spawn_blocking(move || {
+            let result = op(&mut file);
+            (file, result)
+        })
+        .await
+        .map_err(|e| io(&self.tmp)(std::io::Error::other(e)))?;
+        let value = result.map_err(io(&self.tmp))?;
+        self.file = Some(file);
+        Ok(value)
+    }
+}
+
 #[async_trait]
 impl ObjectWriter for LocalWriter {
     async fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
-        self.file.write_all(data).await.map_err(io(&self.tmp))?;
+        use std::io::Write;
+        let buf = data.to_vec();
+        self.blocking(move |f| f.write_all(&buf)).await?;
         self.bytes += data.len() as u64;
         Ok(())
     }
 
     /// No gzip copy: the file route compresses local files on the way out.
     async fn finish(mut self: Box<Self>) -> Result<Written, StorageError> {
-        self.file.flush().await.map_err(io(&self.tmp))?;
-        self.file
-            .get_ref()
-            .sync_all()
-            .await
-            .map_err(io(&self.tmp))?;
+        self.blocking(|f| f.sync_all()).await?;
         tokio::fs::rename(&self.tmp, &self.path)
             .await
             .map_err(io(&self.path))?;

@@ -12,6 +12,9 @@
 //! serve process inherits, as does `S3_GZIP_COPIES`). `--gzip` downloads with
 //! `Accept-Encoding: gzip` and reports the compressed bytes transferred.
 //! `--path P` exports from another kick-off route (e.g. `Patient/$export`; default `$export`).
+//! `--group N` loads a Group of the first N patients and exports `Group/bench-group/$export`.
+//! `--workers N` runs `serve --workers N` (default 1: the ratio to raw COPY is per worker).
+//! `--cluster` rewrites `resources` in key order after the load (`CLUSTER … USING resources_pkey`).
 //! `--copies N` loads the data set N times with suffixed ids (same shape, N× the size), to show
 //! that memory does not grow with the export. Peak memory is the serve process's VmHWM (peak RSS,
 //! /proc/<pid>/status), which includes the HTTP server, the exporter and the pool.
@@ -33,6 +36,9 @@ struct Args {
     storage: Option<String>,
     gzip: bool,
     path: String,
+    workers: usize,
+    group: Option<usize>,
+    cluster: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -48,11 +54,18 @@ fn args() -> anyhow::Result<Args> {
         storage: None,
         gzip: false,
         path: "$export".into(),
+        workers: 1,
+        group: None,
+        cluster: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--gzip" {
             a.gzip = true;
+            continue;
+        }
+        if flag == "--cluster" {
+            a.cluster = true;
             continue;
         }
         let value = it.next().context("flag without value")?;
@@ -64,10 +77,41 @@ fn args() -> anyhow::Result<Args> {
             "--query" => a.query = Some(value),
             "--storage" => a.storage = Some(value),
             "--path" => a.path = value,
+            "--workers" => a.workers = value.parse()?,
+            "--group" => a.group = Some(value.parse()?),
             other => bail!("unknown flag {other}"),
         }
     }
     Ok(a)
+}
+
+/// CPU seconds (user + system) of a process so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) in parentheses.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks)
+        })
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds of every `postgres` process (the server's backends and workers) so far.
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(cpu_seconds)
+        .sum()
 }
 
 fn vm_kib(pid: u32, field: &str) -> u64 {
@@ -119,6 +163,48 @@ async fn main() -> anyhow::Result<()> {
     };
     run(&["migrate"])?;
     let load = run(&["load", data_dir.to_str().context("path")?])?;
+    if args.cluster {
+        // Heap order = key order: a read of a type in id order becomes sequential.
+        let started = Instant::now();
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        c.batch_execute("CLUSTER resources USING resources_pkey; ANALYZE resources")
+            .await?;
+        println!(
+            "CLUSTER resources USING resources_pkey: {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let mut path = args.path.clone();
+    if let Some(n) = args.group {
+        let patient_file = std::fs::read_dir(&data_dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("Patient") && n.ends_with(".ndjson"))
+            })
+            .context("no Patient ndjson in the data")?;
+        let patients = std::fs::read_to_string(patient_file)?;
+        let members: Vec<serde_json::Value> = patients
+            .lines()
+            .take(n)
+            .map(|l| -> anyhow::Result<serde_json::Value> {
+                let p: serde_json::Value = serde_json::from_str(l)?;
+                Ok(serde_json::json!({"entity": {"reference": format!("Patient/{}", p["id"].as_str().context("id")?)}}))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let group_dir = integration_tests::temp_dir();
+        std::fs::write(
+            group_dir.join("Group.ndjson"),
+            serde_json::json!({"resourceType": "Group", "id": "bench-group", "type": "person",
+                "actual": true, "member": members})
+            .to_string(),
+        )?;
+        run(&["load", group_dir.to_str().context("path")?])?;
+        std::fs::remove_dir_all(&group_dir).ok();
+        path = "Group/bench-group/$export".into();
+    }
     println!(
         "loaded {resources} resources ({:.1} MB) in {:.1} s: {:.0} resources/s",
         input_bytes as f64 / 1e6,
@@ -128,7 +214,13 @@ async fn main() -> anyhow::Result<()> {
 
     let serve_log = integration_tests::temp_dir().join("serve.log");
     let mut child = Command::new(&args.bin)
-        .args(["serve", "--port", "0"])
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--workers",
+            &args.workers.to_string(),
+        ])
         .env("DATABASE_URL", &url)
         .env("STORAGE_PATH", &storage)
         // The benchmark measures the export path, not token handling.
@@ -171,10 +263,11 @@ async fn main() -> anyhow::Result<()> {
             n
         };
         let copy = copy_started.elapsed().as_secs_f64();
+        let (serve_cpu, pg_cpu) = (cpu_seconds(pid), postgres_cpu_seconds());
         let started = Instant::now();
         let url = match &args.query {
-            Some(q) => format!("{base}/{}?{q}", args.path),
-            None => format!("{base}/{}", args.path),
+            Some(q) => format!("{base}/{path}?{q}"),
+            None => format!("{base}/{path}"),
         };
         let resp = integration_tests::kickoff(&http, &url).await;
         if resp.status() != 202 {
@@ -189,6 +282,10 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let exported = started.elapsed();
+        let (serve_cpu, pg_cpu) = (
+            cpu_seconds(pid) - serve_cpu,
+            postgres_cpu_seconds() - pg_cpu,
+        );
         let (mut lines, mut bytes) = (0usize, 0u64);
         for entry in manifest["output"].as_array().context("output")? {
             let mut req = http.get(entry["url"].as_str().context("url")?);
@@ -216,11 +313,11 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         let total = started.elapsed();
-        if args.query.is_none() && args.path == "$export" && lines != resources {
+        if args.query.is_none() && path == "$export" && lines != resources {
             bail!("exported {lines} resources, expected {resources}");
         }
         println!(
-            "raw COPY of the rows: {:.1} MB in {copy:.2} s; export: {lines} lines, {:.1} MB; manifest ready after {:.2} s (COPY / export = {:.2}), last byte downloaded after {:.2} s",
+            "raw COPY of the rows: {:.1} MB in {copy:.2} s; export: {lines} lines, {:.1} MB; manifest ready after {:.2} s (CPU until then: serve {serve_cpu:.1} s, Postgres {pg_cpu:.1} s; COPY / export = {:.2}), last byte downloaded after {:.2} s",
             copy_bytes as f64 / 1e6,
             bytes as f64 / 1e6,
             exported.as_secs_f64(),
@@ -232,6 +329,14 @@ async fn main() -> anyhow::Result<()> {
     }
     let peak = vm_kib(pid, "VmHWM:");
     child.kill().ok();
+    // BENCH_HOLD_SECONDS: keep the database that long for a look with psql (EXPLAIN).
+    if let Some(hold) = std::env::var("BENCH_HOLD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        println!("database {db} kept for {hold} s");
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+    }
     times.sort_by(f64::total_cmp);
     ratios.sort_by(f64::total_cmp);
     println!(
@@ -251,6 +356,7 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 String::new()
             }
+            + &format!(", {path}, {} worker(s)", args.workers)
             + &args
                 .query
                 .as_ref()

@@ -3,7 +3,7 @@
 //! a lease, write them as ndjson files, checkpoint after every file and retry them on their
 //! own. The last item's last checkpoint completes the job.
 //!
-//! - `mod.rs`: the claim/run loop, job coordination (plan, cancel, fail) and item outcomes;
+//! - `mod.rs`: the claim/run loop and item outcomes; `coordinate`: plan, cancel, fail, purge;
 //! - `planner`: pure planning (types, selections, splitting into items);
 //! - `sink`: one output file (open → write → finish/abort);
 //! - `typed`: the per-type range writer; `blocks`: the per-patient block writer;
@@ -13,6 +13,7 @@
 //! file, and the next owner rewrites the unfinished file under the same name.
 
 mod blocks;
+mod coordinate;
 mod extras;
 pub mod planner;
 mod sink;
@@ -29,21 +30,18 @@ pub use planner::BLOCKS_ITEM;
 use super::job::{ExportLevel, Job, JobStatus};
 use crate::config::Config;
 use crate::db::files::ReadRange;
-use crate::db::jobs::PatientSet;
 use crate::db::work_items::{self, Checkpointed, WorkItem};
 use crate::db::{jobs, resources, DbError, Pool};
 use crate::export::manifest::ExportFile;
 use crate::export::transform::RowTransform;
 use crate::fhir::elements::ElementsFilter;
-use crate::fhir::outcome::Severity;
 use crate::fhir::search::TypeFilters;
-use crate::fhir::OperationOutcome;
 use crate::queue::JobQueue;
 use crate::storage::{ObjectStore, StorageError};
 use planner::JobLayout;
 
 /// Rows per batch fetched from Postgres, at most.
-pub const PAGE_ROWS: i64 = 1000;
+pub const PAGE_ROWS: i64 = 4000;
 /// Bytes a batch fetched from Postgres aims at (from the mean size of the rows so far).
 pub const PAGE_BYTES: i64 = 4 * 1024 * 1024;
 
@@ -238,101 +236,6 @@ impl Exporter {
         Instant::now() >= deadline
     }
 
-    /// A claimed job: cancel it, fail it (too many attempts at planning) or plan it.
-    async fn coordinate(&self, job: Job, summary: &mut RunSummary) -> Result<(), EngineError> {
-        if job.status == JobStatus::CancellationRequested {
-            self.cancel(&job).await?;
-            summary.cancelled.push(job.id);
-            return Ok(());
-        }
-        if job.attempts >= self.config.max_attempts {
-            let error = gave_up(
-                job.attempts,
-                job.error.as_deref(),
-                job.public_error.as_deref(),
-            );
-            warn!(attempts = job.attempts, error = %error.internal, "export failed for good");
-            jobs::fail_job(
-                &self.pool,
-                job.id,
-                &self.owner,
-                &error,
-                self.config.job_retention,
-            )
-            .await?;
-            summary.failed.push(job.id);
-            return Ok(());
-        }
-        let heartbeat = {
-            let (pool, id, owner, lease) = (
-                self.pool.clone(),
-                job.id,
-                self.owner.clone(),
-                self.config.lease,
-            );
-            AbortOnDrop(tokio::spawn(heartbeat(lease, move || {
-                let (pool, owner) = (pool.clone(), owner.clone());
-                async move { Ok(jobs::renew_lease(&pool, id, &owner, lease).await?.is_some()) }
-            })))
-        };
-        let planned = self.plan(&job).await;
-        drop(heartbeat);
-        match planned {
-            Ok(0) => {
-                if jobs::complete_job(&self.pool, job.id, &self.owner, self.config.job_retention)
-                    .await?
-                {
-                    info!("export complete: nothing to export");
-                    summary.completed.push(job.id);
-                }
-            }
-            Ok(items) => {
-                // One wake-up per item: in AWS each is an SQS message, so up to the exporter's
-                // maximum concurrency of invocations share the job; in `serve` idle workers wake.
-                if let Err(e) = self.queue.send_many(job.id, items).await {
-                    warn!(error = %e, "could not send wake-ups; the schedule will find the items");
-                }
-            }
-            Err(Permanent(msg)) => {
-                warn!(error = %msg, "export failed");
-                // A permanent failure is about the request (a Group that is gone): say it.
-                let error = jobs::JobError {
-                    internal: msg.clone(),
-                    public: msg,
-                };
-                jobs::fail_job(
-                    &self.pool,
-                    job.id,
-                    &self.owner,
-                    &error,
-                    self.config.job_retention,
-                )
-                .await?;
-                summary.failed.push(job.id);
-            }
-            Err(Transient(e)) => {
-                let error = job_error(&e);
-                warn!(error = %error.internal, "planning failed");
-                let status = jobs::record_failure(
-                    &self.pool,
-                    job.id,
-                    &self.owner,
-                    &error,
-                    self.config.max_attempts,
-                    self.retry_backoff,
-                    self.config.job_retention,
-                )
-                .await?;
-                if status == Some(JobStatus::Failed) {
-                    summary.failed.push(job.id);
-                } else {
-                    summary.retrying.push(job.id);
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// A claimed work item: export it and record how that ended.
     async fn work(
         &self,
@@ -344,7 +247,7 @@ impl Exporter {
             return Ok(());
         };
         if item.attempts >= self.config.max_attempts {
-            let error = gave_up(
+            let error = coordinate::gave_up(
                 item.attempts,
                 item.error.as_deref(),
                 item.public_error.as_deref(),
@@ -485,89 +388,6 @@ impl Exporter {
             self.config.job_retention,
         )
         .await?)
-    }
-
-    async fn cancel(&self, job: &Job) -> Result<(), EngineError> {
-        let n = self.store.delete_prefix(&job.id.to_string()).await?;
-        jobs::mark_cancelled(&self.pool, job.id, &self.owner).await?;
-        info!(files_deleted = n, "export cancelled");
-        Ok(())
-    }
-
-    /// Deletes the files of jobs the client deleted or that passed their expiry.
-    pub async fn purge_finished(&self) -> Result<usize, EngineError> {
-        let ids = jobs::select_jobs_to_purge(&self.pool, 100).await?;
-        for id in &ids {
-            let n = self.store.delete_prefix(&id.to_string()).await?;
-            jobs::mark_purged(&self.pool, *id).await?;
-            info!(job_id = %id, files_deleted = n, "export files purged");
-        }
-        Ok(ids.len())
-    }
-
-    /// Fixes the job's patients and splits it into work items; returns the open items.
-    async fn plan(&self, job: &Job) -> Result<usize, Failure> {
-        let present = resources::select_resource_types(&self.pool).await?;
-        let types = planner::export_types(
-            job,
-            &self.config.additional_resources,
-            job.params.types.as_deref(),
-            &present,
-        );
-        let group = match (job.level, &job.group_id) {
-            (ExportLevel::Group, Some(g)) => {
-                if !resources::resource_exists(&self.pool, "Group", g).await? {
-                    return Err(Permanent(format!("Group/{g} no longer exists")));
-                }
-                Some(g.as_str())
-            }
-            (ExportLevel::Group, None) => {
-                return Err(Permanent("group export without a group id".into()))
-            }
-            _ => None,
-        };
-        let patients = match (job.level, &job.params.patients, group) {
-            (ExportLevel::System, _, _) => PatientSet::None,
-            (_, Some(ids), group) => PatientSet::Listed { ids, group },
-            (_, None, Some(g)) => PatientSet::Group(g),
-            (_, None, None) => PatientSet::All,
-        };
-        // Lenient handling: what the kick-off ignored is reported in error[].
-        if !job.params.ignored.is_empty() {
-            let lines: Vec<OperationOutcome> = job
-                .params
-                .ignored
-                .iter()
-                .map(|m| OperationOutcome::new(Severity::Warning, "not-supported", m.clone()))
-                .collect();
-            let file = self
-                .write_outcomes(job.id, "OperationOutcome-request.ndjson".into(), &lines)
-                .await?;
-            let client = self.pool.get().await.map_err(DbError::from)?;
-            work_items::insert_files(&client, job.id, &[file]).await?;
-        }
-        let blocks = job.params.organize_output_by.is_some();
-        let item_bytes = self.config.item_bytes;
-        let open = jobs::mark_planned(&self.pool, job.id, &types, patients, item_bytes, |sizes| {
-            planner::split_items(&types, blocks, sizes, item_bytes)
-        })
-        .await?;
-        info!(types = types.len(), items = open, "export planned");
-        Ok(open)
-    }
-}
-
-/// The error of a job that failed after `attempts` attempts.
-fn gave_up(attempts: i32, internal: Option<&str>, public: Option<&str>) -> jobs::JobError {
-    jobs::JobError {
-        internal: format!(
-            "export gave up after {attempts} attempts; last error: {}",
-            internal.unwrap_or("the exporter stopped unexpectedly")
-        ),
-        public: format!(
-            "the export failed after {attempts} attempts: {}",
-            public.unwrap_or("the exporter stopped unexpectedly")
-        ),
     }
 }
 

@@ -5,20 +5,19 @@
 //! read once (a row that does not fit in a file starts the next one).
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::sink::FileSink;
 use super::{Exporter, Failure, Progress, PAGE_BYTES};
-use crate::db::files::{self, Row, Selection};
+use crate::db::files::{self, Selection, StreamedRow};
 use crate::db::work_items::{self, Checkpointed, WorkItem};
 use crate::db::DbError;
 use crate::export::manifest::{ExportFile, FileKind};
 use crate::export::transform::RowTransform;
 use crate::export::JobStatus;
 
-/// Rows of the first fetch of a read; later fetches aim at `PAGE_BYTES` from the rows' mean size,
-/// at most `Exporter::page_rows`.
-const FIRST_FETCH: i32 = 100;
+/// How often the item's writer checks its lease and its job's status (cancellation).
+const RENEW_EVERY: Duration = Duration::from_millis(500);
 
 /// How a file of the item ended.
 #[derive(PartialEq, Eq)]
@@ -44,16 +43,15 @@ impl Exporter {
         deadline: Instant,
     ) -> Result<Progress, Failure> {
         let mut client = self.pool.get().await.map_err(DbError::from)?;
+        let mut renewed = Instant::now();
         loop {
             // One streamed read per phase (a new one after every checkpoint of phase 0's end).
             let mut read = files::read_range(&mut client, sel, item.phase, &item.cursor_id).await?;
-            let mut pending: VecDeque<Row> = VecDeque::new();
+            let mut pending: VecDeque<StreamedRow> = VecDeque::new();
             // The next batch, fetched while the current one was written (it may start the
             // next file).
-            let mut prefetched: Option<Result<Vec<Row>, DbError>> = None;
-            let max_fetch = self.page_rows.clamp(1, i32::MAX as i64) as u64;
-            let mut fetch = FIRST_FETCH.min(max_fetch as i32);
-            let (mut fetched_rows, mut fetched_bytes) = (0u64, 0u64);
+            let mut prefetched: Option<Result<Vec<StreamedRow>, DbError>> = None;
+            let fetch = self.page_rows.max(1) as usize;
             loop {
                 let mut sink = FileSink::open(
                     self.store.as_ref(),
@@ -68,7 +66,7 @@ impl Exporter {
                     if pending.is_empty() {
                         let rows = match prefetched.take() {
                             Some(rows) => rows,
-                            None => read.fetch(fetch).await,
+                            None => read.fetch(fetch, PAGE_BYTES as usize).await,
                         };
                         let rows = match rows {
                             Ok(rows) => rows,
@@ -77,18 +75,15 @@ impl Exporter {
                         if rows.is_empty() {
                             break FileEnd::Exhausted;
                         }
-                        fetched_rows += rows.len() as u64;
-                        fetched_bytes += rows.iter().map(|r| r.resource.len() as u64).sum::<u64>();
-                        let mean = (fetched_bytes / fetched_rows).max(1);
-                        fetch = (PAGE_BYTES as u64 / mean).clamp(1, max_fetch) as i32;
                         pending.extend(rows);
                     }
                     // The rows that fit in this file (the first one always does).
-                    let mut page = Vec::new();
+                    let mut page =
+                        Vec::with_capacity(pending.iter().map(|r| r.len + 1).sum::<usize>());
                     let mut lines = 0;
                     let mut full = false;
                     while let Some(row) = pending.front() {
-                        let len = row.resource.len() as u64 + 1;
+                        let len = row.len as u64 + 1;
                         let used = sink.bytes + page.len() as u64;
                         if used > 0 && used + len > self.config.max_file_bytes {
                             full = true;
@@ -97,18 +92,21 @@ impl Exporter {
                         let Some(row) = pending.pop_front() else {
                             break;
                         };
-                        if let Some(line) = transform.apply(&row.resource) {
+                        if let Some(line) = transform.apply(row.resource()) {
                             page.extend_from_slice(line.as_bytes());
                             page.push(b'\n');
                             lines += 1;
                         }
-                        item.cursor_id = row.id;
+                        item.cursor_id.clear();
+                        item.cursor_id.push_str(row.id());
                     }
                     let late = self.near(deadline);
                     // Postgres streams the next batch while this one is written.
                     let written = if pending.is_empty() && !full && !late {
-                        let (written, next) =
-                            tokio::join!(sink.write(&page, lines), read.fetch(fetch));
+                        let (written, next) = tokio::join!(
+                            sink.write(&page, lines),
+                            read.fetch(fetch, PAGE_BYTES as usize)
+                        );
                         prefetched = Some(next);
                         written
                     } else {
@@ -117,15 +115,26 @@ impl Exporter {
                     if let Err(e) = written {
                         return Err(sink.abandon(e).await);
                     }
-                    match work_items::renew_lease(&self.pool, &item, &self.owner, self.config.lease)
+                    // Cancellation and a lost lease are noticed within RENEW_EVERY (the
+                    // heartbeat keeps the lease alive whatever the batches do); a renewal per
+                    // batch cost a committed UPDATE per 1,000 rows.
+                    if renewed.elapsed() >= RENEW_EVERY {
+                        renewed = Instant::now();
+                        match work_items::renew_lease(
+                            &self.pool,
+                            &item,
+                            &self.owner,
+                            self.config.lease,
+                        )
                         .await
-                    {
-                        Ok(Some(JobStatus::Active)) => {}
-                        Ok(Some(JobStatus::CancellationRequested)) => {
-                            break FileEnd::Stop(Progress::Cancelled)
+                        {
+                            Ok(Some(JobStatus::Active)) => {}
+                            Ok(Some(JobStatus::CancellationRequested)) => {
+                                break FileEnd::Stop(Progress::Cancelled)
+                            }
+                            Ok(_) => break FileEnd::Stop(Progress::LeaseLost),
+                            Err(e) => return Err(sink.abandon(e.into()).await),
                         }
-                        Ok(_) => break FileEnd::Stop(Progress::LeaseLost),
-                        Err(e) => return Err(sink.abandon(e.into()).await),
                     }
                     if full || sink.bytes >= self.config.max_file_bytes {
                         break FileEnd::Full;
