@@ -110,14 +110,18 @@ fn scope_condition(scope: &Option<PatientScope<'_>>) -> String {
         );
     }
     if !scope.referenced_from.is_empty() {
+        // Driven from the job's patients (their compartment rows by the (patient_id,
+        // resource_type) index, then their references): the cost follows the job, not the
+        // number of resources of the referenced type. Written as an EXISTS on the referenced
+        // resource, Postgres scanned the whole compartment table for a 10-patient Group.
         parts.push(
-            "EXISTS (SELECT 1 FROM resource_refs f
-                     JOIN compartment c ON c.resource_type = f.source_type AND c.resource_id = f.source_id
-                     JOIN export_job_patients jp ON jp.job_id = $7 AND jp.patient_id = c.patient_id
-                     JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
-                     WHERE f.target_type = $1 AND f.target_id = r.id AND f.source_type = ANY($8)
-                       AND NOT s.deleted AND s.last_updated <= $3
-                       AND ($4::timestamptz IS NULL OR s.last_updated > $4))",
+            "r.id IN (SELECT f.target_id FROM export_job_patients jp
+                      JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY($8)
+                      JOIN resource_refs f ON f.source_type = c.resource_type
+                           AND f.source_id = c.resource_id AND f.target_type = $1
+                      JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
+                      WHERE jp.job_id = $7 AND NOT s.deleted AND s.last_updated <= $3
+                        AND ($4::timestamptz IS NULL OR s.last_updated > $4))",
         );
     }
     if parts.is_empty() {
@@ -380,11 +384,11 @@ pub async fn select_dangling_refs(
     let client = pool.get().await?;
     let rows = client
         .query(
-            "SELECT DISTINCT f.source_type, f.source_id, f.target_id FROM resource_refs f
-             JOIN compartment c ON c.resource_type = f.source_type AND c.resource_id = f.source_id
-             JOIN export_job_patients jp ON jp.job_id = $1 AND jp.patient_id = c.patient_id
+            "SELECT DISTINCT f.source_type, f.source_id, f.target_id FROM export_job_patients jp
+             JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY($3)
+             JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
              JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
-             WHERE f.target_type = $2 AND f.source_type = ANY($3)
+             WHERE jp.job_id = $1 AND f.target_type = $2
                AND NOT s.deleted AND s.last_updated <= $4
                AND ($5::timestamptz IS NULL OR s.last_updated > $5)
                AND NOT EXISTS (SELECT 1 FROM resources t WHERE t.resource_type = $2
