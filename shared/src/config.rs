@@ -51,6 +51,53 @@ impl StoragePath {
     }
 }
 
+/// `url` with the password of its user info replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("storage_path", &self.storage_path)
+            .field("queue_url", &self.queue_url)
+            .field("repeat_period", &self.repeat_period)
+            .field("additional_resources", &self.additional_resources)
+            .field("public_base_url", &self.public_base_url)
+            .field("trust_forwarded_headers", &self.trust_forwarded_headers)
+            .field("max_file_bytes", &self.max_file_bytes)
+            .field("item_bytes", &self.item_bytes)
+            .field("presign_ttl", &self.presign_ttl)
+            .field("job_retention", &self.job_retention)
+            .field("cancelled_status_code", &self.cancelled_status_code)
+            .field("lease", &self.lease)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_after_seconds", &self.retry_after_seconds)
+            .field("min_poll_interval", &self.min_poll_interval)
+            .field("max_concurrent_exports", &self.max_concurrent_exports)
+            .field("max_stored_exports", &self.max_stored_exports)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("body_read_timeout", &self.body_read_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("auth", &self.auth)
+            .field("access_token_ttl", &self.access_token_ttl)
+            .field("token_signing_key_secret", &self.token_signing_key_secret)
+            .finish()
+    }
+}
+
 /// Authorization of the kick-off, status and file routes.
 #[derive(Clone, PartialEq, Eq)]
 pub enum AuthMode {
@@ -88,7 +135,9 @@ impl AuthMode {
 /// Shortest accepted TOKEN_SIGNING_KEY (HS256 wants at least 256 bits).
 pub const MIN_SIGNING_KEY_BYTES: usize = 32;
 
-#[derive(Debug, Clone)]
+/// Every setting, parsed once. Its `Debug` never prints the database password (nor the signing
+/// key, see [`AuthMode`]), so a `{config:?}` in a log is safe.
+#[derive(Clone)]
 pub struct Config {
     pub database_url: String,
     pub storage_path: StoragePath,
@@ -427,5 +476,27 @@ mod tests {
         assert!(config(&[("DATABASE_URL", "x"), ("ADDITIONAL_RESOURCES", "Nope")]).is_err());
         assert!(config(&[("DATABASE_URL", "x"), ("CANCELLED_STATUS_CODE", "500")]).is_err());
         assert!(config(&[("DATABASE_URL", "x"), ("REPEAT_PERIOD", "soon")]).is_err());
+    }
+
+    #[test]
+    fn debug_never_prints_the_database_password_or_the_signing_key() {
+        let key = "k".repeat(40);
+        let c = config(&[
+            (
+                "DATABASE_URL",
+                "postgres://app:s3cr3t-pw@db.internal:5432/fhir?sslmode=require",
+            ),
+            ("TOKEN_SIGNING_KEY", &key),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cr3t-pw"), "{shown}");
+        assert!(!shown.contains(&key), "{shown}");
+        assert!(
+            shown.contains("postgres://app:***@db.internal:5432/fhir?sslmode=require"),
+            "{shown}"
+        );
+        assert_eq!(redact_url("postgres://app@h/db"), "postgres://app@h/db");
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 }
