@@ -234,6 +234,23 @@ pub fn config(db: &TestDb, storage: StoragePath) -> Config {
     .expect("config")
 }
 
+/// Config for `db` with only `extra` set besides DATABASE_URL (every other setting at its
+/// default), for tests that drive the engine directly.
+pub fn config_with(db: &TestDb, extra: &[(&str, &str)]) -> Arc<Config> {
+    let url = db.url.clone();
+    let extra: std::collections::BTreeMap<String, String> = extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Arc::new(
+        Config::from_lookup(|k| match k {
+            "DATABASE_URL" => Some(url.clone()),
+            _ => extra.get(k).cloned(),
+        })
+        .expect("config"),
+    )
+}
+
 pub fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("bulkt-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");

@@ -283,12 +283,14 @@ pub struct JobError {
     pub public: String,
 }
 
-/// Fails a job at once (a problem no retry can fix).
+/// Fails a job at once: a problem no retry can fix, or too many attempts. With `owner`, only
+/// while that exporter holds the job (planning); without, whatever holds it (an item failed
+/// for good: the exporters on its other items stop at their next lease check).
 /// A failed job's status and files expire like a completed one's (`retention`).
 pub async fn fail_job(
     pool: &Pool,
     id: Uuid,
-    owner: &str,
+    owner: Option<&str>,
     error: &JobError,
     retention: Duration,
 ) -> Result<bool, DbError> {
@@ -298,7 +300,8 @@ pub async fn fail_job(
             "UPDATE export_jobs SET status = 'Failed', error = $3, public_error = $4,
                  completed_at = now(), expires_at = now() + make_interval(secs => $5),
                  lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-             WHERE id = $1 AND lease_owner = $2 AND status IN ('Queued', 'Active')",
+             WHERE id = $1 AND ($2::text IS NULL OR lease_owner = $2)
+               AND status IN ('Queued', 'Active')",
             &[
                 &id,
                 &owner,
@@ -311,30 +314,14 @@ pub async fn fail_job(
     Ok(n == 1)
 }
 
-/// Fails a job whatever holds it (an item failed for good, or asked for something no retry
-/// can give); exporters working on its other items stop at their next lease renewal.
-pub async fn fail_job_unleased(
-    pool: &Pool,
-    id: Uuid,
-    error: &JobError,
-    retention: Duration,
-) -> Result<bool, DbError> {
-    let client = pool.get().await?;
-    let n = client
-        .execute(
-            "UPDATE export_jobs SET status = 'Failed', error = $2, public_error = $3,
-                 completed_at = now(), expires_at = now() + make_interval(secs => $4),
-                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-             WHERE id = $1 AND status IN ('Queued', 'Active')",
-            &[
-                &id,
-                &error.internal,
-                &error.public,
-                &retention.as_secs_f64(),
-            ],
-        )
-        .await?;
-    Ok(n == 1)
+/// Why a request can never be exported (a Group that is gone): the client is told as it is.
+impl JobError {
+    pub fn permanent(message: String) -> JobError {
+        JobError {
+            internal: message.clone(),
+            public: message,
+        }
+    }
 }
 
 /// Active → Complete, with its expiry.

@@ -22,18 +22,7 @@ fn far() -> Instant {
 }
 
 fn cfg(db: &TestDb, extra: &[(&str, &str)]) -> Arc<Config> {
-    let url = db.url.clone();
-    let extra: BTreeMap<String, String> = extra
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Arc::new(
-        Config::from_lookup(|k| match k {
-            "DATABASE_URL" => Some(url.clone()),
-            _ => extra.get(k).cloned(),
-        })
-        .expect("config"),
-    )
+    integration_tests::config_with(db, extra)
 }
 
 fn exporter(db: &TestDb, store: Arc<dyn ObjectStore>, config: Arc<Config>) -> Exporter {

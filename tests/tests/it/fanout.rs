@@ -17,18 +17,7 @@ use shared::storage::ObjectStore;
 use shared::Config;
 
 fn config(db: &TestDb, extra: &[(&str, &str)]) -> Arc<Config> {
-    let url = db.url.clone();
-    let extra: BTreeMap<String, String> = extra
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Arc::new(
-        Config::from_lookup(|k| match k {
-            "DATABASE_URL" => Some(url.clone()),
-            _ => extra.get(k).cloned(),
-        })
-        .expect("config"),
-    )
+    integration_tests::config_with(db, extra)
 }
 
 async fn system_job(db: &TestDb) -> Job {

@@ -5,7 +5,7 @@ use tracing::{info, warn};
 
 use super::planner;
 use super::Failure::{Permanent, Transient};
-use super::{heartbeat, job_error, AbortOnDrop, EngineError, Exporter, Failure, RunSummary};
+use super::{job_error, EngineError, Exporter, Failure, Leased, RunSummary};
 use crate::db::jobs::{self, PatientSet};
 use crate::db::{resources, work_items, DbError};
 use crate::export::job::{ExportLevel, Job, JobStatus};
@@ -31,29 +31,10 @@ impl Exporter {
                 job.public_error.as_deref(),
             );
             warn!(attempts = job.attempts, error = %error.internal, "export failed for good");
-            jobs::fail_job(
-                &self.pool,
-                job.id,
-                &self.owner,
-                &error,
-                self.config.job_retention,
-            )
-            .await?;
-            summary.failed.push(job.id);
+            self.fail(&job, Some(&self.owner), &error, summary).await?;
             return Ok(());
         }
-        let heartbeat = {
-            let (pool, id, owner, lease) = (
-                self.pool.clone(),
-                job.id,
-                self.owner.clone(),
-                self.config.lease,
-            );
-            AbortOnDrop(tokio::spawn(heartbeat(lease, move || {
-                let (pool, owner) = (pool.clone(), owner.clone());
-                async move { Ok(jobs::renew_lease(&pool, id, &owner, lease).await?.is_some()) }
-            })))
-        };
+        let heartbeat = self.keep_leased(Leased::Job(job.id));
         let planned = self.plan(&job).await;
         drop(heartbeat);
         match planned {
@@ -74,20 +55,8 @@ impl Exporter {
             }
             Err(Permanent(msg)) => {
                 warn!(error = %msg, "export failed");
-                // A permanent failure is about the request (a Group that is gone): say it.
-                let error = jobs::JobError {
-                    internal: msg.clone(),
-                    public: msg,
-                };
-                jobs::fail_job(
-                    &self.pool,
-                    job.id,
-                    &self.owner,
-                    &error,
-                    self.config.job_retention,
-                )
-                .await?;
-                summary.failed.push(job.id);
+                let error = jobs::JobError::permanent(msg);
+                self.fail(&job, Some(&self.owner), &error, summary).await?;
             }
             Err(Transient(e)) => {
                 let error = job_error(&e);
@@ -108,6 +77,20 @@ impl Exporter {
                     summary.retrying.push(job.id);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Fails the job (held by `owner`, or by anyone) and counts it in the summary.
+    pub(super) async fn fail(
+        &self,
+        job: &Job,
+        owner: Option<&str>,
+        error: &jobs::JobError,
+        summary: &mut RunSummary,
+    ) -> Result<(), EngineError> {
+        if jobs::fail_job(&self.pool, job.id, owner, error, self.config.job_retention).await? {
+            summary.failed.push(job.id);
         }
         Ok(())
     }

@@ -123,19 +123,28 @@ enum Progress {
     LeaseLost,
 }
 
-/// Renews a lease every third of its length until `renew` says it is gone.
-async fn heartbeat<F, Fut>(lease: Duration, renew: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<bool, DbError>>,
-{
+/// What a heartbeat keeps leased.
+enum Leased {
+    /// A job being coordinated (planned).
+    Job(Uuid),
+    /// A work item being exported.
+    Item(WorkItem),
+}
+
+/// Renews a lease every third of its length until it is gone (another owner has it, or the
+/// work it covers is finished).
+async fn heartbeat(pool: Pool, owner: String, lease: Duration, leased: Leased) {
     let mut every = tokio::time::interval(lease / 3);
     every.tick().await;
     loop {
         every.tick().await;
-        match renew().await {
-            Ok(true) => {}
-            Ok(false) => break,
+        let renewed = match &leased {
+            Leased::Job(id) => jobs::renew_lease(&pool, *id, &owner, lease).await,
+            Leased::Item(item) => work_items::renew_lease(&pool, item, &owner, lease).await,
+        };
+        match renewed {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
             Err(e) => warn!(error = %e, "lease heartbeat failed; retrying"),
         }
     }
@@ -232,6 +241,16 @@ impl Exporter {
         Ok(summary)
     }
 
+    /// Keeps `leased` this exporter's until the returned guard is dropped.
+    fn keep_leased(&self, leased: Leased) -> AbortOnDrop {
+        AbortOnDrop(tokio::spawn(heartbeat(
+            self.pool.clone(),
+            self.owner.clone(),
+            self.config.lease,
+            leased,
+        )))
+    }
+
     fn near(&self, deadline: Instant) -> bool {
         Instant::now() >= deadline
     }
@@ -253,31 +272,12 @@ impl Exporter {
                 item.public_error.as_deref(),
             );
             warn!(attempts = item.attempts, error = %error.internal, "export failed for good");
-            if jobs::fail_job_unleased(&self.pool, job.id, &error, self.config.job_retention)
-                .await?
-            {
-                summary.failed.push(job.id);
-            }
+            self.fail(&job, None, &error, summary).await?;
             return Ok(());
         }
         // The lease is kept alive by time, not by page progress: a storage call that takes
         // long (within its own timeout) does not let another exporter take the item.
-        let heartbeat = {
-            let (pool, it, owner, lease) = (
-                self.pool.clone(),
-                item.clone(),
-                self.owner.clone(),
-                self.config.lease,
-            );
-            AbortOnDrop(tokio::spawn(heartbeat(lease, move || {
-                let (pool, it, owner) = (pool.clone(), it.clone(), owner.clone());
-                async move {
-                    Ok(work_items::renew_lease(&pool, &it, &owner, lease)
-                        .await?
-                        .is_some())
-                }
-            })))
-        };
+        let heartbeat = self.keep_leased(Leased::Item(item.clone()));
         let result = self.export_item(&job, item.clone(), deadline).await;
         drop(heartbeat);
         match result {
@@ -309,15 +309,8 @@ impl Exporter {
             }
             Err(Permanent(msg)) => {
                 warn!(error = %msg, "export failed");
-                let error = jobs::JobError {
-                    internal: msg.clone(),
-                    public: msg,
-                };
-                if jobs::fail_job_unleased(&self.pool, job.id, &error, self.config.job_retention)
-                    .await?
-                {
-                    summary.failed.push(job.id);
-                }
+                self.fail(&job, None, &jobs::JobError::permanent(msg), summary)
+                    .await?;
             }
             Err(Transient(e)) => {
                 let error = job_error(&e);
