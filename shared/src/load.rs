@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 
-use crate::db::resources::{upsert_resources, NewResource};
+use crate::db::resources::{provenance_targets, upsert_resources, NewResource};
 use crate::db::{DbError, Pool};
 use crate::export::params::is_fhir_id;
 use crate::fhir::compartment::{patient_ids, references};
@@ -101,12 +101,13 @@ pub fn prepare(text: String, resource: Value) -> Result<NewResource, String> {
     if text.contains(['\n', '\r']) {
         return Err("a resource must be one line of JSON (minify it)".into());
     }
+    // The parsed resource is dropped here, on the parsing thread: only what is stored travels.
     Ok(NewResource {
         patients: patient_ids(&rtype, &id, &resource),
         refs: references(&resource),
+        provenance: (rtype == "Provenance").then(|| provenance_targets(&resource)),
         resource_type: rtype,
         id,
-        resource,
         text,
     })
 }

@@ -70,6 +70,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0009_work_item_fanout",
         include_str!("../../../infra/migrations/0009_work_item_fanout.sql"),
     ),
+    (
+        "0010_cheaper_loads",
+        include_str!("../../../infra/migrations/0010_cheaper_loads.sql"),
+    ),
 ];
 
 /// A connection pool for DATABASE_URL, over TLS when its `sslmode` asks for it (see [`tls`]).

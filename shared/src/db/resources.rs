@@ -15,8 +15,8 @@ use crate::fhir::instant::{format_instant, parse_instant};
 pub struct NewResource {
     pub resource_type: String,
     pub id: String,
-    /// Parsed, for what the database indexes (numbers approximated: never stored from here).
-    pub resource: Value,
+    /// Provenance only: its targets and `recorded` (`provenance_targets`).
+    pub provenance: Option<ProvenanceTargets>,
     /// What is stored: the resource's JSON as received, on one line (crate::fhir::raw).
     pub text: String,
     pub patients: BTreeSet<String>,
@@ -35,6 +35,21 @@ pub async fn upsert_resources(pool: &Pool, batch: Vec<NewResource>) -> Result<u6
     if batch.is_empty() {
         return Ok(0);
     }
+    match store_batch(pool, &batch).await {
+        // Another process stored one of these resources between the lookup and the COPY: the
+        // batch is rolled back, and stored again as the update it now is.
+        Err(DbError::Postgres(e))
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
+        {
+            store_batch(pool, &batch).await?
+        }
+        other => other?,
+    }
+    Ok(batch.len() as u64)
+}
+
+/// One attempt at storing a batch without duplicates, in one transaction.
+async fn store_batch(pool: &Pool, batch: &[NewResource]) -> Result<(), DbError> {
     let types: Vec<&str> = batch.iter().map(|r| r.resource_type.as_str()).collect();
     let ids: Vec<&str> = batch.iter().map(|r| r.id.as_str()).collect();
 
@@ -62,7 +77,7 @@ pub async fn upsert_resources(pool: &Pool, batch: Vec<NewResource>) -> Result<u6
 
     let mut versions = Vec::with_capacity(batch.len());
     let mut texts = Vec::with_capacity(batch.len());
-    for r in &batch {
+    for r in batch {
         let version = existing
             .get(&(r.resource_type.clone(), r.id.clone()))
             .map_or(1, |v| v + 1);
@@ -70,46 +85,169 @@ pub async fn upsert_resources(pool: &Pool, batch: Vec<NewResource>) -> Result<u6
         texts.push(stamp_meta(&r.text, version, &now).map_err(|e| DbError::Row(e.to_string()))?);
     }
 
-    if !old_types.is_empty() {
+    if old_types.is_empty() {
+        // Only new resources (a first load): streamed in with binary COPY, which Postgres
+        // stores in multi-row batches, instead of an INSERT over `unnest` arrays.
+        copy_new_rows(&tx, batch, &versions, &texts, &now).await?;
+    } else {
+        replace_rows(&tx, batch, &versions, &texts, &now, &old_types, &old_ids).await?;
+    }
+    let provenance: Vec<&NewResource> = batch
+        .iter()
+        .filter(|r| r.resource_type == "Provenance")
+        .collect();
+    if !provenance.is_empty() {
+        let ids: Vec<&str> = provenance.iter().map(|r| r.id.as_str()).collect();
         tx.execute(
-            "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, resource,
-                 written_xid)
-             SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.resource,
-                 r.written_xid
-             FROM resources r JOIN unnest($1::text[], $2::text[]) AS k(t, i)
-               ON r.resource_type = k.t AND r.id = k.i
+            "DELETE FROM provenance_targets WHERE provenance_id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+        let (mut pi, mut pt, mut pti, mut pr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for r in &provenance {
+            let Some(p) = &r.provenance else { continue };
+            for (t, i) in &p.targets {
+                pi.push(r.id.as_str());
+                pt.push(t.as_str());
+                pti.push(i.as_str());
+                pr.push(p.recorded);
+            }
+        }
+        tx.execute(
+            "INSERT INTO provenance_targets (provenance_id, target_type, target_id, recorded)
+             SELECT i, t, ti, coalesce(rec, '-infinity')
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS k(i, t, ti, rec)
              ON CONFLICT DO NOTHING",
-            &[&old_types, &old_ids],
+            &[&pi, &pt, &pti, &pr],
         )
         .await?;
     }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Stores resources none of which exists yet, with their compartment and reference rows, by
+/// binary COPY. A resource stored meanwhile by another process fails the batch's transaction
+/// with a unique violation (the caller retries the batch, which then takes the upsert path).
+async fn copy_new_rows(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[NewResource],
+    versions: &[i64],
+    texts: &[String],
+    now: &DateTime<Utc>,
+) -> Result<(), DbError> {
+    use futures::pin_mut;
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::Type;
+
+    let sink = tx
+        .copy_in(
+            "COPY resources (resource_type, id, version_id, last_updated, deleted, resource)
+             FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::TIMESTAMPTZ,
+            Type::BOOL,
+            Type::TEXT,
+        ],
+    );
+    pin_mut!(writer);
+    for ((r, version), text) in batch.iter().zip(versions).zip(texts) {
+        writer
+            .as_mut()
+            .write(&[&r.resource_type, &r.id, version, now, &false, text])
+            .await?;
+    }
+    writer.finish().await?;
+
+    let sink = tx
+        .copy_in(
+            "COPY compartment (patient_id, resource_type, resource_id) FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::TEXT]);
+    pin_mut!(writer);
+    for r in batch {
+        for p in &r.patients {
+            writer.as_mut().write(&[p, &r.resource_type, &r.id]).await?;
+        }
+    }
+    writer.finish().await?;
+
+    let sink = tx
+        .copy_in(
+            "COPY resource_refs (source_type, source_id, target_type, target_id)
+             FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT]);
+    pin_mut!(writer);
+    for r in batch {
+        for (t, i) in &r.refs {
+            writer
+                .as_mut()
+                .write(&[&r.resource_type, &r.id, t, i])
+                .await?;
+        }
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// Stores a batch some of whose resources exist (`old_types`/`old_ids`): their current
+/// versions move to history, and their compartment and reference rows are replaced.
+async fn replace_rows(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[NewResource],
+    versions: &[i64],
+    texts: &[String],
+    now: &DateTime<Utc>,
+    old_types: &[&str],
+    old_ids: &[&str],
+) -> Result<(), DbError> {
+    let types: Vec<&str> = batch.iter().map(|r| r.resource_type.as_str()).collect();
+    let ids: Vec<&str> = batch.iter().map(|r| r.id.as_str()).collect();
+    tx.execute(
+        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, resource,
+             written_xid)
+         SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.resource,
+             r.written_xid
+         FROM resources r JOIN unnest($1::text[], $2::text[]) AS k(t, i)
+           ON r.resource_type = k.t AND r.id = k.i
+         ON CONFLICT DO NOTHING",
+        &[&old_types, &old_ids],
+    )
+    .await?;
     tx.execute(
         "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, resource)
          SELECT t, i, v, $4, false, r FROM unnest($1::text[], $2::text[], $3::int8[], $5::text[]) AS k(t, i, v, r)
          ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id,
              written_xid = pg_current_xact_id(),
              last_updated = excluded.last_updated, deleted = false, resource = excluded.resource",
-        &[&types, &ids, &versions, &now, &texts],
+        &[&types, &ids, &versions, now, &texts],
     )
     .await?;
-    if !old_types.is_empty() {
-        tx.execute(
-            "DELETE FROM compartment c USING unnest($1::text[], $2::text[]) AS k(t, i)
-             WHERE c.resource_type = k.t AND c.resource_id = k.i",
-            &[&old_types, &old_ids],
-        )
-        .await?;
-        tx.execute(
-            "DELETE FROM resource_refs f USING unnest($1::text[], $2::text[]) AS k(t, i)
-             WHERE f.source_type = k.t AND f.source_id = k.i",
-            &[&old_types, &old_ids],
-        )
-        .await?;
-    }
-
+    tx.execute(
+        "DELETE FROM compartment c USING unnest($1::text[], $2::text[]) AS k(t, i)
+         WHERE c.resource_type = k.t AND c.resource_id = k.i",
+        &[&old_types, &old_ids],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM resource_refs f USING unnest($1::text[], $2::text[]) AS k(t, i)
+         WHERE f.source_type = k.t AND f.source_id = k.i",
+        &[&old_types, &old_ids],
+    )
+    .await?;
     let (mut cp, mut ct, mut ci) = (Vec::new(), Vec::new(), Vec::new());
     let (mut st, mut si, mut tt, mut ti) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for r in &batch {
+    for r in batch {
         for p in &r.patients {
             cp.push(p.as_str());
             ct.push(r.resource_type.as_str());
@@ -134,42 +272,19 @@ pub async fn upsert_resources(pool: &Pool, batch: Vec<NewResource>) -> Result<u6
         &[&st, &si, &tt, &ti],
     )
     .await?;
-    let provenance: Vec<&NewResource> = batch
-        .iter()
-        .filter(|r| r.resource_type == "Provenance")
-        .collect();
-    if !provenance.is_empty() {
-        let ids: Vec<&str> = provenance.iter().map(|r| r.id.as_str()).collect();
-        tx.execute(
-            "DELETE FROM provenance_targets WHERE provenance_id = ANY($1)",
-            &[&ids],
-        )
-        .await?;
-        let (mut pi, mut pt, mut pti, mut pr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for r in &provenance {
-            let (targets, recorded) = provenance_targets(&r.resource);
-            for (t, i) in targets {
-                pi.push(r.id.as_str());
-                pt.push(t);
-                pti.push(i);
-                pr.push(recorded);
-            }
-        }
-        tx.execute(
-            "INSERT INTO provenance_targets (provenance_id, target_type, target_id, recorded)
-             SELECT i, t, ti, coalesce(rec, '-infinity')
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS k(i, t, ti, rec)
-             ON CONFLICT DO NOTHING",
-            &[&pi, &pt, &pti, &pr],
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(batch.len() as u64)
+    Ok(())
+}
+
+/// What `provenance_targets` holds for one Provenance.
+#[derive(Debug, Clone, Default)]
+pub struct ProvenanceTargets {
+    /// Its relative `target` references.
+    pub targets: BTreeSet<(String, String)>,
+    pub recorded: Option<DateTime<Utc>>,
 }
 
 /// A Provenance's relative `target` references and its `recorded` instant.
-fn provenance_targets(resource: &Value) -> (Vec<(&str, &str)>, Option<DateTime<Utc>>) {
+pub fn provenance_targets(resource: &Value) -> ProvenanceTargets {
     let targets = resource
         .get("target")
         .and_then(Value::as_array)
@@ -178,8 +293,7 @@ fn provenance_targets(resource: &Value) -> (Vec<(&str, &str)>, Option<DateTime<U
                 .filter_map(|t| t.get("reference").and_then(Value::as_str))
                 .filter(|r| !r.contains("://"))
                 .filter_map(parse_reference)
-                .collect::<BTreeSet<_>>()
-                .into_iter()
+                .map(|(t, i)| (t.to_string(), i.to_string()))
                 .collect()
         })
         .unwrap_or_default();
@@ -187,7 +301,7 @@ fn provenance_targets(resource: &Value) -> (Vec<(&str, &str)>, Option<DateTime<U
         .get("recorded")
         .and_then(Value::as_str)
         .and_then(|s| parse_instant(s).ok());
-    (targets, recorded)
+    ProvenanceTargets { targets, recorded }
 }
 
 /// `text` with `meta.versionId` and `meta.lastUpdated` set where absent; every other byte of

@@ -263,6 +263,11 @@ async fn the_database_refuses_multi_line_rows_and_ids_that_differ_from_their_key
             "{\"resourceType\":\"Observation\",\"id\":\"p4\"}",
             "resources_key_matches_json",
         ),
+        (
+            "p5",
+            "{\"resourceType\":\"Patient\"}",
+            "resources_key_matches_json",
+        ),
     ] {
         let err = insert(id, text).await.expect_err(id);
         assert_eq!(
