@@ -9,7 +9,9 @@
 #   STACK_NAME        fhir-bulk-export
 #   ENDPOINT_URL      http://localhost:4566   (AWS_ENDPOINT_URL is used if set)
 #   ARCHITECTURE      host architecture (arm64 | x86_64)
-#   DATABASE_URL      postgres://fhir:fhir@postgres:5432/fhir_bulk  (as seen from Lambda containers)
+#   DATABASE_ADDRESS  postgres://postgres:5432/fhir_bulk  (as seen from Lambda containers; no password)
+#   DATABASE_USER     fhir      } stored in a Secrets Manager secret in LocalStack, which the
+#   DATABASE_PASSWORD fhir      } functions read at cold start (DatabaseSecretArn)
 #   PUBLIC_BASE_URL   "" (derive from Host)
 #   EXPORTER_SCHEDULE rate(1 minute)
 #   LOG_FORMAT        text
@@ -22,7 +24,9 @@ ROOT="$(cd "$HERE/.." && pwd)"
 
 STACK_NAME="${STACK_NAME:-fhir-bulk-export}"
 ENDPOINT_URL="${ENDPOINT_URL:-${AWS_ENDPOINT_URL:-http://localhost:4566}}"
-DATABASE_URL="${DATABASE_URL:-postgres://fhir:fhir@postgres:5432/fhir_bulk}"
+DATABASE_ADDRESS="${DATABASE_ADDRESS:-postgres://postgres:5432/fhir_bulk}"
+DATABASE_USER="${DATABASE_USER:-fhir}"
+DATABASE_PASSWORD="${DATABASE_PASSWORD:-fhir}"
 PUBLIC_BASE_URL="${PUBLIC_BASE_URL:-}"
 EXPORTER_SCHEDULE="${EXPORTER_SCHEDULE:-rate(1 minute)}"
 LOG_FORMAT="${LOG_FORMAT:-text}"
@@ -50,7 +54,7 @@ export SAM_CLI_BETA_RUST_CARGO_LAMBDA=1
 # SAM splits --parameter-overrides on spaces unless the value is quoted, and
 # rejects an empty value written as `Key=`; Key="value" handles both.
 param() { printf '%s="%s"' "$1" "$2"; }
-for value in "$ARCHITECTURE" "$DATABASE_URL" "$PUBLIC_BASE_URL" "$EXPORTER_SCHEDULE" "$LOG_FORMAT"; do
+for value in "$ARCHITECTURE" "$DATABASE_ADDRESS" "$PUBLIC_BASE_URL" "$EXPORTER_SCHEDULE" "$LOG_FORMAT"; do
   if [[ "$value" == *'"'* ]]; then
     echo "deploy.sh: parameter values must not contain a double quote" >&2
     exit 1
@@ -89,6 +93,16 @@ echo "==> artifact bucket s3://$ARTIFACT_BUCKET"
 "${AWS[@]}" s3api head-bucket --bucket "$ARTIFACT_BUCKET" >/dev/null 2>&1 \
   || "${AWS[@]}" s3api create-bucket --bucket "$ARTIFACT_BUCKET" >/dev/null
 
+echo "==> database credentials secret"
+DB_SECRET_NAME="$STACK_NAME-database"
+DB_SECRET_JSON="$(python3 -c 'import json,sys; print(json.dumps({"username": sys.argv[1], "password": sys.argv[2]}))' "$DATABASE_USER" "$DATABASE_PASSWORD")"
+if DB_SECRET_ARN="$("${AWS[@]}" secretsmanager describe-secret --secret-id "$DB_SECRET_NAME" --query ARN --output text 2>/dev/null)"; then
+  "${AWS[@]}" secretsmanager put-secret-value --secret-id "$DB_SECRET_NAME" --secret-string "$DB_SECRET_JSON" >/dev/null
+else
+  DB_SECRET_ARN="$("${AWS[@]}" secretsmanager create-secret --name "$DB_SECRET_NAME" \
+    --secret-string "$DB_SECRET_JSON" --query ARN --output text)"
+fi
+
 echo "==> sam deploy stack $STACK_NAME"
 "$SAM" deploy \
   --template-file .aws-sam/build/template.yaml \
@@ -100,7 +114,9 @@ echo "==> sam deploy stack $STACK_NAME"
   --no-fail-on-empty-changeset \
   --parameter-overrides \
     "$(param Architecture "$ARCHITECTURE")" \
-    "$(param DatabaseUrl "$DATABASE_URL")" \
+    "$(param DatabaseUrl "$DATABASE_ADDRESS")" \
+    "$(param DatabaseSecretArn "$DB_SECRET_ARN")" \
+    "$(param DatabaseSslMode disable)" \
     "$(param PublicBaseUrl "$PUBLIC_BASE_URL")" \
     "$(param ExporterSchedule "$EXPORTER_SCHEDULE")" \
     "$(param LogFormat "$LOG_FORMAT")" \

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Lint template.yaml offline: cfn-lint, then `sam validate --lint`.
+# Lint template.yaml offline: cfn-lint, then `sam validate --lint`, then least privilege per
+# function (scripts/check-functions.py: each function's environment and IAM actions are exactly
+# what infra/functions.json declares).
 # Tools come from PATH, or from the tools venv ($TOOLS_VENV, default
 # /root/.cache/fhir-bulk-tools/venv) when that has them; TOOLS_VENV wins when set.
 #
@@ -39,6 +41,12 @@ if "$CFN_LINT" -- "$template"; then echo "cfn-lint: ok"; else status=1; fi
 
 echo "==> sam validate --lint --template $template"
 if "$SAM" validate --lint --template "$template"; then :; else status=1; fi
+
+echo "==> scripts/check-functions.py $template"
+# cfn-lint's own interpreter has its YAML loader (cfnlint.decode).
+PYTHON="$(head -n 1 "$CFN_LINT" | sed -n 's/^#!//p')"
+if [[ -z "$PYTHON" || ! -x "$PYTHON" ]]; then PYTHON="$(dirname "$CFN_LINT")/python3"; fi
+if "$PYTHON" "$ROOT/scripts/check-functions.py" "$template" "$ROOT/infra/functions.json"; then :; else status=1; fi
 
 if [[ $status -ne 0 ]]; then
   echo "validate-template: FAILED" >&2

@@ -71,6 +71,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("database_url", &redact_url(&self.database_url))
+            .field("database_secret", &self.database_secret)
             .field("storage_path", &self.storage_path)
             .field("queue_url", &self.queue_url)
             .field("repeat_period", &self.repeat_period)
@@ -140,6 +141,9 @@ pub const MIN_SIGNING_KEY_BYTES: usize = 32;
 #[derive(Clone)]
 pub struct Config {
     pub database_url: String,
+    /// `DATABASE_SECRET`: a Secrets Manager secret (ARN or name) with the database user name and
+    /// password, put into `database_url` at cold start (crate::db::credentials).
+    pub database_secret: Option<String>,
     pub storage_path: StoragePath,
     /// SQS queue that wakes the exporter. None: no queue (serve wakes its exporter in-process).
     pub queue_url: Option<String>,
@@ -303,6 +307,7 @@ impl Config {
             auth,
             access_token_ttl: Duration::from_secs(access_token_ttl),
             database_url,
+            database_secret: var("DATABASE_SECRET"),
             storage_path,
             queue_url: var("QUEUE_URL"),
             repeat_period: Duration::from_millis(number(&var, "REPEAT_PERIOD", 60_000)?.max(100)),

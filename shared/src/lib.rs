@@ -7,6 +7,7 @@
 //! - [`auth`]: SMART Backend Services tokens, scopes and client keys.
 //! - [`http`]: handlers over `http::Request`, shared by the Lambdas and `bulk-export serve`.
 
+pub mod app;
 pub mod auth;
 pub mod aws;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod fhir;
 pub mod http;
 pub mod lambda;
 pub mod load;
+pub mod migrate_resource;
 pub mod queue;
 pub mod serve;
 pub mod storage;

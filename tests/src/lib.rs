@@ -100,6 +100,13 @@ impl TestDb {
         TestDb { name, url, pool }
     }
 
+    /// A new database without the schema (no migrations applied).
+    pub async fn empty() -> TestDb {
+        let name = format!("bulkt_{}", uuid::Uuid::new_v4().simple());
+        Self::create(&name).await;
+        Self::connect(&name)
+    }
+
     /// Connects to an existing database (created by [`TestDb::new`] elsewhere).
     pub fn connect(name: &str) -> TestDb {
         let url = url_for(name);

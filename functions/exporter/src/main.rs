@@ -3,6 +3,8 @@
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     shared::telemetry::init();
-    let exporter = shared::http::AppState::for_exporter().await?.exporter();
+    let exporter = shared::app::state_for(shared::app::Function::Exporter)
+        .await?
+        .exporter();
     shared::lambda::run_exporter(exporter).await
 }

@@ -5,7 +5,7 @@ use shared::http::file;
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     shared::telemetry::init();
-    let state = shared::http::AppState::from_env().await?;
+    let state = shared::app::state_for(shared::app::Function::File).await?;
     shared::lambda::run_http(move |req| {
         let state = state.clone();
         async move { file::handle(&state, req).await }

@@ -5,7 +5,7 @@ use shared::http::status;
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     shared::telemetry::init();
-    let state = shared::http::AppState::from_env().await?;
+    let state = shared::app::state_for(shared::app::Function::Status).await?;
     shared::lambda::run_http(move |req| {
         let state = state.clone();
         async move { status::handle(&state, req).await }

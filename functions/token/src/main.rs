@@ -6,7 +6,7 @@ use shared::auth::token;
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     shared::telemetry::init();
-    let state = shared::http::AppState::from_env().await?;
+    let state = shared::app::state_for(shared::app::Function::Token).await?;
     shared::lambda::run_http(move |req| {
         let state = state.clone();
         async move { token::handle(&state, req).await }

@@ -8,11 +8,11 @@ pub async fn client_from_env() -> aws_sdk_secretsmanager::Client {
     aws_sdk_secretsmanager::Client::new(&shared)
 }
 
-/// The secret's string value as the signing key (at least 32 bytes).
-pub async fn fetch_signing_key(
+/// A secret's string value.
+pub async fn fetch_secret_string(
     client: &aws_sdk_secretsmanager::Client,
     secret_id: &str,
-) -> Result<Vec<u8>, String> {
+) -> Result<String, String> {
     let out = client
         .get_secret_value()
         .secret_id(secret_id)
@@ -20,13 +20,22 @@ pub async fn fetch_signing_key(
         .await
         .map_err(|e| {
             format!(
-                "reading the token signing key from Secrets Manager ({secret_id}) failed: {}",
+                "reading {secret_id} from Secrets Manager failed: {}",
                 crate::error_chain(&e)
             )
         })?;
-    let key = out
-        .secret_string()
-        .ok_or_else(|| format!("secret {secret_id} has no string value"))?
+    out.secret_string()
+        .map(str::to_string)
+        .ok_or_else(|| format!("secret {secret_id} has no string value"))
+}
+
+/// The secret's string value as the signing key (at least 32 bytes).
+pub async fn fetch_signing_key(
+    client: &aws_sdk_secretsmanager::Client,
+    secret_id: &str,
+) -> Result<Vec<u8>, String> {
+    let key = fetch_secret_string(client, secret_id)
+        .await?
         .trim()
         .as_bytes()
         .to_vec();

@@ -1,6 +1,7 @@
 //! Postgres: connection pool, migrations, and one module per table.
 
 pub mod clients;
+pub mod credentials;
 pub mod files;
 pub mod jobs;
 pub mod resources;
@@ -173,4 +174,21 @@ pub async fn pending_migrations(pool: &Pool) -> Result<Vec<&'static str>, DbErro
         .map(|(n, _)| *n)
         .filter(|n| !applied.iter().any(|a| a == n))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+
+    /// template.yaml's migrations resource names this version's newest migration: a deploy with
+    /// a new one sends the Update that applies it.
+    #[test]
+    fn the_stack_applies_the_newest_migration_on_deploy() {
+        let template = include_str!("../../../template.yaml");
+        let newest = MIGRATIONS.last().map(|(name, _)| *name).unwrap_or_default();
+        assert!(
+            template.contains(&format!("SchemaVersion: {newest}\n")),
+            "template.yaml's DatabaseMigrations.SchemaVersion must be {newest}"
+        );
+    }
 }

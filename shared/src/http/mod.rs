@@ -447,37 +447,6 @@ pub enum StartupError {
 }
 
 impl AppState {
-    /// Config, pool, storage and queue clients, built once per cold start, for the HTTP
-    /// functions: with authorization on, the token signing key is required (TOKEN_SIGNING_KEY,
-    /// or read from Secrets Manager through TOKEN_SIGNING_KEY_SECRET).
-    pub async fn from_env() -> Result<Self, StartupError> {
-        let mut config = Config::from_env()?;
-        crate::auth::secret::resolve_signing_key(&mut config, None).await?;
-        Self::build(config).await
-    }
-
-    /// The same for the exporter, which never sees a token (so needs no signing key).
-    pub async fn for_exporter() -> Result<Self, StartupError> {
-        Self::build(Config::from_env()?).await
-    }
-
-    async fn build(config: Config) -> Result<Self, StartupError> {
-        let config = Arc::new(config);
-        let pool = crate::db::pool(&config.database_url, 4)?;
-        let pending = crate::db::pending_migrations(&pool).await?;
-        if !pending.is_empty() {
-            return Err(StartupError::SchemaOutdated(pending.join(", ")));
-        }
-        let store = crate::storage::from_config(&config.storage_path).await?;
-        let queue = crate::queue::from_config(config.queue_url.as_deref()).await;
-        Ok(AppState {
-            pool,
-            store,
-            queue,
-            config,
-        })
-    }
-
     /// The exporter engine over the same clients (the Lambda adapter sets its deadlines).
     pub fn exporter(&self) -> crate::export::engine::Exporter {
         crate::export::engine::Exporter::new(

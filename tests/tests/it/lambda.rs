@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use integration_tests::{new_queue, temp_dir, TestDb};
+use shared::app::Function;
 use shared::export::JobStatus;
 use shared::http::AppState;
 use shared::queue::{JobQueue, SqsQueue};
@@ -30,7 +31,8 @@ fn context(seconds_left: u64) -> lambda_runtime::Context {
     ctx
 }
 
-async fn state(db: &TestDb, queue: Arc<dyn JobQueue>) -> AppState {
+/// `function`'s state as its cold start builds it (shared::app): only the clients it declares.
+async fn function_state(function: Function, db: &TestDb, queue: Arc<dyn JobQueue>) -> AppState {
     let url = db.url.clone();
     let dir = temp_dir();
     let storage = dir.display().to_string();
@@ -44,12 +46,7 @@ async fn state(db: &TestDb, queue: Arc<dyn JobQueue>) -> AppState {
         .expect("config"),
     );
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
-    AppState {
-        pool: db.pool.clone(),
-        store,
-        queue,
-        config,
-    }
+    shared::app::assemble(function, config, db.pool.clone(), store, queue)
 }
 
 #[tokio::test]
@@ -57,7 +54,7 @@ async fn an_api_gateway_kickoff_event_queues_a_job_and_wakes_the_exporter_throug
     let (db, data) = TestDb::with_generated(6).await;
     let (sqs, queue_url) = new_queue().await;
     let queue: Arc<dyn JobQueue> = Arc::new(SqsQueue::new(sqs.clone(), queue_url.clone()));
-    let state = state(&db, queue).await;
+    let state = function_state(Function::Kickoff, &db, queue.clone()).await;
 
     // The API Gateway (HTTP API v2) event shipped for `sam local invoke` / `cargo lambda invoke`.
     let req = lambda_http::request::from_str(&event("kickoff-system.json")).expect("event");
@@ -103,7 +100,9 @@ async fn an_api_gateway_kickoff_event_queues_a_job_and_wakes_the_exporter_throug
         "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q",
         "awsRegion": "us-east-1"
     }]});
-    let exporter = state.exporter();
+    let exporter = function_state(Function::Exporter, &db, queue)
+        .await
+        .exporter();
     let out = shared::lambda::handle_exporter_event(
         &exporter,
         lambda_runtime::LambdaEvent::new(payload, context(900)),
@@ -141,15 +140,16 @@ async fn an_api_gateway_kickoff_event_queues_a_job_and_wakes_the_exporter_throug
 #[tokio::test]
 async fn the_scheduled_event_finds_jobs_whose_wake_up_was_lost() {
     let (db, _data) = TestDb::with_generated(3).await;
-    let state = state(&db, Arc::new(shared::queue::NoQueue)).await;
+    let kickoff = function_state(Function::Kickoff, &db, Arc::new(shared::queue::NoQueue)).await;
     let req = lambda_http::request::from_str(&event("kickoff-patient.json")).expect("event");
     let resp =
-        shared::http::kickoff::handle(&state, shared::lambda::from_lambda_request(req)).await;
+        shared::http::kickoff::handle(&kickoff, shared::lambda::from_lambda_request(req)).await;
     assert_eq!(resp.status(), 202);
     let payload: serde_json::Value =
         serde_json::from_str(&event("exporter-schedule.json")).expect("json");
+    let exporter = function_state(Function::Exporter, &db, Arc::new(shared::queue::NoQueue)).await;
     let out = shared::lambda::handle_exporter_event(
-        &state.exporter(),
+        &exporter.exporter(),
         lambda_runtime::LambdaEvent::new(payload, context(900)),
     )
     .await
@@ -160,7 +160,7 @@ async fn the_scheduled_event_finds_jobs_whose_wake_up_was_lost() {
 #[tokio::test]
 async fn a_failed_run_reports_its_message_as_a_batch_item_failure() {
     let (db, _data) = TestDb::with_generated(1).await;
-    let mut state = state(&db, Arc::new(shared::queue::NoQueue)).await;
+    let mut state = function_state(Function::Exporter, &db, Arc::new(shared::queue::NoQueue)).await;
     // A database that refuses connections.
     state.pool = shared::db::pool("postgres://postgres@127.0.0.1:1/none", 1).expect("pool");
     let payload: serde_json::Value =
@@ -193,7 +193,12 @@ async fn a_kickoff_whose_wake_up_cannot_be_sent_still_queues_the_job() {
         "{}/123456789012/no-such-queue",
         integration_tests::aws_endpoint()
     );
-    let state = state(&db, Arc::new(SqsQueue::new(sqs, missing))).await;
+    let state = function_state(
+        Function::Kickoff,
+        &db,
+        Arc::new(SqsQueue::new(sqs, missing)),
+    )
+    .await;
     let req = lambda_http::request::from_str(&event("kickoff-system.json")).expect("event");
     let resp =
         shared::http::kickoff::handle(&state, shared::lambda::from_lambda_request(req)).await;
@@ -220,8 +225,9 @@ async fn a_kickoff_whose_wake_up_cannot_be_sent_still_queues_the_job() {
     // The next scheduled run picks it up.
     let payload: serde_json::Value =
         serde_json::from_str(&event("exporter-schedule.json")).expect("json");
+    let exporter = function_state(Function::Exporter, &db, Arc::new(shared::queue::NoQueue)).await;
     shared::lambda::handle_exporter_event(
-        &state.exporter(),
+        &exporter.exporter(),
         lambda_runtime::LambdaEvent::new(payload, context(900)),
     )
     .await
@@ -245,12 +251,13 @@ async fn the_token_function_answers_api_gateway_events() {
         })
         .expect("config"),
     );
-    let state = AppState {
-        pool: db.pool.clone(),
-        store: Arc::new(LocalStore::new(temp_dir()).expect("store")),
-        queue: Arc::new(shared::queue::NoQueue),
+    let state = shared::app::assemble(
+        Function::Token,
         config,
-    };
+        db.pool.clone(),
+        Arc::new(LocalStore::new(temp_dir()).expect("store")),
+        Arc::new(shared::queue::NoQueue),
+    );
     let base = "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com";
 
     // The shipped event: smart-configuration names the token endpoint under the API's host.
@@ -318,7 +325,7 @@ fn form_body(pairs: &[(&str, &str)]) -> String {
 #[tokio::test]
 async fn a_lambda_request_takes_its_base_from_api_gateway_not_from_host() {
     let (db, _data) = TestDb::with_generated(1).await;
-    let state = state(&db, Arc::new(shared::queue::NoQueue)).await;
+    let state = function_state(Function::Kickoff, &db, Arc::new(shared::queue::NoQueue)).await;
     let mut e: serde_json::Value =
         serde_json::from_str(&event("kickoff-system.json")).expect("json");
     e["headers"]["host"] = "evil.example".into();

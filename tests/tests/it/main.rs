@@ -6,6 +6,7 @@
 mod auth;
 mod cli;
 mod concurrent_writes;
+mod deploy;
 mod e2e;
 mod engine;
 mod export_filters;

@@ -1,0 +1,305 @@
+//! The composition root of the Lambda functions: one constructor per function, building only the
+//! clients that function uses, as `infra/functions.json` declares them. The same file is what
+//! template.yaml is checked against (`scripts/check-functions.py`): a function's IAM actions
+//! and environment in the stack are exactly what it declares, and a client it does not declare
+//! is never built (a call to it fails, and panics in debug builds: a missing declaration is a
+//! bug to see in tests, not in production).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::http::{AppState, StartupError};
+use crate::queue::{JobQueue, QueueError};
+use crate::storage::{Download, ObjectStore, ObjectWriter, StorageError};
+
+/// infra/functions.json, compiled in.
+const DECLARATION: &str = include_str!("../../infra/functions.json");
+
+/// The Lambda functions of template.yaml.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Function {
+    Kickoff,
+    Status,
+    File,
+    Token,
+    Exporter,
+    /// The custom resource that applies migrations during a deploy (shared::migrate_resource).
+    Migrate,
+}
+
+impl Function {
+    pub const ALL: [Function; 6] = [
+        Function::Kickoff,
+        Function::Status,
+        Function::File,
+        Function::Token,
+        Function::Exporter,
+        Function::Migrate,
+    ];
+
+    /// Its binary (and its key in infra/functions.json).
+    pub fn name(self) -> &'static str {
+        match self {
+            Function::Kickoff => "kickoff",
+            Function::Status => "status",
+            Function::File => "file",
+            Function::Token => "token",
+            Function::Exporter => "exporter",
+            Function::Migrate => "migrate",
+        }
+    }
+
+    /// What it declares.
+    pub fn spec(self) -> &'static FunctionSpec {
+        // The declaration is compiled in and parsed by a unit test: it cannot fail here.
+        let declaration = declaration().expect("infra/functions.json is valid (unit-tested)");
+        declaration
+            .functions
+            .get(self.name())
+            .expect("every function is declared (unit-tested)")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Declaration {
+    /// Variables and actions of every function (the database address and credentials, logs).
+    pub common_env: Vec<String>,
+    pub common_actions: BTreeMap<String, ActionUse>,
+    pub functions: BTreeMap<String, FunctionSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FunctionSpec {
+    /// Its logical id in template.yaml.
+    pub resource: String,
+    /// Variables the stack passes it (besides `common_env`).
+    pub env: Vec<String>,
+    /// IAM actions its code calls: the template resource each acts on, and the caller.
+    pub actions: BTreeMap<String, ActionUse>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ActionUse {
+    /// Template resources (or parameters naming them) it acts on.
+    pub on: Vec<String>,
+    pub by: String,
+}
+
+impl FunctionSpec {
+    fn may(&self, action: &str) -> bool {
+        self.actions.contains_key(action)
+    }
+
+    fn may_on(&self, action: &str, resource: &str) -> bool {
+        self.actions
+            .get(action)
+            .is_some_and(|u| u.on.iter().any(|o| o == resource))
+    }
+
+    /// Writes export files (and deletes expired ones).
+    pub fn writes_storage(&self) -> bool {
+        self.may("s3:PutObject")
+    }
+
+    /// Uses the export storage at all (writes, or presigns downloads).
+    pub fn uses_storage(&self) -> bool {
+        self.actions.keys().any(|a| a.starts_with("s3:"))
+    }
+
+    /// Sends exporter wake-ups.
+    pub fn sends_wake_ups(&self) -> bool {
+        self.may("sqs:SendMessage")
+    }
+
+    /// Reads the token signing key (from Secrets Manager in AWS): it checks or issues tokens.
+    pub fn reads_signing_key(&self) -> bool {
+        self.may_on("secretsmanager:GetSecretValue", "TokenSigningSecret")
+    }
+}
+
+/// The parsed declaration.
+pub fn declaration() -> Result<&'static Declaration, String> {
+    static PARSED: OnceLock<Result<Declaration, String>> = OnceLock::new();
+    PARSED
+        .get_or_init(|| {
+            serde_json::from_str(DECLARATION).map_err(|e| format!("infra/functions.json: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// The state of `function` at cold start: configuration from the environment, with the database
+/// credentials from Secrets Manager when DATABASE_SECRET names them; the signing key
+/// (from TOKEN_SIGNING_KEY or Secrets Manager) if it checks tokens; the pool, refused on a
+/// database with pending migrations; storage and queue clients only if it declares them.
+pub async fn state_for(function: Function) -> Result<AppState, StartupError> {
+    let mut config = Config::from_env()?;
+    crate::db::credentials::resolve(&mut config, None).await?;
+    let spec = function.spec();
+    if spec.reads_signing_key() {
+        crate::auth::secret::resolve_signing_key(&mut config, None).await?;
+    }
+    build(function, config).await
+}
+
+/// [`state_for`] with a configuration at hand.
+pub async fn build(function: Function, config: Config) -> Result<AppState, StartupError> {
+    let spec = function.spec();
+    let pool = crate::db::pool(&config.database_url, 4)?;
+    let pending = crate::db::pending_migrations(&pool).await?;
+    if !pending.is_empty() {
+        return Err(StartupError::SchemaOutdated(pending.join(", ")));
+    }
+    let store: Arc<dyn ObjectStore> = if spec.uses_storage() {
+        crate::storage::from_config(&config.storage_path).await?
+    } else {
+        Arc::new(NotDeclared(function))
+    };
+    let queue: Arc<dyn JobQueue> = if spec.sends_wake_ups() {
+        crate::queue::from_config(config.queue_url.as_deref()).await
+    } else {
+        Arc::new(NotDeclared(function))
+    };
+    Ok(assemble(function, Arc::new(config), pool, store, queue))
+}
+
+/// The state of `function` from clients built elsewhere (tests pass their own): the storage and
+/// queue it does not declare are replaced by clients that refuse every call.
+pub fn assemble(
+    function: Function,
+    config: Arc<Config>,
+    pool: crate::db::Pool,
+    store: Arc<dyn ObjectStore>,
+    queue: Arc<dyn JobQueue>,
+) -> AppState {
+    let spec = function.spec();
+    AppState {
+        pool,
+        store: if spec.uses_storage() {
+            store
+        } else {
+            Arc::new(NotDeclared(function))
+        },
+        queue: if spec.sends_wake_ups() {
+            queue
+        } else {
+            Arc::new(NotDeclared(function))
+        },
+        config,
+    }
+}
+
+/// The client of something a function does not declare: every call fails (and panics in debug
+/// builds, so that a test shows the missing declaration).
+struct NotDeclared(Function);
+
+impl NotDeclared {
+    fn refuse(&self, what: &str) -> String {
+        let message = format!(
+            "the {} function does not declare {what} in infra/functions.json (nor has the IAM \
+             permission in template.yaml)",
+            self.0.name()
+        );
+        if cfg!(debug_assertions) {
+            panic!("{message}");
+        }
+        message
+    }
+}
+
+#[async_trait]
+impl ObjectStore for NotDeclared {
+    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        Err(self.storage_error("s3:PutObject", key))
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
+        Err(self.storage_error("s3:DeleteObject", prefix))
+    }
+    async fn download(
+        &self,
+        key: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<Download, StorageError> {
+        Err(self.storage_error("s3:GetObject", key))
+    }
+    async fn read(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+        Err(self.storage_error("s3:GetObject", key))
+    }
+}
+
+impl NotDeclared {
+    fn storage_error(&self, action: &'static str, key: &str) -> StorageError {
+        StorageError::S3 {
+            operation: action,
+            key: key.to_string(),
+            message: self.refuse(action),
+        }
+    }
+}
+
+#[async_trait]
+impl JobQueue for NotDeclared {
+    async fn send(&self, job_id: Uuid) -> Result<(), QueueError> {
+        Err(QueueError {
+            job_id,
+            queue: "(none)".into(),
+            message: self.refuse("sqs:SendMessage"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_function_is_declared_once_with_what_its_code_builds() {
+        let d = declaration().unwrap();
+        assert_eq!(d.functions.len(), Function::ALL.len());
+        // Every function reads the database credentials from their secret.
+        assert_eq!(
+            d.common_actions["secretsmanager:GetSecretValue"].on,
+            ["DatabaseSecretArn"]
+        );
+        assert!(d.common_env.iter().any(|v| v == "DATABASE_SECRET"));
+        for f in Function::ALL {
+            assert_eq!(
+                f.spec().resource.to_lowercase(),
+                format!("{}function", f.name())
+            );
+        }
+        // What the composition root builds for each, from the declaration.
+        let built = |f: Function| {
+            let s = f.spec();
+            (s.uses_storage(), s.sends_wake_ups(), s.reads_signing_key())
+        };
+        assert_eq!(built(Function::Kickoff), (false, true, true));
+        assert_eq!(built(Function::Status), (false, true, true));
+        assert_eq!(built(Function::File), (true, false, true));
+        assert_eq!(built(Function::Token), (false, false, true));
+        assert_eq!(built(Function::Exporter), (true, true, false));
+        assert_eq!(built(Function::Migrate), (false, false, false));
+        assert!(Function::Exporter.spec().writes_storage());
+        assert!(!Function::File.spec().writes_storage());
+    }
+
+    #[tokio::test]
+    #[cfg(not(debug_assertions))]
+    async fn an_undeclared_client_refuses_every_call() {
+        let store = NotDeclared(Function::Token);
+        assert!(store.writer("a/b").await.is_err());
+        assert!(JobQueue::send(&store, Uuid::nil()).await.is_err());
+    }
+
+    #[tokio::test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "the token function does not declare sqs:SendMessage")]
+    async fn an_undeclared_client_panics_in_debug_builds() {
+        let _ = JobQueue::send(&NotDeclared(Function::Token), Uuid::nil()).await;
+    }
+}
