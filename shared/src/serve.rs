@@ -52,10 +52,25 @@ async fn dispatch(
         }
     };
     let req = http::Request::from_parts(parts, bytes);
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = router::route_label(&crate::http::normalized_path(&req));
+    let client = crate::auth::client_of(&state.config, &req);
     let resp = match crate::http::check_limits(&req) {
         None => router::handle(&state, req).await,
         Some(refused) => refused.into_response(),
     };
+    // The access log: one line per request (never a token, a query string or an id in the
+    // route; the job id of a status poll is in the handler's own lines).
+    tracing::info!(
+        target: "access",
+        method = %method,
+        route,
+        status = resp.status().as_u16(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        client_id = client.as_deref().unwrap_or("-"),
+        "request"
+    );
     into_axum(resp).await
 }
 

@@ -147,6 +147,25 @@ pub async fn authenticate(
     Ok(Some(principal))
 }
 
+/// The client id of the request's access token when it is valid (signature, expiry, audience),
+/// for the access log; None without a valid one. The token itself is never logged.
+pub fn client_of(config: &crate::Config, req: &Request) -> Option<String> {
+    let AuthMode::Smart {
+        signing_key: Some(key),
+    } = &config.auth
+    else {
+        return None;
+    };
+    let base = crate::http::canonical_base(config, req)?;
+    let (scheme, token) = header_str(req, header::AUTHORIZATION)?.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.len() > MAX_TOKEN_BYTES {
+        return None;
+    }
+    verify_access_token(key, &base, token.trim())
+        .ok()
+        .map(|p| p.client_id)
+}
+
 /// 32 random bytes, hex-encoded, for a process that signs and checks its own tokens.
 pub fn random_key() -> Vec<u8> {
     let a = uuid::Uuid::new_v4().simple().to_string();

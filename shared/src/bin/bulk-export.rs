@@ -62,7 +62,8 @@ enum Command {
         #[arg(long, env = "EXPORT_WORKERS")]
         workers: Option<usize>,
     },
-    /// List export jobs, or show one with its internal error (what clients are not told).
+    /// List export jobs, show one (state, client, progress, counts, duration and the internal
+    /// error clients are not told), or cancel or retry one.
     #[command(after_help = ENV_DATABASE)]
     Jobs {
         /// A job id: show this job; without: list the newest jobs.
@@ -70,6 +71,14 @@ enum Command {
         /// How many jobs to list.
         #[arg(long, default_value_t = 50)]
         limit: i64,
+        /// Cancel the job (a running one stops at its exporters' next lease check; its files
+        /// are deleted), as a client's DELETE would.
+        #[arg(long, requires = "id", conflicts_with = "retry")]
+        cancel: bool,
+        /// Export a Failed job again from where it stopped (same transaction time; finished
+        /// parts kept), before its files expire.
+        #[arg(long, requires = "id")]
+        retry: bool,
     },
     /// Register, list or remove SMART Backend Services clients.
     Client {
@@ -136,6 +145,8 @@ enum ClientCommand {
 const ENV_DATABASE: &str = "Environment:
   DATABASE_URL  Postgres URL (required), e.g. postgres://user:pass@127.0.0.1:5432/fhir_bulk;
                 TLS: ?sslmode=require|verify-ca|verify-full&sslrootcert=/path/ca.pem
+  DATABASE_SECRET  or: a Secrets Manager secret ({\"username\", \"password\"}) whose
+                credentials go into DATABASE_URL (then without a password), as in AWS
   RUST_LOG, LOG_FORMAT=json, NO_COLOR  logging";
 
 const ENV_SERVE: &str = "Environment (README.md, Configuration, has the defaults):
@@ -202,7 +213,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         other => Cli { command: other },
     };
-    let config = Config::from_env()?;
+    let mut config = Config::from_env()?;
+    // DATABASE_SECRET: the user name and password from Secrets Manager, as the functions do.
+    shared::db::credentials::resolve(&mut config, None).await?;
     // serve: the HTTP routes' connections plus about three per exporter worker (a page read
     // ahead, a lease renewal, a checkpoint).
     let pool_size = match &cli.command {
@@ -258,9 +271,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             require_schema(&pool).await?;
             client_command(&pool, command).await?;
         }
-        Command::Jobs { id, limit } => {
+        Command::Jobs {
+            id,
+            limit,
+            cancel,
+            retry,
+        } => {
             require_schema(&pool).await?;
-            jobs_command(&pool, id, limit).await?;
+            match id {
+                Some(id) if cancel => {
+                    if !db::jobs::request_cancellation(&pool, id).await? {
+                        bail!("job {id} is unknown, already cancelled or deleted");
+                    }
+                    println!("job {id}: cancellation requested (an exporter finishes it)");
+                }
+                Some(id) if retry => {
+                    if !db::jobs::retry_failed(&pool, id).await? {
+                        bail!("job {id} is not a Failed job whose files are still kept");
+                    }
+                    println!("job {id}: queued again (an exporter resumes it)");
+                }
+                _ => jobs_command(&pool, id, limit).await?,
+            }
         }
         Command::Serve {
             port,
@@ -514,8 +546,25 @@ async fn jobs_command(pool: &db::Pool, id: Option<uuid::Uuid>, limit: i64) -> an
     println!("created:        {}", time(Some(j.created_at)));
     println!("completed:      {}", time(j.completed_at));
     println!("expires:        {}", time(j.expires_at));
+    let end = j.completed_at.unwrap_or_else(chrono::Utc::now);
+    println!(
+        "duration:       {:.1} s{}",
+        (end - j.created_at).num_milliseconds() as f64 / 1000.0,
+        if j.completed_at.is_none() {
+            " so far"
+        } else {
+            ""
+        }
+    );
     println!("attempts:       {}", j.attempts);
     println!("progress:       {progress}");
+    let files = db::work_items::select_files(pool, id).await?;
+    println!(
+        "exported:       {} resources, {} bytes in {} files",
+        files.iter().map(|f| f.resource_count).sum::<i64>(),
+        files.iter().map(|f| f.byte_count).sum::<i64>(),
+        files.len()
+    );
     println!("error:          {}", j.error.as_deref().unwrap_or("-"));
     println!(
         "client is told: {}",

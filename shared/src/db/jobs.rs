@@ -520,6 +520,37 @@ pub async fn request_cancellation(pool: &Pool, id: Uuid) -> Result<bool, DbError
     Ok(n == 1)
 }
 
+/// Failed → exported again from where it stopped (an operator's retry, `bulk-export jobs
+/// --retry`): the same transaction time, the finished parts kept; the failed parts' attempts and
+/// errors cleared. Only before the job's files expire (their purge would race the retry).
+/// Returns false when the job is not a Failed one whose files are still there.
+pub async fn retry_failed(pool: &Pool, id: Uuid) -> Result<bool, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute(
+            "UPDATE export_jobs SET
+                 status = CASE WHEN planned THEN 'Active' ELSE 'Queued' END,
+                 attempts = 0, error = NULL, public_error = NULL, completed_at = NULL,
+                 expires_at = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE id = $1 AND status = 'Failed' AND deleted_at IS NULL
+               AND files_purged_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
+            &[&id],
+        )
+        .await?;
+    if n == 1 {
+        tx.execute(
+            "UPDATE export_work_items SET attempts = 0, error = NULL, public_error = NULL,
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE job_id = $1 AND NOT done",
+            &[&id],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(n == 1)
+}
+
 /// CancellationRequested → Cancelled, after the files are gone.
 pub async fn mark_cancelled(pool: &Pool, id: Uuid, owner: &str) -> Result<bool, DbError> {
     let client = pool.get().await?;

@@ -220,3 +220,192 @@ async fn jobs_lists_and_shows_the_internal_error_of_a_failed_export() {
         "{out}"
     );
 }
+
+/// `serve` writes one access-log line per request: method, route pattern, status, duration and
+/// the client id of a valid token (`-` without one), never the token or the job id.
+#[tokio::test]
+async fn serve_logs_one_access_line_per_request_without_tokens() {
+    let db = TestDb::new().await;
+    let port = free_port();
+    let key = "access-log-test-signing-key-0123456789abcdef";
+    let mut child = tokio::process::Command::new(bulk_export_bin())
+        .args(["serve", "--port", &port.to_string(), "--workers", "1"])
+        .env("DATABASE_URL", &db.url)
+        .env("AUTH", "smart")
+        .env("TOKEN_SIGNING_KEY", key)
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("serve");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..100 {
+        if http.get(format!("{base}/metadata")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(up, "serve did not start");
+    let token = shared::auth::issue_access_token(
+        key.as_bytes(),
+        &base,
+        "log-client",
+        "system/*.read",
+        std::time::Duration::from_secs(60),
+    )
+    .expect("token");
+    let job = uuid::Uuid::new_v4();
+    let with_token = http
+        .get(format!("{base}/$exportstatus?_id={job}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("status");
+    // An unregistered client: its token is valid, the client is not (401), and the log says who.
+    assert_eq!(with_token.status(), 401);
+    let without = http
+        .get(format!("{base}/Group/g-secret-id/$export"))
+        .send()
+        .await
+        .expect("kickoff");
+    assert_eq!(without.status(), 401);
+    child.start_kill().expect("kill");
+    let out = child.wait_with_output().await.expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let access: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "access")
+        .collect();
+    let line = |route: &str| {
+        access
+            .iter()
+            .find(|v| v["fields"]["route"] == route)
+            .unwrap_or_else(|| panic!("no access line for {route}: {stderr}"))
+            .clone()
+    };
+    let status = line("/$exportstatus");
+    assert_eq!(status["fields"]["method"], "GET");
+    assert_eq!(status["fields"]["status"], 401);
+    assert_eq!(status["fields"]["client_id"], "log-client");
+    assert!(status["fields"]["duration_ms"].is_u64());
+    let kickoff = line("/Group/{id}/$export");
+    assert_eq!(kickoff["fields"]["client_id"], "-");
+    assert_eq!(kickoff["fields"]["status"], 401);
+    assert!(line("/metadata")["fields"]["status"] == 200);
+    assert!(!stderr.contains(&token), "a token in the log");
+    // Routes are patterns: no id of the request's path in an access line.
+    assert!(!access.iter().any(|v| v.to_string().contains("g-secret-id")));
+    assert!(!access
+        .iter()
+        .any(|v| v.to_string().contains(&job.to_string())));
+}
+
+/// An operator's view of jobs: `bulk-export jobs ID` shows the state, client, progress, counts,
+/// duration and the internal error of a failed job; `--retry` resumes a Failed job (same
+/// transaction time, exported in full afterwards); `--cancel` cancels one.
+#[tokio::test]
+async fn jobs_shows_retries_and_cancels_an_export() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let (db, data) = TestDb::with_generated(2).await;
+    let dir = integration_tests::temp_dir();
+    let store: Arc<dyn shared::storage::ObjectStore> =
+        Arc::new(shared::storage::local::LocalStore::new(dir.clone()).expect("store"));
+    let cfg = integration_tests::config(&db, shared::config::StoragePath::Local(dir));
+    // No exporter yet: jobs stay Queued.
+    let idle = integration_tests::Server::start_with_workers(
+        cfg.clone(),
+        db.pool.clone(),
+        store.clone(),
+        0,
+    )
+    .await;
+    let http = integration_tests::http_client();
+    let started = integration_tests::kickoff(&http, &format!("{}/$export", idle.base)).await;
+    assert_eq!(started.status(), 202);
+    let status_url = started.headers()["content-location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    let id: uuid::Uuid = status_url
+        .rsplit('=')
+        .next()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    let failed = shared::db::jobs::fail_job(
+        &db.pool,
+        id,
+        None,
+        &shared::db::jobs::JobError {
+            internal: "S3 PutObject: connection reset by peer".into(),
+            public: "the export could not be written".into(),
+        },
+        Duration::from_secs(3600),
+    )
+    .await
+    .expect("fail");
+    assert!(failed);
+
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let (code, out, err) = run(&["jobs", &id.to_string()], &env).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("status:         Failed"), "{out}");
+    assert!(
+        out.contains("error:          S3 PutObject: connection reset by peer"),
+        "{out}"
+    );
+    assert!(
+        out.contains("client is told: the export could not be written"),
+        "{out}"
+    );
+    assert!(out.contains("duration:"), "{out}");
+    let (code, out, _) = run(&["jobs"], &env).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&id.to_string()) && l.contains("Failed")),
+        "{out}"
+    );
+
+    let (code, out, err) = run(&["jobs", &id.to_string(), "--retry"], &env).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("queued again"), "{out}");
+    // Only a Failed job can be retried.
+    let (code, _, err) = run(&["jobs", &id.to_string(), "--retry"], &env).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("is not a Failed job"), "{err}");
+
+    // An exporter picks the retried job up; it completes with every resource.
+    let worker =
+        integration_tests::Server::start_with_workers(cfg, db.pool.clone(), store, 1).await;
+    let done = integration_tests::poll(&http, &status_url, Duration::from_secs(60)).await;
+    assert_eq!(done.status(), 200);
+    let (code, out, err) = run(&["jobs", &id.to_string()], &env).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("status:         Complete"), "{out}");
+    assert!(out.contains("error:          -"), "{out}");
+    let total: usize = data.count_by_type().values().sum();
+    assert!(
+        out.contains(&format!("exported:       {total} resources")),
+        "{out}"
+    );
+
+    // --cancel: a finished job is deleted (its files purged later), as a client's DELETE does.
+    let (code, out, err) = run(&["jobs", &id.to_string(), "--cancel"], &env).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cancellation requested"), "{out}");
+    let gone = http.get(&status_url).send().await.expect("status");
+    assert_eq!(gone.status(), 404);
+    let (code, _, err) = run(&["jobs", &id.to_string(), "--cancel"], &env).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("already cancelled or deleted"), "{err}");
+    drop((idle, worker));
+}
