@@ -18,6 +18,7 @@ pub mod fhir;
 pub mod http;
 pub mod lambda;
 pub mod load;
+pub mod metrics;
 pub mod migrate_resource;
 pub mod queue;
 pub mod serve;

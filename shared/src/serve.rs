@@ -74,6 +74,19 @@ async fn dispatch(
     into_axum(resp).await
 }
 
+/// `GET /metrics`: the service metrics (crate::metrics) for Prometheus, in the OpenMetrics text
+/// format. Counts only: no client, job or resource is named.
+async fn metrics() -> axum::response::Response {
+    let mut resp = axum::response::Response::new(axum::body::Body::from(crate::metrics::render()));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    resp
+}
+
 async fn into_axum(resp: crate::http::Response) -> axum::response::Response {
     let (parts, body) = resp.into_parts();
     let body = match body {
@@ -147,6 +160,7 @@ pub async fn run(
         .map(|e| tokio::spawn(exporter_loop(e, wake.clone(), repeat_period)))
         .collect();
     let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
         .fallback(dispatch)
         .with_state(Arc::new(state));
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));

@@ -174,7 +174,10 @@ async fn kickoff(state: &AppState, req: &Request, route: &Route<'_>) -> Result<R
         client_id,
     };
     let job = match jobs::insert_job(&state.pool, new, limits).await? {
-        Ok(job) => job,
+        Ok(job) => {
+            crate::metrics::export_started(job.level.as_str());
+            job
+        }
         Err(jobs::LimitReached::Running(n)) => {
             return Err(ApiError::TooManyRequests {
                 message: format!(

@@ -409,3 +409,98 @@ async fn jobs_shows_retries_and_cancels_an_export() {
     assert!(err.contains("already cancelled or deleted"), "{err}");
     drop((idle, worker));
 }
+
+/// `serve`'s `GET /metrics`: the service metrics in the OpenMetrics text format, exact after one
+/// export (a process of its own, so nothing else counts).
+#[tokio::test]
+async fn serve_metrics_count_an_export_exactly() {
+    let (db, data) = TestDb::with_generated(3).await;
+    let port = free_port();
+    let dir = integration_tests::temp_dir();
+    let mut child = tokio::process::Command::new(bulk_export_bin())
+        .args([
+            "serve",
+            "--port",
+            &port.to_string(),
+            "--insecure",
+            "--workers",
+            "2",
+        ])
+        .env("DATABASE_URL", &db.url)
+        .env("STORAGE_PATH", &dir)
+        .env("REPEAT_PERIOD", "200")
+        // poll() asks every 100 ms.
+        .env("MIN_POLL_INTERVAL_MS", "50")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("serve");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = integration_tests::http_client();
+    let mut up = false;
+    for _ in 0..100 {
+        if http.get(format!("{base}/metadata")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(up, "serve did not start");
+    let resp = integration_tests::kickoff(&http, &format!("{base}/$export")).await;
+    assert_eq!(resp.status(), 202);
+    let status_url = resp.headers()["content-location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    let done =
+        integration_tests::poll(&http, &status_url, std::time::Duration::from_secs(60)).await;
+    assert_eq!(done.status(), 200);
+    let manifest: serde_json::Value = done.json().await.expect("manifest");
+    let id: uuid::Uuid = status_url
+        .rsplit('=')
+        .next()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    let files = shared::db::work_items::select_files(&db.pool, id)
+        .await
+        .expect("files");
+    let output = files
+        .iter()
+        .filter(|f| f.kind == shared::export::manifest::FileKind::Output);
+    let bytes: i64 = output.clone().map(|f| f.byte_count).sum();
+    let total: usize = data.count_by_type().values().sum();
+    assert_eq!(
+        manifest["output"].as_array().expect("output").len(),
+        output.count()
+    );
+
+    let resp = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .expect("ct")
+        .starts_with("application/openmetrics-text"));
+    let text = resp.text().await.expect("text");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .parse()
+            .expect("number")
+    };
+    assert_eq!(value("bulk_exports_started_total{level=\"system\"}"), 1.0);
+    assert_eq!(value("bulk_exports_completed_total"), 1.0);
+    assert_eq!(value("bulk_exports_failed_total"), 0.0);
+    assert_eq!(value("bulk_resources_exported_total"), total as f64);
+    assert_eq!(value("bulk_bytes_exported_total"), bytes as f64);
+    assert_eq!(value("bulk_export_duration_seconds_count"), 1.0);
+    assert_eq!(value("bulk_export_queue_latency_seconds_count"), 1.0);
+    assert!(text.ends_with("# EOF\n"));
+    child.start_kill().expect("kill");
+}

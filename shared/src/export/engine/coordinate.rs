@@ -34,6 +34,13 @@ impl Exporter {
             self.fail(&job, Some(&self.owner), &error, summary).await?;
             return Ok(());
         }
+        if !job.planned && job.attempts == 0 {
+            crate::metrics::job_picked_up(
+                (chrono::Utc::now() - job.created_at)
+                    .to_std()
+                    .unwrap_or_default(),
+            );
+        }
         let heartbeat = self.keep_leased(Leased::Job(job.id));
         let planned = self.plan(&job).await;
         drop(heartbeat);
@@ -43,7 +50,7 @@ impl Exporter {
                     .await?
                 {
                     info!("export complete: nothing to export");
-                    summary.completed.push(job.id);
+                    summary.complete(&job);
                 }
             }
             Ok(items) => {
@@ -72,7 +79,7 @@ impl Exporter {
                 )
                 .await?;
                 if status == Some(JobStatus::Failed) {
-                    summary.failed.push(job.id);
+                    summary.fail(&job);
                 } else {
                     summary.retrying.push(job.id);
                 }
@@ -90,7 +97,7 @@ impl Exporter {
         summary: &mut RunSummary,
     ) -> Result<(), EngineError> {
         if jobs::fail_job(&self.pool, job.id, owner, error, self.config.job_retention).await? {
-            summary.failed.push(job.id);
+            summary.fail(job);
         }
         Ok(())
     }

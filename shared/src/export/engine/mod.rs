@@ -108,6 +108,21 @@ impl RunSummary {
     fn stopped(&self, id: Uuid) -> bool {
         self.handed_off.contains(&id) || self.retrying.contains(&id)
     }
+
+    /// This run completed `job` (counted in the service metrics, with its duration).
+    fn complete(&mut self, job: &Job) {
+        let took = (chrono::Utc::now() - job.created_at)
+            .to_std()
+            .unwrap_or_default();
+        crate::metrics::export_completed(took);
+        self.completed.push(job.id);
+    }
+
+    /// This run failed `job` for good (counted in the service metrics).
+    fn fail(&mut self, job: &Job) {
+        crate::metrics::export_failed();
+        self.failed.push(job.id);
+    }
 }
 
 /// How an item's work ended.
@@ -285,7 +300,7 @@ impl Exporter {
                 summary.items += 1;
                 if completed {
                     info!("export complete");
-                    summary.completed.push(job.id);
+                    summary.complete(&job);
                 }
             }
             Ok(Progress::Deadline) => {
@@ -326,7 +341,7 @@ impl Exporter {
                 )
                 .await?;
                 if status == Some(JobStatus::Failed) {
-                    summary.failed.push(job.id);
+                    summary.fail(&job);
                 } else {
                     summary.retrying.push(job.id);
                 }

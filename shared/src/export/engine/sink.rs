@@ -54,6 +54,9 @@ impl FileSink {
     /// Makes the file visible; returns its manifest row (recorded by the caller's checkpoint).
     pub async fn finish(self) -> Result<ExportFile, Failure> {
         let written = self.writer.finish().await?;
+        if self.kind == FileKind::Output {
+            crate::metrics::file_written(self.count as u64, written.bytes);
+        }
         tracing::info!(file = %self.file_name, resources = self.count, bytes = written.bytes, "file written");
         Ok(ExportFile {
             file_name: self.file_name,
