@@ -41,6 +41,8 @@ pub struct PatientScope<'a> {
     /// Resources referenced by exported compartment resources of these types
     /// (AdditionalResources); empty for none.
     pub referenced_from: &'a [String],
+    /// Those references were written at planning (`export_job_refs`): read them from there.
+    pub refs_planned: bool,
 }
 
 pub struct Row {
@@ -109,7 +111,12 @@ fn scope_condition(scope: &Option<PatientScope<'_>>) -> String {
                        AND c.resource_id > $2)",
         );
     }
-    if !scope.referenced_from.is_empty() {
+    if !scope.referenced_from.is_empty() && scope.refs_planned {
+        parts.push(
+            "r.id IN (SELECT jr.target_id FROM export_job_refs jr
+                      WHERE jr.job_id = $7 AND jr.target_type = $1)",
+        );
+    } else if !scope.referenced_from.is_empty() {
         // Driven from the job's patients (their compartment rows by the (patient_id,
         // resource_type) index, then their references): the cost follows the job, not the
         // number of resources of the referenced type. Written as an EXISTS on the referenced
@@ -382,6 +389,22 @@ pub async fn select_dangling_refs(
     limit: i64,
 ) -> Result<Vec<(String, String, String)>, DbError> {
     let client = pool.get().await?;
+    if sel.scope.as_ref().is_some_and(|s| s.refs_planned) {
+        let rows = client
+            .query(
+                "SELECT DISTINCT jr.source_type, jr.source_id, jr.target_id FROM export_job_refs jr
+                 WHERE jr.job_id = $1 AND jr.target_type = $2 AND jr.source_type = ANY($3)
+                   AND NOT EXISTS (SELECT 1 FROM resources t WHERE t.resource_type = $2
+                                   AND t.id = jr.target_id AND NOT t.deleted)
+                 ORDER BY 1, 2, 3 LIMIT $4",
+                &[&sel.job_id, &sel.resource_type, &source_types, &limit],
+            )
+            .await?;
+        return Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect());
+    }
     let rows = client
         .query(
             "SELECT DISTINCT f.source_type, f.source_id, f.target_id FROM export_job_patients jp

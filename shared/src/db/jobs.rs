@@ -381,11 +381,24 @@ const SAMPLE_ROWS: f64 = 50_000.0;
 /// Marks the job planned, in one transaction: stores its patients, measures its data (sampling
 /// only when it is larger than `item_bytes`) and stores the work items `split` makes of it.
 /// Returns the number of open items.
+/// The references a job follows to its AdditionalResources, written once at planning (a Group
+/// or listed patients: `export_job_refs`): from its patients' compartment resources of
+/// `source_types` that are current at the transaction time (and changed after `since`), to
+/// resources of `target_types`.
+#[derive(Debug, Clone)]
+pub struct JobRefs<'a> {
+    pub source_types: &'a [String],
+    pub target_types: &'a [String],
+    pub transaction_time: chrono::DateTime<chrono::Utc>,
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 pub async fn mark_planned(
     pool: &Pool,
     id: Uuid,
     resource_types: &[String],
     patients: PatientSet<'_>,
+    refs: Option<JobRefs<'_>>,
     item_bytes: u64,
     split: impl FnOnce(&DataSizes) -> Vec<crate::db::work_items::NewItem>,
 ) -> Result<usize, DbError> {
@@ -431,6 +444,28 @@ pub async fn mark_planned(
             .await?
         }
     };
+    if let Some(r) = &refs {
+        // Written with the items, in the same transaction: no item reads before they are there.
+        tx.execute(
+            "INSERT INTO export_job_refs (job_id, target_type, target_id, source_type, source_id)
+             SELECT DISTINCT $1::uuid, f.target_type, f.target_id, f.source_type, f.source_id
+             FROM export_job_patients jp
+             JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY($2)
+             JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
+                  AND f.target_type = ANY($3)
+             JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
+             WHERE jp.job_id = $1 AND NOT s.deleted AND s.last_updated <= $4
+               AND ($5::timestamptz IS NULL OR s.last_updated > $5)",
+            &[
+                &id,
+                &r.source_types,
+                &r.target_types,
+                &r.transaction_time,
+                &r.since,
+            ],
+        )
+        .await?;
+    }
     let mut sizes = DataSizes {
         fraction: 1.0,
         ..Default::default()
@@ -588,9 +623,18 @@ pub async fn mark_purged(pool: &Pool, id: Uuid) -> Result<(), DbError> {
             &[&id],
         )
         .await?;
-    client
-        .execute("DELETE FROM export_job_polls WHERE job_id = $1", &[&id])
-        .await?;
+    // What only a running job needs: its polls, patients, references and read snapshots
+    // (a Patient-level export of a million patients leaves a million rows here otherwise).
+    for table in [
+        "export_job_polls",
+        "export_job_patients",
+        "export_job_refs",
+        "export_read_ranges",
+    ] {
+        client
+            .execute(&format!("DELETE FROM {table} WHERE job_id = $1"), &[&id])
+            .await?;
+    }
     Ok(())
 }
 

@@ -75,6 +75,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0010_cheaper_loads",
         include_str!("../../../infra/migrations/0010_cheaper_loads.sql"),
     ),
+    (
+        "0011_job_refs",
+        include_str!("../../../infra/migrations/0011_job_refs.sql"),
+    ),
 ];
 
 /// A connection pool for DATABASE_URL, over TLS when its `sslmode` asks for it (see [`tls`]).

@@ -163,9 +163,31 @@ impl Exporter {
         }
         let blocks = job.params.organize_output_by.is_some();
         let item_bytes = self.config.item_bytes;
-        let open = jobs::mark_planned(&self.pool, job.id, &types, patients, item_bytes, |sizes| {
-            planner::split_items(&types, blocks, sizes, item_bytes)
-        })
+        // A Group's (or listed patients') references to its AdditionalResources are written
+        // once with the plan; the type items then read them by type (planner::refs_planned).
+        let layout = planner::JobLayout::new(job, &self.config, types.clone(), &present);
+        let additional: Vec<String> = types
+            .iter()
+            .filter(|t| self.config.additional_resources.contains(t))
+            .cloned()
+            .collect();
+        let refs = (planner::refs_planned(job) && !blocks && !additional.is_empty()).then(|| {
+            jobs::JobRefs {
+                source_types: &layout.referencing_types,
+                target_types: &additional,
+                transaction_time: planner::export_time(job),
+                since: job.params.since,
+            }
+        });
+        let open = jobs::mark_planned(
+            &self.pool,
+            job.id,
+            &types,
+            patients,
+            refs,
+            item_bytes,
+            |sizes| planner::split_items(&types, blocks, sizes, item_bytes),
+        )
         .await?;
         info!(types = types.len(), items = open, "export planned");
         Ok(open)
