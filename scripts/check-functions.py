@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Least privilege per function: template.yaml against infra/functions.json, both ways.
+"""Routes and least privilege per function: template.yaml against infra/functions.json, both ways.
 
-infra/functions.json declares, per Lambda function, the environment variables the stack passes it
+infra/functions.json declares, per Lambda function, the HTTP routes it answers (the route table of
+`serve` and the Lambda adapters), the environment variables the stack passes it
 and the AWS actions its code calls (the composition root, shared/src/app.rs, builds a function's
 clients from the same file). This check fails when template.yaml gives a function a variable or
 an action it does not declare, or lacks one it does; when an action's Resource does not name the
@@ -71,6 +72,22 @@ def main():
         props = res.get("Properties", {})
         binary = res.get("Metadata", {}).get("BuildProperties", {}).get("Binary")
         check(binary == name, f"{name}: {f['resource']} builds binary {binary!r}")
+        events = props.get("Events", {}) or {}
+        routes = {
+            f'{e["Properties"]["Method"].upper()} {e["Properties"]["Path"]}'
+            for e in events.values()
+            if e.get("Type") == "HttpApi"
+        }
+        want_routes = set(f["routes"])
+        check(
+            routes == want_routes,
+            f"{name}: HttpApi events missing {sorted(want_routes - routes)}, "
+            f"not declared {sorted(routes - want_routes)}",
+        )
+        check(
+            len(f["routes"]) == len(want_routes),
+            f"{name}: a route is declared twice",
+        )
         env = globals_env | set(props.get("Environment", {}).get("Variables", {}))
         want = common | set(f["env"])
         check(

@@ -77,6 +77,9 @@ pub struct Declaration {
 pub struct FunctionSpec {
     /// Its logical id in template.yaml.
     pub resource: String,
+    /// The HTTP routes it answers (`METHOD /pattern`, `{id}` a path segment): template.yaml's
+    /// HttpApi events, and the route table (crate::http::routes).
+    pub routes: Vec<String>,
     /// Variables the stack passes it (besides `common_env`).
     pub env: Vec<String>,
     /// IAM actions its code calls: the template resource each acts on, and the caller.

@@ -15,8 +15,13 @@ use crate::export::engine::Exporter;
 use crate::http::{Body, Request, Response};
 use crate::queue::WakeMessage;
 
-/// Runs an HTTP handler under lambda_http.
-pub async fn run_http<F, Fut>(handler: F) -> Result<(), lambda_http::Error>
+/// Runs `function`'s HTTP handler under lambda_http. A request on a route that is not the
+/// function's (a function URL, `cargo lambda watch`) is answered 404 or 405 from the route table,
+/// as `serve` would, without reaching the handler.
+pub async fn run_http<F, Fut>(
+    function: crate::app::Function,
+    handler: F,
+) -> Result<(), lambda_http::Error>
 where
     F: Fn(Request) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send,
@@ -27,7 +32,21 @@ where
         async move {
             let req = from_lambda_request(req);
             let resp = match crate::http::check_limits(&req) {
-                None => handler(req).await,
+                None => {
+                    use crate::http::routes::{find, Matched};
+                    match find(req.method(), &crate::http::normalized_path(&req)) {
+                        // Its handler says 405 (or 404 when the path is not under the base).
+                        Matched::Route(crate::http::routes::Route { function: f, .. })
+                            if *f == function =>
+                        {
+                            handler(req).await
+                        }
+                        Matched::MethodNotAllowed { function: f, .. } if f == function => {
+                            handler(req).await
+                        }
+                        _ => crate::http::not_found_route(&req),
+                    }
+                }
                 Some(refused) => refused.into_response(),
             };
             to_lambda_response(resp).await

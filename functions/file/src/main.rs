@@ -6,7 +6,7 @@ use shared::http::file;
 async fn main() -> Result<(), lambda_http::Error> {
     shared::telemetry::init();
     let state = shared::app::state_for(shared::app::Function::File).await?;
-    shared::lambda::run_http(move |req| {
+    shared::lambda::run_http(shared::app::Function::File, move |req| {
         let state = state.clone();
         async move { file::handle(&state, req).await }
     })

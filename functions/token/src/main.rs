@@ -7,7 +7,7 @@ use shared::auth::token;
 async fn main() -> Result<(), lambda_http::Error> {
     shared::telemetry::init();
     let state = shared::app::state_for(shared::app::Function::Token).await?;
-    shared::lambda::run_http(move |req| {
+    shared::lambda::run_http(shared::app::Function::Token, move |req| {
         let state = state.clone();
         async move { token::handle(&state, req).await }
     })

@@ -7,6 +7,7 @@ pub mod file;
 pub mod kickoff;
 pub mod metadata;
 pub mod router;
+pub mod routes;
 pub mod status;
 
 use std::path::PathBuf;

@@ -1,67 +1,33 @@
-//! All routes in one dispatcher, for `bulk-export serve` (each Lambda calls its own handler).
+//! `serve`'s dispatcher: the route table (crate::http::routes) names the function of a request,
+//! whose handler answers it, as that function's Lambda would.
 
-use super::{file, kickoff, normalized_path, status, AppState, Request, Response};
+use super::routes::{self, Matched};
+use super::{file, kickoff, normalized_path, not_found_route, status, AppState};
+use super::{Request, Response};
+use crate::app::Function;
 
 pub async fn handle(state: &AppState, req: Request) -> Response {
     let path = normalized_path(&req);
-    if crate::auth::token::is_route(&path) {
-        crate::auth::token::handle(state, req).await
-    } else if path.ends_with("/$exportstatus") {
-        status::handle(state, req).await
-    } else if path.ends_with("/$exportfilerequest") {
-        file::handle(state, req).await
-    } else {
-        // $export at every level, and /metadata
-        kickoff::handle(state, req).await
+    match routes::find(req.method(), &path) {
+        Matched::Route(route) => handle_as(route.function, state, req).await,
+        // Its handler says 405 (or 404 when the path is not under the base).
+        Matched::MethodNotAllowed { function, .. } => handle_as(function, state, req).await,
+        Matched::NotFound => not_found_route(&req),
     }
 }
 
-/// The route a request matches, as its pattern (ids left out), for the access log and metrics.
+/// The handler of `function` (its Lambda's entry point).
+pub async fn handle_as(function: Function, state: &AppState, req: Request) -> Response {
+    match function {
+        Function::Kickoff => kickoff::handle(state, req).await,
+        Function::Status => status::handle(state, req).await,
+        Function::File => file::handle(state, req).await,
+        Function::Token => crate::auth::token::handle(state, req).await,
+        Function::Exporter | Function::Migrate => not_found_route(&req),
+    }
+}
+
+/// The route a request is on, as its pattern (ids left out), for the access log and metrics.
 pub fn route_label(path: &str) -> &'static str {
-    let path = path.trim_end_matches('/');
-    if crate::auth::token::is_route(path) {
-        if path.ends_with("smart-configuration") {
-            "/.well-known/smart-configuration"
-        } else {
-            "/auth/token"
-        }
-    } else if path.ends_with("/$exportstatus") {
-        "/$exportstatus"
-    } else if path.ends_with("/$exportfilerequest") {
-        "/$exportfilerequest"
-    } else if path.ends_with("/Patient/$export") {
-        "/Patient/$export"
-    } else if path.contains("/Group/") && path.ends_with("/$export") {
-        "/Group/{id}/$export"
-    } else if path.ends_with("/$export") {
-        "/$export"
-    } else if path.ends_with("/metadata") {
-        "/metadata"
-    } else if path.contains("/OperationDefinition/") {
-        "/OperationDefinition/{id}"
-    } else {
-        "(no route)"
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::route_label;
-
-    #[test]
-    fn routes_are_labelled_by_pattern_never_by_id() {
-        assert_eq!(
-            route_label("/fhir/Group/g-123/$export"),
-            "/Group/{id}/$export"
-        );
-        assert_eq!(route_label("/$export"), "/$export");
-        assert_eq!(route_label("/Patient/$export"), "/Patient/$export");
-        assert_eq!(route_label("/$exportstatus"), "/$exportstatus");
-        assert_eq!(route_label("/auth/token"), "/auth/token");
-        assert_eq!(
-            route_label("/.well-known/smart-configuration"),
-            "/.well-known/smart-configuration"
-        );
-        assert_eq!(route_label("/Patient/p1"), "(no route)");
-    }
+    routes::label(path)
 }
