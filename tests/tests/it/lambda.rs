@@ -349,3 +349,83 @@ async fn a_lambda_request_takes_its_base_from_api_gateway_not_from_host() {
         shared::http::kickoff::handle(&state, shared::lambda::from_lambda_request(req)).await;
     assert_eq!(resp.status(), 404);
 }
+
+/// The shipped API Gateway events work with authorization on, given a token:
+/// `localstack/events/authorize.py` adds one signed with the functions' TOKEN_SIGNING_KEY for a
+/// registered client (the README's `cargo lambda` recipe); without it the same event is a 401.
+#[tokio::test]
+async fn the_shipped_events_work_with_authorization_on_given_a_token() {
+    let (db, _data) = TestDb::with_generated(2).await;
+    let key = "events-test-signing-key-0123456789abcdef";
+    integration_tests::register_fixture_client(&db.pool, "dev-client", "system/*.read").await;
+    let url = db.url.clone();
+    let storage = temp_dir().display().to_string();
+    let config = Arc::new(
+        Config::from_lookup(|k| match k {
+            "DATABASE_URL" => Some(url.clone()),
+            "STORAGE_PATH" => Some(storage.clone()),
+            "AUTH" => Some("smart".into()),
+            "TOKEN_SIGNING_KEY" => Some(key.into()),
+            _ => None,
+        })
+        .expect("config"),
+    );
+    let state = shared::app::assemble(
+        Function::Kickoff,
+        config,
+        db.pool.clone(),
+        Arc::new(LocalStore::new(temp_dir()).expect("store")),
+        Arc::new(shared::queue::NoQueue),
+    );
+    let raw = lambda_http::request::from_str(&event("kickoff-system.json")).expect("event");
+    let resp =
+        shared::http::kickoff::handle(&state, shared::lambda::from_lambda_request(raw)).await;
+    assert_eq!(resp.status(), 401, "no token, no export");
+
+    let script = format!(
+        "{}/../localstack/events/authorize.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = std::process::Command::new("python3")
+        .args([&script, "kickoff-system.json", "dev-client"])
+        .env("TOKEN_SIGNING_KEY", key)
+        .output()
+        .expect("python3 runs authorize.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let authorized = String::from_utf8(out.stdout).expect("utf8");
+    let req = lambda_http::request::from_str(&authorized).expect("event");
+    let resp =
+        shared::http::kickoff::handle(&state, shared::lambda::from_lambda_request(req)).await;
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["content-location"].to_str().expect("loc");
+    let job_id: uuid::Uuid = location
+        .rsplit('=')
+        .next()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    let job = shared::db::jobs::get_job(&db.pool, job_id)
+        .await
+        .expect("db")
+        .expect("job");
+    assert_eq!(job.client_id.as_deref(), Some("dev-client"));
+
+    // A key other than the functions' is refused.
+    let out = std::process::Command::new("python3")
+        .args([&script, "kickoff-system.json", "dev-client"])
+        .env(
+            "TOKEN_SIGNING_KEY",
+            "another-signing-key-0123456789abcdef-xyz",
+        )
+        .output()
+        .expect("python3 runs authorize.py");
+    let req = lambda_http::request::from_str(&String::from_utf8(out.stdout).expect("utf8"))
+        .expect("event");
+    let resp =
+        shared::http::kickoff::handle(&state, shared::lambda::from_lambda_request(req)).await;
+    assert_eq!(resp.status(), 401);
+}
