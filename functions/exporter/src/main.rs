@@ -1,10 +1,6 @@
 //! Exporter Lambda: woken by SQS (partial batch failures) and by an EventBridge schedule.
+//! Everything is in `shared` (see `shared::lambda::main`).
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
-    shared::telemetry::init();
-    let exporter = shared::app::state_for(shared::app::Function::Exporter)
-        .await?
-        .exporter();
-    shared::lambda::run_exporter(exporter).await
+fn main() -> Result<(), lambda_runtime::Error> {
+    shared::lambda::main(shared::app::Function::Exporter)
 }

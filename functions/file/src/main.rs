@@ -1,14 +1,6 @@
-//! File Lambda: `GET $exportfilerequest` (redirect to a presigned URL).
+//! File Lambda: `$exportfilerequest`, a redirect to a presigned URL.
+//! Everything is in `shared` (see `shared::lambda::main`).
 
-use shared::http::file;
-
-#[tokio::main]
-async fn main() -> Result<(), lambda_http::Error> {
-    shared::telemetry::init();
-    let state = shared::app::state_for(shared::app::Function::File).await?;
-    shared::lambda::run_http(shared::app::Function::File, move |req| {
-        let state = state.clone();
-        async move { file::handle(&state, req).await }
-    })
-    .await
+fn main() -> Result<(), lambda_runtime::Error> {
+    shared::lambda::main(shared::app::Function::File)
 }

@@ -1,14 +1,6 @@
 //! Status Lambda: `GET|DELETE $exportstatus`.
+//! Everything is in `shared` (see `shared::lambda::main`).
 
-use shared::http::status;
-
-#[tokio::main]
-async fn main() -> Result<(), lambda_http::Error> {
-    shared::telemetry::init();
-    let state = shared::app::state_for(shared::app::Function::Status).await?;
-    shared::lambda::run_http(shared::app::Function::Status, move |req| {
-        let state = state.clone();
-        async move { status::handle(&state, req).await }
-    })
-    .await
+fn main() -> Result<(), lambda_runtime::Error> {
+    shared::lambda::main(shared::app::Function::Status)
 }

@@ -1,15 +1,7 @@
 //! Token Lambda: SMART Backend Services `POST [base]/auth/token` and
 //! `GET .well-known/smart-configuration`.
+//! Everything is in `shared` (see `shared::lambda::main`).
 
-use shared::auth::token;
-
-#[tokio::main]
-async fn main() -> Result<(), lambda_http::Error> {
-    shared::telemetry::init();
-    let state = shared::app::state_for(shared::app::Function::Token).await?;
-    shared::lambda::run_http(shared::app::Function::Token, move |req| {
-        let state = state.clone();
-        async move { token::handle(&state, req).await }
-    })
-    .await
+fn main() -> Result<(), lambda_runtime::Error> {
+    shared::lambda::main(shared::app::Function::Token)
 }
