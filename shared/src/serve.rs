@@ -54,7 +54,7 @@ async fn dispatch(
     let req = http::Request::from_parts(parts, bytes);
     let started = Instant::now();
     let method = req.method().clone();
-    let route = router::route_label(&crate::http::normalized_path(&req));
+    let route = crate::http::routes::label(&crate::http::normalized_path(&req));
     let client = crate::auth::client_of(&state.config, &req);
     let resp = match crate::http::check_limits(&req) {
         None => router::handle(&state, req).await,

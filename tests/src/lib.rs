@@ -258,6 +258,46 @@ pub fn config_with(db: &TestDb, extra: &[(&str, &str)]) -> Arc<Config> {
     )
 }
 
+/// A TCP port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Waits until something listens on `port` (a `bulk-export serve` just spawned).
+pub async fn wait_listening(port: u16) {
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("serve did not listen on {port}");
+}
+
+/// A new Secrets Manager secret (moto) holding `value`; returns its ARN.
+pub async fn new_secret(client: &aws_sdk_secretsmanager::Client, value: &str) -> String {
+    client
+        .create_secret()
+        .name(format!(
+            "bulk-export-test-{}",
+            uuid::Uuid::new_v4().simple()
+        ))
+        .secret_string(value)
+        .send()
+        .await
+        .expect("create secret")
+        .arn()
+        .expect("arn")
+        .to_string()
+}
+
 pub fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("bulkt-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");

@@ -88,10 +88,11 @@ async fn store_batch(pool: &Pool, batch: &[NewResource]) -> Result<(), DbError> 
     if old_types.is_empty() {
         // Only new resources (a first load): streamed in with binary COPY, which Postgres
         // stores in multi-row batches, instead of an INSERT over `unnest` arrays.
-        copy_new_rows(&tx, batch, &versions, &texts, &now).await?;
+        copy_new_resources(&tx, batch, &versions, &texts, &now).await?;
     } else {
-        replace_rows(&tx, batch, &versions, &texts, &now, &old_types, &old_ids).await?;
+        replace_resources(&tx, batch, &versions, &texts, &now, &old_types, &old_ids).await?;
     }
+    copy_links(&tx, batch).await?;
     let provenance: Vec<&NewResource> = batch
         .iter()
         .filter(|r| r.resource_type == "Provenance")
@@ -126,28 +127,38 @@ async fn store_batch(pool: &Pool, batch: &[NewResource]) -> Result<(), DbError> 
     Ok(())
 }
 
-/// Stores resources none of which exists yet, with their compartment and reference rows, by
-/// binary COPY. A resource stored meanwhile by another process fails the batch's transaction
-/// with a unique violation (the caller retries the batch, which then takes the upsert path).
-async fn copy_new_rows(
+/// Streams `rows` into `COPY … FROM STDIN (FORMAT binary)` of `sql`, with the columns' `types`.
+async fn copy_rows(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    types: &[tokio_postgres::types::Type],
+    rows: Vec<Vec<&(dyn tokio_postgres::types::ToSql + Sync)>>,
+) -> Result<(), DbError> {
+    let writer =
+        tokio_postgres::binary_copy::BinaryCopyInWriter::new(tx.copy_in(sql).await?, types);
+    futures::pin_mut!(writer);
+    for row in rows {
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// Stores resources none of which exists yet by binary COPY. A resource stored meanwhile by
+/// another process fails the batch's transaction with a unique violation (the caller retries the
+/// batch, which then takes the upsert path).
+async fn copy_new_resources(
     tx: &deadpool_postgres::Transaction<'_>,
     batch: &[NewResource],
     versions: &[i64],
     texts: &[String],
     now: &DateTime<Utc>,
 ) -> Result<(), DbError> {
-    use futures::pin_mut;
-    use tokio_postgres::binary_copy::BinaryCopyInWriter;
     use tokio_postgres::types::Type;
-
-    let sink = tx
-        .copy_in(
-            "COPY resources (resource_type, id, version_id, last_updated, deleted, resource)
-             FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    let writer = BinaryCopyInWriter::new(
-        sink,
+    copy_rows(
+        tx,
+        "COPY resources (resource_type, id, version_id, last_updated, deleted, resource)
+         FROM STDIN (FORMAT binary)",
         &[
             Type::TEXT,
             Type::TEXT,
@@ -156,53 +167,67 @@ async fn copy_new_rows(
             Type::BOOL,
             Type::TEXT,
         ],
-    );
-    pin_mut!(writer);
-    for ((r, version), text) in batch.iter().zip(versions).zip(texts) {
-        writer
-            .as_mut()
-            .write(&[&r.resource_type, &r.id, version, now, &false, text])
-            .await?;
-    }
-    writer.finish().await?;
+        batch
+            .iter()
+            .zip(versions)
+            .zip(texts)
+            .map(|((r, version), text)| {
+                vec![
+                    &r.resource_type as &(dyn tokio_postgres::types::ToSql + Sync),
+                    &r.id,
+                    version,
+                    now,
+                    &false,
+                    text,
+                ]
+            })
+            .collect(),
+    )
+    .await
+}
 
-    let sink = tx
-        .copy_in(
-            "COPY compartment (patient_id, resource_type, resource_id) FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::TEXT]);
-    pin_mut!(writer);
-    for r in batch {
-        for p in &r.patients {
-            writer.as_mut().write(&[p, &r.resource_type, &r.id]).await?;
-        }
-    }
-    writer.finish().await?;
-
-    let sink = tx
-        .copy_in(
-            "COPY resource_refs (source_type, source_id, target_type, target_id)
-             FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT]);
-    pin_mut!(writer);
-    for r in batch {
-        for (t, i) in &r.refs {
-            writer
-                .as_mut()
-                .write(&[&r.resource_type, &r.id, t, i])
-                .await?;
-        }
-    }
-    writer.finish().await?;
-    Ok(())
+/// The compartment and reference rows of a batch, by binary COPY: none exists (new resources
+/// have none; those of updated resources were deleted first).
+async fn copy_links(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[NewResource],
+) -> Result<(), DbError> {
+    use tokio_postgres::types::{ToSql, Type};
+    copy_rows(
+        tx,
+        "COPY compartment (patient_id, resource_type, resource_id) FROM STDIN (FORMAT binary)",
+        &[Type::TEXT, Type::TEXT, Type::TEXT],
+        batch
+            .iter()
+            .flat_map(|r| {
+                r.patients
+                    .iter()
+                    .map(move |p| vec![p as &(dyn ToSql + Sync), &r.resource_type, &r.id])
+            })
+            .collect(),
+    )
+    .await?;
+    copy_rows(
+        tx,
+        "COPY resource_refs (source_type, source_id, target_type, target_id)
+         FROM STDIN (FORMAT binary)",
+        &[Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT],
+        batch
+            .iter()
+            .flat_map(|r| {
+                r.refs
+                    .iter()
+                    .map(move |(t, i)| vec![&r.resource_type as &(dyn ToSql + Sync), &r.id, t, i])
+            })
+            .collect(),
+    )
+    .await
 }
 
 /// Stores a batch some of whose resources exist (`old_types`/`old_ids`): their current
-/// versions move to history, and their compartment and reference rows are replaced.
-async fn replace_rows(
+/// versions move to history, and their compartment and reference rows are deleted (the caller
+/// writes the batch's anew).
+async fn replace_resources(
     tx: &deadpool_postgres::Transaction<'_>,
     batch: &[NewResource],
     versions: &[i64],
@@ -243,33 +268,6 @@ async fn replace_rows(
         "DELETE FROM resource_refs f USING unnest($1::text[], $2::text[]) AS k(t, i)
          WHERE f.source_type = k.t AND f.source_id = k.i",
         &[&old_types, &old_ids],
-    )
-    .await?;
-    let (mut cp, mut ct, mut ci) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut st, mut si, mut tt, mut ti) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for r in batch {
-        for p in &r.patients {
-            cp.push(p.as_str());
-            ct.push(r.resource_type.as_str());
-            ci.push(r.id.as_str());
-        }
-        for (t, i) in &r.refs {
-            st.push(r.resource_type.as_str());
-            si.push(r.id.as_str());
-            tt.push(t.as_str());
-            ti.push(i.as_str());
-        }
-    }
-    tx.execute(
-        "INSERT INTO compartment (patient_id, resource_type, resource_id)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
-        &[&cp, &ct, &ci],
-    )
-    .await?;
-    tx.execute(
-        "INSERT INTO resource_refs (source_type, source_id, target_type, target_id)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING",
-        &[&st, &si, &tt, &ti],
     )
     .await?;
     Ok(())

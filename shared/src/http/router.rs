@@ -26,8 +26,3 @@ pub async fn handle_as(function: Function, state: &AppState, req: Request) -> Re
         Function::Exporter | Function::Migrate => not_found_route(&req),
     }
 }
-
-/// The route a request is on, as its pattern (ids left out), for the access log and metrics.
-pub fn route_label(path: &str) -> &'static str {
-    routes::label(path)
-}

@@ -2,7 +2,7 @@
 //! failed and what to do, no backtrace (even with RUST_BACKTRACE set), no colour escapes when
 //! the output is not a terminal, and each subcommand's --help naming its environment.
 
-use integration_tests::{bulk_export_bin, local_server, TestDb};
+use integration_tests::{bulk_export_bin, free_port, local_server, wait_listening, TestDb};
 
 /// Runs `bulk-export args` with `env`, as a developer machine would (RUST_BACKTRACE=1).
 async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
@@ -19,14 +19,6 @@ async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn assert_one_clean_error(stderr: &str) {
@@ -240,17 +232,15 @@ async fn serve_logs_one_access_line_per_request_without_tokens() {
         .kill_on_drop(true)
         .spawn()
         .expect("serve");
+    wait_listening(port).await;
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..100 {
-        if http.get(format!("{base}/metadata")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(up, "serve did not start");
+    let metadata = http
+        .get(format!("{base}/metadata"))
+        .send()
+        .await
+        .expect("metadata");
+    assert_eq!(metadata.status(), 200);
     let token = shared::auth::issue_access_token(
         key.as_bytes(),
         &base,
@@ -436,17 +426,9 @@ async fn serve_metrics_count_an_export_exactly() {
         .kill_on_drop(true)
         .spawn()
         .expect("serve");
+    wait_listening(port).await;
     let base = format!("http://127.0.0.1:{port}");
     let http = integration_tests::http_client();
-    let mut up = false;
-    for _ in 0..100 {
-        if http.get(format!("{base}/metadata")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(up, "serve did not start");
     let resp = integration_tests::kickoff(&http, &format!("{base}/$export")).await;
     assert_eq!(resp.status(), 202);
     let status_url = resp.headers()["content-location"]

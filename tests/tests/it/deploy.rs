@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use integration_tests::{aws_config, TestDb};
+use integration_tests::{aws_config, new_secret, TestDb};
 use serde_json::{json, Value};
 use shared::Config;
 
@@ -27,18 +27,11 @@ async fn database_credentials_come_from_the_secret_and_connect() {
     let db = TestDb::new().await;
     let client = secrets().await;
     // The JSON RDS keeps for a managed password (host and port are ignored: the URL says where).
-    let arn = client
-        .create_secret()
-        .name(format!("bulk-export-db-{}", uuid::Uuid::new_v4().simple()))
-        .secret_string(
-            r#"{"username":"postgres","password":"p@ss:w/rd","engine":"postgres","host":"elsewhere","port":1}"#,
-        )
-        .send()
-        .await
-        .expect("create secret")
-        .arn()
-        .expect("arn")
-        .to_string();
+    let arn = new_secret(
+        &client,
+        r#"{"username":"postgres","password":"p@ss:w/rd","engine":"postgres","host":"elsewhere","port":1}"#,
+    )
+    .await;
     // The stack's DATABASE_URL: no user, no password.
     let address = db.url.replacen("postgres://postgres@", "postgres://", 1);
     let mut c = config(&address, Some(&arn));
@@ -65,16 +58,7 @@ async fn database_credentials_come_from_the_secret_and_connect() {
     assert_eq!(user, "postgres");
 
     // A secret that is not the credentials JSON refuses the cold start, naming the variable.
-    let bad = client
-        .create_secret()
-        .name(format!("bulk-export-db-{}", uuid::Uuid::new_v4().simple()))
-        .secret_string("just-a-password")
-        .send()
-        .await
-        .expect("create secret")
-        .arn()
-        .expect("arn")
-        .to_string();
+    let bad = new_secret(&client, "just-a-password").await;
     let err = shared::db::credentials::resolve(&mut config(&address, Some(&bad)), Some(&client))
         .await
         .expect_err("not credentials");

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use integration_tests::{bulk_export_bin, stored_resources, temp_dir, TestDb};
+use integration_tests::{
+    bulk_export_bin, free_port, stored_resources, temp_dir, wait_listening, TestDb,
+};
 use shared::db::jobs::{self, NewJob};
 use shared::db::work_items;
 use shared::export::engine::Exporter;
@@ -173,14 +175,6 @@ async fn four_exporters_write_byte_identical_files_to_one() {
     assert_eq!(by_type, data.count_by_type());
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 fn serve(db: &TestDb, dir: &std::path::Path, port: u16) -> tokio::process::Child {
     tokio::process::Command::new(bulk_export_bin())
         .args(["serve", "--workers", "3", "--insecure"])
@@ -196,19 +190,6 @@ fn serve(db: &TestDb, dir: &std::path::Path, port: u16) -> tokio::process::Child
         .kill_on_drop(true)
         .spawn()
         .expect("serve starts")
-}
-
-async fn wait_listening(port: u16) {
-    for _ in 0..300 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("serve did not listen on {port}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -358,18 +358,8 @@ async fn the_shipped_events_work_with_authorization_on_given_a_token() {
     let (db, _data) = TestDb::with_generated(2).await;
     let key = "events-test-signing-key-0123456789abcdef";
     integration_tests::register_fixture_client(&db.pool, "dev-client", "system/*.read").await;
-    let url = db.url.clone();
-    let storage = temp_dir().display().to_string();
-    let config = Arc::new(
-        Config::from_lookup(|k| match k {
-            "DATABASE_URL" => Some(url.clone()),
-            "STORAGE_PATH" => Some(storage.clone()),
-            "AUTH" => Some("smart".into()),
-            "TOKEN_SIGNING_KEY" => Some(key.into()),
-            _ => None,
-        })
-        .expect("config"),
-    );
+    let config =
+        integration_tests::config_with(&db, &[("AUTH", "smart"), ("TOKEN_SIGNING_KEY", key)]);
     let state = shared::app::assemble(
         Function::Kickoff,
         config,

@@ -1,27 +1,13 @@
 //! The token signing key read from Secrets Manager at cold start (TOKEN_SIGNING_KEY_SECRET),
 //! against the moto server scripts/test.sh starts (it speaks the Secrets Manager API too).
 
-use integration_tests::aws_config;
+use integration_tests::{aws_config, new_secret};
 use shared::auth::secret::resolve_signing_key;
 use shared::config::AuthMode;
 use shared::Config;
 
 async fn secrets() -> aws_sdk_secretsmanager::Client {
     aws_sdk_secretsmanager::Client::new(&aws_config().await)
-}
-
-async fn new_secret(client: &aws_sdk_secretsmanager::Client, value: &str) -> String {
-    let out = client
-        .create_secret()
-        .name(format!(
-            "bulk-export-test-{}",
-            uuid::Uuid::new_v4().simple()
-        ))
-        .secret_string(value)
-        .send()
-        .await
-        .expect("create secret");
-    out.arn().expect("arn").to_string()
 }
 
 fn config(pairs: &[(&str, &str)]) -> Config {

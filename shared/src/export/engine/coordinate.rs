@@ -35,11 +35,7 @@ impl Exporter {
             return Ok(());
         }
         if !job.planned && job.attempts == 0 {
-            crate::metrics::job_picked_up(
-                (chrono::Utc::now() - job.created_at)
-                    .to_std()
-                    .unwrap_or_default(),
-            );
+            crate::metrics::job_picked_up(super::since_kickoff(&job));
         }
         let heartbeat = self.keep_leased(Leased::Job(job.id));
         let planned = self.plan(&job).await;
@@ -78,11 +74,7 @@ impl Exporter {
                     self.config.job_retention,
                 )
                 .await?;
-                if status == Some(JobStatus::Failed) {
-                    summary.fail(&job);
-                } else {
-                    summary.retrying.push(job.id);
-                }
+                summary.attempt_failed(&job, status);
             }
         }
         Ok(())

@@ -111,10 +111,7 @@ impl RunSummary {
 
     /// This run completed `job` (counted in the service metrics, with its duration).
     fn complete(&mut self, job: &Job) {
-        let took = (chrono::Utc::now() - job.created_at)
-            .to_std()
-            .unwrap_or_default();
-        crate::metrics::export_completed(took);
+        crate::metrics::export_completed(since_kickoff(job));
         self.completed.push(job.id);
     }
 
@@ -123,6 +120,22 @@ impl RunSummary {
         crate::metrics::export_failed();
         self.failed.push(job.id);
     }
+
+    /// An attempt at `job` failed; `status` is the job's after the failure was recorded.
+    fn attempt_failed(&mut self, job: &Job, status: Option<JobStatus>) {
+        if status == Some(JobStatus::Failed) {
+            self.fail(job);
+        } else {
+            self.retrying.push(job.id);
+        }
+    }
+}
+
+/// Time since the job was kicked off.
+fn since_kickoff(job: &Job) -> std::time::Duration {
+    (chrono::Utc::now() - job.created_at)
+        .to_std()
+        .unwrap_or_default()
 }
 
 /// How an item's work ended.
@@ -340,11 +353,7 @@ impl Exporter {
                     self.config.job_retention,
                 )
                 .await?;
-                if status == Some(JobStatus::Failed) {
-                    summary.fail(&job);
-                } else {
-                    summary.retrying.push(job.id);
-                }
+                summary.attempt_failed(&job, status);
             }
         }
         Ok(())
