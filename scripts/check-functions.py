@@ -4,7 +4,11 @@
 infra/functions.json declares, per Lambda function, the HTTP routes it answers (the route table of
 `serve` and the Lambda adapters), the environment variables the stack passes it
 and the AWS actions its code calls (the composition root, shared/src/app.rs, builds a function's
-clients from the same file). This check fails when template.yaml gives a function a variable or
+clients from the same file). A function that `serves` others (api, behind the REST API front door)
+has their variables and actions together, and answers their routes behind its REST API events;
+it and the functions it serves are never deployed together (opposite conditions). Every function
+builds the one declared binary and names itself by its Handler.
+This check fails when template.yaml gives a function a variable or
 an action it does not declare, or lacks one it does; when an action's Resource does not name the
 declared resource; when Globals passes more than the variables every function reads; or when a
 policy is written as a SAM policy template (whose actions this check cannot see).
@@ -29,6 +33,33 @@ def actions_of(statement):
     return [action] if isinstance(action, str) else list(action)
 
 
+def merge_served(functions):
+    """What shared::app::Declaration::merge_served does: a server has its served ones' env and actions."""
+    for f in functions.values():
+        for served in f.get("serves", []):
+            other = functions[served]
+            f["env"] = f["env"] + [v for v in other["env"] if v not in f["env"]]
+            for action, use in other["actions"].items():
+                mine = f["actions"].setdefault(action, {"on": [], "by": use["by"]})
+                mine["on"] = mine["on"] + [o for o in use["on"] if o not in mine["on"]]
+
+
+def definition_routes(resources):
+    """`METHOD /path` of every REST/HTTP API DefinitionBody, by the function its integration names."""
+    routes = {}
+    for r in resources.values():
+        body = r.get("Properties", {}).get("DefinitionBody")
+        if r.get("Type") not in ("AWS::Serverless::Api", "AWS::Serverless::HttpApi") or not body:
+            continue
+        for path, methods in body.get("paths", {}).items():
+            for method, op in methods.items():
+                uri = json.dumps(op.get("x-amazon-apigateway-integration", {}).get("uri"))
+                target = uri.split(":function:${AWS::StackName}-", 1)[-1].split("/", 1)[0]
+                verb = "ANY" if method == "x-amazon-apigateway-any-method" else method.upper()
+                routes.setdefault(target, set()).add(f"{verb} {path}")
+    return routes
+
+
 def main():
     template_path = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "template.yaml"
     spec_path = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "infra/functions.json"
@@ -37,11 +68,13 @@ def main():
         print(f"functions: cannot read {template_path}: {matches}")
         return 1
     spec = json.loads(spec_path.read_text())
+    merge_served(spec["functions"])
     common = set(spec["common_env"])
     resources = template["Resources"]
     globals_env = set(
         template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
     )
+    by_definition = definition_routes(resources)
     passed, failed = 0, 0
 
     def check(ok, what):
@@ -70,18 +103,40 @@ def main():
             check(False, f"{name}: no resource {f['resource']} in the template")
             continue
         props = res.get("Properties", {})
-        binary = res.get("Metadata", {}).get("BuildProperties", {}).get("Binary")
-        check(binary == name, f"{name}: {f['resource']} builds binary {binary!r}")
+        # Built once: the same binary and build for every function, told apart by its Handler.
+        metadata = res.get("Metadata", {})
+        check(
+            metadata.get("BuildMethod") == "rust-cargolambda"
+            and metadata.get("BuildProperties") == {"Binary": spec["binary"]}
+            and props.get("CodeUri") == ".",
+            f"{name}: {f['resource']} does not build the one binary {spec['binary']!r} "
+            f"from the workspace root ({metadata}, CodeUri {props.get('CodeUri')!r})",
+        )
+        check(props.get("Handler") == name, f"{name}: Handler is {props.get('Handler')!r}")
+        # Named after the stack: the REST API, the schedule and the alarms name it so.
+        check(
+            props.get("FunctionName") == {"Fn::Sub": f"${{AWS::StackName}}-{name}"},
+            f"{name}: FunctionName is {props.get('FunctionName')!r}, not ${{AWS::StackName}}-{name}",
+        )
+        for served in f.get("serves", []):
+            other = resources.get(spec["functions"][served]["resource"], {})
+            check(
+                res.get("Condition") is not None
+                and other.get("Condition") is not None
+                and res.get("Condition") != other.get("Condition"),
+                f"{name} serves {served}: they need opposite conditions "
+                f"({res.get('Condition')!r}, {other.get('Condition')!r})",
+            )
         events = props.get("Events", {}) or {}
         routes = {
             f'{e["Properties"]["Method"].upper()} {e["Properties"]["Path"]}'
             for e in events.values()
-            if e.get("Type") == "HttpApi"
-        }
+            if e.get("Type") in ("HttpApi", "Api")
+        } | by_definition.get(name, set())
         want_routes = set(f["routes"])
         check(
             routes == want_routes,
-            f"{name}: HttpApi events missing {sorted(want_routes - routes)}, "
+            f"{name}: HttpApi/Api events missing {sorted(want_routes - routes)}, "
             f"not declared {sorted(routes - want_routes)}",
         )
         check(

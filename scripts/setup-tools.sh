@@ -4,6 +4,8 @@
 #   cfn-lint      template linter          (scripts/validate-template.sh)
 #   aws-sam-cli   `sam validate --lint`    (scripts/validate-template.sh)
 #   smart-fetch   a real bulk-export client for the end-to-end tests (own venv)
+#   localstack    LocalStack (community) without Docker, for the template's deploy test
+#                 (scripts/check-localstack-deploy.py; own venv)
 # and one Rust tool, with `cargo install` under $TOOLS_DIR/cargo:
 #   s3s-fs        S3 server over a directory that checks SigV4 signatures (presigned-URL tests)
 #
@@ -84,6 +86,18 @@ if [[ ! -x "$SF_VENV/bin/smart-fetch" ]]; then
   rm -rf "$SF_VENV"
   python3 -m venv "$SF_VENV"
   "$SF_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$SMART_FETCH_SPEC"
+fi
+
+# LocalStack's community edition, run as a plain Python process (no Docker): the deploy test of
+# template.yaml (scripts/check-localstack-deploy.py). 4.13.1 is the last release that runs on
+# Python 3.11; the pins are what it installs and starts with here.
+LOCALSTACK_SPECS=("localstack-core[runtime]==4.13.1" "cbor2<6" "pyopenssl==25.1.0" "cryptography>=45,<46" "service_identity")
+LS_VENV="$TOOLS_DIR/localstack-venv"
+if ! "$LS_VENV/bin/python" -c 'import localstack.runtime.main' >/dev/null 2>&1; then
+  log "installing ${LOCALSTACK_SPECS[*]} into $LS_VENV"
+  rm -rf "$LS_VENV"
+  python3 -m venv "$LS_VENV"
+  "$LS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${LOCALSTACK_SPECS[@]}"
 fi
 
 # s3s-fs, an S3 server over a directory that checks SigV4 signatures: moto accepts any signature,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: the generated-table check, the whole cargo workspace (unit, contract,
-# integration and end-to-end tests) and the template lint.
+# integration and end-to-end tests), the template lint and its deploy to LocalStack (no Docker).
 #
 #   scripts/test.sh                    # from any directory
 #   scripts/test.sh -- --nocapture     # extra arguments go to `cargo test`
@@ -253,6 +253,13 @@ fi
 
 log "scripts/validate-template.sh"
 scripts/validate-template.sh
+
+# The stack deployed to LocalStack without Docker (every resource but Lambda's, read back):
+# part of every full run, skipped when only some tests were asked for.
+if [[ $# -eq 0 ]]; then
+  log "scripts/check-localstack-deploy.py"
+  "$VENV/bin/python" scripts/check-localstack-deploy.py
+fi
 
 log "all tests passed"
 echo "cargo: $passed passed, $failed failed"

@@ -57,11 +57,16 @@ def main() -> int:
     if not path.exists():
         path = Path(__file__).parent / sys.argv[1]
     event = json.loads(path.read_text())
-    base = "https://" + event["requestContext"]["domainName"]
+    context = event["requestContext"]
+    base = "https://" + context["domainName"]
+    # A REST API (v1) event: the stage is part of the base (https://{domain}/fhir).
+    if event.get("version") != "2.0" and context.get("stage") not in (None, "", "$default"):
+        base += "/" + context["stage"]
     scope = sys.argv[3] if len(sys.argv) == 4 else "system/*.read"
-    event.setdefault("headers", {})["authorization"] = "Bearer " + token(
-        key.encode(), base, sys.argv[2], scope
-    )
+    bearer = "Bearer " + token(key.encode(), base, sys.argv[2], scope)
+    event.setdefault("headers", {})["authorization"] = bearer
+    if isinstance(event.get("multiValueHeaders"), dict):
+        event["multiValueHeaders"]["authorization"] = [bearer]
     print(json.dumps(event, indent=2))
     return 0
 

@@ -27,31 +27,42 @@ pub enum Function {
     Status,
     File,
     Token,
+    /// Every HTTP route behind one function: the REST API front door (`ApiType=RestApi`, which
+    /// LocalStack's community edition serves), where one proxy resource reaches the code.
+    Api,
     Exporter,
     /// The custom resource that applies migrations during a deploy (shared::migrate_resource).
     Migrate,
 }
 
 impl Function {
-    pub const ALL: [Function; 6] = [
+    pub const ALL: [Function; 7] = [
         Function::Kickoff,
         Function::Status,
         Function::File,
         Function::Token,
+        Function::Api,
         Function::Exporter,
         Function::Migrate,
     ];
 
-    /// Its binary (and its key in infra/functions.json).
+    /// Its key in infra/functions.json, its Handler in template.yaml (Lambda's `_HANDLER`, which
+    /// the one binary runs as) and its `cargo lambda watch` binary.
     pub fn name(self) -> &'static str {
         match self {
             Function::Kickoff => "kickoff",
             Function::Status => "status",
             Function::File => "file",
             Function::Token => "token",
+            Function::Api => "api",
             Function::Exporter => "exporter",
             Function::Migrate => "migrate",
         }
+    }
+
+    /// The function named `name` (a Handler value).
+    pub fn from_name(name: &str) -> Option<Function> {
+        Function::ALL.into_iter().find(|f| f.name() == name)
     }
 
     /// What it declares.
@@ -67,6 +78,8 @@ impl Function {
 
 #[derive(Debug, Deserialize)]
 pub struct Declaration {
+    /// The binary every function runs (template.yaml's BuildProperties.Binary).
+    pub binary: String,
     /// Variables and actions of every function (the database address and credentials, logs).
     pub common_env: Vec<String>,
     pub common_actions: BTreeMap<String, ActionUse>,
@@ -77,8 +90,13 @@ pub struct Declaration {
 pub struct FunctionSpec {
     /// Its logical id in template.yaml.
     pub resource: String,
+    /// The functions whose routes it answers (the api function); their environment and actions
+    /// are merged into its own when the declaration is read.
+    #[serde(default)]
+    pub serves: Vec<String>,
     /// The HTTP routes it answers (`METHOD /pattern`, `{id}` a path segment): template.yaml's
-    /// HttpApi events, and the route table (crate::http::routes).
+    /// HttpApi events, and the route table (crate::http::routes); for a function that `serves`
+    /// others, its REST API events (`ANY /{proxy+}`), which are not in the route table.
     pub routes: Vec<String>,
     /// Variables the stack passes it (besides `common_env`).
     pub env: Vec<String>,
@@ -130,10 +148,57 @@ pub fn declaration() -> Result<&'static Declaration, String> {
     static PARSED: OnceLock<Result<Declaration, String>> = OnceLock::new();
     PARSED
         .get_or_init(|| {
-            serde_json::from_str(DECLARATION).map_err(|e| format!("infra/functions.json: {e}"))
+            let mut d: Declaration = serde_json::from_str(DECLARATION)
+                .map_err(|e| format!("infra/functions.json: {e}"))?;
+            d.merge_served()?;
+            Ok(d)
         })
         .as_ref()
         .map_err(Clone::clone)
+}
+
+impl Declaration {
+    /// Gives each function that `serves` others their environment and actions.
+    fn merge_served(&mut self) -> Result<(), String> {
+        let servers: Vec<String> = self
+            .functions
+            .iter()
+            .filter(|(_, f)| !f.serves.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for server in servers {
+            let mut env = Vec::new();
+            let mut actions: BTreeMap<String, ActionUse> = BTreeMap::new();
+            for served in &self.functions[&server].serves {
+                let f = self.functions.get(served).ok_or_else(|| {
+                    format!("infra/functions.json: {server} serves unknown {served}")
+                })?;
+                if !f.serves.is_empty() {
+                    return Err(format!("infra/functions.json: {served} serves others too"));
+                }
+                for v in &f.env {
+                    if !env.contains(v) {
+                        env.push(v.clone());
+                    }
+                }
+                for (action, used) in &f.actions {
+                    let merged = actions.entry(action.clone()).or_insert_with(|| ActionUse {
+                        on: Vec::new(),
+                        by: used.by.clone(),
+                    });
+                    for on in &used.on {
+                        if !merged.on.contains(on) {
+                            merged.on.push(on.clone());
+                        }
+                    }
+                }
+            }
+            let f = self.functions.get_mut(&server).expect("listed above");
+            f.env.extend(env);
+            f.actions.extend(actions);
+        }
+        Ok(())
+    }
 }
 
 /// The state of `function` at cold start: configuration from the environment, with the database
@@ -285,6 +350,21 @@ mod tests {
         assert_eq!(built(Function::Status), (false, true, true));
         assert_eq!(built(Function::File), (true, false, true));
         assert_eq!(built(Function::Token), (false, false, true));
+        // The api function answers the four HTTP functions' routes with all they use.
+        assert_eq!(built(Function::Api), (true, true, true));
+        assert!(!Function::Api.spec().writes_storage());
+        let api_env = &Function::Api.spec().env;
+        for f in [
+            Function::Kickoff,
+            Function::Status,
+            Function::File,
+            Function::Token,
+        ] {
+            assert!(f.spec().env.iter().all(|v| api_env.contains(v)), "{f:?}");
+        }
+        assert_eq!(Function::from_name("api"), Some(Function::Api));
+        assert_eq!(Function::from_name("bootstrap"), None);
+        assert_eq!(d.binary, "bulk-export-lambda");
         assert_eq!(built(Function::Exporter), (true, true, false));
         assert_eq!(built(Function::Migrate), (false, false, false));
         assert!(Function::Exporter.spec().writes_storage());

@@ -19,10 +19,7 @@ use crate::queue::WakeMessage;
 /// Runs `function`'s HTTP handler under lambda_http. A request on a route that is not the
 /// function's (a function URL, `cargo lambda watch`) is answered 404 or 405 from the route table,
 /// as `serve` would, without reaching the handler.
-pub async fn run_http<F, Fut>(
-    function: crate::app::Function,
-    handler: F,
-) -> Result<(), lambda_http::Error>
+pub async fn run_http<F, Fut>(function: Function, handler: F) -> Result<(), lambda_http::Error>
 where
     F: Fn(Request) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send,
@@ -33,27 +30,27 @@ where
         async move {
             let req = from_lambda_request(req);
             let resp = match crate::http::check_limits(&req) {
-                None => {
-                    use crate::http::routes::{find, Matched};
-                    match find(req.method(), &crate::http::normalized_path(&req)) {
-                        // Its handler says 405 (or 404 when the path is not under the base).
-                        Matched::Route(crate::http::routes::Route { function: f, .. })
-                            if *f == function =>
-                        {
-                            handler(req).await
-                        }
-                        Matched::MethodNotAllowed { function: f, .. } if f == function => {
-                            handler(req).await
-                        }
-                        _ => crate::http::not_found_route(&req),
-                    }
-                }
+                None if answers(function, &req) => handler(req).await,
+                None => crate::http::not_found_route(&req),
                 Some(refused) => refused.into_response(),
             };
             to_lambda_response(resp).await
         }
     }))
     .await
+}
+
+/// Whether `function` answers `req`: the route (or, for a 405, the path) is its own in the route
+/// table; the api function answers every route. Its handler then says 405, or 404 when the path
+/// is not under the base.
+pub fn answers(function: Function, req: &Request) -> bool {
+    use crate::http::routes::{find, Matched, Route};
+    let owner = match find(req.method(), &crate::http::normalized_path(req)) {
+        Matched::Route(Route { function, .. }) => *function,
+        Matched::MethodNotAllowed { function, .. } => function,
+        Matched::NotFound => return false,
+    };
+    owner == function || function == Function::Api
 }
 
 /// A lambda_http request (API Gateway, ALB, Function URL) as the handlers' request type.
@@ -192,6 +189,19 @@ pub fn main(function: Function) -> Result<(), lambda_runtime::Error> {
         .block_on(run_function(function))
 }
 
+/// The `main` of the one binary every function of template.yaml runs (`sam build` compiles and
+/// links it once): the function named by its Handler, which Lambda passes as `_HANDLER`.
+pub fn main_from_handler() -> Result<(), lambda_runtime::Error> {
+    let handler = std::env::var("_HANDLER").unwrap_or_default();
+    let function = Function::from_name(&handler).ok_or_else(|| {
+        format!(
+            "_HANDLER is {handler:?}: set the function's Handler to one of {}",
+            Function::ALL.map(Function::name).join(", ")
+        )
+    })?;
+    main(function)
+}
+
 /// [`main`] within a runtime.
 pub async fn run_function(function: Function) -> Result<(), lambda_runtime::Error> {
     crate::telemetry::init();
@@ -208,7 +218,7 @@ pub async fn run_function(function: Function) -> Result<(), lambda_runtime::Erro
             ))
             .await
         }
-        Function::Kickoff | Function::Status | Function::File | Function::Token => {
+        Function::Kickoff | Function::Status | Function::File | Function::Token | Function::Api => {
             let state = crate::app::state_for(function).await?;
             run_http(function, move |req| {
                 let state = state.clone();

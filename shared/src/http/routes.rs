@@ -40,7 +40,11 @@ pub fn table() -> &'static [Route] {
     static TABLE: OnceLock<Vec<Route>> = OnceLock::new();
     TABLE.get_or_init(|| {
         let mut routes = Vec::new();
-        for function in Function::ALL {
+        // A function that serves others (api) answers their routes: its own are REST API events.
+        for function in Function::ALL
+            .into_iter()
+            .filter(|f| f.spec().serves.is_empty())
+        {
             for route in &function.spec().routes {
                 // The declaration is compiled in and unit-tested: every route is `METHOD /path`.
                 let (method, pattern) = route.split_once(' ').expect("METHOD /pattern");

@@ -117,6 +117,11 @@ async fn kickoff_checks_its_headers() {
         .send()
         .await
         .expect("req");
+    assert_eq!(
+        put.headers()["allow"],
+        "GET, POST",
+        "a 405 says what the path has"
+    );
     outcome(put, 405).await;
 }
 

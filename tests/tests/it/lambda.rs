@@ -419,3 +419,104 @@ async fn the_shipped_events_work_with_authorization_on_given_a_token() {
         shared::http::kickoff::handle(&state, shared::lambda::from_lambda_request(req)).await;
     assert_eq!(resp.status(), 401);
 }
+
+/// The REST API front door (ApiType=RestApi): one proxy resource sends every route to the api
+/// function, in API Gateway's v1 event format. The base carries the stage (`/fhir`), from the
+/// request context; the function answers each route as its own function would, with
+/// authorization on, and a path that is no route is a 404.
+#[tokio::test]
+async fn the_api_function_answers_every_route_of_a_rest_api_proxy_event() {
+    let (db, _data) = TestDb::with_generated(2).await;
+    let key = "rest-events-test-signing-key-0123456789abcdef";
+    integration_tests::register_fixture_client(&db.pool, "dev-client", "system/*.read").await;
+    let config =
+        integration_tests::config_with(&db, &[("AUTH", "smart"), ("TOKEN_SIGNING_KEY", key)]);
+    let state = shared::app::assemble(
+        Function::Api,
+        config,
+        db.pool.clone(),
+        Arc::new(LocalStore::new(temp_dir()).expect("store")),
+        Arc::new(shared::queue::NoQueue),
+    );
+    let call = |e: &serde_json::Value| {
+        let req = shared::lambda::from_lambda_request(
+            lambda_http::request::from_str(&e.to_string()).expect("a REST API event"),
+        );
+        assert!(shared::lambda::answers(Function::Api, &req));
+        shared::http::router::handle_as(Function::Api, &state, req)
+    };
+    let unsigned: serde_json::Value =
+        serde_json::from_str(&event("api-rest-kickoff-system.json")).expect("json");
+    assert_eq!(call(&unsigned).await.status(), 401, "no token, no export");
+
+    let script = format!(
+        "{}/../localstack/events/authorize.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = std::process::Command::new("python3")
+        .args([&script, "api-rest-kickoff-system.json", "dev-client"])
+        .env("TOKEN_SIGNING_KEY", key)
+        .output()
+        .expect("python3 runs authorize.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kickoff: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let resp = call(&kickoff).await;
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["content-location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    let prefix = "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/fhir/$exportstatus?_id=";
+    assert!(location.starts_with(prefix), "{location}");
+    let job_id = &location[prefix.len()..];
+
+    // The same event on the status route, then a method the route does not have.
+    let mut status = kickoff.clone();
+    status["path"] = "/$exportstatus".into();
+    status["requestContext"]["path"] = "/fhir/$exportstatus".into();
+    status["pathParameters"]["proxy"] = "$exportstatus".into();
+    status["queryStringParameters"] = serde_json::json!({ "_id": job_id });
+    status["multiValueQueryStringParameters"] = serde_json::json!({ "_id": [job_id] });
+    let resp = call(&status).await;
+    assert_eq!(resp.status(), 202, "queued, no exporter has run");
+    assert!(resp.headers().contains_key("x-progress"));
+    status["httpMethod"] = "POST".into();
+    let resp = call(&status).await;
+    assert_eq!(resp.status(), 405);
+    assert!(resp.headers()["allow"]
+        .to_str()
+        .expect("allow")
+        .contains("DELETE"));
+
+    // smart-configuration is the token function's route, at the base with its stage.
+    let mut smart = kickoff.clone();
+    smart["path"] = "/.well-known/smart-configuration".into();
+    smart["pathParameters"]["proxy"] = ".well-known/smart-configuration".into();
+    smart["queryStringParameters"] = serde_json::Value::Null;
+    smart["multiValueQueryStringParameters"] = serde_json::Value::Null;
+    let resp = call(&smart).await;
+    assert_eq!(resp.status(), 200);
+    let shared::http::Body::Full(body) = resp.into_body() else {
+        panic!("a JSON body")
+    };
+    let smart_config: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(
+        smart_config["token_endpoint"],
+        "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/fhir/auth/token"
+    );
+
+    // A path that is no route: a 404 OperationOutcome, from the api function alone.
+    let mut nowhere = kickoff.clone();
+    nowhere["path"] = "/Nothing/here".into();
+    let req = shared::lambda::from_lambda_request(
+        lambda_http::request::from_str(&nowhere.to_string()).expect("event"),
+    );
+    assert!(!shared::lambda::answers(Function::Api, &req));
+    assert!(!shared::lambda::answers(Function::Kickoff, &req));
+    let resp = shared::http::not_found_route(&req);
+    assert_eq!(resp.status(), 404);
+}
