@@ -3,8 +3,9 @@
 #
 #   localstack/deploy.sh [extra `sam deploy` args...]
 #
-# Needs: LocalStack running (docker-compose.yml here) with API Gateway v2 (Pro),
-# sam or samlocal, cargo + cargo-lambda (zig for cross builds), aws or awslocal.
+# Needs: LocalStack running (docker-compose.yml here; the free community image is enough with the
+# default API_TYPE=RestApi), sam or samlocal, cargo + cargo-lambda (zig for cross builds), aws or
+# awslocal.
 # Settings (environment variables, all optional):
 #   STACK_NAME        fhir-bulk-export
 #   ENDPOINT_URL      http://localhost:4566   (AWS_ENDPOINT_URL is used if set)
@@ -12,7 +13,10 @@
 #   DATABASE_ADDRESS  postgres://postgres:5432/fhir_bulk  (as seen from Lambda containers; no password)
 #   DATABASE_USER     fhir      } stored in a Secrets Manager secret in LocalStack, which the
 #   DATABASE_PASSWORD fhir      } functions read at cold start (DatabaseSecretArn)
-#   PUBLIC_BASE_URL   "" (derive from Host)
+#   API_TYPE          RestApi (the front door LocalStack community serves) | HttpApi (LocalStack Pro)
+#   PUBLIC_BASE_URL   "": with RestApi, LocalStack's URL of the deployed API
+#                     (http://<api-id>.execute-api.localhost.localstack.cloud:<port>/fhir), set by
+#                     a second, quick deploy; with HttpApi, API Gateway's domain
 #   EXPORTER_SCHEDULE rate(1 minute)
 #   LOG_FORMAT        text
 #   ARTIFACT_BUCKET   fhir-bulk-sam-artifacts
@@ -28,6 +32,7 @@ DATABASE_ADDRESS="${DATABASE_ADDRESS:-postgres://postgres:5432/fhir_bulk}"
 DATABASE_USER="${DATABASE_USER:-fhir}"
 DATABASE_PASSWORD="${DATABASE_PASSWORD:-fhir}"
 PUBLIC_BASE_URL="${PUBLIC_BASE_URL:-}"
+API_TYPE="${API_TYPE:-RestApi}"
 EXPORTER_SCHEDULE="${EXPORTER_SCHEDULE:-rate(1 minute)}"
 LOG_FORMAT="${LOG_FORMAT:-text}"
 ARTIFACT_BUCKET="${ARTIFACT_BUCKET:-fhir-bulk-sam-artifacts}"
@@ -54,7 +59,7 @@ export SAM_CLI_BETA_RUST_CARGO_LAMBDA=1
 # SAM splits --parameter-overrides on spaces unless the value is quoted, and
 # rejects an empty value written as `Key=`; Key="value" handles both.
 param() { printf '%s="%s"' "$1" "$2"; }
-for value in "$ARCHITECTURE" "$DATABASE_ADDRESS" "$PUBLIC_BASE_URL" "$EXPORTER_SCHEDULE" "$LOG_FORMAT"; do
+for value in "$API_TYPE" "$ARCHITECTURE" "$DATABASE_ADDRESS" "$PUBLIC_BASE_URL" "$EXPORTER_SCHEDULE" "$LOG_FORMAT"; do
   if [[ "$value" == *'"'* ]]; then
     echo "deploy.sh: parameter values must not contain a double quote" >&2
     exit 1
@@ -103,24 +108,39 @@ else
     --secret-string "$DB_SECRET_JSON" --query ARN --output text)"
 fi
 
-echo "==> sam deploy stack $STACK_NAME"
-"$SAM" deploy \
-  --template-file .aws-sam/build/template.yaml \
-  --stack-name "$STACK_NAME" \
-  --s3-bucket "$ARTIFACT_BUCKET" \
-  --region "$AWS_DEFAULT_REGION" \
-  --capabilities CAPABILITY_IAM \
-  --no-confirm-changeset \
-  --no-fail-on-empty-changeset \
-  --parameter-overrides \
-    "$(param Architecture "$ARCHITECTURE")" \
-    "$(param DatabaseUrl "$DATABASE_ADDRESS")" \
-    "$(param DatabaseSecretArn "$DB_SECRET_ARN")" \
-    "$(param DatabaseSslMode disable)" \
-    "$(param PublicBaseUrl "$PUBLIC_BASE_URL")" \
-    "$(param ExporterSchedule "$EXPORTER_SCHEDULE")" \
-    "$(param LogFormat "$LOG_FORMAT")" \
-  "$@"
+deploy() {
+  echo "==> sam deploy stack $STACK_NAME ($API_TYPE)"
+  "$SAM" deploy \
+    --template-file .aws-sam/build/template.yaml \
+    --stack-name "$STACK_NAME" \
+    --s3-bucket "$ARTIFACT_BUCKET" \
+    --region "$AWS_DEFAULT_REGION" \
+    --capabilities CAPABILITY_IAM \
+    --no-confirm-changeset \
+    --no-fail-on-empty-changeset \
+    --parameter-overrides \
+      "$(param ApiType "$API_TYPE")" \
+      "$(param Architecture "$ARCHITECTURE")" \
+      "$(param DatabaseUrl "$DATABASE_ADDRESS")" \
+      "$(param DatabaseSecretArn "$DB_SECRET_ARN")" \
+      "$(param DatabaseSslMode disable)" \
+      "$(param PublicBaseUrl "$PUBLIC_BASE_URL")" \
+      "$(param ExporterSchedule "$EXPORTER_SCHEDULE")" \
+      "$(param LogFormat "$LOG_FORMAT")" \
+    "$@"
+}
+deploy "$@"
+
+# The functions take their base URL from API Gateway's request context, which in LocalStack names
+# an https host it does not serve: give them LocalStack's own URL of the REST API instead.
+if [[ "$API_TYPE" == RestApi && -z "$PUBLIC_BASE_URL" ]]; then
+  API_ID="$("${AWS[@]}" cloudformation describe-stack-resource --stack-name "$STACK_NAME" \
+    --logical-resource-id FhirRestApi --query StackResourceDetail.PhysicalResourceId --output text)"
+  PORT="$(sed -E 's#^.*:([0-9]+)/?$#\1#' <<<"$ENDPOINT_URL")"
+  PUBLIC_BASE_URL="http://$API_ID.execute-api.localhost.localstack.cloud:$PORT/fhir"
+  echo "==> PublicBaseUrl=$PUBLIC_BASE_URL"
+  deploy "$@"
+fi
 
 echo "==> outputs"
 "${AWS[@]}" cloudformation describe-stacks --stack-name "$STACK_NAME" \
