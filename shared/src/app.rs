@@ -13,9 +13,44 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::http::{AppState, StartupError};
+use crate::db::{DbError, Pool};
 use crate::queue::{JobQueue, QueueError};
 use crate::storage::{Download, ObjectStore, ObjectWriter, StorageError};
+
+/// What a function's handlers need, built once per cold start by [`state_for`] (or by `serve`
+/// for all of them): only the clients the function declares are real.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: Pool,
+    pub store: Arc<dyn ObjectStore>,
+    pub queue: Arc<dyn JobQueue>,
+    pub config: Arc<Config>,
+}
+
+/// Errors while wiring a function at cold start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the database schema is not up to date (pending: {0}); run `bulk-export migrate`")]
+    SchemaOutdated(String),
+}
+
+impl AppState {
+    /// The exporter engine over the same clients (the Lambda adapter sets its deadlines).
+    pub fn exporter(&self) -> crate::export::engine::Exporter {
+        crate::export::engine::Exporter::new(
+            self.pool.clone(),
+            self.store.clone(),
+            self.queue.clone(),
+            self.config.clone(),
+        )
+    }
+}
 
 /// infra/functions.json, compiled in.
 const DECLARATION: &str = include_str!("../../infra/functions.json");

@@ -1,7 +1,6 @@
 //! Lambda adapters: lambda_http requests into the shared handlers, and SQS / EventBridge events
 //! into the exporter engine.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,46 +10,28 @@ use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tracing::{info_span, warn, Instrument};
 
-use crate::app::Function;
+use crate::app::{AppState, Function};
 use crate::export::engine::Exporter;
 use crate::http::{Body, Request, Response};
 use crate::queue::WakeMessage;
 
-/// Runs `function`'s HTTP handler under lambda_http. A request on a route that is not the
-/// function's (a function URL, `cargo lambda watch`) is answered 404 or 405 from the route table,
-/// as `serve` would, without reaching the handler.
-pub async fn run_http<F, Fut>(function: Function, handler: F) -> Result<(), lambda_http::Error>
-where
-    F: Fn(Request) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response> + Send,
-{
-    let handler = Arc::new(handler);
+/// Runs `function`'s routes under lambda_http. A request on a route that is not the function's
+/// (a function URL, `cargo lambda watch`) is answered 404 from the route table, as `serve` would,
+/// without reaching a handler.
+pub async fn run_http(function: Function, state: AppState) -> Result<(), lambda_http::Error> {
+    let state = Arc::new(state);
     lambda_http::run(lambda_http::service_fn(move |req: lambda_http::Request| {
-        let handler = handler.clone();
+        let state = state.clone();
         async move {
             let req = from_lambda_request(req);
             let resp = match crate::http::check_limits(&req) {
-                None if answers(function, &req) => handler(req).await,
-                None => crate::http::not_found_route(&req),
+                None => crate::http::router::handle_as(function, &state, req).await,
                 Some(refused) => refused.into_response(),
             };
             to_lambda_response(resp).await
         }
     }))
     .await
-}
-
-/// Whether `function` answers `req`: the route (or, for a 405, the path) is its own in the route
-/// table; the api function answers every route. Its handler then says 405, or 404 when the path
-/// is not under the base.
-pub fn answers(function: Function, req: &Request) -> bool {
-    use crate::http::routes::{find, Matched, Route};
-    let owner = match find(req.method(), &crate::http::normalized_path(req)) {
-        Matched::Route(Route { function, .. }) => *function,
-        Matched::MethodNotAllowed { function, .. } => function,
-        Matched::NotFound => return false,
-    };
-    owner == function || function == Function::Api
 }
 
 /// A lambda_http request (API Gateway, ALB, Function URL) as the handlers' request type.
@@ -219,12 +200,7 @@ pub async fn run_function(function: Function) -> Result<(), lambda_runtime::Erro
             .await
         }
         Function::Kickoff | Function::Status | Function::File | Function::Token | Function::Api => {
-            let state = crate::app::state_for(function).await?;
-            run_http(function, move |req| {
-                let state = state.clone();
-                async move { crate::http::router::handle_as(function, &state, req).await }
-            })
-            .await
+            run_http(function, crate::app::state_for(function).await?).await
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod migrate_resource;
 pub mod queue;
 pub mod serve;
+pub mod service;
 pub mod storage;
 pub mod telemetry;
 

@@ -1,6 +1,7 @@
 //! `bulk-export serve`: every route in one process (same handlers as the Lambdas) plus an
 //! exporter loop woken by new jobs and every RepeatPeriod.
 
+use crate::app::AppState;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use futures::TryStreamExt;
 use tokio::net::TcpListener;
 
 use crate::export::engine::Exporter;
-use crate::http::{router, AppState, Body};
+use crate::http::{router, Body};
 use crate::queue::LocalQueue;
 
 use crate::http::MAX_BODY_BYTES;
@@ -55,7 +56,10 @@ async fn dispatch(
     let started = Instant::now();
     let method = req.method().clone();
     let route = crate::http::routes::label(&crate::http::normalized_path(&req));
-    let client = crate::auth::client_of(&state.config, &req);
+    let client = crate::http::canonical_base(&state.config, &req).and_then(|base| {
+        let authorization = crate::http::header_str(&req, http::header::AUTHORIZATION);
+        crate::auth::client_of(&state.config, authorization, &base)
+    });
     let resp = match crate::http::check_limits(&req) {
         None => router::handle(&state, req).await,
         Some(refused) => refused.into_response(),

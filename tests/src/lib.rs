@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use shared::app::AppState;
 use shared::config::StoragePath;
 use shared::db::{self, Pool};
 use shared::export::engine::Exporter;
-use shared::http::AppState;
 use shared::queue::{JobQueue, LocalQueue};
 use shared::storage::local::LocalStore;
 use shared::storage::ObjectStore;

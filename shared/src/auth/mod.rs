@@ -13,20 +13,36 @@ pub mod token;
 
 use std::time::Duration;
 
-use http::header;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::config::AuthMode;
-use crate::http::{header_str, ApiError, AppState, Request};
+use crate::config::{AuthMode, Config};
+use crate::db::{DbError, Pool};
 pub use scopes::TypeSet;
 
 /// The token endpoint, below the FHIR base.
 pub const TOKEN_PATH: &str = "/auth/token";
-/// SMART configuration, below the FHIR base and at the server root.
-pub const SMART_CONFIG_PATH: &str = "/.well-known/smart-configuration";
 /// Longest bearer token accepted (ours are a few hundred bytes).
-const MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Why a request is not let in.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No Authorization header (401 with a bare challenge).
+    #[error(
+        "a bearer token is required (SMART Backend Services; see .well-known/smart-configuration)"
+    )]
+    Missing,
+    /// A token that is not one of ours, expired, for another server, or of a removed client
+    /// (401 `invalid_token`).
+    #[error("{0}")]
+    InvalidToken(String),
+    /// Authorization is on without a key: nobody is let in (500).
+    #[error("authorization is on but no TOKEN_SIGNING_KEY is configured")]
+    NoSigningKey,
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct AccessClaims {
@@ -72,7 +88,7 @@ pub fn issue_access_token(
 }
 
 /// Checks an access token: our signature (HS256 only), not expired, issued for `base`.
-pub fn verify_access_token(key: &[u8], base: &str, token: &str) -> Result<Principal, String> {
+pub fn verify_access_token(key: &[u8], base: &str, token: &str) -> Result<Principal, AuthError> {
     let mut v = Validation::new(Algorithm::HS256);
     v.leeway = 5;
     v.set_audience(&[base]);
@@ -88,80 +104,66 @@ pub fn verify_access_token(key: &[u8], base: &str, token: &str) -> Result<Princi
                 "the access token was issued for another server".to_string()
             }
             _ => "the access token is not valid".to_string(),
-        })?;
+        })
+        .map_err(AuthError::InvalidToken)?;
     Ok(Principal {
         client_id: data.claims.sub,
         types: scopes::types_of(&data.claims.scope),
     })
 }
 
-/// The request's principal when authorization is on (None when it is off): a valid bearer
-/// token for `base` is required, else 401.
+/// The request's principal when authorization is on (None when it is off): `authorization`
+/// (the header's value) must carry a valid bearer token for `base` of a registered client.
 pub async fn authenticate(
-    state: &AppState,
-    req: &Request,
+    pool: &Pool,
+    config: &Config,
+    authorization: Option<&str>,
     base: &str,
-) -> Result<Option<Principal>, ApiError> {
-    let key = match &state.config.auth {
+) -> Result<Option<Principal>, AuthError> {
+    let key = match &config.auth {
         AuthMode::Off => return Ok(None),
         AuthMode::Smart {
             signing_key: Some(key),
         } => key,
         // Fail closed: a Smart configuration without a key never lets anyone in.
-        AuthMode::Smart { signing_key: None } => {
-            return Err(ApiError::Internal(
-                "authorization is on but no TOKEN_SIGNING_KEY is configured".into(),
-            ))
-        }
+        AuthMode::Smart { signing_key: None } => return Err(AuthError::NoSigningKey),
     };
-    let Some(value) = header_str(req, header::AUTHORIZATION) else {
-        return Err(ApiError::Unauthorized {
-            message: "a bearer token is required (SMART Backend Services; see .well-known/smart-configuration)".into(),
-            invalid_token: false,
-        });
-    };
-    let token = value
-        .split_once(' ')
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim())
-        .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_BYTES)
-        .ok_or_else(|| ApiError::Unauthorized {
-            message: "the Authorization header must be `Bearer <access token>`".into(),
-            invalid_token: true,
-        })?;
-    let principal =
-        verify_access_token(key, base, token).map_err(|message| ApiError::Unauthorized {
-            message,
-            invalid_token: true,
-        })?;
+    let token = bearer(authorization.ok_or(AuthError::Missing)?).ok_or_else(|| {
+        AuthError::InvalidToken("the Authorization header must be `Bearer <access token>`".into())
+    })?;
+    let principal = verify_access_token(key, base, token)?;
     // A removed client's tokens stop working at once, not when they expire.
-    if crate::db::clients::get_client(&state.pool, &principal.client_id)
+    if crate::db::clients::get_client(pool, &principal.client_id)
         .await?
         .is_none()
     {
-        return Err(ApiError::Unauthorized {
-            message: "the client of this access token is no longer registered".into(),
-            invalid_token: true,
-        });
+        return Err(AuthError::InvalidToken(
+            "the client of this access token is no longer registered".into(),
+        ));
     }
     Ok(Some(principal))
 }
 
-/// The client id of the request's access token when it is valid (signature, expiry, audience),
-/// for the access log; None without a valid one. The token itself is never logged.
-pub fn client_of(config: &crate::Config, req: &Request) -> Option<String> {
+/// The token of an `Authorization: Bearer <token>` value (None: another scheme, empty, or longer
+/// than any of ours).
+pub fn bearer(authorization: &str) -> Option<&str> {
+    authorization
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_BYTES)
+}
+
+/// The client id of a valid access token for `base` (signature, expiry, audience), for the
+/// access log; None without a valid one. The token itself is never logged.
+pub fn client_of(config: &Config, authorization: Option<&str>, base: &str) -> Option<String> {
     let AuthMode::Smart {
         signing_key: Some(key),
     } = &config.auth
     else {
         return None;
     };
-    let base = crate::http::canonical_base(config, req)?;
-    let (scheme, token) = header_str(req, header::AUTHORIZATION)?.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") || token.len() > MAX_TOKEN_BYTES {
-        return None;
-    }
-    verify_access_token(key, &base, token.trim())
+    verify_access_token(key, base, bearer(authorization?)?)
         .ok()
         .map(|p| p.client_id)
 }
@@ -214,6 +216,7 @@ mod tests {
         assert!(p.types.allows("Patient") && !p.types.allows("Observation"));
         assert!(verify_access_token(KEY, "http://other/fhir", &t)
             .unwrap_err()
+            .to_string()
             .contains("another server"));
         assert!(
             verify_access_token(b"another key of thirty-two bytes!", "http://h/fhir", &t).is_err()
@@ -236,6 +239,7 @@ mod tests {
         .unwrap();
         assert!(verify_access_token(KEY, "http://h/fhir", &old)
             .unwrap_err()
+            .to_string()
             .contains("expired"));
     }
 

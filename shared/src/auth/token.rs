@@ -9,19 +9,15 @@
 //! `unsupported_grant_type`) as JSON, never a stack trace.
 
 use base64::Engine;
-use http::{header, HeaderValue, Method, StatusCode};
+use http::StatusCode;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{issue_access_token, jwks, scopes, SMART_CONFIG_PATH, TOKEN_PATH};
-use crate::config::AuthMode;
-use crate::db::clients;
-use crate::http::{
-    base_url, header_str, json_response, normalized_path, not_found_route, ApiError, AppState,
-    Request, Response,
-};
+use super::{issue_access_token, jwks, scopes, TOKEN_PATH};
+use crate::config::{AuthMode, Config};
+use crate::db::{clients, DbError, Pool};
 
 pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Longest accepted assertion lifetime (`exp` - now), seconds.
@@ -31,60 +27,6 @@ const LEEWAY: u64 = 10;
 const MAX_ASSERTION_BYTES: usize = 16 * 1024;
 /// Scopes this server can grant, for smart-configuration.
 pub const SCOPES_SUPPORTED: &[&str] = &["system/*.read", "system/*.rs", "system/*.r"];
-
-/// Whether the path is one of this module's routes.
-pub fn is_route(path: &str) -> bool {
-    path.ends_with(TOKEN_PATH) || path.ends_with(SMART_CONFIG_PATH)
-}
-
-pub async fn handle(state: &AppState, req: Request) -> Response {
-    let path = normalized_path(&req);
-    if !state.config.auth.is_on() {
-        return ApiError::NotFound(
-            "authorization is off on this server (AUTH=off or serve --insecure): no token is needed"
-                .into(),
-        )
-        .into_response();
-    }
-    if let Some(prefix) = path.strip_suffix(SMART_CONFIG_PATH) {
-        if req.method() != Method::GET {
-            return ApiError::MethodNotAllowed("smart-configuration supports GET".into())
-                .into_response();
-        }
-        // Served at the base, at the server root, and under `[base]/Patient` (smart-fetch takes
-        // `<base>/Patient` as its FHIR URL for a Patient-level export and discovers there);
-        // the content is always the canonical base's.
-        let Some(canonical) = crate::http::canonical_base(&state.config, &req) else {
-            return ApiError::Internal(
-                "no FHIR base URL is configured: set PUBLIC_BASE_URL".into(),
-            )
-            .into_response();
-        };
-        let base = match base_url(&state.config, &req, prefix) {
-            Ok(base) => base,
-            Err(_) if prefix.is_empty() => canonical,
-            Err(_) => match prefix.strip_suffix("/Patient") {
-                Some(p) if base_url(&state.config, &req, p).is_ok() => canonical,
-                _ => return not_found_route(&req),
-            },
-        };
-        return json_response(
-            StatusCode::OK,
-            "application/json",
-            smart_configuration(&base).to_string(),
-        );
-    }
-    if let Some(prefix) = path.strip_suffix(TOKEN_PATH) {
-        let base = match base_url(&state.config, &req, prefix) {
-            Ok(base) => base,
-            Err(e) => return e.into_response(),
-        };
-        return token(state, &req, &base)
-            .await
-            .unwrap_or_else(TokenError::into_response);
-    }
-    not_found_route(&req)
-}
 
 /// `.well-known/smart-configuration` for the FHIR base `base`.
 pub fn smart_configuration(base: &str) -> serde_json::Value {
@@ -99,15 +41,16 @@ pub fn smart_configuration(base: &str) -> serde_json::Value {
     })
 }
 
-/// An OAuth error (RFC 6749 §5.2).
-#[derive(Debug)]
+/// An OAuth error (RFC 6749 §5.2): what the token endpoint answers a client, as JSON.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {description}")]
 pub struct OAuthError {
     pub code: &'static str,
     pub description: String,
 }
 
 impl OAuthError {
-    fn new(code: &'static str, description: impl Into<String>) -> Self {
+    pub fn new(code: &'static str, description: impl Into<String>) -> Self {
         OAuthError {
             code,
             description: description.into(),
@@ -121,45 +64,28 @@ impl OAuthError {
             StatusCode::BAD_REQUEST
         }
     }
-
-    fn into_response(self) -> Response {
-        let body = json!({"error": self.code, "error_description": self.description});
-        let mut resp = json_response(self.status(), "application/json", body.to_string());
-        no_store(&mut resp);
-        resp
-    }
 }
 
-fn no_store(resp: &mut Response) {
-    let h = resp.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+/// Why no token was issued: the client's fault (an OAuth error) or the server's.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error(transparent)]
+    OAuth(#[from] OAuthError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("authorization is on but no TOKEN_SIGNING_KEY is configured")]
+    NoSigningKey,
+    #[error("signing the access token")]
+    Signing(#[source] jsonwebtoken::errors::Error),
 }
 
-enum TokenError {
-    OAuth(OAuthError),
-    Api(ApiError),
-}
-
-impl TokenError {
-    fn into_response(self) -> Response {
-        match self {
-            TokenError::OAuth(e) => e.into_response(),
-            TokenError::Api(e) => e.into_response(),
-        }
-    }
-}
-
-impl From<OAuthError> for TokenError {
-    fn from(e: OAuthError) -> Self {
-        TokenError::OAuth(e)
-    }
-}
-
-impl From<crate::db::DbError> for TokenError {
-    fn from(e: crate::db::DbError) -> Self {
-        TokenError::Api(e.into())
-    }
+/// An issued access token (the token endpoint's JSON answer).
+#[derive(Debug, serde::Serialize)]
+pub struct Grant {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    pub scope: String,
 }
 
 fn invalid_client(d: impl Into<String>) -> OAuthError {
@@ -184,25 +110,27 @@ struct AssertionClaims {
     iat: Option<i64>,
 }
 
-async fn token(state: &AppState, req: &Request, base: &str) -> Result<Response, TokenError> {
-    if req.method() != Method::POST {
-        return Err(TokenError::Api(ApiError::MethodNotAllowed(
-            "the token endpoint supports POST".into(),
-        )));
-    }
-    let media = header_str(req, header::CONTENT_TYPE)
-        .and_then(|ct| ct.split(';').next())
-        .map(str::trim);
-    if media != Some("application/x-www-form-urlencoded") {
-        return Err(invalid_request("the body must be application/x-www-form-urlencoded").into());
-    }
+/// The form of a token request (`application/x-www-form-urlencoded`): a parameter given twice is
+/// refused.
+pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, OAuthError> {
     let mut form: Vec<(String, String)> = Vec::new();
-    for (k, v) in form_urlencoded::parse(req.body()) {
+    for (k, v) in form_urlencoded::parse(body) {
         if form.iter().any(|(name, _)| *name == k) {
-            return Err(invalid_request(format!("parameter {k} given twice")).into());
+            return Err(invalid_request(format!("parameter {k} given twice")));
         }
         form.push((k.into_owned(), v.into_owned()));
     }
+    Ok(form)
+}
+
+/// Issues an access token for a `client_credentials` request whose client assertion verifies
+/// against the client's registered keys (for the FHIR base `base`).
+pub async fn grant(
+    pool: &Pool,
+    config: &Config,
+    form: &[(String, String)],
+    base: &str,
+) -> Result<Grant, TokenError> {
     let get = |name: &str| {
         form.iter()
             .find(|(k, _)| k == name)
@@ -250,7 +178,7 @@ async fn token(state: &AppState, req: &Request, base: &str) -> Result<Response, 
         .iss
         .filter(|iss| Some(iss) == unverified.sub.as_ref() && !iss.is_empty() && iss.len() <= 256)
         .ok_or_else(|| invalid_client("iss and sub must both be the client id"))?;
-    let client = clients::get_client(&state.pool, &client_id)
+    let client = clients::get_client(pool, &client_id)
         .await?
         .ok_or_else(|| invalid_client("unknown client"))?;
     if let Some(jku) = &header.jku {
@@ -335,7 +263,7 @@ async fn token(state: &AppState, req: &Request, base: &str) -> Result<Response, 
         .ok_or_else(|| invalid_client("the client assertion needs a jti"))?;
     let expires = chrono::DateTime::from_timestamp(claims.exp, 0)
         .ok_or_else(|| invalid_client("the client assertion's exp is out of range"))?;
-    if !clients::record_jti(&state.pool, &client_id, &jti, expires).await? {
+    if !clients::record_jti(pool, &client_id, &jti, expires).await? {
         return Err(invalid_client("this client assertion (jti) was already used").into());
     }
     let granted = scopes::grant(requested_scope, &client.scopes);
@@ -351,25 +279,20 @@ async fn token(state: &AppState, req: &Request, base: &str) -> Result<Response, 
     }
     let AuthMode::Smart {
         signing_key: Some(key),
-    } = &state.config.auth
+    } = &config.auth
     else {
-        return Err(TokenError::Api(ApiError::Internal(
-            "authorization is on but no TOKEN_SIGNING_KEY is configured".into(),
-        )));
+        return Err(TokenError::NoSigningKey);
     };
-    let ttl = state.config.access_token_ttl;
-    let access_token = issue_access_token(key, base, &client_id, &granted, ttl)
-        .map_err(|e| TokenError::Api(ApiError::Internal(Box::new(e))))?;
+    let ttl = config.access_token_ttl;
+    let access_token =
+        issue_access_token(key, base, &client_id, &granted, ttl).map_err(TokenError::Signing)?;
     tracing::info!(client_id = %client_id, scope = %granted, "access token issued");
-    let body = json!({
-        "access_token": access_token,
-        "token_type": "bearer",
-        "expires_in": ttl.as_secs(),
-        "scope": granted,
-    });
-    let mut resp = json_response(StatusCode::OK, "application/json", body.to_string());
-    no_store(&mut resp);
-    Ok(resp)
+    Ok(Grant {
+        access_token,
+        token_type: "bearer",
+        expires_in: ttl.as_secs(),
+        scope: granted,
+    })
 }
 
 /// The JWT's claims without checking anything, only to find the client (then verified).

@@ -10,9 +10,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use shared::app::AppState;
 use shared::config::AuthMode;
 use shared::export::engine::Exporter;
-use shared::http::AppState;
 use shared::queue::LocalQueue;
 use shared::{auth, db, load, serve, storage, Config};
 

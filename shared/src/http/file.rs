@@ -2,39 +2,14 @@
 //! (S3; to the file's gzip copy when the client sends `Accept-Encoding: gzip`), or the file
 //! streamed (local storage; gzip-compressed on the way out when accepted).
 
-use chrono::Utc;
-use http::{header, HeaderValue, Method, StatusCode};
+use http::{header, HeaderValue, StatusCode};
 use uuid::Uuid;
 
-use super::{
-    base_url, header_str, normalized_path, not_found_route, query_pairs, query_param, ApiError,
-    AppState, Body, Request, Response,
-};
-use crate::db::{jobs, work_items};
-use crate::export::JobStatus;
+use super::router::Ctx;
+use super::{header_str, query_pairs, query_param, ApiError, Body, Request, Response};
+use crate::app::AppState;
+use crate::service::files::{open_file, OpenedFile};
 use crate::storage::{Download, NDJSON_CONTENT_TYPE};
-
-pub async fn handle(state: &AppState, req: Request) -> Response {
-    let path = normalized_path(&req);
-    let Some(prefix) = path.strip_suffix("/$exportfilerequest") else {
-        return not_found_route(&req);
-    };
-    let base = match base_url(&state.config, &req, prefix) {
-        Ok(base) => base,
-        Err(e) => return e.into_response(),
-    };
-    let principal = match crate::auth::authenticate(state, &req, &base).await {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    download(
-        state,
-        &req,
-        principal.as_ref().map(|p| p.client_id.as_str()),
-    )
-    .await
-    .unwrap_or_else(ApiError::into_response)
-}
 
 /// No Accept header, `application/fhir+ndjson` (Firely), `application/ndjson` or `*/*`.
 fn accepts_ndjson(accept: Option<&str>) -> bool {
@@ -47,59 +22,26 @@ fn accepts_ndjson(accept: Option<&str>) -> bool {
     })
 }
 
-async fn download(
-    state: &AppState,
-    req: &Request,
-    client_id: Option<&str>,
-) -> Result<Response, ApiError> {
-    if req.method() != Method::GET {
-        return Err(ApiError::MethodNotAllowed(
-            "$exportfilerequest supports GET".into(),
-        ));
-    }
+pub async fn download(state: &AppState, req: &Request, ctx: &Ctx) -> Result<Response, ApiError> {
     if !accepts_ndjson(header_str(req, header::ACCEPT)) {
         return Err(ApiError::NotAcceptable(
             "export files are application/fhir+ndjson".into(),
         ));
     }
     let pairs = query_pairs(req);
-    let not_found = || ApiError::NotFound("no such export file".into());
     let id = query_param(&pairs, "_id")
         .and_then(|v| Uuid::parse_str(&v).ok())
-        .ok_or_else(not_found)?;
+        .ok_or_else(|| ApiError::NotFound("no such export file".into()))?;
     let file_name = query_param(&pairs, "filename")
         .ok_or_else(|| ApiError::BadRequest("the filename parameter is required".into()))?;
-    // Our file names: `<Type>-0001.ndjson`, `OperationOutcome-….ndjson`, `Bundle-deleted-….ndjson`.
-    let plausible = !file_name.is_empty()
-        && file_name.len() <= 128
-        && file_name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-        && !file_name.contains("..");
-    if !plausible {
-        return Err(not_found());
-    }
-    let job = jobs::get_job(&state.pool, id)
-        .await?
-        .filter(|j| j.visible_to(client_id))
-        .ok_or_else(not_found)?;
-    let visible = job.status == JobStatus::Complete
-        && job.deleted_at.is_none()
-        && job.expires_at.is_none_or(|e| e > Utc::now());
-    if !visible {
-        return Err(not_found());
-    }
-    let file = work_items::get_file(&state.pool, id, &file_name)
-        .await?
-        .ok_or_else(not_found)?;
     let gzip = accepts_gzip(header_str(req, header::ACCEPT_ENCODING));
-    // A store that keeps a gzip copy (S3) sends gzip-accepting clients to it: the copy is stored
-    // with `Content-Encoding: gzip`, so their HTTP library inflates it as it arrives.
-    let key = match &file.gzip_object_key {
-        Some(copy) if gzip => copy,
-        _ => &file.object_key,
-    };
-    match state.store.download(key, state.config.presign_ttl).await? {
+    let OpenedFile {
+        download,
+        byte_count,
+    } = open_file(state, id, &file_name, ctx.client_id(), gzip).await?;
+    match download {
+        // A store that keeps a gzip copy (S3) sends gzip-accepting clients to it: the copy is
+        // stored with `Content-Encoding: gzip`, so their HTTP library inflates it as it arrives.
         Download::Redirect(url) => {
             let mut resp = http::Response::new(Body::Full(bytes::Bytes::new()));
             *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
@@ -122,7 +64,7 @@ async fn download(
             h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
             if gzip {
                 h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-            } else if let Ok(v) = HeaderValue::from_str(&file.byte_count.to_string()) {
+            } else if let Ok(v) = HeaderValue::from_str(&byte_count.to_string()) {
                 h.insert(header::CONTENT_LENGTH, v);
             }
             Ok(resp)

@@ -11,10 +11,6 @@ pub const ORGANIZE_BY_DOC: &str = "Supported value Patient (Patient and Group le
 
 pub const TYPE_FILTER_DOC: &str = "Supported: FHIR search queries `Type?name=value&…` (URL-encoded; repeats and comma-separated queries are OR'd, parameters in one query AND'd, comma-separated values OR'd; a comma inside one query is sent as %2C). Every search parameter listed under rest.resource.searchParam can be used: the R4 parameters of type token (:not, :text), reference (Type/id, id, :[Type]), date (eq ne gt lt ge le sa eb ap; partial dates are ranges), string (prefix, case and accent insensitive; :exact, :contains), quantity ([prefix]number|system|code), uri (:below, :above) and number, plus _id, _lastUpdated, _tag, _profile, _security, _source; :missing on all. Refused with 400 (or ignored and reported with handling=lenient): _include, _revinclude, _sort, _count, _elements and other result parameters, chained and _has parameters, composite and special parameters. A filter on a type the export does not contain has no effect. deleted[] lists the deletions of a filtered type whose last content matched the filter.";
 
-pub fn route_prefix(path: &str) -> Option<&str> {
-    path.strip_suffix("/metadata")
-}
-
 pub fn capability_statement(base: &str, config: &Config) -> Value {
     let export_op = |name: &str, def: &str| json!({"name": name, "definition": format!("http://hl7.org/fhir/uv/bulkdata/OperationDefinition/{def}")});
     // Every type, with the search parameters `_typeFilter` can use on it (`_lastUpdated` among
@@ -75,11 +71,6 @@ pub fn capability_statement(base: &str, config: &Config) -> Value {
 }
 
 /// `[base]/OperationDefinition/{id}`: the id when the path names one of ours.
-pub fn operation_definition_id(path: &str) -> Option<&str> {
-    let (prefix, id) = path.rsplit_once('/')?;
-    prefix.ends_with("/OperationDefinition").then_some(id)
-}
-
 /// The Bulk Data IG v2.0.0 OperationDefinitions (`export`, `patient-export`, `group-export`),
 /// with what this server supports said in each parameter's documentation.
 pub fn operation_definition(id: &str) -> Option<Value> {
@@ -157,11 +148,7 @@ mod tests {
 
     #[test]
     fn the_three_operation_definitions_are_served_by_id() {
-        assert_eq!(
-            operation_definition_id("/fhir/OperationDefinition/export"),
-            Some("export")
-        );
-        assert_eq!(operation_definition_id("/OperationDefinition"), None);
+        assert!(operation_definition("unknown").is_none());
         for (id, resource) in [
             ("export", None),
             ("patient-export", Some("Patient")),

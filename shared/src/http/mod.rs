@@ -9,18 +9,17 @@ pub mod metadata;
 pub mod router;
 pub mod routes;
 pub mod status;
+pub mod token;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 
 use crate::config::Config;
-use crate::db::{DbError, Pool};
+use crate::db::DbError;
 use crate::fhir::OperationOutcome;
-use crate::queue::JobQueue;
-use crate::storage::{ObjectStore, StorageError};
+use crate::storage::StorageError;
 
 pub type Request = http::Request<Bytes>;
 pub type Response = http::Response<Body>;
@@ -53,15 +52,6 @@ pub async fn file_reader(
     } else {
         Box::pin(file)
     })
-}
-
-/// What handlers need, built once per cold start.
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: Pool,
-    pub store: Arc<dyn ObjectStore>,
-    pub queue: Arc<dyn JobQueue>,
-    pub config: Arc<Config>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +108,46 @@ impl From<StorageError> for ApiError {
         match e {
             StorageError::NotFound { key } => ApiError::NotFound(format!("file {key} not found")),
             other => ApiError::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        match e {
+            AuthError::Missing => ApiError::Unauthorized {
+                message: e.to_string(),
+                invalid_token: false,
+            },
+            AuthError::InvalidToken(message) => ApiError::Unauthorized {
+                message,
+                invalid_token: true,
+            },
+            AuthError::Db(e) => e.into(),
+            AuthError::NoSigningKey => ApiError::Internal(Box::new(e)),
+        }
+    }
+}
+
+/// The one place where the service layer's refusals become HTTP statuses.
+impl From<crate::service::ServiceError> for ApiError {
+    fn from(e: crate::service::ServiceError) -> Self {
+        use crate::service::ServiceError as S;
+        match e {
+            S::Invalid(m) => ApiError::BadRequest(m),
+            S::Forbidden(m) => ApiError::Forbidden(m),
+            S::NotFound(m) => ApiError::NotFound(m),
+            S::Gone(m) => ApiError::Gone(m),
+            S::TooManyRequests {
+                message,
+                retry_after,
+            } => ApiError::TooManyRequests {
+                message,
+                retry_after,
+            },
+            S::Db(e) => e.into(),
+            S::Storage(e) => e.into(),
         }
     }
 }
@@ -431,30 +461,5 @@ mod tests {
         let r = ApiError::BadRequest("bad _type".into()).into_response();
         assert_eq!(r.status(), 400);
         assert_eq!(r.headers()[header::CONTENT_TYPE], FHIR_JSON);
-    }
-}
-
-/// Errors while wiring a function at cold start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error("the database schema is not up to date (pending: {0}); run `bulk-export migrate`")]
-    SchemaOutdated(String),
-}
-
-impl AppState {
-    /// The exporter engine over the same clients (the Lambda adapter sets its deadlines).
-    pub fn exporter(&self) -> crate::export::engine::Exporter {
-        crate::export::engine::Exporter::new(
-            self.pool.clone(),
-            self.store.clone(),
-            self.queue.clone(),
-            self.config.clone(),
-        )
     }
 }

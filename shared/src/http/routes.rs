@@ -12,6 +12,55 @@ use std::sync::OnceLock;
 use http::Method;
 
 use crate::app::Function;
+use crate::export::ExportLevel;
+
+/// What answers a route: each is one function of `http` (dispatched by `router`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// `$export` at a level (GET, or POST with a Parameters body).
+    Export(ExportLevel),
+    /// The CapabilityStatement.
+    Metadata,
+    /// `OperationDefinition/{id}`.
+    OperationDefinition,
+    /// `GET $exportstatus`.
+    Status,
+    /// `DELETE $exportstatus`.
+    Cancel,
+    /// `GET $exportfilerequest`.
+    File,
+    /// `POST auth/token`.
+    Token,
+    /// `.well-known/smart-configuration`.
+    SmartConfiguration,
+}
+
+impl Handler {
+    /// The handler of a declared route (infra/functions.json): every one has one (unit-tested).
+    fn of(method: &Method, pattern: &str) -> Option<Handler> {
+        Some(match (pattern, method.as_str()) {
+            ("/$export", _) => Handler::Export(ExportLevel::System),
+            ("/Patient/$export", _) => Handler::Export(ExportLevel::Patient),
+            ("/Group/{id}/$export", _) => Handler::Export(ExportLevel::Group),
+            ("/metadata", _) => Handler::Metadata,
+            ("/OperationDefinition/{id}", _) => Handler::OperationDefinition,
+            ("/$exportstatus", "DELETE") => Handler::Cancel,
+            ("/$exportstatus", _) => Handler::Status,
+            ("/$exportfilerequest", _) => Handler::File,
+            ("/auth/token", _) => Handler::Token,
+            ("/.well-known/smart-configuration", _) => Handler::SmartConfiguration,
+            _ => return None,
+        })
+    }
+
+    /// Whether it needs a valid access token when authorization is on.
+    pub fn authenticated(self) -> bool {
+        matches!(
+            self,
+            Handler::Export(_) | Handler::Status | Handler::Cancel | Handler::File
+        )
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -19,20 +68,40 @@ pub struct Route {
     /// `/Group/{id}/$export`: literal segments and `{…}` for any one segment.
     pub pattern: String,
     pub function: Function,
+    pub handler: Handler,
+}
+
+/// Where in the path a route matched: what precedes the pattern (the FHIR base's own path, which
+/// the router checks) and the `{id}` segment, if the pattern has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct At {
+    pub prefix: String,
+    pub id: Option<String>,
 }
 
 /// What a request matches.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Matched<'a> {
-    Route(&'a Route),
-    /// The path is a route's, not the method: the function whose path it is (its handler
-    /// answers: 405, or 404 when what precedes the route is not the base's path) and the
-    /// methods the path has.
+    Route(&'a Route, At),
+    /// The path is a route's, not the method: the function whose path it is and the methods the
+    /// path has (a 405, or a 404 when what precedes the route is not the base's path).
     MethodNotAllowed {
         function: Function,
         methods: Vec<Method>,
+        at: At,
     },
     NotFound,
+}
+
+impl Matched<'_> {
+    /// The function whose route (or path) it is.
+    pub fn function(&self) -> Option<Function> {
+        match self {
+            Matched::Route(route, _) => Some(route.function),
+            Matched::MethodNotAllowed { function, .. } => Some(*function),
+            Matched::NotFound => None,
+        }
+    }
 }
 
 /// Every route of every function.
@@ -46,10 +115,13 @@ pub fn table() -> &'static [Route] {
             .filter(|f| f.spec().serves.is_empty())
         {
             for route in &function.spec().routes {
-                // The declaration is compiled in and unit-tested: every route is `METHOD /path`.
+                // The declaration is compiled in and unit-tested: every route is `METHOD /path`
+                // with a handler.
                 let (method, pattern) = route.split_once(' ').expect("METHOD /pattern");
+                let method: Method = method.parse().expect("an HTTP method");
                 routes.push(Route {
-                    method: method.parse().expect("an HTTP method"),
+                    handler: Handler::of(&method, pattern).expect("a handler for every route"),
+                    method,
                     pattern: pattern.to_string(),
                     function,
                 });
@@ -59,39 +131,52 @@ pub fn table() -> &'static [Route] {
     })
 }
 
-/// How many trailing segments of `path` `pattern` matches (None: it does not).
-fn match_len(pattern: &str, path: &str) -> Option<usize> {
+/// Where `pattern` matches the end of `path` (None: it does not), and how many segments it has.
+fn match_at(pattern: &str, path: &str) -> Option<(usize, At)> {
     let want: Vec<&str> = pattern.trim_start_matches('/').split('/').collect();
     let got: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     if got.len() < want.len() + 1 {
         return None;
     }
-    let tail = &got[got.len() - want.len()..];
-    want.iter()
-        .zip(tail)
-        .all(|(w, g)| (w.starts_with('{') && !g.is_empty()) || w == g)
-        .then_some(want.len())
+    let split = got.len() - want.len();
+    let tail = &got[split..];
+    let mut id = None;
+    for (w, g) in want.iter().zip(tail) {
+        if w.starts_with('{') && !g.is_empty() {
+            id = Some(g.to_string());
+        } else if w != g {
+            return None;
+        }
+    }
+    let prefix = got[..split].join("/");
+    Some((want.len(), At { prefix, id }))
 }
 
 /// The route of `method` and `path` (`%24` already read as `$`).
 pub fn find(method: &Method, path: &str) -> Matched<'static> {
-    let best = table()
+    let matches: Vec<(usize, At, &Route)> = table()
         .iter()
-        .filter_map(|r| match_len(&r.pattern, path).map(|n| (n, r)))
-        .max_by_key(|(n, _)| *n);
-    let Some((len, _)) = best else {
+        .filter_map(|r| match_at(&r.pattern, path).map(|(n, at)| (n, at, r)))
+        .collect();
+    let Some(longest) = matches.iter().map(|(n, _, _)| *n).max() else {
         return Matched::NotFound;
     };
-    let same_path: Vec<&Route> = table()
-        .iter()
-        .filter(|r| match_len(&r.pattern, path) == Some(len))
-        .collect();
-    match same_path.iter().find(|r| r.method == method) {
-        Some(r) => Matched::Route(r),
-        None => Matched::MethodNotAllowed {
-            function: same_path[0].function,
-            methods: same_path.iter().map(|r| r.method.clone()).collect(),
-        },
+    let mut same_path = matches.into_iter().filter(|(n, _, _)| *n == longest);
+    let first = same_path.next().expect("the longest is among them");
+    let mut methods = vec![first.2.method.clone()];
+    if first.2.method == method {
+        return Matched::Route(first.2, first.1);
+    }
+    for (_, at, route) in same_path {
+        if route.method == method {
+            return Matched::Route(route, at);
+        }
+        methods.push(route.method.clone());
+    }
+    Matched::MethodNotAllowed {
+        function: first.2.function,
+        methods,
+        at: first.1,
     }
 }
 
@@ -99,7 +184,7 @@ pub fn find(method: &Method, path: &str) -> Matched<'static> {
 pub fn label(path: &str) -> &'static str {
     table()
         .iter()
-        .filter_map(|r| match_len(&r.pattern, path).map(|n| (n, r)))
+        .filter_map(|r| match_at(&r.pattern, path).map(|(n, _)| (n, r)))
         .max_by_key(|(n, _)| *n)
         .map_or("(no route)", |(_, r)| r.pattern.as_str())
 }
@@ -126,7 +211,7 @@ mod tests {
     #[test]
     fn the_longest_pattern_wins_under_any_base_path() {
         let at = |m: &str, p: &str| match find(&m.parse().unwrap(), p) {
-            Matched::Route(r) => Some((r.function, r.pattern.as_str())),
+            Matched::Route(r, _) => Some((r.function, r.pattern.as_str())),
             _ => None,
         };
         assert_eq!(at("GET", "/$export"), Some((Function::Kickoff, "/$export")));
@@ -164,12 +249,32 @@ mod tests {
         );
         assert_eq!(find(&Method::GET, "/Patient/p1"), Matched::NotFound);
         assert_eq!(
-            find(&Method::PUT, "/$exportstatus"),
+            find(&Method::PUT, "/fhir/$exportstatus"),
             Matched::MethodNotAllowed {
                 function: Function::Status,
-                methods: vec![Method::GET, Method::DELETE]
+                methods: vec![Method::GET, Method::DELETE],
+                at: At {
+                    prefix: "/fhir".into(),
+                    id: None
+                }
             }
         );
+        // What the handler is told: the base's path and the id.
+        let Matched::Route(route, at) = find(&Method::POST, "/fhir/Group/g-1/$export") else {
+            panic!("a route")
+        };
+        assert_eq!(route.handler, Handler::Export(ExportLevel::Group));
+        assert_eq!(
+            at,
+            At {
+                prefix: "/fhir".into(),
+                id: Some("g-1".into())
+            }
+        );
+        let Matched::Route(route, at) = find(&Method::DELETE, "/$exportstatus") else {
+            panic!("a route")
+        };
+        assert_eq!((route.handler, at.prefix.as_str()), (Handler::Cancel, ""));
         assert_eq!(
             label("/fhir/Group/secret-id/$export"),
             "/Group/{id}/$export"

@@ -323,7 +323,7 @@ async fn a_job_that_keeps_failing_becomes_failed_and_its_status_is_500() {
         .as_deref()
         .is_some_and(|e| e.contains("injected failure")));
 
-    let state = shared::http::AppState {
+    let state = shared::app::AppState {
         pool: db.pool.clone(),
         store,
         queue: Arc::new(NoQueue),

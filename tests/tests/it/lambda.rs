@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use integration_tests::{new_queue, temp_dir, TestDb};
+use shared::app::AppState;
 use shared::app::Function;
 use shared::export::JobStatus;
-use shared::http::AppState;
 use shared::queue::{JobQueue, SqsQueue};
 use shared::storage::local::LocalStore;
 use shared::storage::ObjectStore;
@@ -58,8 +58,12 @@ async fn an_api_gateway_kickoff_event_queues_a_job_and_wakes_the_exporter_throug
 
     // The API Gateway (HTTP API v2) event shipped for `sam local invoke` / `cargo lambda invoke`.
     let req = lambda_http::request::from_str(&event("kickoff-system.json")).expect("event");
-    let resp =
-        shared::http::kickoff::handle(&state, shared::lambda::from_lambda_request(req)).await;
+    let resp = shared::http::router::handle_as(
+        Function::Kickoff,
+        &state,
+        shared::lambda::from_lambda_request(req),
+    )
+    .await;
     assert_eq!(resp.status(), 202);
     let location = resp.headers()["content-location"]
         .to_str()
@@ -142,8 +146,12 @@ async fn the_scheduled_event_finds_jobs_whose_wake_up_was_lost() {
     let (db, _data) = TestDb::with_generated(3).await;
     let kickoff = function_state(Function::Kickoff, &db, Arc::new(shared::queue::NoQueue)).await;
     let req = lambda_http::request::from_str(&event("kickoff-patient.json")).expect("event");
-    let resp =
-        shared::http::kickoff::handle(&kickoff, shared::lambda::from_lambda_request(req)).await;
+    let resp = shared::http::router::handle_as(
+        Function::Kickoff,
+        &kickoff,
+        shared::lambda::from_lambda_request(req),
+    )
+    .await;
     assert_eq!(resp.status(), 202);
     let payload: serde_json::Value =
         serde_json::from_str(&event("exporter-schedule.json")).expect("json");
@@ -200,8 +208,12 @@ async fn a_kickoff_whose_wake_up_cannot_be_sent_still_queues_the_job() {
     )
     .await;
     let req = lambda_http::request::from_str(&event("kickoff-system.json")).expect("event");
-    let resp =
-        shared::http::kickoff::handle(&state, shared::lambda::from_lambda_request(req)).await;
+    let resp = shared::http::router::handle_as(
+        Function::Kickoff,
+        &state,
+        shared::lambda::from_lambda_request(req),
+    )
+    .await;
     assert_eq!(
         resp.status(),
         202,
@@ -263,7 +275,12 @@ async fn the_token_function_answers_api_gateway_events() {
     // The shipped event: smart-configuration names the token endpoint under the API's host.
     let req =
         lambda_http::request::from_str(&event("token-smart-configuration.json")).expect("event");
-    let resp = shared::auth::token::handle(&state, shared::lambda::from_lambda_request(req)).await;
+    let resp = shared::http::router::handle_as(
+        Function::Token,
+        &state,
+        shared::lambda::from_lambda_request(req),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let shared::http::Body::Full(body) = resp.into_body() else {
         panic!("a JSON body")
@@ -295,7 +312,12 @@ async fn the_token_function_answers_api_gateway_events() {
     ev["headers"]["content-type"] = "application/x-www-form-urlencoded".into();
     ev["body"] = form.into();
     let req = lambda_http::request::from_str(&ev.to_string()).expect("event");
-    let resp = shared::auth::token::handle(&state, shared::lambda::from_lambda_request(req)).await;
+    let resp = shared::http::router::handle_as(
+        Function::Token,
+        &state,
+        shared::lambda::from_lambda_request(req),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let shared::http::Body::Full(body) = resp.into_body() else {
         panic!("a JSON body")
@@ -331,8 +353,12 @@ async fn a_lambda_request_takes_its_base_from_api_gateway_not_from_host() {
     e["headers"]["host"] = "evil.example".into();
     e["headers"]["x-forwarded-host"] = "evil.example".into();
     let req = lambda_http::request::from_str(&e.to_string()).expect("event");
-    let resp =
-        shared::http::kickoff::handle(&state, shared::lambda::from_lambda_request(req)).await;
+    let resp = shared::http::router::handle_as(
+        Function::Kickoff,
+        &state,
+        shared::lambda::from_lambda_request(req),
+    )
+    .await;
     assert_eq!(resp.status(), 202);
     let location = resp.headers()["content-location"].to_str().expect("loc");
     assert!(
@@ -345,8 +371,12 @@ async fn a_lambda_request_takes_its_base_from_api_gateway_not_from_host() {
     prefixed["rawPath"] = "/anything/$export".into();
     prefixed["requestContext"]["http"]["path"] = "/anything/$export".into();
     let req = lambda_http::request::from_str(&prefixed.to_string()).expect("event");
-    let resp =
-        shared::http::kickoff::handle(&state, shared::lambda::from_lambda_request(req)).await;
+    let resp = shared::http::router::handle_as(
+        Function::Kickoff,
+        &state,
+        shared::lambda::from_lambda_request(req),
+    )
+    .await;
     assert_eq!(resp.status(), 404);
 }
 
@@ -368,8 +398,12 @@ async fn the_shipped_events_work_with_authorization_on_given_a_token() {
         Arc::new(shared::queue::NoQueue),
     );
     let raw = lambda_http::request::from_str(&event("kickoff-system.json")).expect("event");
-    let resp =
-        shared::http::kickoff::handle(&state, shared::lambda::from_lambda_request(raw)).await;
+    let resp = shared::http::router::handle_as(
+        Function::Kickoff,
+        &state,
+        shared::lambda::from_lambda_request(raw),
+    )
+    .await;
     assert_eq!(resp.status(), 401, "no token, no export");
 
     let script = format!(
@@ -388,8 +422,12 @@ async fn the_shipped_events_work_with_authorization_on_given_a_token() {
     );
     let authorized = String::from_utf8(out.stdout).expect("utf8");
     let req = lambda_http::request::from_str(&authorized).expect("event");
-    let resp =
-        shared::http::kickoff::handle(&state, shared::lambda::from_lambda_request(req)).await;
+    let resp = shared::http::router::handle_as(
+        Function::Kickoff,
+        &state,
+        shared::lambda::from_lambda_request(req),
+    )
+    .await;
     assert_eq!(resp.status(), 202);
     let location = resp.headers()["content-location"].to_str().expect("loc");
     let job_id: uuid::Uuid = location
@@ -415,8 +453,12 @@ async fn the_shipped_events_work_with_authorization_on_given_a_token() {
         .expect("python3 runs authorize.py");
     let req = lambda_http::request::from_str(&String::from_utf8(out.stdout).expect("utf8"))
         .expect("event");
-    let resp =
-        shared::http::kickoff::handle(&state, shared::lambda::from_lambda_request(req)).await;
+    let resp = shared::http::router::handle_as(
+        Function::Kickoff,
+        &state,
+        shared::lambda::from_lambda_request(req),
+    )
+    .await;
     assert_eq!(resp.status(), 401);
 }
 
@@ -442,7 +484,6 @@ async fn the_api_function_answers_every_route_of_a_rest_api_proxy_event() {
         let req = shared::lambda::from_lambda_request(
             lambda_http::request::from_str(&e.to_string()).expect("a REST API event"),
         );
-        assert!(shared::lambda::answers(Function::Api, &req));
         shared::http::router::handle_as(Function::Api, &state, req)
     };
     let unsigned: serde_json::Value =
@@ -509,14 +550,19 @@ async fn the_api_function_answers_every_route_of_a_rest_api_proxy_event() {
         "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/fhir/auth/token"
     );
 
-    // A path that is no route: a 404 OperationOutcome, from the api function alone.
+    // A path that is no route, and a route of another function: 404 OperationOutcomes.
     let mut nowhere = kickoff.clone();
     nowhere["path"] = "/Nothing/here".into();
-    let req = shared::lambda::from_lambda_request(
-        lambda_http::request::from_str(&nowhere.to_string()).expect("event"),
-    );
-    assert!(!shared::lambda::answers(Function::Api, &req));
-    assert!(!shared::lambda::answers(Function::Kickoff, &req));
-    let resp = shared::http::not_found_route(&req);
+    let resp = call(&nowhere).await;
     assert_eq!(resp.status(), 404);
+    assert_eq!(resp.headers()["content-type"], "application/fhir+json");
+    let req = shared::lambda::from_lambda_request(
+        lambda_http::request::from_str(&smart.to_string()).expect("event"),
+    );
+    let resp = shared::http::router::handle_as(Function::Kickoff, &state, req).await;
+    assert_eq!(
+        resp.status(),
+        404,
+        "the kick-off function answers only its own routes"
+    );
 }

@@ -1,0 +1,93 @@
+//! `POST [base]/auth/token` and `GET .well-known/smart-configuration` over HTTP: the protocol
+//! (checking the client assertion, granting scopes) is crate::auth::token's; here the form is
+//! read and the answer or OAuth error written (never cached).
+
+use http::{header, HeaderValue, StatusCode};
+use serde_json::json;
+
+use super::{base_url, canonical_base, header_str, json_response, ApiError, Request, Response};
+use crate::app::AppState;
+use crate::auth::token::{self as protocol, OAuthError, TokenError};
+
+fn no_store(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+fn oauth_error(e: OAuthError) -> Response {
+    let body = json!({"error": e.code, "error_description": e.description});
+    no_store(json_response(
+        e.status(),
+        "application/json",
+        body.to_string(),
+    ))
+}
+
+fn auth_off() -> ApiError {
+    ApiError::NotFound(
+        "authorization is off on this server (AUTH=off or serve --insecure): no token is needed"
+            .into(),
+    )
+}
+
+/// The token endpoint at `base`.
+pub async fn token(state: &AppState, req: &Request, base: &str) -> Response {
+    if !state.config.auth.is_on() {
+        return auth_off().into_response();
+    }
+    let media = header_str(req, header::CONTENT_TYPE)
+        .and_then(|ct| ct.split(';').next())
+        .map(str::trim);
+    if media != Some("application/x-www-form-urlencoded") {
+        return oauth_error(OAuthError::new(
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    let form = match protocol::parse_form(req.body()) {
+        Ok(form) => form,
+        Err(e) => return oauth_error(e),
+    };
+    match protocol::grant(&state.pool, &state.config, &form, base).await {
+        Ok(grant) => match serde_json::to_string(&grant) {
+            Ok(body) => no_store(json_response(StatusCode::OK, "application/json", body)),
+            Err(e) => ApiError::Internal(Box::new(e)).into_response(),
+        },
+        Err(TokenError::OAuth(e)) => oauth_error(e),
+        Err(TokenError::Db(e)) => ApiError::from(e).into_response(),
+        Err(e @ (TokenError::NoSigningKey | TokenError::Signing(_))) => {
+            ApiError::Internal(Box::new(e)).into_response()
+        }
+    }
+}
+
+/// smart-configuration, served at the base, at the server root, and under `[base]/Patient`
+/// (smart-fetch takes `<base>/Patient` as its FHIR URL for a Patient-level export and discovers
+/// there): the content is always the canonical base's.
+pub fn smart_configuration(
+    state: &AppState,
+    req: &Request,
+    prefix: &str,
+) -> Result<Response, ApiError> {
+    if !state.config.auth.is_on() {
+        return Err(auth_off());
+    }
+    let canonical = canonical_base(&state.config, req).ok_or_else(|| {
+        ApiError::Internal("no FHIR base URL is configured: set PUBLIC_BASE_URL".into())
+    })?;
+    let base = match base_url(&state.config, req, prefix) {
+        Ok(base) => base,
+        Err(_) if prefix.is_empty() => canonical,
+        Err(e) => match prefix.strip_suffix("/Patient") {
+            Some(p) if base_url(&state.config, req, p).is_ok() => canonical,
+            _ => return Err(e),
+        },
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        "application/json",
+        protocol::smart_configuration(&base).to_string(),
+    ))
+}
