@@ -492,6 +492,98 @@ pub async fn poll(
     }
 }
 
+/// The status URL of an accepted kick-off (asserts the 202 and its Content-Location).
+pub async fn status_url_of(resp: reqwest::Response) -> String {
+    let status = resp.status();
+    let location = resp
+        .headers()
+        .get("content-location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    assert_eq!(
+        status,
+        202,
+        "kick-off accepted: {}",
+        resp.text().await.unwrap_or_default()
+    );
+    location.expect("a 202 kick-off has a Content-Location")
+}
+
+/// The manifest of an accepted kick-off: polls its status URL until done, asserting the 200.
+pub async fn manifest_of(
+    client: &reqwest::Client,
+    kickoff: reqwest::Response,
+) -> serde_json::Value {
+    let status_url = status_url_of(kickoff).await;
+    let done = poll(client, &status_url, Duration::from_secs(60)).await;
+    assert_eq!(done.status(), 200, "the export of {status_url} completes");
+    done.json().await.expect("manifest")
+}
+
+/// Kicks off `url` (GET with the standard headers) and waits for its manifest: the one
+/// "kick off → poll → manifest" of the tests.
+pub async fn kick_off_and_wait(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    manifest_of(client, kickoff(client, url).await).await
+}
+
+/// The s3s-fs endpoint (an S3 server that checks SigV4 signatures, started by scripts/test.sh)
+/// and the keys it was started with.
+pub struct S3s {
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+pub fn s3s() -> S3s {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: run the tests with scripts/test.sh, which installs and starts \
+                 s3s-fs (an S3 server that checks signatures) for the presigned-URL tests"
+            )
+        })
+    };
+    S3s {
+        endpoint: var("TEST_S3S_ENDPOINT_URL"),
+        access_key: var("TEST_S3S_ACCESS_KEY"),
+        secret_key: var("TEST_S3S_SECRET_KEY"),
+    }
+}
+
+/// An S3 client for s3s-fs: its endpoint and keys, path-style addressing.
+pub async fn s3s_client() -> aws_sdk_s3::Client {
+    let s = s3s();
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&s.endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            s.access_key,
+            s.secret_key,
+            None,
+            None,
+            "s3s-fs",
+        ))
+        .load()
+        .await;
+    let conf = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// A new bucket on s3s-fs (a directory under its root) with a random name.
+pub async fn new_s3s_bucket() -> (aws_sdk_s3::Client, String) {
+    let client = s3s_client().await;
+    let bucket = format!("bulkt-{}", uuid::Uuid::new_v4().simple());
+    client
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create bucket on s3s-fs");
+    (client, bucket)
+}
+
 /// Path of a data set under ../shared/data, when this machine has it.
 pub fn shared_data(name: &str) -> Option<PathBuf> {
     shared_dir(&format!("data/{name}"))

@@ -125,15 +125,14 @@ async fn get(url: &str, token: Option<&str>) -> reqwest::Response {
 }
 
 async fn wait_manifest(status_url: &str, token: &str) -> Value {
-    for _ in 0..600 {
-        let resp = get(status_url, Some(token)).await;
-        if resp.status() == 200 {
-            return resp.json().await.expect("manifest");
-        }
-        assert_eq!(resp.status(), 202);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("export did not finish");
+    let done = integration_tests::poll(
+        &integration_tests::bearer_client(token),
+        status_url,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(done.status(), 200);
+    done.json().await.expect("manifest")
 }
 
 async fn kickoff(base_url: &str, token: &str) -> String {

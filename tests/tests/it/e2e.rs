@@ -207,7 +207,15 @@ async fn exports_at_every_level_match_the_input_with_s3_storage_and_presigned_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_gives_202_then_404_and_deletes_the_files() {
-    let (server, _data, dir) = local_server().await;
+    // One exporter and small work items: the export runs long enough to be cancelled midway.
+    let (db, _data) = TestDb::from_template().await;
+    let dir = temp_dir();
+    let mut cfg = config(&db, StoragePath::Local(dir.clone()));
+    cfg.item_bytes = 1024 * 1024;
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.clone()).expect("store"));
+    let server = Server::start_with_workers(cfg, db.pool.clone(), store, 1)
+        .await
+        .owning(db);
     let client = http_client();
     let resp = kickoff(&client, &format!("{}/$export", server.base)).await;
     assert_eq!(resp.status(), 202);
@@ -216,6 +224,27 @@ async fn cancel_gives_202_then_404_and_deletes_the_files() {
         .expect("loc")
         .to_string();
     let job_id = status_url.rsplit('=').next().expect("id").to_string();
+    let id = uuid::Uuid::parse_str(&job_id).expect("uuid");
+
+    // DELETE once the running export has written files (else there is nothing to delete).
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let written = std::fs::read_dir(dir.join(&job_id)).map_or(0, |d| d.count());
+        let job = shared::db::jobs::get_job(&server.state.pool, id)
+            .await
+            .expect("db")
+            .expect("job");
+        assert_ne!(
+            job.status,
+            shared::export::JobStatus::Complete,
+            "the export finished before it could be cancelled"
+        );
+        if written > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no file was written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let del = client.delete(&status_url).send().await.expect("delete");
     assert_eq!(del.status(), 202);
@@ -234,7 +263,6 @@ async fn cancel_gives_202_then_404_and_deletes_the_files() {
     assert_eq!(again.status(), 404);
 
     // The exporter sees the cancellation and removes whatever it had written.
-    let id = uuid::Uuid::parse_str(&job_id).expect("uuid");
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
         let job = shared::db::jobs::get_job(&server.state.pool, id)

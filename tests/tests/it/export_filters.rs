@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use integration_tests::data::{provenance_targets, DataSet};
-use integration_tests::{download_counts, http_client, kickoff, load_json, poll, Server};
+use integration_tests::{
+    download_counts, http_client, kick_off_and_wait, kickoff, load_json, manifest_of, Server,
+};
 use serde_json::{json, Value};
 
 const PATIENTS: usize = 10;
@@ -15,19 +17,8 @@ async fn server() -> (Server, DataSet) {
     integration_tests::local_server(PATIENTS, &[]).await
 }
 
-async fn manifest_of(c: &reqwest::Client, resp: reqwest::Response) -> Value {
-    assert_eq!(resp.status(), 202, "kick-off accepted");
-    let status_url = resp.headers()["content-location"]
-        .to_str()
-        .expect("loc")
-        .to_string();
-    let done = poll(c, &status_url, Duration::from_secs(60)).await;
-    assert_eq!(done.status(), 200);
-    done.json().await.expect("manifest")
-}
-
 async fn export(c: &reqwest::Client, url: &str) -> Value {
-    manifest_of(c, kickoff(c, url).await).await
+    kick_off_and_wait(c, url).await
 }
 
 async fn post_export(c: &reqwest::Client, url: &str, params: Value) -> Value {

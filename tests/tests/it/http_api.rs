@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use integration_tests::{download_counts, http_client, kickoff, poll, temp_dir, Server, TestDb};
+use integration_tests::{
+    download_counts, http_client, kickoff, manifest_of, poll, temp_dir, Server, TestDb,
+};
 use shared::storage::local::LocalStore;
 use shared::storage::ObjectStore;
 use shared::Config;
@@ -197,18 +199,11 @@ async fn unknown_groups_jobs_and_files_are_404() {
 async fn files_are_served_as_fhir_ndjson_and_other_accept_headers_get_406() {
     let (server, data) = server_with(&[]).await;
     let c = http_client();
-    let resp = kickoff(
+    let manifest = integration_tests::kick_off_and_wait(
         &c,
         &format!("{}/$export?_type=Patient&_type=Condition", server.base),
     )
     .await;
-    let status_url = resp.headers()["content-location"]
-        .to_str()
-        .expect("loc")
-        .to_string();
-    let done = poll(&c, &status_url, Duration::from_secs(60)).await;
-    assert_eq!(done.status(), 200);
-    let manifest: serde_json::Value = done.json().await.expect("manifest");
     let counts = download_counts(&c, &manifest, "output").await;
     assert_eq!(
         counts.get("Patient").copied(),
@@ -391,17 +386,6 @@ async fn post_kickoff(
         .expect("POST kick-off")
 }
 
-async fn finished_manifest(c: &reqwest::Client, resp: reqwest::Response) -> serde_json::Value {
-    assert_eq!(resp.status(), 202);
-    let status_url = resp.headers()["content-location"]
-        .to_str()
-        .expect("loc")
-        .to_string();
-    let done = poll(c, &status_url, Duration::from_secs(60)).await;
-    assert_eq!(done.status(), 200);
-    done.json().await.expect("manifest")
-}
-
 #[tokio::test]
 async fn post_kickoff_takes_a_parameters_body_at_every_level() {
     let (server, data) = server_with(&[]).await;
@@ -410,7 +394,7 @@ async fn post_kickoff_takes_a_parameters_body_at_every_level() {
     let body = serde_json::json!({"resourceType": "Parameters", "parameter": [
         {"name": "_type", "valueString": "Patient"},
         {"name": "_outputFormat", "valueString": "application/fhir+ndjson"}]});
-    let manifest = finished_manifest(&c, post_kickoff(&c, &url, "respond-async", body).await).await;
+    let manifest = manifest_of(&c, post_kickoff(&c, &url, "respond-async", body).await).await;
     assert_eq!(
         manifest["request"], url,
         "POST: the kick-off URL without the body's parameters"
@@ -423,7 +407,7 @@ async fn post_kickoff_takes_a_parameters_body_at_every_level() {
     let group_url = format!("{}/Group/group-even/$export", server.base);
     let body = serde_json::json!({"resourceType": "Parameters", "parameter": [
         {"name": "patient", "valueReference": {"reference": "Patient/pat-2"}}]});
-    let manifest = finished_manifest(
+    let manifest = manifest_of(
         &c,
         post_kickoff(&c, &group_url, "respond-async", body).await,
     )
@@ -447,7 +431,7 @@ async fn post_kickoff_takes_a_parameters_body_at_every_level() {
         ),
     )
     .await;
-    let manifest = finished_manifest(&c, resp).await;
+    let manifest = manifest_of(&c, resp).await;
     assert_eq!(download_counts(&c, &manifest, "output").await["Patient"], 2);
 }
 
@@ -484,7 +468,7 @@ async fn patients_that_are_unknown_or_outside_the_group_are_refused_unless_lenie
 
     // Lenient: the export goes on with pat-2 and reports pat-1 in error[].
     let resp = post_kickoff(&c, &group_url, "respond-async, handling=lenient", odd).await;
-    let manifest = finished_manifest(&c, resp).await;
+    let manifest = manifest_of(&c, resp).await;
     assert_eq!(download_counts(&c, &manifest, "output").await["Patient"], 1);
     let errors = manifest["error"].as_array().expect("error[]");
     assert_eq!(errors.len(), 1);
@@ -520,7 +504,7 @@ async fn lenient_handling_ignores_unknown_parameters_and_types_and_reports_each(
         .send()
         .await
         .expect("req");
-    let manifest = finished_manifest(&c, resp).await;
+    let manifest = manifest_of(&c, resp).await;
     assert_eq!(
         download_counts(&c, &manifest, "output").await["Patient"],
         data.patient_ids().len()
@@ -614,7 +598,7 @@ async fn since_exports_list_deletions_in_deleted_and_never_in_output() {
     let since = since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     for path in ["/$export", "/Patient/$export"] {
         let resp = kickoff(&c, &format!("{}{path}?_since={since}", server.base)).await;
-        let manifest = finished_manifest(&c, resp).await;
+        let manifest = manifest_of(&c, resp).await;
         let output = download_counts(&c, &manifest, "output").await;
         assert_eq!(
             output,
@@ -734,7 +718,7 @@ async fn downloads_are_gzip_compressed_only_for_clients_that_accept_it() {
     let (server, data) = server_with(&[]).await;
     let c = http_client();
     let resp = kickoff(&c, &format!("{}/$export?_type=Observation", server.base)).await;
-    let manifest = finished_manifest(&c, resp).await;
+    let manifest = manifest_of(&c, resp).await;
     let url = manifest["output"][0]["url"]
         .as_str()
         .expect("url")

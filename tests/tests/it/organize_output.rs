@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use integration_tests::data::DataSet;
-use integration_tests::{http_client, kickoff, load_json, poll, temp_dir, Server};
+use integration_tests::{
+    http_client, kick_off_and_wait, kickoff, load_json, poll, temp_dir, Server,
+};
 use serde_json::Value;
 
 const PATIENTS: usize = 12;
@@ -17,18 +19,6 @@ async fn server() -> (Server, DataSet) {
         &[("MAX_FILE_BYTES", "16384"), ("MIN_POLL_INTERVAL_MS", "0")],
     )
     .await
-}
-
-async fn manifest(c: &reqwest::Client, url: &str) -> Value {
-    let resp = kickoff(c, url).await;
-    assert_eq!(resp.status(), 202, "kick-off {url}");
-    let status_url = resp.headers()["content-location"]
-        .to_str()
-        .expect("loc")
-        .to_string();
-    let done = poll(c, &status_url, Duration::from_secs(60)).await;
-    assert_eq!(done.status(), 200);
-    done.json().await.expect("manifest")
 }
 
 /// The blocks of every output file, in file order: (patient id, resources as (type, id), and
@@ -86,7 +76,7 @@ fn key(r: &Value) -> (String, String) {
 async fn patient_export_organized_by_patient_has_one_block_per_patient() {
     let (server, data) = server().await;
     let c = http_client();
-    let m = manifest(
+    let m = kick_off_and_wait(
         &c,
         &format!("{}/Patient/$export?organizeOutputBy=Patient", server.base),
     )
@@ -179,7 +169,7 @@ async fn group_export_by_patient_keeps_type_and_type_filter_and_lists_deletions(
     assert_eq!(n, 1);
 
     let since = since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let m = manifest(
+    let m = kick_off_and_wait(
         &c,
         &format!(
             "{}/Group/group-even/$export?organizeOutputBy=Patient&_since={since}&_type=Patient,Observation&_typeFilter=Observation%3Fcategory%3Dlaboratory",
@@ -276,7 +266,7 @@ async fn blocks_with_until_hold_the_data_as_it_was() {
     .await;
 
     let until = until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let m = manifest(
+    let m = kick_off_and_wait(
         &c,
         &format!(
             "{}/Patient/$export?organizeOutputBy=Patient&_type=Patient,Observation&_until={until}",

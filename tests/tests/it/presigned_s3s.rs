@@ -7,77 +7,19 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use integration_tests::{http_client, http_client_no_redirect, kickoff, poll, Server, TestDb};
-use shared::storage::s3::{S3Store, PART_SIZE};
-use shared::storage::{Download, ObjectStore, StorageError, NDJSON_CONTENT_TYPE};
+use integration_tests::{http_client, http_client_no_redirect, Server, TestDb};
+use shared::storage::s3::S3Store;
+use shared::storage::{ObjectStore, NDJSON_CONTENT_TYPE};
 use shared::Config;
 
-const TIMEOUT: Duration = Duration::from_secs(120);
 const PREFIX: &str = "exports";
 const PATIENTS: usize = 5;
-
-/// The s3s-fs endpoint and the keys it was started with.
-struct S3s {
-    endpoint: String,
-    access_key: String,
-    secret_key: String,
-}
-
-fn s3s() -> S3s {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!(
-                "{name} is not set: run the tests with scripts/test.sh, which installs and starts \
-                 s3s-fs (an S3 server that checks signatures) for the presigned-URL tests"
-            )
-        })
-    };
-    S3s {
-        endpoint: var("TEST_S3S_ENDPOINT_URL"),
-        access_key: var("TEST_S3S_ACCESS_KEY"),
-        secret_key: var("TEST_S3S_SECRET_KEY"),
-    }
-}
-
-/// An S3 client for s3s-fs: its endpoint and keys, path-style addressing.
-async fn s3s_client() -> aws_sdk_s3::Client {
-    let s = s3s();
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&s.endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            s.access_key,
-            s.secret_key,
-            None,
-            None,
-            "s3s-fs",
-        ))
-        .load()
-        .await;
-    let conf = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
-
-/// A new bucket on s3s-fs (a directory under its root) with a random name.
-async fn new_bucket() -> (aws_sdk_s3::Client, String) {
-    let client = s3s_client().await;
-    let bucket = format!("bulkt-{}", uuid::Uuid::new_v4().simple());
-    client
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("create bucket on s3s-fs");
-    (client, bucket)
-}
 
 /// `bulk-export serve` over a generated data set, exporting to a new s3s-fs bucket, with
 /// `PRESIGN_TTL_SECONDS` set when `presign_ttl` is given.
 async fn s3s_server(presign_ttl: Option<&str>) -> (Server, aws_sdk_s3::Client, String) {
     let (db, _data) = TestDb::with_generated(PATIENTS).await;
-    let (client, bucket) = new_bucket().await;
+    let (client, bucket) = integration_tests::new_s3s_bucket().await;
     let url = db.url.clone();
     let storage = format!("s3://{bucket}/{PREFIX}");
     let presign_ttl = presign_ttl.map(str::to_string);
@@ -102,16 +44,9 @@ async fn s3s_server(presign_ttl: Option<&str>) -> (Server, aws_sdk_s3::Client, S
 
 /// Kicks off `path`, polls to completion and returns the manifest.
 async fn export(server: &Server, path: &str) -> serde_json::Value {
-    let client = http_client();
-    let resp = kickoff(&client, &format!("{}{}", server.base, path)).await;
-    assert_eq!(resp.status(), 202, "kick-off {path}");
-    let status_url = resp.headers()["content-location"]
-        .to_str()
-        .expect("content-location")
-        .to_string();
-    let done = poll(&client, &status_url, TIMEOUT).await;
-    assert_eq!(done.status(), 200, "export {path} completes");
-    let manifest: serde_json::Value = done.json().await.expect("manifest");
+    let manifest =
+        integration_tests::kick_off_and_wait(&http_client(), &format!("{}{}", server.base, path))
+            .await;
     assert!(
         manifest["error"].as_array().is_some_and(Vec::is_empty),
         "no errors: {manifest}"
@@ -147,7 +82,7 @@ async fn presigned_location(file_url: &str, expires_seconds: u64) -> String {
         .to_str()
         .expect("location")
         .to_string();
-    let s = s3s();
+    let s = integration_tests::s3s();
     assert!(
         location.starts_with(&format!("{}/", s.endpoint)),
         "redirect to the s3s-fs endpoint: {location}"
@@ -251,7 +186,7 @@ async fn the_file_route_redirects_to_a_presigned_url_that_s3s_fs_serves_without_
 
     // And the object is where the storage path says: bucket, prefix, job, file name.
     let key = unsigned
-        .strip_prefix(&format!("{}/{bucket}/", s3s().endpoint))
+        .strip_prefix(&format!("{}/{bucket}/", integration_tests::s3s().endpoint))
         .expect("path-style URL");
     assert!(key.starts_with(&format!("{PREFIX}/")), "{key}");
     let head = client
@@ -391,107 +326,10 @@ async fn a_presigned_url_works_until_presign_ttl_seconds_and_is_refused_after() 
     assert_serves(&fresh, "Patient", count).await;
 }
 
-// ---- the S3 adapter's basic contract, against a server that checks signatures -------------
-
-/// `len` bytes of ndjson lines, numbered so that a lost or repeated chunk changes the bytes.
-fn ndjson(len: usize) -> Vec<u8> {
-    let mut data = Vec::with_capacity(len + 64);
-    let mut i = 0u64;
-    while data.len() < len {
-        data.extend_from_slice(
-            format!("{{\"resourceType\":\"Patient\",\"id\":\"p{i}\"}}\n").as_bytes(),
-        );
-        i += 1;
-    }
-    data.truncate(len);
-    data
-}
-
-async fn write_object(store: &dyn ObjectStore, key: &str, data: &[u8], chunk: usize) {
-    let mut writer = store.writer(key).await.expect("writer");
-    for piece in data.chunks(chunk) {
-        writer.write(piece).await.expect("write");
-    }
-    assert_eq!(
-        writer.finish().await.expect("finish").bytes,
-        data.len() as u64
-    );
-}
-
-fn assert_not_found(result: Result<Vec<u8>, StorageError>, what: &str) {
-    match result {
-        Err(StorageError::NotFound { .. }) => {}
-        Err(other) => panic!("{what}: expected NotFound, got {other}"),
-        Ok(_) => panic!("{what}: expected NotFound, got an object"),
-    }
-}
-
-#[tokio::test]
-async fn s3_store_writes_multipart_reads_presigns_and_deletes_a_prefix_on_s3s_fs() {
-    let (client, bucket) = new_bucket().await;
-    let store = S3Store::new(client.clone(), bucket.clone(), PREFIX.into());
-    let job = uuid::Uuid::new_v4().to_string();
-    let other = uuid::Uuid::new_v4().to_string();
-
-    // More than two parts, in chunks that do not line up with part boundaries.
-    let big = ndjson(2 * PART_SIZE + 4321);
-    let big_key = format!("{job}/Observation-0001.ndjson");
-    write_object(&store, &big_key, &big, 1024 * 1024 + 7).await;
-    let small = ndjson(1000);
-    let small_key = format!("{job}/Patient-0001.ndjson");
-    write_object(&store, &small_key, &small, 64).await;
-    let kept_key = format!("{other}/Patient-0001.ndjson");
-    write_object(&store, &kept_key, &small, 1000).await;
-
-    assert!(
-        store.read(&big_key).await.expect("read") == big,
-        "multipart object reads back unchanged"
-    );
-    assert_eq!(store.read(&small_key).await.expect("read"), small);
-
-    let head = client
-        .head_object()
-        .bucket(&bucket)
-        .key(format!("{PREFIX}/{big_key}"))
-        .send()
-        .await
-        .expect("stored under the prefix");
-    assert_eq!(head.content_type(), Some(NDJSON_CONTENT_TYPE));
-    let etag = head.e_tag().expect("etag").trim_matches('"').to_string();
-    assert!(etag.ends_with("-3"), "uploaded in 3 parts: etag {etag}");
-
-    let Download::Redirect(url) = store
-        .download(&big_key, Duration::from_secs(60))
-        .await
-        .expect("download")
-    else {
-        panic!("S3 downloads are redirects");
-    };
-    let resp = http_client().get(&url).send().await.expect("GET presigned");
-    assert_eq!(resp.status(), 200, "GET {url}");
-    assert_eq!(resp.headers()["content-type"], NDJSON_CONTENT_TYPE);
-    assert!(
-        resp.bytes().await.expect("body") == big,
-        "presigned download"
-    );
-
-    // Two files and their gzip copies.
-    assert_eq!(store.delete_prefix(&job).await.expect("delete"), 4);
-    assert_not_found(store.read(&big_key).await, "deleted multipart object");
-    assert_not_found(store.read(&small_key).await, "deleted object");
-    assert_eq!(store.read(&kept_key).await.expect("kept"), small);
-    assert_eq!(store.delete_prefix(&job).await.expect("again"), 0);
-    // The presigned URL of a deleted object serves nothing.
-    let (status, _, _) = plain_get(&url).await;
-    assert_eq!(status, 404, "GET {url} after delete");
-}
-
-/// With authorization on: the file route wants the bearer token, and its redirect is a presigned
-/// URL that works for a client that (rightly) does not forward Authorization to another host.
 #[tokio::test]
 async fn with_authorization_the_token_opens_the_redirect_and_the_presigned_url_needs_none() {
     let (db, data) = TestDb::with_generated(PATIENTS).await;
-    let (client, bucket) = new_bucket().await;
+    let (client, bucket) = integration_tests::new_s3s_bucket().await;
     let url = db.url.clone();
     let storage = format!("s3://{bucket}/{PREFIX}");
     let cfg = Config::from_lookup(|k| match k {
@@ -571,7 +409,7 @@ async fn with_authorization_the_token_opens_the_redirect_and_the_presigned_url_n
         .expect("location")
         .to_string();
     assert!(!location.contains(&token));
-    assert!(location.starts_with(&s3s().endpoint));
+    assert!(location.starts_with(&integration_tests::s3s().endpoint));
     // A fresh client without any Authorization header downloads it.
     let body = reqwest::Client::new()
         .get(&location)

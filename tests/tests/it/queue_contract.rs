@@ -1,12 +1,13 @@
-//! Contract of the queue port (`shared::queue::JobQueue`), per adapter: `SqsQueue` against the
-//! SQS emulator that `scripts/test.sh` starts (`TEST_AWS_ENDPOINT_URL`), `LocalQueue` (the
-//! in-process wake-up of `bulk-export serve`) and `NoQueue`.
+//! Contract of the queue port (`shared::queue::JobQueue`): one suite run against `SqsQueue` on
+//! the SQS emulator that `scripts/test.sh` starts (`TEST_AWS_ENDPOINT_URL`) and `LocalQueue`
+//! (the in-process wake-up of `bulk-export serve`), then what only SQS does (the message body,
+//! an unreachable queue).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use integration_tests::{aws_endpoint, new_queue, sqs_client};
-use shared::queue::{JobQueue, LocalQueue, NoQueue, SqsQueue, WakeMessage};
+use shared::queue::{JobQueue, LocalQueue, SqsQueue, WakeMessage};
 use uuid::Uuid;
 
 /// Generous bound for things that should happen at once.
@@ -26,6 +27,148 @@ async fn receive(client: &aws_sdk_sqs::Client, queue_url: &str, wait_seconds: i3
         .map(|m| m.body().expect("message body").to_string())
         .collect()
 }
+
+/// A queue under test and the consumer end of it.
+struct Subject {
+    queue: Arc<dyn JobQueue>,
+    consumer: Consumer,
+}
+
+enum Consumer {
+    /// Exporter invocations receive messages.
+    Sqs {
+        client: aws_sdk_sqs::Client,
+        url: String,
+    },
+    /// `serve`'s exporters wait on the notification.
+    Local(LocalQueue),
+}
+
+async fn sqs_queue() -> Subject {
+    let (client, url) = new_queue().await;
+    Subject {
+        queue: Arc::new(SqsQueue::new(sqs_client().await, url.clone())),
+        consumer: Consumer::Sqs { client, url },
+    }
+}
+
+async fn local_queue() -> Subject {
+    let wake = LocalQueue::default();
+    Subject {
+        queue: Arc::new(wake.clone()),
+        consumer: Consumer::Local(wake),
+    }
+}
+
+impl Subject {
+    /// `n` consumers, already waiting; the handle ends when each has been woken once, with the
+    /// job of its wake-up where the queue carries one (SQS), and fails if that takes long.
+    async fn waiting_consumers(&self, n: usize) -> tokio::task::JoinHandle<Vec<Option<Uuid>>> {
+        match &self.consumer {
+            Consumer::Sqs { client, url } => {
+                let (client, url) = (client.clone(), url.clone());
+                tokio::spawn(async move {
+                    let mut jobs = Vec::new();
+                    let deadline = tokio::time::Instant::now() + PROMPTLY;
+                    while jobs.len() < n {
+                        assert!(
+                            tokio::time::Instant::now() < deadline,
+                            "{} of {n} woken",
+                            jobs.len()
+                        );
+                        for body in receive(&client, &url, 1).await {
+                            let m: WakeMessage = serde_json::from_str(&body).expect("WakeMessage");
+                            jobs.push(Some(m.job_id));
+                        }
+                    }
+                    // Exactly n: nothing more arrives.
+                    assert!(
+                        receive(&client, &url, 1).await.is_empty(),
+                        "more than {n} wake-ups"
+                    );
+                    jobs
+                })
+            }
+            Consumer::Local(wake) => {
+                let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(n);
+                let workers: Vec<_> = (0..n)
+                    .map(|_| {
+                        let notify = wake.notify.clone();
+                        let ready = ready_tx.clone();
+                        tokio::spawn(async move {
+                            let notified = notify.notified();
+                            tokio::pin!(notified);
+                            // Registered as a waiter before the send happens.
+                            notified.as_mut().enable();
+                            ready.send(()).await.expect("test is listening");
+                            notified.await;
+                        })
+                    })
+                    .collect();
+                for _ in 0..n {
+                    ready_rx.recv().await.expect("a consumer is waiting");
+                }
+                tokio::spawn(async move {
+                    let mut woken = Vec::new();
+                    for worker in workers {
+                        tokio::time::timeout(PROMPTLY, worker)
+                            .await
+                            .expect("every waiting consumer is woken")
+                            .expect("consumer task");
+                        woken.push(None);
+                    }
+                    woken
+                })
+            }
+        }
+    }
+}
+
+/// A wake-up sent while nobody waits is kept for the next consumer (an exporter busy with
+/// another job, or an SQS message waiting for an invocation).
+async fn keeps_a_wake_up_sent_before_anyone_waits(s: &Subject) {
+    let job = Uuid::new_v4();
+    s.queue.send(job).await.expect("send");
+    let woken = s.waiting_consumers(1).await.await.expect("consumer");
+    assert_eq!(woken.len(), 1);
+    assert!(woken[0].is_none_or(|j| j == job), "{woken:?}");
+}
+
+/// Fan-out: one wake-up per work item, each to one consumer, so that as many exporters as the
+/// queue allows share an export.
+async fn wakes_one_consumer_per_work_item(s: &Subject) {
+    let job = Uuid::new_v4();
+    let consumers = s.waiting_consumers(3).await;
+    s.queue.send_many(job, 3).await.expect("send_many");
+    let woken = consumers.await.expect("consumers");
+    assert_eq!(woken.len(), 3);
+    assert!(
+        woken.iter().all(|j| j.is_none_or(|j| j == job)),
+        "{woken:?}"
+    );
+}
+
+macro_rules! contract {
+    ($($subject:ident),+) => {
+        $(
+            mod $subject {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn keeps_a_wake_up_sent_before_anyone_waits() {
+                    super::keeps_a_wake_up_sent_before_anyone_waits(&super::$subject().await).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn wakes_one_consumer_per_work_item() {
+                    super::wakes_one_consumer_per_work_item(&super::$subject().await).await;
+                }
+            }
+        )+
+    };
+}
+
+contract!(sqs_queue, local_queue);
+
+// ---- SQS only -------------------------------------------------------------------------------
 
 #[tokio::test]
 async fn sqs_queue_sends_one_wake_message_per_job() {
@@ -94,50 +237,6 @@ async fn sqs_queue_reports_a_missing_queue_as_an_error() {
     assert!(!err.message.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_queue_wakes_a_waiting_exporter() {
-    let wake = LocalQueue::default();
-    let queue: Arc<dyn JobQueue> = Arc::new(wake.clone());
-    let notify = wake.notify.clone();
-    let (waiting_tx, waiting_rx) = tokio::sync::oneshot::channel();
-    let exporter = tokio::spawn(async move {
-        let notified = notify.notified();
-        tokio::pin!(notified);
-        // Registered as a waiter before the send happens.
-        notified.as_mut().enable();
-        waiting_tx.send(()).expect("test is listening");
-        notified.await;
-    });
-    waiting_rx.await.expect("exporter is waiting");
-
-    queue.send(Uuid::new_v4()).await.expect("send");
-
-    tokio::time::timeout(PROMPTLY, exporter)
-        .await
-        .expect("the waiting exporter was woken")
-        .expect("exporter task");
-}
-
-#[tokio::test]
-async fn local_queue_keeps_a_wake_up_sent_before_anyone_waits() {
-    let wake = LocalQueue::default();
-    let queue: Arc<dyn JobQueue> = Arc::new(wake.clone());
-
-    queue.send(Uuid::new_v4()).await.expect("send");
-
-    tokio::time::timeout(PROMPTLY, wake.notify.notified())
-        .await
-        .expect("the wake-up sent before waiting was kept");
-}
-
-#[tokio::test]
-async fn no_queue_accepts_every_wake_up() {
-    let queue: Arc<dyn JobQueue> = Arc::new(NoQueue);
-    for _ in 0..3 {
-        queue.send(Uuid::new_v4()).await.expect("send");
-    }
-}
-
 /// Fan-out: one wake-up per work item (sent ten to a call), so that up to the exporter
 /// function's maximum concurrency of invocations share an export.
 #[tokio::test]
@@ -160,36 +259,4 @@ async fn sqs_queue_sends_one_message_per_work_item() {
         }
     }
     assert_eq!(received, vec![job_id; 23]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_queue_wakes_one_waiting_worker_per_item() {
-    let wake = LocalQueue::default();
-    let queue: Arc<dyn JobQueue> = Arc::new(wake.clone());
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(3);
-    let workers: Vec<_> = (0..3)
-        .map(|_| {
-            let notify = wake.notify.clone();
-            let ready = ready_tx.clone();
-            tokio::spawn(async move {
-                let notified = notify.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                ready.send(()).await.expect("test is listening");
-                notified.await;
-            })
-        })
-        .collect();
-    for _ in 0..3 {
-        ready_rx.recv().await.expect("a worker is waiting");
-    }
-
-    queue.send_many(Uuid::new_v4(), 3).await.expect("send");
-
-    for worker in workers {
-        tokio::time::timeout(PROMPTLY, worker)
-            .await
-            .expect("every waiting worker was woken")
-            .expect("worker task");
-    }
 }
