@@ -179,12 +179,17 @@ impl FunctionSpec {
 }
 
 /// The parsed declaration.
-pub fn declaration() -> Result<&'static Declaration, String> {
-    static PARSED: OnceLock<Result<Declaration, String>> = OnceLock::new();
+/// infra/functions.json that does not parse or names what does not exist.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("infra/functions.json: {0}")]
+pub struct DeclarationError(String);
+
+pub fn declaration() -> Result<&'static Declaration, DeclarationError> {
+    static PARSED: OnceLock<Result<Declaration, DeclarationError>> = OnceLock::new();
     PARSED
         .get_or_init(|| {
-            let mut d: Declaration = serde_json::from_str(DECLARATION)
-                .map_err(|e| format!("infra/functions.json: {e}"))?;
+            let mut d: Declaration =
+                serde_json::from_str(DECLARATION).map_err(|e| DeclarationError(e.to_string()))?;
             d.merge_served()?;
             Ok(d)
         })
@@ -194,7 +199,7 @@ pub fn declaration() -> Result<&'static Declaration, String> {
 
 impl Declaration {
     /// Gives each function that `serves` others their environment and actions.
-    fn merge_served(&mut self) -> Result<(), String> {
+    fn merge_served(&mut self) -> Result<(), DeclarationError> {
         let servers: Vec<String> = self
             .functions
             .iter()
@@ -205,11 +210,12 @@ impl Declaration {
             let mut env = Vec::new();
             let mut actions: BTreeMap<String, ActionUse> = BTreeMap::new();
             for served in &self.functions[&server].serves {
-                let f = self.functions.get(served).ok_or_else(|| {
-                    format!("infra/functions.json: {server} serves unknown {served}")
-                })?;
+                let f = self
+                    .functions
+                    .get(served)
+                    .ok_or_else(|| DeclarationError(format!("{server} serves unknown {served}")))?;
                 if !f.serves.is_empty() {
-                    return Err(format!("infra/functions.json: {served} serves others too"));
+                    return Err(DeclarationError(format!("{served} serves others too")));
                 }
                 for v in &f.env {
                     if !env.contains(v) {
@@ -253,13 +259,13 @@ pub async fn state_for(function: Function) -> Result<AppState, StartupError> {
 /// [`state_for`] with a configuration at hand.
 pub async fn build(function: Function, config: Config) -> Result<AppState, StartupError> {
     let spec = function.spec();
-    let pool = crate::db::pool(&config.database_url, 4)?;
+    let pool = crate::db::pool(&config.database_url, config.database_pool_size.unwrap_or(4))?;
     let pending = crate::db::pending_migrations(&pool).await?;
     if !pending.is_empty() {
         return Err(StartupError::SchemaOutdated(pending.join(", ")));
     }
     let store: Arc<dyn ObjectStore> = if spec.uses_storage() {
-        crate::storage::from_config(&config.storage_path).await?
+        crate::storage::from_config(&config).await?
     } else {
         Arc::new(NotDeclared(function))
     };
@@ -337,8 +343,8 @@ impl ObjectStore for NotDeclared {
 
 impl NotDeclared {
     fn storage_error(&self, action: &'static str, key: &str) -> StorageError {
-        StorageError::S3 {
-            operation: action,
+        StorageError::NotDeclared {
+            action,
             key: key.to_string(),
             message: self.refuse(action),
         }
@@ -357,67 +363,4 @@ impl JobQueue for NotDeclared {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_function_is_declared_once_with_what_its_code_builds() {
-        let d = declaration().unwrap();
-        assert_eq!(d.functions.len(), Function::ALL.len());
-        // Every function reads the database credentials from their secret.
-        assert_eq!(
-            d.common_actions["secretsmanager:GetSecretValue"].on,
-            ["DatabaseSecretArn"]
-        );
-        assert!(d.common_env.iter().any(|v| v == "DATABASE_SECRET"));
-        for f in Function::ALL {
-            assert_eq!(
-                f.spec().resource.to_lowercase(),
-                format!("{}function", f.name())
-            );
-        }
-        // What the composition root builds for each, from the declaration.
-        let built = |f: Function| {
-            let s = f.spec();
-            (s.uses_storage(), s.sends_wake_ups(), s.reads_signing_key())
-        };
-        assert_eq!(built(Function::Kickoff), (false, true, true));
-        assert_eq!(built(Function::Status), (false, true, true));
-        assert_eq!(built(Function::File), (true, false, true));
-        assert_eq!(built(Function::Token), (false, false, true));
-        // The api function answers the four HTTP functions' routes with all they use.
-        assert_eq!(built(Function::Api), (true, true, true));
-        assert!(!Function::Api.spec().writes_storage());
-        let api_env = &Function::Api.spec().env;
-        for f in [
-            Function::Kickoff,
-            Function::Status,
-            Function::File,
-            Function::Token,
-        ] {
-            assert!(f.spec().env.iter().all(|v| api_env.contains(v)), "{f:?}");
-        }
-        assert_eq!(Function::from_name("api"), Some(Function::Api));
-        assert_eq!(Function::from_name("bootstrap"), None);
-        assert_eq!(d.binary, "bulk-export-lambda");
-        assert_eq!(built(Function::Exporter), (true, true, false));
-        assert_eq!(built(Function::Migrate), (false, false, false));
-        assert!(Function::Exporter.spec().writes_storage());
-        assert!(!Function::File.spec().writes_storage());
-    }
-
-    #[tokio::test]
-    #[cfg(not(debug_assertions))]
-    async fn an_undeclared_client_refuses_every_call() {
-        let store = NotDeclared(Function::Token);
-        assert!(store.writer("a/b").await.is_err());
-        assert!(JobQueue::send(&store, Uuid::nil()).await.is_err());
-    }
-
-    #[tokio::test]
-    #[cfg(debug_assertions)]
-    #[should_panic(expected = "the token function does not declare sqs:SendMessage")]
-    async fn an_undeclared_client_panics_in_debug_builds() {
-        let _ = JobQueue::send(&NotDeclared(Function::Token), Uuid::nil()).await;
-    }
-}
+mod tests;

@@ -30,19 +30,24 @@ pub enum StoragePath {
     Local(PathBuf),
 }
 
+/// A `STORAGE_PATH` that names no place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidStoragePath(pub String);
+
 impl StoragePath {
-    pub fn parse(value: &str) -> Result<Self, String> {
+    pub fn parse(value: &str) -> Result<Self, InvalidStoragePath> {
         if let Some(rest) = value.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
-                return Err("s3:// path needs a bucket name".into());
+                return Err(InvalidStoragePath("s3:// path needs a bucket name".into()));
             }
             Ok(StoragePath::S3 {
                 bucket: bucket.to_string(),
                 prefix: prefix.trim_matches('/').to_string(),
             })
         } else if value.is_empty() {
-            Err("empty path".into())
+            Err(InvalidStoragePath("empty path".into()))
         } else {
             Ok(StoragePath::Local(PathBuf::from(
                 value.strip_prefix("file://").unwrap_or(value),
@@ -92,6 +97,9 @@ impl std::fmt::Debug for Config {
             .field("header_read_timeout", &self.header_read_timeout)
             .field("body_read_timeout", &self.body_read_timeout)
             .field("max_connections", &self.max_connections)
+            .field("database_pool_size", &self.database_pool_size)
+            .field("s3", &self.s3)
+            .field("log_format", &self.log_format)
             .field("auth", &self.auth)
             .field("access_token_ttl", &self.access_token_ttl)
             .field("token_signing_key_secret", &self.token_signing_key_secret)
@@ -185,6 +193,13 @@ pub struct Config {
     pub body_read_timeout: Duration,
     /// `serve`: open connections at most; more are closed at once.
     pub max_connections: usize,
+    /// `DATABASE_POOL_SIZE`: database connections per process (unset: 4 in a Lambda function,
+    /// 8 + 3 per exporter worker in `serve`, 8 for the other commands).
+    pub database_pool_size: Option<usize>,
+    /// How the S3 client talks to its endpoint.
+    pub s3: S3Settings,
+    /// `LOG_FORMAT`.
+    pub log_format: LogFormat,
     pub auth: AuthMode,
     /// Lifetime of issued access tokens (at most 300 s).
     pub access_token_ttl: Duration,
@@ -192,6 +207,9 @@ pub struct Config {
     /// TOKEN_SIGNING_KEY is not set.
     pub token_signing_key_secret: Option<String>,
 }
+
+mod settings;
+pub use settings::{LogFormat, S3Settings};
 
 pub const DEFAULT_ADDITIONAL_RESOURCES: &[&str] = &[
     "Organization",
@@ -218,7 +236,7 @@ impl Config {
             StoragePath::parse(&storage_raw).map_err(|reason| ConfigError::Invalid {
                 name: "STORAGE_PATH",
                 value: storage_raw.clone(),
-                reason,
+                reason: reason.0,
             })?;
         let additional_resources = match var("ADDITIONAL_RESOURCES") {
             None => DEFAULT_ADDITIONAL_RESOURCES
@@ -336,6 +354,22 @@ impl Config {
                 number(&var, "SERVE_BODY_TIMEOUT_SECONDS", 30)?.max(1),
             ),
             max_connections: number(&var, "SERVE_MAX_CONNECTIONS", 512)?.max(1) as usize,
+            database_pool_size: match var("DATABASE_POOL_SIZE") {
+                None => None,
+                Some(_) => Some(number(&var, "DATABASE_POOL_SIZE", 4)?.max(1) as usize),
+            },
+            s3: S3Settings {
+                gzip_copies: !var("S3_GZIP_COPIES").is_some_and(|v| {
+                    matches!(v.trim().to_ascii_lowercase().as_str(), "false" | "0" | "no")
+                }),
+                force_path_style: match var("S3_FORCE_PATH_STYLE") {
+                    Some(v) => matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1"),
+                    None => {
+                        var("AWS_ENDPOINT_URL").is_some() || var("AWS_ENDPOINT_URL_S3").is_some()
+                    }
+                },
+            },
+            log_format: LogFormat::from_lookup(|name| get(name)),
         })
     }
 }
@@ -377,131 +411,4 @@ fn check_base_url(u: &str) -> Result<String, ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: std::collections::HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_lookup(|k| map.get(k).cloned())
-    }
-
-    #[test]
-    fn storage_path_parses_s3_and_local() {
-        assert_eq!(
-            StoragePath::parse("s3://bucket/a/b/").unwrap(),
-            StoragePath::S3 {
-                bucket: "bucket".into(),
-                prefix: "a/b".into()
-            }
-        );
-        assert_eq!(
-            StoragePath::parse("s3://bucket").unwrap(),
-            StoragePath::S3 {
-                bucket: "bucket".into(),
-                prefix: "".into()
-            }
-        );
-        assert_eq!(
-            StoragePath::parse("/tmp/x").unwrap(),
-            StoragePath::Local("/tmp/x".into())
-        );
-        assert!(StoragePath::parse("s3:///x").is_err());
-    }
-
-    #[test]
-    fn config_defaults_follow_firely() {
-        let c = config(&[("DATABASE_URL", "postgres://x")]).unwrap();
-        assert_eq!(c.additional_resources.len(), 7);
-        assert_eq!(c.cancelled_status_code, 404);
-        assert_eq!(c.repeat_period, Duration::from_secs(60));
-        assert_eq!(c.presign_ttl, Duration::from_secs(300));
-        assert_eq!(
-            c.auth,
-            AuthMode::Smart { signing_key: None },
-            "auth is on by default"
-        );
-        assert_eq!(c.access_token_ttl, Duration::from_secs(300));
-    }
-
-    #[test]
-    fn auth_settings_are_checked_and_the_key_never_printed() {
-        let c = config(&[("DATABASE_URL", "x"), ("AUTH", "off")]).unwrap();
-        assert_eq!(c.auth, AuthMode::Off);
-        let key = "k".repeat(32);
-        let c = config(&[("DATABASE_URL", "x"), ("TOKEN_SIGNING_KEY", &key)]).unwrap();
-        assert!(!format!("{c:?}").contains(&key));
-        assert!(config(&[("DATABASE_URL", "x"), ("TOKEN_SIGNING_KEY", "short")]).is_err());
-        assert!(config(&[("DATABASE_URL", "x"), ("AUTH", "maybe")]).is_err());
-        assert!(config(&[("DATABASE_URL", "x"), ("ACCESS_TOKEN_TTL_SECONDS", "3600")]).is_err());
-    }
-
-    #[test]
-    fn presigned_urls_live_at_most_an_hour_and_the_base_url_is_checked() {
-        let ok = config(&[("DATABASE_URL", "x"), ("PRESIGN_TTL_SECONDS", "3600")]).unwrap();
-        assert_eq!(ok.presign_ttl, Duration::from_secs(3600));
-        for bad in ["3601", "604800", "0"] {
-            assert!(
-                config(&[("DATABASE_URL", "x"), ("PRESIGN_TTL_SECONDS", bad)]).is_err(),
-                "{bad}"
-            );
-        }
-        let c = config(&[
-            ("DATABASE_URL", "x"),
-            ("PUBLIC_BASE_URL", "https://fhir.example/r4/"),
-        ])
-        .unwrap();
-        assert_eq!(
-            c.public_base_url.as_deref(),
-            Some("https://fhir.example/r4")
-        );
-        for bad in [
-            "javascript://x",
-            "fhir.example",
-            "https://h/x?y=1",
-            "https:///x",
-        ] {
-            assert!(
-                config(&[("DATABASE_URL", "x"), ("PUBLIC_BASE_URL", bad)]).is_err(),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn config_rejects_bad_values() {
-        assert!(matches!(
-            config(&[]),
-            Err(ConfigError::Missing {
-                name: "DATABASE_URL"
-            })
-        ));
-        assert!(config(&[("DATABASE_URL", "x"), ("ADDITIONAL_RESOURCES", "Nope")]).is_err());
-        assert!(config(&[("DATABASE_URL", "x"), ("CANCELLED_STATUS_CODE", "500")]).is_err());
-        assert!(config(&[("DATABASE_URL", "x"), ("REPEAT_PERIOD", "soon")]).is_err());
-    }
-
-    #[test]
-    fn debug_never_prints_the_database_password_or_the_signing_key() {
-        let key = "k".repeat(40);
-        let c = config(&[
-            (
-                "DATABASE_URL",
-                "postgres://app:s3cr3t-pw@db.internal:5432/fhir?sslmode=require",
-            ),
-            ("TOKEN_SIGNING_KEY", &key),
-        ])
-        .unwrap();
-        let shown = format!("{c:?}");
-        assert!(!shown.contains("s3cr3t-pw"), "{shown}");
-        assert!(!shown.contains(&key), "{shown}");
-        assert!(
-            shown.contains("postgres://app:***@db.internal:5432/fhir?sslmode=require"),
-            "{shown}"
-        );
-        assert_eq!(redact_url("postgres://app@h/db"), "postgres://app@h/db");
-        assert_eq!(redact_url("not a url"), "not a url");
-    }
-}
+mod tests;

@@ -185,7 +185,7 @@ pub fn main_from_handler() -> Result<(), lambda_runtime::Error> {
 
 /// [`main`] within a runtime.
 pub async fn run_function(function: Function) -> Result<(), lambda_runtime::Error> {
-    crate::telemetry::init();
+    crate::telemetry::init(crate::config::LogFormat::from_env());
     match function {
         Function::Exporter => {
             let exporter = crate::app::state_for(function).await?.exporter();

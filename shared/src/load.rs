@@ -2,7 +2,6 @@
 //! compartment membership and references computed per resource. A bad line is reported with its
 //! file and line number; the good lines still load.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -13,8 +12,29 @@ use crate::db::resources::{provenance_targets, upsert_resources, NewResource};
 use crate::db::{DbError, Pool};
 use crate::export::params::is_fhir_id;
 use crate::fhir::compartment::{patient_ids, references};
-use crate::fhir::raw::{self, RawObject};
+use crate::fhir::raw;
 use crate::fhir::resource_types::is_resource_type;
+
+/// Why the loader refuses a resource (reported with its file and line as a [`Rejected`]; the
+/// rest loads).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+impl From<String> for Refused {
+    fn from(message: String) -> Self {
+        Refused(message)
+    }
+}
+
+impl From<&str> for Refused {
+    fn from(message: &str) -> Self {
+        Refused(message.to_string())
+    }
+}
+
+mod bundle;
+pub use bundle::{bundle_resources, BundleEntry};
 
 pub const BATCH_SIZE: usize = 1000;
 
@@ -22,6 +42,10 @@ pub const BATCH_SIZE: usize = 1000;
 pub enum LoadError {
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error("a load writer stopped")]
+    WriterStopped,
+    #[error("a load writer failed")]
+    WriterFailed(#[source] tokio::task::JoinError),
     #[error("{path:?}: {source}")]
     Io {
         path: PathBuf,
@@ -53,53 +77,41 @@ pub struct LoadReport {
     pub rejected: Vec<Rejected>,
 }
 
-/// One entry of a Bundle: a resource to store, or a `DELETE Type/id` request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum BundleEntry {
-    /// The resource's text to store (one line) and the same parsed.
-    Resource {
-        text: String,
-        resource: Value,
-    },
-    Delete {
-        resource_type: String,
-        id: String,
-    },
-}
-
 /// Parses `Type/id` (as in a DELETE request url or `bulk-export delete`).
-pub fn parse_type_id(s: &str) -> Result<(String, String), String> {
+pub fn parse_type_id(s: &str) -> Result<(String, String), Refused> {
     let s = s.trim().trim_start_matches('/');
     match s.split_once('/') {
         Some((t, id)) if is_resource_type(t) && is_fhir_id(id) => {
             Ok((t.to_string(), id.to_string()))
         }
-        _ => Err(format!("{s:?} is not Type/id")),
+        _ => Err(Refused(format!("{s:?} is not Type/id"))),
     }
 }
 
 /// Turns one resource into a row, or says why it cannot be stored. `text` is what is stored
 /// (the JSON as received, on one line: numbers keep their exact text); `resource` is the same
 /// parsed, for the checks, compartment membership and references.
-pub fn prepare(text: String, resource: Value) -> Result<NewResource, String> {
+pub fn prepare(text: String, resource: Value) -> Result<NewResource, Refused> {
     let rtype = resource
         .get("resourceType")
         .and_then(Value::as_str)
         .ok_or("no resourceType")?
         .to_string();
     if !is_resource_type(&rtype) {
-        return Err(format!("{rtype:?} is not an R4 resource type"));
+        return Err(Refused(format!("{rtype:?} is not an R4 resource type")));
     }
     let id = resource
         .get("id")
         .and_then(Value::as_str)
-        .ok_or_else(|| format!("{rtype} without an id"))?
+        .ok_or_else(|| Refused(format!("{rtype} without an id")))?
         .to_string();
     if !is_fhir_id(&id) {
-        return Err(format!("{rtype} id {id:?} is not a valid FHIR id"));
+        return Err(Refused(format!("{rtype} id {id:?} is not a valid FHIR id")));
     }
     if text.contains(['\n', '\r']) {
-        return Err("a resource must be one line of JSON (minify it)".into());
+        return Err(Refused(
+            "a resource must be one line of JSON (minify it)".into(),
+        ));
     }
     // The parsed resource is dropped here, on the parsing thread: only what is stored travels.
     Ok(NewResource {
@@ -200,7 +212,7 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
                 .stop_writers()
                 .await
                 .err()
-                .unwrap_or_else(|| LoadError::Db(DbError::Row("a load writer stopped".into()))));
+                .unwrap_or(LoadError::WriterStopped));
         }
         Ok(())
     }
@@ -234,9 +246,7 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
             drop(w.tx);
             let result = match w.task.await {
                 Ok(r) => r,
-                Err(e) => Err(LoadError::Db(DbError::Row(format!(
-                    "a load writer failed: {e}"
-                )))),
+                Err(e) => Err(LoadError::WriterFailed(e)),
             };
             if first.is_ok() {
                 first = result;
@@ -268,11 +278,11 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
             }
             let line = line.trim();
             match serde_json::from_str::<Value>(line)
-                .map_err(|e| format!("invalid JSON: {e}"))
+                .map_err(|e| Refused(format!("invalid JSON: {e}")))
                 .and_then(|v| prepare(line.to_string(), v))
             {
                 Ok(r) => self.push(r).await?,
-                Err(message) => self.reject(path, n, message),
+                Err(message) => self.reject(path, n, message.0),
             }
         }
         Ok(())
@@ -295,14 +305,14 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
         if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             match prepare(raw::minify(&text), value) {
                 Ok(r) => self.push(r).await?,
-                Err(m) => self.reject(path, 1, m),
+                Err(m) => self.reject(path, 1, m.0),
             }
             return Ok(());
         }
         let entries = match bundle_resources(&text, value) {
             Ok(entries) => entries,
             Err(m) => {
-                self.reject(path, 1, m);
+                self.reject(path, 1, m.0);
                 return Ok(());
             }
         };
@@ -310,7 +320,7 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
             match entry {
                 Ok(BundleEntry::Resource { text, resource }) => match prepare(text, resource) {
                     Ok(r) => self.push(r).await?,
-                    Err(m) => self.reject(path, i + 1, m),
+                    Err(m) => self.reject(path, i + 1, m.0),
                 },
                 Ok(BundleEntry::Delete { resource_type, id }) => {
                     // Earlier entries are stored first, so a Bundle's order is kept.
@@ -319,110 +329,10 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
                         crate::db::resources::delete_resources(self.pool, &[(resource_type, id)])
                             .await?;
                 }
-                Err(m) => self.reject(path, i + 1, m),
+                Err(m) => self.reject(path, i + 1, m.0),
             }
         }
         Ok(())
-    }
-}
-
-/// The resources of a Bundle, with `urn:uuid:` references rewritten to `Type/id` (Synthea
-/// transaction Bundles link entries by fullUrl). Resources without an id take it from a
-/// `urn:uuid:` fullUrl. `text` is the Bundle's JSON, `bundle` the same parsed: each resource's
-/// text is taken from `text` (numbers exactly as written), edited only where references or the
-/// id change, and put on one line.
-pub fn bundle_resources(
-    text: &str,
-    bundle: Value,
-) -> Result<Vec<Result<BundleEntry, String>>, String> {
-    let Some(Value::Array(entries)) = bundle.get("entry").cloned() else {
-        return Ok(Vec::new());
-    };
-    let bad = |e: serde_json::Error| format!("invalid Bundle: {e}");
-    let raw_entries = match RawObject::parse(text).map_err(bad)?.get("entry") {
-        Some(raw) => raw::array_items(raw).map_err(bad)?,
-        None => Vec::new(),
-    };
-    if raw_entries.len() != entries.len() {
-        return Err("invalid Bundle: entry is not an array of entries".into());
-    }
-    let mut resources = Vec::with_capacity(entries.len());
-    let mut full_urls: HashMap<String, String> = HashMap::new();
-    for (entry, raw_entry) in entries.into_iter().zip(raw_entries) {
-        let method = entry
-            .pointer("/request/method")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if method.eq_ignore_ascii_case("DELETE") {
-            let url = entry
-                .pointer("/request/url")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            resources.push(
-                parse_type_id(url)
-                    .map(|(resource_type, id)| BundleEntry::Delete { resource_type, id }),
-            );
-            continue;
-        }
-        let raw_resource = RawObject::parse(raw_entry.get())
-            .ok()
-            .and_then(|e| e.get("resource").map(|r| RawObject::parse(r.get())));
-        let (Some(mut resource), Some(Ok(mut raw_resource))) =
-            (entry.get("resource").cloned(), raw_resource)
-        else {
-            resources.push(Err("entry without a resource".into()));
-            continue;
-        };
-        let full_url = entry.get("fullUrl").and_then(Value::as_str).unwrap_or("");
-        if resource.get("id").is_none() {
-            if let Some(uuid) = full_url.strip_prefix("urn:uuid:") {
-                resource["id"] = Value::String(uuid.to_string());
-                raw_resource.set_if_absent("id", &Value::String(uuid.to_string()));
-            }
-        }
-        if let (Some(t), Some(id)) = (
-            resource.get("resourceType").and_then(Value::as_str),
-            resource.get("id").and_then(Value::as_str),
-        ) {
-            if !full_url.is_empty() {
-                full_urls.insert(full_url.to_string(), format!("{t}/{id}"));
-            }
-        }
-        resources.push(Ok(BundleEntry::Resource {
-            text: raw_resource.to_text(),
-            resource,
-        }));
-    }
-    let lookup = |s: &str| full_urls.get(s).cloned();
-    for entry in resources.iter_mut().flatten() {
-        if let BundleEntry::Resource { text, resource } = entry {
-            rewrite_references(resource, &full_urls);
-            if let Ok(raw) = serde_json::value::RawValue::from_string(std::mem::take(text)) {
-                let rewritten = raw::rewrite_references(&raw, &lookup).map_err(bad)?;
-                *text = raw::minify(rewritten.get());
-            }
-        }
-    }
-    Ok(resources)
-}
-
-fn rewrite_references(value: &mut Value, map: &HashMap<String, String>) {
-    match value {
-        Value::Array(items) => items.iter_mut().for_each(|v| rewrite_references(v, map)),
-        Value::Object(obj) => {
-            for (k, v) in obj.iter_mut() {
-                if k == "reference" {
-                    if let Value::String(s) = v {
-                        if let Some(target) = map.get(s.as_str()) {
-                            *s = target.clone();
-                        }
-                    }
-                } else {
-                    rewrite_references(v, map);
-                }
-            }
-        }
-        _ => {}
     }
 }
 
@@ -494,57 +404,4 @@ pub async fn load_paths(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn prepare_rejects_what_cannot_be_stored() {
-        let prep = |v: Value| prepare(v.to_string(), v);
-        assert!(prep(json!({"id": "x"})).is_err());
-        assert!(prep(json!({"resourceType": "Nope", "id": "x"})).is_err());
-        assert!(prep(json!({"resourceType": "Patient"})).is_err());
-        assert!(prep(json!({"resourceType": "Patient", "id": "a/b"})).is_err());
-        let r = prep(json!({"resourceType": "Patient", "id": "p"})).unwrap();
-        assert_eq!(r.patients.iter().collect::<Vec<_>>(), vec!["p"]);
-        let two_lines = "{\"resourceType\":\"Patient\",\n\"id\":\"p\"}";
-        assert!(prepare(
-            two_lines.into(),
-            json!({"resourceType": "Patient", "id": "p"})
-        )
-        .is_err());
-    }
-
-    #[test]
-    fn bundle_urn_uuid_references_become_relative() {
-        let text = r#"{"resourceType": "Bundle", "type": "transaction", "entry": [
-            {"fullUrl": "urn:uuid:p1", "resource": {"resourceType": "Patient"}},
-            {"fullUrl": "urn:uuid:e1", "resource": {"resourceType": "Encounter", "id": "e1",
-                "subject": {"reference": "urn:uuid:p1"},
-                "length": {"value": 1.50}}},
-            {"request": {"method": "DELETE", "url": "Patient/x"}}
-        ]}"#;
-        let out = bundle_resources(text, serde_json::from_str(text).unwrap()).unwrap();
-        assert_eq!(out.len(), 3);
-        let resource = |i: usize| match &out[i] {
-            Ok(BundleEntry::Resource { text, resource }) => (text.clone(), resource.clone()),
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(resource(0).1["id"], "p1");
-        assert_eq!(resource(0).0, r#"{"resourceType":"Patient","id":"p1"}"#);
-        assert_eq!(resource(1).1["subject"]["reference"], "Patient/p1");
-        // The stored text keeps the decimal as written, on one line.
-        assert_eq!(
-            resource(1).0,
-            r#"{"resourceType":"Encounter","id":"e1","subject":{"reference":"Patient/p1"},"length":{"value":1.50}}"#
-        );
-        assert_eq!(
-            out[2],
-            Ok(BundleEntry::Delete {
-                resource_type: "Patient".into(),
-                id: "x".into()
-            })
-        );
-        assert!(parse_type_id("Patient/../x").is_err());
-    }
-}
+mod tests;

@@ -31,18 +31,27 @@ const PHYSICAL_ID: &str = "database-migrations";
 /// Handles one request with the configuration of the environment and reports its outcome to
 /// CloudFormation. Returns the response sent.
 pub async fn handle(event: Value) -> Result<Value, lambda_runtime::Error> {
-    handle_with(event, Config::from_env().map_err(|e| e.to_string())).await
+    handle_with(event, Config::from_env()).await
+}
+
+/// Why the migrations could not be applied (the reason CloudFormation shows: never a secret).
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
 }
 
 /// [`handle`] with a configuration at hand (or the reason there is none, reported as FAILED).
 pub async fn handle_with(
     event: Value,
-    config: Result<Config, String>,
+    config: Result<Config, crate::config::ConfigError>,
 ) -> Result<Value, lambda_runtime::Error> {
     let request: CustomResourceRequest = serde_json::from_value(event)?;
     let outcome = match (request.request_type.as_str(), config) {
         ("Create" | "Update", Ok(config)) => migrate(config).await,
-        ("Create" | "Update", Err(e)) => Err(e),
+        ("Create" | "Update", Err(e)) => Err(e.into()),
         // Deleting the stack keeps the database and its schema.
         _ => Ok(Vec::new()),
     };
@@ -52,14 +61,10 @@ pub async fn handle_with(
 }
 
 /// Applies pending migrations to DATABASE_URL (credentials from DATABASE_SECRET when set).
-async fn migrate(mut config: Config) -> Result<Vec<&'static str>, String> {
-    crate::db::credentials::resolve(&mut config, None)
-        .await
-        .map_err(|e| e.to_string())?;
-    let pool = crate::db::pool(&config.database_url, 1).map_err(|e| e.to_string())?;
-    let applied = crate::db::migrate(&pool)
-        .await
-        .map_err(|e| crate::error_chain(&e))?;
+async fn migrate(mut config: Config) -> Result<Vec<&'static str>, MigrateError> {
+    crate::db::credentials::resolve(&mut config, None).await?;
+    let pool = crate::db::pool(&config.database_url, 1)?;
+    let applied = crate::db::migrate(&pool).await?;
     tracing::info!(applied = ?applied, "migrations applied");
     Ok(applied)
 }
@@ -67,7 +72,7 @@ async fn migrate(mut config: Config) -> Result<Vec<&'static str>, String> {
 /// The body CloudFormation expects, for an outcome.
 pub fn response_body(
     request: &CustomResourceRequest,
-    outcome: Result<Vec<&'static str>, String>,
+    outcome: Result<Vec<&'static str>, MigrateError>,
 ) -> Value {
     let physical = request
         .physical_resource_id
@@ -80,9 +85,10 @@ pub fn response_body(
             json!({ "Applied": applied.join(",") }),
         ),
         Err(e) => {
-            tracing::error!(error = %e, "migrations failed");
+            let chain = crate::error_chain(&e);
+            tracing::error!(error = %chain, "migrations failed");
             // CloudFormation shows the reason; it holds no secret (credentials are never in it).
-            ("FAILED", format!("migrations failed: {e}"), json!({}))
+            ("FAILED", format!("migrations failed: {chain}"), json!({}))
         }
     };
     json!({

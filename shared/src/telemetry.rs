@@ -11,12 +11,9 @@ use tracing_subscriber::EnvFilter;
 /// Whether a `\r`-updated progress line is on the terminal now (without a newline).
 static PROGRESS_ON_SCREEN: AtomicBool = AtomicBool::new(false);
 
-pub fn init() {
+pub fn init(format: crate::config::LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = match std::env::var("LOG_FORMAT") {
-        Ok(v) => v.eq_ignore_ascii_case("json"),
-        Err(_) => std::env::var("AWS_LAMBDA_FUNCTION_NAME").is_ok(),
-    };
+    let json = format == crate::config::LogFormat::Json;
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

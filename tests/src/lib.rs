@@ -746,7 +746,7 @@ pub async fn stored_resources(
     job_id: uuid::Uuid,
 ) -> Vec<(String, serde_json::Value)> {
     let mut out = Vec::new();
-    for f in shared::db::work_items::select_files(pool, job_id)
+    for f in shared::db::files::select_files(pool, job_id)
         .await
         .expect("files")
     {

@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
 
+/// A client's JWK Set that cannot be fetched or used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct JwksError(pub String);
+
 const DEFAULT_TTL: Duration = Duration::from_secs(300);
 const MAX_TTL: Duration = Duration::from_secs(3600);
 /// A JWKS larger than this is refused (a key set is a few KiB).
@@ -72,7 +77,7 @@ pub fn cache_ttl(cache_control: Option<&str>) -> Duration {
 
 /// The key set at `url`: from the cache while it is fresh, or while the last fetch is less
 /// than [`MIN_REFETCH`] old; else fetched.
-pub async fn fetch(url: &str) -> Result<JwkSet, String> {
+pub async fn fetch(url: &str) -> Result<JwkSet, JwksError> {
     if let Ok(cache) = CACHE.lock() {
         if let Some(c) = cache.get(url) {
             let now = Instant::now();
@@ -86,15 +91,18 @@ pub async fn fetch(url: &str) -> Result<JwkSet, String> {
         .header("Accept", "application/json")
         .send()
         .await
-        .map_err(|e| format!("fetching the client's JWKS failed: {e}"))?;
+        .map_err(|e| JwksError(format!("fetching the client's JWKS failed: {e}")))?;
     if !resp.status().is_success() {
-        return Err(format!("the client's JWKS URL answered {}", resp.status()));
+        return Err(JwksError(format!(
+            "the client's JWKS URL answered {}",
+            resp.status()
+        )));
     }
     if resp
         .content_length()
         .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
     {
-        return Err("the client's JWKS is too large".into());
+        return Err(JwksError("the client's JWKS is too large".into()));
     }
     let ttl = cache_ttl(
         resp.headers()
@@ -105,15 +113,15 @@ pub async fn fetch(url: &str) -> Result<JwkSet, String> {
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| format!("reading the client's JWKS failed: {e}"))?
+        .map_err(|e| JwksError(format!("reading the client's JWKS failed: {e}")))?
     {
         if body.len() + chunk.len() > MAX_JWKS_BYTES {
-            return Err("the client's JWKS is too large".into());
+            return Err(JwksError("the client's JWKS is too large".into()));
         }
         body.extend_from_slice(&chunk);
     }
     let set: JwkSet = serde_json::from_slice(&body)
-        .map_err(|e| format!("the client's JWKS is not a JWK Set: {e}"))?;
+        .map_err(|e| JwksError(format!("the client's JWKS is not a JWK Set: {e}")))?;
     if let Ok(mut cache) = CACHE.lock() {
         let now = Instant::now();
         cache.insert(

@@ -9,6 +9,11 @@ use serde_json::{json, Value};
 
 use super::token::ASSERTION_TYPE;
 
+/// A client key that cannot be generated, read or used, or a token request that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyError(pub String);
+
 /// A new client key: the private key as PKCS#8 PEM (to sign assertions), as a private JWK Set
 /// (what smart-fetch's `--smart-key` takes) and the public JWK Set to register.
 pub struct ClientKey {
@@ -22,14 +27,14 @@ fn b64url(bytes: &[u8]) -> String {
 }
 
 /// Generates an ES384 (P-384) key pair with key id `kid`.
-pub fn generate_es384(kid: &str) -> Result<ClientKey, String> {
-    let err = |_| "key generation failed".to_string();
+pub fn generate_es384(kid: &str) -> Result<ClientKey, KeyError> {
+    let err = |_| KeyError("key generation failed".to_string());
     let pair = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).map_err(err)?;
     let pkcs8 = pair.to_pkcs8v1().map_err(err)?;
     let point = pair.public_key().as_ref();
     // Uncompressed point: 0x04 || x (48 bytes) || y (48 bytes).
     if point.len() != 97 || point[0] != 4 {
-        return Err("unexpected public key encoding".into());
+        return Err(KeyError("unexpected public key encoding".into()));
     }
     let d = pair.private_key().as_be_bytes().map_err(err)?;
     let public = json!({
@@ -63,7 +68,7 @@ pub fn client_assertion(
     client_id: &str,
     token_url: &str,
     kid: Option<&str>,
-) -> Result<String, String> {
+) -> Result<String, KeyError> {
     let text = String::from_utf8_lossy(pem);
     let der = text
         .lines()
@@ -71,7 +76,7 @@ pub fn client_assertion(
         .collect::<String>();
     let der = base64::engine::general_purpose::STANDARD
         .decode(der.trim())
-        .map_err(|_| "the key file is not a PEM private key".to_string())?;
+        .map_err(|_| KeyError("the key file is not a PEM private key".to_string()))?;
     // Key type from the algorithm OID in the key: id-ecPublicKey or rsaEncryption.
     const EC_OID: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
     let is_ec = der.windows(EC_OID.len()).any(|w| w == EC_OID) || text.contains("EC PRIVATE KEY");
@@ -80,7 +85,7 @@ pub fn client_assertion(
     } else {
         (Algorithm::RS384, EncodingKey::from_rsa_pem(pem))
     };
-    let key = key.map_err(|e| format!("the key file is not usable: {e}"))?;
+    let key = key.map_err(|e| KeyError(format!("the key file is not usable: {e}")))?;
     let mut header = Header::new(alg);
     header.kid = kid.map(str::to_string);
     let now = chrono::Utc::now().timestamp();
@@ -88,11 +93,16 @@ pub fn client_assertion(
         "iss": client_id, "sub": client_id, "aud": token_url,
         "exp": now + 240, "jti": uuid::Uuid::new_v4().to_string()
     });
-    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| format!("signing failed: {e}"))
+    jsonwebtoken::encode(&header, &claims, &key)
+        .map_err(|e| KeyError(format!("signing failed: {e}")))
 }
 
 /// Asks `token_url` for an access token (client_credentials + private_key_jwt).
-pub async fn request_token(token_url: &str, assertion: &str, scope: &str) -> Result<Value, String> {
+pub async fn request_token(
+    token_url: &str,
+    assertion: &str,
+    scope: &str,
+) -> Result<Value, KeyError> {
     let resp = reqwest::Client::new()
         .post(token_url)
         .form(&[
@@ -104,24 +114,25 @@ pub async fn request_token(token_url: &str, assertion: &str, scope: &str) -> Res
         .send()
         .await
         .map_err(|e| {
-            format!(
+            KeyError(format!(
                 "token request to {token_url} failed: {}",
                 crate::error_chain(&e)
-            )
+            ))
         })?;
     let status = resp.status();
-    let body: Value = resp
-        .json()
-        .await
-        .map_err(|e| format!("the token endpoint answered {status} without JSON: {e}"))?;
+    let body: Value = resp.json().await.map_err(|e| {
+        KeyError(format!(
+            "the token endpoint answered {status} without JSON: {e}"
+        ))
+    })?;
     if !status.is_success() {
-        return Err(match body["error"].as_str() {
+        return Err(KeyError(match body["error"].as_str() {
             Some(error) => format!(
                 "the token endpoint answered {status}: {error} ({})",
                 body["error_description"].as_str().unwrap_or("")
             ),
             None => format!("{token_url} answered {status}, not an OAuth token response"),
-        });
+        }));
     }
     Ok(body)
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{AuthMode, Config};
 use crate::db::{DbError, Pool};
+use jwks::JwksError;
 pub use scopes::TypeSet;
 
 /// The token endpoint, below the FHIR base.
@@ -176,20 +177,20 @@ pub fn random_key() -> Vec<u8> {
 }
 
 /// Checks a JWKS to register: a JWK Set of public RSA or P-384 EC keys (no private parts).
-pub fn check_public_jwks(value: &serde_json::Value) -> Result<(), String> {
-    let set: jsonwebtoken::jwk::JwkSet =
-        serde_json::from_value(value.clone()).map_err(|e| format!("not a JWK Set: {e}"))?;
+pub fn check_public_jwks(value: &serde_json::Value) -> Result<(), JwksError> {
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(value.clone())
+        .map_err(|e| JwksError(format!("not a JWK Set: {e}")))?;
     if set.keys.is_empty() {
-        return Err("the JWK Set has no keys".into());
+        return Err(JwksError("the JWK Set has no keys".into()));
     }
     for (i, k) in value["keys"].as_array().into_iter().flatten().enumerate() {
         if ["d", "p", "q", "dp", "dq", "qi"]
             .iter()
             .any(|f| k.get(f).is_some())
         {
-            return Err(format!(
+            return Err(JwksError(format!(
                 "key {i} holds private key material: register the public keys only"
-            ));
+            )));
         }
     }
     Ok(())

@@ -10,6 +10,11 @@ use std::collections::BTreeSet;
 
 use crate::fhir::resource_types::is_resource_type;
 
+/// Scopes that cannot be registered for a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ScopeError(pub String);
+
 /// The resource types a token may export.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TypeSet {
@@ -123,15 +128,17 @@ pub fn grant(requested: &str, registered: &str) -> String {
 }
 
 /// Checks a scope list for registration: every entry must be a supported read scope.
-pub fn check_registered(scopes: &str) -> Result<(), String> {
+pub fn check_registered(scopes: &str) -> Result<(), ScopeError> {
     if scopes.split_whitespace().next().is_none() {
-        return Err("at least one scope is needed, e.g. system/*.read".into());
+        return Err(ScopeError(
+            "at least one scope is needed, e.g. system/*.read".into(),
+        ));
     }
     for s in scopes.split_whitespace() {
         if parse_read_scope(s).is_none() {
-            return Err(format!(
+            return Err(ScopeError(format!(
                 "{s:?} is not a supported scope (system/<Type|*>.read, .rs, .r or .*)"
-            ));
+            )));
         }
     }
     Ok(())

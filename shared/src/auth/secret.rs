@@ -3,6 +3,19 @@
 
 use crate::config::{AuthMode, Config, ConfigError, MIN_SIGNING_KEY_BYTES};
 
+/// A Secrets Manager secret that cannot be read or used (its id, never its value, in the message).
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("reading {secret_id} from Secrets Manager failed")]
+    Read {
+        secret_id: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{0}")]
+    Unusable(String),
+}
+
 pub async fn client_from_env() -> aws_sdk_secretsmanager::Client {
     let shared = crate::aws::shared_config().await;
     aws_sdk_secretsmanager::Client::new(&shared)
@@ -12,37 +25,35 @@ pub async fn client_from_env() -> aws_sdk_secretsmanager::Client {
 pub async fn fetch_secret_string(
     client: &aws_sdk_secretsmanager::Client,
     secret_id: &str,
-) -> Result<String, String> {
+) -> Result<String, SecretError> {
     let out = client
         .get_secret_value()
         .secret_id(secret_id)
         .send()
         .await
-        .map_err(|e| {
-            format!(
-                "reading {secret_id} from Secrets Manager failed: {}",
-                crate::error_chain(&e)
-            )
+        .map_err(|e| SecretError::Read {
+            secret_id: secret_id.to_string(),
+            source: Box::new(e),
         })?;
     out.secret_string()
         .map(str::to_string)
-        .ok_or_else(|| format!("secret {secret_id} has no string value"))
+        .ok_or_else(|| SecretError::Unusable(format!("secret {secret_id} has no string value")))
 }
 
 /// The secret's string value as the signing key (at least 32 bytes).
 pub async fn fetch_signing_key(
     client: &aws_sdk_secretsmanager::Client,
     secret_id: &str,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, SecretError> {
     let key = fetch_secret_string(client, secret_id)
         .await?
         .trim()
         .as_bytes()
         .to_vec();
     if key.len() < MIN_SIGNING_KEY_BYTES {
-        return Err(format!(
+        return Err(SecretError::Unusable(format!(
             "secret {secret_id} is shorter than {MIN_SIGNING_KEY_BYTES} bytes"
-        ));
+        )));
     }
     Ok(key)
 }
@@ -71,10 +82,10 @@ pub async fn resolve_signing_key(
     };
     let key = fetch_signing_key(client, &secret)
         .await
-        .map_err(|reason| ConfigError::Invalid {
+        .map_err(|e| ConfigError::Invalid {
             name: "TOKEN_SIGNING_KEY_SECRET",
             value: secret.clone(),
-            reason,
+            reason: crate::error_chain(&e),
         })?;
     config.auth = AuthMode::Smart {
         signing_key: Some(key),

@@ -189,7 +189,7 @@ pub async fn grant(
     let keys: JwkSet = match (&client.jwks, &client.jwks_url) {
         (Some(inline), _) => serde_json::from_value(inline.clone())
             .map_err(|_| invalid_client("the client's registered JWKS is not usable"))?,
-        (None, Some(url)) => jwks::fetch(url).await.map_err(invalid_client)?,
+        (None, Some(url)) => jwks::fetch(url).await.map_err(|e| invalid_client(e.0))?,
         (None, None) => return Err(invalid_client("the client has no keys").into()),
     };
     let candidates: Vec<&Jwk> = keys

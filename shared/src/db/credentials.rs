@@ -9,6 +9,11 @@ use serde::Deserialize;
 
 use crate::config::{Config, ConfigError};
 
+/// A database secret or URL the credentials cannot be put into.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CredentialsError(pub String);
+
 #[derive(Deserialize)]
 struct DbSecret {
     username: String,
@@ -16,26 +21,34 @@ struct DbSecret {
 }
 
 /// `url` with its user name and password replaced (percent-encoded as URLs require).
-pub fn with_credentials(url: &str, username: &str, password: &str) -> Result<String, String> {
-    let mut parsed = url::Url::parse(url).map_err(|e| format!("DATABASE_URL: {e}"))?;
+pub fn with_credentials(
+    url: &str,
+    username: &str,
+    password: &str,
+) -> Result<String, CredentialsError> {
+    let mut parsed =
+        url::Url::parse(url).map_err(|e| CredentialsError(format!("DATABASE_URL: {e}")))?;
     if !matches!(parsed.scheme(), "postgres" | "postgresql") || !parsed.has_host() {
-        return Err(
+        return Err(CredentialsError(
             "DATABASE_URL must be a postgres://host/… URL to take credentials from a secret".into(),
-        );
+        ));
     }
     parsed
         .set_username(username)
         .and_then(|()| parsed.set_password(Some(password)))
-        .map_err(|()| "DATABASE_URL cannot hold credentials".to_string())?;
+        .map_err(|()| CredentialsError("DATABASE_URL cannot hold credentials".to_string()))?;
     Ok(parsed.to_string())
 }
 
 /// The user name and password in a secret's JSON string.
-pub fn parse_secret(text: &str) -> Result<(String, String), String> {
-    let s: DbSecret = serde_json::from_str(text)
-        .map_err(|e| format!("not a JSON object with username and password: {e}"))?;
+pub fn parse_secret(text: &str) -> Result<(String, String), CredentialsError> {
+    let s: DbSecret = serde_json::from_str(text).map_err(|e| {
+        CredentialsError(format!("not a JSON object with username and password: {e}"))
+    })?;
     if s.username.is_empty() || s.password.is_empty() {
-        return Err("username and password must not be empty".into());
+        return Err(CredentialsError(
+            "username and password must not be empty".into(),
+        ));
     }
     Ok((s.username, s.password))
 }
@@ -64,10 +77,10 @@ pub async fn resolve(
     };
     let text = crate::auth::secret::fetch_secret_string(client, &secret)
         .await
-        .map_err(invalid)?;
-    let (username, password) = parse_secret(&text).map_err(invalid)?;
+        .map_err(|e| invalid(crate::error_chain(&e)))?;
+    let (username, password) = parse_secret(&text).map_err(|e| invalid(e.0))?;
     config.database_url =
-        with_credentials(&config.database_url, &username, &password).map_err(invalid)?;
+        with_credentials(&config.database_url, &username, &password).map_err(|e| invalid(e.0))?;
     Ok(())
 }
 

@@ -1,550 +1,88 @@
-//! Export reads: a work item's resources as one streamed statement per phase, deletions,
-//! dangling references and the blocks of organizeOutputBy=Patient.
-//!
-//! Resource text is copied as stored (no JSON parsing).
+//! `export_files`: a job's finished files, written by the checkpoint of the work item that wrote
+//! them (`super::work_items::checkpoint`) and read for the manifest and downloads.
 
-use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{DbError, Pool};
+use crate::export::manifest::{ExportFile, FileKind};
 
-/// Which resources of one type a work item exports.
-#[derive(Debug, Clone)]
-pub struct Selection<'a> {
-    pub job_id: Uuid,
-    pub resource_type: &'a str,
-    /// The last id of the work item's key range (None: to the end of the type).
-    pub upto: Option<&'a str>,
-    pub transaction_time: DateTime<Utc>,
-    pub since: Option<DateTime<Utc>>,
-    /// None: every resource of the type (system level). Some: Patient/Group level.
-    pub scope: Option<PatientScope<'a>>,
-    /// Provenance only: select by `Provenance.target` (includeAssociatedData).
-    pub associated: Option<Associated<'a>>,
-}
-
-/// Provenance associated with the export's resources: those whose target is a current resource
-/// of `target_types` in the selection's scope and `_since`.
-#[derive(Debug, Clone)]
-pub struct Associated<'a> {
-    pub target_types: &'a [String],
-    /// Only the latest Provenance (by `recorded`) of each target.
-    pub latest: bool,
-    /// Also what the scope alone selects (Patient/Group level: the compartment's Provenance).
-    pub with_scope: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct PatientScope<'a> {
-    /// Members of the job's patients' compartments.
-    pub compartment: bool,
-    /// Resources referenced by exported compartment resources of these types
-    /// (AdditionalResources); empty for none.
-    pub referenced_from: &'a [String],
-    /// Those references were written at planning (`export_job_refs`): read them from there.
-    pub refs_planned: bool,
-}
-
-pub struct Row {
-    pub id: String,
-    pub resource: String,
-}
-
-impl Row {
-    /// From a statement whose first two columns are the id and the resource text.
-    fn from_row(r: &tokio_postgres::Row) -> Row {
-        Row {
-            id: r.get(0),
-            resource: r.get(1),
-        }
+/// Records finished files (idempotent: a rewritten file replaces its row).
+pub async fn insert_files(
+    client: &impl deadpool_postgres::GenericClient,
+    job_id: Uuid,
+    files: &[ExportFile],
+) -> Result<(), DbError> {
+    for f in files {
+        client
+            .execute(
+                "INSERT INTO export_files (job_id, file_name, kind, resource_type, object_key,
+                     resource_count, byte_count, gzip_object_key)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (job_id, file_name) DO UPDATE SET resource_count = excluded.resource_count,
+                     byte_count = excluded.byte_count, object_key = excluded.object_key,
+                     gzip_object_key = excluded.gzip_object_key",
+                &[
+                    &job_id,
+                    &f.file_name,
+                    &f.kind.as_str(),
+                    &f.resource_type,
+                    &f.object_key,
+                    &f.resource_count,
+                    &f.byte_count,
+                    &f.gzip_object_key,
+                ],
+            )
+            .await?;
     }
+    Ok(())
 }
 
-/// SQL condition on alias `r` for the selection; parameters: $1 type, $3 transaction time,
-/// $4 since, $7 job id, $8 source (or target) types.
-fn selection_condition(sel: &Selection<'_>) -> String {
-    let scope = scope_condition(&sel.scope);
-    let Some(a) = &sel.associated else {
-        return scope;
-    };
-    let in_patients = if sel.scope.is_some() {
-        "AND EXISTS (SELECT 1 FROM compartment c
-                     JOIN export_job_patients jp ON jp.job_id = $7 AND jp.patient_id = c.patient_id
-                     WHERE c.resource_type = t.resource_type AND c.resource_id = t.id)"
-    } else {
-        ""
-    };
-    let latest = if a.latest {
-        "AND NOT EXISTS (SELECT 1 FROM provenance_targets p2
-                         WHERE p2.target_type = pt.target_type AND p2.target_id = pt.target_id
-                           AND (p2.recorded, p2.provenance_id) > (pt.recorded, pt.provenance_id))"
-    } else {
-        ""
-    };
-    let associated = format!(
-        "EXISTS (SELECT 1 FROM provenance_targets pt
-                 JOIN resources t ON t.resource_type = pt.target_type AND t.id = pt.target_id
-                 WHERE pt.provenance_id = r.id AND pt.target_type = ANY($8)
-                   AND NOT t.deleted AND t.last_updated <= $3
-                   AND ($4::timestamptz IS NULL OR t.last_updated > $4)
-                   {in_patients} {latest})"
-    );
-    if a.with_scope {
-        format!("({scope} OR {associated})")
-    } else {
-        associated
-    }
-}
+const FILE_COLUMNS: &str =
+    "file_name, kind, resource_type, object_key, resource_count, byte_count, gzip_object_key";
 
-fn scope_condition(scope: &Option<PatientScope<'_>>) -> String {
-    let Some(scope) = scope else {
-        return "true".into();
-    };
-    let mut parts = Vec::new();
-    if scope.compartment {
-        parts.push(
-            "EXISTS (SELECT 1 FROM compartment c
-                     JOIN export_job_patients jp ON jp.job_id = $7 AND jp.patient_id = c.patient_id
-                     WHERE c.resource_type = $1 AND c.resource_id = r.id
-                       -- redundant with r.id > $2, but lets the join start at the cursor
-                       -- instead of reading every member before it on every page
-                       AND c.resource_id > $2)",
-        );
-    }
-    if !scope.referenced_from.is_empty() && scope.refs_planned {
-        parts.push(
-            "r.id IN (SELECT jr.target_id FROM export_job_refs jr
-                      WHERE jr.job_id = $7 AND jr.target_type = $1)",
-        );
-    } else if !scope.referenced_from.is_empty() {
-        // Driven from the job's patients (their compartment rows by the (patient_id,
-        // resource_type) index, then their references): the cost follows the job, not the
-        // number of resources of the referenced type. Written as an EXISTS on the referenced
-        // resource, Postgres scanned the whole compartment table for a 10-patient Group.
-        parts.push(
-            "r.id IN (SELECT f.target_id FROM export_job_patients jp
-                      JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY($8)
-                      JOIN resource_refs f ON f.source_type = c.resource_type
-                           AND f.source_id = c.resource_id AND f.target_type = $1
-                      JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
-                      WHERE jp.job_id = $7 AND NOT s.deleted AND s.last_updated <= $3
-                        AND ($4::timestamptz IS NULL OR s.last_updated > $4))",
-        );
-    }
-    if parts.is_empty() {
-        "false".into()
-    } else {
-        format!("({})", parts.join(" OR "))
-    }
-}
-
-/// Runs a selection statement. Parameters: $1 type, $2 cursor, $3 transaction time, $4 since,
-/// $5 and $6 the statement's own numbers, $7 job id, $8 source types of referenced resources,
-/// $9 the last id of the item's range (NULL: to the end).
-async fn query_selection(
-    pool: &Pool,
-    sql: &str,
-    sel: &Selection<'_>,
-    cursor: &str,
-    p5: i64,
-    p6: i64,
-) -> Result<Vec<tokio_postgres::Row>, DbError> {
-    let sources = source_types(sel);
-    let client = pool.get().await?;
-    let stmt = client.prepare_cached(sql).await?;
-    Ok(client
-        .query(
-            &stmt,
-            &[
-                &sel.resource_type,
-                &cursor,
-                &sel.transaction_time,
-                &sel.since,
-                &p5,
-                &p6,
-                &sel.job_id,
-                &sources,
-                &sel.upto,
-            ],
-        )
-        .await?)
-}
-
-/// Ids in `(after_id, upto_id]` (to the end when None) were read in phase 0 under `snapshot`
-/// (a `pg_snapshot` in its text form).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadRange {
-    pub after_id: String,
-    pub upto_id: Option<String>,
-    pub snapshot: String,
-}
-
-/// The rows of a phase (0: current versions; 1: the version current at the transaction time of
-/// resources changed since, unless phase 0 already exported it) after the cursor, within the
-/// item's range: (id, resource, deleted, last_updated), unordered.
-fn phase_source(phase: i16) -> &'static str {
-    if phase == 0 {
-        "SELECT r.id, r.resource, r.deleted, r.last_updated FROM resources r
-         WHERE r.resource_type = $1 AND r.id > $2 AND ($9::text IS NULL OR r.id <= $9)
-           AND r.last_updated <= $3"
-    } else {
-        "SELECT h1.id, h1.resource, h1.deleted, h1.last_updated FROM (
-             SELECT DISTINCT ON (h.id) h.id, h.resource, h.deleted, h.last_updated, h.version_id,
-                    cur.version_id AS cur_version, cur.written_xid AS cur_xid
-             FROM resource_history h
-             JOIN resources cur ON cur.resource_type = h.resource_type AND cur.id = h.id
-             WHERE h.resource_type = $1 AND h.id > $2 AND ($9::text IS NULL OR h.id <= $9)
-               AND h.last_updated <= $3 AND cur.last_updated > $3
-             ORDER BY h.id, h.version_id DESC) h1
-         WHERE NOT EXISTS (
-             SELECT 1 FROM export_read_ranges p
-             WHERE p.job_id = $7 AND p.resource_type = $1
-               AND h1.id > p.after_id AND (p.upto_id IS NULL OR h1.id <= p.upto_id)
-               AND NOT coalesce(pg_visible_in_snapshot(
-                   CASE WHEN h1.cur_version = h1.version_id + 1 THEN h1.cur_xid
-                        ELSE (SELECT h2.written_xid FROM resource_history h2
-                              WHERE h2.resource_type = $1 AND h2.id = h1.id
-                                AND h2.version_id = h1.version_id + 1) END,
-                   p.snap), true))"
-    }
-}
-
-/// A streamed read of a work item's range in one phase: one statement in a read-only
-/// REPEATABLE READ transaction (so its snapshot is the one recorded), whose rows Postgres sends
-/// as fast as they are taken (TCP and the client's buffers hold them back when the exporter
-/// falls behind). Rows come in id order, as stored text.
-///
-/// Phase 1 is exact under concurrent writes: a resource changed after the transaction time was
-/// exported by phase 0 exactly when the write that changed it was not visible to the phase-0
-/// read that covered its id (that read then still saw the transaction-time version). The reads'
-/// snapshots are in `export_read_ranges` (recorded with the files that hold their rows), each
-/// version's writer in `written_xid`. MVCC decides, not clocks.
-pub struct RangeRead<'c> {
-    tx: deadpool_postgres::Transaction<'c>,
-    rows: std::pin::Pin<Box<tokio_postgres::RowStream>>,
-    /// The statement has sent its last row (its stream must not be polled again).
-    exhausted: bool,
-    /// Phase 0: the snapshot every row of this read was read under (`pg_snapshot` text).
-    pub snapshot: Option<String>,
-}
-
-impl RangeRead<'_> {
-    /// The next rows: at most `max_rows`, and no more once `max_bytes` of resources are taken
-    /// (none: the range is exhausted).
-    pub async fn fetch(
-        &mut self,
-        max_rows: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<StreamedRow>, DbError> {
-        use futures::TryStreamExt;
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        while !self.exhausted && out.len() < max_rows && bytes < max_bytes {
-            match self.rows.try_next().await? {
-                Some(r) => {
-                    let row = StreamedRow::new(r)?;
-                    bytes += row.len;
-                    out.push(row);
-                }
-                None => self.exhausted = true,
-            }
-        }
-        Ok(out)
-    }
-
-    /// Ends the read (its transaction only read). Rows not taken yet are skipped on the way.
-    pub async fn close(self) -> Result<(), DbError> {
-        drop(self.rows);
-        self.tx.rollback().await?;
-        Ok(())
-    }
-}
-
-/// A row of a [`RangeRead`], kept as received (its text is not copied out of it).
-pub struct StreamedRow {
-    row: tokio_postgres::Row,
-    /// Bytes of the resource text.
-    pub len: usize,
-}
-
-impl StreamedRow {
-    fn new(row: tokio_postgres::Row) -> Result<StreamedRow, DbError> {
-        let len = row.try_get::<_, &str>(1)?.len();
-        Ok(StreamedRow { row, len })
-    }
-
-    pub fn id(&self) -> &str {
-        self.row.get(0)
-    }
-
-    /// The resource as stored.
-    pub fn resource(&self) -> &str {
-        self.row.get(1)
-    }
-}
-
-/// Opens the streamed read of `sel`'s rows after `cursor` in `phase` (see [`RangeRead`]).
-/// Planned for these parameter values every time (`plan_cache_mode = force_custom_plan`): a
-/// generic plan of the Patient-scope condition walked the whole type and tested each row.
-pub async fn read_range<'c>(
-    client: &'c mut deadpool_postgres::Client,
-    sel: &Selection<'_>,
-    phase: i16,
-    cursor: &str,
-) -> Result<RangeRead<'c>, DbError> {
-    let scope = selection_condition(sel);
-    let source = phase_source(phase);
-    let sql = format!(
-        "SELECT r.id, r.resource FROM ({source}) r
-         WHERE NOT r.deleted AND ($4::timestamptz IS NULL OR r.last_updated > $4)
-           AND {scope}
-           -- every selection statement binds the same nine parameters
-           AND $5::int8 IS NOT NULL AND $6::int8 IS NOT NULL
-           AND $7::uuid IS NOT NULL AND $8::text[] IS NOT NULL
-         ORDER BY r.id"
-    );
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
-    tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        .await?;
-    let snapshot = if phase == 0 {
-        Some(
-            tx.query_one("SELECT pg_current_snapshot()::text", &[])
-                .await?
-                .get(0),
-        )
-    } else {
-        None
-    };
-    let stmt = tx.prepare_cached(&sql).await?;
-    let sources = source_types(sel);
-    let zero = 0i64;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
-        &sel.resource_type,
-        &cursor,
-        &sel.transaction_time,
-        &sel.since,
-        &zero,
-        &zero,
-        &sel.job_id,
-        &sources,
-        &sel.upto,
-    ];
-    let rows = Box::pin(tx.query_raw(&stmt, params).await?);
-    Ok(RangeRead {
-        tx,
-        rows,
-        exhausted: false,
-        snapshot,
+fn file_from_row(r: &tokio_postgres::Row) -> Result<ExportFile, DbError> {
+    let kind: String = r.get(1);
+    Ok(ExportFile {
+        file_name: r.get(0),
+        kind: FileKind::parse(&kind).ok_or(DbError::UnknownValue {
+            column: "kind",
+            value: kind,
+        })?,
+        resource_type: r.get(2),
+        object_key: r.get(3),
+        resource_count: r.get(4),
+        byte_count: r.get(5),
+        gzip_object_key: r.get(6),
     })
 }
 
-/// The $8 of a selection statement: source types of referenced resources, or for Provenance
-/// the target types.
-fn source_types<'a>(sel: &Selection<'a>) -> &'a [String] {
-    let mut sources: &[String] = sel.scope.as_ref().map_or(&[], |s| s.referenced_from);
-    if let Some(a) = &sel.associated {
-        // The two lists never meet: AdditionalResources are never Provenance at system level,
-        // and at Patient level both are the exported compartment types.
-        if sources.is_empty() {
-            sources = a.target_types;
-        }
-    }
-    sources
-}
-
-/// Resources deleted after `since` and up to the transaction time, in the selection's scope,
-/// after `cursor` (for `deleted[]`): the id and the content the resource had when it was
-/// deleted (a tombstone keeps it), so that `_typeFilter` can decide whether it is listed.
-pub async fn select_deleted(
-    pool: &Pool,
-    sel: &Selection<'_>,
-    cursor: &str,
-    max_rows: i64,
-) -> Result<Vec<Row>, DbError> {
-    let scope = selection_condition(sel);
-    let sql = format!(
-        "SELECT r.id, r.resource FROM resources r
-         WHERE r.resource_type = $1 AND r.id > $2 AND r.deleted AND r.last_updated <= $3
-           AND r.last_updated > $4 AND {scope}
-           -- every statement binds the same nine parameters
-           AND $6::int8 IS NOT NULL AND $7::uuid IS NOT NULL AND $8::text[] IS NOT NULL
-           AND ($9::text IS NULL OR r.id <= $9)
-         ORDER BY r.id LIMIT $5"
-    );
-    let rows = query_selection(pool, &sql, sel, cursor, max_rows, 0).await?;
-    Ok(rows.iter().map(Row::from_row).collect())
-}
-
-/// References from the job's exported compartment resources (of `source_types`) to
-/// `target_type` resources that do not exist: (source type, source id, target id).
-pub async fn select_dangling_refs(
-    pool: &Pool,
-    sel: &Selection<'_>,
-    source_types: &[String],
-    limit: i64,
-) -> Result<Vec<(String, String, String)>, DbError> {
+pub async fn select_files(pool: &Pool, job_id: Uuid) -> Result<Vec<ExportFile>, DbError> {
     let client = pool.get().await?;
-    if sel.scope.as_ref().is_some_and(|s| s.refs_planned) {
-        let rows = client
-            .query(
-                "SELECT DISTINCT jr.source_type, jr.source_id, jr.target_id FROM export_job_refs jr
-                 WHERE jr.job_id = $1 AND jr.target_type = $2 AND jr.source_type = ANY($3)
-                   AND NOT EXISTS (SELECT 1 FROM resources t WHERE t.resource_type = $2
-                                   AND t.id = jr.target_id AND NOT t.deleted)
-                 ORDER BY 1, 2, 3 LIMIT $4",
-                &[&sel.job_id, &sel.resource_type, &source_types, &limit],
-            )
-            .await?;
-        return Ok(rows
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect());
-    }
     let rows = client
         .query(
-            "SELECT DISTINCT f.source_type, f.source_id, f.target_id FROM export_job_patients jp
-             JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY($3)
-             JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
-             JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
-             WHERE jp.job_id = $1 AND f.target_type = $2
-               AND NOT s.deleted AND s.last_updated <= $4
-               AND ($5::timestamptz IS NULL OR s.last_updated > $5)
-               AND NOT EXISTS (SELECT 1 FROM resources t WHERE t.resource_type = $2
-                               AND t.id = f.target_id AND NOT t.deleted)
-             ORDER BY 1, 2, 3 LIMIT $6",
-            &[
-                &sel.job_id,
-                &sel.resource_type,
-                &source_types,
-                &sel.transaction_time,
-                &sel.since,
-                &limit,
-            ],
+            &format!(
+                "SELECT {FILE_COLUMNS} FROM export_files WHERE job_id = $1 ORDER BY file_name"
+            ),
+            &[&job_id],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect())
+    rows.iter().map(file_from_row).collect()
 }
 
-/// The next `limit` patients of the job after `cursor`, in id order (organizeOutputBy=Patient).
-pub async fn select_patient_batch(
+/// One file of a job, by name (a download looks up one row, not the job's whole file list).
+pub async fn get_file(
     pool: &Pool,
     job_id: Uuid,
-    cursor: &str,
-    limit: i64,
-) -> Result<Vec<String>, DbError> {
+    file_name: &str,
+) -> Result<Option<ExportFile>, DbError> {
     let client = pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT patient_id FROM export_job_patients
-             WHERE job_id = $1 AND patient_id > $2 ORDER BY patient_id LIMIT $3",
-            &[&job_id, &cursor, &limit],
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {FILE_COLUMNS} FROM export_files WHERE job_id = $1 AND file_name = $2"
+            ),
+            &[&job_id, &file_name],
         )
         .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// What the blocks of a batch of patients hold (organizeOutputBy=Patient): each patient's
-/// compartment resources, the AdditionalResources they reference and the Provenance that
-/// targets them, as they were at the transaction time and changed after `since`.
-#[derive(Debug, Clone)]
-pub struct BlockQuery<'a> {
-    pub patients: &'a [String],
-    /// Compartment members of these types.
-    pub compartment_types: &'a [String],
-    /// Compartment members of these types bring the resources they reference (`_type` filters
-    /// the output, not this traversal).
-    pub referencing_types: &'a [String],
-    /// Resources of these types referenced by a compartment member of the block.
-    pub referenced_types: &'a [String],
-    /// Provenance whose target is a compartment member of the block (of these types);
-    /// `latest_provenance`: only the newest of each target.
-    pub provenance_target_types: &'a [String],
-    pub latest_provenance: bool,
-    pub transaction_time: DateTime<Utc>,
-    pub since: Option<DateTime<Utc>>,
-}
-
-/// One resource of a block.
-pub struct BlockRow {
-    pub patient_id: String,
-    pub resource_type: String,
-    pub resource: String,
-}
-
-const BLOCKS_SQL: &str = "
-WITH cand AS (
-    SELECT c.patient_id, c.resource_type, c.resource_id AS id
-    FROM compartment c
-    WHERE c.patient_id = ANY($1) AND c.resource_type = ANY($2)
-  UNION
-    SELECT c.patient_id, f.target_type, f.target_id
-    FROM compartment c
-    JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
-    JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
-    WHERE c.patient_id = ANY($1) AND c.resource_type = ANY($8) AND f.target_type = ANY($3)
-      AND NOT s.deleted AND s.last_updated <= $4
-      AND ($5::timestamptz IS NULL OR s.last_updated > $5)
-  UNION
-    SELECT c.patient_id, 'Provenance', pt.provenance_id
-    FROM compartment c
-    JOIN provenance_targets pt ON pt.target_type = c.resource_type AND pt.target_id = c.resource_id
-    JOIN resources t ON t.resource_type = c.resource_type AND t.id = c.resource_id
-    WHERE c.patient_id = ANY($1) AND c.resource_type = ANY($6)
-      AND NOT t.deleted AND t.last_updated <= $4
-      AND ($5::timestamptz IS NULL OR t.last_updated > $5)
-      AND (NOT $7 OR NOT EXISTS (
-          SELECT 1 FROM provenance_targets p2
-          WHERE p2.target_type = pt.target_type AND p2.target_id = pt.target_id
-            AND (p2.recorded, p2.provenance_id) > (pt.recorded, pt.provenance_id)))
-)
-SELECT cand.patient_id, cand.resource_type, v.resource
-FROM cand
-JOIN resources cur ON cur.resource_type = cand.resource_type AND cur.id = cand.id
-CROSS JOIN LATERAL (
-    SELECT cur.resource, cur.deleted, cur.last_updated WHERE cur.last_updated <= $4
-    UNION ALL
-    (SELECT h.resource, h.deleted, h.last_updated FROM resource_history h
-     WHERE cur.last_updated > $4 AND h.resource_type = cand.resource_type AND h.id = cand.id
-       AND h.last_updated <= $4
-     ORDER BY h.version_id DESC LIMIT 1)
-) v
-WHERE NOT v.deleted AND ($5::timestamptz IS NULL OR v.last_updated > $5)
-ORDER BY cand.patient_id, (cand.resource_type = 'Patient' AND cand.id = cand.patient_id) DESC,
-         cand.resource_type, cand.id";
-
-/// Streams the blocks of a batch, ordered by patient, the patient's own Patient resource first,
-/// then by type and id. Rows arrive as Postgres sends them: a batch is never held in memory.
-/// `client` stays busy until the stream is drained or dropped.
-pub async fn stream_blocks(
-    client: &deadpool_postgres::Client,
-    q: &BlockQuery<'_>,
-) -> Result<tokio_postgres::RowStream, DbError> {
-    let stmt = client.prepare_cached(BLOCKS_SQL).await?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
-        &q.patients,
-        &q.compartment_types,
-        &q.referenced_types,
-        &q.transaction_time,
-        &q.since,
-        &q.provenance_target_types,
-        &q.latest_provenance,
-        &q.referencing_types,
-    ];
-    Ok(client.query_raw(&stmt, params).await?)
-}
-
-pub fn block_row(row: &tokio_postgres::Row) -> BlockRow {
-    BlockRow {
-        patient_id: row.get(0),
-        resource_type: row.get(1),
-        resource: row.get(2),
-    }
+    row.as_ref().map(file_from_row).transpose()
 }

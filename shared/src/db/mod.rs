@@ -4,6 +4,10 @@ pub mod clients;
 pub mod credentials;
 pub mod files;
 pub mod jobs;
+pub mod named;
+pub mod planning;
+pub mod polls;
+pub mod reads;
 pub mod resources;
 pub mod tls;
 pub mod work_items;
@@ -23,8 +27,15 @@ pub enum DbError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database: {}", crate::error_chain(.0))]
     Postgres(#[from] tokio_postgres::Error),
-    #[error("database row: {0}")]
-    Row(String),
+    /// A column holds a value this version has no name for (a newer version wrote it).
+    #[error("database row: {column} {value:?} is not known to this version")]
+    UnknownValue { column: &'static str, value: String },
+    /// A statement names a parameter it is not given (see `named`).
+    #[error("statement parameter :{0} is not bound")]
+    Unbound(String),
+    /// Stored JSON (a job's parameters, a resource) that does not read or write back.
+    #[error("database row: stored JSON")]
+    Json(#[from] serde_json::Error),
     #[error("migration {name}: {source}")]
     Migration {
         name: &'static str,

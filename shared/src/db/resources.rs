@@ -82,7 +82,7 @@ async fn store_batch(pool: &Pool, batch: &[NewResource]) -> Result<(), DbError> 
             .get(&(r.resource_type.clone(), r.id.clone()))
             .map_or(1, |v| v + 1);
         versions.push(version);
-        texts.push(stamp_meta(&r.text, version, &now).map_err(|e| DbError::Row(e.to_string()))?);
+        texts.push(stamp_meta(&r.text, version, &now)?);
     }
 
     if old_types.is_empty() {

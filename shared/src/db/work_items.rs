@@ -2,8 +2,8 @@
 //! resource type, or the patient blocks of organizeOutputBy=Patient); any exporter claims an
 //! item with a lease, checkpoints it after every file and retries it on its own. The last
 //! item's last checkpoint completes the job, in the same transaction (the manifest is assembled
-//! exactly once). `export_files` (the job's finished files) is written here too, only ever in
-//! an item's checkpoint.
+//! exactly once; an item's checkpoint writes its files' rows (`super::files`) in the same
+//! transaction.
 
 use std::time::Duration;
 
@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use super::jobs::JobError;
 use super::{DbError, Pool};
-use crate::export::manifest::{ExportFile, FileKind};
+use crate::export::job::Transition;
+use crate::export::manifest::ExportFile;
 use crate::export::JobStatus;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,14 +279,18 @@ pub async fn record_failure(
     let attempts: i32 = row.get(0);
     let status = tx
         .query_opt(
-            "UPDATE export_jobs SET
+            &format!(
+                "UPDATE export_jobs SET
                  attempts = greatest(attempts, $2), error = $3, public_error = $4,
-                 status = CASE WHEN status = 'Active' AND $2 >= $5 THEN 'Failed' ELSE status END,
-                 completed_at = CASE WHEN status = 'Active' AND $2 >= $5 THEN now() ELSE completed_at END,
-                 expires_at = CASE WHEN status = 'Active' AND $2 >= $5
+                 status = CASE WHEN {fail} AND $2 >= $5 THEN {failed} ELSE status END,
+                 completed_at = CASE WHEN {fail} AND $2 >= $5 THEN now() ELSE completed_at END,
+                 expires_at = CASE WHEN {fail} AND $2 >= $5
                                    THEN now() + make_interval(secs => $6) ELSE expires_at END,
                  updated_at = now()
              WHERE id = $1 RETURNING status",
+                fail = Transition::FAIL.guard("status"),
+                failed = Transition::FAIL.target(),
+            ),
             &[
                 &item.job_id,
                 &attempts,
@@ -321,7 +326,7 @@ pub async fn checkpoint(
     item: &WorkItem,
     owner: &str,
     files: &[ExportFile],
-    ranges: &[crate::db::files::ReadRange],
+    ranges: &[crate::db::reads::ReadRange],
     retention: Duration,
 ) -> Result<Checkpointed, DbError> {
     let mut client = pool.get().await?;
@@ -361,7 +366,7 @@ pub async fn checkpoint(
         tx.rollback().await?;
         return Ok(Checkpointed::LeaseLost);
     }
-    insert_files(&tx, item.job_id, files).await?;
+    super::files::insert_files(&tx, item.job_id, files).await?;
     if !ranges.is_empty() {
         let after: Vec<&str> = ranges.iter().map(|r| r.after_id.as_str()).collect();
         let upto: Vec<Option<&str>> = ranges.iter().map(|r| r.upto_id.as_deref()).collect();
@@ -387,12 +392,16 @@ pub async fn checkpoint(
     if item.done {
         let completed = tx
             .execute(
-                "UPDATE export_jobs SET status = 'Complete', completed_at = now(),
+                &format!(
+                    "UPDATE export_jobs SET status = {complete}, completed_at = now(),
                      expires_at = now() + make_interval(secs => $2),
                      lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-                 WHERE id = $1 AND status = 'Active'
+                 WHERE id = $1 AND {guard}
                    AND NOT EXISTS (SELECT 1 FROM export_work_items
                                    WHERE job_id = $1 AND NOT done)",
+                    complete = Transition::COMPLETE.target(),
+                    guard = Transition::COMPLETE.guard("status"),
+                ),
                 &[&item.job_id, &retention.as_secs_f64()],
             )
             .await?;
@@ -402,82 +411,4 @@ pub async fn checkpoint(
     }
     tx.commit().await?;
     Ok(result)
-}
-
-/// Records finished files (idempotent: a rewritten file replaces its row).
-pub async fn insert_files(
-    client: &impl deadpool_postgres::GenericClient,
-    job_id: Uuid,
-    files: &[ExportFile],
-) -> Result<(), DbError> {
-    for f in files {
-        client
-            .execute(
-                "INSERT INTO export_files (job_id, file_name, kind, resource_type, object_key,
-                     resource_count, byte_count, gzip_object_key)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (job_id, file_name) DO UPDATE SET resource_count = excluded.resource_count,
-                     byte_count = excluded.byte_count, object_key = excluded.object_key,
-                     gzip_object_key = excluded.gzip_object_key",
-                &[
-                    &job_id,
-                    &f.file_name,
-                    &f.kind.as_str(),
-                    &f.resource_type,
-                    &f.object_key,
-                    &f.resource_count,
-                    &f.byte_count,
-                    &f.gzip_object_key,
-                ],
-            )
-            .await?;
-    }
-    Ok(())
-}
-
-const FILE_COLUMNS: &str =
-    "file_name, kind, resource_type, object_key, resource_count, byte_count, gzip_object_key";
-
-fn file_from_row(r: &tokio_postgres::Row) -> Result<ExportFile, DbError> {
-    let kind: String = r.get(1);
-    Ok(ExportFile {
-        file_name: r.get(0),
-        kind: FileKind::parse(&kind).ok_or_else(|| DbError::Row(format!("kind {kind}")))?,
-        resource_type: r.get(2),
-        object_key: r.get(3),
-        resource_count: r.get(4),
-        byte_count: r.get(5),
-        gzip_object_key: r.get(6),
-    })
-}
-
-pub async fn select_files(pool: &Pool, job_id: Uuid) -> Result<Vec<ExportFile>, DbError> {
-    let client = pool.get().await?;
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {FILE_COLUMNS} FROM export_files WHERE job_id = $1 ORDER BY file_name"
-            ),
-            &[&job_id],
-        )
-        .await?;
-    rows.iter().map(file_from_row).collect()
-}
-
-/// One file of a job, by name (a download looks up one row, not the job's whole file list).
-pub async fn get_file(
-    pool: &Pool,
-    job_id: Uuid,
-    file_name: &str,
-) -> Result<Option<ExportFile>, DbError> {
-    let client = pool.get().await?;
-    let row = client
-        .query_opt(
-            &format!(
-                "SELECT {FILE_COLUMNS} FROM export_files WHERE job_id = $1 AND file_name = $2"
-            ),
-            &[&job_id, &file_name],
-        )
-        .await?;
-    row.as_ref().map(file_from_row).transpose()
 }

@@ -74,6 +74,7 @@ impl JobStatus {
         Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
+    /// No exporter moves it on (an operator may retry a Failed job).
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -91,7 +92,83 @@ impl JobStatus {
                 | (Queued | Active, Failed)
                 | (Queued | Active, CancellationRequested)
                 | (CancellationRequested, Cancelled)
+                // An operator's retry (`bulk-export jobs ID --retry`): Queued when it had not
+                // been planned yet, else Active with its finished parts kept.
+                | (Failed, Queued | Active)
         )
+    }
+}
+
+/// A change of state the database makes: an UPDATE of `export_jobs` to `to`, guarded by
+/// [`Transition::guard`] (its `from` states). These are the only status changes in SQL, and a
+/// test checks them against [`JobStatus::can_become`], so the two cannot drift apart.
+#[derive(Debug, Clone, Copy)]
+pub struct Transition {
+    pub from: &'static [JobStatus],
+    pub to: JobStatus,
+}
+
+impl Transition {
+    /// An exporter claims a queued job.
+    pub const CLAIM: Transition = Transition {
+        from: &[JobStatus::Queued],
+        to: JobStatus::Active,
+    };
+    /// The last work item's checkpoint.
+    pub const COMPLETE: Transition = Transition {
+        from: &[JobStatus::Active],
+        to: JobStatus::Complete,
+    };
+    /// A permanent failure, or the last attempt's.
+    pub const FAIL: Transition = Transition {
+        from: &[JobStatus::Queued, JobStatus::Active],
+        to: JobStatus::Failed,
+    };
+    /// A client's DELETE of a running job.
+    pub const REQUEST_CANCELLATION: Transition = Transition {
+        from: &[JobStatus::Queued, JobStatus::Active],
+        to: JobStatus::CancellationRequested,
+    };
+    /// Its files are gone.
+    pub const CANCELLED: Transition = Transition {
+        from: &[JobStatus::CancellationRequested],
+        to: JobStatus::Cancelled,
+    };
+    /// An operator's retry of a job that had been planned.
+    pub const RETRY_PLANNED: Transition = Transition {
+        from: &[JobStatus::Failed],
+        to: JobStatus::Active,
+    };
+    /// An operator's retry of a job that had not been planned.
+    pub const RETRY_UNPLANNED: Transition = Transition {
+        from: &[JobStatus::Failed],
+        to: JobStatus::Queued,
+    };
+
+    pub const ALL: [Transition; 7] = [
+        Transition::CLAIM,
+        Transition::COMPLETE,
+        Transition::FAIL,
+        Transition::REQUEST_CANCELLATION,
+        Transition::CANCELLED,
+        Transition::RETRY_PLANNED,
+        Transition::RETRY_UNPLANNED,
+    ];
+
+    /// SQL: whether `column` (qualified as the statement needs) holds a `from` state,
+    /// e.g. `j.status IN ('Queued', 'Active')`.
+    pub fn guard(&self, column: &str) -> String {
+        let states: Vec<String> = self
+            .from
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        format!("{column} IN ({})", states.join(", "))
+    }
+
+    /// SQL: the target state as a literal.
+    pub fn target(&self) -> String {
+        format!("'{}'", self.to.as_str())
     }
 }
 
@@ -133,13 +210,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn terminal_states_never_change() {
+    fn terminal_states_change_only_by_an_operators_retry() {
         for from in [Complete, Failed, Cancelled] {
             assert!(from.is_terminal());
             for to in JobStatus::ALL {
-                assert!(!from.can_become(to), "{from:?} -> {to:?}");
+                let retry = from == Failed && matches!(to, Queued | Active);
+                assert_eq!(from.can_become(to), retry, "{from:?} -> {to:?}");
             }
         }
+    }
+
+    #[test]
+    fn the_databases_transitions_are_exactly_the_state_machine() {
+        let mut made = Vec::new();
+        for t in Transition::ALL {
+            for from in t.from {
+                assert!(from.can_become(t.to), "{from:?} -> {:?} in SQL", t.to);
+                made.push((*from, t.to));
+            }
+        }
+        for from in JobStatus::ALL {
+            for to in JobStatus::ALL {
+                if from.can_become(to) {
+                    assert!(made.contains(&(from, to)), "{from:?} -> {to:?} never made");
+                }
+            }
+        }
+        assert_eq!(
+            Transition::FAIL.guard("status"),
+            "status IN ('Queued', 'Active')"
+        );
+        assert_eq!(Transition::CANCELLED.target(), "'Cancelled'");
     }
 
     #[test]

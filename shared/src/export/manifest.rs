@@ -63,7 +63,7 @@ pub struct Manifest {
     pub requires_access_token: bool,
     /// `Patient` when the kick-off asked for `organizeOutputBy=Patient` (IG v3).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub output_organized_by: Option<String>,
+    pub output_organized_by: Option<crate::export::params::OrganizeBy>,
     pub output: Vec<ManifestEntry>,
     /// Always present, even when empty: real clients fail without it.
     pub error: Vec<ManifestEntry>,
@@ -101,7 +101,7 @@ pub fn build(
         transaction_time: format_instant(&job.transaction_time),
         request: job.request_url.clone(),
         requires_access_token,
-        output_organized_by: job.params.organize_output_by.clone(),
+        output_organized_by: job.params.organize_output_by,
         output: entries(FileKind::Output),
         error: entries(FileKind::Error),
         deleted: job.params.since.map(|_| entries(FileKind::Deleted)),
@@ -124,7 +124,7 @@ mod tests {
             params: ExportParams {
                 types: None,
                 since: since.then_some(t),
-                output_format: "application/fhir+ndjson".into(),
+                output_format: Default::default(),
                 ..Default::default()
             },
             request_url: "http://h/$export".into(),
@@ -215,7 +215,7 @@ mod tests {
     #[test]
     fn files_organized_by_patient_are_listed_by_url_only() {
         let mut j = job(false);
-        j.params.organize_output_by = Some("Patient".into());
+        j.params.organize_output_by = Some(crate::export::params::OrganizeBy::Patient);
         let files = vec![
             file("blocks-0001.ndjson", FileKind::Output, "", 40),
             file(

@@ -14,6 +14,11 @@ use super::resource_types::is_resource_type;
 use super::search_table::ELEMENTS;
 use super::search_types::elements;
 
+/// An `_elements` entry this server cannot honour (the message says why).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ElementsError(pub String);
+
 pub const SUBSETTED_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue";
 
 /// The parsed `_elements` list.
@@ -25,16 +30,18 @@ pub struct ElementsFilter {
 
 impl ElementsFilter {
     /// Validates one `_elements` entry (`name` or `Type.name`) against the R4 definitions.
-    pub fn check(entry: &str) -> Result<(), String> {
+    pub fn check(entry: &str) -> Result<(), ElementsError> {
         match entry.split_once('.') {
             Some((t, name)) => {
                 if !is_resource_type(t) {
-                    return Err(format!("_elements: {t:?} is not a FHIR R4 resource type"));
+                    return Err(ElementsError(format!(
+                        "_elements: {t:?} is not a FHIR R4 resource type"
+                    )));
                 }
                 if !elements(t).iter().any(|e| e.name == name) {
-                    return Err(format!(
+                    return Err(ElementsError(format!(
                         "_elements: {name:?} is not a top-level element of {t} (only root elements may be listed)"
-                    ));
+                    )));
                 }
             }
             None => {
@@ -42,9 +49,9 @@ impl ElementsFilter {
                     .iter()
                     .any(|(_, els)| els.iter().any(|e| e.name == entry))
                 {
-                    return Err(format!(
+                    return Err(ElementsError(format!(
                         "_elements: {entry:?} is not a top-level element of any R4 resource type"
-                    ));
+                    )));
                 }
             }
         }
@@ -145,6 +152,7 @@ mod tests {
         assert!(ElementsFilter::check("Observation.value").is_ok());
         assert!(ElementsFilter::check("Patient.status")
             .unwrap_err()
+            .0
             .contains("not a top-level element of Patient"));
         assert!(ElementsFilter::check("Patient.name.family").is_err());
         assert!(ElementsFilter::check("nonsense").is_err());

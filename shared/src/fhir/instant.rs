@@ -2,15 +2,16 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+/// A value that is not a FHIR instant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a FHIR instant (expected e.g. 2024-01-31T12:00:00Z, with a time zone)")]
+pub struct InvalidInstant(pub String);
+
 /// Parses a FHIR instant: `YYYY-MM-DDThh:mm:ss(.sss)(Z|±hh:mm)`. A time zone is required.
-pub fn parse_instant(value: &str) -> Result<DateTime<Utc>, String> {
+pub fn parse_instant(value: &str) -> Result<DateTime<Utc>, InvalidInstant> {
     DateTime::parse_from_rfc3339(value.trim())
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| {
-            format!(
-                "{value:?} is not a FHIR instant (expected e.g. 2024-01-31T12:00:00Z, with a time zone)"
-            )
-        })
+        .map_err(|_| InvalidInstant(value.to_string()))
 }
 
 /// Formats an instant the way FHIR servers usually do: UTC, milliseconds, `Z`.

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::ServiceError;
 use crate::app::AppState;
-use crate::db::{jobs, work_items};
+use crate::db::{files, jobs};
 use crate::export::JobStatus;
 use crate::storage::Download;
 
@@ -54,7 +54,7 @@ pub async fn open_file(
     if !visible {
         return Err(no_such_file());
     }
-    let file = work_items::get_file(&state.pool, id, name)
+    let file = files::get_file(&state.pool, id, name)
         .await?
         .ok_or_else(no_such_file)?;
     let key = match &file.gzip_object_key {

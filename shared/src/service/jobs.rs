@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::ServiceError;
 use crate::app::AppState;
-use crate::db::{jobs, work_items};
+use crate::db::{files, jobs, polls};
 use crate::export::{Job, JobStatus};
 
 /// What a status request shows.
@@ -69,7 +69,7 @@ pub async fn job_status(
     Ok(match job.status {
         JobStatus::Queued | JobStatus::Active => {
             let interval = state.config.min_poll_interval;
-            if !interval.is_zero() && !jobs::record_poll(&state.pool, id, interval).await? {
+            if !interval.is_zero() && !polls::record_poll(&state.pool, id, interval).await? {
                 return Err(ServiceError::TooManyRequests {
                     message: format!(
                         "polling too often; wait {} s (Retry-After) between status requests",
@@ -95,7 +95,7 @@ pub async fn job_status(
             JobView::InProgress { progress }
         }
         JobStatus::Complete => JobView::Complete {
-            files: work_items::select_files(&state.pool, id).await?,
+            files: files::select_files(&state.pool, id).await?,
             job,
         },
         JobStatus::Failed => JobView::Failed { job },

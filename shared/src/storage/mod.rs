@@ -28,9 +28,17 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
-    #[error("S3 {operation} on {key:?}: {message}")]
+    #[error("S3 {operation} on {key:?}")]
     S3 {
         operation: &'static str,
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A function that does not declare the action (infra/functions.json) tried it.
+    #[error("{action} on {key:?}: {message}")]
+    NotDeclared {
+        action: &'static str,
         key: String,
         message: String,
     },
@@ -100,11 +108,12 @@ pub fn validate_key(key: &str) -> Result<(), StorageError> {
     }
 }
 
-pub async fn from_config(path: &StoragePath) -> Result<Arc<dyn ObjectStore>, StorageError> {
-    Ok(match path {
+/// The store `STORAGE_PATH` names, with the configuration's S3 settings.
+pub async fn from_config(config: &crate::Config) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    Ok(match &config.storage_path {
         StoragePath::Local(dir) => Arc::new(local::LocalStore::new(dir.clone())?),
         StoragePath::S3 { bucket, prefix } => {
-            Arc::new(s3::S3Store::from_env(bucket.clone(), prefix.clone()).await)
+            Arc::new(s3::S3Store::from_settings(bucket.clone(), prefix.clone(), config.s3).await)
         }
     })
 }

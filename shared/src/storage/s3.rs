@@ -35,37 +35,33 @@ pub struct S3Store {
 fn s3_err(
     operation: &'static str,
     key: &str,
-    err: impl std::error::Error + 'static,
+    err: impl std::error::Error + Send + Sync + 'static,
 ) -> StorageError {
     StorageError::S3 {
         operation,
         key: key.to_string(),
-        message: crate::error_chain(&err),
+        source: Box::new(err),
     }
 }
 
-pub async fn client_from_env() -> Client {
+/// An S3 client from the standard AWS variables (region, credentials, `AWS_ENDPOINT_URL`),
+/// path-style when the configuration says so.
+pub async fn client(settings: crate::config::S3Settings) -> Client {
     let shared = crate::aws::shared_config().await;
-    let path_style = std::env::var("S3_FORCE_PATH_STYLE")
-        .map(|v| v == "true" || v == "1")
-        .unwrap_or(false)
-        || std::env::var("AWS_ENDPOINT_URL").is_ok()
-        || std::env::var("AWS_ENDPOINT_URL_S3").is_ok();
     let conf = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(path_style)
+        .force_path_style(settings.force_path_style)
         .build();
     Client::from_conf(conf)
 }
 
 impl S3Store {
-    /// The client from the standard AWS variables; `S3_GZIP_COPIES=false` turns the gzip copies
-    /// off (clients that accept gzip then get the plain file).
-    pub async fn from_env(bucket: String, prefix: String) -> Self {
-        let gzip_copies = !matches!(
-            std::env::var("S3_GZIP_COPIES").as_deref(),
-            Ok("false" | "0" | "no")
-        );
-        Self::new(client_from_env().await, bucket, prefix).with_gzip_copies(gzip_copies)
+    /// The store of `bucket`/`prefix` with the configured client and gzip copies.
+    pub async fn from_settings(
+        bucket: String,
+        prefix: String,
+        settings: crate::config::S3Settings,
+    ) -> Self {
+        Self::new(client(settings).await, bucket, prefix).with_gzip_copies(settings.gzip_copies)
     }
 
     pub fn new(client: Client, bucket: String, prefix: String) -> Self {

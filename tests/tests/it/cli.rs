@@ -445,7 +445,7 @@ async fn serve_metrics_count_an_export_exactly() {
         .expect("id")
         .parse()
         .expect("uuid");
-    let files = shared::db::work_items::select_files(&db.pool, id)
+    let files = shared::db::files::select_files(&db.pool, id)
         .await
         .expect("files");
     let output = files

@@ -118,7 +118,7 @@ async fn writes_behind_and_ahead_of_the_cursor_in_both_phases_change_nothing() {
     );
     let params = ExportParams {
         types: Some(vec!["Observation".into()]),
-        output_format: "application/fhir+ndjson".into(),
+        output_format: Default::default(),
         ..Default::default()
     };
     let job = jobs::insert_job(

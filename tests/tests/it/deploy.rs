@@ -155,7 +155,9 @@ async fn the_migrations_resource_migrates_on_create_and_update_and_fails_the_dep
     // Deleting the stack leaves the database alone, even without a configuration.
     let sent = shared::migrate_resource::handle_with(
         request("Delete", &url),
-        Err("DATABASE_URL is required".into()),
+        Err(shared::config::ConfigError::Missing {
+            name: "DATABASE_URL",
+        }),
     )
     .await
     .expect("delete");

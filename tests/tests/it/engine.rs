@@ -40,7 +40,7 @@ async fn new_job(
     let params = ExportParams {
         types: types.map(|t| t.iter().map(|s| s.to_string()).collect()),
         since: None,
-        output_format: "application/fhir+ndjson".into(),
+        output_format: Default::default(),
         ..Default::default()
     };
     insert(db, level, group, &params, "http://test/$export").await
@@ -110,7 +110,7 @@ async fn files_are_split_at_the_size_cap_and_counts_add_up() {
         .expect("run");
     assert_eq!(summary.completed, vec![job.id]);
 
-    let files = shared::db::work_items::select_files(&db.pool, job.id)
+    let files = shared::db::files::select_files(&db.pool, job.id)
         .await
         .expect("files");
     let obs_files: Vec<_> = files
@@ -248,7 +248,7 @@ impl ObjectWriter for FlakyWriter {
             return Err(StorageError::S3 {
                 operation: "CompleteMultipartUpload",
                 key: "test".into(),
-                message: "injected failure".into(),
+                source: "injected failure".into(),
             });
         }
         self.inner.finish().await
@@ -361,7 +361,7 @@ async fn near_the_deadline_progress_is_saved_and_the_job_handed_off() {
     assert_eq!(first.handed_off, vec![job.id]);
     let mid = status(&db, job.id).await;
     assert_eq!(mid.status, JobStatus::Active);
-    let files_before = shared::db::work_items::select_files(&db.pool, job.id)
+    let files_before = shared::db::files::select_files(&db.pool, job.id)
         .await
         .expect("files")
         .len();
@@ -439,7 +439,7 @@ async fn missing_referenced_resources_are_reported_in_error_files() {
             vec![job.id],
             "{level:?}: the export still completes"
         );
-        let files = shared::db::work_items::select_files(&db.pool, job.id)
+        let files = shared::db::files::select_files(&db.pool, job.id)
             .await
             .expect("files");
         let errors: Vec<_> = files
@@ -513,7 +513,7 @@ async fn a_status_poll_in_flight_does_not_hide_the_job_from_the_claim() {
     let mut conn = db.pool.get().await.expect("conn");
     let tx = conn.transaction().await.expect("tx");
     assert!(
-        jobs::record_poll_with(&tx, job.id, Duration::ZERO)
+        shared::db::polls::record_poll_with(&tx, job.id, Duration::ZERO)
             .await
             .expect("poll"),
         "the first poll is recorded"
@@ -534,8 +534,8 @@ async fn blocks_by_patient_resume_after_a_failure_and_a_hand_off_without_duplica
     let store = flaky(vec![2], false, Duration::from_millis(150));
     let config = cfg(&db, &[("MAX_FILE_BYTES", "15000")]);
     let params = ExportParams {
-        output_format: "application/fhir+ndjson".into(),
-        organize_output_by: Some("Patient".into()),
+        output_format: Default::default(),
+        organize_output_by: Some(shared::export::params::OrganizeBy::Patient),
         ..Default::default()
     };
     let job = insert(
@@ -570,7 +570,7 @@ async fn blocks_by_patient_resume_after_a_failure_and_a_hand_off_without_duplica
     let third = ex.run_until_idle(None, far()).await.expect("run");
     assert_eq!(third.completed, vec![job.id]);
 
-    let files = shared::db::work_items::select_files(&db.pool, job.id)
+    let files = shared::db::files::select_files(&db.pool, job.id)
         .await
         .expect("files");
     assert!(files.len() > 3, "{} files", files.len());
@@ -645,8 +645,8 @@ async fn an_organized_export_is_complete_only_with_every_file_recorded() {
         .expect("trigger");
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(temp_dir()).expect("store"));
     let params = ExportParams {
-        output_format: "application/fhir+ndjson".into(),
-        organize_output_by: Some("Patient".into()),
+        output_format: Default::default(),
+        organize_output_by: Some(shared::export::params::OrganizeBy::Patient),
         ..Default::default()
     };
     let job = insert(
@@ -673,7 +673,7 @@ async fn an_organized_export_is_complete_only_with_every_file_recorded() {
 
     let second = ex.run_until_idle(None, far()).await.expect("run");
     assert_eq!(second.completed, vec![job.id]);
-    let files = shared::db::work_items::select_files(&db.pool, job.id)
+    let files = shared::db::files::select_files(&db.pool, job.id)
         .await
         .expect("files");
     let errors: Vec<_> = files
@@ -771,7 +771,7 @@ async fn failed_exports_expire_and_their_files_are_purged() {
     assert_eq!(failed.status, JobStatus::Failed);
     let expires = failed.expires_at.expect("a failed job expires");
     assert!(expires > chrono::Utc::now() + chrono::Duration::hours(23));
-    let files = shared::db::work_items::select_files(&db.pool, job.id)
+    let files = shared::db::files::select_files(&db.pool, job.id)
         .await
         .expect("files");
     let kept = files

@@ -24,7 +24,7 @@ fn config(db: &TestDb, extra: &[(&str, &str)]) -> Arc<Config> {
 
 async fn system_job(db: &TestDb) -> Job {
     let params = ExportParams {
-        output_format: "application/fhir+ndjson".into(),
+        output_format: Default::default(),
         ..Default::default()
     };
     jobs::insert_job(
@@ -53,7 +53,7 @@ async fn files_of(
     job: uuid::Uuid,
 ) -> BTreeMap<String, (i64, Vec<u8>)> {
     let mut out = BTreeMap::new();
-    for f in work_items::select_files(&db.pool, job)
+    for f in shared::db::files::select_files(&db.pool, job)
         .await
         .expect("files")
     {

@@ -119,7 +119,7 @@ async fn an_api_gateway_kickoff_event_queues_a_job_and_wakes_the_exporter_throug
         .expect("db")
         .expect("job");
     assert_eq!(job.status, JobStatus::Complete);
-    let files = shared::db::work_items::select_files(&db.pool, job_id)
+    let files = shared::db::files::select_files(&db.pool, job_id)
         .await
         .expect("files");
     let patients: i64 = files

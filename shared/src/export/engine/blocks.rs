@@ -11,7 +11,7 @@ use futures::TryStreamExt;
 use super::planner::{export_time, provenance_association, JobLayout};
 use super::sink::{abandon, FileSink};
 use super::{Exporter, Failure, Progress};
-use crate::db::files;
+use crate::db::reads;
 use crate::db::work_items::{self, Checkpointed, WorkItem};
 use crate::db::DbError;
 use crate::export::job::Job;
@@ -81,7 +81,7 @@ impl Exporter {
             .collect();
         let mut file: Option<FileSink> = None;
         loop {
-            let batch = match files::select_patient_batch(
+            let batch = match reads::select_patient_batch(
                 &self.pool,
                 job.id,
                 &item.cursor_id,
@@ -95,7 +95,7 @@ impl Exporter {
             let Some(last) = batch.last().cloned() else {
                 break;
             };
-            let query = files::BlockQuery {
+            let query = reads::BlockQuery {
                 patients: &batch,
                 compartment_types: &compartment_types,
                 referencing_types: &layout.referencing_types,
@@ -164,7 +164,7 @@ impl Exporter {
         job: &Job,
         item: &mut WorkItem,
         mut file: Option<FileSink>,
-        query: &files::BlockQuery<'_>,
+        query: &reads::BlockQuery<'_>,
         transforms: &HashMap<&str, RowTransform>,
         deadline: Instant,
     ) -> Result<BatchEnd, Failure> {
@@ -172,7 +172,7 @@ impl Exporter {
             Ok(c) => c,
             Err(e) => return Err(abandon(file, DbError::from(e).into()).await),
         };
-        let rows = match files::stream_blocks(&client, query).await {
+        let rows = match reads::stream_blocks(&client, query).await {
             Ok(rows) => rows,
             Err(e) => return Err(abandon(file, e.into()).await),
         };
@@ -182,7 +182,7 @@ impl Exporter {
         let mut lines = 0i64;
         loop {
             let row = match rows.try_next().await {
-                Ok(Some(row)) => files::block_row(&row),
+                Ok(Some(row)) => reads::block_row(&row),
                 Ok(None) => break,
                 Err(e) => return Err(abandon(file, DbError::from(e).into()).await),
             };

@@ -5,9 +5,10 @@ use tracing::{info, warn};
 
 use super::planner;
 use super::Failure::{Permanent, Transient};
-use super::{job_error, EngineError, Exporter, Failure, Leased, RunSummary};
-use crate::db::jobs::{self, PatientSet};
-use crate::db::{resources, work_items, DbError};
+use super::{job_error, EngineError, Exporter, Failure, Leased, RunSummary, Unexportable};
+use crate::db::jobs;
+use crate::db::planning::{self, PatientSet};
+use crate::db::{files, resources, DbError};
 use crate::export::job::{ExportLevel, Job, JobStatus};
 use crate::fhir::outcome::Severity;
 use crate::fhir::OperationOutcome;
@@ -58,7 +59,7 @@ impl Exporter {
             }
             Err(Permanent(msg)) => {
                 warn!(error = %msg, "export failed");
-                let error = jobs::JobError::permanent(msg);
+                let error = jobs::JobError::permanent(msg.to_string());
                 self.fail(&job, Some(&self.owner), &error, summary).await?;
             }
             Err(Transient(e)) => {
@@ -124,13 +125,11 @@ impl Exporter {
         let group = match (job.level, &job.group_id) {
             (ExportLevel::Group, Some(g)) => {
                 if !resources::resource_exists(&self.pool, "Group", g).await? {
-                    return Err(Permanent(format!("Group/{g} no longer exists")));
+                    return Err(Permanent(Unexportable::GroupGone(g.to_string())));
                 }
                 Some(g.as_str())
             }
-            (ExportLevel::Group, None) => {
-                return Err(Permanent("group export without a group id".into()))
-            }
+            (ExportLevel::Group, None) => return Err(Permanent(Unexportable::NoGroupId)),
             _ => None,
         };
         let patients = match (job.level, &job.params.patients, group) {
@@ -151,7 +150,7 @@ impl Exporter {
                 .write_outcomes(job.id, "OperationOutcome-request.ndjson".into(), &lines)
                 .await?;
             let client = self.pool.get().await.map_err(DbError::from)?;
-            work_items::insert_files(&client, job.id, &[file]).await?;
+            files::insert_files(&client, job.id, &[file]).await?;
         }
         let blocks = job.params.organize_output_by.is_some();
         let item_bytes = self.config.item_bytes;
@@ -164,14 +163,14 @@ impl Exporter {
             .cloned()
             .collect();
         let refs = (planner::refs_planned(job) && !blocks && !additional.is_empty()).then(|| {
-            jobs::JobRefs {
+            planning::JobRefs {
                 source_types: &layout.referencing_types,
                 target_types: &additional,
                 transaction_time: planner::export_time(job),
                 since: job.params.since,
             }
         });
-        let open = jobs::mark_planned(
+        let open = planning::mark_planned(
             &self.pool,
             job.id,
             &types,

@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use super::sink::FileSink;
 use super::{Exporter, Failure};
-use crate::db::files::{self, Selection};
+use crate::db::reads::{self, Selection};
 use crate::export::manifest::{ExportFile, FileKind};
 use crate::export::transform::RowTransform;
 use crate::fhir::outcome::Severity;
@@ -25,7 +25,7 @@ impl Exporter {
             return Ok(None);
         }
         let dangling =
-            files::select_dangling_refs(&self.pool, sel, scope.referenced_from, 10_000).await?;
+            reads::select_dangling_refs(&self.pool, sel, scope.referenced_from, 10_000).await?;
         if dangling.is_empty() {
             return Ok(None);
         }
@@ -64,7 +64,7 @@ impl Exporter {
         let mut sink: Option<FileSink> = None;
         let mut cursor = String::new();
         loop {
-            let rows = match files::select_deleted(&self.pool, sel, &cursor, self.page_rows).await {
+            let rows = match reads::select_deleted(&self.pool, sel, &cursor, self.page_rows).await {
                 Ok(rows) => rows,
                 Err(e) => return Err(super::sink::abandon(sink, e.into()).await),
             };

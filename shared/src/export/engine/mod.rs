@@ -29,7 +29,7 @@ pub use planner::BLOCKS_ITEM;
 
 use super::job::{ExportLevel, Job, JobStatus};
 use crate::config::Config;
-use crate::db::files::ReadRange;
+use crate::db::reads::ReadRange;
 use crate::db::work_items::{self, Checkpointed, WorkItem};
 use crate::db::{jobs, resources, DbError, Pool};
 use crate::export::manifest::ExportFile;
@@ -72,7 +72,18 @@ impl EngineError {
 /// the job at once.
 pub enum Failure {
     Transient(EngineError),
-    Permanent(String),
+    Permanent(Unexportable),
+}
+
+/// Why a job cannot be exported at all (the client is told this).
+#[derive(Debug, thiserror::Error)]
+pub enum Unexportable {
+    #[error(transparent)]
+    TypeFilter(#[from] crate::fhir::search::SearchError),
+    #[error("Group/{0} no longer exists")]
+    GroupGone(String),
+    #[error("group export without a group id")]
+    NoGroupId,
 }
 use Failure::{Permanent, Transient};
 
@@ -337,8 +348,13 @@ impl Exporter {
             }
             Err(Permanent(msg)) => {
                 warn!(error = %msg, "export failed");
-                self.fail(&job, None, &jobs::JobError::permanent(msg), summary)
-                    .await?;
+                self.fail(
+                    &job,
+                    None,
+                    &jobs::JobError::permanent(msg.to_string()),
+                    summary,
+                )
+                .await?;
             }
             Err(Transient(e)) => {
                 let error = job_error(&e);
@@ -366,7 +382,8 @@ impl Exporter {
         deadline: Instant,
     ) -> Result<Progress, Failure> {
         // Validated at kick-off; a job stored by another version could still fail here.
-        let filters = TypeFilters::parse(&job.params.type_filters).map_err(Permanent)?;
+        let filters =
+            TypeFilters::parse(&job.params.type_filters).map_err(|e| Permanent(e.into()))?;
         let elements = ElementsFilter::new(&job.params.elements);
         let types = work_items::select_item_types(&self.pool, job.id).await?;
         let present = if job.level == ExportLevel::System {

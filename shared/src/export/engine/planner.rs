@@ -5,11 +5,11 @@
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::db::files::{Associated, PatientScope, Selection};
-use crate::db::jobs::DataSizes;
+use crate::db::planning::DataSizes;
+use crate::db::reads::{Associated, PatientScope, Selection};
 use crate::db::work_items::NewItem;
 use crate::export::job::{ExportLevel, Job};
-use crate::export::params::{LATEST_PROVENANCE, RELEVANT_PROVENANCE};
+use crate::export::params::AssociatedData;
 use crate::fhir::resource_types::{is_patient_compartment_type, patient_compartment_types};
 
 /// The work item of an `organizeOutputBy=Patient` job (not a resource type: starts with `_`).
@@ -218,17 +218,17 @@ pub fn export_time(job: &Job) -> chrono::DateTime<chrono::Utc> {
 /// - System level with `RelevantProvenanceResources` and a `_type` without Provenance: the
 ///   Provenance whose target is an exported resource; with Provenance requested, all of them.
 pub fn provenance_association<'a>(job: &Job, target_types: &'a [String]) -> Option<Associated<'a>> {
-    let asked = |v: &str| job.params.include_associated_data.iter().any(|x| x == v);
+    let asked = |v: AssociatedData| job.params.include_associated_data.contains(&v);
     let provenance_requested = job
         .params
         .types
         .as_ref()
         .is_none_or(|t| t.iter().any(|x| x == "Provenance"));
-    let (latest, with_scope) = if asked(LATEST_PROVENANCE) {
+    let (latest, with_scope) = if asked(AssociatedData::LatestProvenance) {
         (true, false)
     } else if job.level != ExportLevel::System {
         (false, provenance_requested)
-    } else if asked(RELEVANT_PROVENANCE) && !provenance_requested {
+    } else if asked(AssociatedData::RelevantProvenance) && !provenance_requested {
         (false, false)
     } else {
         return None;

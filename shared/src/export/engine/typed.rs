@@ -1,6 +1,6 @@
 //! The per-type writer: one work item's key range of one type, as ndjson files of at most
 //! `MAX_FILE_BYTES`, checkpointed after each file. Each phase of the item is one streamed
-//! statement (`files::read_range`), fetched in batches; the next batch is fetched while the
+//! statement (`reads::read_range`), fetched in batches; the next batch is fetched while the
 //! current one is written, so Postgres and the exporter work at the same time, and a row is
 //! read once (a row that does not fit in a file starts the next one).
 
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::sink::FileSink;
 use super::{Exporter, Failure, Progress, PAGE_BYTES};
-use crate::db::files::{self, Selection, StreamedRow};
+use crate::db::reads::{self, Selection, StreamedRow};
 use crate::db::work_items::{self, Checkpointed, WorkItem};
 use crate::db::DbError;
 use crate::export::manifest::{ExportFile, FileKind};
@@ -32,7 +32,7 @@ enum FileEnd {
 impl Exporter {
     /// Exports one item, one file at a time, checkpointing after each file. Phase 0 reads the
     /// current versions of the range, phase 1 the transaction-time versions of what changed
-    /// since (see `files::RangeRead`). The type's last item then writes its deleted[] and error
+    /// since (see `reads::RangeRead`). The type's last item then writes its deleted[] and error
     /// files.
     pub(super) async fn export_range(
         &self,
@@ -46,7 +46,7 @@ impl Exporter {
         let mut renewed = Instant::now();
         loop {
             // One streamed read per phase (a new one after every checkpoint of phase 0's end).
-            let mut read = files::read_range(&mut client, sel, item.phase, &item.cursor_id).await?;
+            let mut read = reads::read_range(&mut client, sel, item.phase, &item.cursor_id).await?;
             let mut pending: VecDeque<StreamedRow> = VecDeque::new();
             // The next batch, fetched while the current one was written (it may start the
             // next file).
@@ -149,10 +149,10 @@ impl Exporter {
                     return Ok(stop);
                 }
                 // Phase 0: the snapshot these ids were read under, durable with their file.
-                let ranges: Vec<files::ReadRange> = read
+                let ranges: Vec<reads::ReadRange> = read
                     .snapshot
                     .iter()
-                    .map(|snap| files::ReadRange {
+                    .map(|snap| reads::ReadRange {
                         after_id: file_start.clone(),
                         upto_id: if end == FileEnd::Exhausted {
                             item.hi_id.clone()

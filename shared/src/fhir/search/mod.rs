@@ -32,6 +32,24 @@ impl Query {
     }
 }
 
+/// A `_typeFilter` query this server cannot read, or asks for what it does not support; the
+/// message says which part, for the client (a 400, or an ignored filter with lenient handling).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SearchError(pub String);
+
+impl From<String> for SearchError {
+    fn from(message: String) -> Self {
+        SearchError(message)
+    }
+}
+
+impl From<&str> for SearchError {
+    fn from(message: &str) -> Self {
+        SearchError(message.to_string())
+    }
+}
+
 /// The `_typeFilter` queries of an export, grouped by type: a resource of a type with queries is
 /// exported when any of them matches.
 #[derive(Debug, Clone, Default)]
@@ -41,7 +59,7 @@ pub struct TypeFilters {
 
 impl TypeFilters {
     /// Parses every query (each a `Type?query` string as given in `_typeFilter`).
-    pub fn parse<S: AsRef<str>>(texts: &[S]) -> Result<Self, String> {
+    pub fn parse<S: AsRef<str>>(texts: &[S]) -> Result<Self, SearchError> {
         let queries = texts
             .iter()
             .map(|t| parse_query(t.as_ref()))

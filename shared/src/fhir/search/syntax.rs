@@ -3,6 +3,7 @@
 
 use super::value::parse_value;
 use super::Query;
+use super::SearchError;
 use crate::fhir::resource_types::is_resource_type;
 use crate::fhir::search_types::{search_param, SearchParamDef, SearchParamKind};
 
@@ -91,24 +92,28 @@ pub(super) struct Decimal {
 }
 
 /// Parses one `_typeFilter` query, `Type?query`, whose query string is still URL-encoded.
-pub fn parse_query(text: &str) -> Result<Query, String> {
+pub fn parse_query(text: &str) -> Result<Query, SearchError> {
     let (resource_type, query) = text.split_once('?').ok_or_else(|| {
-        format!("_typeFilter {text:?} is not a search query of the form Type?name=value")
+        SearchError(format!(
+            "_typeFilter {text:?} is not a search query of the form Type?name=value"
+        ))
     })?;
     if !is_resource_type(resource_type) {
-        return Err(format!(
+        return Err(SearchError(format!(
             "_typeFilter {text:?}: {resource_type:?} is not a FHIR R4 resource type"
-        ));
+        )));
     }
     let mut criteria = Vec::new();
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         criteria.push(
             parse_criterion(resource_type, &name, &value)
-                .map_err(|e| format!("_typeFilter {text:?}: {e}"))?,
+                .map_err(|e| SearchError(format!("_typeFilter {text:?}: {e}")))?,
         );
     }
     if criteria.is_empty() {
-        return Err(format!("_typeFilter {text:?} has no search parameter"));
+        return Err(SearchError(format!(
+            "_typeFilter {text:?} has no search parameter"
+        )));
     }
     Ok(Query {
         resource_type: resource_type.to_string(),
@@ -120,28 +125,31 @@ pub(super) fn parse_criterion(
     resource_type: &str,
     name: &str,
     value: &str,
-) -> Result<Criterion, String> {
+) -> Result<Criterion, SearchError> {
     let (code, modifier) = match name.split_once(':') {
         Some((c, m)) => (c, Some(m)),
         None => (name, None),
     };
     if RESULT_PARAMETERS.contains(&code) {
-        return Err(format!(
+        return Err(SearchError(format!(
             "{code} is a search result parameter, which _typeFilter does not allow"
-        ));
+        )));
     }
     if code.contains('.') || code == "_has" {
-        return Err(format!(
+        return Err(SearchError(format!(
             "{name}: chained and reverse-chained parameters are not supported"
-        ));
+        )));
     }
-    let def = search_param(resource_type, code)
-        .ok_or_else(|| format!("{code} is not a search parameter of {resource_type}"))?;
+    let def = search_param(resource_type, code).ok_or_else(|| {
+        SearchError(format!(
+            "{code} is not a search parameter of {resource_type}"
+        ))
+    })?;
     if !def.supported() {
-        return Err(format!(
+        return Err(SearchError(format!(
             "{code} ({} parameter) is not supported by this server",
             def.kind.as_str()
-        ));
+        )));
     }
     use SearchParamKind as K;
     let modifier = match (modifier, def.kind) {
@@ -149,7 +157,11 @@ pub(super) fn parse_criterion(
         (Some("missing"), _) => match value {
             "true" => Modifier::Missing(true),
             "false" => Modifier::Missing(false),
-            _ => return Err(format!("{name}: the value must be true or false")),
+            _ => {
+                return Err(SearchError(format!(
+                    "{name}: the value must be true or false"
+                )))
+            }
         },
         (Some("not"), K::Token) => Modifier::Not,
         (Some("text"), K::Token) => Modifier::Text,
@@ -159,10 +171,10 @@ pub(super) fn parse_criterion(
         (Some("above"), K::Uri) => Modifier::Above,
         (Some(t), K::Reference) if is_resource_type(t) => Modifier::Type(t.to_string()),
         (Some(m), kind) => {
-            return Err(format!(
+            return Err(SearchError(format!(
                 "{name}: the modifier :{m} is not supported on {} parameters",
                 kind.as_str()
-            ))
+            )))
         }
     };
     let values = if matches!(modifier, Modifier::Missing(_)) {
@@ -170,11 +182,14 @@ pub(super) fn parse_criterion(
     } else {
         split_escaped(value, ',')
             .into_iter()
-            .map(|v| parse_value(def.kind, &modifier, &v).map_err(|e| format!("{name}: {e}")))
+            .map(|v| {
+                parse_value(def.kind, &modifier, &v)
+                    .map_err(|e| SearchError(format!("{name}: {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()?
     };
     if values.is_empty() {
-        return Err(format!("{name} has no value"));
+        return Err(SearchError(format!("{name} has no value")));
     }
     Ok(Criterion {
         def,

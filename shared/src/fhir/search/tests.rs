@@ -164,7 +164,7 @@ fn refusals_say_why() {
         ("Observation?", "no search parameter"),
     ] {
         let e = parse_query(q).unwrap_err();
-        assert!(e.contains(want), "{q}: {e}");
+        assert!(e.0.contains(want), "{q}: {e}");
     }
 }
 

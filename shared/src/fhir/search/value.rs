@@ -1,6 +1,7 @@
 //! Value grammar: tokens, prefixes, decimals with their implicit precision, dates as ranges,
 //! and the normalisation strings are compared in.
 
+use super::SearchError;
 use chrono::{DateTime, Months, NaiveDate, TimeDelta, Utc};
 use unicode_normalization::UnicodeNormalization;
 
@@ -13,10 +14,10 @@ pub(super) fn parse_value(
     kind: SearchParamKind,
     modifier: &Modifier,
     v: &str,
-) -> Result<SearchValue, String> {
+) -> Result<SearchValue, SearchError> {
     use SearchParamKind as K;
     if v.is_empty() {
-        return Err("empty value".into());
+        return Err(SearchError("empty value".into()));
     }
     Ok(match kind {
         K::Token if *modifier == Modifier::Text => SearchValue::Text(normalize(&unescape(v))),
@@ -30,7 +31,11 @@ pub(super) fn parse_value(
                 system: Some(unescape(system)),
                 code: non_empty(code),
             },
-            _ => return Err(format!("{v:?} is not a token ([system]|[code])")),
+            _ => {
+                return Err(SearchError(format!(
+                    "{v:?} is not a token ([system]|[code])"
+                )))
+            }
         },
         K::String if *modifier == Modifier::Exact => SearchValue::Text(unescape(v)),
         K::String => SearchValue::Text(normalize(&unescape(v))),
@@ -53,21 +58,24 @@ pub(super) fn parse_value(
             let (prefix, rest) = split_prefix(v);
             SearchValue::Number(
                 prefix,
-                parse_decimal(rest).ok_or_else(|| format!("{v:?} is not a number"))?,
+                parse_decimal(rest).ok_or_else(|| SearchError(format!("{v:?} is not a number")))?,
             )
         }
         K::Quantity => {
             let parts = split_escaped(v, '|');
             let (prefix, number) = split_prefix(&parts[0]);
-            let number = parse_decimal(number)
-                .ok_or_else(|| format!("{v:?} is not a quantity ([prefix]number|system|code)"))?;
+            let number = parse_decimal(number).ok_or_else(|| {
+                SearchError(format!(
+                    "{v:?} is not a quantity ([prefix]number|system|code)"
+                ))
+            })?;
             let (system, code) = match parts.as_slice() {
                 [_] => (None, None),
                 [_, system, code] => (non_empty(system), non_empty(code)),
                 _ => {
-                    return Err(format!(
+                    return Err(SearchError(format!(
                         "{v:?} is not a quantity ([prefix]number|system|code)"
-                    ))
+                    )))
                 }
             };
             SearchValue::Quantity {
@@ -77,7 +85,7 @@ pub(super) fn parse_value(
                 code,
             }
         }
-        K::Composite | K::Special => return Err("not supported".into()),
+        K::Composite | K::Special => return Err(SearchError("not supported".into())),
     })
 }
 

@@ -8,6 +8,9 @@ use std::sync::Arc;
 
 use std::process::ExitCode;
 
+mod clients;
+mod jobs;
+
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use shared::app::AppState;
@@ -165,7 +168,7 @@ const ENV_SERVE: &str = "Environment (README.md, Configuration, has the defaults
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    shared::telemetry::init();
+    shared::telemetry::init(shared::config::LogFormat::from_env());
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,
@@ -184,7 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cli = match cli.command {
         Command::Client {
             command: ClientCommand::Keygen { out, kid },
-        } => return keygen(&out, &kid).map(|()| ExitCode::SUCCESS),
+        } => return clients::keygen(&out, &kid).map(|()| ExitCode::SUCCESS),
         Command::Client {
             command:
                 ClientCommand::Token {
@@ -201,7 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .map_err(anyhow::Error::msg)?;
             let body = match auth::keys::request_token(&token_url, &assertion, &scope).await {
                 Ok(body) => body,
-                Err(e) => bail!("{e}{}", token_url_hint(&token_url).await),
+                Err(e) => bail!("{e}{}", clients::token_url_hint(&token_url).await),
             };
             eprintln!(
                 "granted {} for {} s",
@@ -218,10 +221,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     shared::db::credentials::resolve(&mut config, None).await?;
     // serve: the HTTP routes' connections plus about three per exporter worker (a page read
     // ahead, a lease renewal, a checkpoint).
-    let pool_size = match &cli.command {
+    let pool_size = config.database_pool_size.unwrap_or(match &cli.command {
         Command::Serve { workers, .. } => 8 + 3 * serve::worker_count(*workers),
         _ => 8,
-    };
+    });
     let pool = db::pool(&config.database_url, pool_size)?;
     match cli.command {
         Command::Migrate => {
@@ -269,7 +272,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Client { command } => {
             require_schema(&pool).await?;
-            client_command(&pool, command).await?;
+            clients::client_command(&pool, command).await?;
         }
         Command::Jobs {
             id,
@@ -291,7 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     println!("job {id}: queued again (an exporter resumes it)");
                 }
-                _ => jobs_command(&pool, id, limit).await?,
+                _ => jobs::jobs_command(&pool, id, limit).await?,
             }
         }
         Command::Serve {
@@ -331,7 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let _ = writeln!(std::io::stderr(), "WARNING: {warning}");
             }
             let config = Arc::new(config);
-            let store = storage::from_config(&config.storage_path).await?;
+            let store = storage::from_config(&config).await?;
             let wake = LocalQueue::default();
             let state = AppState {
                 pool: pool.clone(),
@@ -368,209 +371,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// What to add to a failed token request's message when `--token-url` may not be a token
-/// endpoint: if the URL is a FHIR base whose smart-configuration names the token endpoint, that
-/// URL; otherwise what was expected.
-async fn token_url_hint(token_url: &str) -> String {
-    let expected = "\n  --token-url must be the server's token endpoint: for bulk-export serve `<FHIR base>/auth/token` \
-                    (e.g. http://127.0.0.1:8080/auth/token); other servers name it as `token_endpoint` in \
-                    `<FHIR base>/.well-known/smart-configuration`";
-    if token_url.trim_end_matches('/').ends_with("/auth/token") {
-        return String::new();
-    }
-    let discovery = format!(
-        "{}/.well-known/smart-configuration",
-        token_url.trim_end_matches('/')
-    );
-    let found = async {
-        let resp = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(5))
-            .build()
-            .ok()?
-            .get(&discovery)
-            .send()
-            .await
-            .ok()?;
-        let v: serde_json::Value = resp.json().await.ok()?;
-        v["token_endpoint"].as_str().map(str::to_string)
-    }
-    .await;
-    match found {
-        Some(endpoint) => format!(
-            "\n  {token_url} looks like a FHIR base URL; its token endpoint is {endpoint}: use --token-url {endpoint}"
-        ),
-        None => expected.to_string(),
-    }
-}
-
-fn keygen(out: &std::path::Path, kid: &str) -> anyhow::Result<()> {
-    let key = auth::keys::generate_es384(kid).map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let write = |name: &str, text: String, private: bool| -> anyhow::Result<()> {
-        let path = out.join(name);
-        if path.exists() {
-            bail!("{} exists; not overwriting a key", path.display());
-        }
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        #[cfg(unix)]
-        if private {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        }
-        let _ = private;
-        Ok(())
-    };
-    write("private.pem", key.private_pem, true)?;
-    write(
-        "private.jwks",
-        serde_json::to_string_pretty(&key.private_jwks)?,
-        true,
-    )?;
-    write(
-        "public.jwks",
-        serde_json::to_string_pretty(&key.public_jwks)?,
-        false,
-    )?;
-    println!(
-        "wrote {0}/private.pem, {0}/private.jwks (keep these secret) and {0}/public.jwks (register it: bulk-export client add --jwks {0}/public.jwks)",
-        out.display()
-    );
-    Ok(())
-}
-
-async fn client_command(pool: &db::Pool, command: ClientCommand) -> anyhow::Result<()> {
-    match command {
-        ClientCommand::Add {
-            jwks,
-            jwks_url,
-            scope,
-            id,
-        } => {
-            let scopes = scope.join(" ").replace(',', " ");
-            let scopes = scopes.split_whitespace().collect::<Vec<_>>().join(" ");
-            auth::scopes::check_registered(&scopes).map_err(anyhow::Error::msg)?;
-            let jwks = match jwks {
-                Some(path) => {
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    let value: serde_json::Value = serde_json::from_str(&text)
-                        .with_context(|| format!("{} is not JSON", path.display()))?;
-                    auth::check_public_jwks(&value).map_err(anyhow::Error::msg)?;
-                    Some(value)
-                }
-                None => None,
-            };
-            if let Some(url) = &jwks_url {
-                if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    bail!("--jwks-url must be an http(s) URL");
-                }
-            }
-            let client_id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            if client_id.is_empty() || client_id.len() > 256 {
-                bail!("the client id must be 1 to 256 characters");
-            }
-            db::clients::insert_client(
-                pool,
-                &db::clients::Client {
-                    client_id: client_id.clone(),
-                    jwks,
-                    jwks_url,
-                    scopes: scopes.clone(),
-                },
-            )
-            .await?;
-            eprintln!("registered client (scopes: {scopes})");
-            println!("{client_id}");
-        }
-        ClientCommand::List => {
-            for c in db::clients::list_clients(pool).await? {
-                let keys = match (&c.jwks, &c.jwks_url) {
-                    (_, Some(url)) => url.clone(),
-                    (Some(j), None) => {
-                        format!("{} inline key(s)", j["keys"].as_array().map_or(0, Vec::len))
-                    }
-                    (None, None) => "no keys".into(),
-                };
-                println!("{}\t{}\t{keys}", c.client_id, c.scopes);
-            }
-        }
-        ClientCommand::Keygen { .. } | ClientCommand::Token { .. } => {
-            unreachable!("handled before the database is opened")
-        }
-        ClientCommand::Remove { id } => {
-            if !db::clients::delete_client(pool, &id).await? {
-                bail!("no client {id}");
-            }
-            println!("removed client {id}");
-        }
-    }
-    Ok(())
-}
-
-async fn jobs_command(pool: &db::Pool, id: Option<uuid::Uuid>, limit: i64) -> anyhow::Result<()> {
-    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
-        t.map_or("-".to_string(), |t| {
-            t.format("%Y-%m-%d %H:%M:%S").to_string()
-        })
-    };
-    let Some(id) = id else {
-        println!("id\tstatus\tlevel\tclient\tcreated\tcompleted\terror");
-        for j in db::jobs::list_jobs(pool, limit.clamp(1, 10_000)).await? {
-            println!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                j.id,
-                j.status.as_str(),
-                j.level.as_str(),
-                j.client_id.as_deref().unwrap_or("-"),
-                time(Some(j.created_at)),
-                time(j.completed_at),
-                j.error.as_deref().unwrap_or("").replace(['\n', '\t'], " ")
-            );
-        }
-        return Ok(());
-    };
-    let Some(j) = db::jobs::get_job(pool, id).await? else {
-        bail!("no export job {id}");
-    };
-    let progress = match db::jobs::select_progress(pool, id).await? {
-        db::jobs::JobProgress::Items { done, all } => format!("{done} of {all} parts"),
-        db::jobs::JobProgress::Patients { done, all } => format!("{done} of {all} patients"),
-    };
-    println!("id:             {}", j.id);
-    println!("status:         {}", j.status.as_str());
-    println!("level:          {}", j.level.as_str());
-    println!("request:        {}", j.request_url);
-    println!("client:         {}", j.client_id.as_deref().unwrap_or("-"));
-    println!("created:        {}", time(Some(j.created_at)));
-    println!("completed:      {}", time(j.completed_at));
-    println!("expires:        {}", time(j.expires_at));
-    let end = j.completed_at.unwrap_or_else(chrono::Utc::now);
-    println!(
-        "duration:       {:.1} s{}",
-        (end - j.created_at).num_milliseconds() as f64 / 1000.0,
-        if j.completed_at.is_none() {
-            " so far"
-        } else {
-            ""
-        }
-    );
-    println!("attempts:       {}", j.attempts);
-    println!("progress:       {progress}");
-    let files = db::work_items::select_files(pool, id).await?;
-    println!(
-        "exported:       {} resources, {} bytes in {} files",
-        files.iter().map(|f| f.resource_count).sum::<i64>(),
-        files.iter().map(|f| f.byte_count).sum::<i64>(),
-        files.len()
-    );
-    println!("error:          {}", j.error.as_deref().unwrap_or("-"));
-    println!(
-        "client is told: {}",
-        j.public_error.as_deref().unwrap_or("-")
-    );
-    Ok(())
 }
 
 async fn require_schema(pool: &db::Pool) -> anyhow::Result<()> {

@@ -1,0 +1,199 @@
+//! Planning a job, in one transaction: its patients (`export_job_patients`), the references to
+//! its AdditionalResources (`export_job_refs`), its data's size and its work items
+//! (`export_work_items`), then the job marked planned (`export_jobs`).
+
+use uuid::Uuid;
+
+use super::{DbError, Pool};
+
+/// The patients of a Patient- or Group-level job.
+#[derive(Debug, Clone, Copy)]
+pub enum PatientSet<'a> {
+    /// System level: no patient scope.
+    None,
+    /// Every current Patient.
+    All,
+    /// The Patients a Group's `Group.member` references.
+    Group(&'a str),
+    /// The `patient` parameter: these Patients (that exist and, with a group, are members).
+    Listed {
+        ids: &'a [String],
+        group: Option<&'a str>,
+    },
+}
+
+/// What planning knows of the data it splits (see `export::engine::planner`).
+#[derive(Debug, Clone, Default)]
+pub struct DataSizes {
+    /// Share of all Patients that are the job's (1 at system level).
+    pub fraction: f64,
+    /// Bytes of the resources table (heap and TOAST).
+    pub table_bytes: u64,
+    /// Sampled (type, id, resource bytes), ordered by type and id; empty when the job's data
+    /// is estimated to fit one item per type (then nothing is sampled).
+    pub samples: Vec<(String, String, i64)>,
+    /// Bytes a sampled byte stands for (100 / sample percentage).
+    pub scale: f64,
+}
+
+/// Rows sampled to split types into items: enough for ranges within a few percent of their
+/// target size, few enough that planning a 4-million-row export reads ~1% of the table.
+const SAMPLE_ROWS: f64 = 50_000.0;
+
+/// Marks the job planned, in one transaction: stores its patients, measures its data (sampling
+/// only when it is larger than `item_bytes`) and stores the work items `split` makes of it.
+/// Returns the number of open items.
+/// The references a job follows to its AdditionalResources, written once at planning (a Group
+/// or listed patients: `export_job_refs`): from its patients' compartment resources of
+/// `source_types` that are current at the transaction time (and changed after `since`), to
+/// resources of `target_types`.
+#[derive(Debug, Clone)]
+pub struct JobRefs<'a> {
+    pub source_types: &'a [String],
+    pub target_types: &'a [String],
+    pub transaction_time: chrono::DateTime<chrono::Utc>,
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+pub async fn mark_planned(
+    pool: &Pool,
+    id: Uuid,
+    resource_types: &[String],
+    patients: PatientSet<'_>,
+    refs: Option<JobRefs<'_>>,
+    item_bytes: u64,
+    split: impl FnOnce(&DataSizes) -> Vec<crate::db::work_items::NewItem>,
+) -> Result<usize, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    // Only Patients that exist count, so a Group member can never pull in another Group.
+    const GROUP_MEMBERS: &str = "SELECT f.target_id FROM resource_refs f
+         WHERE f.source_type = 'Group' AND f.source_id = $2 AND f.target_type = 'Patient'";
+    let added = match patients {
+        PatientSet::None => 0,
+        PatientSet::All => {
+            tx.execute(
+                "INSERT INTO export_job_patients (job_id, patient_id)
+                 SELECT $1, id FROM resources WHERE resource_type = 'Patient' AND NOT deleted
+                 ON CONFLICT DO NOTHING",
+                &[&id],
+            )
+            .await?
+        }
+        PatientSet::Group(group) => {
+            tx.execute(
+                &format!(
+                    "INSERT INTO export_job_patients (job_id, patient_id)
+                     SELECT $1, p.id FROM resources p
+                     WHERE p.resource_type = 'Patient' AND NOT p.deleted AND p.id IN ({GROUP_MEMBERS})
+                     ON CONFLICT DO NOTHING"
+                ),
+                &[&id, &group],
+            )
+            .await?
+        }
+        PatientSet::Listed { ids, group } => {
+            tx.execute(
+                &format!(
+                    "INSERT INTO export_job_patients (job_id, patient_id)
+                     SELECT $1, p.id FROM resources p
+                     WHERE p.resource_type = 'Patient' AND NOT p.deleted AND p.id = ANY($3)
+                       AND ($2::text IS NULL OR p.id IN ({GROUP_MEMBERS}))
+                     ON CONFLICT DO NOTHING"
+                ),
+                &[&id, &group, &ids],
+            )
+            .await?
+        }
+    };
+    if let Some(r) = &refs {
+        // Written with the items, in the same transaction: no item reads before they are there.
+        tx.execute(
+            "INSERT INTO export_job_refs (job_id, target_type, target_id, source_type, source_id)
+             SELECT DISTINCT $1::uuid, f.target_type, f.target_id, f.source_type, f.source_id
+             FROM export_job_patients jp
+             JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY($2)
+             JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
+                  AND f.target_type = ANY($3)
+             JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
+             WHERE jp.job_id = $1 AND NOT s.deleted AND s.last_updated <= $4
+               AND ($5::timestamptz IS NULL OR s.last_updated > $5)",
+            &[
+                &id,
+                &r.source_types,
+                &r.target_types,
+                &r.transaction_time,
+                &r.since,
+            ],
+        )
+        .await?;
+    }
+    let mut sizes = DataSizes {
+        fraction: 1.0,
+        ..Default::default()
+    };
+    if !matches!(patients, PatientSet::None) {
+        let all: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM resources WHERE resource_type = 'Patient' AND NOT deleted",
+                &[],
+            )
+            .await?
+            .get(0);
+        sizes.fraction = if all == 0 {
+            0.0
+        } else {
+            added as f64 / all as f64
+        };
+    }
+    let row = tx
+        .query_one(
+            "SELECT pg_table_size('resources')::int8, greatest(reltuples, 0)::float8
+             FROM pg_class WHERE oid = 'resources'::regclass",
+            &[],
+        )
+        .await?;
+    let (table_bytes, tuples): (i64, f64) = (row.get(0), row.get(1));
+    sizes.table_bytes = table_bytes.max(0) as u64;
+    if sizes.table_bytes as f64 * sizes.fraction > item_bytes as f64 && !resource_types.is_empty() {
+        // A fixed seed: the same data gives the same plan (and the same files), however many
+        // exporters then share the work.
+        let percent = if tuples <= SAMPLE_ROWS {
+            100.0
+        } else {
+            (100.0 * SAMPLE_ROWS / tuples).clamp(0.01, 100.0)
+        };
+        let rows = tx
+            .query(
+                "SELECT resource_type, id, octet_length(resource)::int8 + 1
+                 FROM resources TABLESAMPLE SYSTEM ($1::float4) REPEATABLE (0)
+                 WHERE resource_type = ANY($2) AND NOT deleted
+                 ORDER BY resource_type, id",
+                &[&(percent as f32), &resource_types],
+            )
+            .await?;
+        sizes.samples = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        sizes.scale = 100.0 / percent;
+    }
+    let items = split(&sizes);
+    crate::db::work_items::insert_items(&tx, id, &items).await?;
+    tx.execute(
+        "UPDATE export_jobs SET planned = true, lease_owner = NULL, lease_expires_at = NULL,
+             updated_at = now()
+         WHERE id = $1",
+        &[&id],
+    )
+    .await?;
+    tx.commit().await?;
+    // The page queries join this table; planned with a stale row count (autovacuum lags) they
+    // read every member of a type on every page: a Patient export of 1,000 patients did not
+    // finish in 6 minutes, and takes 9 s with fresh statistics (docs/BENCHMARKS.md). ANALYZE
+    // samples at most 30,000 rows, so this stays cheap however many jobs there are.
+    if added > 0 {
+        client.batch_execute("ANALYZE export_job_patients").await?;
+    }
+    Ok(items.iter().filter(|i| !i.done).count())
+}

@@ -1,0 +1,418 @@
+//! Export reads: a work item's resources as one streamed statement per phase, deletions,
+//! dangling references and the blocks of organizeOutputBy=Patient.
+//!
+//! Resource text is copied as stored (no JSON parsing).
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{DbError, Pool};
+
+mod blocks;
+pub use blocks::*;
+
+/// Which resources of one type a work item exports.
+#[derive(Debug, Clone)]
+pub struct Selection<'a> {
+    pub job_id: Uuid,
+    pub resource_type: &'a str,
+    /// The last id of the work item's key range (None: to the end of the type).
+    pub upto: Option<&'a str>,
+    pub transaction_time: DateTime<Utc>,
+    pub since: Option<DateTime<Utc>>,
+    /// None: every resource of the type (system level). Some: Patient/Group level.
+    pub scope: Option<PatientScope<'a>>,
+    /// Provenance only: select by `Provenance.target` (includeAssociatedData).
+    pub associated: Option<Associated<'a>>,
+}
+
+/// Provenance associated with the export's resources: those whose target is a current resource
+/// of `target_types` in the selection's scope and `_since`.
+#[derive(Debug, Clone)]
+pub struct Associated<'a> {
+    pub target_types: &'a [String],
+    /// Only the latest Provenance (by `recorded`) of each target.
+    pub latest: bool,
+    /// Also what the scope alone selects (Patient/Group level: the compartment's Provenance).
+    pub with_scope: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PatientScope<'a> {
+    /// Members of the job's patients' compartments.
+    pub compartment: bool,
+    /// Resources referenced by exported compartment resources of these types
+    /// (AdditionalResources); empty for none.
+    pub referenced_from: &'a [String],
+    /// Those references were written at planning (`export_job_refs`): read them from there.
+    pub refs_planned: bool,
+}
+
+pub struct Row {
+    pub id: String,
+    pub resource: String,
+}
+
+impl Row {
+    /// From a statement whose first two columns are the id and the resource text.
+    fn from_row(r: &tokio_postgres::Row) -> Row {
+        Row {
+            id: r.get(0),
+            resource: r.get(1),
+        }
+    }
+}
+
+/// SQL condition on alias `r` for the selection (naming `:type`, `:tx_time`, `:since`, `:job`,
+/// `:sources`).
+fn selection_condition(sel: &Selection<'_>) -> String {
+    let scope = scope_condition(&sel.scope);
+    let Some(a) = &sel.associated else {
+        return scope;
+    };
+    let in_patients = if sel.scope.is_some() {
+        "AND EXISTS (SELECT 1 FROM compartment c
+                     JOIN export_job_patients jp ON jp.job_id = :job AND jp.patient_id = c.patient_id
+                     WHERE c.resource_type = t.resource_type AND c.resource_id = t.id)"
+    } else {
+        ""
+    };
+    let latest = if a.latest {
+        "AND NOT EXISTS (SELECT 1 FROM provenance_targets p2
+                         WHERE p2.target_type = pt.target_type AND p2.target_id = pt.target_id
+                           AND (p2.recorded, p2.provenance_id) > (pt.recorded, pt.provenance_id))"
+    } else {
+        ""
+    };
+    let associated = format!(
+        "EXISTS (SELECT 1 FROM provenance_targets pt
+                 JOIN resources t ON t.resource_type = pt.target_type AND t.id = pt.target_id
+                 WHERE pt.provenance_id = r.id AND pt.target_type = ANY(:sources)
+                   AND NOT t.deleted AND t.last_updated <= :tx_time
+                   AND (:since::timestamptz IS NULL OR t.last_updated > :since)
+                   {in_patients} {latest})"
+    );
+    if a.with_scope {
+        format!("({scope} OR {associated})")
+    } else {
+        associated
+    }
+}
+
+fn scope_condition(scope: &Option<PatientScope<'_>>) -> String {
+    let Some(scope) = scope else {
+        return "true".into();
+    };
+    let mut parts = Vec::new();
+    if scope.compartment {
+        parts.push(
+            "EXISTS (SELECT 1 FROM compartment c
+                     JOIN export_job_patients jp ON jp.job_id = :job AND jp.patient_id = c.patient_id
+                     WHERE c.resource_type = :type AND c.resource_id = r.id
+                       -- redundant with r.id > the cursor, but lets the join start there
+                       -- instead of reading every member before it on every page
+                       AND c.resource_id > :cursor)",
+        );
+    }
+    if !scope.referenced_from.is_empty() && scope.refs_planned {
+        parts.push(
+            "r.id IN (SELECT jr.target_id FROM export_job_refs jr
+                      WHERE jr.job_id = :job AND jr.target_type = :type)",
+        );
+    } else if !scope.referenced_from.is_empty() {
+        // Driven from the job's patients (their compartment rows by the (patient_id,
+        // resource_type) index, then their references): the cost follows the job, not the
+        // number of resources of the referenced type. Written as an EXISTS on the referenced
+        // resource, Postgres scanned the whole compartment table for a 10-patient Group.
+        parts.push(
+            "r.id IN (SELECT f.target_id FROM export_job_patients jp
+                      JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY(:sources)
+                      JOIN resource_refs f ON f.source_type = c.resource_type
+                           AND f.source_id = c.resource_id AND f.target_type = :type
+                      JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
+                      WHERE jp.job_id = :job AND NOT s.deleted AND s.last_updated <= :tx_time
+                        AND (:since::timestamptz IS NULL OR s.last_updated > :since))",
+        );
+    }
+    if parts.is_empty() {
+        "false".into()
+    } else {
+        format!("({})", parts.join(" OR "))
+    }
+}
+
+/// The values a selection statement may name: `:type`, `:cursor`, `:tx_time` (the transaction
+/// time), `:since`, `:job`, `:sources` (source types of referenced resources, or Provenance
+/// target types), `:upto` (the last id of the item's range; NULL: to the end), `:limit`.
+fn selection_values<'a>(
+    sel: &'a Selection<'a>,
+    cursor: &'a &'a str,
+    sources: &'a &'a [String],
+    limit: &'a i64,
+) -> [(&'static str, super::named::Value<'a>); 8] {
+    [
+        ("type", &sel.resource_type),
+        ("cursor", cursor),
+        ("tx_time", &sel.transaction_time),
+        ("since", &sel.since),
+        ("job", &sel.job_id),
+        ("sources", sources),
+        ("upto", &sel.upto),
+        ("limit", limit),
+    ]
+}
+
+/// Ids in `(after_id, upto_id]` (to the end when None) were read in phase 0 under `snapshot`
+/// (a `pg_snapshot` in its text form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRange {
+    pub after_id: String,
+    pub upto_id: Option<String>,
+    pub snapshot: String,
+}
+
+/// The rows of a phase (0: current versions; 1: the version current at the transaction time of
+/// resources changed since, unless phase 0 already exported it) after the cursor, within the
+/// item's range: (id, resource, deleted, last_updated), unordered.
+fn phase_source(phase: i16) -> &'static str {
+    if phase == 0 {
+        "SELECT r.id, r.resource, r.deleted, r.last_updated FROM resources r
+         WHERE r.resource_type = :type AND r.id > :cursor AND (:upto::text IS NULL OR r.id <= :upto)
+           AND r.last_updated <= :tx_time"
+    } else {
+        "SELECT h1.id, h1.resource, h1.deleted, h1.last_updated FROM (
+             SELECT DISTINCT ON (h.id) h.id, h.resource, h.deleted, h.last_updated, h.version_id,
+                    cur.version_id AS cur_version, cur.written_xid AS cur_xid
+             FROM resource_history h
+             JOIN resources cur ON cur.resource_type = h.resource_type AND cur.id = h.id
+             WHERE h.resource_type = :type AND h.id > :cursor AND (:upto::text IS NULL OR h.id <= :upto)
+               AND h.last_updated <= :tx_time AND cur.last_updated > :tx_time
+             ORDER BY h.id, h.version_id DESC) h1
+         WHERE NOT EXISTS (
+             SELECT 1 FROM export_read_ranges p
+             WHERE p.job_id = :job AND p.resource_type = :type
+               AND h1.id > p.after_id AND (p.upto_id IS NULL OR h1.id <= p.upto_id)
+               AND NOT coalesce(pg_visible_in_snapshot(
+                   CASE WHEN h1.cur_version = h1.version_id + 1 THEN h1.cur_xid
+                        ELSE (SELECT h2.written_xid FROM resource_history h2
+                              WHERE h2.resource_type = :type AND h2.id = h1.id
+                                AND h2.version_id = h1.version_id + 1) END,
+                   p.snap), true))"
+    }
+}
+
+/// A streamed read of a work item's range in one phase: one statement in a read-only
+/// REPEATABLE READ transaction (so its snapshot is the one recorded), whose rows Postgres sends
+/// as fast as they are taken (TCP and the client's buffers hold them back when the exporter
+/// falls behind). Rows come in id order, as stored text.
+///
+/// Phase 1 is exact under concurrent writes: a resource changed after the transaction time was
+/// exported by phase 0 exactly when the write that changed it was not visible to the phase-0
+/// read that covered its id (that read then still saw the transaction-time version). The reads'
+/// snapshots are in `export_read_ranges` (recorded with the files that hold their rows), each
+/// version's writer in `written_xid`. MVCC decides, not clocks.
+pub struct RangeRead<'c> {
+    tx: deadpool_postgres::Transaction<'c>,
+    rows: std::pin::Pin<Box<tokio_postgres::RowStream>>,
+    /// The statement has sent its last row (its stream must not be polled again).
+    exhausted: bool,
+    /// Phase 0: the snapshot every row of this read was read under (`pg_snapshot` text).
+    pub snapshot: Option<String>,
+}
+
+impl RangeRead<'_> {
+    /// The next rows: at most `max_rows`, and no more once `max_bytes` of resources are taken
+    /// (none: the range is exhausted).
+    pub async fn fetch(
+        &mut self,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StreamedRow>, DbError> {
+        use futures::TryStreamExt;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while !self.exhausted && out.len() < max_rows && bytes < max_bytes {
+            match self.rows.try_next().await? {
+                Some(r) => {
+                    let row = StreamedRow::new(r)?;
+                    bytes += row.len;
+                    out.push(row);
+                }
+                None => self.exhausted = true,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ends the read (its transaction only read). Rows not taken yet are skipped on the way.
+    pub async fn close(self) -> Result<(), DbError> {
+        drop(self.rows);
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
+
+/// A row of a [`RangeRead`], kept as received (its text is not copied out of it).
+pub struct StreamedRow {
+    row: tokio_postgres::Row,
+    /// Bytes of the resource text.
+    pub len: usize,
+}
+
+impl StreamedRow {
+    fn new(row: tokio_postgres::Row) -> Result<StreamedRow, DbError> {
+        let len = row.try_get::<_, &str>(1)?.len();
+        Ok(StreamedRow { row, len })
+    }
+
+    pub fn id(&self) -> &str {
+        self.row.get(0)
+    }
+
+    /// The resource as stored.
+    pub fn resource(&self) -> &str {
+        self.row.get(1)
+    }
+}
+
+/// Opens the streamed read of `sel`'s rows after `cursor` in `phase` (see [`RangeRead`]).
+/// Planned for these parameter values every time (`plan_cache_mode = force_custom_plan`): a
+/// generic plan of the Patient-scope condition walked the whole type and tested each row.
+pub async fn read_range<'c>(
+    client: &'c mut deadpool_postgres::Client,
+    sel: &Selection<'_>,
+    phase: i16,
+    cursor: &str,
+) -> Result<RangeRead<'c>, DbError> {
+    let scope = selection_condition(sel);
+    let source = phase_source(phase);
+    let sql = format!(
+        "SELECT r.id, r.resource FROM ({source}) r
+         WHERE NOT r.deleted AND (:since::timestamptz IS NULL OR r.last_updated > :since)
+           AND {scope}
+           -- every selection statement binds the same nine parameters
+         ORDER BY r.id"
+    );
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        .await?;
+    let snapshot = if phase == 0 {
+        Some(
+            tx.query_one("SELECT pg_current_snapshot()::text", &[])
+                .await?
+                .get(0),
+        )
+    } else {
+        None
+    };
+    let sources = source_types(sel);
+    let no_limit = 0i64;
+    let (sql, values) =
+        super::named::number(&sql, &selection_values(sel, &cursor, &sources, &no_limit))?;
+    let stmt = tx.prepare_cached(&sql).await?;
+    let rows = Box::pin(tx.query_raw(&stmt, values).await?);
+    Ok(RangeRead {
+        tx,
+        rows,
+        exhausted: false,
+        snapshot,
+    })
+}
+
+/// The `:sources` of a selection statement: source types of referenced resources, or for
+/// Provenance the target types.
+fn source_types<'a>(sel: &Selection<'a>) -> &'a [String] {
+    let mut sources: &[String] = sel.scope.as_ref().map_or(&[], |s| s.referenced_from);
+    if let Some(a) = &sel.associated {
+        // The two lists never meet: AdditionalResources are never Provenance at system level,
+        // and at Patient level both are the exported compartment types.
+        if sources.is_empty() {
+            sources = a.target_types;
+        }
+    }
+    sources
+}
+
+/// Resources deleted after `since` and up to the transaction time, in the selection's scope,
+/// after `cursor` (for `deleted[]`): the id and the content the resource had when it was
+/// deleted (a tombstone keeps it), so that `_typeFilter` can decide whether it is listed.
+pub async fn select_deleted(
+    pool: &Pool,
+    sel: &Selection<'_>,
+    cursor: &str,
+    max_rows: i64,
+) -> Result<Vec<Row>, DbError> {
+    let scope = selection_condition(sel);
+    let sql = format!(
+        "SELECT r.id, r.resource FROM resources r
+         WHERE r.resource_type = :type AND r.id > :cursor AND r.deleted AND r.last_updated <= :tx_time
+           AND r.last_updated > :since AND {scope}
+           AND (:upto::text IS NULL OR r.id <= :upto)
+         ORDER BY r.id LIMIT :limit"
+    );
+    let sources = source_types(sel);
+    let (sql, values) =
+        super::named::number(&sql, &selection_values(sel, &cursor, &sources, &max_rows))?;
+    let client = pool.get().await?;
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client.query(&stmt, &values).await?;
+    Ok(rows.iter().map(Row::from_row).collect())
+}
+
+/// References from the job's exported compartment resources (of `source_types`) to
+/// `target_type` resources that do not exist: (source type, source id, target id).
+pub async fn select_dangling_refs(
+    pool: &Pool,
+    sel: &Selection<'_>,
+    source_types: &[String],
+    limit: i64,
+) -> Result<Vec<(String, String, String)>, DbError> {
+    let client = pool.get().await?;
+    if sel.scope.as_ref().is_some_and(|s| s.refs_planned) {
+        let rows = client
+            .query(
+                "SELECT DISTINCT jr.source_type, jr.source_id, jr.target_id FROM export_job_refs jr
+                 WHERE jr.job_id = $1 AND jr.target_type = $2 AND jr.source_type = ANY($3)
+                   AND NOT EXISTS (SELECT 1 FROM resources t WHERE t.resource_type = $2
+                                   AND t.id = jr.target_id AND NOT t.deleted)
+                 ORDER BY 1, 2, 3 LIMIT $4",
+                &[&sel.job_id, &sel.resource_type, &source_types, &limit],
+            )
+            .await?;
+        return Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect());
+    }
+    let rows = client
+        .query(
+            "SELECT DISTINCT f.source_type, f.source_id, f.target_id FROM export_job_patients jp
+             JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY($3)
+             JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
+             JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
+             WHERE jp.job_id = $1 AND f.target_type = $2
+               AND NOT s.deleted AND s.last_updated <= $4
+               AND ($5::timestamptz IS NULL OR s.last_updated > $5)
+               AND NOT EXISTS (SELECT 1 FROM resources t WHERE t.resource_type = $2
+                               AND t.id = f.target_id AND NOT t.deleted)
+             ORDER BY 1, 2, 3 LIMIT $6",
+            &[
+                &sel.job_id,
+                &sel.resource_type,
+                &source_types,
+                &sel.transaction_time,
+                &sel.since,
+                &limit,
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
