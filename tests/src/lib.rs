@@ -189,26 +189,7 @@ pub async fn new_queue() -> (aws_sdk_sqs::Client, String) {
 /// storage in a temp directory, authorization off and `extra` settings on top of [`config`]'s.
 pub async fn local_server(patients: usize, extra: &[(&str, &str)]) -> (Server, data::DataSet) {
     let (db, data) = TestDb::with_generated(patients).await;
-    let dir = temp_dir();
-    let url = db.url.clone();
-    let storage = dir.display().to_string();
-    let extra: std::collections::BTreeMap<String, String> = extra
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let cfg = Config::from_lookup(|k| match (extra.get(k), k) {
-        (Some(v), _) => Some(v.clone()),
-        (None, "DATABASE_URL") => Some(url.clone()),
-        (None, "STORAGE_PATH") => Some(storage.clone()),
-        (None, "REPEAT_PERIOD") => Some("200".into()),
-        (None, "AUTH") => Some("off".into()),
-        (None, "MIN_POLL_INTERVAL_MS") => Some("50".into()),
-        _ => None,
-    })
-    .expect("config");
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
-    let pool = db.pool.clone();
-    (Server::start(cfg, pool, store).await.owning(db), data)
+    (TestServer::on(db).envs(extra).start().await, data)
 }
 
 /// Loads `resource` (a resource or a transaction Bundle) through the loader, as
@@ -223,20 +204,32 @@ pub async fn load_json(pool: &Pool, resource: &serde_json::Value) -> shared::loa
 
 /// A test configuration over `db` with local storage in a temp directory.
 pub fn config(db: &TestDb, storage: StoragePath) -> Config {
-    let url = db.url.clone();
     let storage = match storage {
         StoragePath::Local(p) => p.display().to_string(),
         StoragePath::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
     };
-    Config::from_lookup(|k| match k {
-        "DATABASE_URL" => Some(url.clone()),
-        "STORAGE_PATH" => Some(storage.clone()),
-        "REPEAT_PERIOD" => Some("200".into()),
-        // Authorization has its own tests (tests/auth.rs); these exercise everything else.
-        "AUTH" => Some("off".into()),
-        // poll() waits 100 ms between polls: the over-polling limit is on, but not hit.
-        "MIN_POLL_INTERVAL_MS" => Some("50".into()),
-        _ => None,
+    lookup(&db.url, SERVE_DEFAULTS, &[("STORAGE_PATH", &storage)])
+}
+
+/// What the tests' servers run with unless told otherwise: a quick sweep, no authorization
+/// (tests/auth.rs has its own), and the over-polling limit on but not hit by poll()'s 100 ms.
+pub const SERVE_DEFAULTS: &[(&str, &str)] = &[
+    ("REPEAT_PERIOD", "200"),
+    ("AUTH", "off"),
+    ("MIN_POLL_INTERVAL_MS", "50"),
+];
+
+/// The one place the tests build a Config: DATABASE_URL, then `extra`, then `defaults`.
+pub fn lookup(database_url: &str, defaults: &[(&str, &str)], extra: &[(&str, &str)]) -> Config {
+    Config::from_lookup(|k| {
+        if k == "DATABASE_URL" {
+            return Some(database_url.to_string());
+        }
+        extra
+            .iter()
+            .chain(defaults)
+            .find(|(name, _)| *name == k)
+            .map(|(_, v)| v.to_string())
     })
     .expect("config")
 }
@@ -244,18 +237,7 @@ pub fn config(db: &TestDb, storage: StoragePath) -> Config {
 /// Config for `db` with only `extra` set besides DATABASE_URL (every other setting at its
 /// default), for tests that drive the engine directly.
 pub fn config_with(db: &TestDb, extra: &[(&str, &str)]) -> Arc<Config> {
-    let url = db.url.clone();
-    let extra: std::collections::BTreeMap<String, String> = extra
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Arc::new(
-        Config::from_lookup(|k| match k {
-            "DATABASE_URL" => Some(url.clone()),
-            _ => extra.get(k).cloned(),
-        })
-        .expect("config"),
-    )
+    Arc::new(lookup(&db.url, &[], extra))
 }
 
 /// A TCP port nothing listens on now.
@@ -302,6 +284,72 @@ pub fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("bulkt-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
+}
+
+/// `bulk-export serve` for a test, on a database it owns: its settings are [`SERVE_DEFAULTS`],
+/// a temporary local directory for the files, and what `env` says;
+/// `TestServer::on(db).env("AUTH", "smart").workers(1).start().await`.
+pub struct TestServer {
+    db: TestDb,
+    env: Vec<(String, String)>,
+    store: Option<(String, Arc<dyn ObjectStore>)>,
+    workers: usize,
+}
+
+impl TestServer {
+    pub fn on(db: TestDb) -> TestServer {
+        TestServer {
+            db,
+            env: Vec::new(),
+            store: None,
+            workers: 2,
+        }
+    }
+
+    /// A setting, as the environment variable of that name would give it.
+    pub fn env(mut self, name: &str, value: &str) -> TestServer {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn envs(self, settings: &[(&str, &str)]) -> TestServer {
+        settings.iter().fold(self, |s, (k, v)| s.env(k, v))
+    }
+
+    /// Export files to `store`, which `storage_path` (STORAGE_PATH) names.
+    pub fn storage(mut self, storage_path: String, store: Arc<dyn ObjectStore>) -> TestServer {
+        self.store = Some((storage_path, store));
+        self
+    }
+
+    /// Exporter workers in the server (2 unless said).
+    pub fn workers(mut self, workers: usize) -> TestServer {
+        self.workers = workers;
+        self
+    }
+
+    pub async fn start(self) -> Server {
+        let (storage_path, store) = match self.store {
+            Some(s) => s,
+            None => {
+                let dir = temp_dir();
+                let store: Arc<dyn ObjectStore> =
+                    Arc::new(LocalStore::new(dir.clone()).expect("store"));
+                (dir.display().to_string(), store)
+            }
+        };
+        let mut extra: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        extra.push(("STORAGE_PATH", &storage_path));
+        let config = lookup(&self.db.url, SERVE_DEFAULTS, &extra);
+        let pool = self.db.pool.clone();
+        Server::start_with_workers(config, pool, store, self.workers)
+            .await
+            .owning(self.db)
+    }
 }
 
 /// `bulk-export serve` in-process on an ephemeral port.
@@ -449,6 +497,14 @@ pub fn http_client_no_redirect() -> reqwest::Client {
         .timeout(Duration::from_secs(60))
         .build()
         .expect("client")
+}
+
+/// Sends `request`, asserts `status` and a FHIR JSON body (`application/fhir+json`); the body.
+pub async fn fhir_json(request: reqwest::RequestBuilder, status: u16) -> serde_json::Value {
+    let resp = request.send().await.expect("request");
+    assert_eq!(resp.status(), status);
+    assert_eq!(resp.headers()["content-type"], "application/fhir+json");
+    resp.json().await.expect("a JSON body")
 }
 
 /// Kicks off an export with the standard headers; returns the response.

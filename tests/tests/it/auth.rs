@@ -9,14 +9,11 @@ use std::time::Duration;
 
 use integration_tests::{
     auth_fixture, bearer_client, bulk_export_bin, download_counts, fixture_public_jwks,
-    http_client, register_fixture_client, temp_dir, Server, TestDb,
+    http_client, register_fixture_client, temp_dir, Server, TestDb, TestServer,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use shared::db::clients::{self, Client};
-use shared::storage::local::LocalStore;
-use shared::storage::ObjectStore;
-use shared::Config;
 
 const SIGNING_KEY: &str = "test-signing-key-0123456789abcdef-0123456789";
 const ALL: &str = "client-all";
@@ -25,27 +22,34 @@ const BY_URL: &str = "client-by-url";
 
 async fn server() -> (Server, integration_tests::data::DataSet) {
     let (db, data) = TestDb::with_generated(6).await;
-    let dir = temp_dir();
-    let url = db.url.clone();
-    let storage = dir.display().to_string();
-    let cfg = Config::from_lookup(|k| match k {
-        "DATABASE_URL" => Some(url.clone()),
-        "STORAGE_PATH" => Some(storage.clone()),
-        "REPEAT_PERIOD" => Some("200".into()),
-        "MIN_POLL_INTERVAL_MS" => Some("0".into()),
-        "TOKEN_SIGNING_KEY" => Some(SIGNING_KEY.into()),
-        _ => None,
-    })
-    .expect("config");
     for (id, scopes) in [
         (ALL, "system/*.read"),
         (LIMITED, "system/Patient.read system/Condition.read"),
     ] {
         register_fixture_client(&db.pool, id, scopes).await;
     }
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
-    let pool = db.pool.clone();
-    (Server::start(cfg, pool, store).await.owning(db), data)
+    let server = TestServer::on(db)
+        .env("AUTH", "smart")
+        .env("MIN_POLL_INTERVAL_MS", "0")
+        .env("TOKEN_SIGNING_KEY", SIGNING_KEY)
+        .start()
+        .await;
+    (server, data)
+}
+
+/// Registers client `id` whose keys are at the JWKS URL `url`.
+async fn register_by_url(server: &Server, id: &str, url: &str) {
+    clients::insert_client(
+        &server.state.pool,
+        &Client {
+            client_id: id.to_string(),
+            jwks: None,
+            jwks_url: Some(url.to_string()),
+            scopes: "system/*.read".into(),
+        },
+    )
+    .await
+    .expect("register");
 }
 
 fn now() -> i64 {
@@ -578,17 +582,7 @@ async fn jwks_urls_are_fetched_and_cached_as_cache_control_says() {
     for (cache_control, expected_fetches) in [("max-age=60", 1), ("no-store", 1)] {
         let (url, hits) = jwks_server(cache_control).await;
         let id = format!("{BY_URL}-{expected_fetches}");
-        clients::insert_client(
-            &server.state.pool,
-            &Client {
-                client_id: id.clone(),
-                jwks: None,
-                jwks_url: Some(url.clone()),
-                scopes: "system/*.read".into(),
-            },
-        )
-        .await
-        .expect("register");
+        register_by_url(&server, &id, &url).await;
         for _ in 0..3 {
             let mut header_claims = claims(&id, &token_url);
             header_claims["iss"] = json!(id);
@@ -618,17 +612,7 @@ async fn jwks_urls_are_fetched_and_cached_as_cache_control_says() {
         let (ok_url, _) = jwks_server("no-store").await;
         let url = ok_url.replace("/jwks.json", path);
         let id = format!("{BY_URL}{}", path.replace(['/', '.'], "-"));
-        clients::insert_client(
-            &server.state.pool,
-            &Client {
-                client_id: id.clone(),
-                jwks: None,
-                jwks_url: Some(url.clone()),
-                scopes: "system/*.read".into(),
-            },
-        )
-        .await
-        .expect("register");
+        register_by_url(&server, &id, &url).await;
         let a = assertion("es384", claims(&id, &token_url), Some("test-es384"));
         let d = oauth_error(
             token_request(base, &a, "system/*.read").await,

@@ -18,7 +18,6 @@ use shared::fhir::raw::RawObject;
 use shared::queue::NoQueue;
 use shared::storage::local::LocalStore;
 use shared::storage::{Download, ObjectStore, ObjectWriter, StorageError, Written};
-use shared::Config;
 use tokio::sync::{mpsc, oneshot};
 
 /// The first id of each page written, sent to the test, which answers when the exporter may go
@@ -109,13 +108,7 @@ async fn writes_behind_and_ahead_of_the_cursor_in_both_phases_change_nothing() {
         inner: LocalStore::new(temp_dir()).expect("store"),
         pages,
     });
-    let config = Arc::new(
-        Config::from_lookup(|k| match k {
-            "DATABASE_URL" => Some(db.url.clone()),
-            _ => None,
-        })
-        .expect("config"),
-    );
+    let config = integration_tests::config_with(&db, &[]);
     let params = ExportParams {
         types: Some(vec!["Observation".into()]),
         output_format: Default::default(),

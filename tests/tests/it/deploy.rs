@@ -13,13 +13,8 @@ async fn secrets() -> aws_sdk_secretsmanager::Client {
 }
 
 fn config(url: &str, secret: Option<&str>) -> Config {
-    let (url, secret) = (url.to_string(), secret.map(str::to_string));
-    Config::from_lookup(|k| match k {
-        "DATABASE_URL" => Some(url.clone()),
-        "DATABASE_SECRET" => secret.clone(),
-        _ => None,
-    })
-    .expect("config")
+    let secret: Vec<(&str, &str)> = secret.map(|s| ("DATABASE_SECRET", s)).into_iter().collect();
+    integration_tests::lookup(url, &[], &secret)
 }
 
 #[tokio::test]

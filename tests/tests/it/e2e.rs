@@ -9,7 +9,7 @@ use std::time::Duration;
 use integration_tests::data::DataSet;
 use integration_tests::{
     config, download_counts, download_lines, http_client, http_client_no_redirect, kickoff,
-    new_bucket, poll, temp_dir, Server, TestDb,
+    new_bucket, poll, temp_dir, Server, TestDb, TestServer,
 };
 use shared::config::StoragePath;
 use shared::fhir::raw::RawObject;
@@ -210,12 +210,13 @@ async fn cancel_gives_202_then_404_and_deletes_the_files() {
     // One exporter and small work items: the export runs long enough to be cancelled midway.
     let (db, _data) = TestDb::from_template().await;
     let dir = temp_dir();
-    let mut cfg = config(&db, StoragePath::Local(dir.clone()));
-    cfg.item_bytes = 1024 * 1024;
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.clone()).expect("store"));
-    let server = Server::start_with_workers(cfg, db.pool.clone(), store, 1)
-        .await
-        .owning(db);
+    let server = TestServer::on(db)
+        .storage(dir.display().to_string(), store)
+        .env("EXPORT_ITEM_BYTES", "1048576")
+        .workers(1)
+        .start()
+        .await;
     let client = http_client();
     let resp = kickoff(&client, &format!("{}/$export", server.base)).await;
     assert_eq!(resp.status(), 202);

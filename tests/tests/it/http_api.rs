@@ -1,43 +1,18 @@
 //! The HTTP contract over real HTTP (`bulk-export serve` in-process): errors are 4xx with an
 //! OperationOutcome, headers and bodies follow the Bulk Data IG and Firely.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use integration_tests::{
-    download_counts, http_client, kickoff, manifest_of, poll, temp_dir, Server, TestDb,
+    download_counts, http_client, kickoff, manifest_of, poll, temp_dir, Server, TestDb, TestServer,
 };
-use shared::storage::local::LocalStore;
-use shared::storage::ObjectStore;
-use shared::Config;
+use reqwest::Method;
 
 async fn server_with(
     extra: &[(&'static str, &'static str)],
 ) -> (Server, integration_tests::data::DataSet) {
     let (db, data) = TestDb::with_generated(10).await;
-    let dir = temp_dir();
-    let url = db.url.clone();
-    let storage = dir.display().to_string();
-    let extra = extra.to_vec();
-    let cfg = Config::from_lookup(|k| match k {
-        "DATABASE_URL" => Some(url.clone()),
-        "STORAGE_PATH" => Some(storage.clone()),
-        "REPEAT_PERIOD" if !extra.iter().any(|(n, _)| *n == "REPEAT_PERIOD") => Some("200".into()),
-        "AUTH" if !extra.iter().any(|(n, _)| *n == "AUTH") => Some("off".into()),
-        "MIN_POLL_INTERVAL_MS" if !extra.iter().any(|(n, _)| *n == "MIN_POLL_INTERVAL_MS") => {
-            Some("50".into())
-        }
-        other => extra
-            .iter()
-            .find(|(n, _)| *n == other)
-            .map(|(_, v)| v.to_string()),
-    })
-    .expect("config");
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
-    (
-        Server::start(cfg, db.pool.clone(), store).await.owning(db),
-        data,
-    )
+    (TestServer::on(db).envs(extra).start().await, data)
 }
 
 async fn outcome(resp: reqwest::Response, status: u16) -> serde_json::Value {
@@ -142,57 +117,26 @@ async fn unknown_groups_jobs_and_files_are_404() {
     )
     .await;
     let unknown = uuid::Uuid::new_v4();
-    outcome(
-        c.get(format!("{}/$exportstatus?_id={unknown}", server.base))
-            .send()
-            .await
-            .expect("req"),
-        404,
-    )
-    .await;
-    outcome(
-        c.get(format!("{}/$exportstatus?_id=not-a-uuid", server.base))
-            .send()
-            .await
-            .expect("req"),
-        404,
-    )
-    .await;
-    outcome(
-        c.get(format!("{}/$exportstatus", server.base))
-            .send()
-            .await
-            .expect("req"),
-        400,
-    )
-    .await;
-    outcome(
-        c.delete(format!("{}/$exportstatus?_id={unknown}", server.base))
-            .send()
-            .await
-            .expect("req"),
-        404,
-    )
-    .await;
-    outcome(
-        c.get(format!(
-            "{}/$exportfilerequest?_id={unknown}&filename=Patient-0001.ndjson",
-            server.base
-        ))
-        .send()
-        .await
-        .expect("req"),
-        404,
-    )
-    .await;
-    outcome(
-        c.get(format!("{}/nothing/here", server.base))
-            .send()
-            .await
-            .expect("req"),
-        404,
-    )
-    .await;
+    let file = "filename=Patient-0001.ndjson";
+    for (method, path, status) in [
+        (Method::GET, format!("/$exportstatus?_id={unknown}"), 404),
+        (
+            Method::GET,
+            "/$exportstatus?_id=not-a-uuid".to_string(),
+            404,
+        ),
+        (Method::GET, "/$exportstatus".to_string(), 400),
+        (Method::DELETE, format!("/$exportstatus?_id={unknown}"), 404),
+        (
+            Method::GET,
+            format!("/$exportfilerequest?_id={unknown}&{file}"),
+            404,
+        ),
+        (Method::GET, "/nothing/here".to_string(), 404),
+    ] {
+        let url = format!("{}{path}", server.base);
+        outcome(c.request(method, url).send().await.expect("req"), status).await;
+    }
 }
 
 #[tokio::test]
@@ -280,14 +224,9 @@ async fn firely_compatibility_setting_answers_410_after_cancel() {
 #[tokio::test]
 async fn metadata_is_a_bulk_data_capability_statement() {
     let (server, _) = server_with(&[]).await;
-    let resp = http_client()
-        .get(format!("{}/metadata", server.base))
-        .send()
-        .await
-        .expect("req");
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-type"], "application/fhir+json");
-    let cs: serde_json::Value = resp.json().await.expect("json");
+    let cs =
+        integration_tests::fhir_json(http_client().get(format!("{}/metadata", server.base)), 200)
+            .await;
     assert_eq!(cs["resourceType"], "CapabilityStatement");
     assert_eq!(
         cs["instantiates"][0],
@@ -689,14 +628,11 @@ async fn operation_definitions_are_served_for_the_three_export_operations() {
     let (server, _) = server_with(&[]).await;
     let c = http_client();
     for id in ["export", "patient-export", "group-export"] {
-        let resp = c
-            .get(format!("{}/OperationDefinition/{id}", server.base))
-            .send()
-            .await
-            .expect("req");
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.headers()["content-type"], "application/fhir+json");
-        let def: serde_json::Value = resp.json().await.expect("json");
+        let def = integration_tests::fhir_json(
+            c.get(format!("{}/OperationDefinition/{id}", server.base)),
+            200,
+        )
+        .await;
         assert_eq!(def["resourceType"], "OperationDefinition");
         assert_eq!(
             def["url"],

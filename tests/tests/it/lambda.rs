@@ -11,7 +11,6 @@ use shared::export::JobStatus;
 use shared::queue::{JobQueue, SqsQueue};
 use shared::storage::local::LocalStore;
 use shared::storage::ObjectStore;
-use shared::Config;
 
 fn event(name: &str) -> String {
     std::fs::read_to_string(format!(
@@ -33,20 +32,62 @@ fn context(seconds_left: u64) -> lambda_runtime::Context {
 
 /// `function`'s state as its cold start builds it (shared::app): only the clients it declares.
 async fn function_state(function: Function, db: &TestDb, queue: Arc<dyn JobQueue>) -> AppState {
-    let url = db.url.clone();
     let dir = temp_dir();
     let storage = dir.display().to_string();
-    let config = Arc::new(
-        Config::from_lookup(|k| match k {
-            "DATABASE_URL" => Some(url.clone()),
-            "STORAGE_PATH" => Some(storage.clone()),
-            "AUTH" => Some("off".into()),
-            _ => None,
-        })
-        .expect("config"),
-    );
+    let config = integration_tests::config_with(db, &[("STORAGE_PATH", &storage), ("AUTH", "off")]);
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
     shared::app::assemble(function, config, db.pool.clone(), store, queue)
+}
+
+/// A shipped event with a bearer token for `client`, signed with `key`: what
+/// `localstack/events/authorize.py` prints (the README's `cargo lambda` recipe runs it so).
+fn authorized(event_file: &str, client: &str, key: &str) -> serde_json::Value {
+    let script = format!(
+        "{}/../localstack/events/authorize.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = std::process::Command::new("python3")
+        .args([&script, event_file, client])
+        .env("TOKEN_SIGNING_KEY", key)
+        .output()
+        .expect("python3 runs authorize.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("an event")
+}
+
+/// `function`'s answer to an API Gateway event (HTTP API v2 or REST API v1).
+async fn answer(
+    function: Function,
+    state: &AppState,
+    event: &serde_json::Value,
+) -> shared::http::Response {
+    let req = lambda_http::request::from_str(&event.to_string()).expect("an API Gateway event");
+    shared::http::router::handle_as(function, state, shared::lambda::from_lambda_request(req)).await
+}
+
+/// A response's JSON body.
+fn json_of(resp: shared::http::Response) -> serde_json::Value {
+    let shared::http::Body::Full(body) = resp.into_body() else {
+        panic!("a JSON body")
+    };
+    serde_json::from_slice(&body).expect("json")
+}
+
+/// `function`'s state with authorization on, tokens signed with `key`, and `dev-client`
+/// registered.
+async fn with_authorization(function: Function, db: &TestDb, key: &str) -> AppState {
+    integration_tests::register_fixture_client(&db.pool, "dev-client", "system/*.read").await;
+    shared::app::assemble(
+        function,
+        integration_tests::config_with(db, &[("AUTH", "smart"), ("TOKEN_SIGNING_KEY", key)]),
+        db.pool.clone(),
+        Arc::new(LocalStore::new(temp_dir()).expect("store")),
+        Arc::new(shared::queue::NoQueue),
+    )
 }
 
 #[tokio::test]
@@ -57,11 +98,10 @@ async fn an_api_gateway_kickoff_event_queues_a_job_and_wakes_the_exporter_throug
     let state = function_state(Function::Kickoff, &db, queue.clone()).await;
 
     // The API Gateway (HTTP API v2) event shipped for `sam local invoke` / `cargo lambda invoke`.
-    let req = lambda_http::request::from_str(&event("kickoff-system.json")).expect("event");
-    let resp = shared::http::router::handle_as(
+    let resp = answer(
         Function::Kickoff,
         &state,
-        shared::lambda::from_lambda_request(req),
+        &serde_json::from_str::<serde_json::Value>(&event("kickoff-system.json")).expect("json"),
     )
     .await;
     assert_eq!(resp.status(), 202);
@@ -145,11 +185,10 @@ async fn an_api_gateway_kickoff_event_queues_a_job_and_wakes_the_exporter_throug
 async fn the_scheduled_event_finds_jobs_whose_wake_up_was_lost() {
     let (db, _data) = TestDb::with_generated(3).await;
     let kickoff = function_state(Function::Kickoff, &db, Arc::new(shared::queue::NoQueue)).await;
-    let req = lambda_http::request::from_str(&event("kickoff-patient.json")).expect("event");
-    let resp = shared::http::router::handle_as(
+    let resp = answer(
         Function::Kickoff,
         &kickoff,
-        shared::lambda::from_lambda_request(req),
+        &serde_json::from_str::<serde_json::Value>(&event("kickoff-patient.json")).expect("json"),
     )
     .await;
     assert_eq!(resp.status(), 202);
@@ -207,11 +246,10 @@ async fn a_kickoff_whose_wake_up_cannot_be_sent_still_queues_the_job() {
         Arc::new(SqsQueue::new(sqs, missing)),
     )
     .await;
-    let req = lambda_http::request::from_str(&event("kickoff-system.json")).expect("event");
-    let resp = shared::http::router::handle_as(
+    let resp = answer(
         Function::Kickoff,
         &state,
-        shared::lambda::from_lambda_request(req),
+        &serde_json::from_str::<serde_json::Value>(&event("kickoff-system.json")).expect("json"),
     )
     .await;
     assert_eq!(
@@ -254,14 +292,12 @@ async fn a_kickoff_whose_wake_up_cannot_be_sent_still_queues_the_job() {
 #[tokio::test]
 async fn the_token_function_answers_api_gateway_events() {
     let db = TestDb::new().await;
-    let url = db.url.clone();
-    let config = Arc::new(
-        Config::from_lookup(|k| match k {
-            "DATABASE_URL" => Some(url.clone()),
-            "TOKEN_SIGNING_KEY" => Some("lambda-test-signing-key-0123456789abcdef".into()),
-            _ => None,
-        })
-        .expect("config"),
+    let config = integration_tests::config_with(
+        &db,
+        &[(
+            "TOKEN_SIGNING_KEY",
+            "lambda-test-signing-key-0123456789abcdef",
+        )],
     );
     let state = shared::app::assemble(
         Function::Token,
@@ -273,19 +309,15 @@ async fn the_token_function_answers_api_gateway_events() {
     let base = "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com";
 
     // The shipped event: smart-configuration names the token endpoint under the API's host.
-    let req =
-        lambda_http::request::from_str(&event("token-smart-configuration.json")).expect("event");
-    let resp = shared::http::router::handle_as(
+    let resp = answer(
         Function::Token,
         &state,
-        shared::lambda::from_lambda_request(req),
+        &serde_json::from_str::<serde_json::Value>(&event("token-smart-configuration.json"))
+            .expect("json"),
     )
     .await;
     assert_eq!(resp.status(), 200);
-    let shared::http::Body::Full(body) = resp.into_body() else {
-        panic!("a JSON body")
-    };
-    let conf: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let conf = json_of(resp);
     assert_eq!(conf["token_endpoint"], format!("{base}/auth/token"));
 
     // A token request as API Gateway delivers it (form body), from a registered client.
@@ -311,18 +343,9 @@ async fn the_token_function_answers_api_gateway_events() {
     ev["requestContext"]["http"]["path"] = "/auth/token".into();
     ev["headers"]["content-type"] = "application/x-www-form-urlencoded".into();
     ev["body"] = form.into();
-    let req = lambda_http::request::from_str(&ev.to_string()).expect("event");
-    let resp = shared::http::router::handle_as(
-        Function::Token,
-        &state,
-        shared::lambda::from_lambda_request(req),
-    )
-    .await;
+    let resp = answer(Function::Token, &state, &ev).await;
     assert_eq!(resp.status(), 200);
-    let shared::http::Body::Full(body) = resp.into_body() else {
-        panic!("a JSON body")
-    };
-    let token: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let token = json_of(resp);
     assert_eq!(token["token_type"], "bearer");
     let access = token["access_token"].as_str().expect("token");
     let principal = shared::auth::verify_access_token(
@@ -352,13 +375,7 @@ async fn a_lambda_request_takes_its_base_from_api_gateway_not_from_host() {
         serde_json::from_str(&event("kickoff-system.json")).expect("json");
     e["headers"]["host"] = "evil.example".into();
     e["headers"]["x-forwarded-host"] = "evil.example".into();
-    let req = lambda_http::request::from_str(&e.to_string()).expect("event");
-    let resp = shared::http::router::handle_as(
-        Function::Kickoff,
-        &state,
-        shared::lambda::from_lambda_request(req),
-    )
-    .await;
+    let resp = answer(Function::Kickoff, &state, &e).await;
     assert_eq!(resp.status(), 202);
     let location = resp.headers()["content-location"].to_str().expect("loc");
     assert!(
@@ -370,13 +387,7 @@ async fn a_lambda_request_takes_its_base_from_api_gateway_not_from_host() {
     let mut prefixed = e.clone();
     prefixed["rawPath"] = "/anything/$export".into();
     prefixed["requestContext"]["http"]["path"] = "/anything/$export".into();
-    let req = lambda_http::request::from_str(&prefixed.to_string()).expect("event");
-    let resp = shared::http::router::handle_as(
-        Function::Kickoff,
-        &state,
-        shared::lambda::from_lambda_request(req),
-    )
-    .await;
+    let resp = answer(Function::Kickoff, &state, &prefixed).await;
     assert_eq!(resp.status(), 404);
 }
 
@@ -387,45 +398,16 @@ async fn a_lambda_request_takes_its_base_from_api_gateway_not_from_host() {
 async fn the_shipped_events_work_with_authorization_on_given_a_token() {
     let (db, _data) = TestDb::with_generated(2).await;
     let key = "events-test-signing-key-0123456789abcdef";
-    integration_tests::register_fixture_client(&db.pool, "dev-client", "system/*.read").await;
-    let config =
-        integration_tests::config_with(&db, &[("AUTH", "smart"), ("TOKEN_SIGNING_KEY", key)]);
-    let state = shared::app::assemble(
-        Function::Kickoff,
-        config,
-        db.pool.clone(),
-        Arc::new(LocalStore::new(temp_dir()).expect("store")),
-        Arc::new(shared::queue::NoQueue),
-    );
-    let raw = lambda_http::request::from_str(&event("kickoff-system.json")).expect("event");
-    let resp = shared::http::router::handle_as(
-        Function::Kickoff,
-        &state,
-        shared::lambda::from_lambda_request(raw),
-    )
-    .await;
+    let state = with_authorization(Function::Kickoff, &db, key).await;
+    let unsigned: serde_json::Value =
+        serde_json::from_str(&event("kickoff-system.json")).expect("json");
+    let resp = answer(Function::Kickoff, &state, &unsigned).await;
     assert_eq!(resp.status(), 401, "no token, no export");
 
-    let script = format!(
-        "{}/../localstack/events/authorize.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let out = std::process::Command::new("python3")
-        .args([&script, "kickoff-system.json", "dev-client"])
-        .env("TOKEN_SIGNING_KEY", key)
-        .output()
-        .expect("python3 runs authorize.py");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let authorized = String::from_utf8(out.stdout).expect("utf8");
-    let req = lambda_http::request::from_str(&authorized).expect("event");
-    let resp = shared::http::router::handle_as(
+    let resp = answer(
         Function::Kickoff,
         &state,
-        shared::lambda::from_lambda_request(req),
+        &authorized("kickoff-system.json", "dev-client", key),
     )
     .await;
     assert_eq!(resp.status(), 202);
@@ -443,23 +425,15 @@ async fn the_shipped_events_work_with_authorization_on_given_a_token() {
     assert_eq!(job.client_id.as_deref(), Some("dev-client"));
 
     // A key other than the functions' is refused.
-    let out = std::process::Command::new("python3")
-        .args([&script, "kickoff-system.json", "dev-client"])
-        .env(
-            "TOKEN_SIGNING_KEY",
-            "another-signing-key-0123456789abcdef-xyz",
-        )
-        .output()
-        .expect("python3 runs authorize.py");
-    let req = lambda_http::request::from_str(&String::from_utf8(out.stdout).expect("utf8"))
-        .expect("event");
-    let resp = shared::http::router::handle_as(
-        Function::Kickoff,
-        &state,
-        shared::lambda::from_lambda_request(req),
-    )
-    .await;
-    assert_eq!(resp.status(), 401);
+    let other = authorized(
+        "kickoff-system.json",
+        "dev-client",
+        "another-signing-key-0123456789abcdef-xyz",
+    );
+    assert_eq!(
+        answer(Function::Kickoff, &state, &other).await.status(),
+        401
+    );
 }
 
 /// The REST API front door (ApiType=RestApi): one proxy resource sends every route to the api
@@ -470,42 +444,17 @@ async fn the_shipped_events_work_with_authorization_on_given_a_token() {
 async fn the_api_function_answers_every_route_of_a_rest_api_proxy_event() {
     let (db, _data) = TestDb::with_generated(2).await;
     let key = "rest-events-test-signing-key-0123456789abcdef";
-    integration_tests::register_fixture_client(&db.pool, "dev-client", "system/*.read").await;
-    let config =
-        integration_tests::config_with(&db, &[("AUTH", "smart"), ("TOKEN_SIGNING_KEY", key)]);
-    let state = shared::app::assemble(
-        Function::Api,
-        config,
-        db.pool.clone(),
-        Arc::new(LocalStore::new(temp_dir()).expect("store")),
-        Arc::new(shared::queue::NoQueue),
-    );
-    let call = |e: &serde_json::Value| {
-        let req = shared::lambda::from_lambda_request(
-            lambda_http::request::from_str(&e.to_string()).expect("a REST API event"),
-        );
-        shared::http::router::handle_as(Function::Api, &state, req)
-    };
+    let state = with_authorization(Function::Api, &db, key).await;
     let unsigned: serde_json::Value =
         serde_json::from_str(&event("api-rest-kickoff-system.json")).expect("json");
-    assert_eq!(call(&unsigned).await.status(), 401, "no token, no export");
+    assert_eq!(
+        answer(Function::Api, &state, &unsigned).await.status(),
+        401,
+        "no token, no export"
+    );
 
-    let script = format!(
-        "{}/../localstack/events/authorize.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let out = std::process::Command::new("python3")
-        .args([&script, "api-rest-kickoff-system.json", "dev-client"])
-        .env("TOKEN_SIGNING_KEY", key)
-        .output()
-        .expect("python3 runs authorize.py");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kickoff: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let resp = call(&kickoff).await;
+    let kickoff = authorized("api-rest-kickoff-system.json", "dev-client", key);
+    let resp = answer(Function::Api, &state, &kickoff).await;
     assert_eq!(resp.status(), 202);
     let location = resp.headers()["content-location"]
         .to_str()
@@ -522,11 +471,11 @@ async fn the_api_function_answers_every_route_of_a_rest_api_proxy_event() {
     status["pathParameters"]["proxy"] = "$exportstatus".into();
     status["queryStringParameters"] = serde_json::json!({ "_id": job_id });
     status["multiValueQueryStringParameters"] = serde_json::json!({ "_id": [job_id] });
-    let resp = call(&status).await;
+    let resp = answer(Function::Api, &state, &status).await;
     assert_eq!(resp.status(), 202, "queued, no exporter has run");
     assert!(resp.headers().contains_key("x-progress"));
     status["httpMethod"] = "POST".into();
-    let resp = call(&status).await;
+    let resp = answer(Function::Api, &state, &status).await;
     assert_eq!(resp.status(), 405);
     assert!(resp.headers()["allow"]
         .to_str()
@@ -539,12 +488,9 @@ async fn the_api_function_answers_every_route_of_a_rest_api_proxy_event() {
     smart["pathParameters"]["proxy"] = ".well-known/smart-configuration".into();
     smart["queryStringParameters"] = serde_json::Value::Null;
     smart["multiValueQueryStringParameters"] = serde_json::Value::Null;
-    let resp = call(&smart).await;
+    let resp = answer(Function::Api, &state, &smart).await;
     assert_eq!(resp.status(), 200);
-    let shared::http::Body::Full(body) = resp.into_body() else {
-        panic!("a JSON body")
-    };
-    let smart_config: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let smart_config = json_of(resp);
     assert_eq!(
         smart_config["token_endpoint"],
         "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/fhir/auth/token"
@@ -553,13 +499,10 @@ async fn the_api_function_answers_every_route_of_a_rest_api_proxy_event() {
     // A path that is no route, and a route of another function: 404 OperationOutcomes.
     let mut nowhere = kickoff.clone();
     nowhere["path"] = "/Nothing/here".into();
-    let resp = call(&nowhere).await;
+    let resp = answer(Function::Api, &state, &nowhere).await;
     assert_eq!(resp.status(), 404);
     assert_eq!(resp.headers()["content-type"], "application/fhir+json");
-    let req = shared::lambda::from_lambda_request(
-        lambda_http::request::from_str(&smart.to_string()).expect("event"),
-    );
-    let resp = shared::http::router::handle_as(Function::Kickoff, &state, req).await;
+    let resp = answer(Function::Kickoff, &state, &smart).await;
     assert_eq!(
         resp.status(),
         404,

@@ -7,10 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use integration_tests::{http_client, http_client_no_redirect, Server, TestDb};
+use integration_tests::{http_client, http_client_no_redirect, Server, TestDb, TestServer};
 use shared::storage::s3::S3Store;
 use shared::storage::{ObjectStore, NDJSON_CONTENT_TYPE};
-use shared::Config;
 
 const PREFIX: &str = "exports";
 const PATIENTS: usize = 5;
@@ -20,26 +19,13 @@ const PATIENTS: usize = 5;
 async fn s3s_server(presign_ttl: Option<&str>) -> (Server, aws_sdk_s3::Client, String) {
     let (db, _data) = TestDb::with_generated(PATIENTS).await;
     let (client, bucket) = integration_tests::new_s3s_bucket().await;
-    let url = db.url.clone();
-    let storage = format!("s3://{bucket}/{PREFIX}");
-    let presign_ttl = presign_ttl.map(str::to_string);
-    let cfg = Config::from_lookup(|k| match k {
-        "DATABASE_URL" => Some(url.clone()),
-        "STORAGE_PATH" => Some(storage.clone()),
-        "PRESIGN_TTL_SECONDS" => presign_ttl.clone(),
-        "AUTH" => Some("off".into()),
-        "REPEAT_PERIOD" => Some("200".into()),
-        "MIN_POLL_INTERVAL_MS" => Some("50".into()),
-        _ => None,
-    })
-    .expect("config");
     let store: Arc<dyn ObjectStore> =
         Arc::new(S3Store::new(client.clone(), bucket.clone(), PREFIX.into()));
-    (
-        Server::start(cfg, db.pool.clone(), store).await.owning(db),
-        client,
-        bucket,
-    )
+    let mut server = TestServer::on(db).storage(format!("s3://{bucket}/{PREFIX}"), store);
+    if let Some(ttl) = presign_ttl {
+        server = server.env("PRESIGN_TTL_SECONDS", ttl);
+    }
+    (server.start().await, client, bucket)
 }
 
 /// Kicks off `path`, polls to completion and returns the manifest.
@@ -330,20 +316,18 @@ async fn a_presigned_url_works_until_presign_ttl_seconds_and_is_refused_after() 
 async fn with_authorization_the_token_opens_the_redirect_and_the_presigned_url_needs_none() {
     let (db, data) = TestDb::with_generated(PATIENTS).await;
     let (client, bucket) = integration_tests::new_s3s_bucket().await;
-    let url = db.url.clone();
-    let storage = format!("s3://{bucket}/{PREFIX}");
-    let cfg = Config::from_lookup(|k| match k {
-        "DATABASE_URL" => Some(url.clone()),
-        "STORAGE_PATH" => Some(storage.clone()),
-        "TOKEN_SIGNING_KEY" => Some("presigned-test-signing-key-0123456789abcdef".into()),
-        "REPEAT_PERIOD" => Some("200".into()),
-        "MIN_POLL_INTERVAL_MS" => Some("0".into()),
-        _ => None,
-    })
-    .expect("config");
     integration_tests::register_fixture_client(&db.pool, "s3-client", "system/*.read").await;
-    let store: Arc<dyn ObjectStore> = Arc::new(S3Store::new(client, bucket, PREFIX.into()));
-    let server = Server::start(cfg, db.pool.clone(), store).await;
+    let store: Arc<dyn ObjectStore> = Arc::new(S3Store::new(client, bucket.clone(), PREFIX.into()));
+    let server = TestServer::on(db)
+        .storage(format!("s3://{bucket}/{PREFIX}"), store)
+        .env("AUTH", "smart")
+        .env(
+            "TOKEN_SIGNING_KEY",
+            "presigned-test-signing-key-0123456789abcdef",
+        )
+        .env("MIN_POLL_INTERVAL_MS", "0")
+        .start()
+        .await;
 
     // A token the way a client gets one.
     let token_url = format!("{}/auth/token", server.base);
@@ -357,33 +341,11 @@ async fn with_authorization_the_token_opens_the_redirect_and_the_presigned_url_n
         .expect("access_token")
         .to_string();
 
-    let http = http_client();
-    let resp = http
-        .get(format!("{}/$export?_type=Patient", server.base))
-        .header("Accept", "application/fhir+json")
-        .header("Prefer", "respond-async")
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("kick-off");
-    assert_eq!(resp.status(), 202);
-    let status_url = resp.headers()["content-location"]
-        .to_str()
-        .expect("loc")
-        .to_string();
-    let manifest: serde_json::Value = loop {
-        let r = http
-            .get(&status_url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("status");
-        if r.status() == 200 {
-            break r.json().await.expect("manifest");
-        }
-        assert_eq!(r.status(), 202);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let manifest = integration_tests::kick_off_and_wait(
+        &integration_tests::bearer_client(&token),
+        &format!("{}/$export?_type=Patient", server.base),
+    )
+    .await;
     assert_eq!(manifest["requiresAccessToken"], true);
     let (file_url, count) = entry(&manifest, "Patient");
     assert_eq!(count, data.patient_ids().len());

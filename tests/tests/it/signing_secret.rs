@@ -11,18 +11,7 @@ async fn secrets() -> aws_sdk_secretsmanager::Client {
 }
 
 fn config(pairs: &[(&str, &str)]) -> Config {
-    let pairs: Vec<(String, String)> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Config::from_lookup(|k| {
-        pairs
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .or_else(|| (k == "DATABASE_URL").then(|| "postgres://unused".to_string()))
-    })
-    .expect("config")
+    integration_tests::lookup("postgres://unused", &[], pairs)
 }
 
 #[tokio::test]
