@@ -1,0 +1,35 @@
+//! What a newcomer sees from `bulk-export` when something is wrong: one clear line naming what
+//! failed and what to do, no backtrace (even with RUST_BACKTRACE set), no colour escapes when
+//! the output is not a terminal, and each subcommand's --help naming its environment.
+
+use integration_tests::{bulk_export_bin, free_port, local_server, wait_listening, TestDb};
+
+/// Runs `bulk-export args` with `env`, as a developer machine would (RUST_BACKTRACE=1).
+async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(bulk_export_bin())
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("bulk-export runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_one_clean_error(stderr: &str) {
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("stack backtrace"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "colour escapes: {stderr:?}");
+}
+
+mod errors;
+mod operate;

@@ -1,0 +1,99 @@
+//! Patient and Group scope: members only, and references that point nowhere.
+
+use super::*;
+
+/// A reference to a resource that does not exist is reported in error[] (and the export still
+/// completes), at Patient level (references joined per item) and Group level (references
+/// written at planning, `export_job_refs`) alike.
+#[tokio::test]
+async fn missing_referenced_resources_are_reported_in_error_files() {
+    for level in [ExportLevel::Patient, ExportLevel::Group] {
+        let (db, data) = TestDb::with_generated(4).await;
+        let group = (level == ExportLevel::Group).then_some("group-even");
+        let member = data.group_members().into_iter().next().expect("a member");
+        let extra = temp_dir().join("dangling.ndjson");
+        std::fs::write(
+            &extra,
+            format!(
+                "{{\"resourceType\":\"Encounter\",\"id\":\"enc-dangling\",\"status\":\"finished\",\"class\":{{\"code\":\"AMB\"}},\
+                  \"subject\":{{\"reference\":\"Patient/{member}\"}},\"serviceProvider\":{{\"reference\":\"Organization/gone\"}}}}\n"
+            ),
+        )
+        .expect("write");
+        shared::load::load_paths(&db.pool, &[extra], |_| {})
+            .await
+            .expect("load");
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(temp_dir()).expect("store"));
+        let job = new_job(&db, level, group, None).await;
+        let summary = exporter(&db, store.clone(), cfg(&db, &[]))
+            .run_until_idle(None, far())
+            .await
+            .expect("run");
+        assert_eq!(
+            summary.completed,
+            vec![job.id],
+            "{level:?}: the export still completes"
+        );
+        let files = shared::db::files::select_files(&db.pool, job.id)
+            .await
+            .expect("files");
+        let errors: Vec<_> = files
+            .iter()
+            .filter(|f| f.kind == shared::export::manifest::FileKind::Error)
+            .collect();
+        assert_eq!(errors.len(), 1, "{level:?}");
+        assert_eq!(errors[0].resource_count, 1, "{level:?}");
+        let text = String::from_utf8(store.read(&errors[0].object_key).await.expect("read"))
+            .expect("utf8");
+        let oo: serde_json::Value = serde_json::from_str(text.trim()).expect("json");
+        assert_eq!(oo["resourceType"], "OperationOutcome");
+        assert!(
+            oo["issue"][0]["diagnostics"]
+                .as_str()
+                .expect("diag")
+                .contains("Encounter/enc-dangling references Organization/gone"),
+            "{level:?}: {oo}"
+        );
+        // The job's references were written at planning only for the Group.
+        let planned: i64 = db
+            .pool
+            .get()
+            .await
+            .expect("conn")
+            .query_one(
+                "SELECT count(*) FROM export_job_refs WHERE job_id = $1",
+                &[&job.id],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(
+            planned > 0,
+            level == ExportLevel::Group,
+            "{level:?}: {planned}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_group_export_covers_only_members_and_never_other_groups() {
+    let (db, data) = TestDb::with_generated(10).await;
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(temp_dir()).expect("store"));
+    let job = new_job(&db, ExportLevel::Group, Some("group-even"), None).await;
+    exporter(&db, store.clone(), cfg(&db, &[]))
+        .run_until_idle(None, far())
+        .await
+        .expect("run");
+    let rows = stored_resources(&db.pool, store.as_ref(), job.id).await;
+    let members = data.group_members();
+    assert_eq!(members.len(), 5);
+    assert_eq!(counts(&rows), data.expected_compartment_export(&members));
+    assert!(rows.iter().all(|(t, _)| t != "Group"));
+    let patients: BTreeSet<&str> = rows
+        .iter()
+        .filter(|(t, _)| t == "Patient")
+        .map(|(_, r)| r["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(patients, members.iter().map(String::as_str).collect());
+    let _ = StoragePath::Local(temp_dir());
+}
