@@ -5,6 +5,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+/// Refuses to run without the release `bulk-export` binary the benchmark drives.
+pub fn require_binary(bin: &Path) -> anyhow::Result<()> {
+    if !bin.exists() {
+        anyhow::bail!("{bin:?} not found: cargo build --release -p shared --bin bulk-export");
+    }
+    Ok(())
+}
+
 /// Writes `copies` copies of every ndjson file with ids and `Type/id` references suffixed.
 pub fn replicate(src: &Path, copies: usize) -> anyhow::Result<(PathBuf, usize, u64)> {
     let out = crate::temp_dir();

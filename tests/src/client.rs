@@ -145,18 +145,23 @@ pub async fn kick_off_and_wait(client: &reqwest::Client, url: &str) -> serde_jso
     manifest_of(client, kickoff(client, url).await).await
 }
 
+/// The text of a download (following redirects, as a client would).
+pub async fn download_text(client: &reqwest::Client, url: &str) -> String {
+    client
+        .get(url)
+        .send()
+        .await
+        .expect("download")
+        .text()
+        .await
+        .expect("body")
+}
+
 /// Every line of every file of a manifest's `output`, as downloaded (following redirects).
 pub async fn download_lines(client: &reqwest::Client, manifest: &serde_json::Value) -> Vec<String> {
     let mut lines = Vec::new();
     for entry in manifest["output"].as_array().expect("output") {
-        let text = client
-            .get(entry["url"].as_str().expect("url"))
-            .send()
-            .await
-            .expect("download")
-            .text()
-            .await
-            .expect("body");
+        let text = download_text(client, entry["url"].as_str().expect("url")).await;
         lines.extend(text.lines().map(str::to_string));
     }
     lines

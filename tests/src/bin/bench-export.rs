@@ -128,12 +128,7 @@ fn vm_kib(pid: u32, field: &str) -> u64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
-    if !args.bin.exists() {
-        bail!(
-            "{:?} not found: cargo build --release -p shared --bin bulk-export",
-            args.bin
-        );
-    }
+    integration_tests::bench::require_binary(&args.bin)?;
     let (data_dir, resources, input_bytes) =
         integration_tests::bench::replicate(&args.data, args.copies)?;
     let db = format!("bulkbench_{}", uuid::Uuid::new_v4().simple());

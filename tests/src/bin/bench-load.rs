@@ -128,12 +128,7 @@ async fn export_load(bin: &Path, dir: &Path) -> anyhow::Result<f64> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
-    if !args.bin.exists() {
-        bail!(
-            "{:?} not found: cargo build --release -p shared --bin bulk-export",
-            args.bin
-        );
-    }
+    integration_tests::bench::require_binary(&args.bin)?;
     let (dir, resources, bytes) = integration_tests::bench::replicate(&args.data, args.copies)?;
     println!(
         "data: {} ×{} = {resources} resources, {:.1} MB of ndjson",

@@ -28,14 +28,7 @@ async fn blocks(c: &reqwest::Client, manifest: &Value) -> Vec<(String, Vec<Value
     for entry in manifest["output"].as_array().expect("output") {
         assert!(entry.get("type").is_none(), "no type on {entry}");
         assert!(entry.get("count").is_none(), "no count on {entry}");
-        let text = c
-            .get(entry["url"].as_str().expect("url"))
-            .send()
-            .await
-            .expect("download")
-            .text()
-            .await
-            .expect("body");
+        let text = integration_tests::download_text(c, entry["url"].as_str().expect("url")).await;
         let mut lines = text.lines();
         let first: Value =
             serde_json::from_str(lines.next().expect("non-empty file")).expect("json");

@@ -21,6 +21,31 @@ async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
+/// `bulk-export serve args` as a process of its own on a free port with `env` (stderr piped
+/// when `logs`): the child, and its base URL once it listens.
+async fn spawn_serve(
+    args: &[&str],
+    env: &[(&str, &str)],
+    logs: bool,
+) -> (tokio::process::Child, String) {
+    let port = free_port();
+    let child = tokio::process::Command::new(bulk_export_bin())
+        .args(["serve", "--port", &port.to_string()])
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(if logs {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .kill_on_drop(true)
+        .spawn()
+        .expect("serve");
+    wait_listening(port).await;
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
 fn assert_one_clean_error(stderr: &str) {
     assert_eq!(
         stderr.lines().filter(|l| l.starts_with("error:")).count(),

@@ -46,22 +46,19 @@ async fn jobs_lists_and_shows_the_internal_error_of_a_failed_export() {
 #[tokio::test]
 async fn serve_logs_one_access_line_per_request_without_tokens() {
     let db = TestDb::new().await;
-    let port = free_port();
     let key = "access-log-test-signing-key-0123456789abcdef";
-    let mut child = tokio::process::Command::new(bulk_export_bin())
-        .args(["serve", "--port", &port.to_string(), "--workers", "1"])
-        .env("DATABASE_URL", &db.url)
-        .env("AUTH", "smart")
-        .env("TOKEN_SIGNING_KEY", key)
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("serve");
-    wait_listening(port).await;
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut child, base) = spawn_serve(
+        &["--workers", "1"],
+        &[
+            ("DATABASE_URL", &db.url),
+            ("AUTH", "smart"),
+            ("TOKEN_SIGNING_KEY", key),
+            ("LOG_FORMAT", "json"),
+            ("RUST_LOG", "info"),
+        ],
+        true,
+    )
+    .await;
     let http = reqwest::Client::new();
     let metadata = http
         .get(format!("{base}/metadata"))
@@ -233,29 +230,19 @@ async fn jobs_shows_retries_and_cancels_an_export() {
 #[tokio::test]
 async fn serve_metrics_count_an_export_exactly() {
     let (db, data) = TestDb::with_generated(3).await;
-    let port = free_port();
     let dir = integration_tests::temp_dir();
-    let mut child = tokio::process::Command::new(bulk_export_bin())
-        .args([
-            "serve",
-            "--port",
-            &port.to_string(),
-            "--insecure",
-            "--workers",
-            "2",
-        ])
-        .env("DATABASE_URL", &db.url)
-        .env("STORAGE_PATH", &dir)
-        .env("REPEAT_PERIOD", "200")
-        // poll() asks every 100 ms.
-        .env("MIN_POLL_INTERVAL_MS", "50")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("serve");
-    wait_listening(port).await;
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut child, base) = spawn_serve(
+        &["--insecure", "--workers", "2"],
+        &[
+            ("DATABASE_URL", &db.url),
+            ("STORAGE_PATH", &dir.display().to_string()),
+            ("REPEAT_PERIOD", "200"),
+            // poll() asks every 100 ms.
+            ("MIN_POLL_INTERVAL_MS", "50"),
+        ],
+        false,
+    )
+    .await;
     let http = integration_tests::http_client();
     let resp = integration_tests::kickoff(&http, &format!("{base}/$export")).await;
     assert_eq!(resp.status(), 202);

@@ -38,14 +38,7 @@ async fn post_export(c: &reqwest::Client, url: &str, params: Value) -> Value {
 async fn download_all(c: &reqwest::Client, manifest: &Value) -> BTreeMap<String, Vec<Value>> {
     let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for entry in manifest["output"].as_array().expect("output") {
-        let text = c
-            .get(entry["url"].as_str().expect("url"))
-            .send()
-            .await
-            .expect("download")
-            .text()
-            .await
-            .expect("body");
+        let text = integration_tests::download_text(c, entry["url"].as_str().expect("url")).await;
         for line in text.lines() {
             let v: Value = serde_json::from_str(line).expect("json line");
             out.entry(entry["type"].as_str().expect("type").to_string())
