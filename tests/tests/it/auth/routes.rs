@@ -2,17 +2,23 @@
 
 use super::*;
 
+/// A Patient export by the holder of `token`, finished: its status URL and its first file's URL.
+async fn exported_patients(base: &str, token: &str) -> (String, String) {
+    let status_url = kickoff(&format!("{base}/$export?_type=Patient"), token).await;
+    let manifest = wait_manifest(&status_url, token).await;
+    let file_url = manifest["output"][0]["url"]
+        .as_str()
+        .expect("url")
+        .to_string();
+    (status_url, file_url)
+}
+
 #[tokio::test]
 async fn export_routes_need_a_valid_bearer_token_and_conformance_routes_do_not() {
     let (server, _) = server().await;
     let base = &server.base;
     let token = access_token(base, ALL, "system/*.read").await;
-    let status_url = kickoff(&format!("{base}/$export?_type=Patient"), &token).await;
-    let manifest = wait_manifest(&status_url, &token).await;
-    let file_url = manifest["output"][0]["url"]
-        .as_str()
-        .expect("url")
-        .to_string();
+    let (status_url, file_url) = exported_patients(base, &token).await;
 
     let bad_tokens = [
         ("garbage", "not.a.token".to_string()),
@@ -102,12 +108,7 @@ async fn a_client_cannot_see_cancel_or_download_another_clients_export() {
     let base = &server.base;
     let a = access_token(base, ALL, "system/*.read").await;
     let b = access_token(base, LIMITED, "system/*.read").await;
-    let status_url = kickoff(&format!("{base}/$export?_type=Patient"), &a).await;
-    let manifest = wait_manifest(&status_url, &a).await;
-    let file_url = manifest["output"][0]["url"]
-        .as_str()
-        .expect("url")
-        .to_string();
+    let (status_url, file_url) = exported_patients(base, &a).await;
 
     let unknown = status_url.replace(
         status_url.rsplit('=').next().expect("id"),

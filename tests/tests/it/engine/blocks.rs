@@ -2,6 +2,22 @@
 
 use super::*;
 
+/// A Patient-level job with organizeOutputBy=Patient.
+async fn insert_organized(db: &TestDb) -> Job {
+    let params = ExportParams {
+        organize_output_by: Some(shared::export::params::OrganizeBy::Patient),
+        ..Default::default()
+    };
+    insert(
+        db,
+        ExportLevel::Patient,
+        None,
+        &params,
+        "http://test/Patient/$export?organizeOutputBy=Patient",
+    )
+    .await
+}
+
 /// organizeOutputBy=Patient: a file that fails to finish, then a deadline hand-off, and the
 /// blocks still come out whole, each patient once, each block exactly what the data says.
 #[tokio::test]
@@ -9,19 +25,7 @@ async fn blocks_by_patient_resume_after_a_failure_and_a_hand_off_without_duplica
     let (db, data) = TestDb::with_generated(20).await;
     let store = flaky(vec![2], false, Duration::from_millis(150));
     let config = cfg(&db, &[("MAX_FILE_BYTES", "15000")]);
-    let params = ExportParams {
-        output_format: Default::default(),
-        organize_output_by: Some(shared::export::params::OrganizeBy::Patient),
-        ..Default::default()
-    };
-    let job = insert(
-        &db,
-        ExportLevel::Patient,
-        None,
-        &params,
-        "http://test/Patient/$export?organizeOutputBy=Patient",
-    )
-    .await;
+    let job = insert_organized(&db).await;
     let ex = exporter(&db, store.clone(), config);
 
     let first = ex.run_until_idle(None, far()).await.expect("run");
@@ -120,19 +124,7 @@ async fn an_organized_export_is_complete_only_with_every_file_recorded() {
         .await
         .expect("trigger");
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(temp_dir()).expect("store"));
-    let params = ExportParams {
-        output_format: Default::default(),
-        organize_output_by: Some(shared::export::params::OrganizeBy::Patient),
-        ..Default::default()
-    };
-    let job = insert(
-        &db,
-        ExportLevel::Patient,
-        None,
-        &params,
-        "http://test/Patient/$export?organizeOutputBy=Patient",
-    )
-    .await;
+    let job = insert_organized(&db).await;
     let ex = exporter(&db, store.clone(), cfg(&db, &[]));
 
     let first = ex.run_until_idle(None, far()).await.expect("run");
