@@ -116,13 +116,19 @@ else
   fi
 fi
 
-# Per-test databases (bulkt_*) are dropped by the tests themselves (TestDb's Drop; the template
-# when its test binary exits). Drop those a killed run left; one still in use (a test run in
-# progress elsewhere) is skipped, not forced.
+# Per-test databases (bulkt_<pid>_*) are dropped by the tests themselves (TestDb's Drop; the
+# template when its test binary exits). Drop those a killed run left; those of a test binary
+# still running (another run in progress here) are kept, one in use is skipped, not forced.
 drop_test_databases() {
-  local db n=0
+  local db pid n=0
   while read -r db; do
     [[ -n "$db" ]] || continue
+    # bulkt_<pid>_<uuid>: the test binary that made it is still running (another test run on
+    # this machine, whose template database is idle between tests): keep it.
+    pid="$(sed -nE 's/^bulkt_([0-9]+)_.*/\1/p' <<<"$db")"
+    if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+      continue
+    fi
     if psql_admin -c "drop database if exists \"$db\"" >/dev/null 2>&1; then
       n=$((n + 1))
     fi

@@ -29,6 +29,16 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
 
+/// A new test database's name: `bulkt_<pid>_<uuid>`, so that `scripts/test.sh` drops what a
+/// killed run left without touching the databases of a test binary still running.
+fn db_name() -> String {
+    format!(
+        "bulkt_{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
 /// A database of its own, migrated; dropped when the value is (at the end of its test, pass
 /// or fail: a panicking test unwinds and drops it too).
 pub struct TestDb {
@@ -98,7 +108,7 @@ impl Drop for TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
-        let name = format!("bulkt_{}", uuid::Uuid::new_v4().simple());
+        let name = db_name();
         Self::create(&name).await;
         let url = url_for(&name);
         let pool = db::pool(&url, 16).expect("pool");
@@ -108,7 +118,7 @@ impl TestDb {
 
     /// A new database without the schema (no migrations applied).
     pub async fn empty() -> TestDb {
-        let name = format!("bulkt_{}", uuid::Uuid::new_v4().simple());
+        let name = db_name();
         Self::create(&name).await;
         Self::connect(&name)
     }
@@ -242,7 +252,7 @@ impl TestDb {
     /// A fresh database copied from the loaded template.
     pub async fn from_template() -> (TestDb, &'static data::DataSet) {
         let tpl = loaded_template();
-        let name = format!("bulkt_{}", uuid::Uuid::new_v4().simple());
+        let name = db_name();
         let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
             .await
             .expect("connect");
