@@ -7,31 +7,28 @@ pub fn aws_endpoint() -> String {
     )
 }
 
-pub async fn aws_config() -> aws_config::SdkConfig {
+/// The SDK configuration for an emulator at `endpoint` with static keys.
+async fn config_for(endpoint: &str, access_key: &str, secret_key: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(aws_endpoint())
+        .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "test", "test", None, None, "static",
+            access_key, secret_key, None, None, "static",
         ))
         .load()
         .await
 }
 
-pub async fn s3_client() -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::config::Builder::from(&aws_config().await)
+/// An S3 client with path-style addressing (what the emulators serve).
+fn path_style_s3(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::from(config)
         .force_path_style(true)
         .build();
     aws_sdk_s3::Client::from_conf(conf)
 }
 
-pub async fn sqs_client() -> aws_sdk_sqs::Client {
-    aws_sdk_sqs::Client::new(&aws_config().await)
-}
-
-/// A new bucket with a random name.
-pub async fn new_bucket() -> (aws_sdk_s3::Client, String) {
-    let client = s3_client().await;
+/// A bucket with a random name, created through `client`.
+async fn create_bucket(client: aws_sdk_s3::Client) -> (aws_sdk_s3::Client, String) {
     let bucket = format!("bulkt-{}", uuid::Uuid::new_v4().simple());
     client
         .create_bucket()
@@ -40,6 +37,23 @@ pub async fn new_bucket() -> (aws_sdk_s3::Client, String) {
         .await
         .expect("create bucket");
     (client, bucket)
+}
+
+pub async fn aws_config() -> aws_config::SdkConfig {
+    config_for(&aws_endpoint(), "test", "test").await
+}
+
+pub async fn s3_client() -> aws_sdk_s3::Client {
+    path_style_s3(&aws_config().await)
+}
+
+pub async fn sqs_client() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&aws_config().await)
+}
+
+/// A new bucket with a random name.
+pub async fn new_bucket() -> (aws_sdk_s3::Client, String) {
+    create_bucket(s3_client().await).await
 }
 
 /// A new SQS queue; returns its URL.
@@ -99,33 +113,10 @@ pub fn s3s() -> S3s {
 /// An S3 client for s3s-fs: its endpoint and keys, path-style addressing.
 pub async fn s3s_client() -> aws_sdk_s3::Client {
     let s = s3s();
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&s.endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            s.access_key,
-            s.secret_key,
-            None,
-            None,
-            "s3s-fs",
-        ))
-        .load()
-        .await;
-    let conf = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
+    path_style_s3(&config_for(&s.endpoint, &s.access_key, &s.secret_key).await)
 }
 
 /// A new bucket on s3s-fs (a directory under its root) with a random name.
 pub async fn new_s3s_bucket() -> (aws_sdk_s3::Client, String) {
-    let client = s3s_client().await;
-    let bucket = format!("bulkt-{}", uuid::Uuid::new_v4().simple());
-    client
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("create bucket on s3s-fs");
-    (client, bucket)
+    create_bucket(s3s_client().await).await
 }

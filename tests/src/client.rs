@@ -111,6 +111,16 @@ pub async fn poll(
     }
 }
 
+/// The job id of a status URL (`…/$exportstatus?_id=<uuid>`).
+pub fn job_id_of(status_url: &str) -> uuid::Uuid {
+    status_url
+        .rsplit('=')
+        .next()
+        .expect("an _id")
+        .parse()
+        .expect("a job id")
+}
+
 /// The status URL of an accepted kick-off (asserts the 202 and its Content-Location).
 pub async fn status_url_of(resp: reqwest::Response) -> String {
     let status = resp.status();

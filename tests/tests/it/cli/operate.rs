@@ -149,12 +149,7 @@ async fn jobs_shows_retries_and_cancels_an_export() {
         .to_str()
         .expect("loc")
         .to_string();
-    let id: uuid::Uuid = status_url
-        .rsplit('=')
-        .next()
-        .expect("id")
-        .parse()
-        .expect("uuid");
+    let id = integration_tests::job_id_of(&status_url);
     let failed = shared::db::jobs::fail_job(
         &db.pool,
         id,
@@ -254,12 +249,7 @@ async fn serve_metrics_count_an_export_exactly() {
         integration_tests::poll(&http, &status_url, std::time::Duration::from_secs(60)).await;
     assert_eq!(done.status(), 200);
     let manifest: serde_json::Value = done.json().await.expect("manifest");
-    let id: uuid::Uuid = status_url
-        .rsplit('=')
-        .next()
-        .expect("id")
-        .parse()
-        .expect("uuid");
+    let id = integration_tests::job_id_of(&status_url);
     let files = shared::db::files::select_files(&db.pool, id)
         .await
         .expect("files");

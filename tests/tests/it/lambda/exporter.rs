@@ -25,12 +25,7 @@ async fn an_api_gateway_kickoff_event_queues_a_job_and_wakes_the_exporter_throug
         location.starts_with("https://") && location.contains("/$exportstatus?_id="),
         "{location}"
     );
-    let job_id: uuid::Uuid = location
-        .rsplit('=')
-        .next()
-        .expect("id")
-        .parse()
-        .expect("uuid");
+    let job_id = integration_tests::job_id_of(&location);
 
     // The kick-off sent exactly one wake-up naming the job.
     let received = sqs
@@ -173,12 +168,7 @@ async fn a_kickoff_whose_wake_up_cannot_be_sent_still_queues_the_job() {
         .to_str()
         .expect("loc")
         .to_string();
-    let job_id: uuid::Uuid = location
-        .rsplit('=')
-        .next()
-        .expect("id")
-        .parse()
-        .expect("uuid");
+    let job_id = integration_tests::job_id_of(&location);
     let job = shared::db::jobs::get_job(&db.pool, job_id)
         .await
         .expect("db")

@@ -117,12 +117,7 @@ async fn the_shipped_events_work_with_authorization_on_given_a_token() {
     .await;
     assert_eq!(resp.status(), 202);
     let location = resp.headers()["content-location"].to_str().expect("loc");
-    let job_id: uuid::Uuid = location
-        .rsplit('=')
-        .next()
-        .expect("id")
-        .parse()
-        .expect("uuid");
+    let job_id = integration_tests::job_id_of(location);
     let job = shared::db::jobs::get_job(&db.pool, job_id)
         .await
         .expect("db")
