@@ -385,13 +385,25 @@ pub async fn load_paths(
     loader.stop_writers().await?;
     // Fresh statistics: right after a bulk load autovacuum has not caught up, and the export
     // queries' plans depend on the row counts of these tables (a stale count made a Patient
-    // export of 1,000 patients read every member of a type on every page).
+    // export of 1,000 patients read every member of a type on every page). The compartment is
+    // also vacuumed: that sets its visibility map, so a Patient-level read checks membership
+    // with an index-only scan instead of a heap visit per row (a Patient-level read of ×10
+    // Observations: 0.85-1.0 s before, 0.65-0.75 s after; 0.14 s of VACUUM at ×10). The
+    // resources themselves are not: vacuuming a fresh load rewrites every page to set hint
+    // bits (the ×100 load took minutes longer), which the first export's reads do anyway.
     if loader.report.loaded > 0 || loader.report.deleted > 0 {
         let client = pool.get().await.map_err(crate::db::DbError::from)?;
-        client
-            .batch_execute("ANALYZE resources, resource_history, compartment, resource_refs, provenance_targets")
-            .await
-            .map_err(crate::db::DbError::from)?;
+        // Two statements: VACUUM cannot run in the implicit transaction of a multi-statement
+        // string.
+        for sql in [
+            "VACUUM (ANALYZE) compartment",
+            "ANALYZE resources, resource_history, resource_refs, provenance_targets",
+        ] {
+            client
+                .batch_execute(sql)
+                .await
+                .map_err(crate::db::DbError::from)?;
+        }
     }
     tracing::info!(
         files = loader.report.files,

@@ -43,8 +43,8 @@ const SAMPLE_ROWS: f64 = 50_000.0;
 /// Marks the job planned, in one transaction: stores its patients, measures its data (sampling
 /// only when it is larger than `item_bytes`) and stores the work items `split` makes of it.
 /// Returns the number of open items.
-/// The references a job follows to its AdditionalResources, written once at planning (a Group
-/// or listed patients: `export_job_refs`): from its patients' compartment resources of
+/// The references a job follows to its AdditionalResources, written once at planning
+/// (`export_job_refs`): from its patients' compartment resources of
 /// `source_types` that are current at the transaction time (and changed after `since`), to
 /// resources of `target_types`.
 #[derive(Debug, Clone)]
@@ -106,18 +106,39 @@ pub async fn mark_planned(
             .await?
         }
     };
+    // The reads (and the references below) join this table; planned with a stale row count
+    // (autovacuum lags) they read every member of a type on every page: a Patient export of
+    // 1,000 patients did not finish in 6 minutes, and takes 9 s with fresh statistics
+    // (docs/BENCHMARKS.md). ANALYZE counts this transaction's own rows and samples at most
+    // 30,000, so it stays cheap however many jobs there are; its statistics commit with the plan.
+    if added > 0 {
+        tx.batch_execute("ANALYZE export_job_patients").await?;
+    }
     if let Some(r) = &refs {
         // Written with the items, in the same transaction: no item reads before they are there.
+        // One row per referenced resource (the items read the targets), except that every
+        // source of a reference to a resource that does not exist is kept (the dangling
+        // references reported in error[]): a Patient-level export of 1,000 patients references
+        // 3,240 resources through 200,000 references (×10 set). Computed once here, instead of
+        // joining the compartment to its references again for every AdditionalResources type
+        // and its dangling-reference check (about 1 s each on the ×10 set).
         tx.execute(
             "INSERT INTO export_job_refs (job_id, target_type, target_id, source_type, source_id)
-             SELECT DISTINCT $1::uuid, f.target_type, f.target_id, f.source_type, f.source_id
-             FROM export_job_patients jp
-             JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY($2)
-             JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
-                  AND f.target_type = ANY($3)
-             JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
-             WHERE jp.job_id = $1 AND NOT s.deleted AND s.last_updated <= $4
-               AND ($5::timestamptz IS NULL OR s.last_updated > $5)",
+             SELECT DISTINCT ON (x.target_type, x.target_id, x.missing_source)
+                    $1::uuid, x.target_type, x.target_id, x.source_type, x.source_id
+             FROM (SELECT f.target_type, f.target_id, f.source_type, f.source_id,
+                          CASE WHEN t.id IS NULL THEN f.source_type || '/' || f.source_id END
+                              AS missing_source
+                   FROM export_job_patients jp
+                   JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY($2)
+                   JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
+                        AND f.target_type = ANY($3)
+                   JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
+                   LEFT JOIN resources t ON t.resource_type = f.target_type AND t.id = f.target_id
+                        AND NOT t.deleted
+                   WHERE jp.job_id = $1 AND NOT s.deleted AND s.last_updated <= $4
+                     AND ($5::timestamptz IS NULL OR s.last_updated > $5)) x
+             ORDER BY x.target_type, x.target_id, x.missing_source, x.source_type, x.source_id",
             &[
                 &id,
                 &r.source_types,
@@ -188,12 +209,5 @@ pub async fn mark_planned(
     )
     .await?;
     tx.commit().await?;
-    // The page queries join this table; planned with a stale row count (autovacuum lags) they
-    // read every member of a type on every page: a Patient export of 1,000 patients did not
-    // finish in 6 minutes, and takes 9 s with fresh statistics (docs/BENCHMARKS.md). ANALYZE
-    // samples at most 30,000 rows, so this stays cheap however many jobs there are.
-    if added > 0 {
-        client.batch_execute("ANALYZE export_job_patients").await?;
-    }
     Ok(items.iter().filter(|i| !i.done).count())
 }

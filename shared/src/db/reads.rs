@@ -42,10 +42,9 @@ pub struct PatientScope<'a> {
     /// Members of the job's patients' compartments.
     pub compartment: bool,
     /// Resources referenced by exported compartment resources of these types
-    /// (AdditionalResources); empty for none.
+    /// (AdditionalResources, read from the references written at planning: `export_job_refs`);
+    /// empty for none.
     pub referenced_from: &'a [String],
-    /// Those references were written at planning (`export_job_refs`): read them from there.
-    pub refs_planned: bool,
 }
 
 pub struct Row {
@@ -114,24 +113,10 @@ fn scope_condition(scope: &Option<PatientScope<'_>>) -> String {
                        AND c.resource_id > :cursor)",
         );
     }
-    if !scope.referenced_from.is_empty() && scope.refs_planned {
+    if !scope.referenced_from.is_empty() {
         parts.push(
             "r.id IN (SELECT jr.target_id FROM export_job_refs jr
                       WHERE jr.job_id = :job AND jr.target_type = :type)",
-        );
-    } else if !scope.referenced_from.is_empty() {
-        // Driven from the job's patients (their compartment rows by the (patient_id,
-        // resource_type) index, then their references): the cost follows the job, not the
-        // number of resources of the referenced type. Written as an EXISTS on the referenced
-        // resource, Postgres scanned the whole compartment table for a 10-patient Group.
-        parts.push(
-            "r.id IN (SELECT f.target_id FROM export_job_patients jp
-                      JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY(:sources)
-                      JOIN resource_refs f ON f.source_type = c.resource_type
-                           AND f.source_id = c.resource_id AND f.target_type = :type
-                      JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
-                      WHERE jp.job_id = :job AND NOT s.deleted AND s.last_updated <= :tx_time
-                        AND (:since::timestamptz IS NULL OR s.last_updated > :since))",
         );
     }
     if parts.is_empty() {
@@ -277,7 +262,8 @@ impl StreamedRow {
 
 /// Opens the streamed read of `sel`'s rows after `cursor` in `phase` (see [`RangeRead`]).
 /// Planned for these parameter values every time (`plan_cache_mode = force_custom_plan`): a
-/// generic plan of the Patient-scope condition walked the whole type and tested each row.
+/// generic plan of the Patient-scope condition walked the whole type and tested each row;
+/// without JIT and without parallel workers.
 pub async fn read_range<'c>(
     client: &'c mut deadpool_postgres::Client,
     sel: &Selection<'_>,
@@ -299,8 +285,14 @@ pub async fn read_range<'c>(
         .read_only(true)
         .start()
         .await?;
-    tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        .await?;
+    // No JIT: it compiled every item's statement afresh (5-6 ms each, dozens of items per
+    // export). No parallel workers: the exporters are the parallelism, and a parallel plan
+    // ordered the rows of a Patient-level read with a Gather Merge over sorts spilled to disk.
+    tx.batch_execute(
+        "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL jit = off;
+         SET LOCAL max_parallel_workers_per_gather = 0",
+    )
+    .await?;
     let snapshot = if phase == 0 {
         Some(
             tx.query_one("SELECT pg_current_snapshot()::text", &[])
@@ -365,7 +357,8 @@ pub async fn select_deleted(
 }
 
 /// References from the job's exported compartment resources (of `source_types`) to
-/// `target_type` resources that do not exist: (source type, source id, target id).
+/// `target_type` resources that do not exist: (source type, source id, target id). Planning
+/// wrote every source of a reference to a resource missing then (`planning::mark_planned`).
 pub async fn select_dangling_refs(
     pool: &Pool,
     sel: &Selection<'_>,
@@ -373,42 +366,14 @@ pub async fn select_dangling_refs(
     limit: i64,
 ) -> Result<Vec<(String, String, String)>, DbError> {
     let client = pool.get().await?;
-    if sel.scope.as_ref().is_some_and(|s| s.refs_planned) {
-        let rows = client
-            .query(
-                "SELECT DISTINCT jr.source_type, jr.source_id, jr.target_id FROM export_job_refs jr
-                 WHERE jr.job_id = $1 AND jr.target_type = $2 AND jr.source_type = ANY($3)
-                   AND NOT EXISTS (SELECT 1 FROM resources t WHERE t.resource_type = $2
-                                   AND t.id = jr.target_id AND NOT t.deleted)
-                 ORDER BY 1, 2, 3 LIMIT $4",
-                &[&sel.job_id, &sel.resource_type, &source_types, &limit],
-            )
-            .await?;
-        return Ok(rows
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect());
-    }
     let rows = client
         .query(
-            "SELECT DISTINCT f.source_type, f.source_id, f.target_id FROM export_job_patients jp
-             JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY($3)
-             JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
-             JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
-             WHERE jp.job_id = $1 AND f.target_type = $2
-               AND NOT s.deleted AND s.last_updated <= $4
-               AND ($5::timestamptz IS NULL OR s.last_updated > $5)
+            "SELECT DISTINCT jr.source_type, jr.source_id, jr.target_id FROM export_job_refs jr
+             WHERE jr.job_id = $1 AND jr.target_type = $2 AND jr.source_type = ANY($3)
                AND NOT EXISTS (SELECT 1 FROM resources t WHERE t.resource_type = $2
-                               AND t.id = f.target_id AND NOT t.deleted)
-             ORDER BY 1, 2, 3 LIMIT $6",
-            &[
-                &sel.job_id,
-                &sel.resource_type,
-                &source_types,
-                &sel.transaction_time,
-                &sel.since,
-                &limit,
-            ],
+                               AND t.id = jr.target_id AND NOT t.deleted)
+             ORDER BY 1, 2, 3 LIMIT $4",
+            &[&sel.job_id, &sel.resource_type, &source_types, &limit],
         )
         .await?;
     Ok(rows

@@ -46,9 +46,19 @@ impl ObjectStore for LocalStore {
                 .map_err(io(parent))?;
         }
         let tmp = path.with_extension("partial");
-        let file = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
+        let created = {
+            let tmp = tmp.clone();
+            tokio::task::spawn_blocking(move || create(&tmp))
+                .await
+                .map_err(|e| io(&path)(std::io::Error::other(e)))?
+        };
+        let (file, direct) = created.map_err(io(&tmp))?;
         Ok(Box::new(LocalWriter {
-            file: Some(file.into_std().await),
+            inner: Some(Inner {
+                file,
+                direct,
+                buf: AlignedBuf::new(DIRECT_CHUNK),
+            }),
             tmp,
             path,
             bytes: 0,
@@ -96,52 +106,201 @@ impl ObjectStore for LocalStore {
     }
 }
 
-/// Writes go to the file from a blocking thread, one call per buffer the exporter hands over
-/// (a page of ~4 MiB): one copy of the data, not three (a buffered async file copies into its
-/// own buffers before its blocking thread writes).
+/// Writes go to the file from a blocking thread, in whole blocks of `DIRECT_CHUNK` bytes from a
+/// block-aligned buffer the writer keeps (one copy of the data: into that buffer).
+///
+/// On Linux the file is opened with `O_DIRECT`: its bytes go from the buffer to the disk without
+/// passing through the page cache. An export writes gigabytes that nobody reads back soon; through
+/// the page cache every byte is copied once more into freshly allocated pages (on the reference
+/// VM that copy was 44 % of the exporter's CPU time), and the output evicts the database's cached
+/// pages. A file system that refuses `O_DIRECT` (tmpfs, some network and FUSE file systems) gets
+/// ordinary buffered writes.
 struct LocalWriter {
     /// None only while a write is under way (or after one failed).
-    file: Option<std::fs::File>,
+    inner: Option<Inner>,
     tmp: PathBuf,
     path: PathBuf,
     bytes: u64,
 }
 
+/// What a blocking write owns.
+struct Inner {
+    file: std::fs::File,
+    /// Whether `file` is open with O_DIRECT (writes whole aligned blocks).
+    direct: bool,
+    buf: AlignedBuf,
+}
+
+/// Alignment (and size granularity) of O_DIRECT writes: the largest logical block size in use.
+const BLOCK: usize = 4096;
+/// Bytes gathered before a write: large writes, few thread hand-offs.
+const DIRECT_CHUNK: usize = 4 * 1024 * 1024;
+
+/// A fixed buffer whose start is BLOCK-aligned (safe code: a larger allocation, used from its
+/// first aligned byte).
+struct AlignedBuf {
+    storage: Box<[u8]>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(capacity: usize) -> AlignedBuf {
+        let storage = vec![0u8; capacity + BLOCK].into_boxed_slice();
+        let start = storage.as_ptr().align_offset(BLOCK);
+        AlignedBuf {
+            storage,
+            start,
+            len: 0,
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.storage.len() - BLOCK
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.len]
+    }
+
+    /// Appends as much of `data` as fits; returns how much.
+    fn push(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(self.capacity() - self.len);
+        let at = self.start + self.len;
+        self.storage[at..at + n].copy_from_slice(&data[..n]);
+        self.len += n;
+        n
+    }
+
+    /// Drops the first `n` bytes, moving the rest to the front.
+    fn consume(&mut self, n: usize) {
+        let s = self.start;
+        self.storage.copy_within(s + n..s + self.len, s);
+        self.len -= n;
+    }
+}
+
+impl Inner {
+    /// Writes the buffer's whole blocks (all of it with `all`), keeping the rest.
+    fn flush(&mut self, all: bool, path: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Write;
+        if !self.direct {
+            self.file.write_all(self.buf.filled())?;
+            self.buf.len = 0;
+            return Ok(());
+        }
+        let whole = self.buf.len / BLOCK * BLOCK;
+        if whole > 0 {
+            match self.file.write_all(&self.buf.filled()[..whole]) {
+                Ok(()) => self.buf.consume(whole),
+                // Opened with O_DIRECT, refused at the first write (some file systems do):
+                // the same file, buffered, from where it is.
+                Err(e) if e.raw_os_error() == Some(EINVAL) => {
+                    self.reopen_buffered(path)?;
+                    return self.flush(all, path);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if all && self.buf.len > 0 {
+            // The tail: written as a whole block, then the file cut back to its true length.
+            let at = std::io::Seek::stream_position(&mut self.file)?;
+            let tail = self.buf.len;
+            let s = self.buf.start;
+            self.buf.storage[s + tail..s + BLOCK].fill(0);
+            self.buf.len = BLOCK;
+            self.file.write_all(self.buf.filled())?;
+            self.file.set_len(at + tail as u64)?;
+            self.buf.len = 0;
+        }
+        Ok(())
+    }
+
+    fn reopen_buffered(&mut self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Seek;
+        let at = std::io::Seek::stream_position(&mut self.file)?;
+        let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+        file.seek(std::io::SeekFrom::Start(at))?;
+        self.file = file;
+        self.direct = false;
+        Ok(())
+    }
+}
+
+#[cfg(target_os = "linux")]
+const EINVAL: i32 = libc::EINVAL;
+#[cfg(not(target_os = "linux"))]
+const EINVAL: i32 = 22;
+
+/// Creates `path` for writing, with O_DIRECT where the system and file system allow it.
+fn create(path: &std::path::Path) -> std::io::Result<(std::fs::File, bool)> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(f) => return Ok((f, true)),
+            Err(e) if e.raw_os_error() == Some(EINVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((std::fs::File::create(path)?, false))
+}
+
 impl LocalWriter {
     async fn blocking<T: Send + 'static>(
         &mut self,
-        op: impl FnOnce(&mut std::fs::File) -> std::io::Result<T> + Send + 'static,
+        op: impl FnOnce(&mut Inner, &std::path::Path) -> std::io::Result<T> + Send + 'static,
     ) -> Result<T, StorageError> {
-        let Some(mut file) = self.file.take() else {
+        let Some(mut inner) = self.inner.take() else {
             return Err(io(&self.tmp)(std::io::Error::other(
                 "an earlier write to this file failed",
             )));
         };
-        let (file, result) = tokio::task::spawn_blocking(move || {
-            let result = op(&mut file);
-            (file, result)
+        let tmp = self.tmp.clone();
+        let (inner, result) = tokio::task::spawn_blocking(move || {
+            let result = op(&mut inner, &tmp);
+            (inner, result)
         })
         .await
         .map_err(|e| io(&self.tmp)(std::io::Error::other(e)))?;
         let value = result.map_err(io(&self.tmp))?;
-        self.file = Some(file);
+        self.inner = Some(inner);
         Ok(value)
     }
 }
 
 #[async_trait]
 impl ObjectWriter for LocalWriter {
-    async fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
-        use std::io::Write;
-        let buf = data.to_vec();
-        self.blocking(move |f| f.write_all(&buf)).await?;
+    async fn write(&mut self, mut data: &[u8]) -> Result<(), StorageError> {
         self.bytes += data.len() as u64;
+        while !data.is_empty() {
+            let inner = self.inner.as_mut().ok_or_else(|| {
+                io(&self.tmp)(std::io::Error::other(
+                    "an earlier write to this file failed",
+                ))
+            })?;
+            let n = inner.buf.push(data);
+            data = &data[n..];
+            if inner.buf.len == inner.buf.capacity() {
+                self.blocking(|i, p| i.flush(false, p)).await?;
+            }
+        }
         Ok(())
     }
 
     /// No gzip copy: the file route compresses local files on the way out.
     async fn finish(mut self: Box<Self>) -> Result<Written, StorageError> {
-        self.blocking(|f| f.sync_all()).await?;
+        self.blocking(|i, p| {
+            i.flush(true, p)?;
+            i.file.sync_all()
+        })
+        .await?;
         tokio::fs::rename(&self.tmp, &self.path)
             .await
             .map_err(io(&self.path))?;
@@ -152,12 +311,107 @@ impl ObjectWriter for LocalWriter {
     }
 
     async fn abort(self: Box<Self>) -> Result<(), StorageError> {
-        let LocalWriter { file, tmp, .. } = *self;
-        drop(file);
+        let LocalWriter { inner, tmp, .. } = *self;
+        drop(inner);
         match tokio::fs::remove_file(&tmp).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io(&tmp)(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory under the system's temporary directory, removed on drop.
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            std::fs::remove_dir_all(&self.0).ok();
+        }
+    }
+    fn dir() -> Dir {
+        let d = std::env::temp_dir().join(format!("local-store-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+
+    /// Bytes that differ at every offset (a shifted or dropped block shows).
+    fn data(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i % 251) as u8 ^ (i / 4096) as u8)
+            .collect()
+    }
+
+    /// Writes `len` bytes in `chunk`-byte writes through the store and reads them back.
+    async fn round_trip(store: &LocalStore, len: usize, chunk: usize) -> Vec<u8> {
+        let key = format!("job/f-{len}-{chunk}.ndjson");
+        let mut w = store.writer(&key).await.unwrap();
+        for part in data(len).chunks(chunk.max(1)) {
+            w.write(part).await.unwrap();
+        }
+        let written = w.finish().await.unwrap();
+        assert_eq!(written.bytes, len as u64);
+        store.read(&key).await.unwrap()
+    }
+
+    const SIZES: [usize; 9] = [
+        0,
+        1,
+        BLOCK - 1,
+        BLOCK,
+        BLOCK + 1,
+        DIRECT_CHUNK - 1,
+        DIRECT_CHUNK,
+        DIRECT_CHUNK + BLOCK + 7,
+        2 * DIRECT_CHUNK + 3,
+    ];
+
+    #[tokio::test]
+    async fn files_hold_exactly_what_was_written_at_every_block_boundary() {
+        let d = dir();
+        let store = LocalStore::new(d.0.clone()).unwrap();
+        for len in SIZES {
+            for chunk in [1000, BLOCK, 3 * BLOCK + 5, DIRECT_CHUNK + 1] {
+                assert!(
+                    round_trip(&store, len, chunk).await == data(len),
+                    "{len} bytes in writes of {chunk}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_buffered_fallback_writes_the_same_bytes() {
+        // What a file system without O_DIRECT (tmpfs) gets: the same flushes, buffered.
+        let d = dir();
+        for len in SIZES {
+            let path = d.0.join(format!("f-{len}"));
+            let mut inner = Inner {
+                file: std::fs::File::create(&path).unwrap(),
+                direct: false,
+                buf: AlignedBuf::new(DIRECT_CHUNK),
+            };
+            let mut rest: &[u8] = &data(len);
+            while !rest.is_empty() {
+                let n = inner.buf.push(rest);
+                rest = &rest[n..];
+                if inner.buf.len == inner.buf.capacity() {
+                    inner.flush(false, &path).unwrap();
+                }
+            }
+            inner.flush(true, &path).unwrap();
+            drop(inner);
+            assert!(std::fs::read(&path).unwrap() == data(len), "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn the_buffer_starts_on_a_block_boundary() {
+        let b = AlignedBuf::new(DIRECT_CHUNK);
+        assert_eq!(b.filled().as_ptr() as usize % BLOCK, 0);
+        assert_eq!(b.capacity(), DIRECT_CHUNK);
     }
 }

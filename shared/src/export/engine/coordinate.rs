@@ -154,15 +154,16 @@ impl Exporter {
         }
         let blocks = job.params.organize_output_by.is_some();
         let item_bytes = self.config.item_bytes;
-        // A Group's (or listed patients') references to its AdditionalResources are written
-        // once with the plan; the type items then read them by type (planner::refs_planned).
+        // The job's references to its AdditionalResources are written once with the plan
+        // (Patient and Group level); the type items and the dangling-reference check read
+        // them by type.
         let layout = planner::JobLayout::new(job, &self.config, types.clone(), &present);
         let additional: Vec<String> = types
             .iter()
             .filter(|t| self.config.additional_resources.contains(t))
             .cloned()
             .collect();
-        let refs = (planner::refs_planned(job) && !blocks && !additional.is_empty()).then(|| {
+        let refs = (job.level != ExportLevel::System && !additional.is_empty()).then(|| {
             planning::JobRefs {
                 source_types: &layout.referencing_types,
                 target_types: &additional,

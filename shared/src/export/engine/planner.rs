@@ -184,21 +184,12 @@ impl JobLayout {
             scope: (job.level != ExportLevel::System).then_some(PatientScope {
                 compartment: is_patient_compartment_type(resource_type),
                 referenced_from,
-                refs_planned: refs_planned(job),
             }),
             associated: (resource_type == "Provenance")
                 .then(|| provenance_association(job, &self.target_types))
                 .flatten(),
         }
     }
-}
-
-/// Whether the job's references to its AdditionalResources are written at planning
-/// (`export_job_refs`): a Group or a list of patients, whose references are few; a Patient-level
-/// export of every patient follows them with a join each item plans for its size.
-pub fn refs_planned(job: &Job) -> bool {
-    job.level == ExportLevel::Group
-        || (job.level == ExportLevel::Patient && job.params.patients.is_some())
 }
 
 /// The instant the export shows the data at: the transaction time, or `_until` (v3) when

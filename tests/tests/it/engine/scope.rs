@@ -3,8 +3,8 @@
 use super::*;
 
 /// A reference to a resource that does not exist is reported in error[] (and the export still
-/// completes), at Patient level (references joined per item) and Group level (references
-/// written at planning, `export_job_refs`) alike.
+/// completes), at Patient and Group level alike (references written at planning,
+/// `export_job_refs`).
 #[tokio::test]
 async fn missing_referenced_resources_are_reported_in_error_files() {
     for level in [ExportLevel::Patient, ExportLevel::Group] {
@@ -54,23 +54,36 @@ async fn missing_referenced_resources_are_reported_in_error_files() {
                 .contains("Encounter/enc-dangling references Organization/gone"),
             "{level:?}: {oo}"
         );
-        // The job's references were written at planning only for the Group.
-        let planned: i64 = db
-            .pool
-            .get()
-            .await
-            .expect("conn")
-            .query_one(
-                "SELECT count(*) FROM export_job_refs WHERE job_id = $1",
-                &[&job.id],
-            )
-            .await
-            .expect("count")
-            .get(0);
+        // The job's references were written at planning, at both levels: one row per
+        // referenced resource that exists, every source of a reference to one that does not.
+        let client = db.pool.get().await.expect("conn");
+        let (rows, existing, distinct_existing, dangling): (i64, i64, i64, i64) = {
+            let r = client
+                .query_one(
+                    "SELECT count(*),
+                            count(*) FILTER (WHERE t.id IS NOT NULL),
+                            count(DISTINCT (jr.target_type, jr.target_id)) FILTER (WHERE t.id IS NOT NULL),
+                            count(*) FILTER (WHERE jr.target_type = 'Organization' AND jr.target_id = 'gone'
+                                             AND jr.source_type = 'Encounter' AND jr.source_id = 'enc-dangling')
+                     FROM export_job_refs jr
+                     LEFT JOIN resources t ON t.resource_type = jr.target_type AND t.id = jr.target_id
+                     WHERE jr.job_id = $1",
+                    &[&job.id],
+                )
+                .await
+                .expect("count");
+            (r.get(0), r.get(1), r.get(2), r.get(3))
+        };
+        assert!(existing > 0, "{level:?}: {rows} rows");
         assert_eq!(
-            planned > 0,
-            level == ExportLevel::Group,
-            "{level:?}: {planned}"
+            existing, distinct_existing,
+            "{level:?}: one row per existing target"
+        );
+        assert_eq!(dangling, 1, "{level:?}");
+        assert_eq!(
+            rows,
+            existing + 1,
+            "{level:?}: only the dangling reference besides"
         );
     }
 }
