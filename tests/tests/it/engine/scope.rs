@@ -4,10 +4,15 @@ use super::*;
 
 /// A reference to a resource that does not exist is reported in error[] (and the export still
 /// completes), at Patient and Group level alike (references written at planning,
-/// `export_job_refs`).
+/// `export_job_refs`), with and without organizeOutputBy=Patient.
 #[tokio::test]
 async fn missing_referenced_resources_are_reported_in_error_files() {
-    for level in [ExportLevel::Patient, ExportLevel::Group] {
+    for (level, organized) in [
+        (ExportLevel::Patient, false),
+        (ExportLevel::Group, false),
+        (ExportLevel::Patient, true),
+        (ExportLevel::Group, true),
+    ] {
         let (db, data) = TestDb::with_generated(4).await;
         let group = (level == ExportLevel::Group).then_some("group-even");
         let member = data.group_members().into_iter().next().expect("a member");
@@ -24,7 +29,12 @@ async fn missing_referenced_resources_are_reported_in_error_files() {
             .await
             .expect("load");
         let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(temp_dir()).expect("store"));
-        let job = new_job(&db, level, group, None).await;
+        let params = ExportParams {
+            organize_output_by: organized.then_some(shared::export::params::OrganizeBy::Patient),
+            ..Default::default()
+        };
+        let job = insert(&db, level, group, &params, "http://test/$export").await;
+        let level = format!("{level:?}, organized by patient: {organized}");
         let summary = exporter(&db, store.clone(), cfg(&db, &[]))
             .run_until_idle(None, far())
             .await
@@ -32,7 +42,7 @@ async fn missing_referenced_resources_are_reported_in_error_files() {
         assert_eq!(
             summary.completed,
             vec![job.id],
-            "{level:?}: the export still completes"
+            "{level}: the export still completes"
         );
         let files = shared::db::files::select_files(&db.pool, job.id)
             .await
@@ -41,8 +51,8 @@ async fn missing_referenced_resources_are_reported_in_error_files() {
             .iter()
             .filter(|f| f.kind == shared::export::manifest::FileKind::Error)
             .collect();
-        assert_eq!(errors.len(), 1, "{level:?}");
-        assert_eq!(errors[0].resource_count, 1, "{level:?}");
+        assert_eq!(errors.len(), 1, "{level}");
+        assert_eq!(errors[0].resource_count, 1, "{level}");
         let text = String::from_utf8(store.read(&errors[0].object_key).await.expect("read"))
             .expect("utf8");
         let oo: serde_json::Value = serde_json::from_str(text.trim()).expect("json");
@@ -52,7 +62,7 @@ async fn missing_referenced_resources_are_reported_in_error_files() {
                 .as_str()
                 .expect("diag")
                 .contains("Encounter/enc-dangling references Organization/gone"),
-            "{level:?}: {oo}"
+            "{level}: {oo}"
         );
         // The job's references were written at planning, at both levels: one row per
         // referenced resource that exists, every source of a reference to one that does not.
@@ -74,16 +84,16 @@ async fn missing_referenced_resources_are_reported_in_error_files() {
                 .expect("count");
             (r.get(0), r.get(1), r.get(2), r.get(3))
         };
-        assert!(existing > 0, "{level:?}: {rows} rows");
+        assert!(existing > 0, "{level}: {rows} rows");
         assert_eq!(
             existing, distinct_existing,
-            "{level:?}: one row per existing target"
+            "{level}: one row per existing target"
         );
-        assert_eq!(dangling, 1, "{level:?}");
+        assert_eq!(dangling, 1, "{level}");
         assert_eq!(
             rows,
             existing + 1,
-            "{level:?}: only the dangling reference besides"
+            "{level}: only the dangling reference besides"
         );
     }
 }
