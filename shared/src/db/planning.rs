@@ -40,9 +40,6 @@ pub struct DataSizes {
 /// target size, few enough that planning a 4-million-row export reads ~1% of the table.
 const SAMPLE_ROWS: f64 = 50_000.0;
 
-/// Marks the job planned, in one transaction: stores its patients, measures its data (sampling
-/// only when it is larger than `item_bytes`) and stores the work items `split` makes of it.
-/// Returns the number of open items.
 /// The references a job follows to its AdditionalResources, written once at planning
 /// (`export_job_refs`): from its patients' compartment resources of
 /// `source_types` that are current at the transaction time (and changed after `since`), to
@@ -55,6 +52,9 @@ pub struct JobRefs<'a> {
     pub since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// Marks the job planned, in one transaction: stores its patients and its references to
+/// AdditionalResources (`refs`), measures its data (sampling only when it is larger than
+/// `item_bytes`) and stores the work items `split` makes of it. Returns the number of open items.
 pub async fn mark_planned(
     pool: &Pool,
     id: Uuid,

@@ -46,13 +46,11 @@ impl ObjectStore for LocalStore {
                 .map_err(io(parent))?;
         }
         let tmp = path.with_extension("partial");
-        let created = {
-            let tmp = tmp.clone();
-            tokio::task::spawn_blocking(move || create(&tmp))
-                .await
-                .map_err(|e| io(&path)(std::io::Error::other(e)))?
-        };
-        let (file, direct) = created.map_err(io(&tmp))?;
+        let for_thread = tmp.clone();
+        let (file, direct) = tokio::task::spawn_blocking(move || create(&for_thread))
+            .await
+            .map_err(|e| io(&tmp)(std::io::Error::other(e)))?
+            .map_err(io(&tmp))?;
         Ok(Box::new(LocalWriter {
             inner: Some(Inner {
                 file,
@@ -193,9 +191,9 @@ impl Inner {
         if whole > 0 {
             match self.file.write_all(&self.buf.filled()[..whole]) {
                 Ok(()) => self.buf.consume(whole),
-                // Opened with O_DIRECT, refused at the first write (some file systems do):
-                // the same file, buffered, from where it is.
-                Err(e) if e.raw_os_error() == Some(EINVAL) => {
+                // Opened with O_DIRECT, refused at the first write (EINVAL; some file systems
+                // do): the same file, buffered, from where it is.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
                     self.reopen_buffered(path)?;
                     return self.flush(all, path);
                 }
@@ -218,7 +216,7 @@ impl Inner {
 
     fn reopen_buffered(&mut self, path: &std::path::Path) -> std::io::Result<()> {
         use std::io::Seek;
-        let at = std::io::Seek::stream_position(&mut self.file)?;
+        let at = self.file.stream_position()?;
         let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
         file.seek(std::io::SeekFrom::Start(at))?;
         self.file = file;
@@ -226,11 +224,6 @@ impl Inner {
         Ok(())
     }
 }
-
-#[cfg(target_os = "linux")]
-const EINVAL: i32 = libc::EINVAL;
-#[cfg(not(target_os = "linux"))]
-const EINVAL: i32 = 22;
 
 /// Creates `path` for writing, with O_DIRECT where the system and file system allow it.
 fn create(path: &std::path::Path) -> std::io::Result<(std::fs::File, bool)> {
@@ -245,7 +238,8 @@ fn create(path: &std::path::Path) -> std::io::Result<(std::fs::File, bool)> {
             .open(path)
         {
             Ok(f) => return Ok((f, true)),
-            Err(e) if e.raw_os_error() == Some(EINVAL) => {}
+            // EINVAL: this file system does not do O_DIRECT.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {}
             Err(e) => return Err(e),
         }
     }
@@ -253,14 +247,19 @@ fn create(path: &std::path::Path) -> std::io::Result<(std::fs::File, bool)> {
 }
 
 impl LocalWriter {
+    /// What a write answers once an earlier one failed (the file's state went with it).
+    fn lost(&self) -> StorageError {
+        io(&self.tmp)(std::io::Error::other(
+            "an earlier write to this file failed",
+        ))
+    }
+
     async fn blocking<T: Send + 'static>(
         &mut self,
         op: impl FnOnce(&mut Inner, &std::path::Path) -> std::io::Result<T> + Send + 'static,
     ) -> Result<T, StorageError> {
         let Some(mut inner) = self.inner.take() else {
-            return Err(io(&self.tmp)(std::io::Error::other(
-                "an earlier write to this file failed",
-            )));
+            return Err(self.lost());
         };
         let tmp = self.tmp.clone();
         let (inner, result) = tokio::task::spawn_blocking(move || {
@@ -280,11 +279,9 @@ impl ObjectWriter for LocalWriter {
     async fn write(&mut self, mut data: &[u8]) -> Result<(), StorageError> {
         self.bytes += data.len() as u64;
         while !data.is_empty() {
-            let inner = self.inner.as_mut().ok_or_else(|| {
-                io(&self.tmp)(std::io::Error::other(
-                    "an earlier write to this file failed",
-                ))
-            })?;
+            let Some(inner) = self.inner.as_mut() else {
+                return Err(self.lost());
+            };
             let n = inner.buf.push(data);
             data = &data[n..];
             if inner.buf.len == inner.buf.capacity() {
