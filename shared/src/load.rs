@@ -108,7 +108,8 @@ pub fn prepare(text: String, resource: Value) -> Result<NewResource, Refused> {
     if !is_fhir_id(&id) {
         return Err(Refused(format!("{rtype} id {id:?} is not a valid FHIR id")));
     }
-    if text.contains(['\n', '\r']) {
+    // memchr: `str::contains` with a set of chars tests one char at a time (5 % of a load's CPU).
+    if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some() {
         return Err(Refused(
             "a resource must be one line of JSON (minify it)".into(),
         ));

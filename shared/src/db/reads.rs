@@ -189,7 +189,7 @@ fn phase_source(phase: i16) -> &'static str {
 /// A streamed read of a work item's range in one phase: one statement in a read-only
 /// REPEATABLE READ transaction (so its snapshot is the one recorded), whose rows Postgres sends
 /// as fast as they are taken (TCP and the client's buffers hold them back when the exporter
-/// falls behind). Rows come in id order, as stored text.
+/// falls behind). Rows come as stored text: in table order in phase 0, in id order in phase 1.
 ///
 /// Phase 1 is exact under concurrent writes: a resource changed after the transaction time was
 /// exported by phase 0 exactly when the write that changed it was not visible to the phase-0
@@ -244,10 +244,34 @@ pub struct StreamedRow {
     pub len: usize,
 }
 
+/// A text column's bytes as received, without the UTF-8 check `&str` makes: Postgres sends text
+/// in the client encoding (UTF8 for every connection of tokio-postgres) and has validated it
+/// when it was stored. Checking 500 MB of resources twice per export cost the exporter more CPU
+/// than writing them.
+struct TextBytes<'a>(&'a [u8]);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for TextBytes<'a> {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(TextBytes(raw))
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        <&str as tokio_postgres::types::FromSql>::accepts(ty)
+    }
+}
+
 impl StreamedRow {
     fn new(row: tokio_postgres::Row) -> Result<StreamedRow, DbError> {
-        let len = row.try_get::<_, &str>(1)?.len();
+        let len = row.try_get::<_, TextBytes>(1)?.0.len();
         Ok(StreamedRow { row, len })
+    }
+
+    /// The resource's bytes as stored (UTF-8), for copying without looking at them.
+    pub fn resource_bytes(&self) -> &[u8] {
+        self.row.get::<_, TextBytes>(1).0
     }
 
     pub fn id(&self) -> &str {
@@ -272,12 +296,16 @@ pub async fn read_range<'c>(
 ) -> Result<RangeRead<'c>, DbError> {
     let scope = selection_condition(sel);
     let source = phase_source(phase);
+    // Phase 0 in table order: in id order through the primary key, each row of a heap in load
+    // order was a random page access (a system-level read of ×10 Observations: 0.42-0.66 s in id
+    // order, 0.20-0.24 s by a bitmap scan).
+    let order = if phase == 0 { "" } else { "ORDER BY r.id" };
     let sql = format!(
         "SELECT r.id, r.resource FROM ({source}) r
          WHERE NOT r.deleted AND (:since::timestamptz IS NULL OR r.last_updated > :since)
            AND {scope}
            -- every selection statement binds the same nine parameters
-         ORDER BY r.id"
+         {order}"
     );
     let tx = client
         .build_transaction()
@@ -293,6 +321,11 @@ pub async fn read_range<'c>(
          SET LOCAL max_parallel_workers_per_gather = 0",
     )
     .await?;
+    if phase == 0 && sel.scope.is_none() && sel.associated.is_none() {
+        // A system-level range: a bitmap or sequential scan, never a walk of the key in id
+        // order (stale statistics could make it look cheaper).
+        tx.batch_execute("SET LOCAL enable_indexscan = off").await?;
+    }
     let snapshot = if phase == 0 {
         Some(
             tx.query_one("SELECT pg_current_snapshot()::text", &[])

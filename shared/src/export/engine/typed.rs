@@ -1,8 +1,15 @@
 //! The per-type writer: one work item's key range of one type, as ndjson files of at most
-//! `MAX_FILE_BYTES`, checkpointed after each file. Each phase of the item is one streamed
-//! statement (`reads::read_range`), fetched in batches; the next batch is fetched while the
-//! current one is written, so Postgres and the exporter work at the same time, and a row is
-//! read once (a row that does not fit in a file starts the next one).
+//! `MAX_FILE_BYTES`. Each phase of the item is one streamed statement (`reads::read_range`),
+//! fetched in batches; the next batch is fetched while the current one is written, so Postgres
+//! and the exporter work at the same time, and a row is read once (a row that does not fit in a
+//! file starts the next one).
+//!
+//! Phase 0 reads the range in the order its rows lie in the table, not in id order (through the
+//! primary key, a row in id order cost a random page access: Postgres spent twice as long on it).
+//! Its files are therefore recorded in one checkpoint when the range is exhausted, with the one
+//! snapshot it was read under; an item interrupted in phase 0 starts it again and writes the same
+//! file names (items are sized to take seconds). Phase 1 (what changed since, usually little)
+//! is read in id order and checkpointed after each file, resuming from its cursor.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -45,8 +52,12 @@ impl Exporter {
         let mut client = self.pool.get().await.map_err(DbError::from)?;
         let mut renewed = Instant::now();
         loop {
-            // One streamed read per phase (a new one after every checkpoint of phase 0's end).
+            // One streamed read per phase.
             let mut read = reads::read_range(&mut client, sel, item.phase, &item.cursor_id).await?;
+            // Phase 0: rows in table order, files held back until the range is exhausted.
+            let ordered = item.phase != 0;
+            let read_start = item.cursor_id.clone();
+            let mut held: Vec<ExportFile> = Vec::new();
             let mut pending: VecDeque<StreamedRow> = VecDeque::new();
             // The next batch, fetched while the current one was written (it may start the
             // next file).
@@ -61,7 +72,6 @@ impl Exporter {
                     &item.resource_type,
                 )
                 .await?;
-                let file_start = item.cursor_id.clone();
                 let end = loop {
                     if pending.is_empty() {
                         let rows = match prefetched.take() {
@@ -92,13 +102,19 @@ impl Exporter {
                         let Some(row) = pending.pop_front() else {
                             break;
                         };
-                        if let Some(line) = transform.apply(row.resource()) {
+                        if transform.is_identity() {
+                            page.extend_from_slice(row.resource_bytes());
+                            page.push(b'\n');
+                            lines += 1;
+                        } else if let Some(line) = transform.apply(row.resource()) {
                             page.extend_from_slice(line.as_bytes());
                             page.push(b'\n');
                             lines += 1;
                         }
-                        item.cursor_id.clear();
-                        item.cursor_id.push_str(row.id());
+                        if ordered {
+                            item.cursor_id.clear();
+                            item.cursor_id.push_str(row.id());
+                        }
                     }
                     let late = self.near(deadline);
                     // Postgres streams the next batch while this one is written.
@@ -148,17 +164,27 @@ impl Exporter {
                     read.close().await.ok();
                     return Ok(stop);
                 }
-                // Phase 0: the snapshot these ids were read under, durable with their file.
+                if !ordered && end != FileEnd::Exhausted {
+                    if end == FileEnd::Deadline {
+                        // Nothing of phase 0 is recorded: the item starts it again.
+                        sink.abort().await;
+                        read.close().await.ok();
+                        return Ok(Progress::Deadline);
+                    }
+                    if let Some(file) = sink.finish_if_any().await? {
+                        item.next_file_seq += 1;
+                        held.push(file);
+                    }
+                    continue;
+                }
+                // A phase-1 file, or the end of phase 0: every row of (read_start, hi] was read
+                // under phase 0's snapshot, durable with the files that hold them.
                 let ranges: Vec<reads::ReadRange> = read
                     .snapshot
                     .iter()
                     .map(|snap| reads::ReadRange {
-                        after_id: file_start.clone(),
-                        upto_id: if end == FileEnd::Exhausted {
-                            item.hi_id.clone()
-                        } else {
-                            Some(item.cursor_id.clone())
-                        },
+                        after_id: read_start.clone(),
+                        upto_id: item.hi_id.clone(),
                         snapshot: snap.clone(),
                     })
                     .collect();
@@ -166,7 +192,8 @@ impl Exporter {
                 if file.is_some() {
                     item.next_file_seq += 1;
                 }
-                let mut finished: Vec<ExportFile> = file.into_iter().collect();
+                let mut finished: Vec<ExportFile> = std::mem::take(&mut held);
+                finished.extend(file);
                 let exhausted = end == FileEnd::Exhausted;
                 if exhausted && item.phase == 0 {
                     // Phase 1 decides what phase 0 exported from the phase-0 snapshots, so they

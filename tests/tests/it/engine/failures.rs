@@ -81,7 +81,7 @@ async fn a_job_that_keeps_failing_becomes_failed_and_its_status_is_500() {
 }
 
 #[tokio::test]
-async fn near_the_deadline_progress_is_saved_and_the_job_handed_off() {
+async fn near_the_deadline_the_job_is_handed_off_and_the_next_run_finishes_it() {
     let (db, data) = TestDb::with_generated(20).await;
     let store = flaky(vec![], false, Duration::from_millis(300));
     let config = cfg(&db, &[("MAX_FILE_BYTES", "15000")]);
@@ -95,11 +95,18 @@ async fn near_the_deadline_progress_is_saved_and_the_job_handed_off() {
     assert_eq!(first.handed_off, vec![job.id]);
     let mid = status(&db, job.id).await;
     assert_eq!(mid.status, JobStatus::Active);
+    // Phase 0 reads in table order and is recorded only whole: the files the interrupted run
+    // finished are in no manifest, and the next run writes them again under the same names.
     let files_before = shared::db::files::select_files(&db.pool, job.id)
         .await
         .expect("files")
         .len();
-    assert!(files_before >= 1, "finished files are kept");
+    assert_eq!(files_before, 0, "an interrupted phase 0 records nothing");
+    let finished_before = store.finishes.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        finished_before >= 1,
+        "the interrupted run had finished files"
+    );
 
     let second = ex.run_until_idle(None, far()).await.expect("run");
     assert_eq!(second.completed, vec![job.id]);
@@ -108,6 +115,10 @@ async fn near_the_deadline_progress_is_saved_and_the_job_handed_off() {
         0,
         "a hand-off is not a failed attempt"
     );
+    let files = shared::db::files::select_files(&db.pool, job.id)
+        .await
+        .expect("files");
+    assert!(files.len() > 1, "the 15 kB cap split the output");
     let rows = stored_resources(&db.pool, store.as_ref(), job.id).await;
     assert_eq!(rows.len(), data.count_by_type()["Observation"]);
     assert_no_duplicates(&rows);
