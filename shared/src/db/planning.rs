@@ -122,23 +122,35 @@ pub async fn mark_planned(
         // 3,240 resources through 200,000 references (×10 set). Computed once here, instead of
         // joining the compartment to its references again for every AdditionalResources type
         // and its dangling-reference check (about 1 s each on the ×10 set).
+        // Each distinct target is looked up once (3,240 lookups instead of one per reference,
+        // 200,000 on the ×10 set), and a present target keeps one source (the least
+        // `Type/id`, so the same data plans the same rows) without sorting every reference:
+        // 2.6-3.3 s -> 1.6 s for 1,000 patients (×10 set).
         tx.execute(
             "INSERT INTO export_job_refs (job_id, target_type, target_id, source_type, source_id)
-             SELECT DISTINCT ON (x.target_type, x.target_id, x.missing_source)
-                    $1::uuid, x.target_type, x.target_id, x.source_type, x.source_id
-             FROM (SELECT f.target_type, f.target_id, f.source_type, f.source_id,
-                          CASE WHEN t.id IS NULL THEN f.source_type || '/' || f.source_id END
-                              AS missing_source
-                   FROM export_job_patients jp
-                   JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY($2)
-                   JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
-                        AND f.target_type = ANY($3)
-                   JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
-                   LEFT JOIN resources t ON t.resource_type = f.target_type AND t.id = f.target_id
-                        AND NOT t.deleted
-                   WHERE jp.job_id = $1 AND NOT s.deleted AND s.last_updated <= $4
-                     AND ($5::timestamptz IS NULL OR s.last_updated > $5)) x
-             ORDER BY x.target_type, x.target_id, x.missing_source, x.source_type, x.source_id",
+             WITH refs AS MATERIALIZED (
+                 SELECT f.target_type, f.target_id, f.source_type, f.source_id
+                 FROM export_job_patients jp
+                 JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY($2)
+                 JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
+                      AND f.target_type = ANY($3)
+                 JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
+                 WHERE jp.job_id = $1 AND NOT s.deleted AND s.last_updated <= $4
+                   AND ($5::timestamptz IS NULL OR s.last_updated > $5)),
+             targets AS MATERIALIZED (
+                 SELECT refs.target_type, refs.target_id,
+                        min(refs.source_type || '/' || refs.source_id) AS first_source,
+                        EXISTS (SELECT 1 FROM resources t
+                                WHERE t.resource_type = refs.target_type AND t.id = refs.target_id
+                                  AND NOT t.deleted) AS present
+                 FROM refs GROUP BY refs.target_type, refs.target_id)
+             SELECT $1::uuid, g.target_type, g.target_id,
+                    split_part(g.first_source, '/', 1), split_part(g.first_source, '/', 2)
+             FROM targets g WHERE g.present
+             UNION ALL
+             SELECT DISTINCT $1::uuid, r.target_type, r.target_id, r.source_type, r.source_id
+             FROM refs r JOIN targets g ON g.target_type = r.target_type AND g.target_id = r.target_id
+             WHERE NOT g.present",
             &[
                 &id,
                 &r.source_types,
