@@ -28,12 +28,6 @@ pub mod telemetry;
 
 pub use config::Config;
 
-/// Every binary that links this crate (`bulk-export`, the Lambda functions, the tests) allocates
-/// with mimalloc. glibc's allocator cost a third of the loader's CPU (`_int_malloc`, `_int_free`,
-/// `malloc_consolidate` and arena locks between the parsing and writing threads, in `perf`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// An error with its sources, `a: b: c` (tokio-postgres and the AWS SDK keep the useful message in a source).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();

@@ -319,16 +319,19 @@ pub async fn read_range<'c>(
     // ordered the rows of a Patient-level read with a Gather Merge over sorts spilled to disk.
     // work_mem: a Patient-level range is a hash semi-join of the range with its compartment
     // members; with the default 4 MB the hash of 80,000 members went to disk in batches.
-    tx.batch_execute(
+    // A system-level phase 0 is a bitmap or sequential scan, never a walk of the key in id
+    // order (stale statistics could make it look cheaper); elsewhere the server's setting.
+    let index_scan = if phase == 0 && sel.scope.is_none() && sel.associated.is_none() {
+        "off"
+    } else {
+        "DEFAULT"
+    };
+    tx.batch_execute(&format!(
         "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL jit = off;
-         SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL work_mem = '32MB'",
-    )
+         SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL work_mem = '32MB';
+         SET LOCAL enable_indexscan = {index_scan}"
+    ))
     .await?;
-    if phase == 0 && sel.scope.is_none() && sel.associated.is_none() {
-        // A system-level range: a bitmap or sequential scan, never a walk of the key in id
-        // order (stale statistics could make it look cheaper).
-        tx.batch_execute("SET LOCAL enable_indexscan = off").await?;
-    }
     let snapshot = if phase == 0 {
         Some(
             tx.query_one("SELECT pg_current_snapshot()::text", &[])

@@ -11,6 +11,13 @@ use std::process::ExitCode;
 mod clients;
 mod jobs;
 
+/// `bulk-export` (load and serve) allocates with mimalloc: glibc's allocator cost a third of the
+/// loader's CPU (`_int_malloc`, `_int_free`, `malloc_consolidate` and arena locks between the
+/// parsing and writing threads, in `perf`). The choice is the binary's: the library and the
+/// Lambda functions keep the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use shared::app::AppState;

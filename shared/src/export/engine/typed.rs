@@ -54,9 +54,9 @@ impl Exporter {
         loop {
             // One streamed read per phase.
             let mut read = reads::read_range(&mut client, sel, item.phase, &item.cursor_id).await?;
-            // Phase 0: rows in table order, files held back until the range is exhausted.
+            // Phase 0: rows in table order (its cursor stays where the read started), files
+            // held back until the range is exhausted.
             let ordered = item.phase != 0;
-            let read_start = item.cursor_id.clone();
             let mut held: Vec<ExportFile> = Vec::new();
             let mut pending: VecDeque<StreamedRow> = VecDeque::new();
             // The next batch, fetched while the current one was written (it may start the
@@ -102,12 +102,16 @@ impl Exporter {
                         let Some(row) = pending.pop_front() else {
                             break;
                         };
-                        if transform.is_identity() {
-                            page.extend_from_slice(row.resource_bytes());
-                            page.push(b'\n');
-                            lines += 1;
-                        } else if let Some(line) = transform.apply(row.resource()) {
-                            page.extend_from_slice(line.as_bytes());
+                        // Copied as bytes unless a filter or `_elements` has to read it.
+                        let transformed;
+                        let line = if transform.is_identity() {
+                            Some(row.resource_bytes())
+                        } else {
+                            transformed = transform.apply(row.resource());
+                            transformed.as_deref().map(str::as_bytes)
+                        };
+                        if let Some(line) = line {
+                            page.extend_from_slice(line);
                             page.push(b'\n');
                             lines += 1;
                         }
@@ -177,13 +181,13 @@ impl Exporter {
                     }
                     continue;
                 }
-                // A phase-1 file, or the end of phase 0: every row of (read_start, hi] was read
+                // A phase-1 file, or the end of phase 0: every row of (cursor, hi] was read
                 // under phase 0's snapshot, durable with the files that hold them.
                 let ranges: Vec<reads::ReadRange> = read
                     .snapshot
                     .iter()
                     .map(|snap| reads::ReadRange {
-                        after_id: read_start.clone(),
+                        after_id: item.cursor_id.clone(),
                         upto_id: item.hi_id.clone(),
                         snapshot: snap.clone(),
                     })
