@@ -90,6 +90,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0011_job_refs",
         include_str!("../../../infra/migrations/0011_job_refs.sql"),
     ),
+    (
+        "0012_deleted_index",
+        include_str!("../../../infra/migrations/0012_deleted_index.sql"),
+    ),
 ];
 
 /// A connection pool for DATABASE_URL, over TLS when its `sslmode` asks for it (see [`tls`]).

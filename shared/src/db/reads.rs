@@ -355,6 +355,33 @@ pub async fn read_range<'c>(
     })
 }
 
+/// Whether any resource of the selection's type in `(after, upto]` changed after the
+/// transaction time (was updated, deleted or created since): the only rows phase 1 can export.
+/// Asked after phase 0's read, under a later snapshot: a change it does not see was not visible
+/// to phase 0 either, so phase 0 exported that resource's transaction-time version, and phase 1
+/// would not. When nothing changed, phase 1 (a statement and a checkpoint) is skipped.
+pub async fn range_changed_since(
+    pool: &Pool,
+    sel: &Selection<'_>,
+    after: &str,
+) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM resources
+                            WHERE resource_type = $1 AND last_updated > $2
+                              AND id > $3 AND ($4::text IS NULL OR id <= $4))",
+        )
+        .await?;
+    let row = client
+        .query_one(
+            &stmt,
+            &[&sel.resource_type, &sel.transaction_time, &after, &sel.upto],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// The `:sources` of a selection statement: source types of referenced resources, or for
 /// Provenance the target types.
 fn source_types<'a>(sel: &Selection<'a>) -> &'a [String] {

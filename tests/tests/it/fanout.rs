@@ -100,6 +100,16 @@ async fn four_exporters_write_byte_identical_files_to_one() {
         observation_parts >= 3,
         "Observation split in {observation_parts}"
     );
+    // Nothing changed after the transaction time: every item ended with phase 0 (phase 1,
+    // which can only export resources changed since, was skipped).
+    assert!(
+        items.iter().all(|i| i.done && i.phase == 0),
+        "{:?}",
+        items
+            .iter()
+            .map(|i| (&i.resource_type, i.part, i.phase, i.done))
+            .collect::<Vec<_>>()
+    );
 
     let shared_job = system_job(&db).await;
     // Four exporters share its items (each goes on until the job is complete: those that find

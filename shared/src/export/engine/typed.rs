@@ -199,7 +199,12 @@ impl Exporter {
                 let mut finished: Vec<ExportFile> = std::mem::take(&mut held);
                 finished.extend(file);
                 let exhausted = end == FileEnd::Exhausted;
-                if exhausted && item.phase == 0 {
+                // Phase 1 has nothing to export when nothing in the range changed since the
+                // transaction time (asked after phase 0's read: see `range_changed_since`).
+                let phase_one = exhausted
+                    && item.phase == 0
+                    && reads::range_changed_since(&self.pool, sel, &item.lo_id).await?;
+                if phase_one {
                     // Phase 1 decides what phase 0 exported from the phase-0 snapshots, so they
                     // are durable (with phase 0's last file) before it starts.
                     item.phase = 1;
