@@ -326,10 +326,19 @@ pub async fn read_range<'c>(
     } else {
         "DEFAULT"
     };
+    // A Patient-scope read is a semi-join of the range with its compartment members: hashed
+    // as they are (a hash semi-join), not first made unique by a hash aggregate, which the
+    // planner preferred and which took longer than the hash itself (×10 Observations, 1,000
+    // patients: 0.78-0.99 s -> 0.57-0.71 s, `EXPLAIN ANALYZE`).
+    let hash_agg = if sel.scope.is_some() {
+        "off"
+    } else {
+        "DEFAULT"
+    };
     tx.batch_execute(&format!(
         "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL jit = off;
          SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL work_mem = '32MB';
-         SET LOCAL enable_indexscan = {index_scan}"
+         SET LOCAL enable_indexscan = {index_scan}; SET LOCAL enable_hashagg = {hash_agg}"
     ))
     .await?;
     let snapshot = if phase == 0 {
