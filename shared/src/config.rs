@@ -170,7 +170,8 @@ pub struct Config {
     /// Target size of a work item (`EXPORT_ITEM_BYTES`): planning splits larger types into key
     /// ranges of about this many bytes, each claimed by any exporter. Ids are not in table
     /// order, so each range of a type visits most of the type's pages: larger items visit fewer
-    /// pages twice (256 MiB: ×10 system export 3.9 s -> 3.55 s, median of five, against 64 MiB).
+    /// pages more than once (×100 system export: 35 s with 256 MiB items, 21-22 s with 1 GiB;
+    /// docs/BENCHMARKS.md, tenth session).
     pub item_bytes: u64,
     pub presign_ttl: Duration,
     pub job_retention: Duration,
@@ -340,7 +341,7 @@ impl Config {
                 .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1"),
             max_file_bytes,
             presign_ttl: Duration::from_secs(presign_ttl),
-            item_bytes: number(&var, "EXPORT_ITEM_BYTES", 256 * 1024 * 1024)?.max(1),
+            item_bytes: number(&var, "EXPORT_ITEM_BYTES", 1024 * 1024 * 1024)?.max(1),
             job_retention: Duration::from_secs(number(&var, "JOB_RETENTION_HOURS", 24)? * 3600),
             cancelled_status_code: cancelled_status_code as u16,
             lease: Duration::from_secs(number(&var, "LEASE_SECONDS", 120)?.max(5)),
