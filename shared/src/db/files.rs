@@ -12,15 +12,24 @@ pub async fn insert_files(
     job_id: Uuid,
     files: &[ExportFile],
 ) -> Result<(), DbError> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    // Prepared once per connection (every checkpoint records files).
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO export_files (job_id, file_name, kind, resource_type, object_key,
+                 resource_count, byte_count, gzip_object_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (job_id, file_name) DO UPDATE SET resource_count = excluded.resource_count,
+                 byte_count = excluded.byte_count, object_key = excluded.object_key,
+                 gzip_object_key = excluded.gzip_object_key",
+        )
+        .await?;
     for f in files {
         client
             .execute(
-                "INSERT INTO export_files (job_id, file_name, kind, resource_type, object_key,
-                     resource_count, byte_count, gzip_object_key)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (job_id, file_name) DO UPDATE SET resource_count = excluded.resource_count,
-                     byte_count = excluded.byte_count, object_key = excluded.object_key,
-                     gzip_object_key = excluded.gzip_object_key",
+                &stmt,
                 &[
                     &job_id,
                     &f.file_name,

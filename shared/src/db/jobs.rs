@@ -154,12 +154,13 @@ pub async fn get_job_for_status(pool: &Pool, id: Uuid) -> Result<Option<Job>, Db
 
 pub async fn get_job(pool: &Pool, id: Uuid) -> Result<Option<Job>, DbError> {
     let client = pool.get().await?;
-    let row = client
-        .query_opt(
-            &format!("SELECT {JOB_COLUMNS} FROM export_jobs WHERE id = $1"),
-            &[&id],
-        )
+    // Read before every work item: prepared once per connection (a parse is a round trip).
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM export_jobs WHERE id = $1"
+        ))
         .await?;
+    let row = client.query_opt(&stmt, &[&id]).await?;
     row.as_ref().map(job_from_row).transpose()
 }
 

@@ -343,9 +343,13 @@ pub async fn read_range<'c>(
     .await?;
     let snapshot = if phase == 0 {
         Some(
-            tx.query_one("SELECT pg_current_snapshot()::text", &[])
-                .await?
-                .get(0),
+            tx.query_one(
+                &tx.prepare_cached("SELECT pg_current_snapshot()::text")
+                    .await?,
+                &[],
+            )
+            .await?
+            .get(0),
         )
     } else {
         None

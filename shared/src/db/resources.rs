@@ -373,17 +373,18 @@ pub async fn delete_resources(pool: &Pool, keys: &[(String, String)]) -> Result<
 /// The resource types that have at least one current resource (a loose index scan).
 pub async fn select_resource_types(pool: &Pool) -> Result<Vec<String>, DbError> {
     let client = pool.get().await?;
-    let rows = client
-        .query(
+    // Asked before every Patient- or Group-level work item: prepared once per connection.
+    let stmt = client
+        .prepare_cached(
             "WITH RECURSIVE t AS (
                  SELECT min(resource_type) AS rt FROM resources
                  UNION ALL
                  SELECT (SELECT min(resource_type) FROM resources WHERE resource_type > t.rt)
                  FROM t WHERE t.rt IS NOT NULL)
              SELECT rt FROM t WHERE rt IS NOT NULL",
-            &[],
         )
         .await?;
+    let rows = client.query(&stmt, &[]).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 

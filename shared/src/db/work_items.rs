@@ -132,13 +132,13 @@ pub async fn select_work_items(pool: &Pool, job_id: Uuid) -> Result<Vec<WorkItem
 /// The job's resource types (its items', without organizeOutputBy's blocks item).
 pub async fn select_item_types(pool: &Pool, job_id: Uuid) -> Result<Vec<String>, DbError> {
     let client = pool.get().await?;
-    let rows = client
-        .query(
+    let stmt = client
+        .prepare_cached(
             "SELECT DISTINCT resource_type FROM export_work_items
              WHERE job_id = $1 AND resource_type NOT LIKE '\\_%' ORDER BY 1",
-            &[&job_id],
         )
         .await?;
+    let rows = client.query(&stmt, &[&job_id]).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
@@ -334,21 +334,27 @@ pub async fn checkpoint(
     if item.done {
         // Item checkpoints of one job that finish items take turns: the last one sees every
         // other item done.
-        tx.execute(
-            "SELECT 1 FROM export_jobs WHERE id = $1 FOR UPDATE",
-            &[&item.job_id],
-        )
-        .await?;
+        let lock = tx
+            .prepare_cached("SELECT 1 FROM export_jobs WHERE id = $1 FOR UPDATE")
+            .await?;
+        tx.execute(&lock, &[&item.job_id]).await?;
     }
     let progress = !files.is_empty();
-    let n = tx
-        .execute(
+    // Every statement of a checkpoint is prepared once per connection: a parse is a round trip,
+    // and an export checkpoints each of its items at least once.
+    let update = tx
+        .prepare_cached(
             "UPDATE export_work_items SET phase = $5, cursor_id = $6, next_file_seq = $7, done = $8,
                  attempts = CASE WHEN $9 THEN 0 ELSE attempts END,
                  lease_owner = CASE WHEN $8 THEN NULL ELSE lease_owner END,
                  lease_expires_at = CASE WHEN $8 THEN NULL ELSE lease_expires_at END,
                  updated_at = now()
              WHERE job_id = $1 AND resource_type = $2 AND part = $3 AND lease_owner = $4",
+        )
+        .await?;
+    let n = tx
+        .execute(
+            &update,
             &[
                 &item.job_id,
                 &item.resource_type,
@@ -371,10 +377,15 @@ pub async fn checkpoint(
         let after: Vec<&str> = ranges.iter().map(|r| r.after_id.as_str()).collect();
         let upto: Vec<Option<&str>> = ranges.iter().map(|r| r.upto_id.as_deref()).collect();
         let snaps: Vec<&str> = ranges.iter().map(|r| r.snapshot.as_str()).collect();
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO export_read_ranges (job_id, resource_type, after_id, upto_id, snap)
+                 SELECT $1, $2, a, u, s::pg_snapshot
+                 FROM unnest($3::text[], $4::text[], $5::text[]) AS x(a, u, s)",
+            )
+            .await?;
         tx.execute(
-            "INSERT INTO export_read_ranges (job_id, resource_type, after_id, upto_id, snap)
-             SELECT $1, $2, a, u, s::pg_snapshot
-             FROM unnest($3::text[], $4::text[], $5::text[]) AS x(a, u, s)",
+            &insert,
             &[&item.job_id, &item.resource_type, &after, &upto, &snaps],
         )
         .await?;
@@ -382,28 +393,27 @@ pub async fn checkpoint(
     // Progress: attempts count failures without progress, so a long export on a flaky network
     // does not fail after a few blips that each cost nothing.
     if progress {
-        tx.execute(
-            "UPDATE export_jobs SET attempts = 0 WHERE id = $1 AND attempts > 0",
-            &[&item.job_id],
-        )
-        .await?;
+        let reset = tx
+            .prepare_cached("UPDATE export_jobs SET attempts = 0 WHERE id = $1 AND attempts > 0")
+            .await?;
+        tx.execute(&reset, &[&item.job_id]).await?;
     }
     let mut result = Checkpointed::Saved;
     if item.done {
-        let completed = tx
-            .execute(
-                &format!(
-                    "UPDATE export_jobs SET status = {complete}, completed_at = now(),
+        let complete = tx
+            .prepare_cached(&format!(
+                "UPDATE export_jobs SET status = {complete}, completed_at = now(),
                      expires_at = now() + make_interval(secs => $2),
                      lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
                  WHERE id = $1 AND {guard}
                    AND NOT EXISTS (SELECT 1 FROM export_work_items
                                    WHERE job_id = $1 AND NOT done)",
-                    complete = Transition::COMPLETE.target(),
-                    guard = Transition::COMPLETE.guard("status"),
-                ),
-                &[&item.job_id, &retention.as_secs_f64()],
-            )
+                complete = Transition::COMPLETE.target(),
+                guard = Transition::COMPLETE.guard("status"),
+            ))
+            .await?;
+        let completed = tx
+            .execute(&complete, &[&item.job_id, &retention.as_secs_f64()])
             .await?;
         if completed == 1 {
             result = Checkpointed::Completed;
