@@ -8,12 +8,14 @@ use std::time::Instant;
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 
-use crate::db::resources::{provenance_targets, upsert_resources, NewResource};
+use crate::db::resources::{upsert_resources, NewResource, ProvenanceTargets};
 use crate::db::{DbError, Pool};
 use crate::export::params::is_fhir_id;
-use crate::fhir::compartment::{patient_ids, references};
+use crate::fhir::compartment::{parse_reference, patient_ids, references};
+use crate::fhir::instant::parse_instant;
 use crate::fhir::raw;
 use crate::fhir::resource_types::is_resource_type;
+use crate::fhir::scan::scan;
 
 /// Why the loader refuses a resource (reported with its file and line as a [`Rejected`]; the
 /// rest loads).
@@ -36,7 +38,7 @@ impl From<&str> for Refused {
 mod bundle;
 pub use bundle::{bundle_resources, BundleEntry};
 
-pub const BATCH_SIZE: usize = 1000;
+pub const BATCH_SIZE: usize = 4000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -89,36 +91,44 @@ pub fn parse_type_id(s: &str) -> Result<(String, String), Refused> {
 }
 
 /// Turns one resource into a row, or says why it cannot be stored. `text` is what is stored
-/// (the JSON as received, on one line: numbers keep their exact text); `resource` is the same
-/// parsed, for the checks, compartment membership and references.
-pub fn prepare(text: String, resource: Value) -> Result<NewResource, Refused> {
-    let rtype = resource
-        .get("resourceType")
-        .and_then(Value::as_str)
-        .ok_or("no resourceType")?
-        .to_string();
-    if !is_resource_type(&rtype) {
-        return Err(Refused(format!("{rtype:?} is not an R4 resource type")));
-    }
-    let id = resource
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| Refused(format!("{rtype} without an id")))?
-        .to_string();
-    if !is_fhir_id(&id) {
-        return Err(Refused(format!("{rtype} id {id:?} is not a valid FHIR id")));
-    }
+/// (the JSON as received, on one line: numbers keep their exact text); it is read once, by
+/// [`scan`], for the checks, compartment membership and references.
+pub fn prepare(text: String) -> Result<NewResource, Refused> {
     // memchr: `str::contains` with a set of chars tests one char at a time (5 % of a load's CPU).
     if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some() {
         return Err(Refused(
             "a resource must be one line of JSON (minify it)".into(),
         ));
     }
-    // The parsed resource is dropped here, on the parsing thread: only what is stored travels.
+    let scanned = scan(&text).map_err(|e| Refused(format!("invalid JSON: {e}")))?;
+    let rtype = scanned.resource_type.ok_or("no resourceType")?;
+    if !is_resource_type(&rtype) {
+        return Err(Refused(format!("{rtype:?} is not an R4 resource type")));
+    }
+    let id = scanned
+        .id
+        .ok_or_else(|| Refused(format!("{rtype} without an id")))?;
+    if !is_fhir_id(&id) {
+        return Err(Refused(format!("{rtype} id {id:?} is not a valid FHIR id")));
+    }
+    let provenance = (rtype == "Provenance").then(|| ProvenanceTargets {
+        targets: scanned
+            .references
+            .iter()
+            .filter(|(path, r)| path == "target" && !r.contains("://"))
+            .filter_map(|(_, r)| parse_reference(r))
+            .map(|(t, i)| (t.to_string(), i.to_string()))
+            .collect(),
+        recorded: scanned
+            .recorded
+            .as_deref()
+            .and_then(|s| parse_instant(s).ok()),
+    });
     Ok(NewResource {
-        patients: patient_ids(&rtype, &id, &resource),
-        refs: references(&resource),
-        provenance: (rtype == "Provenance").then(|| provenance_targets(&resource)),
+        patients: patient_ids(&rtype, &id, &scanned.references),
+        refs: references(&scanned.references),
+        provenance,
+        meta: scanned.meta,
         resource_type: rtype,
         id,
         text,
@@ -166,11 +176,15 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
                 let pool = pool.clone();
                 let loaded = loaded.clone();
                 let task = tokio::spawn(async move {
+                    // Batches are stored as new resources without looking them up while they
+                    // are (a first load); after a batch that replaced some, they are looked up.
+                    let mut assume_new = true;
                     while let Some(msg) = rx.recv().await {
                         match msg {
                             WriterMsg::Batch(batch) => {
-                                let n = upsert_resources(&pool, batch).await?;
-                                loaded.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                                let done = upsert_resources(&pool, batch, assume_new).await?;
+                                assume_new = !done.replaced;
+                                loaded.fetch_add(done.stored, std::sync::atomic::Ordering::Relaxed);
                             }
                             WriterMsg::Sync(done) => {
                                 let _ = done.send(());
@@ -274,14 +288,17 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
         let mut n = 0;
         while let Some(line) = lines.next_line().await.map_err(io)? {
             n += 1;
-            if line.trim().is_empty() {
+            let trimmed = line.trim();
+            if trimmed.is_empty() {
                 continue;
             }
-            let line = line.trim();
-            match serde_json::from_str::<Value>(line)
-                .map_err(|e| Refused(format!("invalid JSON: {e}")))
-                .and_then(|v| prepare(line.to_string(), v))
-            {
+            // The line itself is stored (no copy) unless it has whitespace around it.
+            let line = if trimmed.len() == line.len() {
+                line
+            } else {
+                trimmed.to_string()
+            };
+            match prepare(line) {
                 Ok(r) => self.push(r).await?,
                 Err(message) => self.reject(path, n, message.0),
             }
@@ -304,7 +321,7 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
             }
         };
         if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
-            match prepare(raw::minify(&text), value) {
+            match prepare(raw::minify(&text)) {
                 Ok(r) => self.push(r).await?,
                 Err(m) => self.reject(path, 1, m.0),
             }
@@ -319,7 +336,7 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
         };
         for (i, entry) in entries.into_iter().enumerate() {
             match entry {
-                Ok(BundleEntry::Resource { text, resource }) => match prepare(text, resource) {
+                Ok(BundleEntry::Resource { text, .. }) => match prepare(text) {
                     Ok(r) => self.push(r).await?,
                     Err(m) => self.reject(path, i + 1, m.0),
                 },
@@ -393,18 +410,22 @@ pub async fn load_paths(
     // resources themselves are not: vacuuming a fresh load rewrites every page to set hint
     // bits (the ×100 load took minutes longer), which the first export's reads do anyway.
     if loader.report.loaded > 0 || loader.report.deleted > 0 {
-        let client = pool.get().await.map_err(crate::db::DbError::from)?;
-        // Two statements: VACUUM cannot run in the implicit transaction of a multi-statement
-        // string.
-        for sql in [
+        // Each table on its own connection, at the same time (VACUUM cannot run in the
+        // implicit transaction of a multi-statement string anyway).
+        let statements = [
             "VACUUM (ANALYZE) compartment",
-            "ANALYZE resources, resource_history, resource_refs, provenance_targets",
-        ] {
+            "ANALYZE resources",
+            "ANALYZE resource_refs",
+            "ANALYZE resource_history, provenance_targets",
+        ];
+        futures::future::try_join_all(statements.into_iter().map(|sql| async move {
+            let client = pool.get().await.map_err(crate::db::DbError::from)?;
             client
                 .batch_execute(sql)
                 .await
-                .map_err(crate::db::DbError::from)?;
-        }
+                .map_err(crate::db::DbError::from)
+        }))
+        .await?;
     }
     tracing::info!(
         files = loader.report.files,

@@ -94,6 +94,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0012_deleted_index",
         include_str!("../../../infra/migrations/0012_deleted_index.sql"),
     ),
+    (
+        "0013_load_rate",
+        include_str!("../../../infra/migrations/0013_load_rate.sql"),
+    ),
 ];
 
 /// A connection pool for DATABASE_URL, over TLS when its `sslmode` asks for it (see [`tls`]).

@@ -67,8 +67,9 @@ pub async fn mark_planned(
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     // Only Patients that exist count, so a Group member can never pull in another Group.
-    const GROUP_MEMBERS: &str = "SELECT f.target_id FROM resource_refs f
-         WHERE f.source_type = 'Group' AND f.source_id = $2 AND f.target_type = 'Patient'";
+    const GROUP_MEMBERS: &str = "SELECT t.ti FROM resource_refs f,
+             unnest(f.target_types, f.target_ids) AS t(tt, ti)
+         WHERE f.source_type = 'Group' AND f.source_id = $2 AND t.tt = 'Patient'";
     let added = match patients {
         PatientSet::None => 0,
         PatientSet::All => {
@@ -139,12 +140,12 @@ pub async fn mark_planned(
                      SELECT s.resource_type, s.id FROM resources s
                      WHERE s.resource_type = ANY($2) AND (s.deleted OR s.last_updated > $4)),
                  refs AS MATERIALIZED (
-                     SELECT f.target_type, f.target_id, f.source_type, f.source_id
+                     SELECT t.target_type, t.target_id, f.source_type, f.source_id
                      FROM export_job_patients jp
                      JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY($2)
                      JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
-                          AND f.target_type = ANY($3)
-                     WHERE jp.job_id = $1
+                     CROSS JOIN LATERAL unnest(f.target_types, f.target_ids) AS t(target_type, target_id)
+                     WHERE jp.job_id = $1 AND t.target_type = ANY($3)
                        AND NOT EXISTS (SELECT 1 FROM changed ch
                                        WHERE ch.resource_type = f.source_type AND ch.id = f.source_id)
                        AND ($5::timestamptz IS NULL

@@ -2,8 +2,6 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::Value;
-
 use super::compartment_table::PATIENT_COMPARTMENT;
 
 /// A relative reference `Type/id` (absolute URLs are reduced to their last two segments,
@@ -32,8 +30,13 @@ pub fn parse_reference(reference: &str) -> Option<(&str, &str)> {
     }
 }
 
-/// The ids of the patients whose compartment this resource is in (R4 CompartmentDefinition).
-pub fn patient_ids(resource_type: &str, id: &str, resource: &Value) -> BTreeSet<String> {
+/// The ids of the patients whose compartment this resource is in (R4 CompartmentDefinition),
+/// from its references with their paths ([`crate::fhir::scan`]).
+pub fn patient_ids(
+    resource_type: &str,
+    id: &str,
+    references: &[(String, String)],
+) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     if resource_type == "Patient" {
         out.insert(id.to_string());
@@ -42,67 +45,46 @@ pub fn patient_ids(resource_type: &str, id: &str, resource: &Value) -> BTreeSet<
         .iter()
         .find(|e| e.resource_type == resource_type)
     {
-        for path in entry.paths {
-            collect_path(resource, path, &mut |reference| {
-                if let Some(("Patient", pid)) = parse_reference(reference) {
-                    out.insert(pid.to_string());
-                }
-            });
+        for (path, reference) in references {
+            if !entry.paths.iter().any(|p| same_path(p, path)) {
+                continue;
+            }
+            if let Some(("Patient", pid)) = parse_reference(reference) {
+                out.insert(pid.to_string());
+            }
         }
     }
     out
 }
 
-fn collect_path(value: &Value, path: &[&str], found: &mut impl FnMut(&str)) {
-    match value {
-        Value::Array(items) => items.iter().for_each(|v| collect_path(v, path, found)),
-        Value::Object(map) => match path.split_first() {
-            None => {
-                if let Some(Value::String(r)) = map.get("reference") {
-                    found(r);
-                }
-            }
-            Some((head, rest)) => {
-                if let Some(child) = map.get(*head) {
-                    collect_path(child, rest, found);
-                }
-            }
-        },
-        _ => {}
-    }
+/// Whether `path` (keys joined by `/`) is `keys`.
+fn same_path(keys: &[&str], path: &str) -> bool {
+    let mut parts = path.split('/');
+    keys.iter().all(|k| parts.next() == Some(*k)) && parts.next().is_none()
 }
 
-/// Every `Type/id` this resource references, anywhere in its tree.
-pub fn references(resource: &Value) -> BTreeSet<(String, String)> {
-    let mut out = BTreeSet::new();
-    walk_references(resource, &mut out);
-    out
-}
-
-fn walk_references(value: &Value, out: &mut BTreeSet<(String, String)>) {
-    match value {
-        Value::Array(items) => items.iter().for_each(|v| walk_references(v, out)),
-        Value::Object(map) => {
-            for (key, child) in map {
-                if key == "reference" {
-                    if let Value::String(r) = child {
-                        if let Some((t, i)) = parse_reference(r) {
-                            out.insert((t.to_string(), i.to_string()));
-                        }
-                    }
-                } else {
-                    walk_references(child, out);
-                }
-            }
-        }
-        _ => {}
-    }
+/// Every `Type/id` among a resource's references (anywhere in its tree).
+pub fn references(references: &[(String, String)]) -> BTreeSet<(String, String)> {
+    references
+        .iter()
+        .filter_map(|(_, r)| parse_reference(r))
+        .map(|(t, i)| (t.to_string(), i.to_string()))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::fhir::scan::scan;
+    use serde_json::{json, Value};
+
+    fn refs(v: &Value) -> Vec<(String, String)> {
+        scan(&v.to_string()).unwrap().references
+    }
+
+    fn patient_ids_of(rtype: &str, id: &str, v: &Value) -> BTreeSet<String> {
+        patient_ids(rtype, id, &refs(v))
+    }
 
     #[test]
     fn parse_reference_handles_relative_absolute_and_versioned() {
@@ -123,7 +105,9 @@ mod tests {
             "subject":{"reference":"Patient/p1"},
             "performer":[{"reference":"Patient/p2"},{"reference":"Practitioner/x"}],
             "hasMember":[{"reference":"Patient/not-a-path"}]});
-        let ids: Vec<_> = patient_ids("Observation", "o1", &obs).into_iter().collect();
+        let ids: Vec<_> = patient_ids_of("Observation", "o1", &obs)
+            .into_iter()
+            .collect();
         assert_eq!(ids, vec!["p1", "p2"]);
     }
 
@@ -131,7 +115,9 @@ mod tests {
     fn nested_paths_walk_arrays() {
         let appt = json!({"resourceType":"Appointment","id":"a",
             "participant":[{"actor":{"reference":"Patient/p1"}},{"actor":{"reference":"Location/l"}}]});
-        let ids: Vec<_> = patient_ids("Appointment", "a", &appt).into_iter().collect();
+        let ids: Vec<_> = patient_ids_of("Appointment", "a", &appt)
+            .into_iter()
+            .collect();
         assert_eq!(ids, vec!["p1"]);
     }
 
@@ -139,14 +125,14 @@ mod tests {
     fn patient_is_in_its_own_compartment_and_links() {
         let p = json!({"resourceType":"Patient","id":"p1","link":[{"other":{"reference":"Patient/p0"}}],
             "managingOrganization":{"reference":"Organization/o"}});
-        let ids: Vec<_> = patient_ids("Patient", "p1", &p).into_iter().collect();
+        let ids: Vec<_> = patient_ids_of("Patient", "p1", &p).into_iter().collect();
         assert_eq!(ids, vec!["p0", "p1"]);
     }
 
     #[test]
     fn types_outside_the_compartment_have_no_members() {
         let d = json!({"resourceType":"Device","id":"d","patient":{"reference":"Patient/p1"}});
-        assert!(patient_ids("Device", "d", &d).is_empty());
+        assert!(patient_ids_of("Device", "d", &d).is_empty());
     }
 
     #[test]
@@ -155,7 +141,7 @@ mod tests {
             "serviceProvider":{"reference":"Organization/o"},
             "participant":[{"individual":{"reference":"Practitioner/x"}}],
             "contained":[{"id":"c"}], "partOf":{"reference":"#c"}});
-        let refs: Vec<_> = references(&enc).into_iter().collect();
+        let refs: Vec<_> = references(&refs(&enc)).into_iter().collect();
         assert_eq!(
             refs,
             vec![
@@ -164,5 +150,125 @@ mod tests {
                 ("Practitioner".to_string(), "x".to_string())
             ]
         );
+    }
+
+    /// The walk over a parsed `Value` that the scan replaced, kept as the scan's oracle.
+    fn value_patient_ids(resource_type: &str, id: &str, resource: &Value) -> BTreeSet<String> {
+        fn collect_path(value: &Value, path: &[&str], found: &mut impl FnMut(&str)) {
+            match value {
+                Value::Array(items) => items.iter().for_each(|v| collect_path(v, path, found)),
+                Value::Object(map) => match path.split_first() {
+                    None => {
+                        if let Some(Value::String(r)) = map.get("reference") {
+                            found(r);
+                        }
+                    }
+                    Some((head, rest)) => {
+                        if let Some(child) = map.get(*head) {
+                            collect_path(child, rest, found);
+                        }
+                    }
+                },
+                _ => {}
+            }
+        }
+        let mut out = BTreeSet::new();
+        if resource_type == "Patient" {
+            out.insert(id.to_string());
+        }
+        if let Some(entry) = PATIENT_COMPARTMENT
+            .iter()
+            .find(|e| e.resource_type == resource_type)
+        {
+            for path in entry.paths {
+                collect_path(resource, path, &mut |reference| {
+                    if let Some(("Patient", pid)) = parse_reference(reference) {
+                        out.insert(pid.to_string());
+                    }
+                });
+            }
+        }
+        out
+    }
+
+    fn value_references(value: &Value, out: &mut BTreeSet<(String, String)>) {
+        match value {
+            Value::Array(items) => items.iter().for_each(|v| value_references(v, out)),
+            Value::Object(map) => {
+                for (key, child) in map {
+                    if key == "reference" {
+                        if let Value::String(r) = child {
+                            if let Some((t, i)) = parse_reference(r) {
+                                out.insert((t.to_string(), i.to_string()));
+                            }
+                        }
+                    } else {
+                        value_references(child, out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_scan_finds_what_a_walk_over_the_parsed_tree_finds() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../infra/sample-data/synthea-10");
+        let mut checked = 0;
+        let mut members = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("ndjson") {
+                continue;
+            }
+            let text = std::fs::read_to_string(path).unwrap();
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let value: Value = serde_json::from_str(line).unwrap();
+                let scanned = scan(line).unwrap();
+                let rtype = value["resourceType"].as_str().unwrap();
+                let id = value["id"].as_str().unwrap();
+                assert_eq!(scanned.resource_type.as_deref(), Some(rtype));
+                assert_eq!(scanned.id.as_deref(), Some(id));
+                let mut expected = BTreeSet::new();
+                value_references(&value, &mut expected);
+                assert_eq!(references(&scanned.references), expected, "{line}");
+                let patients = patient_ids(rtype, id, &scanned.references);
+                assert_eq!(patients, value_patient_ids(rtype, id, &value), "{line}");
+                members += patients.len();
+                checked += 1;
+            }
+        }
+        // The shipped sample: 10 patients' records, nearly every one in a compartment.
+        assert!(checked > 3000, "{checked} resources checked");
+        assert!(members > checked / 2, "{members} memberships");
+    }
+
+    #[test]
+    fn the_scan_reports_meta_duplicates_and_nested_references() {
+        let s = scan(r#"{"resourceType":"Observation","id":"o","meta":{"versionId":"2","lastUpdated":"2020-01-01T00:00:00Z","extension":[{"valueReference":{"reference":"Patient/m"}}]},"reference":"Patient/top","contained":[{"resourceType":"Patient","id":"c","link":[{"other":{"reference":{"not":"a string"}}}]}],"subject":{"reference":"Patient/p\u0031"}}"#).unwrap();
+        assert_eq!(s.meta, crate::fhir::scan::Meta::Complete);
+        assert_eq!(
+            s.references,
+            vec![
+                (
+                    "meta/extension/valueReference".to_string(),
+                    "Patient/m".to_string()
+                ),
+                (String::new(), "Patient/top".to_string()),
+                ("subject".to_string(), "Patient/p1".to_string()),
+            ]
+        );
+        let partial =
+            scan(r#"{"resourceType":"Patient","id":"p","meta":{"versionId":"1"}}"#).unwrap();
+        assert_eq!(partial.meta, crate::fhir::scan::Meta::Partial);
+        let absent = scan(r#"{"resourceType":"Patient","id":"p"}"#).unwrap();
+        assert_eq!(absent.meta, crate::fhir::scan::Meta::Absent);
+        assert!(scan(r#"{"resourceType":"Patient","id":"p","id":"q"}"#).is_err());
+        assert!(scan(r#"{"resourceType":"Patient","resourceType":"Group","id":"p"}"#).is_err());
+        assert!(scan(r#"{"resourceType":"Patient","id":"p"} x"#).is_err());
+        assert!(scan(r#"["resourceType"]"#).is_err());
+        let numeric = scan(r#"{"resourceType":"Patient","id":7}"#).unwrap();
+        assert_eq!(numeric.id, None);
     }
 }

@@ -8,6 +8,7 @@ pub mod instant;
 pub mod outcome;
 pub mod raw;
 pub mod resource_types;
+pub mod scan;
 pub mod search;
 pub mod search_table;
 pub mod search_types;

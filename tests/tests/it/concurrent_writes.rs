@@ -159,9 +159,8 @@ async fn writes_behind_and_ahead_of_the_cursor_in_both_phases_change_nothing() {
                 let text = format!(
                     "{{\"resourceType\":\"Observation\",\"id\":\"{id}\",\"status\":\"amended\",\"code\":{{\"text\":\"changed\"}}}}"
                 );
-                let value = serde_json::from_str(&text).expect("json");
-                let r = shared::load::prepare(text, value).expect("prepare");
-                shared::db::resources::upsert_resources(&pool, vec![r])
+                let r = shared::load::prepare(text).expect("prepare");
+                shared::db::resources::upsert_resources(&pool, vec![r], false)
                     .await
                     .expect("update");
             }

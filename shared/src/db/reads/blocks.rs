@@ -58,11 +58,12 @@ WITH cand AS (
     FROM compartment c
     WHERE c.patient_id = ANY($1) AND c.resource_type = ANY($2)
   UNION
-    SELECT c.patient_id, f.target_type, f.target_id
+    SELECT c.patient_id, t.target_type, t.target_id
     FROM compartment c
     JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
+    CROSS JOIN LATERAL unnest(f.target_types, f.target_ids) AS t(target_type, target_id)
     JOIN resources s ON s.resource_type = f.source_type AND s.id = f.source_id
-    WHERE c.patient_id = ANY($1) AND c.resource_type = ANY($8) AND f.target_type = ANY($3)
+    WHERE c.patient_id = ANY($1) AND c.resource_type = ANY($8) AND t.target_type = ANY($3)
       AND NOT s.deleted AND s.last_updated <= $4
       AND ($5::timestamptz IS NULL OR s.last_updated > $5)
   UNION
