@@ -145,7 +145,7 @@ pub async fn mark_planned(
                      JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY($2)
                      JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
                      CROSS JOIN LATERAL unnest(f.target_types, f.target_ids) AS t(target_type, target_id)
-                     WHERE jp.job_id = $1 AND t.target_type = ANY($3)
+                     WHERE jp.job_id = $1 AND f.target_types && $3::text[] AND t.target_type = ANY($3)
                        AND NOT EXISTS (SELECT 1 FROM changed ch
                                        WHERE ch.resource_type = f.source_type AND ch.id = f.source_id)
                        AND ($5::timestamptz IS NULL
@@ -153,11 +153,11 @@ pub async fn mark_planned(
                                        WHERE s.resource_type = f.source_type AND s.id = f.source_id
                                          AND s.last_updated > $5))),
                  targets AS MATERIALIZED (
-                     SELECT refs.target_type, refs.target_id,
-                            EXISTS (SELECT 1 FROM resources t
-                                    WHERE t.resource_type = refs.target_type AND t.id = refs.target_id
-                                      AND NOT t.deleted) AS present
-                     FROM refs GROUP BY refs.target_type, refs.target_id)
+                     SELECT g.target_type, g.target_id, p.present IS NOT NULL AS present
+                     FROM (SELECT DISTINCT refs.target_type, refs.target_id FROM refs) g
+                     LEFT JOIN LATERAL (SELECT true AS present FROM resources t
+                                        WHERE t.resource_type = g.target_type AND t.id = g.target_id
+                                          AND NOT t.deleted LIMIT 1) p ON true)
                  SELECT g.target_type, g.target_id, '' AS source_type, '' AS source_id
                  FROM targets g WHERE g.present
                  UNION ALL
