@@ -36,6 +36,9 @@ pub enum DbError {
     /// Stored JSON (a job's parameters, a resource) that does not read or write back.
     #[error("database row: stored JSON")]
     Json(#[from] serde_json::Error),
+    /// A value that could not be encoded for Postgres (a binary COPY row).
+    #[error("encoding a value for the database: {0}")]
+    Encode(Box<dyn std::error::Error + Sync + Send>),
     #[error("migration {name}: {source}")]
     Migration {
         name: &'static str,
