@@ -132,6 +132,12 @@ pub async fn mark_planned(
         // then inserted: Postgres runs no part of an INSERT … SELECT in parallel, and the scans
         // of the references and the compartment behind this SELECT take two workers; the result
         // is about one row per target. ×10 set, 1,000 patients: 3.2 s -> 0.57 s.
+        // References are one row per source with target arrays: only sources with a wanted
+        // target type pass (an array test in the parallel scan), and their arrays are expanded
+        // in the select list (a ProjectSet: `unnest` in FROM stored each source's targets in a
+        // tuplestore first, 0.26 s for 161,410 sources against 0.08 s); each distinct target's
+        // presence is one index probe (the planner had switched an EXISTS to hashing the whole
+        // `resources` table when its estimate of the targets grew).
         tx.batch_execute("SET LOCAL jit = off; SET LOCAL work_mem = '64MB'")
             .await?;
         let rows = tx
@@ -140,18 +146,20 @@ pub async fn mark_planned(
                      SELECT s.resource_type, s.id FROM resources s
                      WHERE s.resource_type = ANY($2) AND (s.deleted OR s.last_updated > $4)),
                  refs AS MATERIALIZED (
-                     SELECT t.target_type, t.target_id, f.source_type, f.source_id
-                     FROM export_job_patients jp
-                     JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY($2)
-                     JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
-                     CROSS JOIN LATERAL unnest(f.target_types, f.target_ids) AS t(target_type, target_id)
-                     WHERE jp.job_id = $1 AND f.target_types && $3::text[] AND t.target_type = ANY($3)
-                       AND NOT EXISTS (SELECT 1 FROM changed ch
-                                       WHERE ch.resource_type = f.source_type AND ch.id = f.source_id)
-                       AND ($5::timestamptz IS NULL
-                            OR EXISTS (SELECT 1 FROM resources s
-                                       WHERE s.resource_type = f.source_type AND s.id = f.source_id
-                                         AND s.last_updated > $5))),
+                     SELECT u.target_type, u.target_id, u.source_type, u.source_id FROM (
+                       SELECT unnest(f.target_types) AS target_type, unnest(f.target_ids) AS target_id,
+                              f.source_type, f.source_id
+                       FROM export_job_patients jp
+                       JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY($2)
+                       JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
+                       WHERE jp.job_id = $1 AND f.target_types && $3::text[]
+                         AND NOT EXISTS (SELECT 1 FROM changed ch
+                                         WHERE ch.resource_type = f.source_type AND ch.id = f.source_id)
+                         AND ($5::timestamptz IS NULL
+                              OR EXISTS (SELECT 1 FROM resources s
+                                         WHERE s.resource_type = f.source_type AND s.id = f.source_id
+                                           AND s.last_updated > $5))) u
+                     WHERE u.target_type = ANY($3)),
                  targets AS MATERIALIZED (
                      SELECT g.target_type, g.target_id, p.present IS NOT NULL AS present
                      FROM (SELECT DISTINCT refs.target_type, refs.target_id FROM refs) g
