@@ -135,9 +135,11 @@ pub async fn mark_planned(
         // References are one row per source with target arrays: only sources with a wanted
         // target type pass (an array test in the parallel scan), and their arrays are expanded
         // in the select list (a ProjectSet: `unnest` in FROM stored each source's targets in a
-        // tuplestore first, 0.26 s for 161,410 sources against 0.08 s); each distinct target's
-        // presence is one index probe (the planner had switched an EXISTS to hashing the whole
-        // `resources` table when its estimate of the targets grew).
+        // tuplestore first, 0.26 s for 161,410 sources against 0.08 s) straight into the
+        // distinct targets; each target's presence is one index probe (the planner had
+        // switched an EXISTS to hashing the whole `resources` table when its estimate of the
+        // targets grew); the sources are kept only for targets that are missing, read again
+        // for them when there are any (×10 set, 1,000 patients: 0.53 -> 0.42-0.46 s).
         tx.batch_execute("SET LOCAL jit = off; SET LOCAL work_mem = '64MB'")
             .await?;
         let rows = tx
@@ -145,34 +147,41 @@ pub async fn mark_planned(
                 "WITH changed AS MATERIALIZED (
                      SELECT s.resource_type, s.id FROM resources s
                      WHERE s.resource_type = ANY($2) AND (s.deleted OR s.last_updated > $4)),
-                 refs AS MATERIALIZED (
-                     SELECT u.target_type, u.target_id, u.source_type, u.source_id FROM (
-                       SELECT unnest(f.target_types) AS target_type, unnest(f.target_ids) AS target_id,
-                              f.source_type, f.source_id
-                       FROM export_job_patients jp
-                       JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY($2)
-                       JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
-                       WHERE jp.job_id = $1 AND f.target_types && $3::text[]
-                         AND NOT EXISTS (SELECT 1 FROM changed ch
-                                         WHERE ch.resource_type = f.source_type AND ch.id = f.source_id)
-                         AND ($5::timestamptz IS NULL
-                              OR EXISTS (SELECT 1 FROM resources s
-                                         WHERE s.resource_type = f.source_type AND s.id = f.source_id
-                                           AND s.last_updated > $5))) u
-                     WHERE u.target_type = ANY($3)),
+                 sources AS NOT MATERIALIZED (
+                     SELECT f.source_type, f.source_id, f.target_types, f.target_ids
+                     FROM export_job_patients jp
+                     JOIN compartment c ON c.patient_id = jp.patient_id AND c.resource_type = ANY($2)
+                     JOIN resource_refs f ON f.source_type = c.resource_type AND f.source_id = c.resource_id
+                     WHERE jp.job_id = $1 AND f.target_types && $3::text[]
+                       AND NOT EXISTS (SELECT 1 FROM changed ch
+                                       WHERE ch.resource_type = f.source_type AND ch.id = f.source_id)
+                       AND ($5::timestamptz IS NULL
+                            OR EXISTS (SELECT 1 FROM resources s
+                                       WHERE s.resource_type = f.source_type AND s.id = f.source_id
+                                         AND s.last_updated > $5))),
                  targets AS MATERIALIZED (
+                     SELECT u.target_type, u.target_id FROM (
+                       SELECT unnest(s.target_types) AS target_type, unnest(s.target_ids) AS target_id
+                       FROM sources s) u
+                     WHERE u.target_type = ANY($3)
+                     GROUP BY u.target_type, u.target_id),
+                 checked AS MATERIALIZED (
                      SELECT g.target_type, g.target_id, p.present IS NOT NULL AS present
-                     FROM (SELECT DISTINCT refs.target_type, refs.target_id FROM refs) g
+                     FROM targets g
                      LEFT JOIN LATERAL (SELECT true AS present FROM resources t
                                         WHERE t.resource_type = g.target_type AND t.id = g.target_id
                                           AND NOT t.deleted LIMIT 1) p ON true)
                  SELECT g.target_type, g.target_id, '' AS source_type, '' AS source_id
-                 FROM targets g WHERE g.present
+                 FROM checked g WHERE g.present
                  UNION ALL
-                 SELECT DISTINCT r.target_type, r.target_id, r.source_type, r.source_id
-                 FROM refs r
-                 WHERE (r.target_type, r.target_id) IN (SELECT g.target_type, g.target_id
-                                                        FROM targets g WHERE NOT g.present)",
+                 SELECT DISTINCT u.target_type, u.target_id, u.source_type, u.source_id FROM (
+                     SELECT unnest(s.target_types) AS target_type, unnest(s.target_ids) AS target_id,
+                            s.source_type, s.source_id
+                     FROM sources s
+                     -- Only when a target is missing: the sources are read again for it.
+                     WHERE EXISTS (SELECT 1 FROM checked g WHERE NOT g.present)) u
+                 WHERE (u.target_type, u.target_id) IN (SELECT g.target_type, g.target_id
+                                                        FROM checked g WHERE NOT g.present)",
                 &[
                     &id,
                     &r.source_types,
