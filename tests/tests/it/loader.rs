@@ -247,6 +247,29 @@ async fn the_database_refuses_multi_line_rows_and_ids_that_differ_from_their_key
     assert!(insert("p1", "{\"resourceType\":\"Patient\",\"id\":\"p1\"}")
         .await
         .is_ok());
+    // resourceType and id first (the check compares a prefix), or in any other order (the
+    // check reads the JSON).
+    assert!(insert(
+        "p6",
+        "{\"resourceType\":\"Patient\",\"id\":\"p6\",\"active\":true}"
+    )
+    .await
+    .is_ok());
+    assert!(insert(
+        "p7",
+        "{\"active\":true,\"id\":\"p7\",\"resourceType\":\"Patient\"}"
+    )
+    .await
+    .is_ok());
+    // Text that begins like a resource but is not JSON is refused too.
+    let err = insert("p8", "{\"resourceType\":\"Patient\",\"id\":\"p8\",oops")
+        .await
+        .expect_err("invalid JSON after a matching prefix");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_TEXT_REPRESENTATION),
+        "{err}"
+    );
     for (id, text, constraint) in [
         (
             "p2",
@@ -266,6 +289,22 @@ async fn the_database_refuses_multi_line_rows_and_ids_that_differ_from_their_key
         (
             "p5",
             "{\"resourceType\":\"Patient\"}",
+            "resources_key_matches_json",
+        ),
+        // An id that the key is a prefix of, first or later in the object.
+        (
+            "p1",
+            "{\"resourceType\":\"Patient\",\"id\":\"p10\",\"active\":true}",
+            "resources_key_matches_json",
+        ),
+        (
+            "p9",
+            "{\"active\":true,\"resourceType\":\"Patient\",\"id\":\"p90\"}",
+            "resources_key_matches_json",
+        ),
+        (
+            "p9",
+            "{\"id\":\"p9\",\"resourceType\":\"Group\"}",
             "resources_key_matches_json",
         ),
     ] {
