@@ -337,7 +337,7 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
         };
         for (i, entry) in entries.into_iter().enumerate() {
             match entry {
-                Ok(BundleEntry::Resource { text, .. }) => match prepare(text) {
+                Ok(BundleEntry::Resource { text }) => match prepare(text) {
                     Ok(r) => self.push(r).await?,
                     Err(m) => self.reject(path, i + 1, m.0),
                 },

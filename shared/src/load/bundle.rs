@@ -11,10 +11,9 @@ use crate::fhir::raw::{self, RawObject};
 /// One entry of a Bundle: a resource to store, or a `DELETE Type/id` request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BundleEntry {
-    /// The resource's text to store (one line) and the same parsed.
+    /// The resource's text to store (one line; the loader reads it with `fhir::scan`).
     Resource {
         text: String,
-        resource: Value,
     },
     Delete {
         resource_type: String,
@@ -65,36 +64,32 @@ pub fn bundle_resources(
         let raw_resource = RawObject::parse(raw_entry.get())
             .ok()
             .and_then(|e| e.get("resource").map(|r| RawObject::parse(r.get())));
-        let (Some(mut resource), Some(Ok(mut raw_resource))) =
-            (entry.get("resource").cloned(), raw_resource)
+        let (Some(resource), Some(Ok(mut raw_resource))) = (entry.get("resource"), raw_resource)
         else {
             resources.push(Err(Refused("entry without a resource".into())));
             continue;
         };
         let full_url = entry.get("fullUrl").and_then(Value::as_str).unwrap_or("");
-        if resource.get("id").is_none() {
-            if let Some(uuid) = full_url.strip_prefix("urn:uuid:") {
-                resource["id"] = Value::String(uuid.to_string());
+        // A resource without an id takes it from a `urn:uuid:` fullUrl.
+        let id = match resource.get("id") {
+            Some(id) => id.as_str().map(str::to_string),
+            None => full_url.strip_prefix("urn:uuid:").map(|uuid| {
                 raw_resource.set_if_absent("id", &Value::String(uuid.to_string()));
-            }
-        }
-        if let (Some(t), Some(id)) = (
-            resource.get("resourceType").and_then(Value::as_str),
-            resource.get("id").and_then(Value::as_str),
-        ) {
+                uuid.to_string()
+            }),
+        };
+        if let (Some(t), Some(id)) = (resource.get("resourceType").and_then(Value::as_str), id) {
             if !full_url.is_empty() {
                 full_urls.insert(full_url.to_string(), format!("{t}/{id}"));
             }
         }
         resources.push(Ok(BundleEntry::Resource {
             text: raw_resource.to_text(),
-            resource,
         }));
     }
     let lookup = |s: &str| full_urls.get(s).cloned();
     for entry in resources.iter_mut().flatten() {
-        if let BundleEntry::Resource { text, resource } = entry {
-            rewrite_references(resource, &full_urls);
+        if let BundleEntry::Resource { text } = entry {
             if let Ok(raw) = serde_json::value::RawValue::from_string(std::mem::take(text)) {
                 let rewritten = raw::rewrite_references(&raw, &lookup).map_err(bad)?;
                 *text = raw::minify(rewritten.get());
@@ -102,24 +97,4 @@ pub fn bundle_resources(
         }
     }
     Ok(resources)
-}
-
-fn rewrite_references(value: &mut Value, map: &HashMap<String, String>) {
-    match value {
-        Value::Array(items) => items.iter_mut().for_each(|v| rewrite_references(v, map)),
-        Value::Object(obj) => {
-            for (k, v) in obj.iter_mut() {
-                if k == "reference" {
-                    if let Value::String(s) = v {
-                        if let Some(target) = map.get(s.as_str()) {
-                            *s = target.clone();
-                        }
-                    }
-                } else {
-                    rewrite_references(v, map);
-                }
-            }
-        }
-        _ => {}
-    }
 }
