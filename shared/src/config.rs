@@ -85,6 +85,7 @@ impl std::fmt::Debug for Config {
             .field("trust_forwarded_headers", &self.trust_forwarded_headers)
             .field("max_file_bytes", &self.max_file_bytes)
             .field("item_bytes", &self.item_bytes)
+            .field("scan_patient_share", &self.scan_patient_share)
             .field("presign_ttl", &self.presign_ttl)
             .field("job_retention", &self.job_retention)
             .field("cancelled_status_code", &self.cancelled_status_code)
@@ -173,6 +174,12 @@ pub struct Config {
     /// pages more than once (×100 system export: 35 s with 256 MiB items, 21-22 s with 1 GiB;
     /// docs/BENCHMARKS.md, tenth session).
     pub item_bytes: u64,
+    /// `EXPORT_SCAN_PERCENT` (default 25): a Patient- or Group-level job with at least this
+    /// share of all Patients reads its compartment types by scanning them and testing each
+    /// resource's patients (as fast as a system-level read); a smaller one reads its patients'
+    /// resources through the compartment index (cost independent of the database's size).
+    /// Above 100: never scan. Both give the same files.
+    pub scan_patient_share: f64,
     pub presign_ttl: Duration,
     pub job_retention: Duration,
     /// Status code for the status URL of a cancelled job: 404 (IG) or 410 (Firely).
@@ -342,6 +349,7 @@ impl Config {
             max_file_bytes,
             presign_ttl: Duration::from_secs(presign_ttl),
             item_bytes: number(&var, "EXPORT_ITEM_BYTES", 1024 * 1024 * 1024)?.max(1),
+            scan_patient_share: number(&var, "EXPORT_SCAN_PERCENT", 25)? as f64 / 100.0,
             job_retention: Duration::from_secs(number(&var, "JOB_RETENTION_HOURS", 24)? * 3600),
             cancelled_status_code: cancelled_status_code as u16,
             lease: Duration::from_secs(number(&var, "LEASE_SECONDS", 120)?.max(5)),

@@ -11,7 +11,8 @@ use crate::export::{ExportLevel, ExportParams, Job, JobStatus};
 pub use lifecycle::*;
 
 const JOB_COLUMNS: &str = "id, level, group_id, params, request_url, client_id, transaction_time, \
-     status, planned, attempts, error, public_error, created_at, completed_at, expires_at, deleted_at";
+     status, planned, attempts, error, public_error, created_at, completed_at, expires_at, deleted_at, \
+     scan_patients";
 
 fn job_from_row(row: &Row) -> Result<Job, DbError> {
     let level: String = row.get("level");
@@ -40,6 +41,7 @@ fn job_from_row(row: &Row) -> Result<Job, DbError> {
         completed_at: row.get("completed_at"),
         expires_at: row.get("expires_at"),
         deleted_at: row.get("deleted_at"),
+        scan_patients: row.get("scan_patients"),
     })
 }
 

@@ -101,6 +101,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0013_load_rate",
         include_str!("../../../infra/migrations/0013_load_rate.sql"),
     ),
+    (
+        "0014_compartment_scan",
+        include_str!("../../../infra/migrations/0014_compartment_scan.sql"),
+    ),
 ];
 
 /// A connection pool for DATABASE_URL, over TLS when its `sslmode` asks for it (see [`tls`]).

@@ -45,6 +45,9 @@ pub struct PatientScope<'a> {
     /// (AdditionalResources, read from the references written at planning: `export_job_refs`);
     /// empty for none.
     pub referenced_from: &'a [String],
+    /// Members found by scanning the type and testing each row's `patients` against a hash of
+    /// the job's this many patients (None: through their `compartment` rows).
+    pub scan_patients: Option<i64>,
 }
 
 pub struct Row {
@@ -102,8 +105,10 @@ fn scope_condition(scope: &Option<PatientScope<'_>>) -> String {
     let Some(scope) = scope else {
         return "true".into();
     };
-    let mut parts = Vec::new();
-    if scope.compartment {
+    let mut parts: Vec<String> = Vec::new();
+    if scope.compartment && scope.scan_patients.is_some() {
+        parts.push(in_job_patients("r.patients", ":job"));
+    } else if scope.compartment {
         parts.push(
             "EXISTS (SELECT 1 FROM compartment c
                      JOIN export_job_patients jp ON jp.job_id = :job AND jp.patient_id = c.patient_id
@@ -111,13 +116,15 @@ fn scope_condition(scope: &Option<PatientScope<'_>>) -> String {
                        -- redundant with the range of r.id, but bounds the members read to the
                        -- item's range (a hash of a whole type's members per item, otherwise)
                        AND c.resource_id > :cursor
-                       AND (:upto::text IS NULL OR c.resource_id <= :upto))",
+                       AND (:upto::text IS NULL OR c.resource_id <= :upto))"
+                .into(),
         );
     }
     if !scope.referenced_from.is_empty() {
         parts.push(
             "r.id IN (SELECT jr.target_id FROM export_job_refs jr
-                      WHERE jr.job_id = :job AND jr.target_type = :type)",
+                      WHERE jr.job_id = :job AND jr.target_type = :type)"
+                .into(),
         );
     }
     if parts.is_empty() {
@@ -125,6 +132,28 @@ fn scope_condition(scope: &Option<PatientScope<'_>>) -> String {
     } else {
         format!("({})", parts.join(" OR "))
     }
+}
+
+/// SQL: whether the compartment patients `patients` (a `text[]` column) include one of job
+/// `job`'s patients. The first is looked up in a hash of the job's patients (built once per
+/// statement: a hashed SubPlan, which the read sizes `work_mem` for: [`hash_work_mem_kb`]); the rare resource in more
+/// than one compartment has the others probed in the job's key.
+fn in_job_patients(patients: &str, job: &str) -> String {
+    format!(
+        "({patients}[1] IN (SELECT jp.patient_id FROM export_job_patients jp WHERE jp.job_id = {job})
+          OR (cardinality({patients}) > 1
+              AND EXISTS (SELECT 1 FROM unnest({patients}) AS p(id)
+                          JOIN export_job_patients jp ON jp.job_id = {job} AND jp.patient_id = p.id)))"
+    )
+}
+
+/// `work_mem` (kB) for a statement that hashes `scan_patients` job patients
+/// ([`in_job_patients`]) and otherwise needs `base`: Postgres hashes the SubPlan only when its
+/// estimated size fits `work_mem × hash_mem_multiplier` (else it would scan the job's patients
+/// once per row). Sized at 128 bytes per patient (about twice what a hashed text key takes),
+/// so the multiplier (2 by default) is margin.
+fn hash_work_mem_kb(scan_patients: Option<i64>, base: i64) -> i64 {
+    scan_patients.map_or(base, |n| base.max(n.saturating_mul(128) / 1024))
 }
 
 /// The values a selection statement may name: `:type`, `:cursor`, `:tx_time` (the transaction
@@ -159,16 +188,17 @@ pub struct ReadRange {
 
 /// The rows of a phase (0: current versions; 1: the version current at the transaction time of
 /// resources changed since, unless phase 0 already exported it) after the cursor, within the
-/// item's range: (id, resource, deleted, last_updated), unordered.
+/// item's range: (id, resource, deleted, last_updated, patients), unordered. `patients` is the
+/// current version's (in phase 1 too), as the `compartment` rows are.
 fn phase_source(phase: i16) -> &'static str {
     if phase == 0 {
-        "SELECT r.id, r.resource, r.deleted, r.last_updated FROM resources r
+        "SELECT r.id, r.resource, r.deleted, r.last_updated, r.patients FROM resources r
          WHERE r.resource_type = :type AND r.id > :cursor AND (:upto::text IS NULL OR r.id <= :upto)
            AND r.last_updated <= :tx_time"
     } else {
-        "SELECT h1.id, h1.resource, h1.deleted, h1.last_updated FROM (
+        "SELECT h1.id, h1.resource, h1.deleted, h1.last_updated, h1.patients FROM (
              SELECT DISTINCT ON (h.id) h.id, h.resource, h.deleted, h.last_updated, h.version_id,
-                    cur.version_id AS cur_version, cur.written_xid AS cur_xid
+                    cur.version_id AS cur_version, cur.written_xid AS cur_xid, cur.patients
              FROM resource_history h
              JOIN resources cur ON cur.resource_type = h.resource_type AND cur.id = h.id
              WHERE h.resource_type = :type AND h.id > :cursor AND (:upto::text IS NULL OR h.id <= :upto)
@@ -321,7 +351,13 @@ pub async fn read_range<'c>(
     // members; with the default 4 MB the hash of 80,000 members went to disk in batches.
     // A system-level phase 0 is a bitmap or sequential scan, never a walk of the key in id
     // order (stale statistics could make it look cheaper); elsewhere the server's setting.
-    let index_scan = if phase == 0 && sel.scope.is_none() && sel.associated.is_none() {
+    // So is a scanned compartment's (unless the type's AdditionalResources are read too: a
+    // few ids of `export_job_refs`, found through the key).
+    let scans = match &sel.scope {
+        None => true,
+        Some(s) => s.compartment && s.scan_patients.is_some() && s.referenced_from.is_empty(),
+    };
+    let index_scan = if phase == 0 && scans && sel.associated.is_none() {
         "off"
     } else {
         "DEFAULT"
@@ -335,9 +371,12 @@ pub async fn read_range<'c>(
     } else {
         "DEFAULT"
     };
+    // A scanned compartment hashes the job's patients: `work_mem` holds them whatever their
+    // number (else Postgres would test each row against a list of them).
+    let work_mem_kb = hash_work_mem_kb(sel.scope.as_ref().and_then(|s| s.scan_patients), 32 * 1024);
     tx.batch_execute(&format!(
         "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL jit = off;
-         SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL work_mem = '32MB';
+         SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL work_mem = '{work_mem_kb}kB';
          SET LOCAL enable_indexscan = {index_scan}; SET LOCAL enable_hashagg = {hash_agg}"
     ))
     .await?;
@@ -429,9 +468,19 @@ pub async fn select_deleted(
     let sources = source_types(sel);
     let (sql, values) =
         super::named::number(&sql, &selection_values(sel, &cursor, &sources, &max_rows))?;
-    let client = pool.get().await?;
-    let stmt = client.prepare_cached(&sql).await?;
-    let rows = client.query(&stmt, &values).await?;
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    if let Some(n) = sel.scope.as_ref().and_then(|s| s.scan_patients) {
+        // As in a read: the job's patients hashed, in memory (see `hash_work_mem_kb`).
+        tx.batch_execute(&format!(
+            "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL work_mem = '{}kB'",
+            hash_work_mem_kb(Some(n), 4 * 1024)
+        ))
+        .await?;
+    }
+    let stmt = tx.prepare_cached(&sql).await?;
+    let rows = tx.query(&stmt, &values).await?;
+    tx.commit().await?;
     Ok(rows.iter().map(Row::from_row).collect())
 }
 
@@ -459,4 +508,25 @@ pub async fn select_dangling_refs(
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scanning_read_holds_its_patients_hash_in_work_mem() {
+        assert_eq!(hash_work_mem_kb(None, 32 * 1024), 32 * 1024);
+        // 1,000 patients fit the base setting; 10 million need 1.25 GB (128 bytes each).
+        assert_eq!(hash_work_mem_kb(Some(1_000), 32 * 1024), 32 * 1024);
+        assert_eq!(hash_work_mem_kb(Some(10_000_000), 32 * 1024), 1_250_000);
+    }
+
+    #[test]
+    fn the_scan_test_names_the_column_and_the_job_it_is_given() {
+        let sql = in_job_patients("r.patients", ":job");
+        assert!(sql.starts_with("(r.patients[1] IN (SELECT jp.patient_id FROM export_job_patients jp WHERE jp.job_id = :job)"));
+        assert!(sql.contains("unnest(r.patients)"));
+        assert!(!sql.contains("{patients}") && !sql.contains("{job}"));
+    }
 }

@@ -25,6 +25,33 @@ pub struct NewResource {
     pub meta: Meta,
 }
 
+impl NewResource {
+    /// Its compartment's patients as stored in `resources.patients` (None: in no compartment).
+    fn patient_ids(&self) -> Option<Vec<&str>> {
+        (!self.patients.is_empty()).then(|| self.patients.iter().map(String::as_str).collect())
+    }
+}
+
+/// A Postgres array literal of text values (`{"a","b"}`), every element quoted and escaped.
+fn array_literal(values: &[&str]) -> String {
+    let mut out = String::from("{");
+    for (n, v) in values.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in v.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
 /// What [`upsert_resources`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Upserted {
@@ -237,9 +264,10 @@ async fn copy_new_resources(
     now: &DateTime<Utc>,
 ) -> Result<(), DbError> {
     use tokio_postgres::types::Type;
+    let patients: Vec<Option<Vec<&str>>> = batch.iter().map(NewResource::patient_ids).collect();
     copy_rows(
         tx,
-        "COPY resources (resource_type, id, version_id, last_updated, deleted, resource)
+        "COPY resources (resource_type, id, version_id, last_updated, deleted, resource, patients)
          FROM STDIN (FORMAT binary)",
         &[
             Type::TEXT,
@@ -248,12 +276,14 @@ async fn copy_new_resources(
             Type::TIMESTAMPTZ,
             Type::BOOL,
             Type::TEXT,
+            Type::TEXT_ARRAY,
         ],
         batch
             .iter()
             .zip(versions)
             .zip(texts)
-            .map(|((r, version), text)| {
+            .zip(&patients)
+            .map(|(((r, version), text), patients)| {
                 vec![
                     &r.resource_type as &(dyn tokio_postgres::types::ToSql + Sync),
                     &r.id,
@@ -261,6 +291,7 @@ async fn copy_new_resources(
                     now,
                     &false,
                     text,
+                    patients,
                 ]
             })
             .collect(),
@@ -290,22 +321,44 @@ async fn copy_links(
     )
     .await?;
     // One row per source that references anything: its targets as two parallel arrays.
-    let targets: Vec<(&NewResource, Vec<&str>, Vec<&str>)> = batch
+    // With the source's compartment patients (planning a job that scans compartments reads
+    // the references without joining `compartment`).
+    type Targets<'a> = (
+        &'a NewResource,
+        Vec<&'a str>,
+        Vec<&'a str>,
+        Option<Vec<&'a str>>,
+    );
+    let targets: Vec<Targets> = batch
         .iter()
         .filter(|r| !r.refs.is_empty())
         .map(|r| {
             let (types, ids) = r.refs.iter().map(|(t, i)| (t.as_str(), i.as_str())).unzip();
-            (r, types, ids)
+            (r, types, ids, r.patient_ids())
         })
         .collect();
     copy_rows(
         tx,
-        "COPY resource_refs (source_type, source_id, target_types, target_ids)
+        "COPY resource_refs (source_type, source_id, target_types, target_ids, patients)
          FROM STDIN (FORMAT binary)",
-        &[Type::TEXT, Type::TEXT, Type::TEXT_ARRAY, Type::TEXT_ARRAY],
+        &[
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+        ],
         targets
             .iter()
-            .map(|(r, types, ids)| vec![&r.resource_type as &(dyn ToSql + Sync), &r.id, types, ids])
+            .map(|(r, types, ids, patients)| {
+                vec![
+                    &r.resource_type as &(dyn ToSql + Sync),
+                    &r.id,
+                    types,
+                    ids,
+                    patients,
+                ]
+            })
             .collect(),
     )
     .await
@@ -336,13 +389,21 @@ async fn replace_resources(
         &[&old_types, &old_ids],
     )
     .await?;
+    // A resource's patients as one text value (`{a,b}`; NULL: none): arrays of arrays of
+    // different lengths are not a Postgres array.
+    let patients: Vec<Option<String>> = batch
+        .iter()
+        .map(|r| r.patient_ids().map(|p| array_literal(&p)))
+        .collect();
     tx.execute(
-        "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, resource)
-         SELECT t, i, v, $4, false, r FROM unnest($1::text[], $2::text[], $3::int8[], $5::text[]) AS k(t, i, v, r)
+        "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, resource, patients)
+         SELECT t, i, v, $4, false, r, p::text[]
+         FROM unnest($1::text[], $2::text[], $3::int8[], $5::text[], $6::text[]) AS k(t, i, v, r, p)
          ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id,
              written_xid = pg_current_xact_id(),
-             last_updated = excluded.last_updated, deleted = false, resource = excluded.resource",
-        &[&types, &ids, &versions, now, &texts],
+             last_updated = excluded.last_updated, deleted = false, resource = excluded.resource,
+             patients = excluded.patients",
+        &[&types, &ids, &versions, now, &texts, &patients],
     )
     .await?;
     tx.execute(
@@ -509,4 +570,16 @@ pub async fn resource_exists(pool: &Pool, resource_type: &str, id: &str) -> Resu
         )
         .await?;
     Ok(row.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patients_become_a_quoted_array_literal() {
+        assert_eq!(array_literal(&["a", "b-1"]), r#"{"a","b-1"}"#);
+        assert_eq!(array_literal(&[r#"q"x\y"#]), r#"{"q\"x\\y"}"#);
+        assert_eq!(array_literal(&[]), "{}");
+    }
 }

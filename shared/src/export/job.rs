@@ -194,6 +194,9 @@ pub struct Job {
     pub completed_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Planned to read its compartment types by scanning them, with this many patients (None:
+    /// through its patients' `compartment` rows; see `Config::scan_patient_share`).
+    pub scan_patients: Option<i64>,
 }
 
 impl Job {

@@ -139,6 +139,7 @@ mod tests {
             completed_at: Some(t),
             expires_at: None,
             deleted_at: None,
+            scan_patients: None,
         }
     }
 

@@ -274,6 +274,10 @@ async fn main() -> anyhow::Result<()> {
             if r.status() == 200 {
                 break r.json().await?;
             }
+            // 202 while in progress (429 if polled too fast); anything else is the export's end.
+            if r.status() != 202 && r.status() != 429 {
+                bail!("export {status_url}: {} {}", r.status(), r.text().await?);
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let exported = started.elapsed();

@@ -316,3 +316,80 @@ async fn the_database_refuses_multi_line_rows_and_ids_that_differ_from_their_key
         );
     }
 }
+
+/// A resource's compartment patients are stored on its row and its references' row with each
+/// version (a first load by COPY, a reload by upsert), as its `compartment` rows are; a
+/// resource in no compartment has none, and a deleted one keeps its last.
+#[tokio::test]
+async fn a_resources_patients_follow_its_versions() {
+    let db = TestDb::new().await;
+    let dir = temp_dir();
+    let (v1, v2) = (dir.join("v1.ndjson"), dir.join("v2.ndjson"));
+    let obs = |subject: &str, performer: Option<&str>| {
+        let mut o = serde_json::json!({"resourceType": "Observation", "id": "o", "status": "final",
+            "code": {"text": "x"}, "subject": {"reference": format!("Patient/{subject}")}});
+        if let Some(p) = performer {
+            o["performer"] = serde_json::json!([{"reference": format!("Patient/{p}")}]);
+        }
+        o.to_string()
+    };
+    std::fs::write(
+        &v1,
+        format!(
+            "{}\n{{\"resourceType\":\"Organization\",\"id\":\"org\"}}\n",
+            obs("p2", Some("p1"))
+        ),
+    )
+    .expect("w");
+    std::fs::write(&v2, format!("{}\n", obs("p3", None))).expect("w");
+    let client = db.pool.get().await.expect("conn");
+    let stored = |id: &'static str| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "SELECT r.patients, f.patients,
+                            (SELECT array_agg(c.patient_id ORDER BY c.patient_id) FROM compartment c
+                             WHERE c.resource_type = r.resource_type AND c.resource_id = r.id)
+                     FROM resources r
+                     LEFT JOIN resource_refs f ON f.source_type = r.resource_type AND f.source_id = r.id
+                     WHERE r.id = $1",
+                    &[&id],
+                )
+                .await
+                .expect("q");
+            (
+                row.get::<_, Option<Vec<String>>>(0),
+                row.get::<_, Option<Vec<String>>>(1),
+                row.get::<_, Option<Vec<String>>>(2),
+            )
+        }
+    };
+    let some = |ids: &[&str]| Some(ids.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    shared::load::load_paths(&db.pool, &[v1], |_| {})
+        .await
+        .expect("load");
+    assert_eq!(
+        stored("o").await,
+        (
+            some(&["p1", "p2"]),
+            some(&["p1", "p2"]),
+            some(&["p1", "p2"])
+        )
+    );
+    assert_eq!(stored("org").await, (None, None, None));
+    shared::load::load_paths(&db.pool, &[v2], |_| {})
+        .await
+        .expect("load");
+    assert_eq!(
+        stored("o").await,
+        (some(&["p3"]), some(&["p3"]), some(&["p3"]))
+    );
+    shared::db::resources::delete_resources(&db.pool, &[("Observation".into(), "o".into())])
+        .await
+        .expect("delete");
+    assert_eq!(
+        stored("o").await,
+        (some(&["p3"]), some(&["p3"]), some(&["p3"]))
+    );
+}

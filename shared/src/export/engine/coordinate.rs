@@ -177,7 +177,10 @@ impl Exporter {
             &types,
             patients,
             refs,
-            item_bytes,
+            planning::PlanSettings {
+                item_bytes,
+                scan_share: self.config.scan_patient_share,
+            },
             |sizes| planner::split_items(&types, blocks, sizes, item_bytes),
         )
         .await?;

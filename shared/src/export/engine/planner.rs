@@ -210,6 +210,7 @@ impl JobLayout {
             scope: (job.level != ExportLevel::System).then_some(PatientScope {
                 compartment: is_patient_compartment_type(resource_type),
                 referenced_from,
+                scan_patients: job.scan_patients,
             }),
             associated: (resource_type == "Provenance")
                 .then(|| provenance_association(job, &self.target_types))

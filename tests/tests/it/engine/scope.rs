@@ -120,3 +120,113 @@ async fn a_group_export_covers_only_members_and_never_other_groups() {
     assert_eq!(patients, members.iter().map(String::as_str).collect());
     let _ = StoragePath::Local(temp_dir());
 }
+
+/// A job with most Patients reads its compartment types by scanning them (each resource's
+/// `patients` against a hash of the job's), one with few through their `compartment` rows
+/// (`EXPORT_SCAN_PERCENT` decides). Both export the same resources, byte for byte, at Patient
+/// level, Group level and with `patient`: including a resource in two compartments whose first
+/// patient is not the job's, and leaving out a deleted Patient's and a missing Patient's.
+#[tokio::test]
+async fn scanning_or_joining_the_compartment_exports_the_same_resources() {
+    let (db, data) = TestDb::with_generated(10).await;
+    let members = data.group_members();
+    let others: BTreeSet<String> = data.patient_ids().difference(&members).cloned().collect();
+    // `patients` is sorted: the outsider comes first, the member second.
+    let (outsider, member) = others
+        .iter()
+        .find_map(|o| {
+            members
+                .iter()
+                .find(|m| *m > o)
+                .map(|m| (o.clone(), m.clone()))
+        })
+        .expect("a non-member sorted before a member");
+    let deleted = members
+        .iter()
+        .find(|m| **m != member)
+        .expect("another member")
+        .clone();
+    let extra = temp_dir().join("edges.ndjson");
+    let observation = |id: &str, subject: &str, performer: Option<&str>| {
+        let mut o = serde_json::json!({
+            "resourceType": "Observation", "id": id, "status": "final",
+            "code": {"text": "edge"}, "subject": {"reference": format!("Patient/{subject}")},
+        });
+        if let Some(p) = performer {
+            o["performer"] = serde_json::json!([{"reference": format!("Patient/{p}")}]);
+        }
+        o.to_string()
+    };
+    std::fs::write(
+        &extra,
+        [
+            observation("obs-shared", &outsider, Some(&member)),
+            observation("obs-nobody", "nobody", None),
+            observation("obs-deleted", &deleted, None),
+        ]
+        .join("\n")
+            + "\n",
+    )
+    .expect("write");
+    shared::load::load_paths(&db.pool, &[extra], |_| {})
+        .await
+        .expect("load");
+    let gone = shared::db::resources::delete_resources(
+        &db.pool,
+        &[("Patient".to_string(), deleted.clone())],
+    )
+    .await
+    .expect("delete");
+    assert_eq!(gone, 1);
+
+    let cases = [
+        (ExportLevel::Patient, None::<&str>, None::<Vec<String>>),
+        (ExportLevel::Group, Some("group-even"), None),
+        (ExportLevel::Patient, None, Some(vec![member.clone()])),
+    ];
+    for (level, group, patients) in cases {
+        let case = format!("{level:?} {group:?} {patients:?}");
+        let mut outputs = Vec::new();
+        for (percent, scans) in [("0", true), ("101", false)] {
+            let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(temp_dir()).expect("store"));
+            let params = ExportParams {
+                patients: patients.clone(),
+                ..Default::default()
+            };
+            let job = insert(&db, level, group, &params, "http://test/$export").await;
+            exporter(
+                &db,
+                store.clone(),
+                cfg(&db, &[("EXPORT_SCAN_PERCENT", percent)]),
+            )
+            .run_until_idle(None, far())
+            .await
+            .expect("run");
+            let done = status(&db, job.id).await;
+            assert_eq!(done.status, JobStatus::Complete, "{case}");
+            assert_eq!(done.scan_patients.is_some(), scans, "{case}, {percent}%");
+            let rows = stored_resources(&db.pool, store.as_ref(), job.id).await;
+            assert_no_duplicates(&rows);
+            let ids: BTreeSet<(String, String)> = rows
+                .iter()
+                .map(|(t, r)| (t.clone(), r["id"].as_str().expect("id").to_string()))
+                .collect();
+            let has = |t: &str, id: &str| ids.contains(&(t.to_string(), id.to_string()));
+            assert!(has("Observation", "obs-shared"), "{case}, {percent}%");
+            assert!(!has("Observation", "obs-nobody"), "{case}, {percent}%");
+            assert!(!has("Observation", "obs-deleted"), "{case}, {percent}%");
+            assert!(!has("Patient", &deleted), "{case}, {percent}%");
+            assert!(has("Patient", &member), "{case}, {percent}%");
+            assert_eq!(
+                has("Patient", &outsider),
+                level == ExportLevel::Patient && patients.is_none(),
+                "{case}, {percent}%"
+            );
+            let mut lines: Vec<String> = rows.iter().map(|(_, r)| r.to_string()).collect();
+            lines.sort();
+            outputs.push(lines);
+        }
+        assert!(!outputs[0].is_empty(), "{case}");
+        assert_eq!(outputs[0], outputs[1], "{case}: scanned and joined differ");
+    }
+}
