@@ -153,7 +153,10 @@ fn in_job_patients(patients: &str, job: &str) -> String {
 /// once per row). Sized at 128 bytes per patient (about twice what a hashed text key takes),
 /// so the multiplier (2 by default) is margin.
 fn hash_work_mem_kb(scan_patients: Option<i64>, base: i64) -> i64 {
-    scan_patients.map_or(base, |n| base.max(n.saturating_mul(128) / 1024))
+    // At most what Postgres accepts (2^31 - 1 kB).
+    scan_patients.map_or(base, |n| {
+        base.max(n.saturating_mul(128) / 1024).min(i32::MAX as i64)
+    })
 }
 
 /// The values a selection statement may name: `:type`, `:cursor`, `:tx_time` (the transaction
@@ -520,6 +523,7 @@ mod tests {
         // 1,000 patients fit the base setting; 10 million need 1.25 GB (128 bytes each).
         assert_eq!(hash_work_mem_kb(Some(1_000), 32 * 1024), 32 * 1024);
         assert_eq!(hash_work_mem_kb(Some(10_000_000), 32 * 1024), 1_250_000);
+        assert_eq!(hash_work_mem_kb(Some(i64::MAX), 32 * 1024), i32::MAX as i64);
     }
 
     #[test]

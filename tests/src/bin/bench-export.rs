@@ -12,6 +12,9 @@
 //! serve process inherits, as does `S3_GZIP_COPIES`). `--gzip` downloads with
 //! `Accept-Encoding: gzip` and reports the compressed bytes transferred.
 //! `--path P` exports from another kick-off route (e.g. `Patient/$export`; default `$export`).
+//! `--compare P` also exports from route P after each export of `--path`, on the same data and
+//! server, and prints its manifest time as a multiple of the other's (e.g. `--compare
+//! 'Patient/$export'`: Patient level against system level for the same rows, in one run).
 //! `--group N` loads a Group of the first N patients and exports `Group/bench-group/$export`.
 //! `--workers N` runs `serve --workers N` (default 1: the ratio to raw COPY is per worker).
 //! `--cluster` rewrites `resources` in key order after the load (`CLUSTER … USING resources_pkey`).
@@ -36,6 +39,7 @@ struct Args {
     storage: Option<String>,
     gzip: bool,
     path: String,
+    compare: Option<String>,
     workers: usize,
     group: Option<usize>,
     cluster: bool,
@@ -54,6 +58,7 @@ fn args() -> anyhow::Result<Args> {
         storage: None,
         gzip: false,
         path: "$export".into(),
+        compare: None,
         workers: 1,
         group: None,
         cluster: false,
@@ -77,6 +82,7 @@ fn args() -> anyhow::Result<Args> {
             "--query" => a.query = Some(value),
             "--storage" => a.storage = Some(value),
             "--path" => a.path = value,
+            "--compare" => a.compare = Some(value),
             "--workers" => a.workers = value.parse()?,
             "--group" => a.group = Some(value.parse()?),
             other => bail!("unknown flag {other}"),
@@ -244,6 +250,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(raw_conn);
     let mut times = Vec::new();
     let mut ratios = Vec::new();
+    let mut compared: Vec<f64> = Vec::new();
     for _ in 0..args.runs {
         let copy_started = Instant::now();
         let copy_bytes = {
@@ -258,60 +265,14 @@ async fn main() -> anyhow::Result<()> {
             n
         };
         let copy = copy_started.elapsed().as_secs_f64();
-        let (serve_cpu, pg_cpu) = (cpu_seconds(pid), postgres_cpu_seconds());
-        let started = Instant::now();
-        let url = match &args.query {
-            Some(q) => format!("{base}/{path}?{q}"),
-            None => format!("{base}/{path}"),
-        };
-        let resp = integration_tests::kickoff(&http, &url).await;
-        if resp.status() != 202 {
-            bail!("kick-off {url}: {}", resp.status());
-        }
-        let status_url = resp.headers()["content-location"].to_str()?.to_string();
-        let manifest: serde_json::Value = loop {
-            let r = http.get(&status_url).send().await?;
-            if r.status() == 200 {
-                break r.json().await?;
-            }
-            // 202 while in progress (429 if polled too fast); anything else is the export's end.
-            if r.status() != 202 && r.status() != 429 {
-                bail!("export {status_url}: {} {}", r.status(), r.text().await?);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let exported = started.elapsed();
-        let (serve_cpu, pg_cpu) = (
-            cpu_seconds(pid) - serve_cpu,
-            postgres_cpu_seconds() - pg_cpu,
-        );
-        let (mut lines, mut bytes) = (0usize, 0u64);
-        for entry in manifest["output"].as_array().context("output")? {
-            let mut req = http.get(entry["url"].as_str().context("url")?);
-            if args.gzip {
-                req = req.header("Accept-Encoding", "gzip");
-            }
-            let resp = req.send().await?;
-            let gzipped = resp
-                .headers()
-                .get("content-encoding")
-                .is_some_and(|v| v == "gzip");
-            let mut stream = resp.bytes_stream();
-            let mut inflate = flate2::write::GzDecoder::new(LineCounter(0));
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk?;
-                bytes += chunk.len() as u64;
-                if gzipped {
-                    inflate.write_all(&chunk)?;
-                } else {
-                    lines += chunk.iter().filter(|b| **b == b'\n').count();
-                }
-            }
-            if gzipped {
-                lines += inflate.finish()?.0;
-            }
-        }
-        let total = started.elapsed();
+        let Exported {
+            exported,
+            total,
+            serve_cpu,
+            pg_cpu,
+            lines,
+            bytes,
+        } = export_once(&http, &base, &path, &args.query, args.gzip, pid).await?;
         if args.query.is_none() && path == "$export" && lines != resources {
             bail!("exported {lines} resources, expected {resources}");
         }
@@ -325,6 +286,29 @@ async fn main() -> anyhow::Result<()> {
         );
         times.push(total.as_secs_f64());
         ratios.push(copy / exported.as_secs_f64());
+        // --compare: another export of the same rows in the same run, right after this one.
+        if let Some(other) = &args.compare {
+            let o = export_once(&http, &base, other, &args.query, args.gzip, pid).await?;
+            let ratio = o.exported.as_secs_f64() / exported.as_secs_f64();
+            println!(
+                "{other}: {} lines, {:.1} MB; manifest ready after {:.2} s (CPU until then: serve {:.1} s, Postgres {:.1} s) = {ratio:.2} × the {path} export above",
+                o.lines,
+                o.bytes as f64 / 1e6,
+                o.exported.as_secs_f64(),
+                o.serve_cpu,
+                o.pg_cpu
+            );
+            compared.push(ratio);
+        }
+    }
+    if !compared.is_empty() {
+        compared.sort_by(f64::total_cmp);
+        println!(
+            "{} / {path}, manifest times (median of {}): {:.2}",
+            args.compare.as_deref().unwrap_or_default(),
+            compared.len(),
+            compared[compared.len() / 2]
+        );
     }
     let peak = vm_kib(pid, "VmHWM:");
     child.kill().ok();
@@ -376,6 +360,90 @@ async fn main() -> anyhow::Result<()> {
         std::fs::remove_dir_all(&storage).ok();
     }
     Ok(())
+}
+
+/// One export of `path` (with `query`): kick-off, polling until the manifest, every file
+/// downloaded.
+struct Exported {
+    /// Kick-off to manifest.
+    exported: Duration,
+    /// Kick-off to the last byte downloaded.
+    total: Duration,
+    serve_cpu: f64,
+    pg_cpu: f64,
+    lines: usize,
+    bytes: u64,
+}
+
+async fn export_once(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    query: &Option<String>,
+    gzip: bool,
+    pid: u32,
+) -> anyhow::Result<Exported> {
+    let (serve_cpu, pg_cpu) = (cpu_seconds(pid), postgres_cpu_seconds());
+    let started = Instant::now();
+    let url = match &query {
+        Some(q) => format!("{base}/{path}?{q}"),
+        None => format!("{base}/{path}"),
+    };
+    let resp = integration_tests::kickoff(http, &url).await;
+    if resp.status() != 202 {
+        bail!("kick-off {url}: {}", resp.status());
+    }
+    let status_url = resp.headers()["content-location"].to_str()?.to_string();
+    let manifest: serde_json::Value = loop {
+        let r = http.get(&status_url).send().await?;
+        if r.status() == 200 {
+            break r.json().await?;
+        }
+        // 202 while in progress (429 if polled too fast); anything else is the export's end.
+        if r.status() != 202 && r.status() != 429 {
+            bail!("export {status_url}: {} {}", r.status(), r.text().await?);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let exported = started.elapsed();
+    let (serve_cpu, pg_cpu) = (
+        cpu_seconds(pid) - serve_cpu,
+        postgres_cpu_seconds() - pg_cpu,
+    );
+    let (mut lines, mut bytes) = (0usize, 0u64);
+    for entry in manifest["output"].as_array().context("output")? {
+        let mut req = http.get(entry["url"].as_str().context("url")?);
+        if gzip {
+            req = req.header("Accept-Encoding", "gzip");
+        }
+        let resp = req.send().await?;
+        let gzipped = resp
+            .headers()
+            .get("content-encoding")
+            .is_some_and(|v| v == "gzip");
+        let mut stream = resp.bytes_stream();
+        let mut inflate = flate2::write::GzDecoder::new(LineCounter(0));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            bytes += chunk.len() as u64;
+            if gzipped {
+                inflate.write_all(&chunk)?;
+            } else {
+                lines += chunk.iter().filter(|b| **b == b'\n').count();
+            }
+        }
+        if gzipped {
+            lines += inflate.finish()?.0;
+        }
+    }
+    Ok(Exported {
+        exported,
+        total: started.elapsed(),
+        serve_cpu,
+        pg_cpu,
+        lines,
+        bytes,
+    })
 }
 
 /// Counts the newlines written to it (lines of an inflated download).
