@@ -11,6 +11,10 @@
 -- `patients`: the ids of the Patients whose compartment holds the current version (NULL: in
 -- none), written with the version (and with its `compartment` rows); a deleted resource keeps
 -- it, as it keeps its `compartment` rows.
+--
+-- Upgrading a loaded database rewrites every row that is in a compartment (one UPDATE per
+-- table, in the migration's transaction): the old row versions stay until (auto)VACUUM
+-- reclaims them, so a large database wants a `VACUUM ANALYZE resources, resource_refs` after.
 ALTER TABLE resources ADD COLUMN patients text[];
 ALTER TABLE resource_refs ADD COLUMN patients text[];
 UPDATE resources r SET patients = c.p

@@ -393,3 +393,70 @@ async fn a_resources_patients_follow_its_versions() {
         (some(&["p3"]), some(&["p3"]), some(&["p3"]))
     );
 }
+
+/// A database loaded before migration 0014 gets each resource's compartment patients from its
+/// `compartment` rows, on the resource's row and on its references' row, when it is upgraded.
+#[tokio::test]
+async fn upgrading_a_loaded_database_fills_in_the_patients() {
+    let db = TestDb::empty().await;
+    let mut client = db.pool.get().await.expect("conn");
+    let before_0014 = shared::db::MIGRATIONS
+        .iter()
+        .take_while(|(name, _)| *name != "0014_compartment_scan");
+    client
+        .batch_execute(
+            "CREATE TABLE schema_migrations (
+                 name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .expect("table");
+    for (name, sql) in before_0014 {
+        let tx = client.transaction().await.expect("tx");
+        tx.batch_execute(sql).await.expect(name);
+        tx.execute("INSERT INTO schema_migrations (name) VALUES ($1)", &[name])
+            .await
+            .expect("record");
+        tx.commit().await.expect("commit");
+    }
+    // What the loader of 0013 stored: an Observation in two compartments, an Organization in
+    // none.
+    client
+        .batch_execute(
+            r#"INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, resource) VALUES
+                 ('Observation', 'o', 1, now(), false, '{"resourceType":"Observation","id":"o"}'),
+                 ('Organization', 'org', 1, now(), false, '{"resourceType":"Organization","id":"org"}');
+               INSERT INTO compartment (patient_id, resource_type, resource_id) VALUES
+                 ('p2', 'Observation', 'o'), ('p1', 'Observation', 'o');
+               INSERT INTO resource_refs (source_type, source_id, target_types, target_ids) VALUES
+                 ('Observation', 'o', '{Patient,Patient}', '{p1,p2}'),
+                 ('Organization', 'org', '{Organization}', '{parent}');"#,
+        )
+        .await
+        .expect("rows of 0013");
+    drop(client);
+    let applied = shared::db::migrate(&db.pool).await.expect("migrate");
+    assert!(applied.contains(&"0014_compartment_scan"), "{applied:?}");
+    let client = db.pool.get().await.expect("conn");
+    let rows = client
+        .query(
+            "SELECT r.id, r.patients, f.patients FROM resources r
+             JOIN resource_refs f ON f.source_type = r.resource_type AND f.source_id = r.id
+             ORDER BY r.id",
+            &[],
+        )
+        .await
+        .expect("q");
+    type Patients = Option<Vec<String>>;
+    let got: Vec<(String, Patients, Patients)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let both = Some(vec!["p1".to_string(), "p2".to_string()]);
+    assert_eq!(
+        got,
+        vec![
+            ("o".to_string(), both.clone(), both),
+            ("org".to_string(), None, None)
+        ]
+    );
+}
