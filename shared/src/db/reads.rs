@@ -73,9 +73,8 @@ fn selection_condition(sel: &Selection<'_>) -> String {
         return scope;
     };
     let in_patients = if sel.scope.is_some() {
-        "AND EXISTS (SELECT 1 FROM compartment c
-                     JOIN export_job_patients jp ON jp.job_id = :job AND jp.patient_id = c.patient_id
-                     WHERE c.resource_type = t.resource_type AND c.resource_id = t.id)"
+        "AND EXISTS (SELECT 1 FROM export_job_patients jp
+                     WHERE jp.job_id = :job AND jp.patient_id = ANY(t.patients))"
     } else {
         ""
     };

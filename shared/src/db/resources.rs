@@ -389,6 +389,18 @@ async fn replace_resources(
         &[&old_types, &old_ids],
     )
     .await?;
+    // The prior versions' compartment rows, found through the patients on their rows (the
+    // compartment's key is by patient), before those are replaced.
+    tx.execute(
+        "DELETE FROM compartment c USING (
+             SELECT r.resource_type, r.id, unnest(r.patients) AS patient_id
+             FROM resources r JOIN unnest($1::text[], $2::text[]) AS k(t, i)
+               ON r.resource_type = k.t AND r.id = k.i) o
+         WHERE c.patient_id = o.patient_id AND c.resource_type = o.resource_type
+           AND c.resource_id = o.id",
+        &[&old_types, &old_ids],
+    )
+    .await?;
     // A resource's patients as one text value (`{a,b}`; NULL: none): arrays of arrays of
     // different lengths are not a Postgres array.
     let patients: Vec<Option<String>> = batch
@@ -404,12 +416,6 @@ async fn replace_resources(
              last_updated = excluded.last_updated, deleted = false, resource = excluded.resource,
              patients = excluded.patients",
         &[&types, &ids, &versions, now, &texts, &patients],
-    )
-    .await?;
-    tx.execute(
-        "DELETE FROM compartment c USING unnest($1::text[], $2::text[]) AS k(t, i)
-         WHERE c.resource_type = k.t AND c.resource_id = k.i",
-        &[&old_types, &old_ids],
     )
     .await?;
     tx.execute(
