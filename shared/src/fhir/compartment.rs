@@ -270,5 +270,17 @@ mod tests {
         assert!(scan(r#"["resourceType"]"#).is_err());
         let numeric = scan(r#"{"resourceType":"Patient","id":7}"#).unwrap();
         assert_eq!(numeric.id, None);
+        // Keys with escapes mean what they spell (keys are borrowed from the text otherwise).
+        let escaped = scan(
+            r#"{"resource\u0054ype":"Observation","i\u0064":"o","subj\u0065ct":{"r\u0065ference":"Patient/p"}}"#,
+        )
+        .unwrap();
+        assert_eq!(escaped.resource_type.as_deref(), Some("Observation"));
+        assert_eq!(escaped.id.as_deref(), Some("o"));
+        assert_eq!(
+            escaped.references,
+            vec![("subject".to_string(), "Patient/p".to_string())]
+        );
+        assert!(scan(r#"{"resourceType":"Patient","\u0069d":"p","id":"q"}"#).is_err());
     }
 }

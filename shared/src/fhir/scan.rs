@@ -86,7 +86,7 @@ impl<'de> Visitor<'de> for Top<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut path = String::new();
         let (mut seen_type, mut seen_id) = (false, false);
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             match &*key {
                 "resourceType" | "id" => {
                     let (seen, slot) = if key == "id" {
@@ -158,7 +158,7 @@ impl<'de> Visitor<'de> for Walk<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let base = self.path.len();
         let mut members = (false, false);
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             match &*key {
                 // A reference is a string; anything else under the name is not followed.
                 "reference" => {
@@ -204,6 +204,33 @@ impl<'de> Visitor<'de> for Walk<'_> {
     }
 
     skip_scalars!((), ());
+}
+
+/// An object's key, borrowed from the text unless it holds escapes. (serde's `Cow<str>`
+/// always allocates: a String for every key of every element was the loader's most frequent
+/// allocation.)
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+
+            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// A string value (borrowed where it has no escapes), or `Str(None)` for any other value,

@@ -17,6 +17,11 @@
 //! 'Patient/$export'`: Patient level against system level for the same rows, in one run).
 //! `--group N` loads a Group of the first N patients and exports `Group/bench-group/$export`.
 //! `--workers N` runs `serve --workers N` (default 1: the ratio to raw COPY is per worker).
+//! After the load the database is brought to the state a running one is in: `VACUUM` (what
+//! autovacuum does after a bulk insert: sets every row's commit hint bits and the visibility map)
+//! and a `CHECKPOINT` (the load's dirty pages written out). Otherwise the first reads of the
+//! loaded rows dirty every page they touch and the writeback of gigabytes shares the disk with
+//! the measured exports' commits. `--fresh` skips both, to measure right after a load.
 //! `--cluster` rewrites `resources` in key order after the load (`CLUSTER … USING resources_pkey`).
 //! `--copies N` loads the data set N times with suffixed ids (same shape, N× the size), to show
 //! that memory does not grow with the export. Peak memory is the serve process's VmHWM (peak RSS,
@@ -43,6 +48,7 @@ struct Args {
     workers: usize,
     group: Option<usize>,
     cluster: bool,
+    fresh: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -62,6 +68,7 @@ fn args() -> anyhow::Result<Args> {
         workers: 1,
         group: None,
         cluster: false,
+        fresh: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -71,6 +78,10 @@ fn args() -> anyhow::Result<Args> {
         }
         if flag == "--cluster" {
             a.cluster = true;
+            continue;
+        }
+        if flag == "--fresh" {
+            a.fresh = true;
             continue;
         }
         let value = it.next().context("flag without value")?;
@@ -212,14 +223,20 @@ async fn main() -> anyhow::Result<()> {
         load.as_secs_f64(),
         resources as f64 / load.as_secs_f64()
     );
-    // The load's dirty pages are written out before anything is measured, so that the first
-    // exports after a large load do not share the disk with their writeback.
-    let started = Instant::now();
-    client.batch_execute("CHECKPOINT").await?;
-    println!(
-        "CHECKPOINT after the load: {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    // The state of a running database (see the module comment), unless `--fresh`.
+    if !args.fresh {
+        let started = Instant::now();
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        c.batch_execute("VACUUM").await?;
+        let vacuum = started.elapsed();
+        client.batch_execute("CHECKPOINT").await?;
+        println!(
+            "after the load: VACUUM {:.1} s, CHECKPOINT {:.1} s",
+            vacuum.as_secs_f64(),
+            (started.elapsed() - vacuum).as_secs_f64()
+        );
+    }
 
     let serve_log = integration_tests::temp_dir().join("serve.log");
     let mut child = Command::new(&args.bin)
