@@ -86,6 +86,7 @@ impl std::fmt::Debug for Config {
             .field("max_file_bytes", &self.max_file_bytes)
             .field("item_bytes", &self.item_bytes)
             .field("scan_patient_share", &self.scan_patient_share)
+            .field("scan_max_patients", &self.scan_max_patients)
             .field("presign_ttl", &self.presign_ttl)
             .field("job_retention", &self.job_retention)
             .field("cancelled_status_code", &self.cancelled_status_code)
@@ -180,6 +181,11 @@ pub struct Config {
     /// resources through the compartment index (cost independent of the database's size).
     /// Above 100: never scan. Both give the same files.
     pub scan_patient_share: f64,
+    /// `EXPORT_SCAN_MAX_PATIENTS` (default 2,000,000): a job with more patients never scans.
+    /// A scan tests each row against an in-memory hash of the job's patients, which Postgres
+    /// cannot spill to disk (about 128 bytes per patient, in each reading statement: 256 MB at
+    /// the default); a larger job joins the compartment, whose hash joins spill when they must.
+    pub scan_max_patients: i64,
     pub presign_ttl: Duration,
     pub job_retention: Duration,
     /// Status code for the status URL of a cancelled job: 404 (IG) or 410 (Firely).
@@ -350,6 +356,8 @@ impl Config {
             presign_ttl: Duration::from_secs(presign_ttl),
             item_bytes: number(&var, "EXPORT_ITEM_BYTES", 1024 * 1024 * 1024)?.max(1),
             scan_patient_share: number(&var, "EXPORT_SCAN_PERCENT", 25)? as f64 / 100.0,
+            scan_max_patients: i64::try_from(number(&var, "EXPORT_SCAN_MAX_PATIENTS", 2_000_000)?)
+                .unwrap_or(i64::MAX),
             job_retention: Duration::from_secs(number(&var, "JOB_RETENTION_HOURS", 24)? * 3600),
             cancelled_status_code: cancelled_status_code as u16,
             lease: Duration::from_secs(number(&var, "LEASE_SECONDS", 120)?.max(5)),

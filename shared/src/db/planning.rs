@@ -59,6 +59,9 @@ pub struct PlanSettings {
     pub item_bytes: u64,
     /// Share of all Patients from which a job scans its compartment types (`EXPORT_SCAN_PERCENT`).
     pub scan_share: f64,
+    /// Most patients a scanning job may have (`EXPORT_SCAN_MAX_PATIENTS`): its reads hash them
+    /// in memory.
+    pub scan_max_patients: i64,
 }
 
 /// Marks the job planned, in one transaction: stores its patients and its references to
@@ -147,9 +150,13 @@ pub async fn mark_planned(
     // A job with most of the database's patients reads its compartment types by scanning them
     // (each row's `patients` tested against a hash of the job's), as the system level reads;
     // one with a few, through their `compartment` rows (index probes for just their resources:
-    // a Group of 10 costs the same whatever the database's size).
-    let scan_patients: Option<i64> =
-        (added > 0 && sizes.fraction >= settings.scan_share).then_some(added as i64);
+    // a Group of 10 costs the same whatever the database's size). Above
+    // `scan_max_patients` the hash of the job's patients (which cannot spill to disk) would be
+    // too large: such a job joins the compartment too.
+    let scan_patients: Option<i64> = (added > 0
+        && sizes.fraction >= settings.scan_share
+        && added as i64 <= settings.scan_max_patients)
+        .then_some(added as i64);
     if let Some(r) = &refs {
         // Written with the items, in the same transaction: no item reads before they are there.
         // One row per referenced resource (the items read the targets), except that every

@@ -180,6 +180,7 @@ impl Exporter {
             planning::PlanSettings {
                 item_bytes,
                 scan_share: self.config.scan_patient_share,
+                scan_max_patients: self.config.scan_max_patients,
             },
             |sizes| planner::split_items(&types, blocks, sizes, item_bytes),
         )

@@ -187,7 +187,12 @@ async fn scanning_or_joining_the_compartment_exports_the_same_resources() {
     for (level, group, patients) in cases {
         let case = format!("{level:?} {group:?} {patients:?}");
         let mut outputs = Vec::new();
-        for (percent, scans) in [("0", true), ("101", false)] {
+        // Scanned; joined (below the share); joined (more patients than a scan may hash).
+        for (percent, max, scans) in [
+            ("0", "2000000", true),
+            ("101", "2000000", false),
+            ("0", "0", false),
+        ] {
             let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(temp_dir()).expect("store"));
             let params = ExportParams {
                 patients: patients.clone(),
@@ -197,14 +202,24 @@ async fn scanning_or_joining_the_compartment_exports_the_same_resources() {
             exporter(
                 &db,
                 store.clone(),
-                cfg(&db, &[("EXPORT_SCAN_PERCENT", percent)]),
+                cfg(
+                    &db,
+                    &[
+                        ("EXPORT_SCAN_PERCENT", percent),
+                        ("EXPORT_SCAN_MAX_PATIENTS", max),
+                    ],
+                ),
             )
             .run_until_idle(None, far())
             .await
             .expect("run");
             let done = status(&db, job.id).await;
             assert_eq!(done.status, JobStatus::Complete, "{case}");
-            assert_eq!(done.scan_patients.is_some(), scans, "{case}, {percent}%");
+            assert_eq!(
+                done.scan_patients.is_some(),
+                scans,
+                "{case}, {percent}%, max {max}"
+            );
             let rows = stored_resources(&db.pool, store.as_ref(), job.id).await;
             assert_no_duplicates(&rows);
             let ids: BTreeSet<(String, String)> = rows
@@ -212,15 +227,24 @@ async fn scanning_or_joining_the_compartment_exports_the_same_resources() {
                 .map(|(t, r)| (t.clone(), r["id"].as_str().expect("id").to_string()))
                 .collect();
             let has = |t: &str, id: &str| ids.contains(&(t.to_string(), id.to_string()));
-            assert!(has("Observation", "obs-shared"), "{case}, {percent}%");
-            assert!(!has("Observation", "obs-nobody"), "{case}, {percent}%");
-            assert!(!has("Observation", "obs-deleted"), "{case}, {percent}%");
-            assert!(!has("Patient", &deleted), "{case}, {percent}%");
-            assert!(has("Patient", &member), "{case}, {percent}%");
+            assert!(
+                has("Observation", "obs-shared"),
+                "{case}, {percent}%, max {max}"
+            );
+            assert!(
+                !has("Observation", "obs-nobody"),
+                "{case}, {percent}%, max {max}"
+            );
+            assert!(
+                !has("Observation", "obs-deleted"),
+                "{case}, {percent}%, max {max}"
+            );
+            assert!(!has("Patient", &deleted), "{case}, {percent}%, max {max}");
+            assert!(has("Patient", &member), "{case}, {percent}%, max {max}");
             assert_eq!(
                 has("Patient", &outsider),
                 level == ExportLevel::Patient && patients.is_none(),
-                "{case}, {percent}%"
+                "{case}, {percent}%, max {max}"
             );
             let mut lines: Vec<String> = rows.iter().map(|(_, r)| r.to_string()).collect();
             lines.sort();
@@ -228,5 +252,6 @@ async fn scanning_or_joining_the_compartment_exports_the_same_resources() {
         }
         assert!(!outputs[0].is_empty(), "{case}");
         assert_eq!(outputs[0], outputs[1], "{case}: scanned and joined differ");
+        assert_eq!(outputs[0], outputs[2], "{case}: scanned and joined differ");
     }
 }
