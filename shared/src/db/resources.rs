@@ -245,6 +245,10 @@ async fn copy_rows(
         }
         if buf.len() >= CHUNK {
             sink.send(buf.split().freeze()).await?;
+            // The next chunk's whole buffer at once (the previous one's, once the connection
+            // has written it): left empty, the buffer grew by doubling from 64 kB, copying each
+            // chunk about once more and faulting in fresh pages for every step.
+            buf.reserve(CHUNK + 64 * 1024);
         }
     }
     buf.put_i16(-1);
