@@ -153,6 +153,8 @@ async fn store_batch(
 
     let mut versions = Vec::with_capacity(batch.len());
     let mut texts = Vec::with_capacity(batch.len());
+    // The meta every new resource of this batch gets when it has none (formatted once).
+    let first_meta = meta_member(1, &now)?;
     for r in batch {
         // A first load finds nothing: no key is built to look it up.
         let version = if existing.is_empty() {
@@ -163,7 +165,7 @@ async fn store_batch(
                 .map_or(1, |v| v + 1)
         };
         versions.push(version);
-        texts.push(stamp_meta(&r.text, r.meta, version, &now)?);
+        texts.push(stamp_meta(&r.text, r.meta, version, &now, &first_meta)?);
     }
 
     if old_types.is_empty() {
@@ -171,6 +173,7 @@ async fn store_batch(
         // stores in multi-row batches, instead of an INSERT over `unnest` arrays.
         copy_new_resources(&tx, batch, &versions, &texts, &now).await?;
     } else {
+        let texts: Vec<String> = texts.iter().map(Stamped::to_text).collect();
         replace_resources(&tx, batch, &versions, &texts, &now, &old_types, &old_ids).await?;
     }
     copy_links(&tx, batch).await?;
@@ -264,7 +267,7 @@ async fn copy_new_resources(
     tx: &deadpool_postgres::Transaction<'_>,
     batch: &[NewResource],
     versions: &[i64],
-    texts: &[String],
+    texts: &[Stamped<'_>],
     now: &DateTime<Utc>,
 ) -> Result<(), DbError> {
     use tokio_postgres::types::Type;
@@ -439,29 +442,84 @@ pub struct ProvenanceTargets {
     pub recorded: Option<DateTime<Utc>>,
 }
 
+/// What is stored of a resource: its text with `meta.versionId` and `meta.lastUpdated` set
+/// where absent. Written into the COPY rows as it is, in pieces: a text stored as received, or
+/// with a `meta` appended, is not copied into a String of its own first.
+#[derive(Debug)]
+enum Stamped<'a> {
+    /// The text as received.
+    Same(&'a str),
+    /// The text without its closing brace, then a `,"meta":{…}}` member that closes it.
+    Appended(&'a str, std::borrow::Cow<'a, str>),
+    /// The text rewritten (a `meta` that lacked one of the two).
+    Rewritten(String),
+}
+
+impl Stamped<'_> {
+    fn pieces(&self) -> (&str, &str) {
+        match self {
+            Stamped::Same(text) => (text, ""),
+            Stamped::Appended(head, meta) => (head, meta),
+            Stamped::Rewritten(text) => (text, ""),
+        }
+    }
+
+    fn to_text(&self) -> String {
+        let (head, tail) = self.pieces();
+        [head, tail].concat()
+    }
+}
+
+impl tokio_postgres::types::ToSql for Stamped<'_> {
+    fn to_sql(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let (head, tail) = self.pieces();
+        // Text's binary format is its UTF-8 bytes, as `&str`'s `to_sql` writes them.
+        head.to_sql(ty, out)?;
+        out.extend_from_slice(tail.as_bytes());
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        <&str as tokio_postgres::types::ToSql>::accepts(ty)
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// `,"meta":{"versionId":…,"lastUpdated":…}}`: a `meta` member and the closing brace.
+fn meta_member(version: i64, now: &DateTime<Utc>) -> Result<String, serde_json::Error> {
+    Ok(format!(
+        ",\"meta\":{{\"versionId\":{},\"lastUpdated\":{}}}}}",
+        serde_json::to_string(&version.to_string())?,
+        serde_json::to_string(&format_instant(now))?
+    ))
+}
+
 /// `text` with `meta.versionId` and `meta.lastUpdated` set where absent; every other byte of
-/// the resource (numbers above all) as it was.
-fn stamp_meta(
-    text: &str,
+/// the resource (numbers above all) as it was. `first_meta`: [`meta_member`] of version 1.
+fn stamp_meta<'a>(
+    text: &'a str,
     meta: Meta,
     version: i64,
     now: &DateTime<Utc>,
-) -> Result<String, serde_json::Error> {
+    first_meta: &'a str,
+) -> Result<Stamped<'a>, serde_json::Error> {
     use crate::fhir::raw::RawObject;
     match meta {
-        Meta::Complete => return Ok(text.to_string()),
+        Meta::Complete => return Ok(Stamped::Same(text)),
         // Appended as the last member, as `RawObject::set` would, without parsing the text
         // again (the object is one line of JSON ending with its closing brace).
         Meta::Absent if text.ends_with('}') && text.len() > 2 => {
-            let stamp = format!(
-                ",\"meta\":{{\"versionId\":{},\"lastUpdated\":{}}}}}",
-                serde_json::to_string(&version.to_string())?,
-                serde_json::to_string(&format_instant(now))?
-            );
-            let mut out = String::with_capacity(text.len() + stamp.len());
-            out.push_str(&text[..text.len() - 1]);
-            out.push_str(&stamp);
-            return Ok(out);
+            let member = if version == 1 {
+                std::borrow::Cow::Borrowed(first_meta)
+            } else {
+                std::borrow::Cow::Owned(meta_member(version, now)?)
+            };
+            return Ok(Stamped::Appended(&text[..text.len() - 1], member));
         }
         _ => {}
     }
@@ -470,19 +528,19 @@ fn stamp_meta(
         Some(m) => match RawObject::parse(m.get()) {
             Ok(m) => m,
             // A `meta` that is not an object is kept as it was.
-            Err(_) => return Ok(resource.to_text()),
+            Err(_) => return Ok(Stamped::Rewritten(resource.to_text())),
         },
         None => RawObject::default(),
     };
     let has_version = meta.get("versionId").is_some();
     let has_updated = meta.get("lastUpdated").is_some();
     if has_version && has_updated {
-        return Ok(text.to_string());
+        return Ok(Stamped::Same(text));
     }
     meta.set_if_absent("versionId", &Value::String(version.to_string()));
     meta.set_if_absent("lastUpdated", &Value::String(format_instant(now)));
     resource.set("meta", meta.into_raw());
-    Ok(resource.to_text())
+    Ok(Stamped::Rewritten(resource.to_text()))
 }
 
 /// Deletes resources (tombstones): the current version moves to history and the row is marked
@@ -585,6 +643,41 @@ pub async fn resource_exists(pool: &Pool, resource_type: &str, id: &str) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `to_sql` writes: text's binary format, the stored bytes.
+    fn written(stamped: &Stamped<'_>) -> String {
+        use tokio_postgres::types::{ToSql, Type};
+        let mut out = bytes::BytesMut::new();
+        stamped.to_sql_checked(&Type::TEXT, &mut out).unwrap();
+        let written = String::from_utf8(out.to_vec()).unwrap();
+        assert_eq!(written, stamped.to_text());
+        written
+    }
+
+    #[test]
+    fn stamping_adds_only_what_meta_lacks_and_keeps_every_other_byte() {
+        let now: DateTime<Utc> = "2026-12-03T05:04:03.123Z".parse().unwrap();
+        let first = meta_member(1, &now).unwrap();
+        let stamp = |text: &str, meta, version| {
+            written(&stamp_meta(text, meta, version, &now, &first).unwrap())
+        };
+        let text = r#"{"resourceType":"Observation","id":"o","valueQuantity":{"value":1.50}}"#;
+        assert_eq!(
+            stamp(text, Meta::Absent, 1),
+            r#"{"resourceType":"Observation","id":"o","valueQuantity":{"value":1.50},"meta":{"versionId":"1","lastUpdated":"2026-12-03T05:04:03.123Z"}}"#
+        );
+        assert!(stamp(text, Meta::Absent, 7).contains(r#""meta":{"versionId":"7","#));
+        let complete = r#"{"resourceType":"Patient","id":"p","meta":{"versionId":"3","lastUpdated":"2020-01-01T00:00:00Z"}}"#;
+        assert_eq!(stamp(complete, Meta::Complete, 4), complete);
+        assert_eq!(
+            stamp(
+                r#"{"resourceType":"Patient","id":"p","meta":{"versionId":"3"},"n":1e2}"#,
+                Meta::Partial,
+                4
+            ),
+            r#"{"resourceType":"Patient","id":"p","meta":{"versionId":"3","lastUpdated":"2026-12-03T05:04:03.123Z"},"n":1e2}"#
+        );
+    }
 
     #[test]
     fn patients_become_a_quoted_array_literal() {

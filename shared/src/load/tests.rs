@@ -51,3 +51,48 @@ fn bundle_urn_uuid_references_become_relative() {
     );
     assert!(parse_type_id("Patient/../x").is_err());
 }
+
+/// Every line of `text` as [`Blocks`] of `size` bytes and [`lines`] give them.
+async fn read_lines(text: &[u8], size: usize) -> Vec<Vec<u8>> {
+    let path = std::env::temp_dir().join(format!("blocks-{}.ndjson", uuid::Uuid::new_v4()));
+    std::fs::write(&path, text).unwrap();
+    let mut blocks = Blocks::open(&path, size).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(block) = blocks.next().await.unwrap() {
+        assert!(
+            block.ends_with(b"\n") || !text.ends_with(b"\n"),
+            "only a file's last line may end a block without a newline"
+        );
+        out.extend(lines(&block).map(<[u8]>::to_vec));
+    }
+    std::fs::remove_file(&path).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn blocks_give_every_line_once_whatever_the_block_size() {
+    let long = "x".repeat(50);
+    let text = format!("{{\"a\":1}}\n\n{long}\r\né\n{{\"b\":2}}\n");
+    let mut text = text.into_bytes();
+    // A byte that is not UTF-8 stays a line of its own (the loader rejects it by number).
+    let bad = text.iter().position(|&b| b == 0xc3).unwrap();
+    text.splice(bad..bad + 2, [0xff]);
+    let expected: Vec<Vec<u8>> = text
+        .strip_suffix(b"\n")
+        .unwrap()
+        .split(|&b| b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect();
+    assert_eq!(expected.len(), 5);
+    for size in [1, 2, 3, 7, 16, 49, 50, 51, 64, 1 << 20] {
+        assert_eq!(read_lines(&text, size).await, expected, "block size {size}");
+        // Without the final newline: the same lines.
+        assert_eq!(
+            read_lines(&text[..text.len() - 1], size).await,
+            expected,
+            "block size {size}, no final newline"
+        );
+    }
+    assert!(read_lines(b"", 4).await.is_empty());
+    assert_eq!(read_lines(b"\n", 4).await, vec![Vec::<u8>::new()]);
+}
