@@ -15,25 +15,43 @@ async fn scalar(pool: &Pool, sql: &str) -> i64 {
 async fn bad_lines_are_reported_with_file_and_line_and_good_lines_still_load() {
     let db = TestDb::new().await;
     let file = temp_dir().join("Mixed.ndjson");
-    std::fs::write(
-        &file,
-        "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n\
+    let mut text = b"{\"resourceType\":\"Patient\",\"id\":\"a\"}\n\
          not json\n\
          {\"resourceType\":\"Patient\"}\n\
          \n\
          {\"resourceType\":\"Unicorn\",\"id\":\"u\"}\n\
-         {\"resourceType\":\"Observation\",\"id\":\"o\",\"subject\":{\"reference\":\"Patient/a\"}}\n",
-    )
-    .expect("write");
+         {\"resourceType\":\"Observation\",\"id\":\"o\",\"subject\":{\"reference\":\"Patient/a\"}}\n"
+        .to_vec();
+    // Latin-1, not UTF-8: refused by its number, not the end of the load.
+    text.extend_from_slice(
+        b"{\"resourceType\":\"Patient\",\"id\":\"l\",\"name\":[{\"family\":\"M\xfcller\"}]}\n",
+    );
+    // A CRLF line, and a last line without its newline: both load.
+    text.extend_from_slice(b"{\"resourceType\":\"Patient\",\"id\":\"crlf\"}\r\n");
+    text.extend_from_slice(b"{\"resourceType\":\"Patient\",\"id\":\"last\"}");
+    std::fs::write(&file, text).expect("write");
     let report = shared::load::load_paths(&db.pool, std::slice::from_ref(&file), |_| {})
         .await
         .expect("load");
-    assert_eq!(report.loaded, 2);
+    assert_eq!(report.loaded, 4);
     let lines: Vec<usize> = report.rejected.iter().map(|r| r.line).collect();
-    assert_eq!(lines, vec![2, 3, 5]);
+    assert_eq!(lines, vec![2, 3, 5, 7]);
     assert!(report.rejected.iter().all(|r| r.file == file));
     assert!(report.rejected[2].message.contains("Unicorn"));
-    assert_eq!(scalar(&db.pool, "SELECT count(*) FROM resources").await, 2);
+    assert!(
+        report.rejected[3].message.contains("not UTF-8"),
+        "{}",
+        report.rejected[3].message
+    );
+    assert_eq!(scalar(&db.pool, "SELECT count(*) FROM resources").await, 4);
+    assert_eq!(
+        scalar(
+            &db.pool,
+            "SELECT count(*) FROM resources WHERE id IN ('crlf', 'last')"
+        )
+        .await,
+        2
+    );
     assert_eq!(
         scalar(
             &db.pool,
