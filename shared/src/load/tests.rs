@@ -64,6 +64,7 @@ async fn read_lines(text: &[u8], size: usize) -> Vec<Vec<u8>> {
             "only a file's last line may end a block without a newline"
         );
         out.extend(lines(&block).map(<[u8]>::to_vec));
+        blocks.recycle(block);
     }
     std::fs::remove_file(&path).unwrap();
     out
