@@ -105,6 +105,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0014_compartment_scan",
         include_str!("../../../infra/migrations/0014_compartment_scan.sql"),
     ),
+    (
+        "0015_bytewise_keys",
+        include_str!("../../../infra/migrations/0015_bytewise_keys.sql"),
+    ),
 ];
 
 /// A connection pool for DATABASE_URL, over TLS when its `sslmode` asks for it (see [`tls`]).

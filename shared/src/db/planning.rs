@@ -275,11 +275,10 @@ pub async fn mark_planned(
         } else {
             (100.0 * SAMPLE_ROWS / tuples).clamp(0.01, 100.0)
         };
-        // Unordered: sorting ~50,000 ids by the column's collation was most of this statement
-        // (a sort spilled to disk, 160 of 250 ms on the ×10 set). They are sorted here by bytes,
-        // which only decides how many bytes each range holds; the cuts themselves are then put
-        // in the database's order (`in_database_order`), which is what makes the ranges a
-        // partition of the ids.
+        // Unordered: sorting ~50,000 ids in the database was most of this statement (a sort
+        // spilled to disk, 160 of 250 ms on the ×10 set). They are sorted here by bytes, the
+        // order the database compares ids in (every key column has the "C" collation,
+        // migration 0015), so the cuts make the ranges a partition of the ids.
         let rows = tx
             .query(
                 "SELECT resource_type, id, octet_length(resource)::int8 + 1
@@ -295,8 +294,7 @@ pub async fn mark_planned(
         sizes.samples.sort_unstable();
         sizes.scale = 100.0 / percent;
     }
-    let mut items = split(&sizes);
-    in_database_order(&tx, &mut items).await?;
+    let items = split(&sizes);
     crate::db::work_items::insert_items(&tx, id, &items).await?;
     tx.execute(
         "UPDATE export_jobs SET planned = true, lease_owner = NULL, lease_expires_at = NULL,
@@ -307,31 +305,4 @@ pub async fn mark_planned(
     .await?;
     tx.commit().await?;
     Ok(items.iter().filter(|i| !i.done).count())
-}
-
-/// Puts each type's cuts (the ids between its ranges) in the order the database compares ids
-/// in, so that the ranges (lo, hi] of a type are disjoint and cover every id whatever the
-/// collation: the samples were ordered by bytes, which is the database's order under the `C`
-/// and `C.UTF-8` collations but not under others (`en_US` ignores punctuation at first).
-async fn in_database_order(
-    tx: &deadpool_postgres::Transaction<'_>,
-    items: &mut [crate::db::work_items::NewItem],
-) -> Result<(), DbError> {
-    let (types, cuts): (Vec<String>, Vec<String>) = items
-        .iter()
-        .filter_map(|i| Some((i.resource_type.clone(), i.hi_id.clone()?)))
-        .unzip();
-    if cuts.is_empty() {
-        return Ok(());
-    }
-    let rows = tx
-        .query(
-            // `resources.id` has the database's default collation, as these do.
-            "SELECT u.t, u.c FROM unnest($1::text[], $2::text[]) AS u(t, c) ORDER BY u.t, u.c",
-            &[&types, &cuts],
-        )
-        .await?;
-    let sorted: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    crate::export::engine::planner::reorder_cuts(items, &sorted);
-    Ok(())
 }

@@ -478,3 +478,108 @@ async fn upgrading_a_loaded_database_fills_in_the_patients() {
         ]
     );
 }
+
+/// Migration 0015 gives every key column the "C" collation (ids compare by their bytes, as the
+/// exporter cuts its key ranges), and fails a planned export that was running when it was
+/// applied (its ranges were cut in the old order) while a job not yet planned waits on.
+#[tokio::test]
+async fn upgrading_to_bytewise_keys_fails_running_exports_and_keeps_the_rest() {
+    let db = TestDb::empty().await;
+    let mut client = db.pool.get().await.expect("conn");
+    client
+        .batch_execute(
+            "CREATE TABLE schema_migrations (
+                 name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .expect("table");
+    let before_0015 = shared::db::MIGRATIONS
+        .iter()
+        .take_while(|(name, _)| *name != "0015_bytewise_keys");
+    for (name, sql) in before_0015 {
+        let tx = client.transaction().await.expect("tx");
+        tx.batch_execute(sql).await.expect(name);
+        tx.execute("INSERT INTO schema_migrations (name) VALUES ($1)", &[name])
+            .await
+            .expect("record");
+        tx.commit().await.expect("commit");
+    }
+    client
+        .batch_execute(
+            r#"INSERT INTO export_jobs (id, level, params, request_url, transaction_time, status, planned) VALUES
+                 ('00000000-0000-0000-0000-000000000001', 'system', '{}', 'http://x/$export', now(), 'Active', true),
+                 ('00000000-0000-0000-0000-000000000002', 'system', '{}', 'http://x/$export', now(), 'Queued', false),
+                 ('00000000-0000-0000-0000-000000000003', 'system', '{}', 'http://x/$export', now(), 'Complete', true);
+               INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, resource) VALUES
+                 ('Basic', 'ab', 1, now(), false, '{"resourceType":"Basic","id":"ab"}'),
+                 ('Basic', 'a-c', 1, now(), false, '{"resourceType":"Basic","id":"a-c"}'),
+                 ('Basic', 'B', 1, now(), false, '{"resourceType":"Basic","id":"B"}');"#,
+        )
+        .await
+        .expect("rows of 0014");
+    drop(client);
+    let applied = shared::db::migrate(&db.pool).await.expect("migrate");
+    assert!(applied.contains(&"0015_bytewise_keys"), "{applied:?}");
+    let client = db.pool.get().await.expect("conn");
+
+    let jobs: Vec<(String, Option<String>)> = client
+        .query(
+            "SELECT status, public_error FROM export_jobs ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("jobs")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        jobs,
+        vec![
+            (
+                "Failed".to_string(),
+                Some(
+                    "The server was upgraded while this export ran; start the export again."
+                        .to_string()
+                )
+            ),
+            ("Queued".to_string(), None),
+            ("Complete".to_string(), None),
+        ]
+    );
+
+    // Every column that holds a resource type, a resource id or a patient id compares by bytes:
+    // a later migration that adds one with the database's collation fails here.
+    let keys: Vec<(String, String, Option<String>)> = client
+        .query(
+            "SELECT table_name::text, column_name::text, collation_name::text
+             FROM information_schema.columns
+             WHERE table_schema = current_schema() AND data_type IN ('text', 'ARRAY')
+               AND column_name ~ '(^id$|_id$|_ids$|_type$|_types$|^patients$)'
+               AND column_name NOT IN ('client_id')
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .expect("columns")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(keys.len() >= 25, "{keys:?}");
+    let not_bytewise: Vec<_> = keys
+        .iter()
+        .filter(|(_, _, c)| c.as_deref() != Some("C"))
+        .collect();
+    assert!(not_bytewise.is_empty(), "{not_bytewise:?}");
+
+    let ids: Vec<String> = client
+        .query("SELECT id FROM resources ORDER BY id", &[])
+        .await
+        .expect("ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut by_bytes = ids.clone();
+    by_bytes.sort();
+    assert_eq!(ids, by_bytes);
+    assert_eq!(ids, vec!["B", "a-c", "ab"]);
+}

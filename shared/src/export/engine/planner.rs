@@ -112,32 +112,6 @@ pub fn split_items(
     items
 }
 
-/// Gives each type's items, in part order, the cuts of `sorted` ((type, cut) in the database's
-/// order): item k of a type covers (cut k, cut k+1], the first from the beginning, the last to
-/// the end. `split_items` chose the cuts from samples ordered by bytes; this keeps its ranges
-/// (and their sizes, where the two orders agree) and makes them a partition in the order the
-/// reads compare ids in.
-pub fn reorder_cuts(items: &mut [NewItem], sorted: &[(String, String)]) {
-    for item in items.iter_mut() {
-        let cuts: Vec<&str> = sorted
-            .iter()
-            .filter(|(t, _)| *t == item.resource_type)
-            .map(|(_, c)| c.as_str())
-            .collect();
-        if cuts.is_empty() {
-            continue;
-        }
-        let k = item.part.max(0) as usize;
-        item.lo_id = if k == 0 {
-            String::new()
-        } else {
-            cuts.get(k - 1)
-                .map_or_else(String::new, |c| (*c).to_string())
-        };
-        item.hi_id = cuts.get(k).map(|c| (*c).to_string());
-    }
-}
-
 /// The job's types as its items need them (from its planned items and the data's types).
 #[derive(Debug, Clone, Default)]
 pub struct JobLayout {
@@ -326,46 +300,6 @@ mod tests {
         );
         let parts: Vec<i32> = items.iter().map(|i| i.part).collect();
         assert_eq!(parts, vec![0, 1, 2, 3]);
-    }
-
-    #[test]
-    fn cuts_follow_the_database_order_so_ranges_never_overlap() {
-        // Bytewise "o-b" < "oa", but a collation that ignores punctuation puts "oa" first:
-        // the ranges must then be ("", oa], (oa, o-b], (o-b, end) or ids would repeat.
-        let types = vec!["Observation".to_string(), "Patient".to_string()];
-        let s = sizes(
-            &[
-                ("Observation", "o-b", 100),
-                ("Observation", "oa", 100),
-                ("Observation", "oc", 100),
-                ("Patient", "p", 10),
-            ],
-            1.0,
-            1.0,
-        );
-        let mut items = split_items(&types, false, &s, 100);
-        assert_eq!(
-            ranges(&items, "Observation"),
-            vec![
-                ("".into(), Some("o-b".into())),
-                ("o-b".into(), Some("oa".into())),
-                ("oa".into(), None),
-            ]
-        );
-        let sorted = vec![
-            ("Observation".to_string(), "oa".to_string()),
-            ("Observation".to_string(), "o-b".to_string()),
-        ];
-        reorder_cuts(&mut items, &sorted);
-        assert_eq!(
-            ranges(&items, "Observation"),
-            vec![
-                ("".into(), Some("oa".into())),
-                ("oa".into(), Some("o-b".into())),
-                ("o-b".into(), None),
-            ]
-        );
-        assert_eq!(ranges(&items, "Patient"), vec![("".into(), None)]);
     }
 
     #[test]
