@@ -10,8 +10,15 @@ pub fn parse_reference(reference: &str) -> Option<(&str, &str)> {
     if reference.starts_with('#') || reference.starts_with("urn:") {
         return None;
     }
-    let path = reference.split(['?', '#']).next()?;
-    let path = match path.find("/_history/") {
+    // memchr: a `split` by a set of chars tests one char at a time, and `find` of a &str
+    // builds a searcher per call (together 4 % of the loader's CPU, which parses every
+    // reference of every resource). Types and ids hold no '_': only a path with one can hold
+    // "/_history/".
+    let path = match memchr::memchr2(b'?', b'#', reference.as_bytes()) {
+        Some(i) => &reference[..i],
+        None => reference,
+    };
+    let path = match memchr::memchr(b'_', path.as_bytes()).and_then(|_| path.find("/_history/")) {
         Some(i) => &path[..i],
         None => path,
     };
