@@ -412,15 +412,10 @@ async fn a_resources_patients_follow_its_versions() {
     );
 }
 
-/// A database loaded before migration 0014 gets each resource's compartment patients from its
-/// `compartment` rows, on the resource's row and on its references' row, when it is upgraded.
-#[tokio::test]
-async fn upgrading_a_loaded_database_fills_in_the_patients() {
-    let db = TestDb::empty().await;
-    let mut client = db.pool.get().await.expect("conn");
-    let before_0014 = shared::db::MIGRATIONS
-        .iter()
-        .take_while(|(name, _)| *name != "0014_compartment_scan");
+/// Applies (and records) every migration before `name`, as a database of an older version has
+/// them.
+async fn migrate_before(pool: &Pool, name: &str) {
+    let mut client = pool.get().await.expect("conn");
     client
         .batch_execute(
             "CREATE TABLE schema_migrations (
@@ -428,14 +423,29 @@ async fn upgrading_a_loaded_database_fills_in_the_patients() {
         )
         .await
         .expect("table");
-    for (name, sql) in before_0014 {
+    for (applied, sql) in shared::db::MIGRATIONS
+        .iter()
+        .take_while(|(n, _)| *n != name)
+    {
         let tx = client.transaction().await.expect("tx");
-        tx.batch_execute(sql).await.expect(name);
-        tx.execute("INSERT INTO schema_migrations (name) VALUES ($1)", &[name])
-            .await
-            .expect("record");
+        tx.batch_execute(sql).await.expect(applied);
+        tx.execute(
+            "INSERT INTO schema_migrations (name) VALUES ($1)",
+            &[applied],
+        )
+        .await
+        .expect("record");
         tx.commit().await.expect("commit");
     }
+}
+
+/// A database loaded before migration 0014 gets each resource's compartment patients from its
+/// `compartment` rows, on the resource's row and on its references' row, when it is upgraded.
+#[tokio::test]
+async fn upgrading_a_loaded_database_fills_in_the_patients() {
+    let db = TestDb::empty().await;
+    migrate_before(&db.pool, "0014_compartment_scan").await;
+    let client = db.pool.get().await.expect("conn");
     // What the loader of 0013 stored: an Observation in two compartments, an Organization in
     // none.
     client
@@ -485,25 +495,8 @@ async fn upgrading_a_loaded_database_fills_in_the_patients() {
 #[tokio::test]
 async fn upgrading_to_bytewise_keys_fails_running_exports_and_keeps_the_rest() {
     let db = TestDb::empty().await;
-    let mut client = db.pool.get().await.expect("conn");
-    client
-        .batch_execute(
-            "CREATE TABLE schema_migrations (
-                 name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await
-        .expect("table");
-    let before_0015 = shared::db::MIGRATIONS
-        .iter()
-        .take_while(|(name, _)| *name != "0015_bytewise_keys");
-    for (name, sql) in before_0015 {
-        let tx = client.transaction().await.expect("tx");
-        tx.batch_execute(sql).await.expect(name);
-        tx.execute("INSERT INTO schema_migrations (name) VALUES ($1)", &[name])
-            .await
-            .expect("record");
-        tx.commit().await.expect("commit");
-    }
+    migrate_before(&db.pool, "0015_bytewise_keys").await;
+    let client = db.pool.get().await.expect("conn");
     client
         .batch_execute(
             r#"INSERT INTO export_jobs (id, level, params, request_url, transaction_time, status, planned) VALUES
