@@ -147,8 +147,9 @@ struct Writer {
     task: tokio::task::JoinHandle<Result<(), LoadError>>,
 }
 
-/// Parses on the caller's task while `writers` store batches concurrently, each on its own
-/// connection: Postgres, not parsing, bounds a load, and one connection keeps one core busy.
+/// Parses blocks on blocking threads while `writers` store batches concurrently, each on its
+/// own connection: one connection keeps about one core busy. Without a pool (a check) nothing
+/// is stored and resources are only counted.
 /// A resource always goes to the same writer (by a hash of its type and id), so a later line
 /// for the same resource is stored after an earlier one, and no two writers touch the same
 /// rows (no lock waits, no deadlocks).
@@ -156,7 +157,10 @@ struct Loader<'a, P: FnMut(u64)> {
     batches: Vec<Vec<NewResource>>,
     writers: Vec<Writer>,
     loaded: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    pool: &'a Pool,
+    /// None: a check, which stores nothing.
+    pool: Option<&'a Pool>,
+    /// How many blocks of an ndjson file are parsed at once ([`ParsedBlocks`]).
+    parsers: usize,
     report: LoadReport,
     progress: P,
 }
@@ -166,11 +170,19 @@ fn writer_count() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
+/// How many blocks are parsed at once: one per core, at most 8 (each holds a block and its
+/// resources in memory; 8 parse faster than any one Postgres stores).
+fn parser_count() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8))
+}
+
 impl<'a, P: FnMut(u64)> Loader<'a, P> {
-    fn new(pool: &'a Pool, progress: P) -> Self {
+    fn new(pool: Option<&'a Pool>, parsers: usize, progress: P) -> Self {
         let loaded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let writers = (0..writer_count())
-            .map(|_| {
+        let writers = pool
+            .into_iter()
+            .flat_map(|pool| std::iter::repeat_n(pool, writer_count()))
+            .map(|pool| {
                 let (tx, mut rx) = tokio::sync::mpsc::channel::<WriterMsg>(2);
                 let pool = pool.clone();
                 let loaded = loaded.clone();
@@ -200,6 +212,7 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
             writers,
             loaded,
             pool,
+            parsers,
             report: LoadReport::default(),
             progress,
         }
@@ -207,6 +220,11 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
 
     async fn push(&mut self, resource: NewResource) -> Result<(), LoadError> {
         use std::hash::{Hash, Hasher};
+        if self.writers.is_empty() {
+            // A check: what would be stored is counted.
+            self.report.loaded += 1;
+            return Ok(());
+        }
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (&resource.resource_type, &resource.id).hash(&mut h);
         let w = (h.finish() % self.writers.len() as u64) as usize;
@@ -233,6 +251,9 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
 
     /// Stores everything pushed so far and waits until it is stored.
     async fn flush(&mut self) -> Result<(), LoadError> {
+        if self.writers.is_empty() {
+            return Ok(());
+        }
         let mut waits = Vec::new();
         for w in 0..self.writers.len() {
             let batch = std::mem::take(&mut self.batches[w]);
@@ -269,6 +290,21 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
         first
     }
 
+    /// Reads every file under `paths` into the writers.
+    async fn read_paths(&mut self, paths: &[PathBuf]) -> Result<(), LoadError> {
+        for path in paths {
+            for file in collect_files(path)? {
+                self.report.files += 1;
+                if file.extension().and_then(|e| e.to_str()) == Some("json") {
+                    self.load_json(&file).await?;
+                } else {
+                    self.load_ndjson(&file).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn reject(&mut self, file: &Path, line: usize, message: String) {
         self.report.rejected.push(Rejected {
             file: file.to_path_buf(),
@@ -282,28 +318,16 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
             path: path.to_path_buf(),
             source,
         };
-        let mut blocks = Blocks::open(path, BLOCK_SIZE).await.map_err(io)?;
-        let mut n = 0;
-        while let Some(block) = blocks.next().await.map_err(io)? {
-            for line in lines(&block) {
-                n += 1;
-                let line = match std::str::from_utf8(line) {
-                    Ok(line) => line.trim(),
-                    Err(e) => {
-                        self.reject(path, n, format!("not UTF-8 text: {e}"));
-                        continue;
-                    }
-                };
-                if line.is_empty() {
-                    continue;
-                }
-                // The one copy of the line: its resource's text.
-                match prepare(line.to_string()) {
+        let mut parsed = ParsedBlocks::open(path, BLOCK_SIZE, self.parsers)
+            .await
+            .map_err(io)?;
+        while let Some(block) = parsed.next().await.map_err(io)? {
+            for (line, resource) in block {
+                match resource {
                     Ok(r) => self.push(r).await?,
-                    Err(message) => self.reject(path, n, message.0),
+                    Err(message) => self.reject(path, line, message.0),
                 }
             }
-            blocks.recycle(block);
         }
         Ok(())
     }
@@ -345,9 +369,14 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
                 Ok(BundleEntry::Delete { resource_type, id }) => {
                     // Earlier entries are stored first, so a Bundle's order is kept.
                     self.flush().await?;
-                    self.report.deleted +=
-                        crate::db::resources::delete_resources(self.pool, &[(resource_type, id)])
-                            .await?;
+                    self.report.deleted += match self.pool {
+                        Some(pool) => {
+                            crate::db::resources::delete_resources(pool, &[(resource_type, id)])
+                                .await?
+                        }
+                        // A check counts the deletions asked for.
+                        None => 1,
+                    };
                 }
                 Err(m) => self.reject(path, i + 1, m.0),
             }
@@ -434,6 +463,79 @@ impl Blocks {
     }
 }
 
+/// One block's lines, each a resource or why it is refused, with its 1-based line number in the
+/// file; empty lines are skipped (but counted).
+type ParsedBlock = Vec<(usize, Result<NewResource, Refused>)>;
+
+/// The blocks of an ndjson file parsed `parsers` at a time on blocking threads (a single
+/// parser capped a load at what one core parses, whatever the cores Postgres had), handed out
+/// in the file's order: a resource's later line is still stored after its earlier one.
+struct ParsedBlocks {
+    blocks: Blocks,
+    /// Parses under way, oldest first: each gives back its block, its lines and their count.
+    running: std::collections::VecDeque<tokio::task::JoinHandle<(Vec<u8>, ParsedBlock, usize)>>,
+    parsers: usize,
+    /// Lines in the blocks handed out so far.
+    lines: usize,
+}
+
+impl ParsedBlocks {
+    async fn open(path: &Path, block_size: usize, parsers: usize) -> std::io::Result<Self> {
+        Ok(ParsedBlocks {
+            blocks: Blocks::open(path, block_size).await?,
+            running: Default::default(),
+            parsers: parsers.max(1),
+            lines: 0,
+        })
+    }
+
+    /// The next block's lines, numbered within the file; None at the end.
+    async fn next(&mut self) -> std::io::Result<Option<ParsedBlock>> {
+        while self.running.len() < self.parsers {
+            let Some(block) = self.blocks.next().await? else {
+                break;
+            };
+            self.running.push_back(tokio::task::spawn_blocking(move || {
+                let (parsed, lines) = parse_block(&block);
+                (block, parsed, lines)
+            }));
+        }
+        let Some(parse) = self.running.pop_front() else {
+            return Ok(None);
+        };
+        let (block, mut parsed, lines) = parse.await.map_err(std::io::Error::other)?;
+        self.blocks.recycle(block);
+        for (line, _) in &mut parsed {
+            *line += self.lines;
+        }
+        self.lines += lines;
+        Ok(Some(parsed))
+    }
+}
+
+/// Parses every line of a block from [`Blocks`]; its lines are numbered from 1. Also returns
+/// how many lines it has.
+fn parse_block(block: &[u8]) -> (ParsedBlock, usize) {
+    let mut out = Vec::new();
+    let mut n = 0;
+    for line in lines(block) {
+        n += 1;
+        let line = match std::str::from_utf8(line) {
+            Ok(line) => line.trim(),
+            Err(e) => {
+                out.push((n, Err(Refused(format!("not UTF-8 text: {e}")))));
+                continue;
+            }
+        };
+        if line.is_empty() {
+            continue;
+        }
+        // The one copy of the line: its resource's text.
+        out.push((n, prepare(line.to_string())));
+    }
+    (out, n)
+}
+
 /// The lines of a block from [`Blocks`], without their newlines.
 fn lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
     let body = block.strip_suffix(b"\n").unwrap_or(block);
@@ -474,24 +576,27 @@ pub fn collect_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     Ok(out)
 }
 
+/// Reads files and folders as [`load_paths`] does and stores nothing: `loaded` is how many
+/// resources a load would store, `deleted` how many deletions its Bundles ask for, `rejected`
+/// what it would refuse. `parsers`: how many blocks are parsed at once (None: as a load does).
+pub async fn check_paths(
+    paths: &[PathBuf],
+    parsers: Option<usize>,
+) -> Result<LoadReport, LoadError> {
+    let mut loader = Loader::new(None, parsers.unwrap_or_else(parser_count), |_| {});
+    loader.read_paths(paths).await?;
+    Ok(loader.report)
+}
+
 /// Loads files and folders. `progress` is called with the running count after each batch.
 pub async fn load_paths(
     pool: &Pool,
     paths: &[PathBuf],
     progress: impl FnMut(u64),
 ) -> Result<LoadReport, LoadError> {
-    let mut loader = Loader::new(pool, progress);
+    let mut loader = Loader::new(Some(pool), parser_count(), progress);
     let started = Instant::now();
-    for path in paths {
-        for file in collect_files(path)? {
-            loader.report.files += 1;
-            if file.extension().and_then(|e| e.to_str()) == Some("json") {
-                loader.load_json(&file).await?;
-            } else {
-                loader.load_ndjson(&file).await?;
-            }
-        }
-    }
+    loader.read_paths(paths).await?;
     loader.flush().await?;
     loader.stop_writers().await?;
     // Fresh statistics: right after a bulk load autovacuum has not caught up, and the export

@@ -97,3 +97,46 @@ async fn blocks_give_every_line_once_whatever_the_block_size() {
     assert!(read_lines(b"", 4).await.is_empty());
     assert_eq!(read_lines(b"\n", 4).await, vec![Vec::<u8>::new()]);
 }
+
+#[tokio::test]
+async fn blocks_parsed_at_once_come_back_in_the_files_order_with_their_line_numbers() {
+    // Resources, empty lines (skipped, but counted), JSON that is not a resource and a line
+    // that is not UTF-8, over 300 lines.
+    let mut text = Vec::new();
+    let mut expected = Vec::new();
+    for n in 1..=300usize {
+        match n % 7 {
+            0 => text.push(b'\n'),
+            3 => {
+                text.extend_from_slice(b"{\"id\":\"no-type\"}\n");
+                expected.push((n, None));
+            }
+            5 => {
+                text.extend_from_slice(&[0xff, b'\n']);
+                expected.push((n, None));
+            }
+            _ => {
+                let id = format!("p{n}");
+                text.extend_from_slice(
+                    format!("{{\"resourceType\":\"Patient\",\"id\":\"{id}\"}}\n").as_bytes(),
+                );
+                expected.push((n, Some(id)));
+            }
+        }
+    }
+    let path = std::env::temp_dir().join(format!("parsed-{}.ndjson", uuid::Uuid::new_v4()));
+    std::fs::write(&path, &text).unwrap();
+    for (size, parsers) in [(1, 1), (16, 3), (100, 2), (700, 8), (1 << 20, 4)] {
+        let mut parsed = ParsedBlocks::open(&path, size, parsers).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(block) = parsed.next().await.unwrap() {
+            got.extend(
+                block
+                    .into_iter()
+                    .map(|(line, r)| (line, r.ok().map(|r| r.id))),
+            );
+        }
+        assert_eq!(got, expected, "blocks of {size} bytes, {parsers} parsers");
+    }
+    std::fs::remove_file(&path).unwrap();
+}

@@ -9,6 +9,8 @@
 //! of each and the ratio load / COPY. Databases are made on TEST_DATABASE_URL's server (default
 //! postgres://postgres@127.0.0.1:5432/postgres) and dropped afterwards. Each timed phase starts
 //! after a CHECKPOINT: neither pays for writing out what the one before it left in memory.
+//! First, without a database, the loader's parsing alone (`bulk-export load --check`) with one
+//! parser and with one per core: what parsing can feed Postgres on this machine.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -141,6 +143,27 @@ async fn export_load(bin: &Path, dir: &Path) -> anyhow::Result<f64> {
     result
 }
 
+/// The loader's parsing alone, with one parser and with one per core (at least two).
+async fn parse_only(dir: &Path, resources: usize) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    println!("| parsers | parse s | parse res/s |");
+    println!("|---|---|---|");
+    for parsers in [1, cores] {
+        let started = Instant::now();
+        let report = shared::load::check_paths(&[dir.to_path_buf()], Some(parsers)).await?;
+        let secs = started.elapsed().as_secs_f64();
+        if report.loaded as usize != resources || !report.rejected.is_empty() {
+            bail!(
+                "the check counted {} resources and {} rejected lines, not {resources} and 0",
+                report.loaded,
+                report.rejected.len()
+            );
+        }
+        println!("| {parsers} | {secs:.2} | {:.0} |", resources as f64 / secs);
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
@@ -152,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
         args.copies,
         bytes as f64 / 1e6
     );
+    parse_only(&dir, resources).await?;
     println!("| run | raw COPY s | raw COPY res/s | load s | load res/s | load / COPY |");
     println!("|---|---|---|---|---|---|");
     for run in 1..=args.runs {

@@ -178,6 +178,30 @@ async fn the_cli_migrates_loads_with_progress_and_exits_2_on_rejected_lines() {
         "{\"resourceType\":\"Patient\",\"id\":\"x\"}\n{oops\n",
     )
     .expect("w");
+    // A check needs no database, stores nothing, and reports what a load would.
+    let checked = Command::new(&bin)
+        .args(["load", "--check", dir.to_str().expect("utf8")])
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run");
+    assert_eq!(checked.status.code(), Some(2));
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        stdout.starts_with(&format!("checked {} resources from ", generated + 1)),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .trim_end()
+            .ends_with("; 0 would be deleted; 1 rejected"),
+        "{stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&checked.stderr).contains("Broken.ndjson:2: invalid JSON"),
+        "{checked:?}"
+    );
+    assert_eq!(scalar(&db.pool, "SELECT count(*) FROM resources").await, 0);
     let out = Command::new(&bin)
         .args(["load", dir.to_str().expect("utf8")])
         .env("DATABASE_URL", &db.url)
@@ -241,6 +265,59 @@ async fn the_cli_migrates_loads_with_progress_and_exits_2_on_rejected_lines() {
         .output()
         .expect("run");
     assert!(String::from_utf8_lossy(&migrated.stdout).contains("0001_initial"));
+}
+
+/// Blocks of a large file are parsed at the same time, yet stored in the file's order: a
+/// resource given again further down keeps its later line, and line numbers stay the file's.
+#[tokio::test]
+async fn a_file_of_many_blocks_keeps_its_order_and_line_numbers() {
+    let db = TestDb::new().await;
+    let dir = temp_dir();
+    let filler = "x".repeat(400);
+    let mut text = String::from(r#"{"resourceType":"Basic","id":"dup","text":{"div":"first"}}"#);
+    text.push('\n');
+    // About 14 MB: four blocks of 4 MiB, parsed at once on this machine's cores.
+    let count = 33_000;
+    for n in 0..count {
+        text.push_str(&format!(
+            r#"{{"resourceType":"Basic","id":"b{n}","text":{{"div":"{filler}"}}}}"#
+        ));
+        text.push('\n');
+    }
+    text.push_str("{oops\n");
+    text.push_str(r#"{"resourceType":"Basic","id":"dup","text":{"div":"last"}}"#);
+    text.push('\n');
+    std::fs::write(dir.join("Basic.ndjson"), &text).expect("w");
+    assert!(text.len() > 3 * (4 << 20), "more than three blocks");
+    let report = shared::load::load_paths(&db.pool, &[dir], |_| {})
+        .await
+        .expect("load");
+    assert_eq!(report.loaded as usize, count + 2);
+    assert_eq!(report.rejected.len(), 1);
+    assert_eq!(
+        report.rejected[0].line,
+        count + 2,
+        "the file's own line number"
+    );
+    assert_eq!(
+        scalar(&db.pool, "SELECT count(*) FROM resources").await as usize,
+        count + 1
+    );
+    let client = db.pool.get().await.expect("client");
+    let row = client
+        .query_one(
+            "SELECT resource, version_id FROM resources WHERE resource_type = 'Basic' AND id = 'dup'",
+            &[],
+        )
+        .await
+        .expect("dup");
+    let resource: String = row.get(0);
+    assert!(resource.contains(r#""div":"last""#), "{resource}");
+    assert_eq!(
+        row.get::<_, i64>(1),
+        2,
+        "the first line is its prior version"
+    );
 }
 
 /// What the loader refuses, the database refuses too (a row written around the loader): a

@@ -49,6 +49,10 @@ enum Command {
     Load {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Check every resource as a load would, without a database: print what it would
+        /// refuse, store nothing (exit status 2 if anything would be refused).
+        #[arg(long)]
+        check: bool,
     },
     /// Delete resources (tombstones: `_since` exports list them in deleted[]).
     #[command(after_help = ENV_DATABASE)]
@@ -174,6 +178,31 @@ const ENV_SERVE: &str = "Environment (README.md, Configuration, has the defaults
   AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...  S3 storage (standard AWS SDK variables)
   RUST_LOG, LOG_FORMAT=json, NO_COLOR  logging";
 
+/// Prints a load's or check's report; exit status 2 when lines were rejected.
+fn print_report(
+    report: &load::LoadReport,
+    started: std::time::Instant,
+    loaded: &str,
+    deleted: &str,
+) -> ExitCode {
+    for r in &report.rejected {
+        eprintln!("rejected {r}");
+    }
+    println!(
+        "{loaded} {} resources from {} files in {:.1}s; {} {deleted}; {} rejected",
+        report.loaded,
+        report.files,
+        started.elapsed().as_secs_f64(),
+        report.deleted,
+        report.rejected.len()
+    );
+    if report.rejected.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     shared::telemetry::init(shared::config::LogFormat::from_env());
@@ -222,6 +251,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", body["access_token"].as_str().unwrap_or_default());
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Load { paths, check: true } => {
+            let started = std::time::Instant::now();
+            let report = load::check_paths(&paths, None).await?;
+            return Ok(print_report(
+                &report,
+                started,
+                "checked",
+                "would be deleted",
+            ));
+        }
         other => Cli { command: other },
     };
     let mut config = Config::from_env()?;
@@ -243,7 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("applied migrations: {}", applied.join(", "));
             }
         }
-        Command::Load { paths } => {
+        Command::Load { paths, .. } => {
             require_schema(&pool).await?;
             let started = std::time::Instant::now();
             let mut progress = shared::telemetry::Progress::new();
@@ -253,21 +292,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .await;
             progress.finish();
-            let report = report?;
-            for r in &report.rejected {
-                eprintln!("rejected {r}");
-            }
-            println!(
-                "loaded {} resources from {} files in {:.1}s; {} deleted; {} rejected",
-                report.loaded,
-                report.files,
-                started.elapsed().as_secs_f64(),
-                report.deleted,
-                report.rejected.len()
-            );
-            if !report.rejected.is_empty() {
-                return Ok(ExitCode::from(2));
-            }
+            return Ok(print_report(&report?, started, "loaded", "deleted"));
         }
         Command::Delete { resources } => {
             require_schema(&pool).await?;
