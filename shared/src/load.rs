@@ -165,8 +165,9 @@ struct Loader<'a, P: FnMut(u64)> {
     progress: P,
 }
 
-/// How many writers: one per core, at least two (one parses while the other waits on I/O).
-fn writer_count() -> usize {
+/// How many writers by default: one per core, at least two (one stores while the other waits
+/// on I/O). Each keeps about one of the database server's cores busy.
+pub fn writer_count() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
@@ -177,11 +178,11 @@ fn parser_count() -> usize {
 }
 
 impl<'a, P: FnMut(u64)> Loader<'a, P> {
-    fn new(pool: Option<&'a Pool>, parsers: usize, progress: P) -> Self {
+    fn new(pool: Option<&'a Pool>, writers: usize, parsers: usize, progress: P) -> Self {
         let loaded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let writers = pool
             .into_iter()
-            .flat_map(|pool| std::iter::repeat_n(pool, writer_count()))
+            .flat_map(|pool| std::iter::repeat_n(pool, writers.max(1)))
             .map(|pool| {
                 let (tx, mut rx) = tokio::sync::mpsc::channel::<WriterMsg>(2);
                 let pool = pool.clone();
@@ -385,6 +386,9 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
     }
 }
 
+/// Connections a load uses after its writers: the tables' statistics, refreshed at once.
+pub const ANALYZE_CONNECTIONS: usize = 4;
+
 /// How much of an ndjson file is read at a time.
 const BLOCK_SIZE: usize = 4 << 20;
 
@@ -583,18 +587,30 @@ pub async fn check_paths(
     paths: &[PathBuf],
     parsers: Option<usize>,
 ) -> Result<LoadReport, LoadError> {
-    let mut loader = Loader::new(None, parsers.unwrap_or_else(parser_count), |_| {});
+    let mut loader = Loader::new(None, 0, parsers.unwrap_or_else(parser_count), |_| {});
     loader.read_paths(paths).await?;
     Ok(loader.report)
 }
 
-/// Loads files and folders. `progress` is called with the running count after each batch.
+/// Loads files and folders with [`writer_count`] writers. `progress` is called with the
+/// running count after each batch.
 pub async fn load_paths(
     pool: &Pool,
     paths: &[PathBuf],
     progress: impl FnMut(u64),
 ) -> Result<LoadReport, LoadError> {
-    let mut loader = Loader::new(Some(pool), parser_count(), progress);
+    load_paths_with(pool, paths, writer_count(), progress).await
+}
+
+/// Loads files and folders, storing with `writers` connections at once (the pool needs that
+/// many and [`ANALYZE_CONNECTIONS`] more).
+pub async fn load_paths_with(
+    pool: &Pool,
+    paths: &[PathBuf],
+    writers: usize,
+    progress: impl FnMut(u64),
+) -> Result<LoadReport, LoadError> {
+    let mut loader = Loader::new(Some(pool), writers, parser_count(), progress);
     let started = Instant::now();
     loader.read_paths(paths).await?;
     loader.flush().await?;
@@ -610,7 +626,7 @@ pub async fn load_paths(
     if loader.report.loaded > 0 || loader.report.deleted > 0 {
         // Each table on its own connection, at the same time (VACUUM cannot run in the
         // implicit transaction of a multi-statement string anyway).
-        let statements = [
+        let statements: [&str; ANALYZE_CONNECTIONS] = [
             "VACUUM (ANALYZE) compartment",
             "ANALYZE resources",
             "ANALYZE resource_refs",

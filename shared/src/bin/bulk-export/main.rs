@@ -53,6 +53,10 @@ enum Command {
         /// refuse, store nothing (exit status 2 if anything would be refused).
         #[arg(long)]
         check: bool,
+        /// Database connections storing at once (default: the number of cores here); each
+        /// keeps about one of the database server's cores busy.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        writers: Option<u16>,
     },
     /// Delete resources (tombstones: `_since` exports list them in deleted[]).
     #[command(after_help = ENV_DATABASE)]
@@ -251,7 +255,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", body["access_token"].as_str().unwrap_or_default());
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Load { paths, check: true } => {
+        Command::Load {
+            paths, check: true, ..
+        } => {
             let started = std::time::Instant::now();
             let report = load::check_paths(&paths, None).await?;
             return Ok(print_report(
@@ -268,10 +274,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     shared::db::credentials::resolve(&mut config, None).await?;
     // serve: the HTTP routes' connections plus about three per exporter worker (a page read
     // ahead, a lease renewal, a checkpoint).
-    let pool_size = config.database_pool_size.unwrap_or(match &cli.command {
-        Command::Serve { workers, .. } => 8 + 3 * serve::worker_count(*workers),
-        _ => 8,
-    });
+    let pool_size = match &cli.command {
+        // A load needs a connection per writer, whatever DATABASE_POOL_SIZE says.
+        Command::Load { writers, .. } => config
+            .database_pool_size
+            .unwrap_or(0)
+            .max(writers.map_or_else(load::writer_count, usize::from) + load::ANALYZE_CONNECTIONS),
+        Command::Serve { workers, .. } => config
+            .database_pool_size
+            .unwrap_or(8 + 3 * serve::worker_count(*workers)),
+        _ => config.database_pool_size.unwrap_or(8),
+    };
     let pool = db::pool(&config.database_url, pool_size)?;
     match cli.command {
         Command::Migrate => {
@@ -282,11 +295,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("applied migrations: {}", applied.join(", "));
             }
         }
-        Command::Load { paths, .. } => {
+        Command::Load { paths, writers, .. } => {
             require_schema(&pool).await?;
             let started = std::time::Instant::now();
             let mut progress = shared::telemetry::Progress::new();
-            let report = load::load_paths(&pool, &paths, |n| {
+            let writers = writers.map_or_else(load::writer_count, usize::from);
+            let report = load::load_paths_with(&pool, &paths, writers, |n| {
                 let rate = n as f64 / started.elapsed().as_secs_f64().max(0.001);
                 progress.update(&format!("loaded {n} resources ({rate:.0}/s)"));
             })
