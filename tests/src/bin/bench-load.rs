@@ -11,6 +11,11 @@
 //! after a CHECKPOINT: neither pays for writing out what the one before it left in memory.
 //! First, without a database, the loader's parsing alone (`bulk-export load --check`) with one
 //! parser and with one per core: what parsing can feed Postgres on this machine.
+//!
+//! `--stages` then measures what Postgres spends on each table: the rows of a load are copied
+//! out and replayed by one connection (binary `COPY FROM`, after a CHECKPOINT) into each table
+//! of a fresh migrated database, `resources` also without its two checks, and prints the cost
+//! per resource and the rate it allows on this machine's cores.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +29,7 @@ struct Args {
     copies: usize,
     runs: usize,
     bin: PathBuf,
+    stages: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -34,9 +40,14 @@ fn args() -> anyhow::Result<Args> {
         copies: 1,
         runs: 2,
         bin: root.join("target/release/bulk-export"),
+        stages: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--stages" {
+            a.stages = true;
+            continue;
+        }
         let value = it.next().context("flag without value")?;
         match flag.as_str() {
             "--data" => a.data = value.into(),
@@ -110,31 +121,33 @@ async fn raw_copy(dir: &Path) -> anyhow::Result<f64> {
     result
 }
 
+/// Seconds `bulk-export args` takes against the database at `url`.
+fn run_bin(bin: &Path, url: &str, args: &[&str]) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let out = Command::new(bin)
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "bulk-export {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
 /// Seconds for `bulk-export load dir` into a fresh, migrated database.
 async fn export_load(bin: &Path, dir: &Path) -> anyhow::Result<f64> {
     let name = format!("bench_load_{}", uuid::Uuid::new_v4().simple());
     let a = admin().await?;
     a.batch_execute(&format!("CREATE DATABASE {name}")).await?;
     let url = url_for(&name);
-    let run = |args: &[&str]| -> anyhow::Result<f64> {
-        let started = Instant::now();
-        let out = Command::new(bin)
-            .args(args)
-            .env("DATABASE_URL", &url)
-            .env("RUST_LOG", "warn")
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "bulk-export {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(started.elapsed().as_secs_f64())
-    };
-    let result = match run(&["migrate"]) {
+    let result = match run_bin(bin, &url, &["migrate"]) {
         Ok(_) => {
             settle(&a).await;
-            run(&["load", &dir.display().to_string()])
+            run_bin(bin, &url, &["load", &dir.display().to_string()])
         }
         Err(e) => Err(e),
     };
@@ -143,11 +156,128 @@ async fn export_load(bin: &Path, dir: &Path) -> anyhow::Result<f64> {
     result
 }
 
-/// The loader's parsing alone, with one parser and with one per core (at least two).
-async fn parse_only(dir: &Path, resources: usize) -> anyhow::Result<()> {
+/// The tables a load writes, with the columns it writes.
+const LOADED_TABLES: [(&str, &str); 3] = [
+    (
+        "resources",
+        "resource_type, id, version_id, last_updated, deleted, resource, patients",
+    ),
+    (
+        "resource_refs",
+        "source_type, source_id, target_types, target_ids, patients",
+    ),
+    ("compartment", "patient_id, resource_type, resource_id"),
+];
+
+/// Postgres's cost of a load, table by table: `dir` loaded once, each table's rows copied out
+/// (binary) and replayed by one connection into a fresh migrated database; `resources` also
+/// without its two checks. `parse` is one parser's seconds for the same resources.
+async fn stages(bin: &Path, dir: &Path, resources: usize, parse: f64) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    use tokio::io::AsyncWriteExt;
+    let a = admin().await?;
+    let (source, target) = (
+        format!("bench_stage_src_{}", uuid::Uuid::new_v4().simple()),
+        format!("bench_stage_dst_{}", uuid::Uuid::new_v4().simple()),
+    );
+    let files = integration_tests::temp_dir();
+    let result = async {
+        for name in [&source, &target] {
+            a.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+            run_bin(bin, &url_for(name), &["migrate"])?;
+        }
+        run_bin(
+            bin,
+            &url_for(&source),
+            &["load", &dir.display().to_string()],
+        )?;
+        let (src, conn) = tokio_postgres::connect(&url_for(&source), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        for (table, columns) in LOADED_TABLES {
+            let stream = src
+                .copy_out(&format!(
+                    "COPY (SELECT {columns} FROM {table}) TO STDOUT (FORMAT binary)"
+                ))
+                .await?;
+            futures::pin_mut!(stream);
+            let mut file = tokio::fs::File::create(files.join(table)).await?;
+            while let Some(chunk) = stream.try_next().await? {
+                file.write_all(&chunk).await?;
+            }
+            file.flush().await?;
+        }
+        let (dst, conn) = tokio_postgres::connect(&url_for(&target), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let replay = |table: &'static str, columns: &'static str| {
+            let (dst, a, path) = (&dst, &a, files.join(table));
+            async move {
+                dst.batch_execute(&format!("TRUNCATE {table}")).await?;
+                settle(a).await;
+                let started = Instant::now();
+                let sink = dst
+                    .copy_in(&format!(
+                        "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
+                    ))
+                    .await?;
+                futures::pin_mut!(sink);
+                let bytes = tokio::fs::read(&path).await?;
+                for chunk in bytes.chunks(1 << 20) {
+                    sink.send(bytes::Bytes::copy_from_slice(chunk)).await?;
+                }
+                let rows = sink.finish().await?;
+                Ok::<_, anyhow::Error>((started.elapsed().as_secs_f64(), rows))
+            }
+        };
+        let per = |secs: f64| secs * 1e6 / resources as f64;
+        println!("| stage | rows | s | µs per resource |");
+        println!("|---|---|---|---|");
+        println!(
+            "| parse (one parser) | {resources} | {parse:.2} | {:.1} |",
+            per(parse)
+        );
+        let mut postgres = 0.0;
+        for (table, columns) in LOADED_TABLES {
+            let (secs, rows) = replay(table, columns).await?;
+            postgres += secs;
+            println!("| {table} | {rows} | {secs:.2} | {:.1} |", per(secs));
+        }
+        dst.batch_execute(
+            "ALTER TABLE resources DROP CONSTRAINT resources_one_line,
+                                   DROP CONSTRAINT resources_key_matches_json",
+        )
+        .await?;
+        let (secs, rows) = replay(LOADED_TABLES[0].0, LOADED_TABLES[0].1).await?;
+        println!(
+            "| resources without its two checks | {rows} | {secs:.2} | {:.1} |",
+            per(secs)
+        );
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let each = per(postgres) + per(parse);
+        println!(
+            "Postgres {:.1} µs + parsing {:.1} µs = {each:.1} µs of CPU per resource: at most \
+             {:.0} resources/s on this machine's {cores} cores, all of them busy with nothing else",
+            per(postgres),
+            per(parse),
+            cores as f64 * 1e6 / each
+        );
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    for name in [&source, &target] {
+        a.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await?;
+    }
+    std::fs::remove_dir_all(&files).ok();
+    result
+}
+
+/// The loader's parsing alone, with one parser and with one per core (at least two); the
+/// seconds of one parser.
+async fn parse_only(dir: &Path, resources: usize) -> anyhow::Result<f64> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
     println!("| parsers | parse s | parse res/s |");
     println!("|---|---|---|");
+    let mut one = 0.0;
     for parsers in [1, cores] {
         let started = Instant::now();
         let report = shared::load::check_paths(&[dir.to_path_buf()], Some(parsers)).await?;
@@ -160,8 +290,11 @@ async fn parse_only(dir: &Path, resources: usize) -> anyhow::Result<()> {
             );
         }
         println!("| {parsers} | {secs:.2} | {:.0} |", resources as f64 / secs);
+        if parsers == 1 {
+            one = secs;
+        }
     }
-    Ok(())
+    Ok(one)
 }
 
 #[tokio::main]
@@ -175,7 +308,7 @@ async fn main() -> anyhow::Result<()> {
         args.copies,
         bytes as f64 / 1e6
     );
-    parse_only(&dir, resources).await?;
+    let parse = parse_only(&dir, resources).await?;
     println!("| run | raw COPY s | raw COPY res/s | load s | load res/s | load / COPY |");
     println!("|---|---|---|---|---|---|");
     for run in 1..=args.runs {
@@ -187,6 +320,9 @@ async fn main() -> anyhow::Result<()> {
             resources as f64 / load,
             copy / load
         );
+    }
+    if args.stages {
+        stages(&args.bin, &dir, resources, parse).await?;
     }
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
