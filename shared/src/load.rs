@@ -165,6 +165,32 @@ struct Loader<'a, P: FnMut(u64)> {
     progress: P,
 }
 
+impl Writer {
+    /// A writer storing batches on its own connection, adding what it stored to `loaded`.
+    fn spawn(pool: Pool, loaded: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<WriterMsg>(2);
+        let task = tokio::spawn(async move {
+            // Batches are stored as new resources without looking them up while they are (a
+            // first load); after a batch that replaced some, they are looked up.
+            let mut assume_new = true;
+            while let Some(msg) = rx.recv().await {
+                match msg {
+                    WriterMsg::Batch(batch) => {
+                        let done = upsert_resources(&pool, batch, assume_new).await?;
+                        assume_new = !done.replaced;
+                        loaded.fetch_add(done.stored, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    WriterMsg::Sync(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+            Ok(())
+        });
+        Writer { tx, task }
+    }
+}
+
 /// How many writers by default: one per core, at least two (one stores while the other waits
 /// on I/O). Each keeps about one of the database server's cores busy.
 pub fn writer_count() -> usize {
@@ -180,34 +206,12 @@ fn parser_count() -> usize {
 impl<'a, P: FnMut(u64)> Loader<'a, P> {
     fn new(pool: Option<&'a Pool>, writers: usize, parsers: usize, progress: P) -> Self {
         let loaded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let writers = pool
-            .into_iter()
-            .flat_map(|pool| std::iter::repeat_n(pool, writers.max(1)))
-            .map(|pool| {
-                let (tx, mut rx) = tokio::sync::mpsc::channel::<WriterMsg>(2);
-                let pool = pool.clone();
-                let loaded = loaded.clone();
-                let task = tokio::spawn(async move {
-                    // Batches are stored as new resources without looking them up while they
-                    // are (a first load); after a batch that replaced some, they are looked up.
-                    let mut assume_new = true;
-                    while let Some(msg) = rx.recv().await {
-                        match msg {
-                            WriterMsg::Batch(batch) => {
-                                let done = upsert_resources(&pool, batch, assume_new).await?;
-                                assume_new = !done.replaced;
-                                loaded.fetch_add(done.stored, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            WriterMsg::Sync(done) => {
-                                let _ = done.send(());
-                            }
-                        }
-                    }
-                    Ok(())
-                });
-                Writer { tx, task }
-            })
-            .collect::<Vec<_>>();
+        let writers = match pool {
+            Some(pool) => (0..writers.max(1))
+                .map(|_| Writer::spawn(pool.clone(), loaded.clone()))
+                .collect(),
+            None => Vec::new(),
+        };
         Loader {
             batches: (0..writers.len()).map(|_| Vec::new()).collect(),
             writers,

@@ -80,6 +80,27 @@ fn url_for(name: &str) -> String {
     format!("{}/{name}", admin.rsplit_once('/').map_or("", |(b, _)| b))
 }
 
+/// Streams a file into a COPY in chunks of 1 MiB (a ×100 table or type is gigabytes).
+async fn send_file(
+    mut sink: std::pin::Pin<&mut tokio_postgres::CopyInSink<bytes::Bytes>>,
+    path: &Path,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path).await?;
+    loop {
+        let mut chunk = bytes::BytesMut::with_capacity(1 << 20);
+        while chunk.len() < 1 << 20 {
+            if file.read_buf(&mut chunk).await? == 0 {
+                break;
+            }
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        sink.send(chunk.freeze()).await?;
+    }
+}
+
 /// Seconds to COPY every line of the ndjson files into `raw(line text)` of a fresh database.
 async fn raw_copy(dir: &Path) -> anyhow::Result<f64> {
     let name = format!("bench_copy_{}", uuid::Uuid::new_v4().simple());
@@ -107,10 +128,7 @@ async fn raw_copy(dir: &Path) -> anyhow::Result<f64> {
             if f.extension().and_then(|e| e.to_str()) != Some("ndjson") {
                 continue;
             }
-            let bytes = tokio::fs::read(&f).await?;
-            for chunk in bytes.chunks(1 << 20) {
-                sink.send(bytes::Bytes::copy_from_slice(chunk)).await?;
-            }
+            send_file(sink.as_mut(), &f).await?;
         }
         sink.finish().await?;
         Ok::<f64, anyhow::Error>(started.elapsed().as_secs_f64())
@@ -220,10 +238,7 @@ async fn stages(bin: &Path, dir: &Path, resources: usize, parse: f64) -> anyhow:
                     ))
                     .await?;
                 futures::pin_mut!(sink);
-                let bytes = tokio::fs::read(&path).await?;
-                for chunk in bytes.chunks(1 << 20) {
-                    sink.send(bytes::Bytes::copy_from_slice(chunk)).await?;
-                }
+                send_file(sink.as_mut(), &path).await?;
                 let rows = sink.finish().await?;
                 Ok::<_, anyhow::Error>((started.elapsed().as_secs_f64(), rows))
             }
