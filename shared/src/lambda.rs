@@ -46,29 +46,85 @@ pub fn from_lambda_request(req: lambda_http::Request) -> Request {
     http::Request::from_parts(parts, bytes)
 }
 
-/// The handlers' response as a lambda_http response.
+/// AWS Lambda's limit on what a synchronous invocation returns: the JSON the runtime sends,
+/// status, headers and (base64 or JSON-escaped) body together.
+pub const RESPONSE_LIMIT: usize = 6 * 1024 * 1024;
+/// Room kept within [`RESPONSE_LIMIT`] for the status, the headers and the JSON around the body.
+const RESPONSE_FRAMING: usize = 64 * 1024;
+
+/// The handlers' response as a lambda_http response. An answer Lambda would refuse to return
+/// (over [`RESPONSE_LIMIT`]: a very large manifest, a local-storage file) is never attempted:
+/// the client gets a 500 OperationOutcome that says so instead of API Gateway's bare 502, and a
+/// file is read no further than the limit.
 pub async fn to_lambda_response(
     resp: Response,
 ) -> Result<lambda_http::Response<lambda_http::Body>, lambda_http::Error> {
     let (parts, body) = resp.into_parts();
+    let budget = RESPONSE_LIMIT - RESPONSE_FRAMING;
     let body = match body {
         Body::Full(b) if b.is_empty() => lambda_http::Body::Empty,
         Body::Full(b) => match String::from_utf8(b.to_vec()) {
-            Ok(s) => lambda_http::Body::Text(s),
-            Err(e) => lambda_http::Body::Binary(e.into_bytes()),
+            Ok(s) if json_escaped_len(&s) <= budget => lambda_http::Body::Text(s),
+            Ok(s) => return over_limit(format!("this answer ({} bytes)", s.len())),
+            Err(e) if base64_len(e.as_bytes().len()) <= budget => {
+                lambda_http::Body::Binary(e.into_bytes())
+            }
+            Err(e) => return over_limit(format!("this answer ({} bytes)", e.as_bytes().len())),
         },
-        // Local storage inside Lambda is only for `sam local`; the payload limit applies.
+        // Local storage inside Lambda is only for `sam local`; files go out base64-encoded.
         Body::File { path, gzip } => {
+            let cap = budget / 4 * 3;
             let mut bytes = Vec::new();
             tokio::io::AsyncReadExt::read_to_end(
-                &mut crate::http::file_reader(&path, gzip).await?,
+                &mut tokio::io::AsyncReadExt::take(
+                    crate::http::file_reader(&path, gzip).await?,
+                    cap as u64 + 1,
+                ),
                 &mut bytes,
             )
             .await?;
+            if bytes.len() > cap {
+                return over_limit(
+                    "this file (served from local storage)".to_string()
+                        + "; with S3 storage (STORAGE_PATH=s3://…) downloads are presigned URLs",
+                );
+            }
             lambda_http::Body::Binary(bytes)
         }
     };
     Ok(lambda_http::Response::from_parts(parts, body))
+}
+
+fn over_limit(
+    what: String,
+) -> Result<lambda_http::Response<lambda_http::Body>, lambda_http::Error> {
+    let error = crate::http::ApiError::OverLambdaLimit(format!(
+        "{what} is larger than AWS Lambda can return (6 MB); `bulk-export serve` has no such limit"
+    ));
+    let (parts, body) = error.into_response().into_parts();
+    let Body::Full(b) = body else {
+        unreachable!("an OperationOutcome is a full body")
+    };
+    Ok(lambda_http::Response::from_parts(
+        parts,
+        lambda_http::Body::Text(String::from_utf8_lossy(&b).into_owned()),
+    ))
+}
+
+/// The length of `s` as a JSON string (quotes and escapes included).
+fn json_escaped_len(s: &str) -> usize {
+    // Escaping at most multiplies by 6 (`\u00XX`): only a body that could pass the limit
+    // escaped is measured exactly.
+    if s.len() * 6 + 2 <= RESPONSE_LIMIT - RESPONSE_FRAMING {
+        return s.len();
+    }
+    serde_json::to_string(s)
+        .map(|j| j.len())
+        .unwrap_or(usize::MAX)
+}
+
+fn base64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
 }
 
 /// Time kept in reserve before the Lambda deadline: at most this, and at most a fifth of the
@@ -164,23 +220,35 @@ pub async fn run_exporter(exporter: Exporter) -> Result<(), lambda_runtime::Erro
 /// crate, instead of again in each of the six binaries (a release `sam build` spent about 75 s of
 /// code generation per function before).
 pub fn main(function: Function) -> Result<(), lambda_runtime::Error> {
-    tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run_function(function))
+        .block_on(run_function(function));
+    if let Err(e) = result {
+        exit_with(&format!("{}: {}", function.name(), crate::error_chain(&*e)));
+    }
+    Ok(())
+}
+
+/// Ends a cold start that cannot work with its reason in words (the emulator's and CloudWatch's
+/// log show it beside `Init failed`), not as a Debug dump of the error.
+fn exit_with(reason: &str) -> ! {
+    tracing::error!(error = %reason, "the function cannot start");
+    eprintln!("error: {reason}");
+    std::process::exit(1)
 }
 
 /// The `main` of the one binary every function of template.yaml runs (`sam build` compiles and
 /// links it once): the function named by its Handler, which Lambda passes as `_HANDLER`.
 pub fn main_from_handler() -> Result<(), lambda_runtime::Error> {
     let handler = std::env::var("_HANDLER").unwrap_or_default();
-    let function = Function::from_name(&handler).ok_or_else(|| {
-        format!(
+    match Function::from_name(&handler) {
+        Some(function) => main(function),
+        None => exit_with(&format!(
             "_HANDLER is {handler:?}: set the function's Handler to one of {}",
             Function::ALL.map(Function::name).join(", ")
-        )
-    })?;
-    main(function)
+        )),
+    }
 }
 
 /// [`main`] within a runtime.
@@ -208,6 +276,70 @@ pub async fn run_function(function: Function) -> Result<(), lambda_runtime::Erro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn body_len(resp: &lambda_http::Response<lambda_http::Body>) -> usize {
+        match resp.body() {
+            lambda_http::Body::Text(t) => t.len(),
+            lambda_http::Body::Binary(b) => b.len(),
+            _ => 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_lambdas_limit_is_an_operation_outcome_not_an_attempt() {
+        // A manifest of ~7 MB of JSON: refused with a 500 OperationOutcome that says why.
+        let big = format!("{{\"output\":\"{}\"}}", "x".repeat(7 * 1024 * 1024));
+        let resp = crate::http::json_response(http::StatusCode::OK, "application/json", big);
+        let out = to_lambda_response(resp).await.expect("response");
+        assert_eq!(out.status(), 500);
+        let lambda_http::Body::Text(text) = out.body() else {
+            panic!("text")
+        };
+        assert!(text.contains("too-costly"), "{text}");
+        assert!(text.contains("larger than AWS Lambda can return"), "{text}");
+        // Quotes double when escaped: 3.5 MB of them is over the limit as JSON, and refused.
+        let quotes = "\"".repeat(3_500_000);
+        let resp = crate::http::json_response(http::StatusCode::OK, "application/json", quotes);
+        assert_eq!(
+            to_lambda_response(resp).await.expect("response").status(),
+            500
+        );
+        // Just under: returned whole.
+        let fits = "y".repeat(RESPONSE_LIMIT - RESPONSE_FRAMING - 2);
+        let resp = crate::http::json_response(http::StatusCode::OK, "application/json", fits);
+        let out = to_lambda_response(resp).await.expect("response");
+        assert_eq!(out.status(), 200);
+        assert_eq!(body_len(&out), RESPONSE_LIMIT - RESPONSE_FRAMING - 2);
+    }
+
+    #[tokio::test]
+    async fn a_local_file_over_lambdas_limit_is_refused_without_reading_it_whole() {
+        let dir = std::env::temp_dir().join(format!("lambda-limit-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let small = dir.join("small.ndjson");
+        std::fs::write(&small, "{}\n".repeat(1000)).expect("write");
+        let large = dir.join("large.ndjson");
+        std::fs::write(&large, vec![b'a'; 5 * 1024 * 1024]).expect("write");
+        let file = |path: &std::path::Path| {
+            let mut r = http::Response::new(Body::File {
+                path: path.to_path_buf(),
+                gzip: false,
+            });
+            *r.status_mut() = http::StatusCode::OK;
+            r
+        };
+        let out = to_lambda_response(file(&small)).await.expect("response");
+        assert_eq!(out.status(), 200);
+        assert_eq!(body_len(&out), 3000);
+        // 5 MiB is 6.7 MiB base64-encoded: over the limit.
+        let out = to_lambda_response(file(&large)).await.expect("response");
+        assert_eq!(out.status(), 500);
+        let lambda_http::Body::Text(text) = out.body() else {
+            panic!("text")
+        };
+        assert!(text.contains("STORAGE_PATH=s3://"), "{text}");
+        std::fs::remove_dir_all(dir).ok();
+    }
 
     #[test]
     fn work_time_keeps_a_margin_before_the_lambda_deadline() {

@@ -22,6 +22,7 @@ mod client;
 pub use client::*;
 pub mod bench;
 pub mod data;
+pub mod lambda_rig;
 
 /// Admin connection used to create per-test databases.
 pub fn admin_url() -> String {

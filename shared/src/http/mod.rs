@@ -88,6 +88,9 @@ pub enum ApiError {
     /// A request that did not arrive in time: 408.
     #[error("{0}")]
     Timeout(String),
+    /// An answer larger than AWS Lambda lets a function return (6 MB): said, never attempted.
+    #[error("{0}")]
+    OverLambdaLimit(String),
     #[error("the service is temporarily unavailable; retry later")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("internal error")]
@@ -167,7 +170,9 @@ impl ApiError {
             ApiError::TooLarge(status, _) => *status,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::OverLambdaLimit(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -186,6 +191,7 @@ impl ApiError {
             ApiError::TooLarge(..) => "too-long",
             ApiError::Timeout(_) => "timeout",
             ApiError::Internal(_) => "exception",
+            ApiError::OverLambdaLimit(_) => "too-costly",
         }
     }
 

@@ -48,7 +48,12 @@ impl Handler {
             ("/$exportstatus", _) => Handler::Status,
             ("/$exportfilerequest", _) => Handler::File,
             ("/auth/token", _) => Handler::Token,
-            ("/.well-known/smart-configuration", _) => Handler::SmartConfiguration,
+            // Also under `[base]/Patient`, for clients (smart-fetch) that take it as their FHIR
+            // URL: a route of its own, since API Gateway matches whole paths.
+            (
+                "/.well-known/smart-configuration" | "/Patient/.well-known/smart-configuration",
+                _,
+            ) => Handler::SmartConfiguration,
             _ => return None,
         })
     }
@@ -196,7 +201,7 @@ mod tests {
     #[test]
     fn every_route_is_one_functions_and_parses() {
         let t = table();
-        assert_eq!(t.len(), 13);
+        assert_eq!(t.len(), 14);
         for (i, a) in t.iter().enumerate() {
             assert!(a.pattern.starts_with('/'), "{a:?}");
             for b in &t[i + 1..] {
@@ -242,6 +247,10 @@ mod tests {
         assert_eq!(
             at("GET", "/fhir/.well-known/smart-configuration"),
             Some((Function::Token, "/.well-known/smart-configuration"))
+        );
+        assert_eq!(
+            at("GET", "/fhir/Patient/.well-known/smart-configuration"),
+            Some((Function::Token, "/Patient/.well-known/smart-configuration"))
         );
         assert_eq!(
             at("GET", "/OperationDefinition/export"),

@@ -97,7 +97,7 @@ async fn token_request(base: &str, assertion: &str, scope: &str) -> reqwest::Res
         .expect("token request")
 }
 
-async fn access_token(base: &str, client: &str, scope: &str) -> String {
+pub(crate) async fn access_token(base: &str, client: &str, scope: &str) -> String {
     let a = assertion(
         "rs384",
         claims(client, &format!("{base}/auth/token")),

@@ -98,5 +98,6 @@ fn form_body(pairs: &[(&str, &str)]) -> String {
     s.finish()
 }
 
+mod emulated;
 mod exporter;
 mod http;
