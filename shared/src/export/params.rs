@@ -15,10 +15,6 @@ mod vocab;
 pub use headers::{check_headers, Preferences};
 pub use vocab::*;
 
-/// Hints the IG lets a server ignore: accepted (strict handling included) and ignored.
-/// `allowPartialManifests` (IG v3): this server always answers with one complete manifest.
-const IGNORED_HINTS: &[&str] = &["allowPartialManifests"];
-
 /// Bounds on what one kick-off may ask for (requests are parsed and stored, and a stored job is
 /// read back by the exporter): more is a 400 even with `handling=lenient`.
 pub const MAX_PARAMETERS: usize = 100;
@@ -270,7 +266,15 @@ pub fn parse_params(
                     )))?;
                 }
             }
-            other if IGNORED_HINTS.contains(&other) => {}
+            "allowPartialManifests" => {
+                // IG v3, a hint the IG lets a server ignore (strict handling included): this
+                // server always answers with one complete manifest. Its value is a boolean.
+                if !matches!(value.trim(), "true" | "false") {
+                    refuse(KickoffError::InvalidParameter(format!(
+                        "allowPartialManifests is a boolean (true or false), not {value:?}"
+                    )))?;
+                }
+            }
             other => {
                 refuse(KickoffError::InvalidParameter(format!(
                     "unknown parameter {other:?}"
@@ -349,8 +353,36 @@ pub fn split_type_filters(value: &str) -> Vec<String> {
         .collect()
 }
 
-/// The parameters of a POST kick-off body: a FHIR `Parameters` resource. Values may be given as
-/// valueString, valueCode, valueInstant, valueDateTime, valueUri, valueId or valueReference.
+/// The value[x] the Bulk Data IG's OperationDefinitions (`export`, `patient-export`,
+/// `group-export`, v2.0.0 and v3) give each kick-off parameter.
+pub const IG_VALUE_TYPES: &[(&str, &str)] = &[
+    ("_outputFormat", "valueString"),
+    ("_since", "valueInstant"),
+    ("_until", "valueInstant"),
+    ("_type", "valueString"),
+    ("_elements", "valueString"),
+    ("patient", "valueReference"),
+    ("includeAssociatedData", "valueCode"),
+    ("_typeFilter", "valueString"),
+    ("organizeOutputBy", "valueString"),
+    ("allowPartialManifests", "valueBoolean"),
+];
+
+/// Text value[x] taken for any parameter besides the IG's type (clients write a `_since` as
+/// valueDateTime or a `_type` as valueCode): the text is what is checked.
+const TEXT_VALUE_TYPES: &[&str] = &[
+    "valueString",
+    "valueCode",
+    "valueInstant",
+    "valueDateTime",
+    "valueUri",
+    "valueId",
+];
+
+/// The parameters of a POST kick-off body: a FHIR `Parameters` resource. Each parameter's value
+/// is its IG type ([`IG_VALUE_TYPES`]: valueString, valueInstant, valueCode, valueReference,
+/// valueBoolean) or another text value[x] (valueDateTime, valueUri, valueId); a valueBoolean is
+/// the text `true` or `false`.
 pub fn parameters_body(body: &[u8]) -> Result<Vec<(String, String)>, KickoffError> {
     let bad = |m: String| KickoffError::InvalidParameter(m);
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -372,24 +404,34 @@ pub fn parameters_body(body: &[u8]) -> Result<Vec<(String, String)>, KickoffErro
             .get("name")
             .and_then(|n| n.as_str())
             .ok_or_else(|| bad("a Parameters.parameter has no name".into()))?;
-        let value = [
-            "valueString",
-            "valueCode",
-            "valueInstant",
-            "valueDateTime",
-            "valueUri",
-            "valueId",
-        ]
-        .iter()
-        .find_map(|k| param.get(*k).and_then(|v| v.as_str()))
-        .or_else(|| {
-            param
-                .get("valueReference")
-                .and_then(|r| r.get("reference"))
-                .and_then(|r| r.as_str())
-        })
-        .ok_or_else(|| bad(format!("parameter {name} has no supported value[x]")))?;
-        out.push((name.to_string(), value.to_string()));
+        let value = TEXT_VALUE_TYPES
+            .iter()
+            .find_map(|k| param.get(*k).and_then(|v| v.as_str()))
+            .map(str::to_string)
+            .or_else(|| {
+                param
+                    .get("valueReference")
+                    .and_then(|r| r.get("reference"))
+                    .and_then(|r| r.as_str())
+                    .map(str::to_string)
+            })
+            .or_else(|| {
+                param
+                    .get("valueBoolean")
+                    .and_then(|b| b.as_bool())
+                    .map(|b| b.to_string())
+            })
+            .ok_or_else(|| {
+                let ig = IG_VALUE_TYPES
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(String::new(), |(_, t)| format!(" (the IG's type for it is {t})"));
+                bad(format!(
+                    "parameter {name:?} has no supported value[x]{ig}; use {}, valueReference or valueBoolean",
+                    TEXT_VALUE_TYPES.join(", ")
+                ))
+            })?;
+        out.push((name.to_string(), value));
     }
     Ok(out)
 }

@@ -328,6 +328,43 @@ fn parameters_bodies_give_name_value_pairs() {
     assert_eq!(parameters_body(b"").unwrap(), vec![]);
 }
 
+/// Every parameter as the IG's OperationDefinitions type it (export, patient-export,
+/// group-export): `allowPartialManifests` is a boolean, which bulk-data-client `--post` sends
+/// as valueBoolean.
+#[test]
+fn parameters_bodies_take_every_parameter_in_its_ig_type() {
+    let body = br#"{"resourceType":"Parameters","parameter":[
+        {"name":"_outputFormat","valueString":"ndjson"},
+        {"name":"_since","valueInstant":"2020-01-01T00:00:00Z"},
+        {"name":"_until","valueInstant":"2021-01-01T00:00:00Z"},
+        {"name":"_type","valueString":"Patient,Observation"},
+        {"name":"_elements","valueString":"id"},
+        {"name":"patient","valueReference":{"reference":"Patient/p1"}},
+        {"name":"includeAssociatedData","valueCode":"LatestProvenanceResources"},
+        {"name":"_typeFilter","valueString":"Observation?status=final"},
+        {"name":"organizeOutputBy","valueString":"Patient"},
+        {"name":"allowPartialManifests","valueBoolean":true}]}"#;
+    let pairs = parameters_body(body).unwrap();
+    assert_eq!(pairs.len(), 10);
+    assert_eq!(
+        pairs[9],
+        ("allowPartialManifests".to_string(), "true".to_string())
+    );
+    for level in [ExportLevel::Patient, ExportLevel::Group] {
+        let p = parse_params(level, &pairs, &[], false).unwrap();
+        assert!(p.ignored.is_empty());
+    }
+    let f = br#"{"resourceType":"Parameters","parameter":[
+        {"name":"allowPartialManifests","valueBoolean":false}]}"#;
+    let pairs = parameters_body(f).unwrap();
+    assert!(parse_params(ExportLevel::System, &pairs, &[], false).is_ok());
+    // A non-boolean allowPartialManifests is refused, or ignored and reported when lenient.
+    let odd = q(&[("allowPartialManifests", "maybe")]);
+    assert!(parse_params(ExportLevel::System, &odd, &[], false).is_err());
+    let p = parse_params(ExportLevel::System, &odd, &[], true).unwrap();
+    assert_eq!(p.ignored.len(), 1);
+}
+
 #[test]
 fn prefer_is_parsed_as_a_list() {
     assert!(

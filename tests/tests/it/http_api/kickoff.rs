@@ -85,7 +85,9 @@ async fn post_kickoff_takes_a_parameters_body_at_every_level() {
     let url = format!("{}/$export", server.base);
     let body = serde_json::json!({"resourceType": "Parameters", "parameter": [
         {"name": "_type", "valueString": "Patient"},
-        {"name": "_outputFormat", "valueString": "application/fhir+ndjson"}]});
+        {"name": "_outputFormat", "valueString": "application/fhir+ndjson"},
+        // The IG's type, what bulk-data-client --post sends.
+        {"name": "allowPartialManifests", "valueBoolean": true}]});
     let manifest = manifest_of(&c, post_kickoff(&c, &url, "respond-async", body).await).await;
     assert_eq!(
         manifest["request"], url,
