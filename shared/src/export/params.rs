@@ -126,6 +126,15 @@ pub fn parse_params(
         ))
     };
     for (name, value) in pairs {
+        // Text is stored (Postgres text and jsonb refuse U+0000) and no parameter can mean
+        // anything with a NUL: a 400 naming the parameter, even when lenient (an ignored
+        // parameter's name is stored in error[] too).
+        if name.contains('\0') || value.contains('\0') {
+            return Err(KickoffError::InvalidParameter(format!(
+                "{}: a NUL character (%00) is not allowed in a parameter's name or value",
+                name.escape_debug()
+            )));
+        }
         if value.split(',').nth(MAX_VALUES).is_some() {
             return Err(too_many(name));
         }

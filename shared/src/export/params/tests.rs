@@ -365,6 +365,38 @@ fn parameters_bodies_take_every_parameter_in_its_ig_type() {
     assert_eq!(p.ignored.len(), 1);
 }
 
+/// Postgres refuses U+0000 in stored text and jsonb: a NUL in any parameter (its value, or the
+/// name of an unknown one, which lenient handling would store in error[]) is a 400 naming it,
+/// strict or lenient.
+#[test]
+fn a_nul_in_any_parameter_is_refused_even_when_lenient() {
+    for (name, value) in [
+        ("_typeFilter", "Observation?code=a\0b"),
+        ("_type", "Patient\0"),
+        ("_elements", "id\0"),
+        ("_since", "2020-01-01T00:00:00Z\0"),
+        ("patient", "Patient/a\0"),
+        ("includeAssociatedData", "\0"),
+        ("organizeOutputBy", "Patient\0"),
+        ("allowPartialManifests", "true\0"),
+        ("_outputFormat", "ndjson\0"),
+        ("unknown\0", "x"),
+    ] {
+        for lenient in [false, true] {
+            let e = parse_params(ExportLevel::Patient, &q(&[(name, value)]), &[], lenient)
+                .expect_err(name);
+            let KickoffError::InvalidParameter(m) = e else {
+                panic!("{name}: {e:?}");
+            };
+            assert!(m.contains("NUL"), "{name}: {m}");
+            assert!(
+                m.starts_with(&name.escape_debug().to_string()),
+                "{name}: {m}"
+            );
+        }
+    }
+}
+
 #[test]
 fn prefer_is_parsed_as_a_list() {
     assert!(

@@ -332,3 +332,51 @@ async fn a_comma_inside_a_type_filter_query_and_allow_partial_manifests_are_unde
     let counts = download_counts(&c, &manifest, "output").await;
     assert_eq!(counts["Observation"], expected);
 }
+
+/// A NUL (`%00`) in a parameter was a 500 (Postgres refuses U+0000 in the stored parameters):
+/// a 400 naming the parameter, at GET and POST, strict and lenient, and nothing is stored.
+#[tokio::test]
+async fn a_nul_in_a_parameter_is_a_400_naming_it_at_get_and_post() {
+    let (server, _) = server_with(&[]).await;
+    let c = http_client();
+    let url = format!("{}/$export", server.base);
+    for prefer in ["respond-async", "respond-async, handling=lenient"] {
+        let resp = c
+            .get(format!(
+                "{url}?_type=Observation&_typeFilter=Observation%3Fcode%3Da%00b"
+            ))
+            .header("Accept", "application/fhir+json")
+            .header("Prefer", prefer)
+            .send()
+            .await
+            .expect("GET kick-off");
+        let oo = outcome(resp, 400).await;
+        let d = oo["issue"][0]["diagnostics"].as_str().unwrap_or_default();
+        assert!(
+            d.contains("_typeFilter") && d.contains("NUL"),
+            "GET {prefer}: {d}"
+        );
+        let body = serde_json::json!({"resourceType": "Parameters", "parameter": [
+            {"name": "_typeFilter", "valueString": "Observation?code=a\u{0}b"}]});
+        let oo = outcome(post_kickoff(&c, &url, prefer, body).await, 400).await;
+        let d = oo["issue"][0]["diagnostics"].as_str().unwrap_or_default();
+        assert!(
+            d.contains("_typeFilter") && d.contains("NUL"),
+            "POST {prefer}: {d}"
+        );
+        // An unknown parameter's name would be stored in error[] when lenient.
+        let resp = kickoff(&c, &format!("{url}?x%00y=1")).await;
+        outcome(resp, 400).await;
+    }
+    let jobs: i64 = server
+        .state
+        .pool
+        .get()
+        .await
+        .expect("conn")
+        .query_one("SELECT count(*) FROM export_jobs", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(jobs, 0, "nothing stored");
+}
