@@ -6,7 +6,8 @@
 //! at most five minutes ahead, and a `jti` never seen before (kept until `exp`); a `jku` header,
 //! when present, must be the client's registered JWKS URL. Errors are OAuth errors
 //! (`invalid_request`, `invalid_client`, `invalid_grant`, `invalid_scope`,
-//! `unsupported_grant_type`) as JSON, never a stack trace.
+//! `unsupported_grant_type`) as JSON, never a stack trace; until the signature verifies, one
+//! `invalid_client` answer for every reason ([`UNVERIFIED_CLIENT`]), the reason in the log.
 
 use base64::Engine;
 use http::StatusCode;
@@ -90,6 +91,24 @@ pub struct Grant {
 
 fn invalid_client(d: impl Into<String>) -> OAuthError {
     OAuthError::new("invalid_client", d)
+}
+
+/// The one answer to an assertion that does not prove it comes from a registered client: an
+/// unknown client, a `jku` that is not its JWKS URL, keys that cannot be had (an unreachable or
+/// unusable JWKS URL) or that do not fit, a signature that does not verify. The same words for
+/// all, so that the answer tells no one which client ids exist or where their keys live; the
+/// reason goes to the log.
+pub const UNVERIFIED_CLIENT: &str =
+    "the client assertion could not be verified: unknown client, or no registered key of the client verifies its signature";
+
+/// Refuses an assertion as [`UNVERIFIED_CLIENT`], logging the reason (a warning).
+fn unverified_client(client_id: &str, reason: &str) -> OAuthError {
+    tracing::warn!(
+        client_id = %client_id.escape_debug(),
+        reason = %reason,
+        "token request refused: client assertion not verified"
+    );
+    invalid_client(UNVERIFIED_CLIENT)
 }
 
 fn invalid_request(d: impl Into<String>) -> OAuthError {
@@ -178,19 +197,33 @@ pub async fn grant(
         .iss
         .filter(|iss| Some(iss) == unverified.sub.as_ref() && !iss.is_empty() && iss.len() <= 256)
         .ok_or_else(|| invalid_client("iss and sub must both be the client id"))?;
+    // A NUL cannot be in a registered id (and Postgres refuses it in a query parameter).
+    if client_id.contains('\0') {
+        return Err(unverified_client(&client_id, "unknown client (a NUL in iss)").into());
+    }
     let client = clients::get_client(pool, &client_id)
         .await?
-        .ok_or_else(|| invalid_client("unknown client"))?;
+        .ok_or_else(|| unverified_client(&client_id, "unknown client"))?;
     if let Some(jku) = &header.jku {
         if client.jwks_url.as_deref() != Some(jku.as_str()) {
-            return Err(invalid_client("jku is not the client's registered JWKS URL").into());
+            return Err(unverified_client(
+                &client_id,
+                &format!("jku {jku:?} is not the client's registered JWKS URL"),
+            )
+            .into());
         }
     }
     let keys: JwkSet = match (&client.jwks, &client.jwks_url) {
-        (Some(inline), _) => serde_json::from_value(inline.clone())
-            .map_err(|_| invalid_client("the client's registered JWKS is not usable"))?,
-        (None, Some(url)) => jwks::fetch(url).await.map_err(|e| invalid_client(e.0))?,
-        (None, None) => return Err(invalid_client("the client has no keys").into()),
+        (Some(inline), _) => serde_json::from_value(inline.clone()).map_err(|e| {
+            unverified_client(
+                &client_id,
+                &format!("the client's registered JWKS is not usable: {e}"),
+            )
+        })?,
+        (None, Some(url)) => jwks::fetch(url)
+            .await
+            .map_err(|e| unverified_client(&client_id, &format!("JWKS URL {url}: {}", e.0)))?,
+        (None, None) => return Err(unverified_client(&client_id, "the client has no keys").into()),
     };
     let candidates: Vec<&Jwk> = keys
         .keys
@@ -200,10 +233,13 @@ pub async fn grant(
         .filter(|k| key_fits(k, header.alg))
         .collect();
     if candidates.is_empty() {
-        return Err(invalid_client(format!(
-            "no key of the client fits the assertion (kid {:?}, alg {:?})",
-            header.kid, header.alg
-        ))
+        return Err(unverified_client(
+            &client_id,
+            &format!(
+                "no key of the client fits the assertion (kid {:?}, alg {:?})",
+                header.kid, header.alg
+            ),
+        )
         .into());
     }
     let token_url = format!("{base}{TOKEN_PATH}");
@@ -213,7 +249,9 @@ pub async fn grant(
     validation.set_issuer(&[&client_id]);
     validation.sub = Some(client_id.clone());
     validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
-    let mut last = invalid_client("the client assertion's signature does not verify");
+    // Only an assertion whose signature verifies is told more than UNVERIFIED_CLIENT (jsonwebtoken
+    // checks the signature before the claims).
+    let mut last = None;
     let mut verified = None;
     for jwk in candidates {
         let Ok(key) = DecodingKey::from_jwk(jwk) else {
@@ -226,7 +264,7 @@ pub async fn grant(
             }
             Err(e) => {
                 use jsonwebtoken::errors::ErrorKind as K;
-                last = match e.kind() {
+                last = Some(match e.kind() {
                     K::ExpiredSignature => invalid_client("the client assertion has expired"),
                     K::InvalidAudience => invalid_client(format!(
                         "the client assertion's aud must be the token URL {token_url}"
@@ -237,12 +275,25 @@ pub async fn grant(
                     K::MissingRequiredClaim(c) => {
                         invalid_client(format!("the client assertion has no {c} claim"))
                     }
-                    _ => invalid_client("the client assertion's signature does not verify"),
-                };
+                    _ => {
+                        tracing::debug!(client_id = %client_id, error = %e, "a candidate key does not verify the assertion");
+                        continue;
+                    }
+                });
             }
         }
     }
-    let claims = verified.ok_or(last)?;
+    let claims = match (verified, last) {
+        (Some(claims), _) => claims,
+        (None, Some(e)) => return Err(e.into()),
+        (None, None) => {
+            return Err(unverified_client(
+                &client_id,
+                "the assertion's signature does not verify with any registered key",
+            )
+            .into())
+        }
+    };
     let now = chrono::Utc::now().timestamp();
     // An assertion made for later (clock games, or one prepared to be replayed) is refused.
     for (name, t) in [("nbf", claims.nbf), ("iat", claims.iat)] {
@@ -261,6 +312,9 @@ pub async fn grant(
         .jti
         .filter(|j| !j.is_empty() && j.len() <= 256)
         .ok_or_else(|| invalid_client("the client assertion needs a jti"))?;
+    if jti.contains('\0') {
+        return Err(invalid_client("the client assertion's jti must not contain a NUL").into());
+    }
     let expires = chrono::DateTime::from_timestamp(claims.exp, 0)
         .ok_or_else(|| invalid_client("the client assertion's exp is out of range"))?;
     if !clients::record_jti(pool, &client_id, &jti, expires).await? {

@@ -140,7 +140,7 @@ async fn the_token_endpoint_refuses_bad_requests_and_assertions_with_oauth_error
         ("unregistered key", unregistered_key, "signature"),
         ("alg none", alg_none, "RS384"),
         ("HS256 with the public key", hs256, "RS384"),
-        ("foreign jku", with_jku, "jku"),
+        ("foreign jku", with_jku, "unknown client"),
         ("not a JWT", "not-a-jwt".to_string(), "JWT"),
     ] {
         let d = oauth_error(
@@ -150,6 +150,58 @@ async fn the_token_endpoint_refuses_bad_requests_and_assertions_with_oauth_error
         )
         .await;
         assert!(d.contains(needle), "{what}: {d}");
+    }
+
+    // An unknown client, a key it did not register, a foreign jku and an iss with a NUL (a 500
+    // before: Postgres refuses U+0000) get the very same answer: no one can tell which client ids
+    // exist.
+    let answer = |resp: reqwest::Response| async move {
+        let status = resp.status();
+        let cache = resp.headers()["cache-control"].clone();
+        (status, cache, resp.text().await.expect("body"))
+    };
+    let mut header = Header::new(Algorithm::RS384);
+    header.jku = Some("https://attacker.example/jwks.json".into());
+    let rsa = EncodingKey::from_rsa_pem(&std::fs::read(auth_fixture("rs384.pem")).expect("pem"))
+        .expect("key");
+    let nul = jsonwebtoken::encode(
+        &Header::new(Algorithm::RS384),
+        &claims("nobody\u{0}", &token_url),
+        &rsa,
+    )
+    .expect("sign");
+    let reference = answer(
+        token_request(
+            base,
+            &assertion("rs384", claims("nobody", &token_url), None),
+            "system/*.read",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(reference.0, 401);
+    assert!(reference.2.contains("invalid_client"), "{}", reference.2);
+    for (what, a) in [
+        (
+            "a key the client did not register",
+            assertion("other", claims(ALL, &token_url), Some("test-rs384")),
+        ),
+        (
+            "a key the client did not register, without kid",
+            assertion("other", claims(ALL, &token_url), None),
+        ),
+        (
+            "a foreign jku",
+            jsonwebtoken::encode(&header, &claims(ALL, &token_url), &rsa).expect("sign"),
+        ),
+        (
+            "a kid the client does not have",
+            assertion("rs384", claims(ALL, &token_url), Some("no-such-kid")),
+        ),
+        ("a NUL in iss", nul),
+    ] {
+        let got = answer(token_request(base, &a, "system/*.read").await).await;
+        assert_eq!(got, reference, "{what}");
     }
 
     // A replayed assertion (same jti) is refused the second time.
@@ -202,11 +254,31 @@ async fn jwks_urls_are_fetched_and_cached_as_cache_control_says() {
     }
 
     // A JWKS that never ends is abandoned past the size cap; a redirect to another host is not
-    // followed.
-    for (path, needle) in [("/huge.json", "too large"), ("/elsewhere.json", "302")] {
-        let (ok_url, _) = jwks_server("no-store").await;
-        let url = ok_url.replace("/jwks.json", path);
-        let id = format!("{BY_URL}{}", path.replace(['/', '.'], "-"));
+    // followed; a URL where nothing answers HTTP is given up. The client is told none of it (not
+    // the URL, nor whether it is reachable): the answer to an unknown client; the operator
+    // finds the reason in the log.
+    let unknown = oauth_error(
+        token_request(
+            base,
+            &assertion("es384", claims("nobody", &token_url), None),
+            "system/*.read",
+        )
+        .await,
+        401,
+        "invalid_client",
+    )
+    .await;
+    let (ok_url, _) = jwks_server("no-store").await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}/jwks.json", l.local_addr().expect("addr"))
+    };
+    for url in [
+        ok_url.replace("/jwks.json", "/huge.json"),
+        ok_url.replace("/jwks.json", "/elsewhere.json"),
+        closed,
+    ] {
+        let id = format!("{BY_URL}-{}", uuid::Uuid::new_v4());
         register_by_url(&server, &id, &url).await;
         let a = assertion("es384", claims(&id, &token_url), Some("test-es384"));
         let d = oauth_error(
@@ -215,6 +287,10 @@ async fn jwks_urls_are_fetched_and_cached_as_cache_control_says() {
             "invalid_client",
         )
         .await;
-        assert!(d.contains(needle), "{path}: {d}");
+        assert_eq!(d, unknown, "{url}");
+        assert!(
+            !d.contains("127.0.0.1") && !d.contains("http"),
+            "{url}: {d}"
+        );
     }
 }
