@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the shell commands of README.md's "Run it", "Authorization" and "What an export contains"
-# sections exactly as written (extracted from README.md, not copied), in README order, and checks
-# what they produce.
+# Runs the shell commands of README.md's "Run it", "Authorization", "What an export contains" and
+# "Run the functions as Lambda runs them" sections exactly as written (extracted from README.md,
+# not copied), in README order, and checks what they produce.
 #
 #   scripts/check-readme.sh            # from any directory; ends with `readme: N passed, M failed`
 #
@@ -19,6 +19,7 @@
 #         download        the file $NAME is ndjson: one or more lines, each a Patient
 #         deleted         the status URL now answers 404 (or 410) to the client
 #         ndjson-dir=DIR  DIR holds <Type>.*.ndjson[.gz] files, every line a resource of that type
+#         lambda=C1,C2…   the Lambda answers the block prints ({"statusCode":N,…}) are C1, C2, … in order
 # Each block counts once in the closing line; a failure names the README line that failed.
 #
 # Isolation: a throwaway role and database bulkreadme_<random> on the local Postgres (started like
@@ -43,7 +44,7 @@ cd "$ROOT"
 # README_CHECK_FILE: another file to check instead (for testing this script).
 README="$(realpath "${README_CHECK_FILE:-$ROOT/README.md}")"
 RN="$(basename "$README")"
-SECTIONS=("Run it" "Authorization" "What an export contains")
+SECTIONS=("Run it" "Authorization" "What an export contains" "Run the functions as Lambda runs them")
 TOOLS_DIR="${TOOLS_DIR:-$HOME/.cache/fhir-bulk-tools}"
 SERVER_TIMEOUT="${README_CHECK_TIMEOUT:-2700}"
 BLOCK_TIMEOUT="${README_CHECK_BLOCK_TIMEOUT:-900}"
@@ -421,6 +422,14 @@ __rc_check_http() {
   echo "$count HTTP answer(s) $want"
 }
 
+__rc_check_lambda() {
+  local want=$1 codes
+  codes=$(grep -aoE '"statusCode": ?[0-9]{3}' "$__RC_WORK/out-$__rc_current" | grep -oE '[0-9]{3}' \
+    | paste -sd, -)
+  [[ "$codes" == "$want" ]] || { echo "the functions answered '${codes:-nothing}', not $want"; return 1; }
+  echo "Lambda answers $codes"
+}
+
 __rc_check_kickoff() {
   local first
   first=$(printf '%s\n' "${KICKOFF:-}" | sed -n 1p)
@@ -521,6 +530,7 @@ __rc_end() {
       download) about='curl .*\$NAME' msg=$(__rc_check_download 2>&1) ;;
       deleted) about='-X DELETE' msg=$(__rc_check_deleted) ;;
       ndjson-dir=*) about="${spec#ndjson-dir=}" msg=$(__rc_check_ndjson_dir "${spec#ndjson-dir=}" 2>&1) ;;
+      lambda=*) about='^invoke ' msg=$(__rc_check_lambda "${spec#lambda=}") ;;
       *) __rc_fail "unknown check '$spec'" ;;
     esac || __rc_fail "check $spec$(__rc_line_of "$about"): $msg"
     what+=("$msg")

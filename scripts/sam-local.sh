@@ -27,7 +27,8 @@
 # adds its runtime interface emulator on top). The binary needs a glibc no newer than the base's.
 #
 # Binaries: reuses ${CARGO_TARGET_DIR:-target}/release/bulk-export-lambda and .../bulk-export,
-# built (cargo build --release) only when missing, or always with SAM_LOCAL_BUILD=1 (incremental).
+# brought up to date first (cargo build --release: nothing to do when they are; SAM_LOCAL_BUILD=0
+# skips it).
 # No `sam build` (it would compile again with cargo-lambda): the build directory that `sam build`
 # would make (one folder per function holding the binary as `bootstrap`, and a template without
 # the rust-cargolambda build Metadata) is laid out in a temporary directory.
@@ -39,7 +40,7 @@
 # both reach. Everything started here is stopped on exit.
 #
 # Environment: TOOLS_DIR (default ~/.cache/fhir-bulk-tools), CARGO_TARGET_DIR,
-# SAM_LOCAL_REQUIRED=1, SAM_LOCAL_BUILD=1, SAM_LOCAL_KEEP=1 (keep the temporary directory).
+# SAM_LOCAL_REQUIRED=1, SAM_LOCAL_BUILD=0, SAM_LOCAL_KEEP=1 (keep the temporary directory).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -243,13 +244,12 @@ if [[ ! -x "$SAM" || ! -x "$VENV/bin/moto_server" ]]; then
 fi
 command -v python3 >/dev/null 2>&1 || skip "python3 is missing"
 
-if [[ "${SAM_LOCAL_BUILD:-}" == 1 || ! -x "$LAMBDA_BIN" ]]; then
-  log "cargo build --release -p bulk-export-lambda"
-  cargo build --release -p bulk-export-lambda
-fi
-if [[ "${SAM_LOCAL_BUILD:-}" == 1 || ! -x "$CLI_BIN" ]]; then
-  log "cargo build --release -p shared --bin bulk-export"
-  cargo build --release -p shared --bin bulk-export
+# Up to date with the checkout, never a stale binary: cargo does nothing when it is, and the
+# release build of `bulk-export` (scripts/run-local.sh, check-readme.sh) shares everything but
+# the link. SAM_LOCAL_BUILD=0 takes the binaries as they are.
+if [[ "${SAM_LOCAL_BUILD:-1}" != 0 || ! -x "$LAMBDA_BIN" || ! -x "$CLI_BIN" ]]; then
+  log "cargo build --release -p bulk-export-lambda -p shared --bin bulk-export-lambda --bin bulk-export"
+  cargo build --release -p bulk-export-lambda -p shared --bin bulk-export-lambda --bin bulk-export
 fi
 log "function binary $LAMBDA_BIN ($(date -r "$LAMBDA_BIN" '+%F %T'))"
 
