@@ -116,6 +116,30 @@ pub fn bind_error(err: &std::io::Error, host: std::net::IpAddr, port: u16) -> St
     }
 }
 
+/// Whether a finished job's files are gone: deleted (a client's DELETE or `jobs --cancel`) or
+/// expired, and its state as `bulk-export jobs ID` shows it: `Complete, deleted <time> — files
+/// removed` (the files are no longer served, and the purge removes them), else the status.
+pub fn job_state(
+    status: &str,
+    deleted_at: Option<chrono::DateTime<chrono::Utc>>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (String, bool) {
+    let finished = matches!(status, "Complete" | "Failed");
+    let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
+    match (deleted_at, expires_at) {
+        (Some(d), _) if finished => (
+            format!("{status}, deleted {} — files removed", time(d)),
+            true,
+        ),
+        (None, Some(e)) if finished && e <= now => (
+            format!("{status}, expired {} — files removed", time(e)),
+            true,
+        ),
+        _ => (status.to_string(), false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +172,35 @@ mod tests {
         let e = std::io::Error::from(std::io::ErrorKind::AddrInUse);
         let msg = bind_error(&e, "127.0.0.1".parse().expect("ip"), 8080);
         assert!(msg.contains("port 8080") && msg.contains("PORT="), "{msg}");
+    }
+
+    #[test]
+    fn a_deleted_or_expired_finished_job_says_its_files_are_gone() {
+        use chrono::TimeZone;
+        let t = chrono::Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap();
+        let later = t + chrono::Duration::hours(1);
+        assert_eq!(
+            job_state("Complete", Some(t), Some(later), t),
+            (
+                "Complete, deleted 2024-05-01 12:00:00 — files removed".to_string(),
+                true
+            )
+        );
+        assert_eq!(
+            job_state("Failed", None, Some(t), later),
+            (
+                "Failed, expired 2024-05-01 12:00:00 — files removed".to_string(),
+                true
+            )
+        );
+        assert_eq!(
+            job_state("Complete", None, Some(later), t),
+            ("Complete".to_string(), false)
+        );
+        // A cancelled running job is not "deleted with its files": it had none to serve.
+        assert_eq!(
+            job_state("Cancelled", Some(t), None, later),
+            ("Cancelled".to_string(), false)
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! `bulk-export jobs [ID]`: the newest jobs, or one with its progress, counts and errors.
 
 use anyhow::bail;
+use shared::cli::job_state;
 use shared::db;
 
 pub async fn jobs_command(
@@ -15,11 +16,17 @@ pub async fn jobs_command(
     };
     let Some(id) = id else {
         println!("id\tstatus\tlevel\tclient\tcreated\tcompleted\terror");
+        let now = chrono::Utc::now();
         for j in db::jobs::list_jobs(pool, limit.clamp(1, 10_000)).await? {
+            let status = match job_state(j.status.as_str(), j.deleted_at, j.expires_at, now) {
+                (_, true) if j.deleted_at.is_some() => format!("{} (deleted)", j.status.as_str()),
+                (_, true) => format!("{} (expired)", j.status.as_str()),
+                (_, false) => j.status.as_str().to_string(),
+            };
             println!(
                 "{}\t{}\t{}\t{}\t{}\t{}\t{}",
                 j.id,
-                j.status.as_str(),
+                status,
                 j.level.as_str(),
                 j.client_id.as_deref().unwrap_or("-"),
                 time(Some(j.created_at)),
@@ -37,7 +44,13 @@ pub async fn jobs_command(
         db::jobs::JobProgress::Patients { done, all } => format!("{done} of {all} patients"),
     };
     println!("id:             {}", j.id);
-    println!("status:         {}", j.status.as_str());
+    let (state, files_gone) = job_state(
+        j.status.as_str(),
+        j.deleted_at,
+        j.expires_at,
+        chrono::Utc::now(),
+    );
+    println!("status:         {state}");
     println!("level:          {}", j.level.as_str());
     println!("request:        {}", j.request_url);
     println!("client:         {}", j.client_id.as_deref().unwrap_or("-"));
@@ -56,13 +69,18 @@ pub async fn jobs_command(
     );
     println!("attempts:       {}", j.attempts);
     println!("progress:       {progress}");
-    let files = db::files::select_files(pool, id).await?;
-    println!(
-        "exported:       {} resources, {} bytes in {} files",
-        files.iter().map(|f| f.resource_count).sum::<i64>(),
-        files.iter().map(|f| f.byte_count).sum::<i64>(),
-        files.len()
-    );
+    if files_gone {
+        // Its files are no longer served (and purged): nothing of it is kept to count.
+        println!("exported:       - (the files were removed)");
+    } else {
+        let files = db::files::select_files(pool, id).await?;
+        println!(
+            "exported:       {} resources, {} bytes in {} files",
+            files.iter().map(|f| f.resource_count).sum::<i64>(),
+            files.iter().map(|f| f.byte_count).sum::<i64>(),
+            files.len()
+        );
+    }
     println!("error:          {}", j.error.as_deref().unwrap_or("-"));
     println!(
         "client is told: {}",

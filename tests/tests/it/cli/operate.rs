@@ -217,6 +217,24 @@ async fn jobs_shows_retries_and_cancels_an_export() {
     let (code, _, err) = run(&["jobs", &id.to_string(), "--cancel"], &env).await;
     assert_eq!(code, 1);
     assert!(err.contains("already cancelled or deleted"), "{err}");
+    // The deleted export is shown as deleted, its files as gone, not counted.
+    let (code, out, err) = run(&["jobs", &id.to_string()], &env).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("status:         Complete, deleted ") && out.contains("files removed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("exported:       - (the files were removed)") && !out.contains(" files\n"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["jobs"], &env).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&id.to_string()) && l.contains("Complete (deleted)")),
+        "{out}"
+    );
     drop((idle, worker));
 }
 
