@@ -189,9 +189,9 @@ impl Emulator {
         self.log().matches("Reset initiated: Timeout").count()
     }
 
-    /// Invocations so far (their REPORT lines).
+    /// Invocations so far (their START lines: failed ones have no REPORT line).
     pub fn invocations(&self) -> usize {
-        self.log().matches("REPORT RequestId").count()
+        self.log().matches("START RequestId").count()
     }
 
     pub fn stop(&self) {

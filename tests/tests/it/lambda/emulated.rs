@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use integration_tests::lambda_rig::{ApiType, Emulator, Stack, StackOptions, StallRelay};
+use std::sync::Arc;
+
+use integration_tests::lambda_rig::{ApiType, Emulator, Poller, Stack, StackOptions, StallRelay};
 use integration_tests::{bearer_client, http_client, register_fixture_client, TestDb};
 use serde_json::Value;
 
@@ -528,4 +530,61 @@ async fn a_cold_start_that_cannot_work_fails_init_with_a_message_an_operator_can
         .await
         .expect("pending")
         .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_the_exporter_keeps_failing_comes_back_then_goes_to_the_dead_letter_queue() {
+    let db = TestDb::new().await;
+    let stack = Stack::deploy(
+        &db,
+        StackOptions {
+            visibility_timeout: Some(1),
+            poll_queue: false,
+            schedule_every: None,
+            ..Default::default()
+        },
+    )
+    .await;
+    // An exporter whose database is gone: every invocation fails, so no message is deleted.
+    let nothing_there = format!(
+        "postgres://127.0.0.1:{}/x?sslmode=disable",
+        integration_tests::free_port()
+    );
+    let failing = Arc::new(broken(&stack, "exporter", &[("DATABASE_URL", &nothing_there)]).await);
+    let body = format!("{{\"job_id\":\"{}\"}}", uuid::Uuid::new_v4());
+    stack
+        .sqs
+        .send_message()
+        .queue_url(&stack.queue_url)
+        .message_body(&body)
+        .send()
+        .await
+        .expect("send");
+    let _poller = Poller::start(
+        stack.sqs.clone(),
+        stack.queue_url.clone(),
+        stack.batch_size,
+        failing.clone(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let dead = loop {
+        let dead = stack.dead_letters().await;
+        if !dead.is_empty() {
+            break dead;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not dead-lettered:\n{}",
+            failing.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(dead, vec![body]);
+    // Delivered maxReceiveCount times (the template's 5), each a failed invocation.
+    assert_eq!(
+        failing.invocations() as u64,
+        stack.max_receive_count,
+        "{}",
+        failing.log()
+    );
 }
