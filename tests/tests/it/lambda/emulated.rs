@@ -588,3 +588,68 @@ async fn a_message_the_exporter_keeps_failing_comes_back_then_goes_to_the_dead_l
         failing.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_bodies_reach_the_functions_as_api_gateway_sends_them_within_lambdas_limits() {
+    for api_type in [ApiType::HttpApi, ApiType::RestApi] {
+        let (db, _) = TestDb::from_template().await;
+        register_fixture_client(&db.pool, "payer", "system/*.read").await;
+        let stack = Stack::deploy(
+            &db,
+            StackOptions {
+                api_type,
+                poll_queue: false,
+                schedule_every: None,
+                ..Default::default()
+            },
+        )
+        .await;
+        let what = api_type.name();
+        let base = &stack.base_url;
+        let client = bearer_client(&token(base, "payer").await);
+        let post = |body: Vec<u8>, content_type: &str| {
+            client
+                .post(format!("{base}/$export"))
+                .header("Accept", "application/fhir+json")
+                .header("Prefer", "respond-async")
+                .header("Content-Type", content_type)
+                .body(body)
+        };
+        // A Parameters body as text: the kick-off reads it.
+        let parameters = serde_json::json!({"resourceType": "Parameters", "parameter": [
+            {"name": "_type", "valueString": "Patient"}]});
+        let accepted = post(parameters.to_string().into_bytes(), "application/fhir+json")
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(accepted.status(), 202, "{what}");
+        // Bytes that are not text arrive base64-encoded and decoded: the kick-off sees the
+        // media type it does not take and says so (415), not a garbled body.
+        let binary = post(vec![0xff, 0x00, 0x1f, 0x8b], "application/octet-stream")
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(binary.status(), 415, "{what}");
+        assert_eq!(binary.headers()["content-type"], "application/fhir+json");
+        // Over Lambda's 6 MB request limit: API Gateway's 413, the function never invoked.
+        let kickoffs = stack
+            .functions
+            .values()
+            .map(|f| f.invocations())
+            .sum::<usize>();
+        let huge = post(vec![b' '; 7 * 1024 * 1024], "application/fhir+json")
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(huge.status(), 413, "{what}");
+        assert_eq!(
+            stack
+                .functions
+                .values()
+                .map(|f| f.invocations())
+                .sum::<usize>(),
+            kickoffs,
+            "{what}: no function ran for it"
+        );
+    }
+}
