@@ -98,6 +98,7 @@ fn form_body(pairs: &[(&str, &str)]) -> String {
     s.finish()
 }
 
+mod bulk_data_client;
 mod emulated;
 mod exporter;
 mod http;
