@@ -42,7 +42,9 @@ impl Handler {
             ("/$export", _) => Handler::Export(ExportLevel::System),
             ("/Patient/$export", _) => Handler::Export(ExportLevel::Patient),
             ("/Group/{id}/$export", _) => Handler::Export(ExportLevel::Group),
-            ("/metadata", _) => Handler::Metadata,
+            // Also under `[base]/Patient`, for clients that take it as their FHIR URL for a
+            // Patient-level export (smart-fetch reads its CapabilityStatement there).
+            ("/metadata" | "/Patient/metadata", _) => Handler::Metadata,
             ("/OperationDefinition/{id}", _) => Handler::OperationDefinition,
             ("/$exportstatus", "DELETE") => Handler::Cancel,
             ("/$exportstatus", _) => Handler::Status,
@@ -201,7 +203,7 @@ mod tests {
     #[test]
     fn every_route_is_one_functions_and_parses() {
         let t = table();
-        assert_eq!(t.len(), 14);
+        assert_eq!(t.len(), 15);
         for (i, a) in t.iter().enumerate() {
             assert!(a.pattern.starts_with('/'), "{a:?}");
             for b in &t[i + 1..] {
@@ -247,6 +249,10 @@ mod tests {
         assert_eq!(
             at("GET", "/fhir/.well-known/smart-configuration"),
             Some((Function::Token, "/.well-known/smart-configuration"))
+        );
+        assert_eq!(
+            at("GET", "/fhir/Patient/metadata"),
+            Some((Function::Kickoff, "/Patient/metadata"))
         );
         assert_eq!(
             at("GET", "/fhir/Patient/.well-known/smart-configuration"),

@@ -189,6 +189,32 @@ async fn smart_fetch_exports_system_patient_group_and_since_unmodified() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(count_files(&since_run), [("Patient".to_string(), 1)].into());
+
+    // The same at Patient level: smart-fetch takes `[base]/Patient` as its FHIR URL and reads
+    // the CapabilityStatement under it to decide that it may send `_since`.
+    let patient_since = temp_dir().join("patient-since");
+    let output = tokio::process::Command::new(smart_fetch())
+        .args(["bulk", "--fhir-url", &format!("{}/Patient", server.base)])
+        .args([
+            "--since",
+            &since,
+            "--since-mode",
+            "updated",
+            "--no-compression",
+        ])
+        .arg(&patient_since)
+        .output()
+        .await
+        .expect("smart-fetch runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        count_files(&patient_since),
+        [("Patient".to_string(), 1)].into()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
