@@ -81,6 +81,7 @@ pub async fn client_command(pool: &db::Pool, command: ClientCommand) -> anyhow::
         ClientCommand::Add {
             jwks,
             jwks_url,
+            allow_insecure_jwks_url,
             scope,
             id,
         } => {
@@ -99,9 +100,8 @@ pub async fn client_command(pool: &db::Pool, command: ClientCommand) -> anyhow::
                 None => None,
             };
             if let Some(url) = &jwks_url {
-                if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    bail!("--jwks-url must be an http(s) URL");
-                }
+                auth::jwks::check_url(url, allow_insecure_jwks_url)
+                    .map_err(|e| anyhow::anyhow!("--jwks-url: {e}"))?;
             }
             let client_id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
             if client_id.is_empty() || client_id.len() > 256 {

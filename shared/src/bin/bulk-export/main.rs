@@ -117,9 +117,14 @@ enum ClientCommand {
             required_unless_present = "jwks_url"
         )]
         jwks: Option<PathBuf>,
-        /// Or the URL the client publishes its JWKS at (fetched and cached per Cache-Control).
+        /// Or the https URL the client publishes its JWKS at (fetched and cached per
+        /// Cache-Control); not on this machine nor a link-local address.
         #[arg(long)]
         jwks_url: Option<String>,
+        /// Development only: accept an http:// JWKS URL, or one on this machine (localhost,
+        /// 127.0.0.0/8, ::1) or a link-local address.
+        #[arg(long, requires = "jwks_url")]
+        allow_insecure_jwks_url: bool,
         /// Scopes the client may be granted (space- or comma-separated).
         #[arg(long, default_value = "system/*.read")]
         scope: Vec<String>,

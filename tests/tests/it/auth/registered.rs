@@ -92,6 +92,43 @@ async fn clients_are_registered_with_the_cli() {
     assert!(!out.status.success());
     let out = run(&["client", "add", "--jwks-url", "file:///etc/passwd"]);
     assert!(!out.status.success());
+    // Plain http, this machine and link-local addresses only with the development flag.
+    for url in [
+        "http://client.example/jwks.json",
+        "https://127.0.0.1:5432/",
+        "https://169.254.169.254/latest/meta-data/",
+    ] {
+        let out = run(&["client", "add", "--jwks-url", url]);
+        assert!(!out.status.success(), "{url}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--allow-insecure-jwks-url"),
+            "{url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = run(&[
+        "client",
+        "add",
+        "--jwks-url",
+        "http://127.0.0.1:8081/jwks.json",
+        "--allow-insecure-jwks-url",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        "client",
+        "add",
+        "--jwks-url",
+        "https://client.example/jwks.json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(&["client", "remove", &id]);
     assert!(out.status.success());
     assert!(clients::get_client(&db.pool, &id)
