@@ -99,6 +99,7 @@ impl std::fmt::Debug for Config {
             .field("header_read_timeout", &self.header_read_timeout)
             .field("body_read_timeout", &self.body_read_timeout)
             .field("max_connections", &self.max_connections)
+            .field("max_connections_per_peer", &self.max_connections_per_peer)
             .field("database_pool_size", &self.database_pool_size)
             .field("s3", &self.s3)
             .field("log_format", &self.log_format)
@@ -209,6 +210,9 @@ pub struct Config {
     pub body_read_timeout: Duration,
     /// `serve`: open connections at most; more are closed at once.
     pub max_connections: usize,
+    /// `serve`: open connections from one peer at most (an IPv4 address or an IPv6 /64; at
+    /// most `max_connections`); more from it are closed at once (crate::serve::Connections).
+    pub max_connections_per_peer: usize,
     /// `DATABASE_POOL_SIZE`: database connections per process (unset: 4 in a Lambda function,
     /// 8 + 3 per exporter worker in `serve`, 8 for the other commands).
     pub database_pool_size: Option<usize>,
@@ -336,6 +340,7 @@ impl Config {
                 ),
             });
         }
+        let max_connections = number(&var, "SERVE_MAX_CONNECTIONS", 512)?.max(1) as usize;
         Ok(Config {
             token_signing_key_secret: var("TOKEN_SIGNING_KEY_SECRET"),
             auth,
@@ -372,7 +377,10 @@ impl Config {
             body_read_timeout: Duration::from_secs(
                 number(&var, "SERVE_BODY_TIMEOUT_SECONDS", 30)?.max(1),
             ),
-            max_connections: number(&var, "SERVE_MAX_CONNECTIONS", 512)?.max(1) as usize,
+            max_connections,
+            max_connections_per_peer: (number(&var, "SERVE_MAX_CONNECTIONS_PER_PEER", 64)?.max(1)
+                as usize)
+                .min(max_connections),
             database_pool_size: match var("DATABASE_POOL_SIZE") {
                 None => None,
                 Some(_) => Some(number(&var, "DATABASE_POOL_SIZE", 4)?.max(1) as usize),

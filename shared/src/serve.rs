@@ -2,7 +2,9 @@
 //! exporter loop woken by new jobs and every RepeatPeriod.
 
 use crate::app::AppState;
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -148,9 +150,9 @@ pub fn worker_count(workers: Option<usize>) -> usize {
 /// items of every export) until ctrl-c.
 ///
 /// HTTP/1.1 connections, each with a deadline for its request headers (`SERVE_HEADER_TIMEOUT_
-/// SECONDS`; the body has `SERVE_BODY_TIMEOUT_SECONDS` in `dispatch`), and at most
-/// `SERVE_MAX_CONNECTIONS` open at once: a connection beyond that is closed at once rather than
-/// let it exhaust the process's file descriptors. Slow or idle clients cannot hold the server.
+/// SECONDS`; the body has `SERVE_BODY_TIMEOUT_SECONDS` in `dispatch`), at most
+/// `SERVE_MAX_CONNECTIONS` open at once and `SERVE_MAX_CONNECTIONS_PER_PEER` from one peer (see
+/// [`Connections`]). Slow or idle clients cannot hold the server, nor can one peer lock others out.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -167,7 +169,10 @@ pub async fn run(
         .route("/metrics", axum::routing::get(metrics))
         .fallback(dispatch)
         .with_state(Arc::new(state));
-    let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let connections = Arc::new(Connections::new(
+        config.max_connections,
+        config.max_connections_per_peer,
+    ));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
@@ -183,22 +188,46 @@ pub async fn run(
             },
             _ = &mut shutdown => break,
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = config.max_connections, "connection refused: too many open connections");
-            drop(stream);
-            continue;
+        let guard = match connections.admit(peer.ip()) {
+            Admission::Admitted(guard) => guard,
+            Admission::PeerFull => {
+                tracing::debug!(%peer, limit = connections.per_peer, "connection refused: too many open connections from this peer");
+                drop(stream);
+                continue;
+            }
+            Admission::Full => {
+                tracing::warn!(%peer, limit = connections.max, "connection refused: too many open connections, all of them answering requests");
+                drop(stream);
+                continue;
+            }
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let busy = guard.busy.clone();
+        let service = hyper::service::service_fn(move |req| {
+            // Busy from the request's headers to the end of its response body (a download).
+            let busy = Busy::enter(busy.clone());
+            let answer = hyper::service::Service::call(&svc, req);
+            async move {
+                let resp = answer.await?;
+                Ok::<_, std::convert::Infallible>(resp.map(|inner| BusyBody { inner, _busy: busy }))
+            }
+        });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
             .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended");
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "connection ended");
+                },
+                // Shed for a newer connection while it sent no request (closed at once).
+                _ = guard.shed.notified() => {
+                    tracing::debug!(%peer, "idle connection shed for a new one");
+                }
             }
-            drop(permit);
+            drop(guard);
         });
     }
     for task in exporter_tasks {
@@ -207,6 +236,193 @@ pub async fn run(
     // Requests in flight finish (at most 30 s); idle connections close now.
     let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
     Ok(())
+}
+
+/// The open connections of `serve`: at most `max` in all and `per_peer` from one peer (an IPv4
+/// address, or an IPv6 /64: one host's share). A peer at its share gets its new connections
+/// closed at once; when all `max` are open, a new connection from another peer is taken in
+/// place of an idle one (one that is not answering a request: still sending its headers, or
+/// kept alive between requests), from the peer with the most connections, its oldest first.
+/// Only when every connection is answering a request is a new one refused. So one peer holding
+/// half-sent requests cannot lock the others out, and neither can a few.
+pub struct Connections {
+    max: usize,
+    per_peer: usize,
+    table: std::sync::Mutex<ConnectionTable>,
+}
+
+#[derive(Default)]
+struct ConnectionTable {
+    next_id: u64,
+    open: HashMap<u64, Open>,
+    per_peer: HashMap<IpAddr, usize>,
+}
+
+struct Open {
+    peer: IpAddr,
+    opened: Instant,
+    busy: Arc<AtomicUsize>,
+    shed: Arc<tokio::sync::Notify>,
+}
+
+/// What [`Connections::admit`] decided.
+pub enum Admission {
+    Admitted(ConnectionGuard),
+    /// The peer has its share open.
+    PeerFull,
+    /// Every connection is answering a request.
+    Full,
+}
+
+/// An admitted connection: its slot is freed on drop.
+pub struct ConnectionGuard {
+    connections: Arc<Connections>,
+    id: u64,
+    /// Requests this connection is answering now.
+    pub busy: Arc<AtomicUsize>,
+    /// Notified when the connection is shed for a newer one.
+    pub shed: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut table = self.connections.lock();
+        table.remove(self.id);
+    }
+}
+
+impl ConnectionTable {
+    fn remove(&mut self, id: u64) -> Option<Open> {
+        let open = self.open.remove(&id)?;
+        if let Some(n) = self.per_peer.get_mut(&open.peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&open.peer);
+            }
+        }
+        Some(open)
+    }
+}
+
+/// The peer a connection counts against: its IPv4 address, or its IPv6 address's /64.
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+impl Connections {
+    pub fn new(max: usize, per_peer: usize) -> Connections {
+        Connections {
+            max: max.max(1),
+            per_peer: per_peer.clamp(1, max.max(1)),
+            table: std::sync::Mutex::new(ConnectionTable::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnectionTable> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Open connections now.
+    pub fn open(&self) -> usize {
+        self.lock().open.len()
+    }
+
+    /// Takes in a connection from `peer`, shedding an idle one when all are open.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Admission {
+        let peer = peer_key(peer);
+        let mut table = self.lock();
+        if table.per_peer.get(&peer).copied().unwrap_or(0) >= self.per_peer {
+            return Admission::PeerFull;
+        }
+        if table.open.len() >= self.max {
+            let victim = table
+                .open
+                .iter()
+                .filter(|(_, c)| c.busy.load(Ordering::SeqCst) == 0)
+                .max_by_key(|(_, c)| {
+                    (
+                        table.per_peer.get(&c.peer).copied().unwrap_or(0),
+                        std::cmp::Reverse(c.opened),
+                    )
+                })
+                .map(|(id, _)| *id);
+            match victim.and_then(|id| table.remove(id)) {
+                Some(shed) => shed.shed.notify_one(),
+                None => return Admission::Full,
+            }
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        let busy = Arc::new(AtomicUsize::new(0));
+        let shed = Arc::new(tokio::sync::Notify::new());
+        table.open.insert(
+            id,
+            Open {
+                peer,
+                opened: Instant::now(),
+                busy: busy.clone(),
+                shed: shed.clone(),
+            },
+        );
+        *table.per_peer.entry(peer).or_insert(0) += 1;
+        Admission::Admitted(ConnectionGuard {
+            connections: self.clone(),
+            id,
+            busy,
+            shed,
+        })
+    }
+}
+
+/// A request being answered on a connection (see [`Connections`]): counted while it lives.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn enter(count: Arc<AtomicUsize>) -> Busy {
+        count.fetch_add(1, Ordering::SeqCst);
+        Busy(count)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that keeps its connection busy until it is sent (or dropped).
+struct BusyBody {
+    inner: axum::body::Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for BusyBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Ctrl-C or SIGTERM (containers, systemd).

@@ -43,6 +43,7 @@ async fn post_kickoff(
 }
 
 mod files;
+mod flood;
 mod kickoff;
 mod limits;
 mod metadata;
