@@ -59,6 +59,7 @@ impl ObjectStore for LocalStore {
             }),
             tmp,
             path,
+            key: key.to_string(),
             bytes: 0,
         }))
     }
@@ -71,12 +72,29 @@ impl ObjectStore for LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(io(&dir)(e)),
         };
-        while let Some(entry) = entries.next_entry().await.map_err(io(&dir))? {
+        // Another process may delete the same files meanwhile (two exporters purging one
+        // deleted job): what is already gone is not an error.
+        loop {
+            let entry = match entries.next_entry().await {
+                Ok(Some(entry)) => entry,
+                Ok(None) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => return Err(io(&dir)(e)),
+            };
             let p = entry.path();
-            tokio::fs::remove_file(&p).await.map_err(io(&p))?;
-            count += 1;
+            match tokio::fs::remove_file(&p).await {
+                Ok(()) => count += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::debug!(path = %p.display(), "already deleted by another process");
+                }
+                Err(e) => return Err(io(&p)(e)),
+            }
         }
-        tokio::fs::remove_dir(&dir).await.map_err(io(&dir))?;
+        match tokio::fs::remove_dir(&dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&dir)(e)),
+        }
         Ok(count)
     }
 
@@ -118,6 +136,7 @@ struct LocalWriter {
     inner: Option<Inner>,
     tmp: PathBuf,
     path: PathBuf,
+    key: String,
     bytes: u64,
 }
 
@@ -217,6 +236,12 @@ impl Inner {
     fn reopen_buffered(&mut self, path: &std::path::Path) -> std::io::Result<()> {
         use std::io::Seek;
         let at = self.file.stream_position()?;
+        if !same_file(&self.file, path)? {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the unfinished file was replaced by another writer of its key",
+            ));
+        }
         let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
         file.seek(std::io::SeekFrom::Start(at))?;
         self.file = file;
@@ -225,15 +250,33 @@ impl Inner {
     }
 }
 
-/// Creates `path` for writing, with O_DIRECT where the system and file system allow it.
+/// Creates `path` for writing, with O_DIRECT where the system and file system allow it: always
+/// a new file (an unfinished file of the same key left by another writer is unlinked first, so
+/// that writer, an exporter stopped past its lease, writes on into a file nobody will see and
+/// can neither change this one nor publish it: see [`same_file`]).
 fn create(path: &std::path::Path) -> std::io::Result<(std::fs::File, bool)> {
+    let mut tries = 0;
+    loop {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        match create_new(path) {
+            // Another writer of the key created it between the two calls.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 3 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+fn create_new(path: &std::path::Path) -> std::io::Result<(std::fs::File, bool)> {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::fs::OpenOptionsExt;
         match std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .custom_flags(libc::O_DIRECT)
             .open(path)
         {
@@ -243,7 +286,31 @@ fn create(path: &std::path::Path) -> std::io::Result<(std::fs::File, bool)> {
             Err(e) => return Err(e),
         }
     }
-    Ok((std::fs::File::create(path)?, false))
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    Ok((file, false))
+}
+
+/// Whether `path` is still the file this writer has open (false: gone, or another writer's).
+fn same_file(file: &std::fs::File, path: &std::path::Path) -> std::io::Result<bool> {
+    let there = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mine = file.metadata()?;
+        Ok(mine.dev() == there.dev() && mine.ino() == there.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, there);
+        Ok(true)
+    }
 }
 
 impl LocalWriter {
@@ -293,14 +360,28 @@ impl ObjectWriter for LocalWriter {
 
     /// No gzip copy: the file route compresses local files on the way out.
     async fn finish(mut self: Box<Self>) -> Result<Written, StorageError> {
-        self.blocking(|i, p| {
-            i.flush(true, p)?;
-            i.file.sync_all()
-        })
-        .await?;
-        tokio::fs::rename(&self.tmp, &self.path)
-            .await
-            .map_err(io(&self.path))?;
+        let mine = self
+            .blocking(|i, p| {
+                i.flush(true, p)?;
+                i.file.sync_all()?;
+                same_file(&i.file, p)
+            })
+            .await?;
+        if !mine {
+            return Err(StorageError::PartialGone {
+                key: self.key.clone(),
+            });
+        }
+        match tokio::fs::rename(&self.tmp, &self.path).await {
+            Ok(()) => {}
+            // Another writer of this key renamed it first, or the job's files were deleted.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StorageError::PartialGone {
+                    key: self.key.clone(),
+                })
+            }
+            Err(e) => return Err(io(&self.path)(e)),
+        }
         Ok(Written {
             bytes: self.bytes,
             gzip_key: None,
@@ -309,7 +390,18 @@ impl ObjectWriter for LocalWriter {
 
     async fn abort(self: Box<Self>) -> Result<(), StorageError> {
         let LocalWriter { inner, tmp, .. } = *self;
-        drop(inner);
+        if let Some(inner) = inner {
+            // Another writer's unfinished file of the same key is left alone.
+            let path = tmp.clone();
+            let mine = tokio::task::spawn_blocking(move || same_file(&inner.file, &path))
+                .await
+                .map_err(|e| io(&tmp)(std::io::Error::other(e)))?
+                .map_err(io(&tmp))?;
+            if !mine {
+                tracing::debug!(path = %tmp.display(), "unfinished file already gone or another writer's");
+                return Ok(());
+            }
+        }
         match tokio::fs::remove_file(&tmp).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -352,6 +444,40 @@ mod tests {
         let written = w.finish().await.unwrap();
         assert_eq!(written.bytes, len as u64);
         store.read(&key).await.unwrap()
+    }
+
+    /// Exporters stopped past their lease finish or discard a file of a key that the exporter
+    /// that took their item is writing or has finished: they neither change nor publish nor
+    /// delete its file; finishing is PartialGone (not an I/O error), discarding is no error
+    /// (issue 28 item 15).
+    #[tokio::test]
+    async fn a_stale_writer_of_a_key_leaves_the_current_writers_file_alone() {
+        let d = dir();
+        let store = LocalStore::new(d.0.clone()).unwrap();
+        let key = "job/Patient-1.ndjson";
+        let mut stale_a = store.writer(key).await.unwrap();
+        stale_a.write(b"{\"stale\":\"a\"}\n").await.unwrap();
+        let mut stale_b = store.writer(key).await.unwrap();
+        stale_b.write(b"{\"stale\":\"b\"}\n").await.unwrap();
+        let mut fresh = store.writer(key).await.unwrap();
+        fresh.write(b"{\"fresh\":1}\n").await.unwrap();
+        stale_a.abort().await.unwrap();
+        fresh.finish().await.unwrap();
+        match stale_b.finish().await {
+            Err(StorageError::PartialGone { key: k }) => assert_eq!(k, key),
+            other => panic!("expected PartialGone, got {other:?}"),
+        }
+        assert_eq!(store.read(key).await.unwrap(), b"{\"fresh\":1}\n");
+        // The job's files deleted under a writer: finishing is PartialGone, discarding is fine.
+        let mut gone = store.writer("job/Patient-2.ndjson").await.unwrap();
+        gone.write(b"{}\n").await.unwrap();
+        let discarded = store.writer("job/Patient-3.ndjson").await.unwrap();
+        store.delete_prefix("job").await.unwrap();
+        assert!(matches!(
+            gone.finish().await,
+            Err(StorageError::PartialGone { .. })
+        ));
+        discarded.abort().await.unwrap();
     }
 
     const SIZES: [usize; 9] = [

@@ -22,6 +22,11 @@ pub enum StorageError {
     InvalidKey { key: String },
     #[error("object {key:?} not found")]
     NotFound { key: String },
+    /// The unfinished object of a writer is no longer there when it is finished: another
+    /// writer of the same key finished it first (an exporter stopped past its lease, whose item
+    /// another exporter took), or the job's files were deleted meanwhile. Nothing was published.
+    #[error("the unfinished file of {key:?} is gone (another exporter finished it, or its job's files were deleted)")]
+    PartialGone { key: String },
     #[error("local storage I/O on {path:?}: {source}")]
     Io {
         path: PathBuf,
@@ -59,7 +64,8 @@ pub enum Download {
 pub trait ObjectStore: Send + Sync {
     /// Starts a new object. Nothing is visible under `key` until [`ObjectWriter::finish`].
     async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError>;
-    /// Deletes every object under `prefix`; returns how many were deleted.
+    /// Deletes every object under `prefix`; returns how many were deleted. Objects that another
+    /// process deletes at the same time (two exporters purging one job) are no error.
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError>;
     /// How a client downloads `key`.
     async fn download(&self, key: &str, ttl: Duration) -> Result<Download, StorageError>;

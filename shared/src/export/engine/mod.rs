@@ -319,6 +319,27 @@ impl Exporter {
         let heartbeat = self.keep_leased(Leased::Item(item.clone()));
         let result = self.export_item(&job, item.clone(), deadline).await;
         drop(heartbeat);
+        // A file of the item that another exporter finished, or whose job's files were deleted,
+        // while this one was stopped past its lease (SIGSTOP, a long pause): the expected race,
+        // not a failed attempt, unless this exporter still holds the item.
+        let result = match result {
+            Err(Transient(EngineError::Storage(StorageError::PartialGone { key }))) => {
+                match work_items::renew_lease(&self.pool, &item, &self.owner, self.config.lease)
+                    .await?
+                {
+                    Some(JobStatus::Active) => {
+                        Err(Transient(EngineError::Storage(StorageError::PartialGone {
+                            key,
+                        })))
+                    }
+                    _ => {
+                        info!(file = %key, "the item's unfinished file is gone: another exporter took the item, or its job ended; nothing to do");
+                        Ok(Progress::LeaseLost)
+                    }
+                }
+            }
+            other => other,
+        };
         match result {
             Ok(Progress::Finished { completed }) => {
                 summary.items += 1;
@@ -344,7 +365,7 @@ impl Exporter {
             }
             Ok(Progress::LeaseLost) => {
                 work_items::release(&self.pool, &item, &self.owner).await?;
-                warn!("item lost to another exporter, or its job stopped");
+                info!("item lost to another exporter (this one was past its lease), or its job stopped");
             }
             Err(Permanent(msg)) => {
                 warn!(error = %msg, "export failed");

@@ -283,3 +283,109 @@ async fn failed_exports_expire_and_their_files_are_purged() {
         Err(StorageError::NotFound { .. })
     ));
 }
+
+/// Pauses the first `finish` until told to go on (an exporter stopped by SIGSTOP).
+struct PausingStore {
+    inner: Arc<dyn ObjectStore>,
+    paused: Arc<tokio::sync::Notify>,
+    resume: Arc<tokio::sync::Notify>,
+    first: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct PausingWriter {
+    inner: Box<dyn ObjectWriter>,
+    pause: Option<(Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>)>,
+}
+
+#[async_trait]
+impl ObjectStore for PausingStore {
+    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let pause = (!self.first.swap(true, Ordering::SeqCst))
+            .then(|| (self.paused.clone(), self.resume.clone()));
+        Ok(Box::new(PausingWriter {
+            inner: self.inner.writer(key).await?,
+            pause,
+        }))
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
+        self.inner.delete_prefix(prefix).await
+    }
+    async fn download(&self, key: &str, ttl: Duration) -> Result<Download, StorageError> {
+        self.inner.download(key, ttl).await
+    }
+    async fn read(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+        self.inner.read(key).await
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for PausingWriter {
+    async fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        self.inner.write(data).await
+    }
+    async fn finish(self: Box<Self>) -> Result<Written, StorageError> {
+        if let Some((paused, resume)) = &self.pause {
+            paused.notify_one();
+            resume.notified().await;
+        }
+        self.inner.finish().await
+    }
+    async fn abort(self: Box<Self>) -> Result<(), StorageError> {
+        self.inner.abort().await
+    }
+}
+
+/// An exporter stopped past its lease (SIGSTOP) while finishing a file resumes after another
+/// exporter took its item and completed the job: its leftover file is the expected race, not a
+/// failed attempt (no retry, no error), and the other's file is exact (issue 28 item 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exporter_that_resumes_after_its_job_completed_elsewhere_records_no_failure() {
+    let (db, data) = TestDb::with_generated(3).await;
+    let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(temp_dir()).expect("store"));
+    let paused = Arc::new(tokio::sync::Notify::new());
+    let resume = Arc::new(tokio::sync::Notify::new());
+    let pausing: Arc<dyn ObjectStore> = Arc::new(PausingStore {
+        inner: local.clone(),
+        paused: paused.clone(),
+        resume: resume.clone(),
+        first: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    });
+    let config = cfg(&db, &[]);
+    let job = new_job(&db, ExportLevel::System, None, Some(&["Patient"])).await;
+    let stopped = exporter(&db, pausing, config.clone()).with_owner("stopped");
+    let running = tokio::spawn(async move { stopped.run_until_idle(None, far()).await });
+    tokio::time::timeout(Duration::from_secs(60), paused.notified())
+        .await
+        .expect("the first exporter reached finish()");
+    // Its lease runs out while it is stopped; another exporter takes the item and completes.
+    db.pool
+        .get()
+        .await
+        .expect("conn")
+        .execute(
+            "UPDATE export_work_items SET lease_owner = NULL,
+                    lease_expires_at = now() - interval '1 second'
+             WHERE job_id = $1",
+            &[&job.id],
+        )
+        .await
+        .expect("expire the lease");
+    let other = exporter(&db, local.clone(), config)
+        .with_owner("other")
+        .run_until_idle(None, far())
+        .await
+        .expect("run");
+    assert_eq!(other.completed, vec![job.id]);
+    resume.notify_one();
+    let resumed = running.await.expect("task").expect("run");
+    assert!(
+        resumed.retrying.is_empty() && resumed.failed.is_empty(),
+        "no failed attempt: {resumed:?}"
+    );
+    let done = status(&db, job.id).await;
+    assert_eq!(done.status, JobStatus::Complete);
+    assert_eq!(done.error, None);
+    let rows = stored_resources(&db.pool, local.as_ref(), job.id).await;
+    assert_eq!(rows.len(), data.count_by_type()["Patient"]);
+    assert_no_duplicates(&rows);
+}

@@ -144,6 +144,32 @@ pub(super) async fn deletes_every_object_under_a_prefix_and_nothing_else(s: &Sub
     assert_not_found(s.store.read(&kept[1]).await, &kept[1]);
 }
 
+/// Two exporters purging one deleted job at once: both succeed (what one deletes, the other
+/// does not miss), and nothing is left (issue 28 item 15).
+pub(super) async fn two_deletes_of_one_prefix_at_once_both_succeed(s: &Subject) {
+    let per_file = if s.gzip_copies { 2 } else { 1 };
+    for round in 0..3 {
+        let job = job();
+        let keys: Vec<String> = (0..40)
+            .map(|i| format!("{job}/Patient-{i}.ndjson"))
+            .collect();
+        for key in &keys {
+            write_object(&*s.store, key, key.as_bytes(), 1024).await;
+        }
+        let (a, b) = tokio::join!(s.store.delete_prefix(&job), s.store.delete_prefix(&job));
+        let (a, b) = (
+            a.unwrap_or_else(|e| panic!("round {round}: first delete: {e}")),
+            b.unwrap_or_else(|e| panic!("round {round}: second delete: {e}")),
+        );
+        let all = keys.len() as u64 * per_file;
+        assert!(a <= all && b <= all && a + b >= all, "{a} + {b} of {all}");
+        for key in &keys {
+            assert_not_found(s.store.read(key).await, key);
+        }
+        assert_eq!(s.store.delete_prefix(&job).await.expect("again"), 0);
+    }
+}
+
 pub(super) async fn refuses_keys_that_could_escape_the_prefix(s: &Subject) {
     for key in ["../x", "/abs", "a//b", "a/../../b", ""] {
         assert_invalid_key(s.store.writer(key).await, key, "writer");

@@ -306,6 +306,7 @@ macro_rules! contract {
                 hides_an_object_until_it_is_finished,
                 discards_an_aborted_object,
                 deletes_every_object_under_a_prefix_and_nothing_else,
+                two_deletes_of_one_prefix_at_once_both_succeed,
                 refuses_keys_that_could_escape_the_prefix,
                 refuses_an_object_key_that_names_a_directory,
             );
