@@ -236,8 +236,12 @@ pub async fn grant(
         return Err(unverified_client(
             &client_id,
             &format!(
-                "no key of the client fits the assertion (kid {:?}, alg {:?})",
-                header.kid, header.alg
+                "no key of the client fits the assertion (kid {}, alg {:?})",
+                header
+                    .kid
+                    .as_deref()
+                    .map_or("none".to_string(), |k| format!("{k:?}")),
+                header.alg
             ),
         )
         .into());

@@ -278,3 +278,53 @@ async fn smart_fetch_exports_with_smart_backend_services_authorization() {
         "Group (ES384)",
     );
 }
+
+/// Keys from `bulk-export client keygen` work with smart-fetch as it is: given private.pem it
+/// names the key by its RFC 7638 thumbprint, which keygen uses as the kid (issue 28 item 3);
+/// given private.jwks it uses the kid written there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_fetch_gets_a_token_with_the_keys_of_client_keygen() {
+    let (db, data) = TestDb::from_template().await;
+    let dir = temp_dir();
+    let mut cfg = config(&db, StoragePath::Local(dir.clone()));
+    cfg.auth = shared::config::AuthMode::Smart {
+        signing_key: Some(b"smart-fetch-keygen-signing-key-0123456789abcdef".to_vec()),
+    };
+    let keys = temp_dir().join("keys");
+    let out = std::process::Command::new(integration_tests::bulk_export_bin())
+        .args(["client", "keygen", "--out"])
+        .arg(&keys)
+        .output()
+        .expect("keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(keys.join("public.jwks")).expect("public.jwks"))
+            .expect("json");
+    shared::db::clients::insert_client(
+        &db.pool,
+        &shared::db::clients::Client {
+            client_id: "keygen-client".into(),
+            jwks: Some(public),
+            jwks_url: None,
+            scopes: "system/*.read".into(),
+        },
+    )
+    .await
+    .expect("register");
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
+    let server = Server::start(cfg, db.pool.clone(), store).await;
+    let patients = [("Patient".to_string(), data.count_by_type()["Patient"])].into();
+    for key in ["private.pem", "private.jwks"] {
+        let key = keys.join(key).display().to_string();
+        let got = run_with(
+            &["--fhir-url", &server.base, "--type", "Patient"],
+            &["--smart-client-id", "keygen-client", "--smart-key", &key],
+        )
+        .await;
+        assert_eq!(got, patients, "{key}");
+    }
+}

@@ -41,14 +41,35 @@ pub async fn token_url_hint(token_url: &str) -> String {
     }
 }
 
-pub fn keygen(out: &std::path::Path, kid: &str) -> anyhow::Result<()> {
+pub fn keygen(out: &std::path::Path, kid: Option<&str>) -> anyhow::Result<()> {
     let key = auth::keys::generate_es384(kid).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let write = |name: &str, text: String, private: bool| -> anyhow::Result<()> {
+    let files = [
+        ("private.pem", key.private_pem.clone(), true),
+        (
+            "private.jwks",
+            serde_json::to_string_pretty(&key.private_jwks)?,
+            true,
+        ),
+        (
+            "private.jwk.json",
+            serde_json::to_string_pretty(&key.private_jwk)?,
+            true,
+        ),
+        (
+            "public.jwks",
+            serde_json::to_string_pretty(&key.public_jwks)?,
+            false,
+        ),
+    ];
+    for (name, _, _) in &files {
         let path = out.join(name);
         if path.exists() {
             bail!("{} exists; not overwriting a key", path.display());
         }
+    }
+    for (name, text, private) in files {
+        let path = out.join(name);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         #[cfg(unix)]
         if private {
@@ -56,22 +77,13 @@ pub fn keygen(out: &std::path::Path, kid: &str) -> anyhow::Result<()> {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         }
         let _ = private;
-        Ok(())
-    };
-    write("private.pem", key.private_pem, true)?;
-    write(
-        "private.jwks",
-        serde_json::to_string_pretty(&key.private_jwks)?,
-        true,
-    )?;
-    write(
-        "public.jwks",
-        serde_json::to_string_pretty(&key.public_jwks)?,
-        false,
-    )?;
+    }
     println!(
-        "wrote {0}/private.pem, {0}/private.jwks (keep these secret) and {0}/public.jwks (register it: bulk-export client add --jwks {0}/public.jwks)",
-        out.display()
+        "wrote {0}/private.pem (PKCS#8; bulk-export client token, smart-fetch), {0}/private.jwks (smart-fetch) \
+         and {0}/private.jwk.json (bulk-data-client's privateKey): keep these secret; and {0}/public.jwks \
+         (register it: bulk-export client add --jwks {0}/public.jwks). Key id (RFC 7638 thumbprint unless --kid): {1}",
+        out.display(),
+        key.kid
     );
     Ok(())
 }

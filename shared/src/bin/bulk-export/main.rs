@@ -135,21 +135,23 @@ enum ClientCommand {
     /// List registered clients.
     #[command(after_help = ENV_DATABASE)]
     List,
-    /// Make a new ES384 client key pair in DIR: private.pem (signs assertions), private.jwks
-    /// (for clients such as smart-fetch) and public.jwks (to register). No database needed.
+    /// Make a new ES384 client key pair in DIR: private.pem (PKCS#8; signs assertions, for
+    /// smart-fetch too), private.jwks (smart-fetch), private.jwk.json (one JWK: bulk-data-client's
+    /// privateKey) and public.jwks (to register). No database needed.
     Keygen {
         #[arg(long)]
         out: PathBuf,
-        /// Key id written into the JWKs.
-        #[arg(long, default_value = "client-key-1")]
-        kid: String,
+        /// Key id written into the JWKs (default: the key's RFC 7638 thumbprint, which is what
+        /// smart-fetch sends when given private.pem; another kid breaks that).
+        #[arg(long)]
+        kid: Option<String>,
     },
     /// Get an access token from a token endpoint with a client key and print it (what a SMART
     /// Backend Services client does). No database needed.
     Token {
         #[arg(long)]
         client_id: String,
-        /// PEM private key (P-384 → ES384, RSA → RS384).
+        /// PEM private key: P-384 → ES384 (PKCS#8 or SEC1 `BEGIN EC PRIVATE KEY`), RSA → RS384.
         #[arg(long)]
         key: PathBuf,
         /// The token endpoint, e.g. http://127.0.0.1:8080/auth/token.
@@ -233,7 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cli = match cli.command {
         Command::Client {
             command: ClientCommand::Keygen { out, kid },
-        } => return clients::keygen(&out, &kid).map(|()| ExitCode::SUCCESS),
+        } => return clients::keygen(&out, kid.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::Client {
             command:
                 ClientCommand::Token {
