@@ -100,6 +100,7 @@ impl std::fmt::Debug for Config {
             .field("body_read_timeout", &self.body_read_timeout)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_peer", &self.max_connections_per_peer)
+            .field("body_budget_bytes", &self.body_budget_bytes)
             .field("database_pool_size", &self.database_pool_size)
             .field("s3", &self.s3)
             .field("log_format", &self.log_format)
@@ -213,6 +214,9 @@ pub struct Config {
     /// `serve`: open connections from one peer at most (an IPv4 address or an IPv6 /64; at
     /// most `max_connections`); more from it are closed at once (crate::serve::Connections).
     pub max_connections_per_peer: usize,
+    /// `serve`: bytes of request bodies in memory at once (`SERVE_BODY_BUDGET_BYTES`, at least
+    /// one largest body); a body that does not fit gets 503 (crate::serve).
+    pub body_budget_bytes: usize,
     /// `DATABASE_POOL_SIZE`: database connections per process (unset: 4 in a Lambda function,
     /// 8 + 3 per exporter worker in `serve`, 8 for the other commands).
     pub database_pool_size: Option<usize>,
@@ -381,6 +385,9 @@ impl Config {
             max_connections_per_peer: (number(&var, "SERVE_MAX_CONNECTIONS_PER_PEER", 64)?.max(1)
                 as usize)
                 .min(max_connections),
+            body_budget_bytes: (number(&var, "SERVE_BODY_BUDGET_BYTES", 32 * 1024 * 1024)?
+                as usize)
+                .clamp(crate::http::MAX_BODY_BYTES, 1 << 30),
             database_pool_size: match var("DATABASE_POOL_SIZE") {
                 None => None,
                 Some(_) => Some(number(&var, "DATABASE_POOL_SIZE", 4)?.max(1) as usize),

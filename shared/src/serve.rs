@@ -17,54 +17,45 @@ use crate::export::engine::Exporter;
 use crate::http::{router, Body};
 use crate::queue::LocalQueue;
 
-use crate::http::MAX_BODY_BYTES;
+use crate::http::routes::{Handler, Matched};
+use crate::http::{ApiError, MAX_BODY_BYTES};
+
+/// Largest body of a request that is not an authorized kick-off (the token form is a few KB;
+/// the other routes take none): read before anyone is authenticated, so kept small.
+pub const SMALL_BODY_BYTES: usize = 64 * 1024;
+
+/// What `serve`'s handlers share: the application, and the bytes of request bodies that may be
+/// in memory at once (`SERVE_BODY_BUDGET_BYTES`).
+struct Serving {
+    app: AppState,
+    bodies: Arc<tokio::sync::Semaphore>,
+}
 
 async fn dispatch(
-    State(state): State<Arc<AppState>>,
+    State(serving): State<Arc<Serving>>,
     req: axum::extract::Request,
 ) -> axum::response::Response {
-    let (parts, body) = req.into_parts();
-    // A body that trickles in is cut off: its connection is not held for as long as the
-    // client likes (the headers have their own timeout in `run`).
-    let read = tokio::time::timeout(
-        state.config.body_read_timeout,
-        axum::body::to_bytes(body, MAX_BODY_BYTES),
-    )
-    .await;
-    let bytes: Bytes = match read {
-        Ok(Ok(b)) => b,
-        Err(_) => {
-            return into_axum(
-                crate::http::ApiError::Timeout(format!(
-                    "the request body was not received within {} s",
-                    state.config.body_read_timeout.as_secs()
-                ))
-                .into_response(),
-            )
-            .await
-        }
-        Ok(Err(_)) => {
-            return into_axum(
-                crate::http::ApiError::TooLarge(
-                    http::StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body larger than {MAX_BODY_BYTES} bytes"),
-                )
-                .into_response(),
-            )
-            .await
-        }
-    };
-    let req = http::Request::from_parts(parts, bytes);
     let started = Instant::now();
-    let method = req.method().clone();
-    let route = crate::http::routes::label(&crate::http::normalized_path(&req));
-    let client = crate::http::canonical_base(&state.config, &req).and_then(|base| {
-        let authorization = crate::http::header_str(&req, http::header::AUTHORIZATION);
+    let state = &serving.app;
+    let (parts, body) = req.into_parts();
+    // The head first: what the route is, and whose the token is, before any body is read.
+    let head = http::Request::from_parts(parts, Bytes::new());
+    let method = head.method().clone();
+    let path = crate::http::normalized_path(&head);
+    let route = crate::http::routes::label(&path);
+    let client = crate::http::canonical_base(&state.config, &head).and_then(|base| {
+        let authorization = crate::http::header_str(&head, http::header::AUTHORIZATION);
         crate::auth::client_of(&state.config, authorization, &base)
     });
-    let resp = match crate::http::check_limits(&req) {
-        None => router::handle(&state, req).await,
+    let resp = match crate::http::check_limits(&head) {
         Some(refused) => refused.into_response(),
+        None => {
+            let handler = match crate::http::routes::find(&method, &path) {
+                Matched::Route(r, _) => Some(r.handler),
+                _ => None,
+            };
+            answer(&serving, head, body, handler, client.is_some()).await
+        }
     };
     // The access log: one line per request (never a token, a query string or an id in the
     // route; the job id of a status poll is in the handler's own lines).
@@ -78,6 +69,162 @@ async fn dispatch(
         "request"
     );
     into_axum(resp).await
+}
+
+/// Reads the body of `head` within its limits, then answers the request.
+///
+/// Bodies are bounded before authentication: an authorized kick-off (a valid token, or
+/// authorization off) may send `MAX_BODY_BYTES`; a kick-off without a valid token is answered
+/// (401) without its body being read; every other route may send `SMALL_BODY_BYTES`. A
+/// larger declared `Content-Length` is refused (413) before any of it is read, and all bodies
+/// in memory at once share `SERVE_BODY_BUDGET_BYTES`: beyond it, 503 with Retry-After.
+async fn answer(
+    serving: &Serving,
+    head: crate::http::Request,
+    body: axum::body::Body,
+    handler: Option<Handler>,
+    authorized: bool,
+) -> crate::http::Response {
+    let state = &serving.app;
+    let (parts, _) = head.into_parts();
+    let token_route = handler == Some(Handler::Token);
+    let limit = match handler {
+        Some(Handler::Export(_)) if !state.config.auth.is_on() || authorized => MAX_BODY_BYTES,
+        // The router refuses it (401) before it would look at a body.
+        Some(Handler::Export(_)) => 0,
+        _ => SMALL_BODY_BYTES,
+    };
+    if limit == 0 {
+        return router::handle(state, http::Request::from_parts(parts, Bytes::new())).await;
+    }
+    let refuse = |e: BodyRefused| e.into_response(token_route);
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return refuse(BodyRefused::TooLarge(limit));
+    }
+    // A body that trickles in is cut off: its connection is not held for as long as the
+    // client likes (the headers have their own timeout in `run`).
+    let read = tokio::time::timeout(
+        state.config.body_read_timeout,
+        read_body(body, limit, declared.unwrap_or(0) as usize, &serving.bodies),
+    )
+    .await;
+    let (bytes, _held) = match read {
+        Ok(Ok(read)) => read,
+        Ok(Err(refused)) => return refuse(refused),
+        Err(_) => {
+            return refuse(BodyRefused::Timeout(
+                state.config.body_read_timeout.as_secs(),
+            ))
+        }
+    };
+    // `_held` (the body's share of the budget) is given back once the request is answered.
+    router::handle(state, http::Request::from_parts(parts, bytes)).await
+}
+
+/// Why a body was not read.
+enum BodyRefused {
+    TooLarge(usize),
+    OverBudget,
+    Timeout(u64),
+    Broken,
+}
+
+impl BodyRefused {
+    /// An OperationOutcome, or an OAuth error at the token endpoint.
+    fn into_response(self, token_route: bool) -> crate::http::Response {
+        let e = match self {
+            BodyRefused::TooLarge(limit) => ApiError::TooLarge(
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {limit} bytes"),
+            ),
+            BodyRefused::OverBudget => ApiError::Unavailable(
+                "request bodies in memory reached SERVE_BODY_BUDGET_BYTES".into(),
+            ),
+            BodyRefused::Timeout(seconds) => ApiError::Timeout(format!(
+                "the request body was not received within {seconds} s"
+            )),
+            BodyRefused::Broken => {
+                ApiError::BadRequest("the request body could not be read".into())
+            }
+        };
+        if !token_route {
+            return e.into_response();
+        }
+        // RFC 6749 5.2: the token endpoint answers in its own terms.
+        let status = e.status();
+        let (code, description) = match &e {
+            ApiError::Unavailable(_) => ("temporarily_unavailable", e.to_string()),
+            _ => ("invalid_request", e.to_string()),
+        };
+        tracing::warn!(status = status.as_u16(), error = %crate::error_chain(&e), "token request body refused");
+        let mut resp = crate::http::json_response(
+            status,
+            "application/json",
+            serde_json::json!({"error": code, "error_description": description}).to_string(),
+        );
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        h.insert(
+            http::header::PRAGMA,
+            http::HeaderValue::from_static("no-cache"),
+        );
+        if status == http::StatusCode::SERVICE_UNAVAILABLE {
+            h.insert(http::header::RETRY_AFTER, http::HeaderValue::from(5));
+        }
+        resp
+    }
+}
+
+/// Reads `body` (at most `limit` bytes), taking its size from `budget` as it arrives (the
+/// declared length up front, so that a body that cannot fit is refused before it is read).
+/// The bytes, and the budget they hold until dropped.
+async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    declared: usize,
+    budget: &Arc<tokio::sync::Semaphore>,
+) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), BodyRefused> {
+    use futures::StreamExt;
+    let take = |n: usize, held: &mut Option<tokio::sync::OwnedSemaphorePermit>| {
+        if n == 0 {
+            return Ok(());
+        }
+        let more = budget
+            .clone()
+            .try_acquire_many_owned(u32::try_from(n).unwrap_or(u32::MAX))
+            .map_err(|_| BodyRefused::OverBudget)?;
+        match held {
+            Some(p) => p.merge(more),
+            None => *held = Some(more),
+        }
+        Ok(())
+    };
+    let mut held = None;
+    take(declared.min(limit), &mut held)?;
+    let mut reserved = declared.min(limit);
+    let mut buf = bytes::BytesMut::with_capacity(reserved);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| BodyRefused::Broken)?;
+        let len = buf.len() + chunk.len();
+        if len > limit {
+            return Err(BodyRefused::TooLarge(limit));
+        }
+        if len > reserved {
+            take(len - reserved, &mut held)?;
+            reserved = len;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok((buf.freeze(), held))
 }
 
 /// `GET /metrics`: the service metrics (crate::metrics) for Prometheus, in the OpenMetrics text
@@ -168,7 +315,10 @@ pub async fn run(
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics))
         .fallback(dispatch)
-        .with_state(Arc::new(state));
+        .with_state(Arc::new(Serving {
+            app: state,
+            bodies: Arc::new(tokio::sync::Semaphore::new(config.body_budget_bytes)),
+        }));
     let connections = Arc::new(Connections::new(
         config.max_connections,
         config.max_connections_per_peer,

@@ -56,5 +56,6 @@ fn assert_one_clean_error(stderr: &str) {
     assert!(!stderr.contains('\u{1b}'), "colour escapes: {stderr:?}");
 }
 
+mod bodies;
 mod errors;
 mod operate;

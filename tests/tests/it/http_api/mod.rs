@@ -42,6 +42,7 @@ async fn post_kickoff(
         .expect("POST kick-off")
 }
 
+mod bodies;
 mod files;
 mod flood;
 mod kickoff;
