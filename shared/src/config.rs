@@ -101,6 +101,7 @@ impl std::fmt::Debug for Config {
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_peer", &self.max_connections_per_peer)
             .field("body_budget_bytes", &self.body_budget_bytes)
+            .field("metrics", &self.metrics)
             .field("database_pool_size", &self.database_pool_size)
             .field("s3", &self.s3)
             .field("log_format", &self.log_format)
@@ -217,6 +218,8 @@ pub struct Config {
     /// `serve`: bytes of request bodies in memory at once (`SERVE_BODY_BUDGET_BYTES`, at least
     /// one largest body); a body that does not fit gets 503 (crate::serve).
     pub body_budget_bytes: usize,
+    /// `serve`: where `GET /metrics` is answered (`METRICS`, `METRICS_ADDR`).
+    pub metrics: MetricsEndpoint,
     /// `DATABASE_POOL_SIZE`: database connections per process (unset: 4 in a Lambda function,
     /// 8 + 3 per exporter worker in `serve`, 8 for the other commands).
     pub database_pool_size: Option<usize>,
@@ -233,7 +236,7 @@ pub struct Config {
 }
 
 mod settings;
-pub use settings::{LogFormat, S3Settings};
+pub use settings::{LogFormat, MetricsEndpoint, S3Settings};
 
 pub const DEFAULT_ADDITIONAL_RESOURCES: &[&str] = &[
     "Organization",
@@ -344,6 +347,34 @@ impl Config {
                 ),
             });
         }
+        let metrics = match (
+            var("METRICS").map(|v| v.trim().to_ascii_lowercase()),
+            var("METRICS_ADDR"),
+        ) {
+            (Some(v), _) if !matches!(v.as_str(), "on" | "off") => {
+                return Err(ConfigError::Invalid {
+                    name: "METRICS",
+                    value: v,
+                    reason: "must be on (the default) or off".into(),
+                })
+            }
+            (Some(v), Some(addr)) if v == "off" => {
+                return Err(ConfigError::Invalid {
+                    name: "METRICS_ADDR",
+                    value: addr,
+                    reason: "METRICS=off serves no metrics: unset one of them".into(),
+                })
+            }
+            (Some(v), None) if v == "off" => MetricsEndpoint::Off,
+            (_, Some(addr)) => {
+                MetricsEndpoint::Addr(addr.trim().parse().map_err(|_| ConfigError::Invalid {
+                    name: "METRICS_ADDR",
+                    value: addr.clone(),
+                    reason: "expected host:port with an IP address (127.0.0.1:9090)".into(),
+                })?)
+            }
+            (_, None) => MetricsEndpoint::Base,
+        };
         let max_connections = number(&var, "SERVE_MAX_CONNECTIONS", 512)?.max(1) as usize;
         Ok(Config {
             token_signing_key_secret: var("TOKEN_SIGNING_KEY_SECRET"),
@@ -385,6 +416,7 @@ impl Config {
             max_connections_per_peer: (number(&var, "SERVE_MAX_CONNECTIONS_PER_PEER", 64)?.max(1)
                 as usize)
                 .min(max_connections),
+            metrics,
             body_budget_bytes: (number(&var, "SERVE_BODY_BUDGET_BYTES", 32 * 1024 * 1024)?
                 as usize)
                 .clamp(crate::http::MAX_BODY_BYTES, 1 << 30),

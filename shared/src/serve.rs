@@ -17,6 +17,7 @@ use crate::export::engine::Exporter;
 use crate::http::{router, Body};
 use crate::queue::LocalQueue;
 
+use crate::config::MetricsEndpoint;
 use crate::http::routes::{Handler, Matched};
 use crate::http::{ApiError, MAX_BODY_BYTES};
 
@@ -42,13 +43,20 @@ async fn dispatch(
     let head = http::Request::from_parts(parts, Bytes::new());
     let method = head.method().clone();
     let path = crate::http::normalized_path(&head);
-    let route = crate::http::routes::label(&path);
+    let metrics_here =
+        state.config.metrics == MetricsEndpoint::Base && path == metrics_path(&state.config);
+    let route = if metrics_here {
+        "/metrics"
+    } else {
+        crate::http::routes::label(&path)
+    };
     let client = crate::http::canonical_base(&state.config, &head).and_then(|base| {
         let authorization = crate::http::header_str(&head, http::header::AUTHORIZATION);
         crate::auth::client_of(&state.config, authorization, &base)
     });
     let resp = match crate::http::check_limits(&head) {
         Some(refused) => refused.into_response(),
+        None if metrics_here && method == http::Method::GET => metrics(),
         None => {
             let handler = match crate::http::routes::find(&method, &path) {
                 Matched::Route(r, _) => Some(r.handler),
@@ -229,8 +237,8 @@ async fn read_body(
 
 /// `GET /metrics`: the service metrics (crate::metrics) for Prometheus, in the OpenMetrics text
 /// format. Counts only: no client, job or resource is named.
-async fn metrics() -> axum::response::Response {
-    let mut resp = axum::response::Response::new(axum::body::Body::from(crate::metrics::render()));
+fn metrics() -> crate::http::Response {
+    let mut resp = http::Response::new(Body::Full(Bytes::from(crate::metrics::render())));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(
@@ -238,6 +246,48 @@ async fn metrics() -> axum::response::Response {
         ),
     );
     resp
+}
+
+/// The path of the metrics on the main listener (`METRICS=on` without `METRICS_ADDR`): under
+/// the FHIR base's path, like every other route.
+fn metrics_path(config: &crate::Config) -> String {
+    let base = config.public_base_url.as_deref().unwrap_or("");
+    let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
+    let base_path = after_scheme
+        .find('/')
+        .map_or("", |i| after_scheme[i..].trim_end_matches('/'));
+    format!("{base_path}/metrics")
+}
+
+/// The listener of `METRICS_ADDR`: `GET /metrics` only, with the same size checks, header
+/// deadline and access log as the main one.
+async fn dispatch_metrics(req: axum::extract::Request) -> axum::response::Response {
+    let started = Instant::now();
+    let (parts, _body) = req.into_parts();
+    let head = http::Request::from_parts(parts, Bytes::new());
+    let resp = match crate::http::check_limits(&head) {
+        Some(refused) => refused.into_response(),
+        None if head.uri().path() != "/metrics" => crate::http::not_found_route(&head),
+        None if head.method() != http::Method::GET => {
+            let mut resp =
+                ApiError::MethodNotAllowed(format!("/metrics supports GET, not {}", head.method()))
+                    .into_response();
+            resp.headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("GET"));
+            resp
+        }
+        None => metrics(),
+    };
+    tracing::info!(
+        target: "access",
+        method = %head.method(),
+        route = "/metrics",
+        status = resp.status().as_u16(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        client_id = "-",
+        "request"
+    );
+    into_axum(resp).await
 }
 
 async fn into_axum(resp: crate::http::Response) -> axum::response::Response {
@@ -312,8 +362,30 @@ pub async fn run(
         .into_iter()
         .map(|e| tokio::spawn(exporter_loop(e, wake.clone(), repeat_period)))
         .collect();
+    // METRICS_ADDR: the metrics on a listener of their own (a few connections suffice).
+    let metrics_task = match config.metrics {
+        MetricsEndpoint::Addr(addr) => {
+            let (listener, local) = bind(addr).await?;
+            tracing::info!(%local, "metrics listener");
+            let app = axum::Router::new().fallback(dispatch_metrics);
+            let connections = Arc::new(Connections::new(16, 16));
+            let header_timeout = config.header_read_timeout;
+            Some(tokio::spawn(async move {
+                let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+                accept_loop(
+                    &listener,
+                    app,
+                    &connections,
+                    header_timeout,
+                    &graceful,
+                    std::future::pending(),
+                )
+                .await
+            }))
+        }
+        _ => None,
+    };
     let app = axum::Router::new()
-        .route("/metrics", axum::routing::get(metrics))
         .fallback(dispatch)
         .with_state(Arc::new(Serving {
             app: state,
@@ -324,7 +396,37 @@ pub async fn run(
         config.max_connections_per_peer,
     ));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    accept_loop(
+        &listener,
+        app,
+        &connections,
+        config.header_read_timeout,
+        &graceful,
+        shutdown_signal(),
+    )
+    .await;
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    for task in exporter_tasks {
+        task.abort();
+    }
+    // Requests in flight finish (at most 30 s); idle connections close now.
+    let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+    Ok(())
+}
+
+/// Accepts connections on `listener` and serves `app` on them (see [`Connections`]) until
+/// `shutdown`.
+async fn accept_loop(
+    listener: &TcpListener,
+    app: axum::Router,
+    connections: &Arc<Connections>,
+    header_timeout: Duration,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -364,7 +466,7 @@ pub async fn run(
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout)
+            .header_read_timeout(header_timeout)
             .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -380,12 +482,6 @@ pub async fn run(
             drop(guard);
         });
     }
-    for task in exporter_tasks {
-        task.abort();
-    }
-    // Requests in flight finish (at most 30 s); idle connections close now.
-    let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
-    Ok(())
 }
 
 /// The open connections of `serve`: at most `max` in all and `per_peer` from one peer (an IPv4

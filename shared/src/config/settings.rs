@@ -37,3 +37,14 @@ impl LogFormat {
         LogFormat::from_lookup(|name| std::env::var(name).ok())
     }
 }
+
+/// Where `serve` answers `GET /metrics` (`METRICS`, `METRICS_ADDR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsEndpoint {
+    /// On the main listener, under the FHIR base's path (`[base]/metrics`): the default.
+    Base,
+    /// On a listener of its own at `/metrics` (`METRICS_ADDR=host:port`), not on the main one.
+    Addr(std::net::SocketAddr),
+    /// Nowhere (`METRICS=off`).
+    Off,
+}

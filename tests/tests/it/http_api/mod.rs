@@ -48,4 +48,5 @@ mod flood;
 mod kickoff;
 mod limits;
 mod metadata;
+mod metrics_endpoint;
 mod status;
