@@ -1,8 +1,8 @@
 //! A TCP relay in front of an endpoint that can be made to hang: while `hang` is on it accepts
 //! connections and reads requests but forwards nothing either way, as a storage service that
-//! stops answering does.
+//! stops answering does. It can also be made slow: at most so many bytes a second each way.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct StallRelay {
     pub endpoint: String,
     hang: Arc<AtomicBool>,
+    /// Bytes a second each way; 0: as fast as it goes.
+    rate: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -31,16 +33,20 @@ impl StallRelay {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
         let hang = Arc::new(AtomicBool::new(false));
-        let flag = hang.clone();
+        let rate = Arc::new(AtomicU64::new(0));
+        let (flag, limit) = (hang.clone(), rate.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let target = target.clone();
-                let flag = flag.clone();
+                let (flag, limit) = (flag.clone(), limit.clone());
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(&target).await {
                         let (cr, cw) = client.into_split();
                         let (sr, sw) = server.into_split();
-                        tokio::join!(pipe(cr, sw, flag.clone()), pipe(sr, cw, flag));
+                        tokio::join!(
+                            pipe(cr, sw, flag.clone(), limit.clone()),
+                            pipe(sr, cw, flag, limit)
+                        );
                     }
                 });
             }
@@ -48,6 +54,7 @@ impl StallRelay {
         StallRelay {
             endpoint,
             hang,
+            rate,
             task,
         }
     }
@@ -55,13 +62,19 @@ impl StallRelay {
     pub fn hang(&self, on: bool) {
         self.hang.store(on, Ordering::SeqCst);
     }
+
+    /// At most `bytes_per_second` each way from now on (0: no limit).
+    pub fn throttle(&self, bytes_per_second: u64) {
+        self.rate.store(bytes_per_second, Ordering::SeqCst);
+    }
 }
 
-/// Copies `from` to `to`, holding every chunk while the relay hangs.
+/// Copies `from` to `to`, holding every chunk while the relay hangs, at most at its rate.
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     hang: Arc<AtomicBool>,
+    rate: Arc<AtomicU64>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -74,6 +87,10 @@ async fn pipe(
         }
         if to.write_all(&buf[..n]).await.is_err() {
             break;
+        }
+        let rate = rate.load(Ordering::SeqCst);
+        if rate > 0 {
+            tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64)).await;
         }
     }
     let _ = to.shutdown().await;
