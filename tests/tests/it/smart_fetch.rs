@@ -27,7 +27,7 @@ async fn run(args: &[&str]) -> BTreeMap<String, usize> {
     run_with(args, &[]).await
 }
 
-async fn run_with(args: &[&str], extra: &[&str]) -> BTreeMap<String, usize> {
+pub(crate) async fn run_with(args: &[&str], extra: &[&str]) -> BTreeMap<String, usize> {
     let out = temp_dir().join("out");
     let output = tokio::time::timeout(
         std::time::Duration::from_secs(300),
@@ -77,7 +77,11 @@ fn count_files(dir: &Path) -> BTreeMap<String, usize> {
     counts
 }
 
-fn assert_matches(got: &BTreeMap<String, usize>, expected: &BTreeMap<String, usize>, what: &str) {
+pub(crate) fn assert_matches(
+    got: &BTreeMap<String, usize>,
+    expected: &BTreeMap<String, usize>,
+    what: &str,
+) {
     for core in ["Patient", "Encounter", "Observation", "Condition"] {
         assert!(
             got.contains_key(core),
@@ -167,54 +171,15 @@ async fn smart_fetch_exports_system_patient_group_and_since_unmodified() {
     shared::load::load_paths(&db.pool, &[changes], |_| {})
         .await
         .expect("load");
-    let since_run = temp_dir().join("since");
-    let output = tokio::process::Command::new(smart_fetch())
-        .args([
-            "bulk",
-            "--fhir-url",
-            &server.base,
-            "--since",
-            &since,
-            "--since-mode",
-            "updated",
-        ])
-        .arg("--no-compression")
-        .arg(&since_run)
-        .output()
-        .await
-        .expect("smart-fetch runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(count_files(&since_run), [("Patient".to_string(), 1)].into());
+    let since_args = ["--since", &since, "--since-mode", "updated"];
+    let changed = run_with(&["--fhir-url", &server.base], &since_args).await;
+    assert_eq!(changed, [("Patient".to_string(), 1)].into());
 
     // The same at Patient level: smart-fetch takes `[base]/Patient` as its FHIR URL and reads
     // the CapabilityStatement under it to decide that it may send `_since`.
-    let patient_since = temp_dir().join("patient-since");
-    let output = tokio::process::Command::new(smart_fetch())
-        .args(["bulk", "--fhir-url", &format!("{}/Patient", server.base)])
-        .args([
-            "--since",
-            &since,
-            "--since-mode",
-            "updated",
-            "--no-compression",
-        ])
-        .arg(&patient_since)
-        .output()
-        .await
-        .expect("smart-fetch runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(
-        count_files(&patient_since),
-        [("Patient".to_string(), 1)].into()
-    );
+    let patient_level = format!("{}/Patient", server.base);
+    let changed = run_with(&["--fhir-url", &patient_level], &since_args).await;
+    assert_eq!(changed, [("Patient".to_string(), 1)].into());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,69 +13,13 @@ use integration_tests::lambda_rig::{ApiType, Emulator, Poller, Stack, StackOptio
 use integration_tests::{bearer_client, http_client, register_fixture_client, TestDb};
 use serde_json::Value;
 
-fn smart_fetch() -> String {
-    std::env::var("SMART_FETCH")
-        .expect("SMART_FETCH is not set: run the tests with scripts/test.sh")
-}
-
 /// smart-fetch, unmodified, with the RS384 fixture key of client `smart-fetch`: resource counts
 /// per type of the files it wrote.
 async fn smart_fetch_counts(args: &[&str]) -> BTreeMap<String, usize> {
-    let out = integration_tests::temp_dir().join("out");
     let key = integration_tests::auth_fixture("rs384.jwks");
-    let output = tokio::time::timeout(
-        Duration::from_secs(600),
-        tokio::process::Command::new(smart_fetch())
-            .arg("bulk")
-            .args(args)
-            .args(["--smart-client-id", "smart-fetch", "--smart-key"])
-            .arg(&key)
-            .arg("--no-compression")
-            .arg(&out)
-            .output(),
-    )
-    .await
-    .expect("smart-fetch finished in time")
-    .expect("smart-fetch runs");
-    assert!(
-        output.status.success(),
-        "smart-fetch {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let mut counts = BTreeMap::new();
-    for entry in std::fs::read_dir(&out).expect("output dir") {
-        let path = entry.expect("entry").path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("")
-            .to_string();
-        let Some((rtype, rest)) = name.split_once('.') else {
-            continue;
-        };
-        if !rest.ends_with(".ndjson") || !path.is_file() || rtype == "log" {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).expect("read");
-        for line in text.lines() {
-            let v: Value = serde_json::from_str(line).expect("json line");
-            assert_eq!(v["resourceType"], rtype);
-        }
-        *counts.entry(rtype.to_string()).or_default() += text.lines().count();
-    }
-    counts
-}
-
-/// smart-fetch asks for the types of its own default list that the CapabilityStatement names:
-/// each type it got has exactly the expected count, and the core types are there.
-fn assert_matches(got: &BTreeMap<String, usize>, expected: &BTreeMap<String, usize>, what: &str) {
-    for core in ["Patient", "Encounter", "Observation", "Condition"] {
-        assert!(got.contains_key(core), "{what}: no {core}: {got:?}");
-    }
-    for (t, n) in got {
-        assert_eq!(Some(n), expected.get(t), "{what}: {t}");
-    }
+    let key = key.to_str().expect("utf-8 path");
+    let auth = ["--smart-client-id", "smart-fetch", "--smart-key", key];
+    crate::smart_fetch::run_with(args, &auth).await
 }
 
 /// An access token from the stack's token function for `client` (fixture RS384 key).
@@ -157,13 +101,17 @@ async fn smart_fetch_exports_every_level_through_the_lambdas_behind_both_front_d
         let what = api_type.name();
         let base = stack.base_url.clone();
         let system = smart_fetch_counts(&["--fhir-url", &base]).await;
-        assert_matches(&system, &data.count_by_type(), &format!("{what}: system"));
+        crate::smart_fetch::assert_matches(
+            &system,
+            &data.count_by_type(),
+            &format!("{what}: system"),
+        );
         let patient = smart_fetch_counts(&["--fhir-url", &format!("{base}/Patient")]).await;
         let expected = data.expected_compartment_export(&data.patient_ids());
-        assert_matches(&patient, &expected, &format!("{what}: Patient"));
+        crate::smart_fetch::assert_matches(&patient, &expected, &format!("{what}: Patient"));
         let group = smart_fetch_counts(&["--fhir-url", &base, "--group", &data.group_id]).await;
         let expected = data.expected_compartment_export(&data.group_members());
-        assert_matches(&group, &expected, &format!("{what}: Group"));
+        crate::smart_fetch::assert_matches(&group, &expected, &format!("{what}: Group"));
         // smart-fetch deletes each export when it has its files: nothing is left running.
         let left: i64 = db
             .pool
