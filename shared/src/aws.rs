@@ -43,3 +43,54 @@ pub async fn shared_config() -> aws_config::SdkConfig {
         .load()
         .await
 }
+
+/// Timeouts of the S3 requests of an export, sized for each request (`S3_CONNECT_TIMEOUT_SECONDS`,
+/// `S3_FIRST_BYTE_TIMEOUT_SECONDS`, `S3_MIN_UPLOAD_RATE_BYTES`): a request with a body of `n`
+/// bytes may take connect + first byte + `n` / the minimum rate per attempt, so that a part upload
+/// gets the time its size needs and a small request fails after seconds, not a minute, when S3
+/// accepts connections and does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct S3Timeouts {
+    pub connect: Duration,
+    /// From sending a request to the first byte of its answer (a small request's whole attempt).
+    pub first_byte: Duration,
+    /// Bytes a second an upload is allowed at least (not 0).
+    pub min_upload_rate: u64,
+}
+
+/// Attempts of one S3 operation (the SDK's standard retry mode).
+pub const S3_ATTEMPTS: u32 = 3;
+
+impl Default for S3Timeouts {
+    fn default() -> Self {
+        S3Timeouts {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(15),
+            min_upload_rate: 256 * 1024,
+        }
+    }
+}
+
+impl S3Timeouts {
+    /// One attempt of a request with a body of `body_bytes`.
+    pub fn attempt(self, body_bytes: usize) -> Duration {
+        let rate = self.min_upload_rate.max(1);
+        let upload = Duration::from_millis((body_bytes as u64).saturating_mul(1000).div_ceil(rate));
+        self.connect + self.first_byte + upload
+    }
+
+    /// One operation (its attempts and the waits between them) with a body of `body_bytes`.
+    pub fn operation(self, body_bytes: usize) -> Duration {
+        self.attempt(body_bytes) * S3_ATTEMPTS + Duration::from_secs(S3_ATTEMPTS as u64)
+    }
+
+    /// The SDK timeouts of a request with a body of `body_bytes`.
+    pub fn config(self, body_bytes: usize) -> TimeoutConfig {
+        TimeoutConfig::builder()
+            .connect_timeout(self.connect)
+            .read_timeout(self.attempt(body_bytes))
+            .operation_attempt_timeout(self.attempt(body_bytes))
+            .operation_timeout(self.operation(body_bytes))
+            .build()
+    }
+}

@@ -434,6 +434,16 @@ impl Config {
                         var("AWS_ENDPOINT_URL").is_some() || var("AWS_ENDPOINT_URL_S3").is_some()
                     }
                 },
+                timeouts: crate::aws::S3Timeouts {
+                    connect: Duration::from_secs(
+                        number(&var, "S3_CONNECT_TIMEOUT_SECONDS", 5)?.max(1),
+                    ),
+                    first_byte: Duration::from_secs(
+                        number(&var, "S3_FIRST_BYTE_TIMEOUT_SECONDS", 15)?.max(1),
+                    ),
+                    min_upload_rate: number(&var, "S3_MIN_UPLOAD_RATE_BYTES", 256 * 1024)?
+                        .max(1024),
+                },
             },
             log_format: LogFormat::from_lookup(|name| get(name)),
         })

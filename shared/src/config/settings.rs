@@ -9,6 +9,10 @@ pub struct S3Settings {
     /// `S3_FORCE_PATH_STYLE` (default: true when `AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_S3`
     /// points at an emulator, which rarely serves virtual-hosted buckets).
     pub force_path_style: bool,
+    /// `S3_CONNECT_TIMEOUT_SECONDS` (default 5), `S3_FIRST_BYTE_TIMEOUT_SECONDS` (default 15) and
+    /// `S3_MIN_UPLOAD_RATE_BYTES` (default 262144, 256 KiB/s): each request's attempt may take
+    /// connect + first byte + its body at the minimum rate.
+    pub timeouts: crate::aws::S3Timeouts,
 }
 
 /// How log lines are written (`LOG_FORMAT`).

@@ -124,3 +124,29 @@ fn debug_never_prints_the_database_password_or_the_signing_key() {
     assert_eq!(redact_url("postgres://app@h/db"), "postgres://app@h/db");
     assert_eq!(redact_url("not a url"), "not a url");
 }
+
+#[test]
+fn s3_timeouts_are_settings_and_an_upload_gets_time_for_its_size() {
+    let c = config(&[("DATABASE_URL", "postgres://x")]).expect("defaults");
+    assert_eq!(c.s3.timeouts, crate::aws::S3Timeouts::default());
+    let c = config(&[
+        ("DATABASE_URL", "postgres://x"),
+        ("S3_CONNECT_TIMEOUT_SECONDS", "2"),
+        ("S3_FIRST_BYTE_TIMEOUT_SECONDS", "3"),
+        ("S3_MIN_UPLOAD_RATE_BYTES", "1048576"),
+    ])
+    .expect("valid");
+    let t = c.s3.timeouts;
+    assert_eq!(t.attempt(0), Duration::from_secs(5));
+    assert_eq!(t.attempt(8 * 1024 * 1024), Duration::from_secs(13));
+    assert_eq!(t.config(0).connect_timeout(), Some(Duration::from_secs(2)));
+    assert_eq!(
+        t.config(1024 * 1024).operation_attempt_timeout(),
+        Some(Duration::from_secs(6))
+    );
+    assert!(config(&[
+        ("DATABASE_URL", "postgres://x"),
+        ("S3_FIRST_BYTE_TIMEOUT_SECONDS", "soon"),
+    ])
+    .is_err());
+}

@@ -71,6 +71,12 @@ pub trait ObjectStore: Send + Sync {
     async fn download(&self, key: &str, ttl: Duration) -> Result<Download, StorageError>;
     /// Reads a whole object (tests and small objects only).
     async fn read(&self, key: &str) -> Result<Vec<u8>, StorageError>;
+    /// How long one call (a writer's `write` or `finish` included) may take before it is
+    /// overdue: the exporter's heartbeat stops renewing a lease whose storage call runs longer,
+    /// so another exporter takes the item. None: no bound (local files).
+    fn call_deadline(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A finished object.

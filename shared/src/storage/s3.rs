@@ -16,6 +16,8 @@ use aws_sdk_s3::Client;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
+use crate::aws::S3Timeouts;
+
 use super::{
     validate_key, Download, ObjectStore, ObjectWriter, StorageError, Written, NDJSON_CONTENT_TYPE,
 };
@@ -30,6 +32,8 @@ pub struct S3Store {
     bucket: String,
     prefix: String,
     gzip_copies: bool,
+    /// Per-request timeouts sized for each body ([`S3Store::with_timeouts`]); none: the client's.
+    timeouts: Option<S3Timeouts>,
 }
 
 fn s3_err(
@@ -45,11 +49,13 @@ fn s3_err(
 }
 
 /// An S3 client from the standard AWS variables (region, credentials, `AWS_ENDPOINT_URL`),
-/// path-style when the configuration says so.
+/// path-style when the configuration says so, with the timeouts of a request without a body
+/// (a part upload gets more: [`S3Timeouts::attempt`]).
 pub async fn client(settings: crate::config::S3Settings) -> Client {
     let shared = crate::aws::shared_config().await;
     let conf = aws_sdk_s3::config::Builder::from(&shared)
         .force_path_style(settings.force_path_style)
+        .timeout_config(settings.timeouts.config(0))
         .build();
     Client::from_conf(conf)
 }
@@ -61,7 +67,9 @@ impl S3Store {
         prefix: String,
         settings: crate::config::S3Settings,
     ) -> Self {
-        Self::new(client(settings).await, bucket, prefix).with_gzip_copies(settings.gzip_copies)
+        Self::new(client(settings).await, bucket, prefix)
+            .with_gzip_copies(settings.gzip_copies)
+            .with_timeouts(settings.timeouts)
     }
 
     pub fn new(client: Client, bucket: String, prefix: String) -> Self {
@@ -70,7 +78,23 @@ impl S3Store {
             bucket,
             prefix: prefix.trim_matches('/').to_string(),
             gzip_copies: true,
+            timeouts: None,
         }
+    }
+
+    /// Gives each upload the timeouts its size needs, and [`ObjectStore::call_deadline`].
+    pub fn with_timeouts(mut self, timeouts: S3Timeouts) -> Self {
+        self.timeouts = Some(timeouts);
+        self
+    }
+
+    /// The client's configuration for a request with a body of `body_bytes`.
+    fn sized(&self, body_bytes: usize) -> aws_sdk_s3::config::Builder {
+        let mut conf = aws_sdk_s3::config::Builder::default();
+        if let Some(t) = self.timeouts {
+            conf = conf.timeout_config(t.config(body_bytes));
+        }
+        conf
     }
 
     /// Whether each object gets a gzip copy beside it (default: yes).
@@ -164,6 +188,13 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| s3_err("Presign", &full, e))?;
         Ok(Download::Redirect(req.uri().to_string()))
+    }
+
+    /// A writer's call may run, at most: the object's and its copy's part uploads and the two
+    /// small requests around each.
+    fn call_deadline(&self) -> Option<Duration> {
+        self.timeouts
+            .map(|t| t.operation(PART_SIZE) * 2 + t.operation(0) * 2)
     }
 
     async fn read(&self, key: &str) -> Result<Vec<u8>, StorageError> {
@@ -260,6 +291,7 @@ impl Upload {
         };
         let number = self.parts.len() as i32 + 1;
         let body = std::mem::take(&mut self.buffer);
+        let sized = self.store.sized(body.len());
         let out = self
             .store
             .client
@@ -269,6 +301,8 @@ impl Upload {
             .upload_id(&upload_id)
             .part_number(number)
             .body(ByteStream::from(body))
+            .customize()
+            .config_override(sized)
             .send()
             .await
             .map_err(|e| s3_err("UploadPart", &self.key, e))?;
@@ -284,6 +318,7 @@ impl Upload {
     async fn complete(&mut self) -> Result<(), StorageError> {
         if self.upload_id.is_none() {
             let body = std::mem::take(&mut self.buffer);
+            let sized = self.store.sized(body.len());
             self.store
                 .client
                 .put_object()
@@ -292,6 +327,8 @@ impl Upload {
                 .content_type(NDJSON_CONTENT_TYPE)
                 .set_content_encoding(self.content_encoding.map(str::to_string))
                 .body(ByteStream::from(body))
+                .customize()
+                .config_override(sized)
                 .send()
                 .await
                 .map_err(|e| s3_err("PutObject", &self.key, e))?;

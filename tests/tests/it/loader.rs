@@ -656,3 +656,106 @@ async fn upgrading_to_bytewise_keys_fails_running_exports_and_keeps_the_rest() {
     assert_eq!(ids, by_bytes);
     assert_eq!(ids, vec!["B", "a-c", "ab"]);
 }
+
+/// Rows stored before the key check existed were never checked (migrations 0010 and 0013 added
+/// it NOT VALID). `bulk-export check` lists each row whose text is not a JSON resource with its
+/// key's resourceType and id (exit status 2, nothing changed) and, once none is left,
+/// validates the check so that it holds for every stored row.
+#[tokio::test]
+async fn check_lists_rows_stored_before_the_key_check_and_then_validates_it() {
+    let db = TestDb::empty().await;
+    migrate_before(&db.pool, "0010_cheaper_loads").await;
+    let client = db.pool.get().await.expect("conn");
+    // What 0008's check let through: a member missing compared as NULL.
+    client
+        .batch_execute(
+            r#"INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, resource) VALUES
+                 ('Basic', 'good', 1, now(), false, '{"resourceType":"Basic","id":"good"}'),
+                 ('Basic', 'no-id', 1, now(), false, '{"resourceType":"Basic"}'),
+                 ('Basic', 'no-type', 1, now(), false, '{"id":"no-type"}');"#,
+        )
+        .await
+        .expect("rows of 0009");
+    drop(client);
+    shared::db::migrate(&db.pool).await.expect("migrate");
+    let client = db.pool.get().await.expect("conn");
+    // Text that is not JSON at all, stored past the check as an older server could have.
+    let def: String = client
+        .query_one(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint
+             WHERE conrelid = 'resources'::regclass AND conname = 'resources_key_matches_json'",
+            &[],
+        )
+        .await
+        .expect("def")
+        .get(0);
+    assert!(def.ends_with("NOT VALID"), "{def}");
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE resources DROP CONSTRAINT resources_key_matches_json;
+             INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, resource)
+             VALUES ('Basic', 'oops', 1, now(), false, '{{oops');
+             ALTER TABLE resources ADD CONSTRAINT resources_key_matches_json {def};"
+        ))
+        .await
+        .expect("poison");
+    let validated = || async {
+        let client = db.pool.get().await.expect("conn");
+        let v: bool = client
+            .query_one(
+                "SELECT convalidated FROM pg_constraint
+                 WHERE conrelid = 'resources'::regclass AND conname = 'resources_key_matches_json'",
+                &[],
+            )
+            .await
+            .expect("q")
+            .get(0);
+        v
+    };
+    assert!(!validated().await);
+
+    let check = || {
+        Command::new(bulk_export_bin())
+            .arg("check")
+            .env("DATABASE_URL", &db.url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run")
+    };
+    let out = check();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        vec![
+            "Basic/no-id: not a JSON resource with this resourceType and id",
+            "Basic/no-type: not a JSON resource with this resourceType and id",
+            "Basic/oops: not a JSON resource with this resourceType and id",
+        ],
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("3 stored row(s) fail the key check"),
+        "{stderr}"
+    );
+    assert!(!validated().await);
+
+    // The operator's repair: a correct version of one, the others deleted.
+    client
+        .batch_execute(
+            r#"UPDATE resources SET resource = '{"resourceType":"Basic","id":"no-id"}' WHERE id = 'no-id';
+               DELETE FROM resources WHERE id IN ('no-type', 'oops');"#,
+        )
+        .await
+        .expect("repair");
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(validated().await);
+    assert_eq!(scalar(&db.pool, "SELECT count(*) FROM resources").await, 2);
+}

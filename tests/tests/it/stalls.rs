@@ -84,3 +84,259 @@ async fn the_clients_built_from_the_environment_carry_the_timeouts() {
     assert_eq!(t.operation_attempt_timeout(), Some(default.attempt));
     assert_eq!(t.operation_timeout(), Some(default.operation));
 }
+
+// Issue 28 item 12: a hung S3 may not stall an export much past a lease once it answers again.
+
+mod overdue {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use async_trait::async_trait;
+    use integration_tests::lambda_rig::StallRelay;
+    use integration_tests::{config_with, stored_resources, temp_dir, TestDb};
+    use shared::aws::S3Timeouts;
+    use shared::db::jobs::{self, NewJob};
+    use shared::export::engine::Exporter;
+    use shared::export::{ExportLevel, ExportParams, JobStatus};
+    use shared::queue::NoQueue;
+    use shared::storage::local::LocalStore;
+    use shared::storage::s3::S3Store;
+    use shared::storage::{Download, ObjectStore, ObjectWriter, StorageError, Written};
+    use shared::Config;
+
+    const LEASE: Duration = Duration::from_secs(5);
+
+    async fn new_job(db: &TestDb) -> uuid::Uuid {
+        let params = ExportParams::default();
+        jobs::insert_job(
+            &db.pool,
+            NewJob {
+                level: ExportLevel::System,
+                group_id: None,
+                params: &params,
+                request_url: "http://test/$export",
+                client_id: None,
+            },
+            jobs::JobLimits {
+                running: i64::MAX,
+                stored: i64::MAX,
+            },
+        )
+        .await
+        .expect("insert job")
+        .expect("within limits")
+        .id
+    }
+
+    fn config(db: &TestDb) -> Arc<Config> {
+        config_with(
+            db,
+            &[
+                ("LEASE_SECONDS", "5"),
+                ("MAX_FILE_BYTES", "15000"),
+                ("MAX_ATTEMPTS", "100"),
+            ],
+        )
+    }
+
+    /// Runs `ex` until the job is no longer active (or the test ends).
+    fn keep_exporting(ex: Exporter, db: &TestDb, job: uuid::Uuid) -> tokio::task::JoinHandle<()> {
+        let pool = db.pool.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = ex
+                    .run_until_idle(None, Instant::now() + Duration::from_secs(600))
+                    .await;
+                let status = jobs::get_job(&pool, job)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|j| j.status);
+                if !matches!(status, Some(JobStatus::Active | JobStatus::Queued)) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    }
+
+    fn exporter(db: &TestDb, store: Arc<dyn ObjectStore>) -> Exporter {
+        let mut ex = Exporter::new(db.pool.clone(), store, Arc::new(NoQueue), config(db));
+        ex.retry_backoff = Duration::from_millis(200);
+        ex
+    }
+
+    /// Waits (at most `limit`) for the job to be Complete; how long that took.
+    async fn completed_within(db: &TestDb, job: uuid::Uuid, limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let j = jobs::get_job(&db.pool, job)
+                .await
+                .expect("db")
+                .expect("job");
+            match j.status {
+                JobStatus::Complete => return started.elapsed(),
+                JobStatus::Failed => panic!("the export failed: {:?}", j.error),
+                _ => {}
+            }
+            assert!(
+                started.elapsed() < limit,
+                "not complete {:?} after storage answered again (lease {LEASE:?}): {:?}",
+                started.elapsed(),
+                j.status
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn assert_exact(rows: &[(String, serde_json::Value)], expected: BTreeMap<String, usize>) {
+        let mut counts = BTreeMap::new();
+        let mut keys = BTreeSet::new();
+        for (t, r) in rows {
+            *counts.entry(t.clone()).or_insert(0usize) += 1;
+            let id = r["id"].as_str().unwrap_or_default().to_string();
+            assert!(keys.insert((t.clone(), id.clone())), "duplicate {t}/{id}");
+        }
+        assert_eq!(counts, expected);
+    }
+
+    /// S3 (moto behind a relay) accepts connections and answers nothing for 8 s, longer than
+    /// an attempt's timeout (connect 1 s + first byte 1 s + body at 1 MiB/s); then it answers
+    /// again. The export completes exactly, and well within three leases of S3 answering.
+    #[tokio::test]
+    async fn a_hung_s3_that_answers_again_delays_the_export_by_at_most_about_a_lease() {
+        let (db, data) = TestDb::with_generated(20).await;
+        let (_, bucket) = integration_tests::new_bucket().await;
+        let relay = StallRelay::start(&integration_tests::aws_endpoint()).await;
+        let timeouts = S3Timeouts {
+            connect: Duration::from_secs(1),
+            first_byte: Duration::from_secs(1),
+            min_upload_rate: 1024 * 1024,
+        };
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&relay.endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "test", "test", None, None, "static",
+            ))
+            .timeout_config(timeouts.config(0))
+            .load()
+            .await;
+        let client = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&conf)
+                .force_path_style(true)
+                .build(),
+        );
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(S3Store::new(client, bucket, "exports".into()).with_timeouts(timeouts));
+        let job = new_job(&db).await;
+
+        relay.hang(true);
+        let a = keep_exporting(exporter(&db, store.clone()), &db, job);
+        let b = keep_exporting(exporter(&db, store.clone()), &db, job);
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let during = jobs::get_job(&db.pool, job)
+            .await
+            .expect("db")
+            .expect("job");
+        assert_ne!(
+            during.status,
+            JobStatus::Complete,
+            "nothing can be written while S3 hangs"
+        );
+        relay.hang(false);
+        let recovered = completed_within(&db, job, LEASE * 3).await;
+        eprintln!("complete {recovered:?} after S3 answered again");
+        a.abort();
+        b.abort();
+
+        let rows = stored_resources(&db.pool, store.as_ref(), job).await;
+        assert_exact(&rows, data.count_by_type());
+    }
+
+    /// A local store whose first write never returns (a storage call stuck beyond any timeout)
+    /// and whose calls are overdue after 1 s.
+    struct StuckStore {
+        inner: LocalStore,
+        stuck: Arc<AtomicBool>,
+    }
+
+    struct StuckWriter {
+        inner: Box<dyn ObjectWriter>,
+        stuck: Arc<AtomicBool>,
+    }
+
+    #[async_trait]
+    impl ObjectStore for StuckStore {
+        async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+            Ok(Box::new(StuckWriter {
+                inner: self.inner.writer(key).await?,
+                stuck: self.stuck.clone(),
+            }))
+        }
+        async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
+            self.inner.delete_prefix(prefix).await
+        }
+        async fn download(&self, key: &str, ttl: Duration) -> Result<Download, StorageError> {
+            self.inner.download(key, ttl).await
+        }
+        async fn read(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+            self.inner.read(key).await
+        }
+        fn call_deadline(&self) -> Option<Duration> {
+            Some(Duration::from_secs(1))
+        }
+    }
+
+    #[async_trait]
+    impl ObjectWriter for StuckWriter {
+        async fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
+            if !self.stuck.swap(true, Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            self.inner.write(data).await
+        }
+        async fn finish(self: Box<Self>) -> Result<Written, StorageError> {
+            self.inner.finish().await
+        }
+        async fn abort(self: Box<Self>) -> Result<(), StorageError> {
+            self.inner.abort().await
+        }
+    }
+
+    /// An exporter whose storage call is overdue stops renewing its item's lease, so another
+    /// exporter takes the item after one lease. Before, the heartbeat kept the lease as long
+    /// as the call hung.
+    #[tokio::test]
+    async fn the_lease_of_an_exporter_whose_storage_call_is_overdue_lapses() {
+        let (db, data) = TestDb::with_generated(20).await;
+        let dir = temp_dir();
+        let stuck = Arc::new(AtomicBool::new(false));
+        let hung: Arc<dyn ObjectStore> = Arc::new(StuckStore {
+            inner: LocalStore::new(dir.clone()).expect("store"),
+            stuck: stuck.clone(),
+        });
+        let healthy: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
+        let job = new_job(&db).await;
+
+        let a = keep_exporting(exporter(&db, hung), &db, job);
+        let started = Instant::now();
+        while !stuck.load(Ordering::SeqCst) {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no write began"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let b = keep_exporting(exporter(&db, healthy.clone()), &db, job);
+        let took = completed_within(&db, job, LEASE * 3).await;
+        eprintln!("complete {took:?} after the storage call got stuck");
+        a.abort();
+        b.abort();
+
+        let rows = stored_resources(&db.pool, healthy.as_ref(), job).await;
+        assert_exact(&rows, data.count_by_type());
+    }
+}

@@ -18,6 +18,7 @@ mod extras;
 pub mod planner;
 mod sink;
 mod typed;
+mod watch;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,13 +171,44 @@ enum Leased {
     Item(WorkItem),
 }
 
+/// A storage call that runs longer than this is overdue (see [`heartbeat`]).
+struct StorageWatch {
+    clock: Arc<watch::CallClock>,
+    deadline: Option<Duration>,
+}
+
+impl StorageWatch {
+    /// How long the storage call in flight has run past its deadline.
+    fn overdue(&self) -> Option<Duration> {
+        let deadline = self.deadline?;
+        self.clock
+            .longest()
+            .filter(|d| *d > deadline)
+            .map(|d| d - deadline)
+    }
+}
+
 /// Renews a lease every third of its length until it is gone (another owner has it, or the
-/// work it covers is finished).
-async fn heartbeat(pool: Pool, owner: String, lease: Duration, leased: Leased) {
+/// work it covers is finished), or until a storage call of this exporter is overdue: then the
+/// lease is left to expire, so that another exporter takes the work while this one waits.
+async fn heartbeat(
+    pool: Pool,
+    owner: String,
+    lease: Duration,
+    leased: Leased,
+    storage: StorageWatch,
+) {
     let mut every = tokio::time::interval(lease / 3);
     every.tick().await;
     loop {
         every.tick().await;
+        if let Some(late) = storage.overdue() {
+            warn!(
+                overdue_ms = late.as_millis() as u64,
+                "a storage call is overdue; no longer renewing the lease, another exporter will take the work"
+            );
+            break;
+        }
         let renewed = match &leased {
             Leased::Job(id) => jobs::renew_lease(&pool, *id, &owner, lease).await,
             Leased::Item(item) => work_items::renew_lease(&pool, item, &owner, lease).await,
@@ -201,6 +233,8 @@ impl Drop for AbortOnDrop {
 pub struct Exporter {
     pool: Pool,
     store: Arc<dyn ObjectStore>,
+    /// The calls of `store` in flight (`store` is [`watch::Watched`]).
+    calls: Arc<watch::CallClock>,
     queue: Arc<dyn JobQueue>,
     config: Arc<Config>,
     owner: String,
@@ -217,9 +251,15 @@ impl Exporter {
         queue: Arc<dyn JobQueue>,
         config: Arc<Config>,
     ) -> Self {
+        let calls = Arc::new(watch::CallClock::default());
+        let store: Arc<dyn ObjectStore> = Arc::new(watch::Watched {
+            inner: store,
+            clock: calls.clone(),
+        });
         Exporter {
             pool,
             store,
+            calls,
             queue,
             config,
             owner: format!("exporter-{}", Uuid::new_v4()),
@@ -287,6 +327,10 @@ impl Exporter {
             self.owner.clone(),
             self.config.lease,
             leased,
+            StorageWatch {
+                clock: self.calls.clone(),
+                deadline: self.store.call_deadline(),
+            },
         )))
     }
 
