@@ -54,6 +54,22 @@ impl StoragePath {
             )))
         }
     }
+
+    /// A stable name of this storage, recorded with each job at kick-off: an exporter whose
+    /// storage has another name leaves the job alone (its files would be written where the
+    /// process serving them cannot find them). `s3://bucket/prefix`, or the directory's
+    /// absolute path with symbolic links resolved when it exists.
+    pub fn identity(&self) -> String {
+        match self {
+            StoragePath::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+            StoragePath::Local(dir) => {
+                let absolute = std::fs::canonicalize(dir)
+                    .or_else(|_| std::path::absolute(dir))
+                    .unwrap_or_else(|_| dir.clone());
+                format!("file://{}", absolute.display())
+            }
+        }
+    }
 }
 
 /// `url` with the password of its user info replaced by `***`.

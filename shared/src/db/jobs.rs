@@ -62,6 +62,10 @@ pub struct JobLimits {
     pub stored: i64,
 }
 
+/// The member of a job's stored `params` that names the storage its files are written to (no
+/// FHIR parameter has this name; ExportParams ignores it when the job is read).
+pub const STORAGE_PARAM: &str = "storage";
+
 /// Why a job was not inserted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimitReached {
@@ -77,8 +81,22 @@ pub async fn insert_job(
     job: NewJob<'_>,
     limits: JobLimits,
 ) -> Result<Result<Job, LimitReached>, DbError> {
+    insert_job_in(pool, job, limits, None).await
+}
+
+/// [`insert_job`] for the storage named `storage` ([`crate::config::StoragePath::identity`]):
+/// only an exporter writing there takes the job's work. None: any exporter.
+pub async fn insert_job_in(
+    pool: &Pool,
+    job: NewJob<'_>,
+    limits: JobLimits,
+    storage: Option<&str>,
+) -> Result<Result<Job, LimitReached>, DbError> {
     let mut client = pool.get().await?;
-    let params = serde_json::to_value(job.params)?;
+    let mut params = serde_json::to_value(job.params)?;
+    if let (Some(storage), Some(members)) = (storage, params.as_object_mut()) {
+        members.insert(STORAGE_PARAM.into(), storage.into());
+    }
     let tx = client.transaction().await?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(7417002, hashtext(coalesce($1::text, '')))",

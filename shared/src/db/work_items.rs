@@ -151,6 +151,7 @@ pub async fn claim_item(
     owner: &str,
     lease: Duration,
     prefer: Option<Uuid>,
+    storage: Option<&str>,
 ) -> Result<Option<WorkItem>, DbError> {
     let client = pool.get().await?;
     let stmt = client
@@ -161,6 +162,8 @@ pub async fn claim_item(
                  WHERE NOT w.done AND j.status = 'Active' AND j.planned
                    AND (w.lease_expires_at IS NULL OR w.lease_expires_at < now()
                         OR w.lease_owner = $1)
+                   AND ($4::text IS NULL OR j.params->>'storage' IS NULL
+                        OR j.params->>'storage' = $4)
                  ORDER BY (w.job_id = $3) DESC, j.created_at, w.resource_type, w.part
                  LIMIT 1
                  FOR UPDATE OF w SKIP LOCKED)
@@ -187,6 +190,7 @@ pub async fn claim_item(
                 &owner,
                 &lease.as_secs_f64(),
                 &prefer.unwrap_or_else(Uuid::nil),
+                &storage,
             ],
         )
         .await?;

@@ -61,7 +61,8 @@ pub async fn start_export(state: &AppState, start: StartExport<'_>) -> Result<Uu
         request_url: &request_url,
         client_id: principal.map(|p| p.client_id.as_str()),
     };
-    let job = match jobs::insert_job(&state.pool, new, limits).await? {
+    let storage = state.config.storage_path.identity();
+    let job = match jobs::insert_job_in(&state.pool, new, limits, Some(&storage)).await? {
         Ok(job) => job,
         Err(jobs::LimitReached::Running(n)) => {
             return Err(ServiceError::TooManyRequests {

@@ -21,6 +21,18 @@ pub async fn claim_job(
     lease: Duration,
     prefer: Option<Uuid>,
 ) -> Result<Option<Job>, DbError> {
+    claim_job_in(pool, owner, lease, prefer, None).await
+}
+
+/// [`claim_job`] by an exporter writing to `storage`: a job kicked off for another storage is
+/// left alone. None: any job.
+pub async fn claim_job_in(
+    pool: &Pool,
+    owner: &str,
+    lease: Duration,
+    prefer: Option<Uuid>,
+    storage: Option<&str>,
+) -> Result<Option<Job>, DbError> {
     let client = pool.get().await?;
     let lease_secs = lease.as_secs_f64();
     let row = client
@@ -37,6 +49,8 @@ pub async fn claim_job(
                                       AND w.lease_expires_at > now())))
                        AND (lease_expires_at IS NULL OR lease_expires_at < now()
                             OR lease_owner = $1)
+                       AND ($4::text IS NULL OR params->>'storage' IS NULL
+                            OR params->>'storage' = $4)
                      ORDER BY (id = $3) DESC, created_at
                      LIMIT 1
                      FOR UPDATE SKIP LOCKED)
@@ -56,7 +70,12 @@ pub async fn claim_job(
                 claim = Transition::CLAIM.guard("j.status"),
                 active = Transition::CLAIM.target(),
             ),
-            &[&owner, &lease_secs, &prefer.unwrap_or_else(Uuid::nil)],
+            &[
+                &owner,
+                &lease_secs,
+                &prefer.unwrap_or_else(Uuid::nil),
+                &storage,
+            ],
         )
         .await?;
     row.as_ref().map(job_from_row).transpose()
@@ -291,15 +310,20 @@ pub async fn mark_cancelled(pool: &Pool, id: Uuid, owner: &str) -> Result<bool, 
 }
 
 /// Finished jobs whose files must go: deleted by the client or past their expiry.
-pub async fn select_jobs_to_purge(pool: &Pool, limit: i64) -> Result<Vec<Uuid>, DbError> {
+pub async fn select_jobs_to_purge(
+    pool: &Pool,
+    limit: i64,
+    storage: Option<&str>,
+) -> Result<Vec<Uuid>, DbError> {
     let client = pool.get().await?;
     let rows = client
         .query(
             "SELECT id FROM export_jobs
              WHERE files_purged_at IS NULL AND status IN ('Complete', 'Failed')
                AND (deleted_at IS NOT NULL OR expires_at < now())
+               AND ($2::text IS NULL OR params->>'storage' IS NULL OR params->>'storage' = $2)
              ORDER BY updated_at LIMIT $1",
-            &[&limit],
+            &[&limit, &storage],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())

@@ -104,7 +104,7 @@ impl Exporter {
 
     /// Deletes the files of jobs the client deleted or that passed their expiry.
     pub async fn purge_finished(&self) -> Result<usize, EngineError> {
-        let ids = jobs::select_jobs_to_purge(&self.pool, 100).await?;
+        let ids = jobs::select_jobs_to_purge(&self.pool, 100, Some(&self.storage)).await?;
         for id in &ids {
             let n = self.store.delete_prefix(&id.to_string()).await?;
             jobs::mark_purged(&self.pool, *id).await?;

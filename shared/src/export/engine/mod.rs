@@ -238,6 +238,9 @@ pub struct Exporter {
     queue: Arc<dyn JobQueue>,
     config: Arc<Config>,
     owner: String,
+    /// The storage this exporter writes to ([`crate::config::StoragePath::identity`] of the
+    /// configuration's STORAGE_PATH): it takes only the work of jobs kicked off for it.
+    storage: String,
     /// Wait before a failed attempt is retried.
     pub retry_backoff: Duration,
     /// Rows per batch fetched from Postgres, at most.
@@ -261,8 +264,9 @@ impl Exporter {
             store,
             calls,
             queue,
-            config,
+            config: config.clone(),
             owner: format!("exporter-{}", Uuid::new_v4()),
+            storage: config.storage_path.identity(),
             retry_backoff: Duration::from_secs(5),
             page_rows: PAGE_ROWS,
         }
@@ -290,8 +294,14 @@ impl Exporter {
     ) -> Result<RunSummary, EngineError> {
         let mut summary = RunSummary::default();
         while !self.near(deadline) {
-            if let Some(job) =
-                jobs::claim_job(&self.pool, &self.owner, self.config.lease, prefer).await?
+            if let Some(job) = jobs::claim_job_in(
+                &self.pool,
+                &self.owner,
+                self.config.lease,
+                prefer,
+                Some(&self.storage),
+            )
+            .await?
             {
                 let id = job.id;
                 let span = info_span!("export_job", job_id = %id, level = job.level.as_str());
@@ -301,8 +311,14 @@ impl Exporter {
                 }
                 continue;
             }
-            if let Some(item) =
-                work_items::claim_item(&self.pool, &self.owner, self.config.lease, prefer).await?
+            if let Some(item) = work_items::claim_item(
+                &self.pool,
+                &self.owner,
+                self.config.lease,
+                prefer,
+                Some(&self.storage),
+            )
+            .await?
             {
                 let id = item.job_id;
                 let span = info_span!("work_item", job_id = %id, resource_type = %item.resource_type, part = item.part);

@@ -173,3 +173,4 @@ mod blocks;
 mod exactness;
 mod failures;
 mod scope;
+mod storages;
