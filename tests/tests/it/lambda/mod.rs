@@ -31,8 +31,11 @@ fn context(seconds_left: u64) -> lambda_runtime::Context {
 }
 
 /// `function`'s state as its cold start builds it (shared::app): only the clients it declares.
+/// The functions of one test share one storage, as the functions of a stack do (a job records
+/// the storage it is written to, and only an exporter writing there takes it).
 async fn function_state(function: Function, db: &TestDb, queue: Arc<dyn JobQueue>) -> AppState {
-    let dir = temp_dir();
+    let dir = std::env::temp_dir().join(format!("bulkt-storage-{}", db.name));
+    std::fs::create_dir_all(&dir).expect("storage dir");
     let storage = dir.display().to_string();
     let config = integration_tests::config_with(db, &[("STORAGE_PATH", &storage), ("AUTH", "off")]);
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).expect("store"));
