@@ -22,7 +22,7 @@ fn config(db: &TestDb, extra: &[(&str, &str)]) -> Arc<Config> {
     integration_tests::config_with(db, extra)
 }
 
-async fn system_job(db: &TestDb) -> Job {
+pub(crate) async fn system_job(db: &TestDb) -> Job {
     let params = ExportParams {
         output_format: Default::default(),
         ..Default::default()

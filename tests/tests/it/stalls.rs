@@ -97,9 +97,9 @@ mod overdue {
     use integration_tests::lambda_rig::StallRelay;
     use integration_tests::{config_with, stored_resources, temp_dir, TestDb};
     use shared::aws::S3Timeouts;
-    use shared::db::jobs::{self, NewJob};
+    use shared::db::jobs;
     use shared::export::engine::Exporter;
-    use shared::export::{ExportLevel, ExportParams, JobStatus};
+    use shared::export::JobStatus;
     use shared::queue::NoQueue;
     use shared::storage::local::LocalStore;
     use shared::storage::s3::S3Store;
@@ -109,25 +109,7 @@ mod overdue {
     const LEASE: Duration = Duration::from_secs(5);
 
     async fn new_job(db: &TestDb) -> uuid::Uuid {
-        let params = ExportParams::default();
-        jobs::insert_job(
-            &db.pool,
-            NewJob {
-                level: ExportLevel::System,
-                group_id: None,
-                params: &params,
-                request_url: "http://test/$export",
-                client_id: None,
-            },
-            jobs::JobLimits {
-                running: i64::MAX,
-                stored: i64::MAX,
-            },
-        )
-        .await
-        .expect("insert job")
-        .expect("within limits")
-        .id
+        crate::fanout::system_job(db).await.id
     }
 
     fn config(db: &TestDb) -> Arc<Config> {
