@@ -111,6 +111,7 @@ impl Function {
     }
 }
 
+/// infra/functions.json, parsed.
 #[derive(Debug, Deserialize)]
 pub struct Declaration {
     /// The binary every function runs (template.yaml's BuildProperties.Binary).
@@ -178,12 +179,13 @@ impl FunctionSpec {
     }
 }
 
-/// The parsed declaration.
 /// infra/functions.json that does not parse or names what does not exist.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("infra/functions.json: {0}")]
 pub struct DeclarationError(String);
 
+/// The declaration, parsed once, each function that `serves` others with their environment
+/// and actions merged into its own.
 pub fn declaration() -> Result<&'static Declaration, DeclarationError> {
     static PARSED: OnceLock<Result<Declaration, DeclarationError>> = OnceLock::new();
     PARSED
