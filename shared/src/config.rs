@@ -191,8 +191,7 @@ pub struct Config {
     /// Target size of a work item (`EXPORT_ITEM_BYTES`): planning splits larger types into key
     /// ranges of about this many bytes, each claimed by any exporter. Ids are not in table
     /// order, so each range of a type visits most of the type's pages: larger items visit fewer
-    /// pages more than once (×100 system export: 35 s with 256 MiB items, 21-22 s with 1 GiB;
-    /// docs/BENCHMARKS.md, measurement 10).
+    /// pages more than once (docs/BENCHMARKS.md, "What moved the numbers").
     pub item_bytes: u64,
     /// `EXPORT_SCAN_PERCENT` (default 25): a Patient- or Group-level job with at least this
     /// share of all Patients reads its compartment types by scanning them and testing each

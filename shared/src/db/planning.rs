@@ -122,9 +122,8 @@ pub async fn mark_planned(
         }
     };
     // The reads (and the references below) join this table; planned with a stale row count
-    // (autovacuum lags) they read every member of a type on every page: a Patient export of
-    // 1,000 patients did not finish in 6 minutes, and takes 9 s with fresh statistics
-    // (docs/BENCHMARKS.md). ANALYZE counts this transaction's own rows and samples at most
+    // (autovacuum lags) they read every member of a type on every page, which makes an export
+    // quadratic in its size. ANALYZE counts this transaction's own rows and samples at most
     // 30,000, so it stays cheap however many jobs there are; its statistics commit with the plan.
     if added > 0 {
         tx.batch_execute("ANALYZE export_job_patients").await?;
@@ -162,31 +161,28 @@ pub async fn mark_planned(
         // One row per referenced resource (the items read the targets), except that every
         // source of a reference to a resource that does not exist is kept (the dangling
         // references reported in error[]; a present target's row names no source: nothing
-        // reads it): a Patient-level export of 1,000 patients references 3,240 resources
-        // through 200,000 references (×10 set). Computed once here, instead of joining the
-        // compartment to its references again for every AdditionalResources type and its
-        // dangling-reference check (about 1 s each on the ×10 set).
+        // reads it): a job's references far outnumber the resources they name. Computed once
+        // here, instead of joining the compartment to its references again for every
+        // AdditionalResources type and its dangling-reference check.
         // Sources current at the transaction time: those not in `changed` (deleted, or
-        // written since), a handful found through two indexes, instead of checking each of the
-        // 200,000 sources against `resources` (a random heap access each). References are one
-        // row per source with target arrays: only sources with a wanted target type pass (an
-        // array test in the parallel scan), and their arrays are expanded in the select list (a
-        // ProjectSet; `unnest` in FROM fills a tuplestore per source: 0.26 s for 161,410
-        // sources against 0.08 s) straight into the distinct targets. Each target's presence is
-        // one index probe (an EXISTS had been planned as a hash of the whole `resources` table);
-        // the sources are read again only when a target is missing. Selected, then inserted:
-        // Postgres runs no part of an INSERT … SELECT in parallel. ×10 set, 1,000 patients:
-        // 0.42-0.46 s (3.2 s before the anti-join and the parallel SELECT).
+        // written since), a handful found through two indexes, instead of checking each
+        // source against `resources` (a random heap access each). References are one row per
+        // source with target arrays: only sources with a wanted target type pass (an array
+        // test in the parallel scan), and their arrays are expanded in the select list (a
+        // ProjectSet; `unnest` in FROM would fill a tuplestore per source) straight into the
+        // distinct targets. Each target's presence is one index probe (an EXISTS is planned as
+        // a hash of the whole `resources` table); the sources are read again only when a
+        // target is missing. Selected, then inserted: Postgres runs no part of an
+        // INSERT … SELECT in parallel (docs/BENCHMARKS.md, "What moved the numbers").
         tx.batch_execute("SET LOCAL jit = off; SET LOCAL work_mem = '64MB'")
             .await?;
         let sources_from = if scan_patients.is_some() {
             // Sources of the job's patients straight from their rows: a parallel scan of
             // `resource_refs` (each patient of a source a row of a ProjectSet) semi-joined to
-            // the job's patients, instead of `compartment` joined to the job's patients and to
-            // `resource_refs` (×10 set, every patient: 238-284 ms against 357-400 ms; the
-            // scanned rows' test of `in_job_patients` has a correlated part, which no parallel
-            // worker runs). A source of two of the job's patients comes twice: its targets are
-            // grouped, its missing ones made distinct.
+            // the job's patients, cheaper than `compartment` joined to the job's patients and
+            // to `resource_refs` (the scanned rows' test of `in_job_patients` has a correlated
+            // part, which no parallel worker runs). A source of two of the job's patients comes
+            // twice: its targets are grouped, its missing ones made distinct.
             "FROM (SELECT f.source_type, f.source_id, f.target_types, f.target_ids,
                           unnest(f.patients) AS patient_id
                    FROM resource_refs f
@@ -275,8 +271,8 @@ pub async fn mark_planned(
         } else {
             (100.0 * SAMPLE_ROWS / tuples).clamp(0.01, 100.0)
         };
-        // Unordered: sorting ~50,000 ids in the database was most of this statement (a sort
-        // spilled to disk, 160 of 250 ms on the ×10 set). They are sorted here by bytes, the
+        // Unordered: sorting the sampled ids in the database (by the column's collation, and
+        // through disk) was most of this statement. They are sorted here by bytes, the
         // order the database compares ids in (every key column has the "C" collation,
         // migration 0015), so the cuts make the ranges a partition of the ids.
         let rows = tx
