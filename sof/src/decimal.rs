@@ -295,7 +295,10 @@ mod tests {
         assert_eq!(d("3").sub(&d("0.25")).unwrap().to_string(), "2.75");
         assert_eq!(d("1.5").mul(&d("1.5")).unwrap().to_string(), "2.25");
         assert_eq!(d("3").div(&d("2")).unwrap().to_string(), "1.5");
-        assert_eq!(d("1").div(&d("3")).unwrap().to_string(), "0.3333333333333333");
+        assert_eq!(
+            d("1").div(&d("3")).unwrap().to_string(),
+            "0.3333333333333333"
+        );
         assert!(d("1").div(&d("0")).is_none());
         assert_eq!(d("7").div_trunc(&d("2")).unwrap().to_string(), "3");
         assert_eq!(d("7.5").rem(&d("2")).unwrap().to_string(), "1.5");
@@ -312,7 +315,10 @@ mod tests {
     fn rounds_toward_an_infinity() {
         assert_eq!(d("1.5865").round_to(2, false).unwrap().to_string(), "1.58");
         assert_eq!(d("1.5875").round_to(2, true).unwrap().to_string(), "1.59");
-        assert_eq!(d("-1.5875").round_to(2, false).unwrap().to_string(), "-1.59");
+        assert_eq!(
+            d("-1.5875").round_to(2, false).unwrap().to_string(),
+            "-1.59"
+        );
         assert_eq!(d("1.5").round_to(3, false).unwrap().to_string(), "1.500");
     }
 }

@@ -112,13 +112,35 @@ fn at(parent: &str, child: &str) -> String {
 }
 
 const CONSTANT_TYPES: &[&str] = &[
-    "base64Binary", "boolean", "canonical", "code", "date", "dateTime", "decimal", "id",
-    "instant", "integer", "integer64", "oid", "string", "positiveInt", "time", "unsignedInt",
-    "uri", "url", "uuid",
+    "base64Binary",
+    "boolean",
+    "canonical",
+    "code",
+    "date",
+    "dateTime",
+    "decimal",
+    "id",
+    "instant",
+    "integer",
+    "integer64",
+    "oid",
+    "string",
+    "positiveInt",
+    "time",
+    "unsignedInt",
+    "uri",
+    "url",
+    "uuid",
 ];
 
 const RESERVED_CONSTANTS: &[&str] = &[
-    "resource", "rootResource", "context", "rowIndex", "ucum", "sct", "loinc",
+    "resource",
+    "rootResource",
+    "context",
+    "rowIndex",
+    "ucum",
+    "sct",
+    "loinc",
 ];
 
 fn check_keys(obj: &Map<String, Value>, element: &str, allowed: &[&str]) -> Result<(), ViewError> {
@@ -133,7 +155,11 @@ fn check_keys(obj: &Map<String, Value>, element: &str, allowed: &[&str]) -> Resu
     Ok(())
 }
 
-fn array<'v>(obj: &'v Map<String, Value>, key: &str, element: &str) -> Result<&'v [Value], ViewError> {
+fn array<'v>(
+    obj: &'v Map<String, Value>,
+    key: &str,
+    element: &str,
+) -> Result<&'v [Value], ViewError> {
     match obj.get(key) {
         None => Ok(&[]),
         Some(Value::Array(a)) => Ok(a),
@@ -146,7 +172,11 @@ fn object<'v>(v: &'v Value, element: &str) -> Result<&'v Map<String, Value>, Vie
         .ok_or_else(|| err(element, "must be an object"))
 }
 
-fn string<'v>(obj: &'v Map<String, Value>, key: &str, element: &str) -> Result<Option<&'v str>, ViewError> {
+fn string<'v>(
+    obj: &'v Map<String, Value>,
+    key: &str,
+    element: &str,
+) -> Result<Option<&'v str>, ViewError> {
     match obj.get(key) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -167,7 +197,12 @@ impl Builder<'_> {
         Ok((c.expr, c.ty))
     }
 
-    fn expr_at(&self, obj: &Map<String, Value>, key: &str, element: &str) -> Result<Option<Expr>, ViewError> {
+    fn expr_at(
+        &self,
+        obj: &Map<String, Value>,
+        key: &str,
+        element: &str,
+    ) -> Result<Option<Expr>, ViewError> {
         match string(obj, key, element)? {
             None => Ok(None),
             Some(text) => Ok(Some(self.expr(text, &at(element, key))?.0)),
@@ -182,8 +217,15 @@ impl Builder<'_> {
             obj,
             element,
             &[
-                "column", "select", "forEach", "forEachOrNull", "repeat", "unionAll", "id",
-                "extension", "modifierExtension",
+                "column",
+                "select",
+                "forEach",
+                "forEachOrNull",
+                "repeat",
+                "unionAll",
+                "id",
+                "extension",
+                "modifierExtension",
             ],
         )?;
         let iterations = ["forEach", "forEachOrNull", "repeat"]
@@ -240,7 +282,10 @@ impl Builder<'_> {
                 None => first_branch = Some(cols),
                 Some(first) => {
                     let names = |cs: &[Column]| {
-                        cs.iter().map(|c| c.name.clone()).collect::<Vec<_>>().join(", ")
+                        cs.iter()
+                            .map(|c| c.name.clone())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     };
                     if names(first) != names(&cols) {
                         return Err(err(
@@ -315,12 +360,19 @@ impl Builder<'_> {
             obj,
             element,
             &[
-                "name", "path", "description", "collection", "type", "tag", "id", "extension",
+                "name",
+                "path",
+                "description",
+                "collection",
+                "type",
+                "tag",
+                "id",
+                "extension",
                 "modifierExtension",
             ],
         )?;
-        let name = string(obj, "name", element)?
-            .ok_or_else(|| err(at(element, "name"), "is required"))?;
+        let name =
+            string(obj, "name", element)?.ok_or_else(|| err(at(element, "name"), "is required"))?;
         if !is_sql_name(name) {
             return Err(err(
                 at(element, "name"),
@@ -399,7 +451,8 @@ fn compatible(declared: &str, inferred: &str) -> bool {
     let (d, i) = (kind_of(declared), kind_of(inferred));
     d == i
         || (d == Kind::Decimal && i == Kind::Integer)
-        || (matches!(d, Kind::String | Kind::Temporal) && matches!(i, Kind::String | Kind::Temporal))
+        || (matches!(d, Kind::String | Kind::Temporal)
+            && matches!(i, Kind::String | Kind::Temporal))
 }
 
 /// The null row of a select: `null` everywhere except `%rowIndex` columns, which are 0.
@@ -447,7 +500,8 @@ impl View {
                 return Err(err("resourceType", "must be 'ViewDefinition'"));
             }
         }
-        let resource = string(obj, "resource", "")?.ok_or_else(|| err("resource", "is required"))?;
+        let resource =
+            string(obj, "resource", "")?.ok_or_else(|| err("resource", "is required"))?;
         if !is_resource_type(resource) {
             return Err(err(
                 "resource",
@@ -465,7 +519,10 @@ impl View {
         }
         if let Some(s) = obj.get("status") {
             if !matches!(s.as_str(), Some("draft" | "active" | "retired" | "unknown")) {
-                return Err(err("status", "must be one of draft, active, retired, unknown"));
+                return Err(err(
+                    "status",
+                    "must be one of draft, active, retired, unknown",
+                ));
             }
         }
 
@@ -699,7 +756,8 @@ impl View {
         let mut items = Vec::new();
         for c in &s.columns {
             items.clear();
-            eval(&c.expr, focus, &env, &mut items).map_err(|m| EvalError::new(c.element.clone(), m))?;
+            eval(&c.expr, focus, &env, &mut items)
+                .map_err(|m| EvalError::new(c.element.clone(), m))?;
             own.push(if c.collection {
                 Value::Array(items.iter().map(Item::to_json).collect())
             } else {
@@ -811,7 +869,8 @@ fn describe(it: &Item<'_>) -> String {
 /// Reads a constant: name, FHIR type and value.
 fn constant(c: &Value, element: &str) -> Result<(String, &'static str, Value), ViewError> {
     let obj = object(c, element)?;
-    let name = string(obj, "name", element)?.ok_or_else(|| err(at(element, "name"), "is required"))?;
+    let name =
+        string(obj, "name", element)?.ok_or_else(|| err(at(element, "name"), "is required"))?;
     if !is_sql_name(name) {
         return Err(err(
             at(element, "name"),

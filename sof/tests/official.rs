@@ -108,10 +108,7 @@ fn run_test(test: &Value, resources: &[Value]) -> Outcome {
         }
     }
     if expect_error {
-        return Outcome::Fail(format!(
-            "expected an error, got {} rows",
-            rows.len()
-        ));
+        return Outcome::Fail(format!("expected an error, got {} rows", rows.len()));
     }
     if let Some(cols) = test.get("expectColumns").and_then(Value::as_array) {
         let want: Vec<&str> = cols.iter().filter_map(Value::as_str).collect();
@@ -143,7 +140,10 @@ fn official_suite() {
     let mut seen_skips = vec![false; SKIPPED.len()];
     let mut experimental_passed = 0usize;
     for path in &files {
-        let file = path.file_name().and_then(|f| f.to_str()).unwrap_or_default();
+        let file = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or_default();
         let text = std::fs::read_to_string(path).expect("read suite file");
         let doc: Value = serde_json::from_str(&text).expect("suite file is JSON");
         let resources = doc["resources"].as_array().cloned().unwrap_or_default();
@@ -181,7 +181,10 @@ fn official_suite() {
     );
     for (i, (f, t, reason)) in SKIPPED.iter().enumerate() {
         println!("  skipped {f} / {t}: {reason}");
-        assert!(seen_skips[i], "SKIPPED names a test that does not exist: {f} / {t}");
+        assert!(
+            seen_skips[i],
+            "SKIPPED names a test that does not exist: {f} / {t}"
+        );
     }
     assert!(
         failures.is_empty(),
@@ -190,4 +193,49 @@ fn official_suite() {
         failures.join("\n")
     );
     assert_eq!(passed + skipped, total);
+}
+
+/// The comparison above fails on wrong results: a wrong value, a missing or extra row, wrong
+/// column order, and an error expected where there is none.
+#[test]
+fn harness_detects_wrong_results() {
+    let resources = vec![
+        serde_json::json!({"resourceType": "Patient", "id": "p1", "active": true}),
+        serde_json::json!({"resourceType": "Patient", "id": "p2"}),
+    ];
+    let view = serde_json::json!({
+        "resource": "Patient",
+        "select": [{"column": [
+            {"name": "id", "path": "id"},
+            {"name": "active", "path": "active"}
+        ]}]
+    });
+    let test = |extra: Value| {
+        let mut t = serde_json::json!({"title": "t", "view": view});
+        if let (Some(t), Some(e)) = (t.as_object_mut(), extra.as_object()) {
+            t.extend(e.clone());
+        }
+        t
+    };
+    let right = test(serde_json::json!({
+        "expect": [{"id": "p2", "active": null}, {"id": "p1", "active": true}],
+        "expectColumns": ["id", "active"]
+    }));
+    assert!(matches!(run_test(&right, &resources), Outcome::Pass));
+    let wrong = [
+        serde_json::json!({"expect": [{"id": "p1", "active": false}, {"id": "p2", "active": null}]}),
+        serde_json::json!({"expect": [{"id": "p1", "active": true}]}),
+        serde_json::json!({"expect": [{"id": "p1", "active": true}, {"id": "p2", "active": null}, {"id": "p3", "active": null}]}),
+        serde_json::json!({"expect": [{"id": "p1"}, {"id": "p2"}]}),
+        serde_json::json!({"expect": [{"id": "p1", "active": true}, {"id": "p2", "active": null}], "expectColumns": ["active", "id"]}),
+        serde_json::json!({"expectError": true}),
+        serde_json::json!({"expectCount": 3}),
+    ];
+    for w in wrong {
+        let t = test(w.clone());
+        assert!(
+            matches!(run_test(&t, &resources), Outcome::Fail(_)),
+            "passed: {w}"
+        );
+    }
 }

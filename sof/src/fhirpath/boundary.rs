@@ -15,7 +15,11 @@ pub(super) enum Input<'x> {
 
 /// The boundary of one value; `None` (an empty result) when the value has no boundary of the
 /// asked precision.
-pub(super) fn boundary(input: Input<'_>, precision: Option<i64>, high: bool) -> Option<Item<'static>> {
+pub(super) fn boundary(
+    input: Input<'_>,
+    precision: Option<i64>,
+    high: bool,
+) -> Option<Item<'static>> {
     match input {
         Input::Decimal(d) => decimal(d, precision, high).map(Item::Dec),
         Input::Text(s, ty) => {

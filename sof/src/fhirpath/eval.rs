@@ -206,7 +206,12 @@ pub(crate) fn eval<'a>(
                 [] => return Ok(()),
                 [one] => match prim(one) {
                     Prim::Int(i) => i,
-                    _ => return Err(format!("an index must be an integer, not {}", one.describe())),
+                    _ => {
+                        return Err(format!(
+                            "an index must be an integer, not {}",
+                            one.describe()
+                        ))
+                    }
                 },
                 _ => return Err("an index must be a single integer".to_string()),
             };
@@ -266,7 +271,9 @@ fn children<'a>(it: &Item<'a>, step: &'a Step, f: &mut dyn FnMut(Item<'a>)) {
                     if let Some(t) = types::choice_suffix_type(&k[name.len()..]) {
                         let ext = m
                             .iter()
-                            .find(|(k2, _)| k2.len() == k.len() + 1 && k2.strip_prefix('_') == Some(k))
+                            .find(|(k2, _)| {
+                                k2.len() == k.len() + 1 && k2.strip_prefix('_') == Some(k)
+                            })
                             .map(|(_, x)| x);
                         emit(c, Some(t), ext, f);
                         return;

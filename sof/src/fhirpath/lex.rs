@@ -134,10 +134,16 @@ pub(super) fn lex(text: &str) -> Result<Vec<Token>, String> {
         } else if c == '@' {
             i += 1;
             let s = i;
-            while i < chars.len()
-                && (chars[i].is_ascii_digit() || matches!(chars[i], '-' | ':' | 'T' | '.' | '+' | 'Z'))
-            {
-                i += 1;
+            while i < chars.len() {
+                let ch = chars[i];
+                let fraction_dot =
+                    ch == '.' && chars.get(i + 1).is_some_and(|n| n.is_ascii_digit());
+                if ch.is_ascii_digit() || matches!(ch, '-' | ':' | 'T' | '+' | 'Z') || fraction_dot
+                {
+                    i += 1;
+                } else {
+                    break;
+                }
             }
             let lit: String = chars[s..i].iter().collect();
             match temporal_type(&lit) {

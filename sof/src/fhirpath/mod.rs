@@ -3,11 +3,12 @@
 //! over `serde_json::Value` resources (in [`eval`]).
 //!
 //! Supported: member navigation (choice elements `value` → `valueQuantity` included), indexers,
-//! `$this`, literals (string, integer, decimal, boolean, `{}`, `@date`/`@dateTime`/`@Thh:mm`),
-//! external constants (`%name` of the view, `%resource`, `%rootResource`, `%context`,
-//! `%rowIndex`, `%ucum`, `%sct`, `%loinc`), the operators `and or xor implies = != < > <= >= |
-//! + - * / div mod &` and unary minus, and the functions `where exists empty first last count
-//! not join ofType extension getResourceKey getReferenceKey lowBoundary highBoundary`.
+//! `$this`, literals (string, integer, decimal, boolean, `{}`, `@date`, `@dateTime`, `@Thh:mm`),
+//! external constants (the view's `%name`, `%resource`, `%rootResource`, `%context`,
+//! `%rowIndex`, `%ucum`, `%sct`, `%loinc`), unary minus, the operators `and`, `or`, `xor`,
+//! `implies`, `=`, `!=`, `<`, `>`, `<=`, `>=`, `|`, `+`, `-`, `*`, `/`, `div`, `mod`, `&`, and
+//! the functions `where`, `exists`, `empty`, `first`, `last`, `count`, `not`, `join`, `ofType`,
+//! `extension`, `getResourceKey`, `getReferenceKey`, `lowBoundary` and `highBoundary`.
 //! Anything else is refused when the expression is parsed.
 
 mod boundary;
@@ -486,8 +487,7 @@ fn resolve_type(ns: Option<&str>, name: &str, scope: &Scope<'_>) -> Option<TypeS
     let fhir = || {
         if let Some(t) = types::data_type(name) {
             Some(TypeSpec::Fhir(t))
-        } else if name == "Resource" || name == "DomainResource" || (scope.is_resource_type)(name)
-        {
+        } else if name == "Resource" || name == "DomainResource" || (scope.is_resource_type)(name) {
             Some(TypeSpec::Resource(name.into()))
         } else {
             None

@@ -1,1 +1,351 @@
+use serde_json::{json, Value};
+
+use super::eval::{eval, Constant, Env, Item};
 use super::*;
+
+fn constants() -> Vec<(String, &'static str)> {
+    vec![
+        ("use".to_string(), "code"),
+        ("n".to_string(), "integer"),
+        ("flag".to_string(), "boolean"),
+    ]
+}
+
+fn compile_with(text: &str) -> Result<Compiled, String> {
+    let names = constants();
+    let scope = Scope {
+        constants: &names,
+        is_resource_type: &crate::types::is_r4_resource_type,
+    };
+    compile(text, &scope)
+}
+
+fn parse_err(text: &str) -> String {
+    match compile_with(text) {
+        Ok(c) => panic!("{text:?} parsed: {:?}", c.expr),
+        Err(e) => e,
+    }
+}
+
+fn static_type(text: &str) -> Option<&'static str> {
+    compile_with(text)
+        .unwrap_or_else(|e| panic!("{text:?}: {e}"))
+        .ty
+}
+
+/// Evaluates `text` on `resource` (the focus), with the constants use='official', n=1,
+/// flag=true, and returns the items as JSON.
+fn run(text: &str, resource: &Value) -> Result<Vec<Value>, String> {
+    let c = compile_with(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+    let values = [
+        Constant {
+            value: json!("official"),
+            ty: "code",
+        },
+        Constant {
+            value: json!(1),
+            ty: "integer",
+        },
+        Constant {
+            value: json!(true),
+            ty: "boolean",
+        },
+    ];
+    let env = Env {
+        resource,
+        constants: &values,
+        row_index: 7,
+    };
+    let focus = [Item::node(resource)];
+    let mut out = Vec::new();
+    eval(&c.expr, &focus, &env, &mut out)?;
+    Ok(out.iter().map(Item::to_json).collect())
+}
+
+fn one(text: &str, resource: &Value) -> Value {
+    let mut v = run(text, resource).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+    assert!(v.len() <= 1, "{text:?} gave {v:?}");
+    v.pop().unwrap_or(Value::Null)
+}
+
+fn patient() -> Value {
+    json!({
+        "resourceType": "Patient",
+        "id": "p1",
+        "active": true,
+        "birthDate": "1970-06",
+        "_birthDate": {"extension": [{"url": "http://x/precision", "valueCode": "month"}]},
+        "name": [
+            {"use": "official", "family": "Smith", "given": ["Ann", "Bea"]},
+            {"use": "usual", "given": ["Cy"]}
+        ],
+        "deceasedBoolean": false,
+        "multipleBirthInteger": 2,
+        "managingOrganization": {"reference": "https://ex.org/fhir/Organization/o1/_history/2"},
+        "generalPractitioner": [{"reference": "Practitioner/pr1"}, {"reference": "#c1"}],
+        "extension": [{"url": "http://x/ext", "valueString": "v"}]
+    })
+}
+
+#[test]
+fn syntax_errors_say_where() {
+    assert_eq!(
+        parse_err("@@"),
+        "invalid date/time literal at position 1 in FHIRPath"
+    );
+    assert!(parse_err("name.").contains("expected a name after '.'"));
+    assert!(parse_err("name.where(use = 'x'").contains("expected ')'"));
+    assert!(parse_err("'abc").contains("unterminated string"));
+    assert!(parse_err("name # x").contains("unexpected character '#' at position 6"));
+    assert!(parse_err("name family").contains("unexpected 'family' at position 6"));
+    assert!(parse_err("(1 + 2").contains("expected ')'"));
+    assert!(parse_err("a[0").contains("expected ']'"));
+}
+
+#[test]
+fn unknown_and_unsupported_names_are_refused() {
+    assert_eq!(
+        parse_err("name.foo()"),
+        "unknown or unsupported function foo() at position 6"
+    );
+    assert!(parse_err("name.substring(1)").contains("unsupported function substring()"));
+    assert_eq!(
+        parse_err("name.where(use = %wrong)"),
+        "%wrong at position 18 is not a constant of this view"
+    );
+    assert!(parse_err("value.ofType(Quantty)").contains("unknown type 'Quantty'"));
+    assert!(parse_err("subject.getReferenceKey(Patinet)").contains("unknown type 'Patinet'"));
+    assert!(parse_err("subject.getReferenceKey(string)").contains("takes a resource type"));
+    assert!(parse_err("gender in ('a' | 'b')").contains("operator 'in'"));
+    assert!(parse_err("gender ~ 'a'").contains("operator '~'"));
+    assert!(parse_err("$index").contains("$index at position 1 is not supported"));
+}
+
+#[test]
+fn arity_is_checked() {
+    assert_eq!(
+        parse_err("name.first(1)"),
+        "function first() at position 6 takes 0 argument(s), got 1"
+    );
+    assert!(parse_err("name.where()").contains("where() at position 6 takes 1 argument(s), got 0"));
+    assert!(parse_err("name.join(',', ';')").contains("takes 0 to 1 argument(s), got 2"));
+    assert!(parse_err("extension()").contains("takes 1 argument(s)"));
+}
+
+#[test]
+fn known_types_are_checked() {
+    assert!(parse_err("name.given.join(1)").contains("join() must be a String, not Integer"));
+    assert!(parse_err("extension(true)").contains("extension() must be a String"));
+    assert!(parse_err("name.where('x')").contains("where() must be a Boolean, not String"));
+    assert!(parse_err("'a' * 2").contains("operator '*' cannot be applied to string and integer"));
+    assert!(parse_err("1 + true").contains("operator '+' cannot be applied to integer and boolean"));
+    assert!(parse_err("%use < 3").contains("operator '<' cannot be applied to code and integer"));
+    assert!(parse_err("name['0']").contains("an index must be an Integer"));
+    assert!(parse_err("-'a'").contains("unary '-' cannot be applied to string"));
+    assert!(parse_err("'x'.lowBoundary()").contains("lowBoundary() applies to decimals"));
+    assert!(parse_err("1.5.lowBoundary('2')").contains("must be an Integer"));
+    // Unknown types (element paths) are not refused.
+    assert!(compile_with("name.given.join(family)").is_ok());
+    assert!(compile_with("value + 1").is_ok());
+}
+
+#[test]
+fn static_types() {
+    assert_eq!(static_type("name.exists()"), Some("boolean"));
+    assert_eq!(static_type("a = b and c"), Some("boolean"));
+    assert_eq!(static_type("name.given.join(' ')"), Some("string"));
+    assert_eq!(static_type("value.ofType(Quantity)"), Some("Quantity"));
+    assert_eq!(
+        static_type("value.ofType(System.Integer).first()"),
+        Some("integer")
+    );
+    assert_eq!(static_type("1 + 2"), Some("integer"));
+    assert_eq!(static_type("1 + 2.5"), Some("decimal"));
+    assert_eq!(static_type("4 / 2"), Some("decimal"));
+    assert_eq!(static_type("%rowIndex"), Some("integer"));
+    assert_eq!(static_type("%use"), Some("code"));
+    assert_eq!(static_type("getResourceKey()"), Some("id"));
+    assert_eq!(static_type("@2020-01-01"), Some("date"));
+    assert_eq!(static_type("@2020-01-01T10:00Z"), Some("dateTime"));
+    assert_eq!(static_type("@T10:00"), Some("time"));
+    assert_eq!(static_type("name.family"), None);
+    assert_eq!(static_type("Patient.name"), None);
+}
+
+#[test]
+fn navigation_and_indexers() {
+    let p = patient();
+    assert_eq!(
+        run("name.given", &p).unwrap(),
+        vec![json!("Ann"), json!("Bea"), json!("Cy")]
+    );
+    assert_eq!(one("name[1].given", &p), json!("Cy"));
+    assert_eq!(one("name[%n].given.first()", &p), json!("Cy"));
+    assert_eq!(run("name[5]", &p).unwrap(), Vec::<Value>::new());
+    assert_eq!(one("Patient.name.first().family", &p), json!("Smith"));
+    assert_eq!(run("Observation.id", &p).unwrap(), Vec::<Value>::new());
+    assert_eq!(one("`name`.first().`use`", &p), json!("official"));
+    assert_eq!(
+        run("name.where(use = %use).given", &p).unwrap(),
+        vec![json!("Ann"), json!("Bea")]
+    );
+    assert_eq!(one("name.given.count()", &p), json!(3));
+    assert_eq!(one("name.given.last()", &p), json!("Cy"));
+    assert_eq!(one("%resource.id", &p), json!("p1"));
+    assert_eq!(one("%rowIndex", &p), json!(7));
+    // Comments and whitespace.
+    assert_eq!(one("id // the id", &p), json!("p1"));
+    assert_eq!(one("/* a */ id", &p), json!("p1"));
+}
+
+#[test]
+fn choice_elements_and_of_type() {
+    let p = patient();
+    assert_eq!(one("deceased", &p), json!(false));
+    assert_eq!(one("deceased.ofType(boolean)", &p), json!(false));
+    assert_eq!(
+        run("deceased.ofType(dateTime)", &p).unwrap(),
+        Vec::<Value>::new()
+    );
+    assert_eq!(one("multipleBirth.ofType(integer)", &p), json!(2));
+    assert_eq!(one("multipleBirth.ofType(System.Integer)", &p), json!(2));
+    assert_eq!(one("multipleBirth.ofType(FHIR.integer)", &p), json!(2));
+    let obs = json!({"resourceType": "Observation", "valueQuantity": {"value": 1.5, "unit": "mg"}});
+    assert_eq!(one("value.ofType(Quantity).unit", &obs), json!("mg"));
+    assert_eq!(
+        run("value.ofType(string)", &obs).unwrap(),
+        Vec::<Value>::new()
+    );
+    let code = json!({"resourceType": "Observation", "valueCode": "x"});
+    // code is a specialisation of string.
+    assert_eq!(one("value.ofType(string)", &code), json!("x"));
+    assert_eq!(one("$this.ofType(Patient).id", &p), json!("p1"));
+    assert_eq!(
+        run("$this.ofType(Observation)", &p).unwrap(),
+        Vec::<Value>::new()
+    );
+}
+
+#[test]
+fn extensions_including_on_primitives() {
+    let p = patient();
+    assert_eq!(one("extension('http://x/ext').value", &p), json!("v"));
+    assert_eq!(
+        one("extension('http://x/ext').value.ofType(string)", &p),
+        json!("v")
+    );
+    assert_eq!(
+        run("extension('http://x/none')", &p).unwrap(),
+        Vec::<Value>::new()
+    );
+    assert_eq!(
+        one("birthDate.extension('http://x/precision').value", &p),
+        json!("month")
+    );
+    assert_eq!(
+        one("birthDate.extension.url", &p),
+        json!("http://x/precision")
+    );
+}
+
+#[test]
+fn boolean_logic_is_three_valued() {
+    let p = patient();
+    assert_eq!(one("active and true", &p), json!(true));
+    assert_eq!(one("active and {}", &p), Value::Null);
+    assert_eq!(one("{} and false", &p), json!(false));
+    assert_eq!(one("{} or true", &p), json!(true));
+    assert_eq!(one("{} or false", &p), Value::Null);
+    assert_eq!(one("true xor true", &p), json!(false));
+    assert_eq!(one("false implies {}", &p), json!(true));
+    assert_eq!(one("(1 = 1).not()", &p), json!(false));
+    assert_eq!(one("{}.not()", &p), Value::Null);
+    assert_eq!(one("name.exists(use = 'usual')", &p), json!(true));
+    assert_eq!(one("name.where(use = 'maiden').empty()", &p), json!(true));
+    assert!(run("name.given and true", &p)
+        .unwrap_err()
+        .contains("expected a single boolean"));
+}
+
+#[test]
+fn comparisons_and_arithmetic() {
+    let p = patient();
+    assert_eq!(one("1 = 1.0", &p), json!(true));
+    assert_eq!(one("'a' != 'b'", &p), json!(true));
+    assert_eq!(one("id = {}", &p), Value::Null);
+    assert_eq!(one("name.given = name.given", &p), json!(true));
+    assert_eq!(one("2 < 10", &p), json!(true));
+    assert_eq!(one("'2' < '10'", &p), json!(false));
+    assert_eq!(one("1.5 >= 1.50", &p), json!(true));
+    assert_eq!(one("birthDate > '1969'", &p), json!(true));
+    assert_eq!(one("0.1 + 0.2 = 0.3", &p), json!(true));
+    assert_eq!(one("7 div 2", &p), json!(3));
+    assert_eq!(one("7 mod 2", &p), json!(1));
+    assert_eq!(one("3 / 2", &p), json!(1.5));
+    assert_eq!(run("1 / 0", &p).unwrap(), Vec::<Value>::new());
+    assert_eq!(one("-multipleBirth + 1", &p), json!(-1));
+    assert_eq!(one("'a' + 'b'", &p), json!("ab"));
+    assert_eq!(one("'a' & {} & 'c'", &p), json!("ac"));
+    assert_eq!(one("(1 | 2 | 1).count()", &p), json!(2));
+    assert!(run("name.given < 'z'", &p)
+        .unwrap_err()
+        .contains("needs single values"));
+    assert!(run("id < 3", &p).unwrap_err().contains("cannot compare"));
+    assert!(run("id * 3", &p)
+        .unwrap_err()
+        .contains("operator '*' cannot be applied"));
+}
+
+#[test]
+fn join_and_strings() {
+    let p = patient();
+    assert_eq!(one("name.given.join(', ')", &p), json!("Ann, Bea, Cy"));
+    assert_eq!(one("name.given.join()", &p), json!("AnnBeaCy"));
+    assert_eq!(one("name.suffix.join(',')", &p), json!(""));
+    assert_eq!(one("'tab\\there'", &p), json!("tab\there"));
+    assert_eq!(one("'\\u00e9'", &p), json!("é"));
+    assert_eq!(one("%ucum", &p), json!("http://unitsofmeasure.org"));
+}
+
+#[test]
+fn keys() {
+    let p = patient();
+    assert_eq!(one("getResourceKey()", &p), json!("p1"));
+    assert_eq!(
+        one("managingOrganization.getReferenceKey()", &p),
+        json!("o1")
+    );
+    assert_eq!(
+        one("managingOrganization.getReferenceKey(Organization)", &p),
+        json!("o1")
+    );
+    assert_eq!(
+        run("managingOrganization.getReferenceKey(Patient)", &p).unwrap(),
+        Vec::<Value>::new()
+    );
+    // The contained reference has no key.
+    assert_eq!(
+        run("generalPractitioner.getReferenceKey()", &p).unwrap(),
+        vec![json!("pr1")]
+    );
+    // getResourceKey on something that is not a resource is empty.
+    assert_eq!(
+        run("name.getResourceKey()", &p).unwrap(),
+        Vec::<Value>::new()
+    );
+}
+
+#[test]
+fn boundaries() {
+    let p = patient();
+    assert_eq!(one("birthDate.lowBoundary()", &p), json!("1970-06-01"));
+    assert_eq!(one("birthDate.highBoundary()", &p), json!("1970-06-30"));
+    assert_eq!(one("1.0.lowBoundary()", &p), json!(0.95));
+    assert_eq!(one("1.587.highBoundary(2)", &p), json!(1.59));
+    assert_eq!(one("@2010-10-10.lowBoundary()", &p), json!("2010-10-10"));
+    assert_eq!(
+        one("@2010-10-10T10:00.highBoundary()", &p),
+        json!("2010-10-10T10:00:59.999-12:00")
+    );
+    assert_eq!(one("@T12:34.lowBoundary()", &p), json!("12:34:00.000"));
+}
