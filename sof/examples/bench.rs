@@ -1,0 +1,99 @@
+//! Rough throughput of view evaluation on NDJSON resources (JSON parsing measured apart).
+//!
+//!     cargo run --release -p sof --example bench -- Observation.000.ndjson [repeats]
+//!
+//! Uses a typical flat view for Observation and one with `forEach` for Patient (by the file's
+//! resource type); other types get a two-column view.
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use sof::View;
+
+fn view_for(resource_type: &str) -> Value {
+    match resource_type {
+        "Observation" => json!({
+            "resource": "Observation",
+            "where": [{"path": "status = 'final'"}],
+            "select": [{"column": [
+                {"name": "id", "path": "getResourceKey()"},
+                {"name": "patient", "path": "subject.getReferenceKey(Patient)"},
+                {"name": "encounter", "path": "encounter.getReferenceKey(Encounter)"},
+                {"name": "code", "path": "code.coding.where(system = 'http://loinc.org').code.first()"},
+                {"name": "category", "path": "category.coding.code.first()"},
+                {"name": "effective", "path": "effective.ofType(dateTime)"},
+                {"name": "value", "path": "value.ofType(Quantity).value"},
+                {"name": "unit", "path": "value.ofType(Quantity).unit"}
+            ]}]
+        }),
+        "Patient" => json!({
+            "resource": "Patient",
+            "select": [
+                {"column": [
+                    {"name": "id", "path": "getResourceKey()"},
+                    {"name": "gender", "path": "gender"},
+                    {"name": "birth_date", "path": "birthDate"},
+                    {"name": "deceased", "path": "deceased.exists()"}
+                ]},
+                {"forEachOrNull": "name.where(use = 'official')", "column": [
+                    {"name": "family", "path": "family"},
+                    {"name": "given", "path": "given.join(' ')"}
+                ]},
+                {"forEachOrNull": "address", "column": [
+                    {"name": "city", "path": "city"},
+                    {"name": "postal_code", "path": "postalCode"}
+                ]}
+            ]
+        }),
+        other => json!({
+            "resource": other,
+            "select": [{"column": [
+                {"name": "id", "path": "getResourceKey()"},
+                {"name": "last_updated", "path": "meta.lastUpdated"}
+            ]}]
+        }),
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let path = args.next().ok_or("usage: bench FILE.ndjson [repeats]")?;
+    let repeats: usize = args.next().map(|r| r.parse()).transpose()?.unwrap_or(5);
+    let text = std::fs::read_to_string(&path)?;
+    let t = Instant::now();
+    let resources: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let parse = t.elapsed();
+    let rt = resources
+        .first()
+        .and_then(|r| r["resourceType"].as_str())
+        .ok_or("no resources")?
+        .to_string();
+    let view = View::from_json(&view_for(&rt))?;
+    let mut out = Vec::new();
+    let mut rows = 0usize;
+    let t = Instant::now();
+    for _ in 0..repeats {
+        for r in &resources {
+            out.clear();
+            rows += view.append_rows(r, &mut out)?;
+        }
+    }
+    let eval = t.elapsed();
+    let n = resources.len() * repeats;
+    println!(
+        "{rt}: {} resources ({:.1} MB), JSON parse {:.0} resources/s; view: {} columns, \
+         {rows} rows from {n} resources in {:.2}s = {:.0} resources/s, {:.0} rows/s",
+        resources.len(),
+        text.len() as f64 / 1e6,
+        resources.len() as f64 / parse.as_secs_f64(),
+        view.columns().len(),
+        eval.as_secs_f64(),
+        n as f64 / eval.as_secs_f64(),
+        rows as f64 / eval.as_secs_f64(),
+    );
+    Ok(())
+}
