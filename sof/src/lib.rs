@@ -35,6 +35,9 @@
 
 mod decimal;
 mod fhirpath;
+mod model;
+#[rustfmt::skip]
+mod model_table;
 mod types;
 mod view;
 

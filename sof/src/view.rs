@@ -4,6 +4,7 @@ use serde_json::{Map, Value};
 
 use crate::fhirpath::eval::{eval, Constant, Env, Item};
 use crate::fhirpath::{compile, Expr, Scope, Var};
+use crate::model;
 use crate::types::{self, kind_of, Kind};
 use crate::{EvalError, ViewError};
 
@@ -87,6 +88,7 @@ pub struct View {
     wheres: Vec<(String, Expr)>,
     root: Select,
     columns: Vec<Column>,
+    warnings: Vec<ViewError>,
 }
 
 /// The name a ViewDefinition is known by in the specification; [`View`] is its compiled form.
@@ -184,34 +186,121 @@ fn string<'v>(
     }
 }
 
+/// The FHIR types the focus of an expression may have (`None`: not known).
+type Types = Option<Vec<&'static str>>;
+
 struct Builder<'s> {
     scope: Scope<'s>,
     is_resource_type: &'s dyn Fn(&str) -> bool,
     /// Every column in output order.
     columns: Vec<Column>,
+    warnings: Vec<ViewError>,
+}
+
+/// A compiled expression: the AST, its statically known type and the types the model gives.
+struct Typed {
+    expr: Expr,
+    ty: Option<&'static str>,
+    types: Types,
 }
 
 impl Builder<'_> {
-    fn expr(&self, text: &str, element: &str) -> Result<(Expr, Option<&'static str>), ViewError> {
-        let c = compile(text, &self.scope).map_err(|m| err(element, m))?;
-        Ok((c.expr, c.ty))
+    fn expr(&mut self, text: &str, element: &str, ctx: &Types) -> Result<Typed, ViewError> {
+        let c = compile(text, &self.scope, ctx.as_deref()).map_err(|m| err(element, m))?;
+        for w in c.warnings {
+            self.warnings.push(err(element, w));
+        }
+        Ok(Typed {
+            expr: c.expr,
+            ty: c.ty,
+            types: c.types,
+        })
     }
 
     fn expr_at(
-        &self,
+        &mut self,
         obj: &Map<String, Value>,
         key: &str,
         element: &str,
-    ) -> Result<Option<Expr>, ViewError> {
+        ctx: &Types,
+    ) -> Result<Option<Typed>, ViewError> {
         match string(obj, key, element)? {
             None => Ok(None),
-            Some(text) => Ok(Some(self.expr(text, &at(element, key))?.0)),
+            Some(text) => Ok(Some(self.expr(text, &at(element, key), ctx)?)),
         }
     }
 
-    /// Reads a selection structure; its columns are appended to `self.columns` in output order
-    /// (own columns, nested selects, then the first unionAll branch).
-    fn select(&mut self, v: &Value, element: &str) -> Result<Select, ViewError> {
+    /// The `repeat` paths and the types of the nodes they reach: applied to the focus and again
+    /// to whatever they reach, until no new type turns up.
+    fn repeat(
+        &mut self,
+        r: &Value,
+        element: &str,
+        ctx: &Types,
+    ) -> Result<(Vec<Expr>, Types), ViewError> {
+        let el = at(element, "repeat");
+        let paths = r
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| err(&el, "must be a non-empty array of FHIRPath strings"))?;
+        let mut texts = Vec::new();
+        for (i, p) in paths.iter().enumerate() {
+            let pel = format!("{el}[{i}]");
+            let text = p.as_str().ok_or_else(|| err(&pel, "must be a string"))?;
+            texts.push((pel, text));
+        }
+        let mut reached: Types = Some(Vec::new());
+        for _ in 0..32 {
+            let (Some(base), Some(mut seen)) = (ctx.clone(), reached.clone()) else {
+                reached = None;
+                break;
+            };
+            let mut all = base;
+            all.extend(seen.iter().copied());
+            let before = seen.len();
+            for (pel, text) in &texts {
+                let c = compile(text, &self.scope, Some(&all)).map_err(|m| err(pel, m))?;
+                match c.types {
+                    Some(ts) => {
+                        for t in ts {
+                            if !seen.contains(&t) {
+                                seen.push(t);
+                            }
+                        }
+                    }
+                    None => return self.repeat_exprs(&texts, None).map(|e| (e, None)),
+                }
+            }
+            let grown = seen.len() > before;
+            reached = Some(seen);
+            if !grown {
+                break;
+            }
+        }
+        let all = match (ctx, &reached) {
+            (Some(c), Some(r)) => Some(c.iter().chain(r).copied().collect()),
+            _ => None,
+        };
+        let exprs = self.repeat_exprs(&texts, all)?;
+        Ok((exprs, reached))
+    }
+
+    fn repeat_exprs(
+        &mut self,
+        texts: &[(String, &str)],
+        all: Types,
+    ) -> Result<Vec<Expr>, ViewError> {
+        let mut exprs = Vec::new();
+        for (pel, text) in texts {
+            exprs.push(self.expr(text, pel, &all)?.expr);
+        }
+        Ok(exprs)
+    }
+
+    /// Reads a selection structure whose focus has the types `ctx`; its columns are appended to
+    /// `self.columns` in output order (own columns, nested selects, then the first unionAll
+    /// branch).
+    fn select(&mut self, v: &Value, element: &str, ctx: &Types) -> Result<Select, ViewError> {
         let obj = object(v, element)?;
         check_keys(
             obj,
@@ -238,34 +327,25 @@ impl Builder<'_> {
                 "only one of forEach, forEachOrNull and repeat may be given",
             ));
         }
-        let iteration = if let Some(e) = self.expr_at(obj, "forEach", element)? {
-            Iteration::ForEach(e)
-        } else if let Some(e) = self.expr_at(obj, "forEachOrNull", element)? {
-            Iteration::ForEachOrNull(e)
+        let (iteration, item_ctx) = if let Some(t) = self.expr_at(obj, "forEach", element, ctx)? {
+            (Iteration::ForEach(t.expr), t.types)
+        } else if let Some(t) = self.expr_at(obj, "forEachOrNull", element, ctx)? {
+            (Iteration::ForEachOrNull(t.expr), t.types)
         } else if let Some(r) = obj.get("repeat") {
-            let el = at(element, "repeat");
-            let paths = r
-                .as_array()
-                .filter(|a| !a.is_empty())
-                .ok_or_else(|| err(&el, "must be a non-empty array of FHIRPath strings"))?;
-            let mut exprs = Vec::new();
-            for (i, p) in paths.iter().enumerate() {
-                let el = format!("{el}[{i}]");
-                let text = p.as_str().ok_or_else(|| err(&el, "must be a string"))?;
-                exprs.push(self.expr(text, &el)?.0);
-            }
-            Iteration::Repeat(exprs)
+            let (exprs, reached) = self.repeat(r, element, ctx)?;
+            (Iteration::Repeat(exprs), reached)
         } else {
-            Iteration::None
+            (Iteration::None, ctx.clone())
         };
+        let ctx = &item_ctx;
 
         let mut columns = Vec::new();
         for (i, c) in array(obj, "column", element)?.iter().enumerate() {
-            columns.push(self.column(c, &format!("{}[{i}]", at(element, "column")))?);
+            columns.push(self.column(c, &format!("{}[{i}]", at(element, "column")), ctx)?);
         }
         let mut selects = Vec::new();
         for (i, s) in array(obj, "select", element)?.iter().enumerate() {
-            selects.push(self.select(s, &format!("{}[{i}]", at(element, "select")))?);
+            selects.push(self.select(s, &format!("{}[{i}]", at(element, "select")), ctx)?);
         }
         let mut union_all = Vec::new();
         let branches = array(obj, "unionAll", element)?;
@@ -276,7 +356,7 @@ impl Builder<'_> {
         for (i, s) in branches.iter().enumerate() {
             let el = format!("{}[{i}]", at(element, "unionAll"));
             let start = self.columns.len();
-            union_all.push(self.select(s, &el)?);
+            union_all.push(self.select(s, &el, ctx)?);
             let cols: Vec<Column> = self.columns.drain(start..).collect();
             match &first_branch {
                 None => first_branch = Some(cols),
@@ -354,7 +434,7 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn column(&mut self, v: &Value, element: &str) -> Result<ColumnExpr, ViewError> {
+    fn column(&mut self, v: &Value, element: &str, ctx: &Types) -> Result<ColumnExpr, ViewError> {
         let obj = object(v, element)?;
         check_keys(
             obj,
@@ -381,7 +461,12 @@ impl Builder<'_> {
         }
         let path_el = at(element, "path");
         let text = string(obj, "path", element)?.ok_or_else(|| err(&path_el, "is required"))?;
-        let (expr, inferred) = self.expr(text, &path_el)?;
+        let Typed { expr, ty, types } = self.expr(text, &path_el, ctx)?;
+        // A single type from the model (element paths), else the one known without it.
+        let inferred = match types.as_deref() {
+            Some([one]) => Some(*one),
+            _ => ty,
+        };
         let collection = match obj.get("collection") {
             None => false,
             Some(Value::Bool(b)) => *b,
@@ -541,14 +626,19 @@ impl View {
             constants.push(Constant { value, ty });
         }
 
+        let model_resource = model::type_name(resource);
         let mut b = Builder {
             scope: Scope {
+                resource: model_resource,
                 constants: &constant_names,
                 is_resource_type,
             },
             is_resource_type,
             columns: Vec::new(),
+            warnings: Vec::new(),
         };
+        // The focus at the top is the resource; its types are known when the model has it.
+        let root_ctx: Types = model_resource.map(|r| vec![r]);
 
         let mut wheres = Vec::new();
         for (i, w) in array(obj, "where", "")?.iter().enumerate() {
@@ -558,14 +648,16 @@ impl View {
             string(wo, "description", &el)?;
             let path_el = at(&el, "path");
             let text = string(wo, "path", &el)?.ok_or_else(|| err(&path_el, "is required"))?;
-            let (expr, ty) = b.expr(text, &path_el)?;
-            if let Some(t) = ty {
-                if kind_of(t) != Kind::Boolean {
-                    return Err(err(
-                        path_el,
-                        format!("a where path must give a boolean, this one gives {t}"),
-                    ));
-                }
+            let Typed { expr, ty, types } = b.expr(text, &path_el, &root_ctx)?;
+            let types = types.or_else(|| ty.map(|t| vec![t])).unwrap_or_default();
+            if !types.is_empty() && types.iter().all(|t| kind_of(t) != Kind::Boolean) {
+                return Err(err(
+                    path_el,
+                    format!(
+                        "a where path must give a boolean, this one gives {}",
+                        types.join(" or ")
+                    ),
+                ));
             }
             wheres.push((path_el, expr));
         }
@@ -576,7 +668,7 @@ impl View {
         }
         let mut root_selects = Vec::new();
         for (i, s) in selects.iter().enumerate() {
-            root_selects.push(b.select(s, &format!("select[{i}]"))?);
+            root_selects.push(b.select(s, &format!("select[{i}]"), &root_ctx)?);
         }
         let root = Select {
             element: String::new(),
@@ -587,6 +679,7 @@ impl View {
             null_row: Vec::new(),
         };
         let columns = b.columns;
+        let warnings = b.warnings;
         if columns.is_empty() {
             return Err(err("select", "the view defines no column"));
         }
@@ -597,6 +690,7 @@ impl View {
             wheres,
             root,
             columns,
+            warnings,
         })
     }
 
@@ -608,6 +702,14 @@ impl View {
     /// The view's `name`, if it has one.
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
+    }
+
+    /// Probable mistakes that FHIRPath does not treat as errors, each with its element: a path
+    /// through an element that does not exist in FHIR R4 (`name.famly`), an `ofType` that can
+    /// never match. Such a path gives nothing (the column is null). A server may refuse the
+    /// view on them or report them as warnings.
+    pub fn warnings(&self) -> &[ViewError] {
+        &self.warnings
     }
 
     /// The output columns, in order.

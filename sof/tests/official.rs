@@ -87,6 +87,9 @@ fn run_test(test: &Value, resources: &[Value]) -> Outcome {
         }
         Err(e) => return Outcome::Fail(format!("refused: {e}")),
     };
+    for w in view.warnings() {
+        println!("  warning: {}: {w}", test["title"]);
+    }
     let names: Vec<&str> = view.columns().iter().map(|c| c.name()).collect();
     let mut rows = Vec::new();
     for r in resources {

@@ -16,6 +16,7 @@ pub(crate) mod eval;
 mod lex;
 
 use crate::decimal::Decimal;
+use crate::model;
 use crate::types::{self, kind_of, Kind, TypeSpec};
 use lex::{Tok, Token};
 
@@ -123,6 +124,8 @@ pub(crate) enum Expr {
 
 /// What an expression may refer to: the view's constants and the resource type names.
 pub(crate) struct Scope<'s> {
+    /// The view's resource type, if the model knows it (`%resource`).
+    pub(crate) resource: Option<&'static str>,
     /// Constant names and their FHIR types, in declaration order (`Var::Constant` indexes it).
     pub(crate) constants: &'s [(String, &'static str)],
     pub(crate) is_resource_type: &'s dyn Fn(&str) -> bool,
@@ -133,11 +136,20 @@ pub(crate) struct Scope<'s> {
 pub(crate) struct Compiled {
     pub(crate) expr: Expr,
     pub(crate) ty: Option<&'static str>,
+    /// The FHIR types the expression can give according to the R4 model (`None`: not known).
+    pub(crate) types: Option<Vec<&'static str>>,
+    /// Things that are probably mistakes but not errors in FHIRPath (an element that does not
+    /// exist gives an empty result).
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Parses and checks `text`. The error is a message for a person (the caller adds which element
 /// of the ViewDefinition held the expression).
-pub(crate) fn compile(text: &str, scope: &Scope<'_>) -> Result<Compiled, String> {
+pub(crate) fn compile(
+    text: &str,
+    scope: &Scope<'_>,
+    context: Option<&[&'static str]>,
+) -> Result<Compiled, String> {
     let tokens = lex::lex(text)?;
     let mut p = Parser {
         tokens,
@@ -154,7 +166,201 @@ pub(crate) fn compile(text: &str, scope: &Scope<'_>) -> Result<Compiled, String>
         ));
     }
     let ty = check(&expr, scope)?;
-    Ok(Compiled { expr, ty })
+    let mut m = ModelCheck {
+        sc: scope,
+        warnings: Vec::new(),
+    };
+    let ctx = context.map(<[&'static str]>::to_vec);
+    let types = match ty {
+        Some(t) => m.types(&expr, &ctx)?.or_else(|| Some(vec![t])),
+        None => m.types(&expr, &ctx)?,
+    };
+    Ok(Compiled {
+        expr,
+        ty,
+        types,
+        warnings: m.warnings,
+    })
+}
+
+type Types = Option<Vec<&'static str>>;
+
+fn one_type(t: &Types) -> Option<&'static str> {
+    match t.as_deref() {
+        Some([one]) => Some(one),
+        _ => None,
+    }
+}
+
+fn push_unique(v: &mut Vec<&'static str>, t: &'static str) {
+    if !v.contains(&t) {
+        v.push(t);
+    }
+}
+
+/// Types of expressions from the R4 model, and the errors they make certain: a `where` or
+/// `exists` criterion that cannot be boolean, operands that cannot fit, `ofType` of a type the
+/// element never has, `getReferenceKey` on something that is not a Reference.
+struct ModelCheck<'a, 's> {
+    sc: &'a Scope<'s>,
+    warnings: Vec<String>,
+}
+
+impl ModelCheck<'_, '_> {
+    fn types(&mut self, e: &Expr, ctx: &Types) -> Result<Types, String> {
+        Ok(match e {
+            Expr::Empty => None,
+            Expr::Bool(_) => Some(vec!["boolean"]),
+            Expr::Str(_, ty) => Some(vec![ty.unwrap_or("string")]),
+            Expr::Int(_) => Some(vec!["integer"]),
+            Expr::Dec(_) => Some(vec!["decimal"]),
+            Expr::This | Expr::Var(Var::Context) => ctx.clone(),
+            Expr::Var(Var::Resource) => self.sc.resource.map(|r| vec![r]),
+            Expr::Var(Var::RowIndex) => Some(vec!["integer"]),
+            Expr::Var(Var::Constant(i)) => self.sc.constants.get(*i).map(|(_, t)| vec![*t]),
+            Expr::TypeFilter(name) => model::type_name(name).map(|t| vec![t]),
+            Expr::Path(base, steps) => {
+                let mut cur = match base {
+                    Some(b) => self.types(b, ctx)?,
+                    None => ctx.clone(),
+                };
+                for st in steps {
+                    cur = self.step(cur, &st.name);
+                }
+                cur
+            }
+            Expr::Index(base, idx) => {
+                self.types(idx, ctx)?;
+                self.types(base, ctx)?
+            }
+            Expr::Neg(inner) => self.types(inner, ctx)?,
+            Expr::Bin(op, l, r) => {
+                let lt = self.types(l, ctx)?;
+                let rt = self.types(r, ctx)?;
+                match op {
+                    BinOp::Union => match (lt, rt) {
+                        (Some(mut a), Some(b)) => {
+                            for t in b {
+                                push_unique(&mut a, t);
+                            }
+                            Some(a)
+                        }
+                        _ => None,
+                    },
+                    _ => check_binary(*op, one_type(&lt), one_type(&rt))?.map(|t| vec![t]),
+                }
+            }
+            Expr::Call(base, func) => {
+                let b = match base {
+                    Some(b) => self.types(b, ctx)?,
+                    None => ctx.clone(),
+                };
+                self.func(func, b, ctx)?
+            }
+        })
+    }
+
+    /// Member navigation by the model.
+    fn step(&mut self, cur: Types, name: &str) -> Types {
+        let ts = cur?;
+        let mut out = Vec::new();
+        for t in &ts {
+            match model::child(t, name) {
+                model::Lookup::Found(found) => {
+                    for f in found {
+                        push_unique(&mut out, f);
+                    }
+                }
+                model::Lookup::Missing => {}
+                model::Lookup::Unknown => return None,
+            }
+        }
+        if out.is_empty() && !ts.is_empty() {
+            self.warnings.push(format!(
+                "{} has no element '{name}' in FHIR R4: the path gives nothing",
+                ts.join(" or ")
+            ));
+        }
+        Some(out)
+    }
+
+    fn criterion(&mut self, func: &str, c: &Expr, items: &Types) -> Result<(), String> {
+        let t = self.types(c, items)?;
+        if let Some(ts) = t {
+            if !ts.is_empty() && ts.iter().all(|t| kind_of(t) != Kind::Boolean) {
+                return Err(format!(
+                    "the argument of {func}() must be a Boolean, not {}",
+                    ts.join(" or ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn func(&mut self, func: &Func, b: Types, ctx: &Types) -> Result<Types, String> {
+        Ok(match func {
+            Func::Where(c) => {
+                self.criterion("where", c, &b)?;
+                b
+            }
+            Func::Exists(c) => {
+                if let Some(c) = c {
+                    self.criterion("exists", c, &b)?;
+                }
+                Some(vec!["boolean"])
+            }
+            Func::Empty | Func::Not => Some(vec!["boolean"]),
+            Func::First | Func::Last => b,
+            Func::Count => Some(vec!["integer"]),
+            Func::Join(sep) => {
+                if let Some(sep) = sep {
+                    self.types(sep, ctx)?;
+                }
+                Some(vec!["string"])
+            }
+            Func::OfType(spec) => {
+                let want = match spec {
+                    TypeSpec::Resource(r) => model::type_name(r),
+                    other => type_spec_name(other),
+                };
+                if let (Some(ts), TypeSpec::Fhir(w)) = (&b, spec) {
+                    if !ts.is_empty() && !ts.iter().any(|t| types::fhir_is_a(t, w)) {
+                        self.warnings.push(format!(
+                            "ofType({w}) never matches here (the value is {}): the path gives nothing",
+                            ts.join(" or ")
+                        ));
+                    }
+                }
+                want.map(|w| vec![w])
+            }
+            Func::Extension(url) => {
+                self.types(url, ctx)?;
+                Some(vec!["Extension"])
+            }
+            Func::ResourceKey => Some(vec!["id"]),
+            Func::ReferenceKey(_) => {
+                if let Some(ts) = &b {
+                    if !ts.is_empty() && !ts.contains(&"Reference") {
+                        return Err(format!(
+                            "getReferenceKey() applies to a Reference, not {}",
+                            ts.join(" or ")
+                        ));
+                    }
+                }
+                Some(vec!["id"])
+            }
+            Func::LowBoundary(p) | Func::HighBoundary(p) => {
+                if let Some(p) = p {
+                    self.types(p, ctx)?;
+                }
+                match one_type(&b).map(kind_of) {
+                    Some(Kind::Integer | Kind::Decimal) => Some(vec!["decimal"]),
+                    Some(Kind::Temporal) => b,
+                    _ => None,
+                }
+            }
+        })
+    }
 }
 
 struct Parser<'s, 'e> {

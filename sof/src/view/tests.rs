@@ -119,8 +119,18 @@ fn top_level_errors() {
         "where": [{"path": "name.family"}, {"path": "'yes'"}],
         "select": [{"column": [{"name": "a", "path": "id"}]}]
     }));
+    // The R4 model knows name.family is a string.
+    assert_eq!(el, "where[0].path");
+    assert_eq!(
+        msg,
+        "a where path must give a boolean, this one gives string"
+    );
+    let (el, _) = refused(json!({
+        "resource": "Patient",
+        "where": [{"path": "active"}, {"path": "'yes'"}],
+        "select": [{"column": [{"name": "a", "path": "id"}]}]
+    }));
     assert_eq!(el, "where[1].path");
-    assert!(msg.contains("must give a boolean"), "{msg}");
     // A resource type check of the caller's.
     let only_patient = |t: &str| t == "Patient";
     assert!(View::from_json_with(
@@ -200,7 +210,8 @@ fn columns_describe_the_output() {
         (c[1].declared_type(), c[1].collection()),
         (Some("code"), true)
     );
-    assert_eq!(c[2].fhir_type(), None);
+    assert_eq!(c[1].inferred_type(), Some("code"));
+    assert_eq!(c[2].fhir_type(), Some("decimal"));
     assert_eq!(c[3].inferred_type(), Some("boolean"));
     assert_eq!(c[4].fhir_type(), Some("Observation.referenceRange"));
     assert_eq!(c[4].element(), "select[0].column[4]");
@@ -264,10 +275,11 @@ fn rows_and_evaluation_errors() {
     assert!(e.message().contains("gave 2 values"), "{e}");
     assert!(out.is_empty());
 
-    // A where path that gives a non-boolean element.
+    // A where path that gives a non-boolean element (an extension value may be of any type, so
+    // this is only known with data).
     let v = View::from_json(&json!({
         "resource": "Patient",
-        "where": [{"path": "name.family"}],
+        "where": [{"path": "extension('http://x').value"}],
         "select": [{"column": [{"name": "id", "path": "id"}]}]
     }))
     .unwrap();
@@ -276,7 +288,7 @@ fn rows_and_evaluation_errors() {
         .unwrap()
         .is_empty());
     let e = v
-        .rows(&json!({"resourceType": "Patient", "name": [{"family": "F"}]}))
+        .rows(&json!({"resourceType": "Patient", "extension": [{"url": "http://x", "valueString": "F"}]}))
         .unwrap_err();
     assert_eq!(e.element(), "where[0].path");
     assert_eq!(
@@ -301,4 +313,84 @@ fn decimals_are_kept_exactly() {
     assert_eq!(rows[0][0], json!(0.1));
     // 0.1 + 0.2 is 0.3 exactly (in f64 arithmetic it would be 0.30000000000000004).
     assert_eq!(rows[0][1].to_string(), "0.3");
+}
+
+#[test]
+fn the_r4_model_types_paths() {
+    // Element types flow through forEach, backbone elements, choice elements and ofType.
+    let v = View::from_json(&json!({
+        "resource": "Patient",
+        "select": [
+            {"column": [
+                {"name": "id", "path": "id"},
+                {"name": "active", "path": "active"},
+                {"name": "birth", "path": "birthDate"},
+                {"name": "deceased", "path": "deceased"},
+                {"name": "deceased_at", "path": "deceased.ofType(dateTime)"}
+            ]},
+            {"forEach": "contact", "column": [
+                {"name": "contact_family", "path": "name.family"},
+                {"name": "relationship", "path": "relationship.first()"}
+            ]},
+            {"repeat": ["link"], "column": [{"name": "other", "path": "other.getReferenceKey(Patient)"}]}
+        ]
+    }))
+    .unwrap();
+    let types: Vec<Option<&str>> = v.columns().iter().map(|c| c.inferred_type()).collect();
+    assert_eq!(
+        types,
+        [
+            Some("id"),
+            Some("boolean"),
+            Some("date"),
+            None, // boolean or dateTime
+            Some("dateTime"),
+            Some("string"),
+            Some("CodeableConcept"),
+            Some("id"),
+        ]
+    );
+    assert!(v.warnings().is_empty(), "{:?}", v.warnings());
+
+    // What the model makes certain is refused.
+    let (el, msg) = refused(patient_view(
+        json!([{"column": [{"name": "x", "path": "name.where(family)"}]}]),
+    ));
+    assert_eq!(el, "select[0].column[0].path");
+    assert_eq!(msg, "the argument of where() must be a Boolean, not string");
+    let (_, msg) = refused(patient_view(
+        json!([{"column": [{"name": "x", "path": "birthDate + 1"}]}]),
+    ));
+    assert_eq!(msg, "operator '+' cannot be applied to date and integer");
+    let (_, msg) = refused(patient_view(
+        json!([{"column": [{"name": "x", "path": "gender.getReferenceKey()"}]}]),
+    ));
+    assert_eq!(msg, "getReferenceKey() applies to a Reference, not code");
+    let (el, msg) = refused(patient_view(
+        json!([{"column": [{"name": "x", "path": "name", "type": "string"}]}]),
+    ));
+    assert_eq!(el, "select[0].column[0].type");
+    assert!(msg.contains("gives HumanName"), "{msg}");
+
+    // What is only probably wrong is a warning: the path gives nothing.
+    let v = View::from_json(&patient_view(json!([{"column": [
+        {"name": "x", "path": "name.famly"},
+        {"name": "y", "path": "deceased.ofType(integer)"}
+    ]}])))
+    .unwrap();
+    let w: Vec<String> = v.warnings().iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        w,
+        [
+            "select[0].column[0].path: HumanName has no element 'famly' in FHIR R4: the path gives nothing",
+            "select[0].column[1].path: ofType(integer) never matches here (the value is boolean or dateTime): the path gives nothing",
+        ]
+    );
+    assert_eq!(
+        v.rows(
+            &json!({"resourceType": "Patient", "name": [{"family": "F"}], "deceasedBoolean": true})
+        )
+        .unwrap(),
+        vec![vec![Value::Null, Value::Null]]
+    );
 }
