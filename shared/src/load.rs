@@ -37,7 +37,10 @@ impl From<&str> for Refused {
 mod bundle;
 pub use bundle::{bundle_resources, BundleEntry};
 
+/// Resources a writer stores at once: at most this many, and no more once they hold
+/// [`BATCH_BYTES`] of text (a batch of large resources would hold gigabytes).
 pub const BATCH_SIZE: usize = 4000;
+pub const BATCH_BYTES: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -93,7 +96,7 @@ pub fn parse_type_id(s: &str) -> Result<(String, String), Refused> {
 /// (the JSON as received, on one line: numbers keep their exact text); it is read once, by
 /// [`scan`], for the checks, compartment membership and references.
 pub fn prepare(text: String) -> Result<NewResource, Refused> {
-    // memchr: `str::contains` with a set of chars tests one char at a time (5 % of a load's CPU).
+    // memchr: `str::contains` with a set of chars tests one char at a time, on every line of a load.
     if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some() {
         return Err(Refused(
             "a resource must be one line of JSON (minify it)".into(),
@@ -155,12 +158,15 @@ struct Writer {
 /// rows (no lock waits, no deadlocks).
 struct Loader<'a, P: FnMut(u64)> {
     batches: Vec<Vec<NewResource>>,
+    /// Bytes of resource text in each of `batches`.
+    batch_bytes: Vec<usize>,
     writers: Vec<Writer>,
     loaded: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// None: a check, which stores nothing.
     pool: Option<&'a Pool>,
     /// How many blocks of an ndjson file are parsed at once ([`ParsedBlocks`]).
     parsers: usize,
+    max_resource_bytes: usize,
     report: LoadReport,
     progress: P,
 }
@@ -204,20 +210,22 @@ fn parser_count() -> usize {
 }
 
 impl<'a, P: FnMut(u64)> Loader<'a, P> {
-    fn new(pool: Option<&'a Pool>, writers: usize, parsers: usize, progress: P) -> Self {
+    fn new(pool: Option<&'a Pool>, options: &LoadOptions, progress: P) -> Self {
         let loaded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let writers = match pool {
-            Some(pool) => (0..writers.max(1))
+        let writers: Vec<Writer> = match pool {
+            Some(pool) => (0..options.writers.max(1))
                 .map(|_| Writer::spawn(pool.clone(), loaded.clone()))
                 .collect(),
             None => Vec::new(),
         };
         Loader {
             batches: (0..writers.len()).map(|_| Vec::new()).collect(),
+            batch_bytes: vec![0; writers.len()],
             writers,
             loaded,
             pool,
-            parsers,
+            parsers: options.parsers,
+            max_resource_bytes: options.max_resource_bytes,
             report: LoadReport::default(),
             progress,
         }
@@ -233,8 +241,10 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (&resource.resource_type, &resource.id).hash(&mut h);
         let w = (h.finish() % self.writers.len() as u64) as usize;
+        self.batch_bytes[w] += resource.text.len();
         self.batches[w].push(resource);
-        if self.batches[w].len() >= BATCH_SIZE {
+        if self.batches[w].len() >= BATCH_SIZE || self.batch_bytes[w] >= BATCH_BYTES {
+            self.batch_bytes[w] = 0;
             let batch = std::mem::take(&mut self.batches[w]);
             self.send(w, WriterMsg::Batch(batch)).await?;
             (self.progress)(self.loaded.load(std::sync::atomic::Ordering::Relaxed));
@@ -261,6 +271,7 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
         }
         let mut waits = Vec::new();
         for w in 0..self.writers.len() {
+            self.batch_bytes[w] = 0;
             let batch = std::mem::take(&mut self.batches[w]);
             if !batch.is_empty() {
                 self.send(w, WriterMsg::Batch(batch)).await?;
@@ -323,9 +334,10 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
             path: path.to_path_buf(),
             source,
         };
-        let mut parsed = ParsedBlocks::open(path, BLOCK_SIZE, self.parsers)
-            .await
-            .map_err(io)?;
+        let mut parsed =
+            ParsedBlocks::open(path, BLOCK_SIZE, self.parsers, self.max_resource_bytes)
+                .await
+                .map_err(io)?;
         while let Some(block) = parsed.next().await.map_err(io)? {
             for (line, resource) in block {
                 match resource {
@@ -338,12 +350,19 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
     }
 
     async fn load_json(&mut self, path: &Path) -> Result<(), LoadError> {
-        let text = tokio::fs::read_to_string(path)
-            .await
-            .map_err(|source| LoadError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let io = |source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        // A Bundle is parsed whole: the limit of a resource applies to the file.
+        let size = tokio::fs::metadata(path).await.map_err(io)?.len();
+        if size > self.max_resource_bytes as u64 {
+            let refused = too_large("the file", size, self.max_resource_bytes);
+            let hint = " (a Bundle that large loads as ndjson, one resource per line)";
+            self.reject(path, 1, format!("{refused}{hint}"));
+            return Ok(());
+        }
+        let text = tokio::fs::read_to_string(path).await.map_err(io)?;
         let value: Value = match serde_json::from_str(&text) {
             Ok(v) => v,
             Err(e) => {
@@ -396,101 +415,207 @@ pub const ANALYZE_CONNECTIONS: usize = 4;
 /// How much of an ndjson file is read at a time.
 const BLOCK_SIZE: usize = 4 << 20;
 
+/// The default largest resource a load accepts (`bulk-export load --max-resource-mb`): 64 MiB.
+/// Loading or exporting a resource takes about three times its size (its text, its COPY
+/// encoding or the connection's receive buffer; tests/tests/it/cli/large.rs), so the limit
+/// bounds the memory of both.
+pub const DEFAULT_MAX_RESOURCE_BYTES: usize = 64 << 20;
+
+/// How a load runs.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Connections storing at once.
+    pub writers: usize,
+    /// Blocks of an ndjson file parsed at once.
+    pub parsers: usize,
+    /// A resource (an ndjson line, or a `.json` file) longer than this is refused with its file
+    /// and line, and never held in memory whole.
+    pub max_resource_bytes: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            writers: writer_count(),
+            parsers: parser_count(),
+            max_resource_bytes: DEFAULT_MAX_RESOURCE_BYTES,
+        }
+    }
+}
+
+/// Why a resource of `bytes` bytes is refused.
+fn too_large(what: &str, bytes: u64, limit: usize) -> Refused {
+    Refused(format!(
+        "{what} is {bytes} bytes, over the limit of {limit} bytes for a resource \
+         (`bulk-export load --max-resource-mb` sets it)"
+    ))
+}
+
+/// What [`Blocks`] gives: a piece of an ndjson file.
+#[derive(Debug, PartialEq, Eq)]
+enum Block {
+    /// Whole lines, each ending with a newline except the file's last.
+    Lines(Vec<u8>),
+    /// One line longer than a block, read into a buffer of exactly its size (with its newline,
+    /// if it has one): parsed without a copy.
+    Long(Vec<u8>),
+    /// A line over the size limit, skipped without being held: its length.
+    TooLong(u64),
+}
+
 /// A file read in blocks of whole lines, each read straight into the block's buffer (a
 /// buffered line reader copied every line three times before its resource's String: into
-/// tokio's file buffer, the reader's buffer and the line's String; with the stamped copy,
-/// `memmove` was 7.6 % of a ×10 load's samples).
+/// tokio's file buffer, the reader's buffer and the line's String).
 struct Blocks {
     /// None once the end was read.
     file: Option<std::fs::File>,
-    /// The start of a line whose end is not read yet.
+    /// The start of a line whose end is not read yet (shorter than a block).
     tail: Vec<u8>,
-    /// A block given back, read into again (a fresh 4 MiB buffer faulted in and zeroed
-    /// 1,024 pages per block: 8 % of a ×10 load's samples).
+    /// A block given back, read into again (a fresh 4 MiB buffer is faulted in page by page).
     spare: Vec<u8>,
     size: usize,
+    /// Lines over this many bytes are skipped ([`Block::TooLong`]).
+    max_line: usize,
 }
 
 impl Blocks {
-    async fn open(path: &Path, size: usize) -> std::io::Result<Self> {
+    async fn open(path: &Path, size: usize, max_line: usize) -> std::io::Result<Self> {
         let file = tokio::fs::File::open(path).await?.into_std().await;
         Ok(Blocks {
             file: Some(file),
             tail: Vec::new(),
             spare: Vec::new(),
-            size,
+            size: size.max(1),
+            max_line,
         })
     }
 
-    /// The next block: whole lines, each ending with a newline except the file's last; None
-    /// at the end. A line longer than a block makes a larger one.
-    async fn next(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+    /// The next block; None at the end. A line longer than a block comes alone, read once
+    /// into a buffer of its size ([`Block::Long`]), or is skipped when it is over the limit.
+    async fn next(&mut self) -> std::io::Result<Option<Block>> {
         use std::io::Read;
-        loop {
-            let Some(file) = self.file.take() else {
-                let rest = std::mem::take(&mut self.tail);
-                return Ok((!rest.is_empty()).then_some(rest));
-            };
-            let need = self.tail.len() + self.size;
-            let mut block = std::mem::take(&mut self.spare);
-            block.clear();
-            if block.capacity() < need {
-                // Fresh, not grown: growing copies the old contents. Room for the tails of
-                // lines of up to 64 kB.
-                block = Vec::with_capacity(need + 64 * 1024);
+        let Some(file) = self.file.take() else {
+            let rest = std::mem::take(&mut self.tail);
+            return Ok((!rest.is_empty()).then_some(Block::Lines(rest)));
+        };
+        let mut block = std::mem::take(&mut self.spare);
+        block.clear();
+        let need = self.tail.len() + self.size;
+        if block.capacity() < need {
+            // Fresh, not grown: growing copies the old contents. Room for the tails of lines
+            // of up to 64 kB.
+            block = Vec::with_capacity(need + 64 * 1024);
+        }
+        block.append(&mut self.tail);
+        let (want, max_line) = (self.size as u64, self.max_line);
+        // A file read blocks its thread: off the runtime's workers.
+        let (file, block) = tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            let n = (&mut file).take(want).read_to_end(&mut block)?;
+            if (n as u64) < want {
+                // The end: the rest of the file's lines.
+                return Ok((None, Block::Lines(block)));
             }
-            block.append(&mut self.tail);
-            let want = self.size as u64;
-            // A file read blocks its thread: off the runtime's workers.
-            let (file, mut block, end) = tokio::task::spawn_blocking(move || {
-                let mut file = file;
-                let n = (&mut file).take(want).read_to_end(&mut block)?;
-                Ok::<_, std::io::Error>((file, block, (n as u64) < want))
-            })
-            .await
-            .map_err(std::io::Error::other)??;
-            if end {
-                return Ok((!block.is_empty()).then_some(block));
+            if memchr::memchr(b'\n', &block).is_some() {
+                return Ok((Some(file), Block::Lines(block)));
             }
-            self.file = Some(file);
-            match memchr::memrchr(b'\n', &block) {
-                Some(last) => {
+            // No line ends in it: all of it is the start of one long line.
+            let long = read_long_line(&mut file, block, max_line)?;
+            Ok::<_, std::io::Error>((Some(file), long))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        let at_end = file.is_none();
+        self.file = file;
+        Ok(match block {
+            Block::Lines(block) if at_end => (!block.is_empty()).then_some(Block::Lines(block)),
+            Block::Lines(mut block) => {
+                // Whole lines only: the start of the next one waits for the next block.
+                if let Some(last) = memchr::memrchr(b'\n', &block) {
                     self.tail.extend_from_slice(&block[last + 1..]);
                     block.truncate(last + 1);
-                    return Ok(Some(block));
                 }
-                // No line ends in it: read on.
-                None => self.tail = block,
+                Some(Block::Lines(block))
             }
-        }
+            other => Some(other),
+        })
     }
 
-    /// Gives a block back to be read into again.
+    /// Gives a block back to be read into again (not a long line's buffer, which is larger).
     fn recycle(&mut self, block: Vec<u8>) {
-        self.spare = block;
+        if block.capacity() <= 2 * (self.size + 64 * 1024) {
+            self.spare = block;
+        }
     }
+}
+
+/// The rest of a line whose first `start.len()` bytes were read, `file` being just after them:
+/// measured first (read through a small buffer), then read into `start` grown once to exactly
+/// the line's size, or skipped to just after its newline when it is longer than `max_line`.
+fn read_long_line(
+    file: &mut std::fs::File,
+    mut start: Vec<u8>,
+    max_line: usize,
+) -> std::io::Result<Block> {
+    use std::io::{Read, Seek, SeekFrom};
+    let from = file.stream_position()?;
+    let mut chunk = vec![0u8; 64 * 1024];
+    // Bytes of the line after `start`, and whether a newline ends it (or the file does).
+    let mut rest: u64 = 0;
+    let newline = loop {
+        let n = file.read(&mut chunk)?;
+        if n == 0 {
+            break false;
+        }
+        if let Some(i) = memchr::memchr(b'\n', &chunk[..n]) {
+            rest += i as u64;
+            break true;
+        }
+        rest += n as u64;
+    };
+    let len = start.len() as u64 + rest;
+    let after = from + rest + u64::from(newline);
+    if len > max_line as u64 {
+        file.seek(SeekFrom::Start(after))?;
+        return Ok(Block::TooLong(len));
+    }
+    file.seek(SeekFrom::Start(from))?;
+    let take = rest + u64::from(newline);
+    start.reserve_exact(take as usize);
+    // (A file cut short meanwhile gives what there is.)
+    (&mut *file).take(take).read_to_end(&mut start)?;
+    Ok(Block::Long(start))
 }
 
 /// One block's lines, each a resource or why it is refused, with its 1-based line number in the
 /// file; empty lines are skipped (but counted).
 type ParsedBlock = Vec<(usize, Result<NewResource, Refused>)>;
 
+/// What a parse gives back: the block to read into again (not a long line's), its lines, and
+/// how many lines it had.
+type Parsed = (Option<Vec<u8>>, ParsedBlock, usize);
+
 /// The blocks of an ndjson file parsed `parsers` at a time on blocking threads (a single
 /// parser capped a load at what one core parses, whatever the cores Postgres had), handed out
 /// in the file's order: a resource's later line is still stored after its earlier one.
 struct ParsedBlocks {
     blocks: Blocks,
-    /// Parses under way, oldest first: each gives back its block, its lines and their count.
-    running: std::collections::VecDeque<tokio::task::JoinHandle<(Vec<u8>, ParsedBlock, usize)>>,
+    /// Parses under way, oldest first.
+    running: std::collections::VecDeque<tokio::task::JoinHandle<Parsed>>,
     parsers: usize,
     /// Lines in the blocks handed out so far.
     lines: usize,
 }
 
 impl ParsedBlocks {
-    async fn open(path: &Path, block_size: usize, parsers: usize) -> std::io::Result<Self> {
+    async fn open(
+        path: &Path,
+        block_size: usize,
+        parsers: usize,
+        max_line: usize,
+    ) -> std::io::Result<Self> {
         Ok(ParsedBlocks {
-            blocks: Blocks::open(path, block_size).await?,
+            blocks: Blocks::open(path, block_size, max_line).await?,
             running: Default::default(),
             parsers: parsers.max(1),
             lines: 0,
@@ -503,16 +628,28 @@ impl ParsedBlocks {
             let Some(block) = self.blocks.next().await? else {
                 break;
             };
-            self.running.push_back(tokio::task::spawn_blocking(move || {
-                let (parsed, lines) = parse_block(&block);
-                (block, parsed, lines)
-            }));
+            let max_line = self.blocks.max_line;
+            self.running
+                .push_back(tokio::task::spawn_blocking(move || match block {
+                    Block::Lines(block) => {
+                        let (parsed, lines) = parse_block(&block, max_line);
+                        (Some(block), parsed, lines)
+                    }
+                    Block::Long(line) => (None, parse_long_line(line), 1),
+                    Block::TooLong(len) => (
+                        None,
+                        vec![(1, Err(too_large("the line", len, max_line)))],
+                        1,
+                    ),
+                }));
         }
         let Some(parse) = self.running.pop_front() else {
             return Ok(None);
         };
         let (block, mut parsed, lines) = parse.await.map_err(std::io::Error::other)?;
-        self.blocks.recycle(block);
+        if let Some(block) = block {
+            self.blocks.recycle(block);
+        }
         for (line, _) in &mut parsed {
             *line += self.lines;
         }
@@ -523,11 +660,15 @@ impl ParsedBlocks {
 
 /// Parses every line of a block from [`Blocks`]; its lines are numbered from 1. Also returns
 /// how many lines it has.
-fn parse_block(block: &[u8]) -> (ParsedBlock, usize) {
+fn parse_block(block: &[u8], max_line: usize) -> (ParsedBlock, usize) {
     let mut out = Vec::new();
     let mut n = 0;
     for line in lines(block) {
         n += 1;
+        if line.len() > max_line {
+            out.push((n, Err(too_large("the line", line.len() as u64, max_line))));
+            continue;
+        }
         let line = match std::str::from_utf8(line) {
             Ok(line) => line.trim(),
             Err(e) => {
@@ -542,6 +683,31 @@ fn parse_block(block: &[u8]) -> (ParsedBlock, usize) {
         out.push((n, prepare(line.to_string())));
     }
     (out, n)
+}
+
+/// Parses a line from [`Block::Long`]: its buffer becomes the resource's text (no copy unless
+/// it has blanks around it).
+fn parse_long_line(mut line: Vec<u8>) -> ParsedBlock {
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    let text = match String::from_utf8(line) {
+        Ok(text) => text,
+        Err(e) => {
+            let e = e.utf8_error();
+            return vec![(1, Err(Refused(format!("not UTF-8 text: {e}"))))];
+        }
+    };
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Vec::new();
+    }
+    let text = if trimmed.len() == text.len() {
+        text
+    } else {
+        trimmed.to_string()
+    };
+    vec![(1, prepare(text))]
 }
 
 /// The lines of a block from [`Blocks`], without their newlines.
@@ -589,9 +755,9 @@ pub fn collect_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
 /// what it would refuse. `parsers`: how many blocks are parsed at once (None: as a load does).
 pub async fn check_paths(
     paths: &[PathBuf],
-    parsers: Option<usize>,
+    options: &LoadOptions,
 ) -> Result<LoadReport, LoadError> {
-    let mut loader = Loader::new(None, 0, parsers.unwrap_or_else(parser_count), |_| {});
+    let mut loader = Loader::new(None, options, |_| {});
     loader.read_paths(paths).await?;
     Ok(loader.report)
 }
@@ -603,30 +769,29 @@ pub async fn load_paths(
     paths: &[PathBuf],
     progress: impl FnMut(u64),
 ) -> Result<LoadReport, LoadError> {
-    load_paths_with(pool, paths, writer_count(), progress).await
+    load_paths_with(pool, paths, &LoadOptions::default(), progress).await
 }
 
-/// Loads files and folders, storing with `writers` connections at once (the pool needs that
-/// many and [`ANALYZE_CONNECTIONS`] more).
+/// Loads files and folders, storing with `options.writers` connections at once (the pool needs
+/// that many and [`ANALYZE_CONNECTIONS`] more).
 pub async fn load_paths_with(
     pool: &Pool,
     paths: &[PathBuf],
-    writers: usize,
+    options: &LoadOptions,
     progress: impl FnMut(u64),
 ) -> Result<LoadReport, LoadError> {
-    let mut loader = Loader::new(Some(pool), writers, parser_count(), progress);
+    let mut loader = Loader::new(Some(pool), options, progress);
     let started = Instant::now();
     loader.read_paths(paths).await?;
     loader.flush().await?;
     loader.stop_writers().await?;
     // Fresh statistics: right after a bulk load autovacuum has not caught up, and the export
-    // queries' plans depend on the row counts of these tables (a stale count made a Patient
-    // export of 1,000 patients read every member of a type on every page). The compartment is
+    // queries' plans depend on the row counts of these tables (a stale count makes a
+    // Patient-level read take every member of a type on every page). The compartment is
     // also vacuumed: that sets its visibility map, so a Patient-level read checks membership
-    // with an index-only scan instead of a heap visit per row (a Patient-level read of ×10
-    // Observations: 0.85-1.0 s before, 0.65-0.75 s after; 0.14 s of VACUUM at ×10). The
-    // resources themselves are not: vacuuming a fresh load rewrites every page to set hint
-    // bits (the ×100 load took minutes longer), which the first export's reads do anyway.
+    // with an index-only scan instead of a heap visit per row. The resources themselves are not:
+    // vacuuming a fresh load rewrites every page to set hint bits, which costs more than it
+    // saves (docs/BENCHMARKS.md, rejected ideas), and the first export's reads set them anyway.
     if loader.report.loaded > 0 || loader.report.deleted > 0 {
         // Each table on its own connection, at the same time (VACUUM cannot run in the
         // implicit transaction of a multi-statement string anyway).

@@ -65,9 +65,8 @@ pub struct Upserted {
 /// and meta.lastUpdated are stamped when absent, compartment and references are replaced.
 /// Later duplicates of the same (type, id) in a batch win.
 ///
-/// `assume_new`: store the batch as new resources without first looking up which exist (each
-/// lookup is an index probe per resource: 6 ms per batch of 1,000, a sixth of Postgres's work
-/// in a first load); if one does exist, the key refuses it, the batch is rolled back and stored
+/// `assume_new`: store the batch as new resources without first looking up which exist (the
+/// lookup is an index probe per resource, a large share of Postgres's work in a first load); if one does exist, the key refuses it, the batch is rolled back and stored
 /// again after the lookup. The loader assumes so while its batches keep being new.
 pub async fn upsert_resources(
     pool: &Pool,
@@ -247,7 +246,13 @@ async fn copy_rows(
             buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
         }
         if buf.len() >= CHUNK {
-            sink.send(buf.split().freeze()).await?;
+            // Sent a chunk per message: the connection copies each message into its write
+            // buffer, which would otherwise hold a second copy of a large resource.
+            let mut rows = buf.split().freeze();
+            while rows.len() > CHUNK {
+                sink.send(rows.split_to(CHUNK)).await?;
+            }
+            sink.send(rows).await?;
             // The next chunk's whole buffer at once (the previous one's, once the connection
             // has written it): left empty, the buffer grew by doubling from 64 kB, copying each
             // chunk about once more and faulting in fresh pages for every step.

@@ -56,15 +56,30 @@ fn bundle_urn_uuid_references_become_relative() {
 async fn read_lines(text: &[u8], size: usize) -> Vec<Vec<u8>> {
     let path = std::env::temp_dir().join(format!("blocks-{}.ndjson", uuid::Uuid::new_v4()));
     std::fs::write(&path, text).unwrap();
-    let mut blocks = Blocks::open(&path, size).await.unwrap();
+    let mut blocks = Blocks::open(&path, size, usize::MAX).await.unwrap();
     let mut out = Vec::new();
     while let Some(block) = blocks.next().await.unwrap() {
-        assert!(
-            block.ends_with(b"\n") || !text.ends_with(b"\n"),
-            "only a file's last line may end a block without a newline"
-        );
-        out.extend(lines(&block).map(<[u8]>::to_vec));
-        blocks.recycle(block);
+        match block {
+            Block::Lines(block) => {
+                assert!(
+                    block.ends_with(b"\n") || !text.ends_with(b"\n"),
+                    "only a file's last line may end a block without a newline"
+                );
+                out.extend(lines(&block).map(<[u8]>::to_vec));
+                blocks.recycle(block);
+            }
+            Block::Long(mut line) => {
+                assert!(
+                    line.len() > size,
+                    "a line of a block size or less is a Lines block"
+                );
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                out.push(line);
+            }
+            Block::TooLong(len) => panic!("no limit, yet a line of {len} bytes was skipped"),
+        }
     }
     std::fs::remove_file(&path).unwrap();
     out
@@ -127,7 +142,9 @@ async fn blocks_parsed_at_once_come_back_in_the_files_order_with_their_line_numb
     let path = std::env::temp_dir().join(format!("parsed-{}.ndjson", uuid::Uuid::new_v4()));
     std::fs::write(&path, &text).unwrap();
     for (size, parsers) in [(1, 1), (16, 3), (100, 2), (700, 8), (1 << 20, 4)] {
-        let mut parsed = ParsedBlocks::open(&path, size, parsers).await.unwrap();
+        let mut parsed = ParsedBlocks::open(&path, size, parsers, usize::MAX)
+            .await
+            .unwrap();
         let mut got = Vec::new();
         while let Some(block) = parsed.next().await.unwrap() {
             got.extend(
@@ -137,6 +154,71 @@ async fn blocks_parsed_at_once_come_back_in_the_files_order_with_their_line_numb
             );
         }
         assert_eq!(got, expected, "blocks of {size} bytes, {parsers} parsers");
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[tokio::test]
+async fn a_line_over_the_limit_is_skipped_unread_and_refused_with_its_number() {
+    let small = r#"{"resourceType":"Patient","id":"a"}"#;
+    let big = format!(
+        r#"{{"resourceType":"Binary","id":"big","data":"{}"}}"#,
+        "A".repeat(100_000)
+    );
+    let text = format!("{small}\n{big}\n\n{small}\n{big}");
+    let path = std::env::temp_dir().join(format!("limit-{}.ndjson", uuid::Uuid::new_v4()));
+    std::fs::write(&path, &text).unwrap();
+    // Limit 1000: every big line is refused, whether it is longer than a block (skipped by
+    // Blocks, never held) or within one (refused by its parse); lines after it keep their
+    // numbers.
+    for size in [16, 100, 4096, 1 << 20] {
+        let mut parsed = ParsedBlocks::open(&path, size, 2, 1000).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(block) = parsed.next().await.unwrap() {
+            got.extend(block.into_iter().map(|(n, r)| (n, r.map(|r| r.id))));
+        }
+        let refusal = Err(too_large("the line", big.len() as u64, 1000));
+        assert_eq!(
+            got,
+            vec![
+                (1, Ok("a".to_string())),
+                (2, refusal.clone()),
+                (4, Ok("a".to_string())),
+                (5, refusal),
+            ],
+            "block size {size}"
+        );
+    }
+    // Over a block, the skipped line is reported with its exact length and the next line is
+    // read from just after it.
+    let mut blocks = Blocks::open(&path, 64, 1000).await.unwrap();
+    let mut kinds = Vec::new();
+    while let Some(block) = blocks.next().await.unwrap() {
+        kinds.push(match block {
+            Block::Lines(b) => format!("lines {}", lines(&b).count()),
+            Block::Long(l) => format!("long {}", l.len()),
+            Block::TooLong(n) => format!("too long {n}"),
+        });
+    }
+    let too_long = format!("too long {}", big.len());
+    assert_eq!(
+        kinds,
+        vec![
+            "lines 1".to_string(),
+            too_long.clone(),
+            "lines 2".into(),
+            too_long
+        ]
+    );
+    // Within the limit, a long line is read whole, once, into a buffer of its own.
+    let mut blocks = Blocks::open(&path, 64, 200_000).await.unwrap();
+    blocks.next().await.unwrap();
+    match blocks.next().await.unwrap() {
+        Some(Block::Long(line)) => {
+            assert_eq!(line, format!("{big}\n").into_bytes());
+            assert_eq!(line.capacity(), line.len());
+        }
+        other => panic!("expected the long line, got {other:?}"),
     }
     std::fs::remove_file(&path).unwrap();
 }

@@ -26,6 +26,9 @@ use super::{
 /// 256 MiB file at 32 while one writer holds at most one part in memory.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 
+/// How much of a write is buffered and compressed at a time.
+const WRITE_CHUNK: usize = 1 << 20;
+
 #[derive(Clone)]
 pub struct S3Store {
     client: Client,
@@ -392,14 +395,18 @@ impl Upload {
 }
 
 impl S3Writer {
+    /// Writes `data` a MiB at a time, so that a large write (a resource of tens of MB) is
+    /// held in the parts' buffers and the gzip output only up to a part at a time.
     async fn write_all(&mut self, data: &[u8]) -> Result<(), StorageError> {
-        self.plain.push(data).await?;
-        if let Some((encoder, upload)) = &mut self.gzip {
-            encoder
-                .write_all(data)
-                .map_err(|e| s3_err("gzip", &upload.key, e))?;
-            let compressed = std::mem::take(encoder.get_mut());
-            upload.push(&compressed).await?;
+        for piece in data.chunks(WRITE_CHUNK) {
+            self.plain.push(piece).await?;
+            if let Some((encoder, upload)) = &mut self.gzip {
+                encoder
+                    .write_all(piece)
+                    .map_err(|e| s3_err("gzip", &upload.key, e))?;
+                let compressed = std::mem::take(encoder.get_mut());
+                upload.push(&compressed).await?;
+            }
         }
         Ok(())
     }

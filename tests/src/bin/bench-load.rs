@@ -295,7 +295,14 @@ async fn parse_only(dir: &Path, resources: usize) -> anyhow::Result<f64> {
     let mut one = 0.0;
     for parsers in [1, cores] {
         let started = Instant::now();
-        let report = shared::load::check_paths(&[dir.to_path_buf()], Some(parsers)).await?;
+        let report = shared::load::check_paths(
+            &[dir.to_path_buf()],
+            &shared::load::LoadOptions {
+                parsers,
+                ..Default::default()
+            },
+        )
+        .await?;
         let secs = started.elapsed().as_secs_f64();
         if report.loaded as usize != resources || !report.rejected.is_empty() {
             bail!(

@@ -57,6 +57,11 @@ enum Command {
         /// keeps about one of the database server's cores busy.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
         writers: Option<u16>,
+        /// The largest resource accepted, in MiB: a longer line (or `.json` file) is refused
+        /// with its file and line, without being read into memory. Loading takes about twice
+        /// the largest resource in memory, and exporting it about three times.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        max_resource_mb: u32,
     },
     /// Delete resources (tombstones: `_since` exports list them in deleted[]).
     #[command(after_help = ENV_DATABASE)]
@@ -270,10 +275,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Load {
-            paths, check: true, ..
+            paths,
+            check: true,
+            max_resource_mb,
+            ..
         } => {
             let started = std::time::Instant::now();
-            let report = load::check_paths(&paths, None).await?;
+            let options = load::LoadOptions {
+                max_resource_bytes: (max_resource_mb as usize) << 20,
+                ..Default::default()
+            };
+            let report = load::check_paths(&paths, &options).await?;
             return Ok(print_report(
                 &report,
                 started,
@@ -309,12 +321,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("applied migrations: {}", applied.join(", "));
             }
         }
-        Command::Load { paths, writers, .. } => {
+        Command::Load {
+            paths,
+            writers,
+            max_resource_mb,
+            ..
+        } => {
             require_schema(&pool).await?;
             let started = std::time::Instant::now();
             let mut progress = shared::telemetry::Progress::new();
-            let writers = writers.map_or_else(load::writer_count, usize::from);
-            let report = load::load_paths_with(&pool, &paths, writers, |n| {
+            let options = load::LoadOptions {
+                writers: writers.map_or_else(load::writer_count, usize::from),
+                max_resource_bytes: (max_resource_mb as usize) << 20,
+                ..Default::default()
+            };
+            let report = load::load_paths_with(&pool, &paths, &options, |n| {
                 let rate = n as f64 / started.elapsed().as_secs_f64().max(0.001);
                 progress.update(&format!("loaded {n} resources ({rate:.0}/s)"));
             })

@@ -51,6 +51,12 @@ impl FileSink {
         Ok(())
     }
 
+    /// Appends one ndjson line: `line` and its newline.
+    pub async fn write_line(&mut self, line: &[u8]) -> Result<(), Failure> {
+        self.write(line, 0).await?;
+        self.write(b"\n", 1).await
+    }
+
     /// Makes the file visible; returns its manifest row (recorded by the caller's checkpoint).
     pub async fn finish(self) -> Result<ExportFile, Failure> {
         let written = self.writer.finish().await?;

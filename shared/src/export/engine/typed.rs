@@ -23,6 +23,11 @@ use crate::export::manifest::{ExportFile, FileKind};
 use crate::export::transform::RowTransform;
 use crate::export::JobStatus;
 
+/// A row this large is written to its file from the row as received, not copied into the
+/// batch's buffer first: a resource of tens of MB is held once by the exporter (plus the
+/// connection's receive buffer), not twice.
+const DIRECT_WRITE_BYTES: usize = 1 << 20;
+
 /// How often the item's writer checks its lease and its job's status (cancellation).
 const RENEW_EVERY: Duration = Duration::from_millis(500);
 
@@ -87,11 +92,18 @@ impl Exporter {
                         }
                         pending.extend(rows);
                     }
-                    // The rows that fit in this file (the first one always does).
-                    let mut page =
-                        Vec::with_capacity(pending.iter().map(|r| r.len + 1).sum::<usize>());
+                    // The rows that fit in this file (the first one always does), copied into
+                    // one buffer; a large row is written from the row itself instead.
+                    let mut page = Vec::with_capacity(
+                        pending
+                            .iter()
+                            .take_while(|r| r.len < DIRECT_WRITE_BYTES)
+                            .map(|r| r.len + 1)
+                            .sum::<usize>(),
+                    );
                     let mut lines = 0;
                     let mut full = false;
+                    let mut direct: Option<StreamedRow> = None;
                     while let Some(row) = pending.front() {
                         let len = row.len as u64 + 1;
                         let used = sink.bytes + page.len() as u64;
@@ -99,9 +111,22 @@ impl Exporter {
                             full = true;
                             break;
                         }
+                        let large = row.len >= DIRECT_WRITE_BYTES && transform.is_identity();
+                        if large && !page.is_empty() {
+                            // Written after this page, on its own.
+                            break;
+                        }
                         let Some(row) = pending.pop_front() else {
                             break;
                         };
+                        if ordered {
+                            item.cursor_id.clear();
+                            item.cursor_id.push_str(row.id());
+                        }
+                        if large {
+                            direct = Some(row);
+                            break;
+                        }
                         // Copied as bytes unless a filter or `_elements` has to read it.
                         let transformed;
                         let line = if transform.is_identity() {
@@ -115,23 +140,24 @@ impl Exporter {
                             page.push(b'\n');
                             lines += 1;
                         }
-                        if ordered {
-                            item.cursor_id.clear();
-                            item.cursor_id.push_str(row.id());
-                        }
                     }
                     let late = self.near(deadline);
+                    let write = async {
+                        match &direct {
+                            Some(row) => sink.write_line(row.resource_bytes()).await,
+                            None => sink.write(&page, lines).await,
+                        }
+                    };
                     // Postgres streams the next batch while this one is written.
                     let written = if pending.is_empty() && !full && !late {
-                        let (written, next) = tokio::join!(
-                            sink.write(&page, lines),
-                            read.fetch(fetch, PAGE_BYTES as usize)
-                        );
+                        let (written, next) =
+                            tokio::join!(write, read.fetch(fetch, PAGE_BYTES as usize));
                         prefetched = Some(next);
                         written
                     } else {
-                        sink.write(&page, lines).await
+                        write.await
                     };
+                    drop(direct);
                     if let Err(e) = written {
                         return Err(sink.abandon(e).await);
                     }

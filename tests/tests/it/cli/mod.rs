@@ -58,4 +58,5 @@ fn assert_one_clean_error(stderr: &str) {
 
 mod bodies;
 mod errors;
+mod large;
 mod operate;
