@@ -217,8 +217,7 @@ pub async fn run_exporter(exporter: Exporter) -> Result<(), lambda_runtime::Erro
 /// The whole of every function binary's `main`: a Tokio runtime, telemetry, the function's state
 /// from the composition root, and its Lambda loop. A plain function that starts the runtime
 /// itself, so the code of the handlers, lambda_http and lambda_runtime is generated once, in this
-/// crate, instead of again in each of the six binaries (a release `sam build` spent about 75 s of
-/// code generation per function before).
+/// crate, instead of again in each of the six binaries.
 pub fn main(function: Function) -> Result<(), lambda_runtime::Error> {
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

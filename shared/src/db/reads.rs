@@ -279,8 +279,8 @@ pub struct StreamedRow {
 
 /// A text column's bytes as received, without the UTF-8 check `&str` makes: Postgres sends text
 /// in the client encoding (UTF8 for every connection of tokio-postgres) and has validated it
-/// when it was stored. Checking 500 MB of resources twice per export cost the exporter more CPU
-/// than writing them.
+/// when it was stored. Checking every byte again would cost the exporter more CPU than writing
+/// it.
 struct TextBytes<'a>(&'a [u8]);
 
 impl<'a> tokio_postgres::types::FromSql<'a> for TextBytes<'a> {
@@ -330,14 +330,12 @@ pub async fn read_range<'c>(
     let scope = selection_condition(sel);
     let source = phase_source(phase);
     // Phase 0 in table order: in id order through the primary key, each row of a heap in load
-    // order was a random page access (a system-level read of ×10 Observations: 0.42-0.66 s in id
-    // order, 0.20-0.24 s by a bitmap scan).
+    // order would be a random page access.
     let order = if phase == 0 { "" } else { "ORDER BY r.id" };
     let sql = format!(
         "SELECT r.id, r.resource FROM ({source}) r
          WHERE NOT r.deleted AND (:since::timestamptz IS NULL OR r.last_updated > :since)
            AND {scope}
-           -- every selection statement binds the same nine parameters
          {order}"
     );
     let tx = client
@@ -346,11 +344,10 @@ pub async fn read_range<'c>(
         .read_only(true)
         .start()
         .await?;
-    // No JIT: it compiled every item's statement afresh (5-6 ms each, dozens of items per
-    // export). No parallel workers: the exporters are the parallelism, and a parallel plan
+    // No JIT: it would compile every item's statement afresh (one statement per item phase). No parallel workers: the exporters are the parallelism, and a parallel plan
     // ordered the rows of a Patient-level read with a Gather Merge over sorts spilled to disk.
     // work_mem: a Patient-level range is a hash semi-join of the range with its compartment
-    // members; with the default 4 MB the hash of 80,000 members went to disk in batches.
+    // members; with the default 4 MB the hash of a Patient-level read's members spills to disk.
     // A system-level phase 0 is a bitmap or sequential scan, never a walk of the key in id
     // order (stale statistics could make it look cheaper); elsewhere the server's setting.
     // So is a scanned compartment's (unless the type's AdditionalResources are read too: a
@@ -366,8 +363,7 @@ pub async fn read_range<'c>(
     };
     // A Patient-scope read is a semi-join of the range with its compartment members: hashed
     // as they are (a hash semi-join), not first made unique by a hash aggregate, which the
-    // planner preferred and which took longer than the hash itself (×10 Observations, 1,000
-    // patients: 0.78-0.99 s -> 0.57-0.71 s, `EXPLAIN ANALYZE`).
+    // planner prefers and which costs more than the hash itself.
     let hash_agg = if sel.scope.is_some() {
         "off"
     } else {

@@ -11,8 +11,7 @@ pub fn parse_reference(reference: &str) -> Option<(&str, &str)> {
         return None;
     }
     // memchr: a `split` by a set of chars tests one char at a time, and `find` of a &str
-    // builds a searcher per call (together 4 % of the loader's CPU, which parses every
-    // reference of every resource). Types and ids hold no '_': only a path with one can hold
+    // builds a searcher per call, and the loader parses every reference of every resource. Types and ids hold no '_': only a path with one can hold
     // "/_history/".
     let path = match memchr::memchr2(b'?', b'#', reference.as_bytes()) {
         Some(i) => &reference[..i],

@@ -127,8 +127,8 @@ impl ObjectStore for LocalStore {
 ///
 /// On Linux the file is opened with `O_DIRECT`: its bytes go from the buffer to the disk without
 /// passing through the page cache. An export writes gigabytes that nobody reads back soon; through
-/// the page cache every byte is copied once more into freshly allocated pages (on the reference
-/// VM that copy was 44 % of the exporter's CPU time), and the output evicts the database's cached
+/// the page cache every byte is copied once more into freshly allocated pages (the largest part of
+/// the exporter's CPU time; docs/BENCHMARKS.md), and the output evicts the database's cached
 /// pages. A file system that refuses `O_DIRECT` (tmpfs, some network and FUSE file systems) gets
 /// ordinary buffered writes.
 struct LocalWriter {
