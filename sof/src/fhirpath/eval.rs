@@ -9,6 +9,7 @@ use std::cmp::Ordering;
 
 use serde_json::Value;
 
+use super::temporal::Temporal;
 use super::{boundary, BinOp, Expr, Func, Step, Var};
 use crate::decimal::Decimal;
 use crate::types::{self, fhir_is_a, kind_of, Kind, TypeSpec};
@@ -500,9 +501,30 @@ fn string_of(it: Option<&Item<'_>>) -> Res<String> {
     }
 }
 
-/// FHIRPath `=` on two items: `None` when the result is empty (a null node).
+fn is_temporal(it: &Item<'_>) -> bool {
+    matches!(
+        it.type_hint(),
+        Some("date" | "dateTime" | "instant" | "time")
+    )
+}
+
+/// Both items as dates/times when at least one is known to be one and both read as such.
+fn temporals(a: &Item<'_>, b: &Item<'_>, x: &str, y: &str) -> Option<(Temporal, Temporal)> {
+    if !(is_temporal(a) || is_temporal(b)) {
+        return None;
+    }
+    Some((Temporal::parse(x)?, Temporal::parse(y)?))
+}
+
+/// FHIRPath `=` on two items: `None` when the result is empty (a null node, or dates of
+/// different precision that agree as far as both go).
 fn equal(a: &Item<'_>, b: &Item<'_>) -> Option<bool> {
     let (pa, pb) = (prim(a), prim(b));
+    if let (Prim::Str(x), Prim::Str(y)) = (&pa, &pb) {
+        if let Some((ta, tb)) = temporals(a, b, x, y) {
+            return ta.compare(&tb).map(|o| o == Ordering::Equal);
+        }
+    }
     Some(match (&pa, &pb) {
         (Prim::Null, _) | (_, Prim::Null) => return None,
         (Prim::Bool(x), Prim::Bool(y)) => x == y,
@@ -519,7 +541,10 @@ fn compare(a: &Item<'_>, b: &Item<'_>) -> Res<Option<Ordering>> {
     let (pa, pb) = (prim(a), prim(b));
     Ok(match (&pa, &pb) {
         (Prim::Null, _) | (_, Prim::Null) => None,
-        (Prim::Str(x), Prim::Str(y)) => Some(x.cmp(y)),
+        (Prim::Str(x), Prim::Str(y)) => match temporals(a, b, x, y) {
+            Some((ta, tb)) => ta.compare(&tb),
+            None => Some(x.cmp(y)),
+        },
         _ => match (num(&pa), num(&pb)) {
             (Some(x), Some(y)) => Some(x.cmp(&y)),
             _ => {

@@ -14,6 +14,7 @@
 mod boundary;
 pub(crate) mod eval;
 mod lex;
+mod temporal;
 
 use crate::decimal::Decimal;
 use crate::model;

@@ -353,3 +353,24 @@ fn boundaries() {
     );
     assert_eq!(one("@T12:34.lowBoundary()", &p), json!("12:34:00.000"));
 }
+
+#[test]
+fn dates_compare_with_precision_and_zones() {
+    let p = patient();
+    // birthDate is 1970-06 (month precision).
+    assert_eq!(one("birthDate < @1971-01-01", &p), json!(true));
+    assert_eq!(one("birthDate = @1970-06", &p), json!(true));
+    assert_eq!(one("birthDate = @1970-06-15", &p), Value::Null);
+    assert_eq!(one("birthDate >= @1970-06-15", &p), Value::Null);
+    assert_eq!(
+        one("@2020-01-01T10:00:00+02:00 = @2020-01-01T08:00:00Z", &p),
+        json!(true)
+    );
+    assert_eq!(
+        one("@2020-01-01T00:30:00+01:00 < @2019-12-31T23:45:00Z", &p),
+        json!(true)
+    );
+    assert_eq!(one("@T10:00 > @T09:59:59", &p), json!(true));
+    // Without a date/time type on either side, strings compare as text.
+    assert_eq!(one("'2020-01' = '2020-01-01'", &p), json!(false));
+}
