@@ -379,8 +379,12 @@ impl Builder<'_> {
                         ));
                     }
                     for (a, b) in first.iter().zip(&cols) {
+                        // Declared types must be equal; an inferred one need only fit (a code
+                        // and a string are both text).
                         if let (Some(x), Some(y)) = (a.fhir_type(), b.fhir_type()) {
-                            if x != y {
+                            let both_declared =
+                                a.declared_type.is_some() && b.declared_type.is_some();
+                            if x != y && (both_declared || !compatible(x, y) && !compatible(y, x)) {
                                 return Err(err(
                                     format!("{}.type", b.element),
                                     format!(
@@ -854,7 +858,16 @@ impl View {
     ) -> Result<usize, EvalError> {
         let env = Env { row_index, ..*env };
         let focus = std::slice::from_ref(f);
-        let mut own = Vec::with_capacity(s.columns.len());
+        let simple = s.selects.is_empty() && s.union_all.is_empty();
+        // Without nested selects the row goes straight to `out` (the caller truncates `out` on
+        // an error); otherwise the own columns are repeated for every combination below.
+        let mut own_buf = Vec::new();
+        let own: &mut Vec<Value> = if simple {
+            &mut *out
+        } else {
+            own_buf.reserve(s.columns.len());
+            &mut own_buf
+        };
         let mut items = Vec::new();
         for c in &s.columns {
             items.clear();
@@ -879,10 +892,10 @@ impl View {
                 }
             });
         }
-        if s.selects.is_empty() && s.union_all.is_empty() {
-            out.append(&mut own);
+        if simple {
             return Ok(1);
         }
+        let own = own_buf;
         // Each part: (flattened rows, width, row count).
         let mut parts: Vec<(Vec<Value>, usize, usize)> = Vec::with_capacity(s.selects.len() + 1);
         for child in &s.selects {

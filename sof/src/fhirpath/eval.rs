@@ -827,12 +827,12 @@ pub(crate) fn reference_key(reference: &str) -> Option<(&str, &str)> {
     if r.is_empty() || r.starts_with("urn:") {
         return None;
     }
-    let mut parts: Vec<&str> = r.trim_end_matches('/').rsplit('/').collect();
-    // rsplit gives the segments from the end: [id, Type, ...] or [vid, _history, id, Type, ...].
-    if parts.len() >= 4 && parts[1] == "_history" {
-        parts.drain(..2);
+    // From the end: id and type, or version, `_history`, id and type.
+    let mut segs = r.trim_end_matches('/').rsplit('/');
+    let (mut id, mut ty) = (segs.next()?, segs.next()?);
+    if ty == "_history" {
+        (id, ty) = (segs.next()?, segs.next()?);
     }
-    let (id, ty) = (*parts.first()?, *parts.get(1)?);
     let type_ok = ty.starts_with(|c: char| c.is_ascii_uppercase())
         && ty.bytes().all(|b| b.is_ascii_alphanumeric());
     let id_ok = !id.is_empty()

@@ -394,3 +394,20 @@ fn the_r4_model_types_paths() {
         vec![vec![Value::Null, Value::Null]]
     );
 }
+
+#[test]
+fn union_branches_may_infer_fitting_types() {
+    // family is a string, gender a code: both text, accepted.
+    let v = View::from_json(&patient_view(json!([{"unionAll": [
+        {"forEach": "name", "column": [{"name": "v", "path": "family"}]},
+        {"column": [{"name": "v", "path": "gender"}]}
+    ]}])));
+    assert!(v.is_ok(), "{v:?}");
+    // A string and a boolean do not fit.
+    let (el, msg) = refused(patient_view(json!([{"unionAll": [
+        {"column": [{"name": "v", "path": "gender"}]},
+        {"column": [{"name": "v", "path": "active"}]}
+    ]}])));
+    assert_eq!(el, "select[0].unionAll[1].column[0].type");
+    assert_eq!(msg, "column 'v' is boolean here but code in unionAll[0]");
+}
