@@ -69,6 +69,13 @@ impl ViewError {
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// The element as a FHIRPath expression from the resource, for an OperationOutcome
+    /// `issue.expression`: `ViewDefinition.select[1].column[0].path` (`ViewDefinition` for the
+    /// whole document).
+    pub fn expression(&self) -> String {
+        expression(&self.element)
+    }
 }
 
 /// A resource the view could not be applied to, with the element of the ViewDefinition whose
@@ -93,6 +100,20 @@ impl EvalError {
     /// What went wrong.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The element as a FHIRPath expression from the ViewDefinition resource
+    /// (`ViewDefinition.select[0].column[2].path`).
+    pub fn expression(&self) -> String {
+        expression(&self.element)
+    }
+}
+
+fn expression(element: &str) -> String {
+    if element.is_empty() {
+        "ViewDefinition".to_string()
+    } else {
+        format!("ViewDefinition.{element}")
     }
 }
 

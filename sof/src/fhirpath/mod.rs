@@ -156,6 +156,7 @@ pub(crate) fn compile(
         tokens,
         pos: 0,
         scope,
+        depth: 0,
     };
     let expr = p.expr(0)?;
     let tok = p.peek();
@@ -368,7 +369,12 @@ struct Parser<'s, 'e> {
     tokens: Vec<Token>,
     pos: usize,
     scope: &'s Scope<'e>,
+    /// Nesting depth (parentheses, arguments, unary operators), limited so that a hostile
+    /// expression cannot exhaust the stack.
+    depth: usize,
 }
+
+const MAX_DEPTH: usize = 64;
 
 fn binop_of(tok: &Tok) -> Option<(BinOp, u8)> {
     Some(match tok {
@@ -472,6 +478,18 @@ impl Parser<'_, '_> {
     }
 
     fn unary(&mut self) -> Result<Expr, String> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(format!(
+                "the expression is nested more than {MAX_DEPTH} levels deep"
+            ));
+        }
+        let r = self.unary_inner();
+        self.depth -= 1;
+        r
+    }
+
+    fn unary_inner(&mut self) -> Result<Expr, String> {
         if self.at_sym("-") {
             self.next();
             let e = self.unary()?;

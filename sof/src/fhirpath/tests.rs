@@ -374,3 +374,16 @@ fn dates_compare_with_precision_and_zones() {
     // Without a date/time type on either side, strings compare as text.
     assert_eq!(one("'2020-01' = '2020-01-01'", &p), json!(false));
 }
+
+#[test]
+fn deep_nesting_is_refused_not_a_stack_overflow() {
+    let deep = format!("{}1{}", "(".repeat(10_000), ")".repeat(10_000));
+    assert!(parse_err(&deep).contains("nested more than 64 levels"));
+    let minus = format!("{}1", "-".repeat(10_000));
+    assert!(parse_err(&minus).contains("nested more than 64 levels"));
+    let args = format!("{}{}", "where(".repeat(5_000), ")".repeat(5_000));
+    assert!(parse_err(&args).contains("nested more than 64 levels"));
+    // Reasonable nesting is fine.
+    let ok = format!("{}1{}", "(".repeat(30), ")".repeat(30));
+    assert!(compile_with(&ok).is_ok());
+}
