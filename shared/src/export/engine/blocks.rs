@@ -10,7 +10,7 @@ use futures::TryStreamExt;
 
 use super::planner::{export_time, provenance_association, JobLayout};
 use super::sink::{abandon, FileSink};
-use super::{Exporter, Failure, Progress};
+use super::{Exporter, Failure, ItemOutcome};
 use crate::db::reads;
 use crate::db::work_items::{self, Checkpointed, WorkItem};
 use crate::db::DbError;
@@ -48,7 +48,7 @@ impl Exporter {
         filters: &TypeFilters,
         elements: &ElementsFilter,
         deadline: Instant,
-    ) -> Result<Progress, Failure> {
+    ) -> Result<ItemOutcome, Failure> {
         let types = &layout.types;
         // Compartment members other than Provenance; they are also the Provenance targets.
         let compartment: Vec<String> = layout
@@ -110,8 +110,8 @@ impl Exporter {
                 .await?
             {
                 BatchEnd::Done(open) => open,
-                BatchEnd::Deadline => return Ok(Progress::Deadline),
-                BatchEnd::LeaseLost => return Ok(Progress::LeaseLost),
+                BatchEnd::Deadline => return Ok(ItemOutcome::Deadline),
+                BatchEnd::LeaseLost => return Ok(ItemOutcome::LeaseLost),
             };
             // Patients of the batch without a block are behind us too.
             item.cursor_id = last;
@@ -120,8 +120,8 @@ impl Exporter {
                     .await
                 {
                     Ok(Some(JobStatus::Active)) => None,
-                    Ok(Some(JobStatus::CancellationRequested)) => Some(Progress::Cancelled),
-                    Ok(_) => Some(Progress::LeaseLost),
+                    Ok(Some(JobStatus::CancellationRequested)) => Some(ItemOutcome::Cancelled),
+                    Ok(_) => Some(ItemOutcome::LeaseLost),
                     Err(e) => return Err(abandon(file, e.into()).await),
                 };
             if let Some(stop) = stop {
@@ -130,11 +130,11 @@ impl Exporter {
                 }
                 return Ok(stop);
             }
-            if self.near(deadline) {
+            if self.deadline_reached(deadline) {
                 let finished = self.close_block_file(&mut item, file.take()).await?;
                 return Ok(match self.checkpoint(&item, &finished, &[]).await? {
-                    Checkpointed::LeaseLost => Progress::LeaseLost,
-                    _ => Progress::Deadline,
+                    Checkpointed::LeaseLost => ItemOutcome::LeaseLost,
+                    _ => ItemOutcome::Deadline,
                 });
             }
         }
@@ -147,9 +147,9 @@ impl Exporter {
         }
         item.done = true;
         Ok(match self.checkpoint(&item, &finished, &[]).await? {
-            Checkpointed::Completed => Progress::Finished { completed: true },
-            Checkpointed::Saved => Progress::Finished { completed: false },
-            Checkpointed::LeaseLost => Progress::LeaseLost,
+            Checkpointed::Completed => ItemOutcome::Finished { completed: true },
+            Checkpointed::Saved => ItemOutcome::Finished { completed: false },
+            Checkpointed::LeaseLost => ItemOutcome::LeaseLost,
         })
     }
 
@@ -196,7 +196,7 @@ impl Exporter {
                 let full = file
                     .as_ref()
                     .is_some_and(|f| f.bytes + buf.len() as u64 >= self.config.max_file_bytes);
-                let late = file.is_some() && self.near(deadline);
+                let late = file.is_some() && self.deadline_reached(deadline);
                 if full || late {
                     if let Some(mut f) = file.take() {
                         if let Err(e) = f.write(&buf, lines).await {

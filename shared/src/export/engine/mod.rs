@@ -23,6 +23,7 @@ mod watch;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, info_span, warn, Instrument};
 use uuid::Uuid;
 
@@ -152,7 +153,7 @@ fn since_kickoff(job: &Job) -> std::time::Duration {
 
 /// How an item's work ended.
 #[derive(Debug, PartialEq, Eq)]
-enum Progress {
+enum ItemOutcome {
     /// The item is done; `completed`: it was the job's last, and the job is Complete.
     Finished {
         completed: bool,
@@ -221,15 +222,6 @@ async fn heartbeat(
     }
 }
 
-/// Aborts the task when dropped (the heartbeat ends with the work, whatever path it takes).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 pub struct Exporter {
     pool: Pool,
     store: Arc<dyn ObjectStore>,
@@ -293,7 +285,7 @@ impl Exporter {
         deadline: Instant,
     ) -> Result<RunSummary, EngineError> {
         let mut summary = RunSummary::default();
-        while !self.near(deadline) {
+        while !self.deadline_reached(deadline) {
             if let Some(job) = jobs::claim_job_in(
                 &self.pool,
                 &self.owner,
@@ -337,8 +329,8 @@ impl Exporter {
     }
 
     /// Keeps `leased` this exporter's until the returned guard is dropped.
-    fn keep_leased(&self, leased: Leased) -> AbortOnDrop {
-        AbortOnDrop(tokio::spawn(heartbeat(
+    fn keep_leased(&self, leased: Leased) -> AbortOnDropHandle<()> {
+        AbortOnDropHandle::new(tokio::spawn(heartbeat(
             self.pool.clone(),
             self.owner.clone(),
             self.config.lease,
@@ -350,7 +342,7 @@ impl Exporter {
         )))
     }
 
-    fn near(&self, deadline: Instant) -> bool {
+    fn deadline_reached(&self, deadline: Instant) -> bool {
         Instant::now() >= deadline
     }
 
@@ -394,21 +386,21 @@ impl Exporter {
                     }
                     _ => {
                         info!(file = %key, "the item's unfinished file is gone: another exporter took the item, or its job ended; nothing to do");
-                        Ok(Progress::LeaseLost)
+                        Ok(ItemOutcome::LeaseLost)
                     }
                 }
             }
             other => other,
         };
         match result {
-            Ok(Progress::Finished { completed }) => {
+            Ok(ItemOutcome::Finished { completed }) => {
                 summary.items += 1;
                 if completed {
                     info!("export complete");
                     summary.complete(&job);
                 }
             }
-            Ok(Progress::Deadline) => {
+            Ok(ItemOutcome::Deadline) => {
                 work_items::release(&self.pool, &item, &self.owner).await?;
                 if let Err(e) = self.queue.send(job.id).await {
                     warn!(error = %e, "could not requeue; the schedule will resume the job");
@@ -416,14 +408,14 @@ impl Exporter {
                 info!("deadline near: progress saved, item handed off");
                 summary.handed_off.push(job.id);
             }
-            Ok(Progress::Cancelled) => {
+            Ok(ItemOutcome::Cancelled) => {
                 // The job's files are deleted once no exporter holds one of its items.
                 work_items::release(&self.pool, &item, &self.owner).await?;
                 if let Err(e) = self.queue.send(job.id).await {
                     warn!(error = %e, "could not send a wake-up for the cancellation");
                 }
             }
-            Ok(Progress::LeaseLost) => {
+            Ok(ItemOutcome::LeaseLost) => {
                 work_items::release(&self.pool, &item, &self.owner).await?;
                 info!("item lost to another exporter (this one was past its lease), or its job stopped");
             }
@@ -461,7 +453,7 @@ impl Exporter {
         job: &Job,
         item: WorkItem,
         deadline: Instant,
-    ) -> Result<Progress, Failure> {
+    ) -> Result<ItemOutcome, Failure> {
         // Validated at kick-off; a job stored by another version could still fail here.
         let filters =
             TypeFilters::parse(&job.params.type_filters).map_err(|e| Permanent(e.into()))?;

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::sink::FileSink;
-use super::{Exporter, Failure, Progress, PAGE_BYTES};
+use super::{Exporter, Failure, ItemOutcome, PAGE_BYTES};
 use crate::db::reads::{self, Selection, StreamedRow};
 use crate::db::work_items::{self, Checkpointed, WorkItem};
 use crate::db::DbError;
@@ -38,7 +38,7 @@ enum FileEnd {
     /// The phase's rows are all written.
     Exhausted,
     Deadline,
-    Stop(Progress),
+    Stop(ItemOutcome),
 }
 
 impl Exporter {
@@ -53,7 +53,7 @@ impl Exporter {
         type_wide: &Selection<'_>,
         transform: &RowTransform,
         deadline: Instant,
-    ) -> Result<Progress, Failure> {
+    ) -> Result<ItemOutcome, Failure> {
         let mut client = self.pool.get().await.map_err(DbError::from)?;
         let mut renewed = Instant::now();
         loop {
@@ -141,7 +141,7 @@ impl Exporter {
                             lines += 1;
                         }
                     }
-                    let late = self.near(deadline);
+                    let late = self.deadline_reached(deadline);
                     let write = async {
                         match &direct {
                             Some(row) => sink.write_line(row.resource_bytes()).await,
@@ -176,9 +176,9 @@ impl Exporter {
                         {
                             Ok(Some(JobStatus::Active)) => {}
                             Ok(Some(JobStatus::CancellationRequested)) => {
-                                break FileEnd::Stop(Progress::Cancelled)
+                                break FileEnd::Stop(ItemOutcome::Cancelled)
                             }
-                            Ok(_) => break FileEnd::Stop(Progress::LeaseLost),
+                            Ok(_) => break FileEnd::Stop(ItemOutcome::LeaseLost),
                             Err(e) => return Err(sink.abandon(e.into()).await),
                         }
                     }
@@ -199,7 +199,7 @@ impl Exporter {
                         // Nothing of phase 0 is recorded: the item starts it again.
                         sink.abort().await;
                         read.close().await.ok();
-                        return Ok(Progress::Deadline);
+                        return Ok(ItemOutcome::Deadline);
                     }
                     if let Some(file) = sink.finish_if_any().await? {
                         item.next_file_seq += 1;
@@ -247,20 +247,20 @@ impl Exporter {
                     Checkpointed::Saved => {}
                     Checkpointed::Completed => {
                         read.close().await.ok();
-                        return Ok(Progress::Finished { completed: true });
+                        return Ok(ItemOutcome::Finished { completed: true });
                     }
                     Checkpointed::LeaseLost => {
                         read.close().await.ok();
-                        return Ok(Progress::LeaseLost);
+                        return Ok(ItemOutcome::LeaseLost);
                     }
                 }
                 if item.done {
                     read.close().await.ok();
-                    return Ok(Progress::Finished { completed: false });
+                    return Ok(ItemOutcome::Finished { completed: false });
                 }
-                if end == FileEnd::Deadline || self.near(deadline) {
+                if end == FileEnd::Deadline || self.deadline_reached(deadline) {
                     read.close().await.ok();
-                    return Ok(Progress::Deadline);
+                    return Ok(ItemOutcome::Deadline);
                 }
                 if exhausted {
                     // Phase 0 is done: phase 1 gets its own read.
