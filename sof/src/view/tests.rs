@@ -411,3 +411,29 @@ fn union_branches_may_infer_fitting_types() {
     assert_eq!(el, "select[0].unionAll[1].column[0].type");
     assert_eq!(msg, "column 'v' is boolean here but code in unionAll[0]");
 }
+
+#[test]
+fn decimal_precision_follows_the_json_parser() {
+    let v = View::from_json(&json!({
+        "resource": "Observation",
+        "select": [{"column": [
+            {"name": "v", "path": "value.ofType(Quantity).value"},
+            {"name": "low", "path": "value.ofType(Quantity).value.lowBoundary()"}
+        ]}]
+    }))
+    .unwrap();
+    let obs: Value = serde_json::from_str(
+        r#"{"resourceType": "Observation", "valueQuantity": {"value": 1.50}}"#,
+    )
+    .unwrap();
+    let rows = v.rows(&obs).unwrap();
+    // serde_json keeps the number text only with its arbitrary_precision feature; then the value
+    // and its precision come out as written, otherwise as the nearest f64 (1.5, one decimal).
+    if serde_json::from_str::<Value>("1.50").unwrap().to_string() == "1.50" {
+        assert_eq!(rows[0][0].to_string(), "1.50");
+        assert_eq!(rows[0][1].to_string(), "1.495");
+    } else {
+        assert_eq!(rows[0][0].to_string(), "1.5");
+        assert_eq!(rows[0][1].to_string(), "1.45");
+    }
+}
