@@ -429,7 +429,8 @@ fn decimal_precision_follows_the_json_parser() {
     let rows = v.rows(&obs).unwrap();
     // serde_json keeps the number text only with its arbitrary_precision feature; then the value
     // and its precision come out as written, otherwise as the nearest f64 (1.5, one decimal).
-    if serde_json::from_str::<Value>("1.50").unwrap().to_string() == "1.50" {
+    let reread: String = serde_json::from_str::<Value>("1.50").unwrap().to_string();
+    if reread.as_str() == "1.50" {
         assert_eq!(rows[0][0].to_string(), "1.50");
         assert_eq!(rows[0][1].to_string(), "1.495");
     } else {
