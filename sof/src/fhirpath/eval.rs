@@ -262,7 +262,7 @@ fn children<'a>(it: &Item<'a>, step: &'a Step, f: &mut dyn FnMut(Item<'a>)) {
     match v {
         Value::Object(m) => {
             if let Some(c) = m.get(&*step.name) {
-                emit(c, None, m.get(&*step.ext_name), f);
+                emit(c, step.ty, m.get(&*step.ext_name), f);
                 return;
             }
             // A choice element: `value` → `valueQuantity`, `valueString`, …

@@ -27,6 +27,9 @@ use lex::{Tok, Token};
 pub(crate) struct Step {
     pub(crate) name: Box<str>,
     pub(crate) ext_name: Box<str>,
+    /// The element's FHIR type when the R4 model gives a single one (set by the model check);
+    /// the items the step reaches carry it.
+    pub(crate) ty: Option<&'static str>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,7 +161,7 @@ pub(crate) fn compile(
         scope,
         depth: 0,
     };
-    let expr = p.expr(0)?;
+    let mut expr = p.expr(0)?;
     let tok = p.peek();
     if tok.tok != Tok::End {
         return Err(format!(
@@ -174,8 +177,8 @@ pub(crate) fn compile(
     };
     let ctx = context.map(<[&'static str]>::to_vec);
     let types = match ty {
-        Some(t) => m.types(&expr, &ctx)?.or_else(|| Some(vec![t])),
-        None => m.types(&expr, &ctx)?,
+        Some(t) => m.types(&mut expr, &ctx)?.or_else(|| Some(vec![t])),
+        None => m.types(&mut expr, &ctx)?,
     };
     Ok(Compiled {
         expr,
@@ -209,7 +212,7 @@ struct ModelCheck<'a, 's> {
 }
 
 impl ModelCheck<'_, '_> {
-    fn types(&mut self, e: &Expr, ctx: &Types) -> Result<Types, String> {
+    fn types(&mut self, e: &mut Expr, ctx: &Types) -> Result<Types, String> {
         Ok(match e {
             Expr::Empty => None,
             Expr::Bool(_) => Some(vec!["boolean"]),
@@ -226,8 +229,12 @@ impl ModelCheck<'_, '_> {
                     Some(b) => self.types(b, ctx)?,
                     None => ctx.clone(),
                 };
-                for st in steps {
+                for st in steps.iter_mut() {
                     cur = self.step(cur, &st.name);
+                    st.ty = match cur.as_deref() {
+                        Some([one]) if !one.contains('.') => Some(*one),
+                        _ => None,
+                    };
                 }
                 cur
             }
@@ -286,7 +293,7 @@ impl ModelCheck<'_, '_> {
         Some(out)
     }
 
-    fn criterion(&mut self, func: &str, c: &Expr, items: &Types) -> Result<(), String> {
+    fn criterion(&mut self, func: &str, c: &mut Expr, items: &Types) -> Result<(), String> {
         let t = self.types(c, items)?;
         if let Some(ts) = t {
             if !ts.is_empty() && ts.iter().all(|t| kind_of(t) != Kind::Boolean) {
@@ -299,7 +306,7 @@ impl ModelCheck<'_, '_> {
         Ok(())
     }
 
-    fn func(&mut self, func: &Func, b: Types, ctx: &Types) -> Result<Types, String> {
+    fn func(&mut self, func: &mut Func, b: Types, ctx: &Types) -> Result<Types, String> {
         Ok(match func {
             Func::Where(c) => {
                 self.criterion("where", c, &b)?;
@@ -321,6 +328,7 @@ impl ModelCheck<'_, '_> {
                 Some(vec!["string"])
             }
             Func::OfType(spec) => {
+                let spec: &TypeSpec = spec;
                 let want = match spec {
                     TypeSpec::Resource(r) => model::type_name(r),
                     other => type_spec_name(other),
@@ -699,6 +707,7 @@ fn step(name: String) -> Step {
     Step {
         name: name.into_boxed_str(),
         ext_name,
+        ty: None,
     }
 }
 

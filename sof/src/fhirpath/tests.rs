@@ -387,3 +387,19 @@ fn deep_nesting_is_refused_not_a_stack_overflow() {
     let ok = format!("{}1{}", "(".repeat(30), ")".repeat(30));
     assert!(compile_with(&ok).is_ok());
 }
+
+#[test]
+fn items_carry_the_model_type() {
+    let p = json!({"resourceType": "Patient", "birthDate": "1970-06", "gender": "female",
+                   "deceasedDateTime": "2020-01-01T10:00:00Z"});
+    // birthDate is a date by the model, so it compares as one even with an untyped string.
+    assert_eq!(one("birthDate = '1970-06-15'", &p), Value::Null);
+    assert_eq!(one("birthDate < '1971'", &p), json!(true));
+    assert_eq!(one("gender.ofType(code)", &p), json!("female"));
+    assert_eq!(one("gender.ofType(string)", &p), json!("female"));
+    assert_eq!(run("gender.ofType(uri)", &p).unwrap(), Vec::<Value>::new());
+    assert_eq!(
+        one("deceased.ofType(dateTime) > birthDate", &p),
+        json!(true)
+    );
+}
