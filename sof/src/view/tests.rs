@@ -438,3 +438,11 @@ fn decimal_precision_follows_the_json_parser() {
         assert_eq!(rows[0][1].to_string(), "1.45");
     }
 }
+
+#[test]
+fn a_view_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<View>();
+    shareable::<ViewError>();
+    shareable::<crate::EvalError>();
+}
