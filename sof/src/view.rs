@@ -30,9 +30,11 @@ impl Column {
         self.declared_type.as_deref()
     }
 
-    /// The FHIR type the path is known to produce without a structure model: literals,
-    /// `ofType(X)`, boolean-valued operators and functions, `join`, `%rowIndex`, the key
-    /// functions. `None` for plain element paths.
+    /// The FHIR type the path gives, when it is a single one: element paths by the R4 model
+    /// (`name.family` → `string`, `contact` → `Patient.contact`), literals, `ofType(X)`,
+    /// boolean-valued operators and functions, `join`, `%rowIndex`, the key functions. `None`
+    /// when several types are possible (a choice element such as `value`) or the type is not
+    /// known.
     pub fn inferred_type(&self) -> Option<&'static str> {
         self.inferred_type
     }

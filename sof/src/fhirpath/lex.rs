@@ -248,7 +248,8 @@ pub(super) fn is_date(s: &str) -> bool {
 /// Whether `s` is a time zone: `Z`, `+hh:mm`, `-hh:mm`.
 pub(super) fn is_zone(s: &str) -> bool {
     s == "Z"
-        || ((s.starts_with('+') || s.starts_with('-'))
+        || (s.is_ascii()
+            && (s.starts_with('+') || s.starts_with('-'))
             && s.len() == 6
             && digits(&s[1..3], 2)
             && &s[3..4] == ":"

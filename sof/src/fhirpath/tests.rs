@@ -403,3 +403,29 @@ fn items_carry_the_model_type() {
         json!(true)
     );
 }
+
+#[test]
+fn odd_data_does_not_panic() {
+    // Values that look almost like dates, with non-ASCII where digits belong.
+    for v in [
+        "2020-01-01T10:00+1é00",
+        "2020-01-01T10:00+é:00",
+        "2020-0é",
+        "1é:00",
+        "2020-01-01T",
+        "",
+        "T",
+        "9999-99-99T99:99:99.999+99:99",
+    ] {
+        let r = json!({"resourceType": "Observation", "valueDateTime": v, "effectiveDateTime": v});
+        for e in [
+            "value.ofType(dateTime).lowBoundary()",
+            "value.ofType(dateTime).highBoundary()",
+            "value.ofType(dateTime) < @2020-01-01",
+            "value.ofType(dateTime) = effective.ofType(dateTime)",
+            "value.ofType(dateTime).lowBoundary(6)",
+        ] {
+            let _ = run(e, &r);
+        }
+    }
+}
