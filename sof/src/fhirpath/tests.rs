@@ -429,3 +429,97 @@ fn odd_data_does_not_panic() {
         }
     }
 }
+
+/// Random token soup: parsing never panics, and whatever parses evaluates without panicking.
+#[test]
+fn random_expressions_do_not_panic() {
+    const PIECES: &[&str] = &[
+        "name",
+        "given",
+        "family",
+        ".",
+        "(",
+        ")",
+        "[",
+        "]",
+        "0",
+        "1",
+        "2.5",
+        "'a'",
+        "'\\u00e9'",
+        "where",
+        "exists",
+        "first",
+        "join",
+        "ofType",
+        "string",
+        "Quantity",
+        "extension",
+        "getReferenceKey",
+        "Patient",
+        "lowBoundary",
+        "highBoundary",
+        "and",
+        "or",
+        "xor",
+        "implies",
+        "not",
+        "=",
+        "!=",
+        "<",
+        ">=",
+        "+",
+        "-",
+        "*",
+        "/",
+        "div",
+        "mod",
+        "&",
+        "|",
+        "{",
+        "}",
+        ",",
+        "$this",
+        "%resource",
+        "%rowIndex",
+        "%use",
+        "%n",
+        "@2020-01",
+        "@T10:00",
+        "birthDate",
+        "deceased",
+        "value",
+        "count",
+        "empty",
+        "last",
+        "`use`",
+        " ",
+        "'",
+        "@",
+        "%",
+        "é",
+        "true",
+        "false",
+        "managingOrganization",
+    ];
+    let p = patient();
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut parsed = 0;
+    for _ in 0..20_000 {
+        let n = 1 + (next() % 12) as usize;
+        let text: String = (0..n)
+            .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+            .collect();
+        if compile_with(&text).is_ok() {
+            parsed += 1;
+            let _ = run(&text, &p);
+        }
+    }
+    assert!(parsed > 1000, "only {parsed} random expressions parsed");
+}
