@@ -711,16 +711,31 @@ fn call<'a>(
         Func::OfType(spec) => {
             for it in input {
                 if is_type(it, spec) {
-                    out.push(match (it, spec) {
-                        // Remember the type asked for when the node's own type was not known.
-                        (Item::Node { v, ty: None, ext }, TypeSpec::Fhir(t)) => Item::Node {
-                            v,
-                            ty: Some(t),
-                            ext: *ext,
-                        },
-                        _ => it.clone(),
-                    });
+                    out.push(typed(it, spec));
                 }
+            }
+        }
+        Func::Is(spec) | Func::As(spec) => {
+            let it = match input {
+                [] => return Ok(()),
+                [one] => one,
+                _ => {
+                    return Err(format!(
+                        "'{}' needs a single value but got a collection of {} items",
+                        if matches!(func, Func::Is(_)) {
+                            "is"
+                        } else {
+                            "as"
+                        },
+                        input.len()
+                    ))
+                }
+            };
+            let yes = is_type(it, spec);
+            if matches!(func, Func::Is(_)) {
+                out.push(Item::Bool(yes));
+            } else if yes {
+                out.push(typed(it, spec));
             }
         }
         Func::Extension(url) => {
@@ -805,6 +820,20 @@ fn call<'a>(
             };
             let high = matches!(func, Func::HighBoundary(_));
             for it in input {
+                // A Period's boundaries are those of its start and end.
+                if let Item::Node {
+                    v: Value::Object(m),
+                    ty: Some("Period"),
+                    ..
+                } = it
+                {
+                    let key = if high { "end" } else { "start" };
+                    if let Some(s) = m.get(key).and_then(Value::as_str) {
+                        let input = boundary::Input::Text(s, Some("dateTime"));
+                        out.extend(boundary::boundary(input, precision, high));
+                    }
+                    continue;
+                }
                 let value = match prim(it) {
                     Prim::Str(s) => boundary::Input::Text(s, it.type_hint()),
                     Prim::Int(i) => boundary::Input::Decimal(Decimal::from_i64(i)),
@@ -818,6 +847,18 @@ fn call<'a>(
         }
     }
     Ok(())
+}
+
+/// `it` after `ofType`/`as`: a node whose own type was not known takes the type asked for.
+fn typed<'a>(it: &Item<'a>, spec: &TypeSpec) -> Item<'a> {
+    match (it, spec) {
+        (Item::Node { v, ty: None, ext }, TypeSpec::Fhir(t)) => Item::Node {
+            v,
+            ty: Some(t),
+            ext: *ext,
+        },
+        _ => it.clone(),
+    }
 }
 
 /// The type and id of a literal reference: `Patient/123`, `Patient/123/_history/2`, or an

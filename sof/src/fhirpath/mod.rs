@@ -6,9 +6,11 @@
 //! `$this`, literals (string, integer, decimal, boolean, `{}`, `@date`, `@dateTime`, `@Thh:mm`),
 //! external constants (the view's `%name`, `%resource`, `%rootResource`, `%context`,
 //! `%rowIndex`, `%ucum`, `%sct`, `%loinc`), unary minus, the operators `and`, `or`, `xor`,
-//! `implies`, `=`, `!=`, `<`, `>`, `<=`, `>=`, `|`, `+`, `-`, `*`, `/`, `div`, `mod`, `&`, and
+//! `implies`, `=`, `!=`, `<`, `>`, `<=`, `>=`, `|`, `+`, `-`, `*`, `/`, `div`, `mod`, `&`, `is`,
+//! `as`, and
 //! the functions `where`, `exists`, `empty`, `first`, `last`, `count`, `not`, `join`, `ofType`,
-//! `extension`, `getResourceKey`, `getReferenceKey`, `lowBoundary` and `highBoundary`.
+//! `is`, `as`, `extension`, `getResourceKey`, `getReferenceKey`, `lowBoundary` and
+//! `highBoundary` (also on Period).
 //! Anything else is refused when the expression is parsed.
 
 mod boundary;
@@ -98,6 +100,10 @@ pub(crate) enum Func {
     Not,
     Join(Option<Box<Expr>>),
     OfType(TypeSpec),
+    /// `is T` / `is(T)`: whether the single input item is a T.
+    Is(TypeSpec),
+    /// `as T` / `as(T)`: the single input item if it is a T.
+    As(TypeSpec),
     Extension(Box<Expr>),
     ResourceKey,
     ReferenceKey(Option<Box<str>>),
@@ -327,7 +333,8 @@ impl ModelCheck<'_, '_> {
                 }
                 Some(vec!["string"])
             }
-            Func::OfType(spec) => {
+            Func::Is(_) => Some(vec!["boolean"]),
+            Func::OfType(spec) | Func::As(spec) => {
                 let spec: &TypeSpec = spec;
                 let want = match spec {
                     TypeSpec::Resource(r) => model::type_name(r),
@@ -366,6 +373,7 @@ impl ModelCheck<'_, '_> {
                 match one_type(&b).map(kind_of) {
                     Some(Kind::Integer | Kind::Decimal) => Some(vec!["decimal"]),
                     Some(Kind::Temporal) => b,
+                    Some(Kind::Complex) if one_type(&b) == Some("Period") => Some(vec!["dateTime"]),
                     _ => None,
                 }
             }
@@ -414,14 +422,15 @@ fn binop_of(tok: &Tok) -> Option<(BinOp, u8)> {
     })
 }
 
+/// Precedence of `is` and `as` (between `|` and the additive operators).
+const TYPE_OP_PREC: u8 = 8;
+
 /// Operators of FHIRPath this subset does not take; named in the error.
 fn unsupported_operator(tok: &Tok) -> Option<&'static str> {
     match tok {
         Tok::Ident(s) => match s.as_str() {
             "in" => Some("in"),
             "contains" => Some("contains"),
-            "is" => Some("is"),
-            "as" => Some("as"),
             _ => None,
         },
         Tok::Sym("~") => Some("~"),
@@ -471,6 +480,16 @@ impl Parser<'_, '_> {
                     "operator '{op}' at position {} is not supported",
                     tok.pos + 1
                 ));
+            }
+            if let Tok::Ident(word) = &tok.tok {
+                if (word == "is" || word == "as") && TYPE_OP_PREC >= min_prec {
+                    let is = word == "is";
+                    self.next();
+                    let spec = self.type_spec()?;
+                    let func = if is { Func::Is(spec) } else { Func::As(spec) };
+                    lhs = Expr::Call(Some(Box::new(lhs)), func);
+                    continue;
+                }
             }
             let Some((op, prec)) = binop_of(&tok.tok) else {
                 break;
@@ -630,10 +649,9 @@ impl Parser<'_, '_> {
         }
         self.next();
         let func = match name.as_str() {
-            "ofType" => {
-                let spec = self.type_spec()?;
-                Func::OfType(spec)
-            }
+            "ofType" => Func::OfType(self.type_spec()?),
+            "is" => Func::Is(self.type_spec()?),
+            "as" => Func::As(self.type_spec()?),
             "getReferenceKey" => {
                 if self.at_sym(")") {
                     Func::ReferenceKey(None)
@@ -1008,7 +1026,8 @@ fn check_func(
             }
             Some("string")
         }
-        Func::OfType(spec) => type_spec_name(spec),
+        Func::OfType(spec) | Func::As(spec) => type_spec_name(spec),
+        Func::Is(_) => Some("boolean"),
         Func::Extension(url) => {
             expect_arg(sc, "extension", url, Kind::String, "a String")?;
             Some("Extension")
@@ -1026,6 +1045,7 @@ fn check_func(
             match base.map(kind_of) {
                 Some(Kind::Integer | Kind::Decimal) => Some("decimal"),
                 Some(Kind::Temporal) => base,
+                Some(Kind::Complex) if base == Some("Period") => Some("dateTime"),
                 Some(k) => {
                     return Err(format!(
                         "{name}() applies to decimals, dates and times, not {}",

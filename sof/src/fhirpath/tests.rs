@@ -523,3 +523,35 @@ fn random_expressions_do_not_panic() {
     }
     assert!(parsed > 1000, "only {parsed} random expressions parsed");
 }
+
+#[test]
+fn is_as_and_period_boundaries() {
+    let p = json!({"resourceType": "Patient", "deceasedBoolean": true, "gender": "male",
+                   "name": [{"family": "F", "period": {"start": "2001-02", "end": "2003-04-05T10:00:00Z"}}]});
+    assert_eq!(one("deceased is boolean", &p), json!(true));
+    assert_eq!(one("deceased is dateTime", &p), json!(false));
+    assert_eq!(one("deceased.is(System.Boolean)", &p), json!(true));
+    assert_eq!(one("(deceased as boolean) = true", &p), json!(true));
+    assert_eq!(one("deceased as dateTime", &p), Value::Null);
+    assert_eq!(one("deceased.as(boolean).not()", &p), json!(false));
+    assert_eq!(one("gender is code and gender is string", &p), json!(true));
+    assert_eq!(one("Patient.name.first() is HumanName", &p), json!(true));
+    assert!(run("name.family.first() | 'x' is string", &p).is_ok());
+    assert!(run("(name.family | 'x') is string", &p)
+        .unwrap_err()
+        .contains("'is' needs a single value"));
+    assert!(parse_err("deceased is Bool").contains("unknown type 'Bool'"));
+    assert_eq!(static_type("deceased is boolean"), Some("boolean"));
+    assert_eq!(static_type("deceased as dateTime"), Some("dateTime"));
+
+    assert_eq!(
+        one("name.period.lowBoundary()", &p),
+        json!("2001-02-01T00:00:00.000+14:00")
+    );
+    assert_eq!(
+        one("name.period.highBoundary()", &p),
+        json!("2003-04-05T10:00:00.999Z")
+    );
+    let c = compile_with("name.period.first().lowBoundary()").unwrap();
+    assert_eq!(c.types, Some(vec!["dateTime"]));
+}
