@@ -16,6 +16,8 @@ pub struct Column {
     inferred_type: Option<&'static str>,
     collection: bool,
     element: String,
+    description: Option<String>,
+    tags: Vec<(String, String)>,
 }
 
 impl Column {
@@ -52,6 +54,25 @@ impl Column {
     /// Where the column is defined in the ViewDefinition (`select[1].column[0]`).
     pub fn element(&self) -> &str {
         &self.element
+    }
+
+    /// The column's `description`.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// The column's tags as (name, value), in order: for example `("ansi/type", "DATE")`, the
+    /// specification's database type hint.
+    pub fn tags(&self) -> &[(String, String)] {
+        &self.tags
+    }
+
+    /// The value of the first tag named `name`.
+    pub fn tag(&self, name: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -478,13 +499,15 @@ impl Builder<'_> {
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(err(at(element, "collection"), "must be a boolean")),
         };
-        string(obj, "description", element)?;
+        let description = string(obj, "description", element)?.map(str::to_string);
+        let mut tags = Vec::new();
         for (i, t) in array(obj, "tag", element)?.iter().enumerate() {
             let el = format!("{}[{i}]", at(element, "tag"));
             let t = object(t, &el)?;
             check_keys(t, &el, &["name", "value", "id", "extension"])?;
-            string(t, "name", &el)?.ok_or_else(|| err(at(&el, "name"), "is required"))?;
-            string(t, "value", &el)?.ok_or_else(|| err(at(&el, "value"), "is required"))?;
+            let n = string(t, "name", &el)?.ok_or_else(|| err(at(&el, "name"), "is required"))?;
+            let v = string(t, "value", &el)?.ok_or_else(|| err(at(&el, "value"), "is required"))?;
+            tags.push((n.to_string(), v.to_string()));
         }
         let declared = string(obj, "type", element)?;
         if let Some(t) = declared {
@@ -507,6 +530,8 @@ impl Builder<'_> {
             inferred_type: inferred,
             collection,
             element: element.to_string(),
+            description,
+            tags,
         };
         self.add_column(c)?;
         Ok(ColumnExpr {

@@ -193,7 +193,9 @@ fn columns_describe_the_output() {
                 {"name": "code", "path": "code.coding.code", "collection": true, "type": "code"},
                 {"name": "q", "path": "value.ofType(Quantity).value"},
                 {"name": "has_value", "path": "value.exists()"},
-                {"name": "rr", "path": "referenceRange.first()", "type": "Observation.referenceRange"}
+                {"name": "rr", "path": "referenceRange.first()", "type": "Observation.referenceRange"},
+                {"name": "issued", "path": "issued", "description": "When made available",
+                 "tag": [{"name": "ansi/type", "value": "TIMESTAMP"}, {"name": "x", "value": "y"}]}
             ]
         }]
     }))
@@ -201,7 +203,12 @@ fn columns_describe_the_output() {
     assert_eq!(v.resource_type(), "Observation");
     assert_eq!(v.name(), Some("obs"));
     let c = v.columns();
-    assert_eq!(c.len(), 5);
+    assert_eq!(c.len(), 6);
+    assert_eq!(c[5].description(), Some("When made available"));
+    assert_eq!(c[5].tag("ansi/type"), Some("TIMESTAMP"));
+    assert_eq!(c[5].tags().len(), 2);
+    assert_eq!(c[5].fhir_type(), Some("instant"));
+    assert_eq!(c[0].tag("ansi/type"), None);
     assert_eq!(
         (c[0].name(), c[0].fhir_type(), c[0].collection()),
         ("id", Some("id"), false)
