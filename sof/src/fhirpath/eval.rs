@@ -423,6 +423,38 @@ fn binary<'a>(
                 }
             }
         }
+        BinOp::In | BinOp::Contains => {
+            let (elem, coll) = if op == BinOp::In {
+                (&lv, &rv)
+            } else {
+                (&rv, &lv)
+            };
+            if let Some(x) = single(elem, op)? {
+                let found = coll.iter().any(|c| equal(x, c) == Some(true));
+                out.push(Item::Bool(found));
+            }
+        }
+        BinOp::Equiv | BinOp::NotEquiv => {
+            // Same size, and every item equivalent to a distinct item of the other, in any order.
+            let mut used = vec![false; rv.len()];
+            let mut eq = lv.len() == rv.len();
+            if eq {
+                for a in &lv {
+                    match rv
+                        .iter()
+                        .enumerate()
+                        .find(|(i, b)| !used[*i] && equivalent(a, b))
+                    {
+                        Some((i, _)) => used[i] = true,
+                        None => {
+                            eq = false;
+                            break;
+                        }
+                    }
+                }
+            }
+            out.push(Item::Bool(if op == BinOp::Equiv { eq } else { !eq }));
+        }
         BinOp::Eq | BinOp::Ne => {
             if lv.is_empty() || rv.is_empty() {
                 return Ok(());
@@ -535,6 +567,43 @@ fn equal(a: &Item<'_>, b: &Item<'_>) -> Option<bool> {
             _ => false,
         },
     })
+}
+
+/// FHIRPath `~` on two items: strings ignoring case and differences in whitespace, numbers
+/// at the precision of the less precise one, dates only at the same precision.
+fn equivalent(a: &Item<'_>, b: &Item<'_>) -> bool {
+    let (pa, pb) = (prim(a), prim(b));
+    match (&pa, &pb) {
+        (Prim::Null, Prim::Null) => true,
+        (Prim::Str(x), Prim::Str(y)) => match temporals(a, b, x, y) {
+            Some((ta, tb)) => ta.compare(&tb) == Some(Ordering::Equal),
+            None => {
+                let norm = |s: &str| {
+                    s.split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .to_lowercase()
+                };
+                norm(x) == norm(y)
+            }
+        },
+        (Prim::Bool(x), Prim::Bool(y)) => x == y,
+        (Prim::Json(x), Prim::Json(y)) => x == y,
+        _ => match (num(&pa), num(&pb)) {
+            (Some(x), Some(y)) => {
+                let scale = x.scale().min(y.scale());
+                let round = |d: Decimal| {
+                    d.add(&Decimal::half_ulp(scale).unwrap_or(d))
+                        .and_then(|h| h.round_to(scale, false))
+                };
+                match (round(x), round(y)) {
+                    (Some(rx), Some(ry)) => rx == ry,
+                    _ => x == y,
+                }
+            }
+            _ => false,
+        },
+    }
 }
 
 fn compare(a: &Item<'_>, b: &Item<'_>) -> Res<Option<Ordering>> {

@@ -6,8 +6,8 @@
 //! `$this`, literals (string, integer, decimal, boolean, `{}`, `@date`, `@dateTime`, `@Thh:mm`),
 //! external constants (the view's `%name`, `%resource`, `%rootResource`, `%context`,
 //! `%rowIndex`, `%ucum`, `%sct`, `%loinc`), unary minus, the operators `and`, `or`, `xor`,
-//! `implies`, `=`, `!=`, `<`, `>`, `<=`, `>=`, `|`, `+`, `-`, `*`, `/`, `div`, `mod`, `&`, `is`,
-//! `as`, and
+//! `implies`, `=`, `!=`, `~`, `!~`, `in`, `contains`, `<`, `>`, `<=`, `>=`, `|`, `+`, `-`, `*`,
+//! `/`, `div`, `mod`, `&`, `is`, `as`, and
 //! the functions `where`, `exists`, `empty`, `first`, `last`, `count`, `not`, `join`, `ofType`,
 //! `is`, `as`, `extension`, `getResourceKey`, `getReferenceKey`, `lowBoundary` and
 //! `highBoundary` (also on Period).
@@ -50,6 +50,10 @@ pub(crate) enum BinOp {
     Implies,
     Eq,
     Ne,
+    Equiv,
+    NotEquiv,
+    In,
+    Contains,
     Lt,
     Gt,
     Le,
@@ -73,6 +77,10 @@ impl BinOp {
             BinOp::Implies => "implies",
             BinOp::Eq => "=",
             BinOp::Ne => "!=",
+            BinOp::Equiv => "~",
+            BinOp::NotEquiv => "!~",
+            BinOp::In => "in",
+            BinOp::Contains => "contains",
             BinOp::Lt => "<",
             BinOp::Gt => ">",
             BinOp::Le => "<=",
@@ -399,6 +407,8 @@ fn binop_of(tok: &Tok) -> Option<(BinOp, u8)> {
             "or" => (BinOp::Or, 2),
             "xor" => (BinOp::Xor, 2),
             "and" => (BinOp::And, 3),
+            "in" => (BinOp::In, 4),
+            "contains" => (BinOp::Contains, 4),
             "div" => (BinOp::IntDiv, 10),
             "mod" => (BinOp::Mod, 10),
             _ => return None,
@@ -406,6 +416,8 @@ fn binop_of(tok: &Tok) -> Option<(BinOp, u8)> {
         Tok::Sym(s) => match *s {
             "=" => (BinOp::Eq, 5),
             "!=" => (BinOp::Ne, 5),
+            "~" => (BinOp::Equiv, 5),
+            "!~" => (BinOp::NotEquiv, 5),
             "<" => (BinOp::Lt, 6),
             ">" => (BinOp::Gt, 6),
             "<=" => (BinOp::Le, 6),
@@ -424,20 +436,6 @@ fn binop_of(tok: &Tok) -> Option<(BinOp, u8)> {
 
 /// Precedence of `is` and `as` (between `|` and the additive operators).
 const TYPE_OP_PREC: u8 = 8;
-
-/// Operators of FHIRPath this subset does not take; named in the error.
-fn unsupported_operator(tok: &Tok) -> Option<&'static str> {
-    match tok {
-        Tok::Ident(s) => match s.as_str() {
-            "in" => Some("in"),
-            "contains" => Some("contains"),
-            _ => None,
-        },
-        Tok::Sym("~") => Some("~"),
-        Tok::Sym("!~") => Some("!~"),
-        _ => None,
-    }
-}
 
 impl Parser<'_, '_> {
     fn peek(&self) -> &Token {
@@ -475,12 +473,6 @@ impl Parser<'_, '_> {
         let mut lhs = self.unary()?;
         loop {
             let tok = self.peek();
-            if let Some(op) = unsupported_operator(&tok.tok) {
-                return Err(format!(
-                    "operator '{op}' at position {} is not supported",
-                    tok.pos + 1
-                ));
-            }
             if let Tok::Ident(word) = &tok.tok {
                 if (word == "is" || word == "as") && TYPE_OP_PREC >= min_prec {
                     let is = word == "is";
@@ -931,9 +923,16 @@ fn check_binary(
         ))
     };
     Ok(match op {
-        BinOp::And | BinOp::Or | BinOp::Xor | BinOp::Implies | BinOp::Eq | BinOp::Ne => {
-            Some("boolean")
-        }
+        BinOp::And
+        | BinOp::Or
+        | BinOp::Xor
+        | BinOp::Implies
+        | BinOp::Eq
+        | BinOp::Ne
+        | BinOp::Equiv
+        | BinOp::NotEquiv
+        | BinOp::In
+        | BinOp::Contains => Some("boolean"),
         BinOp::Lt | BinOp::Gt | BinOp::Le | BinOp::Ge => {
             if let (Some(a), Some(b)) = (lk, rk) {
                 let ok = (numeric(a) && numeric(b)) || (stringish(a) && stringish(b));

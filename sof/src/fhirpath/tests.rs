@@ -117,8 +117,6 @@ fn unknown_and_unsupported_names_are_refused() {
     assert!(parse_err("value.ofType(Quantty)").contains("unknown type 'Quantty'"));
     assert!(parse_err("subject.getReferenceKey(Patinet)").contains("unknown type 'Patinet'"));
     assert!(parse_err("subject.getReferenceKey(string)").contains("takes a resource type"));
-    assert!(parse_err("gender in ('a' | 'b')").contains("operator 'in'"));
-    assert!(parse_err("gender ~ 'a'").contains("operator '~'"));
     assert!(parse_err("$index").contains("$index at position 1 is not supported"));
 }
 
@@ -554,4 +552,26 @@ fn is_as_and_period_boundaries() {
     );
     let c = compile_with("name.period.first().lowBoundary()").unwrap();
     assert_eq!(c.types, Some(vec!["dateTime"]));
+}
+
+#[test]
+fn membership_and_equivalence() {
+    let p = patient();
+    assert_eq!(one("'Bea' in name.given", &p), json!(true));
+    assert_eq!(one("'Zed' in name.given", &p), json!(false));
+    assert_eq!(one("{} in name.given", &p), Value::Null);
+    assert_eq!(one("name.given contains 'Cy'", &p), json!(true));
+    assert_eq!(one("name.use contains 'old'", &p), json!(false));
+    assert!(run("name.given in name.given", &p)
+        .unwrap_err()
+        .contains("needs single values"));
+    assert_eq!(one("'Hello  World' ~ 'hello world'", &p), json!(true));
+    assert_eq!(one("'a' !~ 'A'", &p), json!(false));
+    assert_eq!(one("1.2 ~ 1.24", &p), json!(true));
+    assert_eq!(one("1.2 ~ 1.26", &p), json!(false));
+    assert_eq!(one("{} ~ {}", &p), json!(true));
+    assert_eq!(one("{} ~ 'a'", &p), json!(false));
+    assert_eq!(one("(1 | 2) ~ (2 | 1)", &p), json!(true));
+    assert_eq!(one("@2020-01 ~ @2020-01-01", &p), json!(false));
+    assert_eq!(static_type("'a' in name.given"), Some("boolean"));
 }
