@@ -108,6 +108,7 @@ impl std::fmt::Debug for Config {
             .field("cancelled_status_code", &self.cancelled_status_code)
             .field("lease", &self.lease)
             .field("max_attempts", &self.max_attempts)
+            .field("storage_outage", &self.storage_outage)
             .field("retry_after_seconds", &self.retry_after_seconds)
             .field("min_poll_interval", &self.min_poll_interval)
             .field("max_concurrent_exports", &self.max_concurrent_exports)
@@ -212,6 +213,9 @@ pub struct Config {
     pub lease: Duration,
     /// Crashed or failed attempts before a job is Failed.
     pub max_attempts: i32,
+    /// How long an item waits out its storage being unavailable (timeouts, unreachable, 5xx)
+    /// before its job is Failed; such failures are not attempts.
+    pub storage_outage: Duration,
     /// Seconds a client is told to wait between status polls.
     pub retry_after_seconds: u64,
     /// Status polls of a running job closer together than this get 429 (0: no limit).
@@ -417,6 +421,7 @@ impl Config {
             cancelled_status_code: cancelled_status_code as u16,
             lease: Duration::from_secs(number(&var, "LEASE_SECONDS", 120)?.max(5)),
             max_attempts: number(&var, "MAX_ATTEMPTS", 3)?.max(1) as i32,
+            storage_outage: Duration::from_secs(number(&var, "STORAGE_OUTAGE_SECONDS", 900)?),
             retry_after_seconds: number(&var, "RETRY_AFTER_SECONDS", 2)?.max(1),
             min_poll_interval: Duration::from_millis(number(&var, "MIN_POLL_INTERVAL_MS", 500)?),
             max_concurrent_exports: number(&var, "MAX_CONCURRENT_EXPORTS", 10)?.max(1) as i64,

@@ -109,6 +109,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0015_bytewise_keys",
         include_str!("../../../infra/migrations/0015_bytewise_keys.sql"),
     ),
+    (
+        "0016_storage_outage",
+        include_str!("../../../infra/migrations/0016_storage_outage.sql"),
+    ),
 ];
 
 /// A connection pool for DATABASE_URL, over TLS when its `sslmode` asks for it (see [`tls`]).

@@ -30,8 +30,12 @@ pub struct WorkItem {
     pub cursor_id: String,
     pub next_file_seq: i32,
     pub done: bool,
-    /// Failures without progress (a crashed owner's lease counts when the item is reclaimed).
+    /// Failures without progress (a crashed owner's lease counts when the item is reclaimed),
+    /// storage outages aside.
     pub attempts: i32,
+    /// Since when its storage has been unavailable, without progress since (see
+    /// [`record_failure`]).
+    pub storage_down_since: Option<chrono::DateTime<chrono::Utc>>,
     pub error: Option<String>,
     pub public_error: Option<String>,
 }
@@ -61,7 +65,7 @@ impl WorkItem {
 }
 
 const ITEM_COLUMNS: &str = "job_id, resource_type, part, lo_id, hi_id, phase, cursor_id, \
-     next_file_seq, done, attempts, error, public_error";
+     next_file_seq, done, attempts, storage_down_since, error, public_error";
 
 fn item_from_row(r: &tokio_postgres::Row) -> WorkItem {
     WorkItem {
@@ -75,6 +79,7 @@ fn item_from_row(r: &tokio_postgres::Row) -> WorkItem {
         next_file_seq: r.get("next_file_seq"),
         done: r.get("done"),
         attempts: r.get("attempts"),
+        storage_down_since: r.get("storage_down_since"),
         error: r.get("error"),
         public_error: r.get("public_error"),
     }
@@ -168,7 +173,8 @@ pub async fn claim_item(
                  LIMIT 1
                  FOR UPDATE OF w SKIP LOCKED)
              UPDATE export_work_items w SET
-                 attempts = w.attempts + CASE WHEN w.lease_owner IS NOT NULL THEN 1 ELSE 0 END,
+                 attempts = w.attempts + CASE WHEN w.lease_owner IS NOT NULL
+                                               AND w.storage_down_since IS NULL THEN 1 ELSE 0 END,
                  lease_owner = $1,
                  lease_expires_at = now() + make_interval(secs => $2),
                  updated_at = now()
@@ -195,6 +201,21 @@ pub async fn claim_item(
         )
         .await?;
     Ok(row.as_ref().map(item_from_row))
+}
+
+/// Marks the item's storage as unavailable from now (unless it already is): its owner's
+/// storage call is overdue and its lease is left to lapse, so the next owner's claim is not an
+/// attempt.
+pub async fn mark_storage_down(pool: &Pool, item: &WorkItem, owner: &str) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE export_work_items SET storage_down_since = coalesce(storage_down_since, now())
+             WHERE job_id = $1 AND resource_type = $2 AND part = $3 AND lease_owner = $4",
+            &[&item.job_id, &item.resource_type, &item.part, &owner],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Extends the item's lease; returns its job's status, or None when the lease was lost.
@@ -244,28 +265,45 @@ pub async fn release(pool: &Pool, item: &WorkItem, owner: &str) -> Result<(), Db
     Ok(())
 }
 
-/// Records a failed attempt of an item. Below `max_attempts` the item is retried after
-/// `backoff` (by any exporter); at the cap its job becomes Failed, in the same transaction.
-/// The job row shows the last error and the most attempts of any item. Returns the job's
-/// status afterwards (None when the item was no longer this owner's).
+/// When a failed item gives up: after `max_attempts` failed attempts, or when its storage has
+/// been unavailable for `storage_outage`.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryLimits {
+    pub max_attempts: i32,
+    pub storage_outage: Duration,
+    /// Wait before the item is taken again.
+    pub backoff: Duration,
+}
+
+/// Records a failed attempt of an item. Below the limits the item is retried after the backoff
+/// (by any exporter); at a limit its job becomes Failed, in the same transaction. A failure
+/// because the storage is unavailable (`storage_down`) is not an attempt: it starts (or
+/// continues) the item's outage, which gives up after `limits.storage_outage`. The job row
+/// shows the last error and the most attempts of any item. Returns the job's status afterwards
+/// (None when the item was no longer this owner's).
 pub async fn record_failure(
     pool: &Pool,
     item: &WorkItem,
     owner: &str,
     error: &JobError,
-    max_attempts: i32,
-    backoff: Duration,
+    storage_down: bool,
+    limits: RetryLimits,
     retention: Duration,
 ) -> Result<Option<JobStatus>, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let Some(row) = tx
         .query_opt(
-            "UPDATE export_work_items SET attempts = attempts + 1, error = $5, public_error = $6,
+            "UPDATE export_work_items SET
+                 attempts = attempts + CASE WHEN $8 THEN 0 ELSE 1 END,
+                 storage_down_since = CASE WHEN $8 THEN coalesce(storage_down_since, now())
+                                           ELSE storage_down_since END,
+                 error = $5, public_error = $6,
                  lease_owner = NULL, lease_expires_at = now() + make_interval(secs => $7),
                  updated_at = now()
              WHERE job_id = $1 AND resource_type = $2 AND part = $3 AND lease_owner = $4
-             RETURNING attempts",
+             RETURNING attempts,
+                 coalesce(now() - storage_down_since >= make_interval(secs => $9), false)",
             &[
                 &item.job_id,
                 &item.resource_type,
@@ -273,7 +311,9 @@ pub async fn record_failure(
                 &owner,
                 &error.internal,
                 &error.public,
-                &backoff.as_secs_f64(),
+                &limits.backoff.as_secs_f64(),
+                &storage_down,
+                &limits.storage_outage.as_secs_f64(),
             ],
         )
         .await?
@@ -281,14 +321,25 @@ pub async fn record_failure(
         return Ok(None);
     };
     let attempts: i32 = row.get(0);
+    let outage_over: bool = row.get(1);
+    let give_up = attempts >= limits.max_attempts || outage_over;
+    let internal = if outage_over {
+        format!(
+            "the storage was unavailable for STORAGE_OUTAGE_SECONDS ({} s); last error: {}",
+            limits.storage_outage.as_secs(),
+            error.internal
+        )
+    } else {
+        error.internal.clone()
+    };
     let status = tx
         .query_opt(
             &format!(
                 "UPDATE export_jobs SET
                  attempts = greatest(attempts, $2), error = $3, public_error = $4,
-                 status = CASE WHEN {fail} AND $2 >= $5 THEN {failed} ELSE status END,
-                 completed_at = CASE WHEN {fail} AND $2 >= $5 THEN now() ELSE completed_at END,
-                 expires_at = CASE WHEN {fail} AND $2 >= $5
+                 status = CASE WHEN {fail} AND $5 THEN {failed} ELSE status END,
+                 completed_at = CASE WHEN {fail} AND $5 THEN now() ELSE completed_at END,
+                 expires_at = CASE WHEN {fail} AND $5
                                    THEN now() + make_interval(secs => $6) ELSE expires_at END,
                  updated_at = now()
              WHERE id = $1 RETURNING status",
@@ -298,9 +349,9 @@ pub async fn record_failure(
             &[
                 &item.job_id,
                 &attempts,
-                &error.internal,
+                &internal,
                 &error.public,
-                &max_attempts,
+                &give_up,
                 &retention.as_secs_f64(),
             ],
         )
@@ -350,6 +401,7 @@ pub async fn checkpoint(
         .prepare_cached(
             "UPDATE export_work_items SET phase = $5, cursor_id = $6, next_file_seq = $7, done = $8,
                  attempts = CASE WHEN $9 THEN 0 ELSE attempts END,
+                 storage_down_since = CASE WHEN $9 THEN NULL ELSE storage_down_since END,
                  lease_owner = CASE WHEN $8 THEN NULL ELSE lease_owner END,
                  lease_expires_at = CASE WHEN $8 THEN NULL ELSE lease_expires_at END,
                  updated_at = now()

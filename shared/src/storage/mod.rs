@@ -39,6 +39,10 @@ pub enum StorageError {
         key: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+        /// S3 did not answer in time, could not be reached, or answered with a server error:
+        /// an outage to ride out rather than an attempt that failed
+        /// ([`StorageError::unavailable`]).
+        unavailable: bool,
     },
     /// A function that does not declare the action (infra/functions.json) tried it.
     #[error("{action} on {key:?}: {message}")]
@@ -47,6 +51,21 @@ pub enum StorageError {
         key: String,
         message: String,
     },
+}
+
+impl StorageError {
+    /// The storage is out of reach (S3 timing out, unreachable, or answering 5xx), as opposed
+    /// to refusing this request: the exporter waits for it (up to STORAGE_OUTAGE_SECONDS)
+    /// without counting attempts.
+    pub fn unavailable(&self) -> bool {
+        matches!(
+            self,
+            StorageError::S3 {
+                unavailable: true,
+                ..
+            }
+        )
+    }
 }
 
 /// How a client gets a file.

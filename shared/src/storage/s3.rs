@@ -9,6 +9,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
@@ -48,6 +50,28 @@ fn s3_err(
         operation,
         key: key.to_string(),
         source: Box::new(err),
+        unavailable: false,
+    }
+}
+
+/// The error of an S3 call; `unavailable` when S3 timed out, could not be reached or answered
+/// with a server error (after the SDK's own retries).
+fn sdk_err<E>(operation: &'static str, key: &str, err: SdkError<E, HttpResponse>) -> StorageError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let unavailable = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(e) => e.raw().status().is_server_error(),
+        _ => false,
+    };
+    StorageError::S3 {
+        operation,
+        key: key.to_string(),
+        source: Box::new(err),
+        unavailable,
     }
 }
 
@@ -148,7 +172,7 @@ impl ObjectStore for S3Store {
                 .set_continuation_token(token)
                 .send()
                 .await
-                .map_err(|e| s3_err("ListObjectsV2", &full, e))?;
+                .map_err(|e| sdk_err("ListObjectsV2", &full, e))?;
             let ids: Vec<ObjectIdentifier> = page
                 .contents()
                 .iter()
@@ -168,7 +192,7 @@ impl ObjectStore for S3Store {
                     .delete(delete)
                     .send()
                     .await
-                    .map_err(|e| s3_err("DeleteObjects", &full, e))?;
+                    .map_err(|e| sdk_err("DeleteObjects", &full, e))?;
                 deleted += n;
             }
             match page.next_continuation_token() {
@@ -215,7 +239,7 @@ impl ObjectStore for S3Store {
                         key: key.to_string(),
                     }
                 } else {
-                    s3_err("GetObject", &full, e)
+                    sdk_err("GetObject", &full, e)
                 }
             })?;
         let data = out
@@ -286,7 +310,7 @@ impl Upload {
                     .set_content_encoding(self.content_encoding.map(str::to_string))
                     .send()
                     .await
-                    .map_err(|e| s3_err("CreateMultipartUpload", &self.key, e))?;
+                    .map_err(|e| sdk_err("CreateMultipartUpload", &self.key, e))?;
                 let id = created.upload_id().unwrap_or_default().to_string();
                 self.upload_id = Some(id.clone());
                 id
@@ -308,7 +332,7 @@ impl Upload {
             .config_override(sized)
             .send()
             .await
-            .map_err(|e| s3_err("UploadPart", &self.key, e))?;
+            .map_err(|e| sdk_err("UploadPart", &self.key, e))?;
         self.parts.push(
             CompletedPart::builder()
                 .part_number(number)
@@ -334,7 +358,7 @@ impl Upload {
                 .config_override(sized)
                 .send()
                 .await
-                .map_err(|e| s3_err("PutObject", &self.key, e))?;
+                .map_err(|e| sdk_err("PutObject", &self.key, e))?;
             return Ok(());
         }
         if !self.buffer.is_empty() {
@@ -355,7 +379,7 @@ impl Upload {
             )
             .send()
             .await
-            .map_err(|e| s3_err("CompleteMultipartUpload", &self.key, e))?;
+            .map_err(|e| sdk_err("CompleteMultipartUpload", &self.key, e))?;
         self.upload_id = None;
         Ok(())
     }

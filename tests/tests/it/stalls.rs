@@ -85,7 +85,8 @@ async fn the_clients_built_from_the_environment_carry_the_timeouts() {
     assert_eq!(t.operation_timeout(), Some(default.operation));
 }
 
-// Issue 28 item 12: a hung S3 may not stall an export much past a lease once it answers again.
+// A hung S3 may not stall an export much past a lease once it answers again, nor fail it
+// before STORAGE_OUTAGE_SECONDS.
 
 mod overdue {
     use std::collections::{BTreeMap, BTreeSet};
@@ -184,12 +185,10 @@ mod overdue {
         assert_eq!(counts, expected);
     }
 
-    /// S3 (moto behind a relay) accepts connections and answers nothing for 8 s, longer than
-    /// an attempt's timeout (connect 1 s + first byte 1 s + body at 1 MiB/s); then it answers
-    /// again. The export completes exactly, and well within three leases of S3 answering.
-    #[tokio::test]
-    async fn a_hung_s3_that_answers_again_delays_the_export_by_at_most_about_a_lease() {
-        let (db, data) = TestDb::with_generated(20).await;
+    /// S3 (moto) behind a relay that can hang, through a store whose requests time out fast:
+    /// connect 1 s + first byte 1 s + body at 1 MiB/s an attempt, three attempts an operation
+    /// (about 9 s).
+    async fn hung_s3() -> (StallRelay, Arc<dyn ObjectStore>) {
         let (_, bucket) = integration_tests::new_bucket().await;
         let relay = StallRelay::start(&integration_tests::aws_endpoint()).await;
         let timeouts = S3Timeouts {
@@ -213,6 +212,16 @@ mod overdue {
         );
         let store: Arc<dyn ObjectStore> =
             Arc::new(S3Store::new(client, bucket, "exports".into()).with_timeouts(timeouts));
+        (relay, store)
+    }
+
+    /// S3 (moto behind a relay) accepts connections and answers nothing for 8 s, longer than
+    /// an attempt's timeout; then it answers again. The export completes exactly, and well
+    /// within three leases of S3 answering.
+    #[tokio::test]
+    async fn a_hung_s3_that_answers_again_delays_the_export_by_at_most_about_a_lease() {
+        let (db, data) = TestDb::with_generated(20).await;
+        let (relay, store) = hung_s3().await;
         let job = new_job(&db).await;
 
         relay.hang(true);
@@ -236,6 +245,116 @@ mod overdue {
 
         let rows = stored_resources(&db.pool, store.as_ref(), job).await;
         assert_exact(&rows, data.count_by_type());
+    }
+
+    /// An exporter with the default MAX_ATTEMPTS (3) and an outage limit of `outage`.
+    fn default_exporter(db: &TestDb, store: Arc<dyn ObjectStore>, outage: &str) -> Exporter {
+        let config = config_with(
+            db,
+            &[
+                ("LEASE_SECONDS", "5"),
+                ("MAX_FILE_BYTES", "15000"),
+                ("STORAGE_OUTAGE_SECONDS", outage),
+            ],
+        );
+        assert_eq!(config.max_attempts, 3);
+        let mut ex = Exporter::new(db.pool.clone(), store, Arc::new(NoQueue), config);
+        ex.retry_backoff = Duration::from_millis(200);
+        ex
+    }
+
+    /// S3 hangs for 60 s: more than six times an operation's timeouts, so every attempt in that
+    /// time fails, as the default 63 s operations do over an outage of minutes. Outage failures
+    /// are not attempts: with the default MAX_ATTEMPTS the export waits, completes exactly once
+    /// S3 answers, within about a lease, and no item counted an attempt.
+    #[tokio::test]
+    async fn an_s3_outage_of_a_minute_delays_the_export_without_using_up_its_attempts() {
+        let (db, data) = TestDb::with_generated(20).await;
+        let (relay, store) = hung_s3().await;
+        let job = new_job(&db).await;
+
+        relay.hang(true);
+        let a = keep_exporting(default_exporter(&db, store.clone(), "900"), &db, job);
+        let b = keep_exporting(default_exporter(&db, store.clone(), "900"), &db, job);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let during = jobs::get_job(&db.pool, job)
+            .await
+            .expect("db")
+            .expect("job");
+        assert_eq!(
+            during.status,
+            JobStatus::Active,
+            "waiting for S3, not failed: {:?}",
+            during.error
+        );
+        let client = db.pool.get().await.expect("conn");
+        let down: i64 = client
+            .query_one(
+                "SELECT count(*) FROM export_work_items
+                 WHERE job_id = $1 AND storage_down_since IS NOT NULL",
+                &[&job],
+            )
+            .await
+            .expect("items")
+            .get(0);
+        assert!(down > 0, "the outage is recorded on the items it holds up");
+        relay.hang(false);
+        let recovered = completed_within(&db, job, LEASE * 3).await;
+        eprintln!("complete {recovered:?} after a 60 s outage");
+        a.abort();
+        b.abort();
+        let (attempts, down): (i32, i64) = {
+            let row = client
+                .query_one(
+                    "SELECT coalesce(max(attempts), 0),
+                            count(*) FILTER (WHERE storage_down_since IS NOT NULL)
+                     FROM export_work_items WHERE job_id = $1",
+                    &[&job],
+                )
+                .await
+                .expect("items");
+            (row.get(0), row.get(1))
+        };
+        assert_eq!(attempts, 0, "an outage is not an attempt");
+        assert_eq!(down, 0, "progress ends the outage");
+
+        let rows = stored_resources(&db.pool, store.as_ref(), job).await;
+        assert_exact(&rows, data.count_by_type());
+    }
+
+    /// An outage longer than STORAGE_OUTAGE_SECONDS fails the job, saying so.
+    #[tokio::test]
+    async fn an_s3_outage_past_its_limit_fails_the_export_saying_why() {
+        let db = TestDb::with_generated(3).await.0;
+        let (relay, store) = hung_s3().await;
+        let job = new_job(&db).await;
+        relay.hang(true);
+        let a = keep_exporting(default_exporter(&db, store.clone(), "3"), &db, job);
+        let started = Instant::now();
+        let failed = loop {
+            let j = jobs::get_job(&db.pool, job)
+                .await
+                .expect("db")
+                .expect("job");
+            if j.status == JobStatus::Failed {
+                break j;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "still {:?} after 60 s of an outage limited to 3 s",
+                j.status
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        a.abort();
+        relay.hang(false);
+        let error = failed.error.unwrap_or_default();
+        assert!(
+            error.contains("the storage was unavailable for STORAGE_OUTAGE_SECONDS (3 s)"),
+            "{error}"
+        );
+        let public = failed.public_error.unwrap_or_default();
+        assert!(public.contains("storage was unavailable"), "{public}");
     }
 
     /// A local store whose first write never returns (a storage call stuck beyond any timeout)

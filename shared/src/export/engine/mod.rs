@@ -208,6 +208,11 @@ async fn heartbeat(
                 overdue_ms = late.as_millis() as u64,
                 "a storage call is overdue; no longer renewing the lease, another exporter will take the work"
             );
+            if let Leased::Item(item) = &leased {
+                if let Err(e) = work_items::mark_storage_down(&pool, item, &owner).await {
+                    warn!(error = %e, "could not record the storage outage");
+                }
+            }
             break;
         }
         let renewed = match &leased {
@@ -366,6 +371,19 @@ impl Exporter {
             self.fail(&job, None, &error, summary).await?;
             return Ok(());
         }
+        let down_for = item
+            .storage_down_since
+            .and_then(|since| (chrono::Utc::now() - since).to_std().ok());
+        if down_for.is_some_and(|d| d >= self.config.storage_outage) {
+            let error = coordinate::storage_gone(
+                self.config.storage_outage,
+                item.error.as_deref(),
+                item.public_error.as_deref(),
+            );
+            warn!(error = %error.internal, "export failed for good");
+            self.fail(&job, None, &error, summary).await?;
+            return Ok(());
+        }
         // The lease is kept alive by time, not by page progress: a storage call that takes
         // long (within its own timeout) does not let another exporter take the item.
         let heartbeat = self.keep_leased(Leased::Item(item.clone()));
@@ -431,14 +449,23 @@ impl Exporter {
             }
             Err(Transient(e)) => {
                 let error = job_error(&e);
-                warn!(error = %error.internal, "export attempt failed");
+                let storage_down = matches!(&e, EngineError::Storage(s) if s.unavailable());
+                if storage_down {
+                    warn!(error = %error.internal, "storage unavailable; the item waits for it");
+                } else {
+                    warn!(error = %error.internal, "export attempt failed");
+                }
                 let status = work_items::record_failure(
                     &self.pool,
                     &item,
                     &self.owner,
                     &error,
-                    self.config.max_attempts,
-                    self.retry_backoff,
+                    storage_down,
+                    work_items::RetryLimits {
+                        max_attempts: self.config.max_attempts,
+                        storage_outage: self.config.storage_outage,
+                        backoff: self.retry_backoff,
+                    },
                     self.config.job_retention,
                 )
                 .await?;

@@ -150,6 +150,7 @@ impl ObjectWriter for FlakyWriter {
                 operation: "CompleteMultipartUpload",
                 key: "test".into(),
                 source: "injected failure".into(),
+                unavailable: false,
             });
         }
         self.inner.finish().await
