@@ -10,7 +10,7 @@ use std::cmp::Ordering;
 use serde_json::Value;
 
 use super::temporal::Temporal;
-use super::{boundary, BinOp, Expr, Func, Step, Var};
+use super::{boundary, BinOp, Expr, Func, Step, StrFn, Var};
 use crate::decimal::Decimal;
 use crate::types::{self, fhir_is_a, kind_of, Kind, TypeSpec};
 
@@ -871,6 +871,135 @@ fn call<'a>(
                 }
             }
         }
+        Func::Iif(c, a, e) => {
+            let mut r = Vec::new();
+            eval(c, input, env, &mut r)?;
+            if truth(&r)? == Some(true) {
+                eval(a, input, env, out)?;
+            } else if let Some(e) = e {
+                eval(e, input, env, out)?;
+            }
+        }
+        Func::Select(e) => {
+            for it in input {
+                eval(e, std::slice::from_ref(it), env, out)?;
+            }
+        }
+        Func::All(c) => {
+            let mut r = Vec::new();
+            let mut all = true;
+            for it in input {
+                r.clear();
+                eval(c, std::slice::from_ref(it), env, &mut r)?;
+                if truth(&r)? != Some(true) {
+                    all = false;
+                    break;
+                }
+            }
+            out.push(Item::Bool(all));
+        }
+        Func::Distinct => {
+            let start = out.len();
+            for it in input {
+                if !out[start..].iter().any(|o| equal(o, it) == Some(true)) {
+                    out.push(it.clone());
+                }
+            }
+        }
+        Func::Single => {
+            if input.len() > 1 {
+                return Err(format!(
+                    "single() got a collection of {} items",
+                    input.len()
+                ));
+            }
+            out.extend_from_slice(input);
+        }
+        Func::Tail => out.extend(input.iter().skip(1).cloned()),
+        Func::Skip(n) | Func::Take(n) => {
+            let Some(n) = int_arg(n, focus, env)? else {
+                return Ok(());
+            };
+            let n = usize::try_from(n.max(0)).unwrap_or(usize::MAX);
+            if matches!(func, Func::Skip(_)) {
+                out.extend(input.iter().skip(n).cloned());
+            } else {
+                out.extend(input.iter().take(n).cloned());
+            }
+        }
+        Func::HasValue => {
+            let has = match input {
+                [one] => !matches!(prim(one), Prim::Null | Prim::Json(_)),
+                _ => false,
+            };
+            out.push(Item::Bool(has));
+        }
+        Func::Str(f) => {
+            let it = match input {
+                [] => return Ok(()),
+                [one] => one,
+                _ => {
+                    return Err(format!(
+                        "a string function needs a single value but got a collection of {} items",
+                        input.len()
+                    ))
+                }
+            };
+            if let StrFn::ToString = f {
+                if let Prim::Json(_) | Prim::Null = prim(it) {
+                    return Ok(());
+                }
+                out.push(Item::Str(Cow::Owned(string_of(Some(it))?), None));
+                return Ok(());
+            }
+            let Prim::Str(s) = prim(it) else {
+                return Err(format!("{} is not a string", it.describe()));
+            };
+            let owned = |t: String| Item::Str(Cow::Owned(t), None);
+            match f {
+                StrFn::ToString => {}
+                StrFn::Lower => out.push(owned(s.to_lowercase())),
+                StrFn::Upper => out.push(owned(s.to_uppercase())),
+                StrFn::Trim => out.push(owned(s.trim().to_string())),
+                StrFn::Length => out.push(Item::Int(
+                    i64::try_from(s.chars().count()).unwrap_or(i64::MAX),
+                )),
+                StrFn::Substring(start, len) => {
+                    let Some(start) = int_arg(start, focus, env)? else {
+                        return Ok(());
+                    };
+                    let count = s.chars().count();
+                    let Some(start) = usize::try_from(start).ok().filter(|st| *st < count) else {
+                        return Ok(());
+                    };
+                    let len = match len {
+                        None => count,
+                        Some(l) => match int_arg(l, focus, env)? {
+                            None => count,
+                            Some(l) => usize::try_from(l.max(0)).unwrap_or(usize::MAX),
+                        },
+                    };
+                    out.push(owned(s.chars().skip(start).take(len).collect()));
+                }
+                StrFn::StartsWith(a) | StrFn::EndsWith(a) | StrFn::Contains(a) => {
+                    let Some(a) = str_arg(a, focus, env)? else {
+                        return Ok(());
+                    };
+                    out.push(Item::Bool(match f {
+                        StrFn::StartsWith(_) => s.starts_with(a.as_str()),
+                        StrFn::EndsWith(_) => s.ends_with(a.as_str()),
+                        _ => s.contains(a.as_str()),
+                    }));
+                }
+                StrFn::Replace(a, b) => {
+                    let (Some(a), Some(b)) = (str_arg(a, focus, env)?, str_arg(b, focus, env)?)
+                    else {
+                        return Ok(());
+                    };
+                    out.push(owned(s.replace(a.as_str(), &b)));
+                }
+            }
+        }
         Func::LowBoundary(p) | Func::HighBoundary(p) => {
             let precision = match p {
                 None => None,
@@ -916,6 +1045,34 @@ fn call<'a>(
         }
     }
     Ok(())
+}
+
+/// A function argument that must be a single integer (`None` when empty).
+fn int_arg<'a>(e: &'a Expr, focus: &[Item<'a>], env: &Env<'a>) -> Res<Option<i64>> {
+    let mut r = Vec::new();
+    eval(e, focus, env, &mut r)?;
+    match r.as_slice() {
+        [] => Ok(None),
+        [one] => match prim(one) {
+            Prim::Int(i) => Ok(Some(i)),
+            _ => Err(format!("expected an integer, got {}", one.describe())),
+        },
+        _ => Err("expected a single integer".to_string()),
+    }
+}
+
+/// A function argument that must be a single string (`None` when empty).
+fn str_arg<'a>(e: &'a Expr, focus: &[Item<'a>], env: &Env<'a>) -> Res<Option<String>> {
+    let mut r = Vec::new();
+    eval(e, focus, env, &mut r)?;
+    match r.as_slice() {
+        [] => Ok(None),
+        [one] => match prim(one) {
+            Prim::Str(s) => Ok(Some(s.to_string())),
+            _ => Err(format!("expected a string, got {}", one.describe())),
+        },
+        _ => Err("expected a single string".to_string()),
+    }
 }
 
 /// `it` after `ofType`/`as`: a node whose own type was not known takes the type asked for.

@@ -10,7 +10,9 @@
 //! `/`, `div`, `mod`, `&`, `is`, `as`, and
 //! the functions `where`, `exists`, `empty`, `first`, `last`, `count`, `not`, `join`, `ofType`,
 //! `is`, `as`, `extension`, `getResourceKey`, `getReferenceKey`, `lowBoundary` and
-//! `highBoundary` (also on Period).
+//! `highBoundary` (also on Period); and also `iif`, `select`, `all`, `distinct`, `single`,
+//! `tail`, `skip`, `take`, `hasValue`, `toString`, `lower`, `upper`, `trim`, `length`,
+//! `substring`, `startsWith`, `endsWith`, `contains` and `replace`.
 //! Anything else is refused when the expression is parsed.
 
 mod boundary;
@@ -117,6 +119,31 @@ pub(crate) enum Func {
     ReferenceKey(Option<Box<str>>),
     LowBoundary(Option<Box<Expr>>),
     HighBoundary(Option<Box<Expr>>),
+    Iif(Box<Expr>, Box<Expr>, Option<Box<Expr>>),
+    Select(Box<Expr>),
+    All(Box<Expr>),
+    Distinct,
+    Single,
+    Tail,
+    Skip(Box<Expr>),
+    Take(Box<Expr>),
+    HasValue,
+    /// String functions on a single input item.
+    Str(StrFn),
+}
+
+#[derive(Debug)]
+pub(crate) enum StrFn {
+    ToString,
+    Lower,
+    Upper,
+    Trim,
+    Length,
+    Substring(Box<Expr>, Option<Box<Expr>>),
+    StartsWith(Box<Expr>),
+    EndsWith(Box<Expr>),
+    Contains(Box<Expr>),
+    Replace(Box<Expr>, Box<Expr>),
 }
 
 #[derive(Debug)]
@@ -373,6 +400,58 @@ impl ModelCheck<'_, '_> {
                     }
                 }
                 Some(vec!["id"])
+            }
+            Func::Iif(c, a, e) => {
+                self.criterion("iif", c, &b)?;
+                let at = self.types(a, &b)?;
+                let et = match e {
+                    Some(e) => self.types(e, &b)?,
+                    None => at.clone(),
+                };
+                if at == et {
+                    at
+                } else {
+                    None
+                }
+            }
+            Func::Select(e) => self.types(e, &b)?,
+            Func::All(c) => {
+                self.criterion("all", c, &b)?;
+                Some(vec!["boolean"])
+            }
+            Func::Distinct | Func::Single | Func::Tail => b,
+            Func::Skip(n) | Func::Take(n) => {
+                self.types(n, ctx)?;
+                b
+            }
+            Func::HasValue => Some(vec!["boolean"]),
+            Func::Str(f) => {
+                if let Some(t) = one_type(&b) {
+                    if !matches!(f, StrFn::ToString) && !stringish(kind_of(t)) {
+                        return Err(format!("string functions apply to strings, not {t}"));
+                    }
+                }
+                match f {
+                    StrFn::Substring(x, y) => {
+                        self.types(x, ctx)?;
+                        if let Some(y) = y {
+                            self.types(y, ctx)?;
+                        }
+                    }
+                    StrFn::StartsWith(x) | StrFn::EndsWith(x) | StrFn::Contains(x) => {
+                        self.types(x, ctx)?;
+                    }
+                    StrFn::Replace(x, y) => {
+                        self.types(x, ctx)?;
+                        self.types(y, ctx)?;
+                    }
+                    _ => {}
+                }
+                Some(vec![match f {
+                    StrFn::Length => "integer",
+                    StrFn::StartsWith(_) | StrFn::EndsWith(_) | StrFn::Contains(_) => "boolean",
+                    _ => "string",
+                }])
             }
             Func::LowBoundary(p) | Func::HighBoundary(p) => {
                 if let Some(p) = p {
@@ -812,6 +891,57 @@ fn func_of(name: &str, args: Vec<Expr>, pos: usize) -> Result<Func, String> {
             arity(0, 1)?;
             Func::HighBoundary(args.next())
         }
+        "iif" => {
+            arity(2, 3)?;
+            let c = args.next().ok_or("missing argument")?;
+            let a = args.next().ok_or("missing argument")?;
+            Func::Iif(c, a, args.next())
+        }
+        "select" => {
+            arity(1, 1)?;
+            Func::Select(args.next().ok_or("missing argument")?)
+        }
+        "all" => {
+            arity(1, 1)?;
+            Func::All(args.next().ok_or("missing argument")?)
+        }
+        "distinct" | "single" | "tail" | "hasValue" | "toString" | "lower" | "upper" | "trim"
+        | "length" => {
+            arity(0, 0)?;
+            match name {
+                "distinct" => Func::Distinct,
+                "single" => Func::Single,
+                "tail" => Func::Tail,
+                "hasValue" => Func::HasValue,
+                "toString" => Func::Str(StrFn::ToString),
+                "lower" => Func::Str(StrFn::Lower),
+                "upper" => Func::Str(StrFn::Upper),
+                "trim" => Func::Str(StrFn::Trim),
+                _ => Func::Str(StrFn::Length),
+            }
+        }
+        "skip" | "take" | "startsWith" | "endsWith" | "contains" => {
+            arity(1, 1)?;
+            let a = args.next().ok_or("missing argument")?;
+            match name {
+                "skip" => Func::Skip(a),
+                "take" => Func::Take(a),
+                "startsWith" => Func::Str(StrFn::StartsWith(a)),
+                "endsWith" => Func::Str(StrFn::EndsWith(a)),
+                _ => Func::Str(StrFn::Contains(a)),
+            }
+        }
+        "substring" => {
+            arity(1, 2)?;
+            let start = args.next().ok_or("missing argument")?;
+            Func::Str(StrFn::Substring(start, args.next()))
+        }
+        "replace" => {
+            arity(2, 2)?;
+            let a = args.next().ok_or("missing argument")?;
+            let b = args.next().ok_or("missing argument")?;
+            Func::Str(StrFn::Replace(a, b))
+        }
         _ => {
             return Err(format!(
                 "unknown or unsupported function {name}() at position {}",
@@ -1032,6 +1162,69 @@ fn check_func(
             Some("Extension")
         }
         Func::ResourceKey | Func::ReferenceKey(_) => Some("id"),
+        Func::Iif(c, a, b) => {
+            expect_arg(sc, "iif", c, Kind::Boolean, "a Boolean")?;
+            let at = check(a, sc)?;
+            let bt = match b {
+                Some(b) => check(b, sc)?,
+                None => at,
+            };
+            if at == bt {
+                at
+            } else {
+                None
+            }
+        }
+        Func::Select(e) => {
+            check(e, sc)?;
+            None
+        }
+        Func::All(c) => {
+            expect_arg(sc, "all", c, Kind::Boolean, "a Boolean")?;
+            Some("boolean")
+        }
+        Func::Distinct | Func::Single | Func::Tail => base,
+        Func::Skip(n) | Func::Take(n) => {
+            expect_arg(sc, "skip/take", n, Kind::Integer, "an Integer")?;
+            base
+        }
+        Func::HasValue => Some("boolean"),
+        Func::Str(f) => {
+            if let Some(k) = base.map(kind_of) {
+                if !matches!(f, StrFn::ToString) && !stringish(k) {
+                    return Err(format!(
+                        "string functions apply to strings, not {}",
+                        kind_name(k)
+                    ));
+                }
+            }
+            match f {
+                StrFn::ToString | StrFn::Lower | StrFn::Upper | StrFn::Trim => Some("string"),
+                StrFn::Length => Some("integer"),
+                StrFn::Substring(a, b) => {
+                    expect_arg(sc, "substring", a, Kind::Integer, "an Integer")?;
+                    if let Some(b) = b {
+                        expect_arg(sc, "substring", b, Kind::Integer, "an Integer")?;
+                    }
+                    Some("string")
+                }
+                StrFn::StartsWith(a) | StrFn::EndsWith(a) | StrFn::Contains(a) => {
+                    expect_arg(
+                        sc,
+                        "startsWith/endsWith/contains",
+                        a,
+                        Kind::String,
+                        "a String",
+                    )?;
+                    Some("boolean")
+                }
+                StrFn::Replace(a, b) => {
+                    expect_arg(sc, "replace", a, Kind::String, "a String")?;
+                    expect_arg(sc, "replace", b, Kind::String, "a String")?;
+                    Some("string")
+                }
+            }
+        }
         Func::LowBoundary(p) | Func::HighBoundary(p) => {
             let name = if matches!(func, Func::LowBoundary(_)) {
                 "lowBoundary"

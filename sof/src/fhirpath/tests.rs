@@ -109,7 +109,7 @@ fn unknown_and_unsupported_names_are_refused() {
         parse_err("name.foo()"),
         "unknown or unsupported function foo() at position 6"
     );
-    assert!(parse_err("name.substring(1)").contains("unsupported function substring()"));
+    assert!(parse_err("name.family.matches('x')").contains("unsupported function matches()"));
     assert_eq!(
         parse_err("name.where(use = %wrong)"),
         "%wrong at position 18 is not a constant of this view"
@@ -574,4 +574,59 @@ fn membership_and_equivalence() {
     assert_eq!(one("(1 | 2) ~ (2 | 1)", &p), json!(true));
     assert_eq!(one("@2020-01 ~ @2020-01-01", &p), json!(false));
     assert_eq!(static_type("'a' in name.given"), Some("boolean"));
+}
+
+#[test]
+fn more_functions() {
+    let p = patient();
+    assert_eq!(one("iif(active, 'yes', 'no')", &p), json!("yes"));
+    assert_eq!(
+        one("iif(name.exists(use = 'maiden'), 'yes', 'no')", &p),
+        json!("no")
+    );
+    assert_eq!(one("iif(false, 'yes')", &p), Value::Null);
+    assert_eq!(
+        run("name.select(given.first())", &p).unwrap(),
+        vec![json!("Ann"), json!("Cy")]
+    );
+    assert_eq!(one("name.all(given.exists())", &p), json!(true));
+    assert_eq!(one("name.all(family.exists())", &p), json!(false));
+    assert_eq!(
+        one("(1 | 2 | 3).select($this * 0).distinct().count()", &p),
+        json!(1)
+    );
+    assert_eq!(
+        run("name.given.tail()", &p).unwrap(),
+        vec![json!("Bea"), json!("Cy")]
+    );
+    assert_eq!(run("name.given.skip(2)", &p).unwrap(), vec![json!("Cy")]);
+    assert_eq!(run("name.given.take(1)", &p).unwrap(), vec![json!("Ann")]);
+    assert!(run("name.given.single()", &p)
+        .unwrap_err()
+        .contains("single() got"));
+    assert_eq!(one("id.hasValue()", &p), json!(true));
+    assert_eq!(one("name.first().hasValue()", &p), json!(false));
+    assert_eq!(one("multipleBirth.toString()", &p), json!("2"));
+    assert_eq!(
+        one("id.upper() + name.first().family.lower()", &p),
+        json!("P1smith")
+    );
+    assert_eq!(one("'  x '.trim().length()", &p), json!(1));
+    assert_eq!(one("name.first().family.substring(1, 3)", &p), json!("mit"));
+    assert_eq!(one("name.first().family.substring(1)", &p), json!("mith"));
+    assert_eq!(one("name.first().family.substring(9)", &p), Value::Null);
+    assert_eq!(one("name.first().family.startsWith('Sm')", &p), json!(true));
+    assert_eq!(one("name.first().family.endsWith('x')", &p), json!(false));
+    assert_eq!(one("name.first().family.contains('mit')", &p), json!(true));
+    assert_eq!(
+        one("name.first().family.replace('S', 'Sch')", &p),
+        json!("Schmith")
+    );
+    assert!(parse_err("active.upper()").contains("string functions apply to strings"));
+    assert!(parse_err("name.first().family.substring('a')").contains("an Integer"));
+    assert!(run("name.given.upper()", &p)
+        .unwrap_err()
+        .contains("single value"));
+    assert_eq!(static_type("id.length()"), Some("integer"));
+    assert_eq!(static_type("iif(true, 'a', 'b')"), Some("string"));
 }
