@@ -244,9 +244,10 @@ fn push_unique(v: &mut Vec<&'static str>, t: &'static str) {
     }
 }
 
-/// Types of expressions from the R4 model, and the errors they make certain: a `where` or
-/// `exists` criterion that cannot be boolean, operands that cannot fit, `ofType` of a type the
-/// element never has, `getReferenceKey` on something that is not a Reference.
+/// Types of expressions from the R4 model, and the errors they make certain: operands that
+/// cannot fit, string functions on what is not a string, `getReferenceKey` on something that is
+/// not a Reference; warnings for what is probably a mistake (an element that does not exist, an
+/// `ofType` that never matches, a criterion that is not boolean).
 struct ModelCheck<'a, 's> {
     sc: &'a Scope<'s>,
     warnings: Vec<String>,
@@ -336,10 +337,11 @@ impl ModelCheck<'_, '_> {
 
     fn criterion(&mut self, func: &str, c: &mut Expr, items: &Types) -> Result<(), String> {
         let t = self.types(c, items)?;
+        // FHIRPath takes a single non-boolean value as true, so this is only probably a mistake.
         if let Some(ts) = t {
             if !ts.is_empty() && ts.iter().all(|t| kind_of(t) != Kind::Boolean) {
-                return Err(format!(
-                    "the argument of {func}() must be a Boolean, not {}",
+                self.warnings.push(format!(
+                    "the argument of {func}() is {}, not a Boolean: a single value counts as true",
                     ts.join(" or ")
                 ));
             }

@@ -360,11 +360,6 @@ fn the_r4_model_types_paths() {
     assert!(v.warnings().is_empty(), "{:?}", v.warnings());
 
     // What the model makes certain is refused.
-    let (el, msg) = refused(patient_view(
-        json!([{"column": [{"name": "x", "path": "name.where(family)"}]}]),
-    ));
-    assert_eq!(el, "select[0].column[0].path");
-    assert_eq!(msg, "the argument of where() must be a Boolean, not string");
     let (_, msg) = refused(patient_view(
         json!([{"column": [{"name": "x", "path": "birthDate + 1"}]}]),
     ));
@@ -379,10 +374,12 @@ fn the_r4_model_types_paths() {
     assert_eq!(el, "select[0].column[0].type");
     assert!(msg.contains("gives HumanName"), "{msg}");
 
-    // What is only probably wrong is a warning: the path gives nothing.
+    // What is only probably wrong is a warning: the path gives nothing, or a single string
+    // counts as true.
     let v = View::from_json(&patient_view(json!([{"column": [
         {"name": "x", "path": "name.famly"},
-        {"name": "y", "path": "deceased.ofType(integer)"}
+        {"name": "y", "path": "deceased.ofType(integer)"},
+        {"name": "z", "path": "name.where(family).exists()"}
     ]}])))
     .unwrap();
     let w: Vec<String> = v.warnings().iter().map(|w| w.to_string()).collect();
@@ -391,6 +388,7 @@ fn the_r4_model_types_paths() {
         [
             "select[0].column[0].path: HumanName has no element 'famly' in FHIR R4: the path gives nothing",
             "select[0].column[1].path: ofType(integer) never matches here (the value is boolean or dateTime): the path gives nothing",
+            "select[0].column[2].path: the argument of where() is string, not a Boolean: a single value counts as true",
         ]
     );
     assert_eq!(
@@ -398,7 +396,7 @@ fn the_r4_model_types_paths() {
             &json!({"resourceType": "Patient", "name": [{"family": "F"}], "deceasedBoolean": true})
         )
         .unwrap(),
-        vec![vec![Value::Null, Value::Null]]
+        vec![vec![Value::Null, Value::Null, json!(true)]]
     );
 }
 
