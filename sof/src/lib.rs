@@ -29,9 +29,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! What cannot be known before data is seen (a column path giving several values without
-//! `collection: true`, a `where` path giving a non-boolean element, operands of the wrong type
-//! read from the resource) is an [`EvalError`] naming the element of the ViewDefinition.
+//! Types are checked against the R4 structure model as far as paths allow (a `where` path that
+//! cannot be boolean is refused when the view is read); probable mistakes that FHIRPath allows
+//! (an element that does not exist) are [`View::warnings`]. What cannot be known before data is
+//! seen (a column path giving several values without `collection: true`, a value of a choice
+//! element that turns out to be of the wrong type) is an [`EvalError`] naming the element of the
+//! ViewDefinition.
 
 mod decimal;
 mod fhirpath;

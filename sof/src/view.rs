@@ -598,7 +598,9 @@ impl View {
     /// without data is checked here: structure and JSON types of every element, column and
     /// constant names (format, duplicates), `unionAll` branch columns, constants, and every
     /// FHIRPath expression (syntax, unknown functions and constants, arity, argument and
-    /// operand types where the types are known).
+    /// operand types as far as literals, functions and the R4 model make them known, `where`
+    /// paths that cannot be boolean). Probable mistakes that are not errors are in
+    /// [`View::warnings`].
     pub fn from_json(json: &Value) -> Result<View, ViewError> {
         View::from_json_with(json, &types::is_r4_resource_type)
     }
