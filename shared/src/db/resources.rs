@@ -703,6 +703,8 @@ pub struct KeyCheck {
     /// Whether the key check now holds for every stored row (VALIDATE CONSTRAINT succeeded):
     /// the exporter copies stored text as it is, and this is what makes that text sound.
     pub validated: bool,
+    /// Whether the failing rows were removed (`repair`).
+    pub removed: bool,
 }
 
 /// Checks every stored row against `resources_key_matches_json`, which migrations 0010 and 0013
@@ -710,8 +712,8 @@ pub struct KeyCheck {
 /// constraint is validated (one scan under a SHARE UPDATE EXCLUSIVE lock: loads, exports and
 /// deletes go on meanwhile). Otherwise nothing changes and the failing rows are returned: which
 /// of a row's key and text is right is not in the database, so no repair is made here.
-pub async fn check_stored_keys(pool: &Pool, limit: i64) -> Result<KeyCheck, DbError> {
-    let client = pool.get().await?;
+pub async fn check_stored_keys(pool: &Pool, limit: i64, repair: bool) -> Result<KeyCheck, DbError> {
+    let mut client = pool.get().await?;
     let validated: bool = client
         .query_one(
             "SELECT convalidated FROM pg_constraint
@@ -762,6 +764,33 @@ pub async fn check_stored_keys(pool: &Pool, limit: i64) -> Result<KeyCheck, DbEr
         .take(usize::try_from(limit).unwrap_or(usize::MAX))
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    if repair && bad_count > 0 {
+        // The failing rows go, with what the loader derived from them (compartment membership,
+        // references, Provenance targets), in one transaction; then the check holds.
+        let tx = client.transaction().await?;
+        tx.batch_execute(
+            "CREATE TEMP TABLE bad_keys ON COMMIT DROP AS
+                 SELECT resource_type, id FROM resources
+                 WHERE NOT pg_temp.resource_key_ok(resource_type, id, resource);
+             DELETE FROM resources r USING bad_keys b
+                 WHERE r.resource_type = b.resource_type AND r.id = b.id;
+             DELETE FROM compartment c USING bad_keys b
+                 WHERE c.resource_type = b.resource_type AND c.resource_id = b.id;
+             DELETE FROM resource_refs f USING bad_keys b
+                 WHERE f.source_type = b.resource_type AND f.source_id = b.id;
+             DELETE FROM provenance_targets p USING bad_keys b
+                 WHERE b.resource_type = 'Provenance' AND p.provenance_id = b.id;
+             ALTER TABLE resources VALIDATE CONSTRAINT resources_key_matches_json;",
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(KeyCheck {
+            bad,
+            bad_count,
+            validated: true,
+            removed: true,
+        });
+    }
     if bad_count == 0 {
         // Every row passes now (one was repaired meanwhile): validate, or say why not.
         client
@@ -776,5 +805,6 @@ pub async fn check_stored_keys(pool: &Pool, limit: i64) -> Result<KeyCheck, DbEr
         bad,
         bad_count,
         validated: false,
+        removed: false,
     })
 }

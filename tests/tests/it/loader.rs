@@ -714,14 +714,16 @@ async fn check_lists_rows_stored_before_the_key_check_and_then_validates_it() {
     };
     assert!(!validated().await);
 
-    let check = || {
+    let check_with = |args: &[&str]| {
         Command::new(bulk_export_bin())
             .arg("check")
+            .args(args)
             .env("DATABASE_URL", &db.url)
             .env("RUST_LOG", "warn")
             .output()
             .expect("run")
     };
+    let check = || check_with(&[]);
     let out = check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -741,21 +743,41 @@ async fn check_lists_rows_stored_before_the_key_check_and_then_validates_it() {
     );
     assert!(!validated().await);
 
-    // The operator's repair: a correct version of one, the others deleted.
+    // The operator's repair: a correct version of one; `check --repair` removes the others,
+    // with their compartment and reference rows.
     client
         .batch_execute(
             r#"UPDATE resources SET resource = '{"resourceType":"Basic","id":"no-id"}' WHERE id = 'no-id';
-               DELETE FROM resources WHERE id IN ('no-type', 'oops');"#,
+               INSERT INTO compartment (patient_id, resource_type, resource_id)
+                   VALUES ('p1', 'Basic', 'oops');"#,
         )
         .await
         .expect("repair");
-    let out = check();
+    let out = check_with(&["--repair"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
+        "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        vec![
+            "Basic/no-type: removed (not a JSON resource with this resourceType and id)",
+            "Basic/oops: removed (not a JSON resource with this resourceType and id)",
+            "removed 2 row(s); every stored resource now has its key's resourceType and id",
+        ]
     );
     assert!(validated().await);
     assert_eq!(scalar(&db.pool, "SELECT count(*) FROM resources").await, 2);
+    assert_eq!(
+        scalar(
+            &db.pool,
+            "SELECT count(*) FROM compartment WHERE resource_id = 'oops'"
+        )
+        .await,
+        0
+    );
+    // Afterwards a plain check passes.
+    assert!(check().status.success());
 }

@@ -73,9 +73,15 @@ enum Command {
     /// Check every stored resource: its text must be a JSON resource with its row's
     /// resourceType and id (rows stored before that check existed were never checked). When all
     /// pass, the check is recorded as holding for every row; otherwise each failing row is
-    /// printed (exit status 2) and nothing changes.
+    /// printed (exit status 2) and nothing changes, unless --repair.
     #[command(after_help = ENV_DATABASE)]
-    Check,
+    Check {
+        /// Remove the failing rows (with their compartment, reference and Provenance rows),
+        /// printing each, then record the check as holding. Load a correct version of each
+        /// afterwards if it should exist.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Serve every HTTP route and run the exporter in this process.
     #[command(after_help = ENV_SERVE)]
     Serve {
@@ -352,10 +358,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let n = db::resources::delete_resources(&pool, &keys).await?;
             println!("deleted {n} of {} resources", keys.len());
         }
-        Command::Check => {
+        Command::Check { repair } => {
             require_schema(&pool).await?;
-            let check = db::resources::check_stored_keys(&pool, 1000).await?;
-            if check.validated {
+            let check = db::resources::check_stored_keys(&pool, 1000, repair).await?;
+            if check.removed {
+                for (t, id) in &check.bad {
+                    println!(
+                        "{t}/{id}: removed (not a JSON resource with this resourceType and id)"
+                    );
+                }
+                let more = check.bad_count - check.bad.len() as i64;
+                if more > 0 {
+                    println!("... and {more} more");
+                }
+                println!(
+                    "removed {} row(s); every stored resource now has its key's resourceType and id",
+                    check.bad_count
+                );
+            } else if check.validated {
                 println!("every stored resource has its key's resourceType and id");
             } else {
                 for (t, id) in &check.bad {
@@ -368,8 +388,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!(
                     "{} stored row(s) fail the key check; an export copies them as they are. \
                      Store a correct version of each (bulk-export load) or delete the row \
-                     (DELETE FROM resources WHERE resource_type = 'Type' AND id = 'id'), \
-                     then run bulk-export check again.",
+                     (bulk-export check --repair removes every failing row), then run \
+                     bulk-export check again.",
                     check.bad_count
                 );
                 return Ok(ExitCode::from(2));
