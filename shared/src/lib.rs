@@ -25,6 +25,7 @@ pub mod serve;
 pub mod service;
 pub mod storage;
 pub mod telemetry;
+pub mod views;
 
 pub use config::Config;
 

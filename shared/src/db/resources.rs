@@ -633,6 +633,43 @@ pub async fn select_unknown_patients(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Current resources of `resource_type` after `after_id` in id order, at most `limit`, only those
+/// in `patient`'s compartment when given: (id, text) pages for `$viewdefinition-run`.
+pub async fn select_resource_page(
+    pool: &Pool,
+    resource_type: &str,
+    after_id: &str,
+    limit: i64,
+    patient: Option<&str>,
+) -> Result<Vec<(String, String)>, DbError> {
+    let client = pool.get().await?;
+    let rows = match patient {
+        None => {
+            client
+                .query(
+                    "SELECT id, resource FROM resources
+                     WHERE resource_type = $1 AND id > $2 AND NOT deleted
+                     ORDER BY id LIMIT $3",
+                    &[&resource_type, &after_id, &limit],
+                )
+                .await?
+        }
+        Some(p) => {
+            client
+                .query(
+                    "SELECT r.id, r.resource FROM compartment c
+                     JOIN resources r ON r.resource_type = c.resource_type AND r.id = c.resource_id
+                     WHERE c.patient_id = $4 AND c.resource_type = $1 AND c.resource_id > $2
+                       AND NOT r.deleted
+                     ORDER BY c.resource_id LIMIT $3",
+                    &[&resource_type, &after_id, &limit, &p],
+                )
+                .await?
+        }
+    };
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// Whether a current, non-deleted resource exists.
 pub async fn resource_exists(pool: &Pool, resource_type: &str, id: &str) -> Result<bool, DbError> {
     let client = pool.get().await?;

@@ -73,6 +73,41 @@ pub struct ExportParams {
     /// With `Prefer: handling=lenient`: what was ignored, reported as OperationOutcomes in error[].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignored: Vec<String>,
+    /// `$viewdefinition-export`: the views whose rows the files hold instead of resources
+    /// (`_type` is their resource types). Empty for `$export`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub views: Vec<NamedView>,
+    /// `$viewdefinition-export`: the files' format.
+    #[serde(
+        rename = "viewFormat",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub view_format: Option<ViewFormat>,
+    /// `$viewdefinition-export`'s `clientTrackingId`, echoed in the manifest.
+    #[serde(
+        rename = "clientTrackingId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_tracking_id: Option<String>,
+}
+
+/// A view of a `$viewdefinition-export`: its output name (unique in the job; the files'
+/// manifest `type`) and its ViewDefinition, validated at kick-off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedView {
+    pub name: String,
+    pub definition: serde_json::Value,
+}
+
+/// The `_format` of a `$viewdefinition-export` (`ndjson`, `csv` or `parquet`), and for CSV
+/// whether the files start with a header line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewFormat {
+    pub code: String,
+    #[serde(default)]
+    pub header: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -379,7 +414,7 @@ pub const IG_VALUE_TYPES: &[(&str, &str)] = &[
 
 /// Text value[x] taken for any parameter besides the IG's type (clients write a `_since` as
 /// valueDateTime or a `_type` as valueCode): the text is what is checked.
-const TEXT_VALUE_TYPES: &[&str] = &[
+pub const TEXT_VALUE_TYPES: &[&str] = &[
     "valueString",
     "valueCode",
     "valueInstant",

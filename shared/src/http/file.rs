@@ -9,7 +9,7 @@ use super::router::Ctx;
 use super::{header_str, query_pairs, query_param, ApiError, Body, Request, Response};
 use crate::app::AppState;
 use crate::service::files::{open_file, OpenedFile};
-use crate::storage::{Download, NDJSON_CONTENT_TYPE};
+use crate::storage::{compressible, content_type_of, Download, NDJSON_CONTENT_TYPE};
 
 /// No Accept header, `application/fhir+ndjson` (Firely), `application/ndjson` or `*/*`.
 fn accepts_ndjson(accept: Option<&str>) -> bool {
@@ -23,18 +23,25 @@ fn accepts_ndjson(accept: Option<&str>) -> bool {
 }
 
 pub async fn download(state: &AppState, req: &Request, ctx: &Ctx) -> Result<Response, ApiError> {
-    if !accepts_ndjson(header_str(req, header::ACCEPT)) {
-        return Err(ApiError::NotAcceptable(
-            "export files are application/fhir+ndjson".into(),
-        ));
-    }
     let pairs = query_pairs(req);
     let id = query_param(&pairs, "_id")
         .and_then(|v| Uuid::parse_str(&v).ok())
         .ok_or_else(|| ApiError::NotFound("no such export file".into()))?;
     let file_name = query_param(&pairs, "filename")
         .ok_or_else(|| ApiError::BadRequest("the filename parameter is required".into()))?;
-    let gzip = accepts_gzip(header_str(req, header::ACCEPT_ENCODING));
+    let content_type = content_type_of(&file_name);
+    let accept = header_str(req, header::ACCEPT);
+    let acceptable = if content_type == NDJSON_CONTENT_TYPE {
+        accepts_ndjson(accept)
+    } else {
+        accepts_media(accept, content_type)
+    };
+    if !acceptable {
+        return Err(ApiError::NotAcceptable(format!(
+            "this export file is {content_type}"
+        )));
+    }
+    let gzip = compressible(&file_name) && accepts_gzip(header_str(req, header::ACCEPT_ENCODING));
     let OpenedFile {
         download,
         byte_count,
@@ -57,10 +64,7 @@ pub async fn download(state: &AppState, req: &Request, ctx: &Ctx) -> Result<Resp
         Download::File(path) => {
             let mut resp = http::Response::new(Body::File { path, gzip });
             let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(NDJSON_CONTENT_TYPE),
-            );
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
             if gzip {
                 h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -70,6 +74,22 @@ pub async fn download(state: &AppState, req: &Request, ctx: &Ctx) -> Result<Resp
             Ok(resp)
         }
     }
+}
+
+/// Whether `Accept` allows `media` (a view's CSV or Parquet file): absent, `*/*`, its type's
+/// wildcard, or the type itself.
+fn accepts_media(accept: Option<&str>, media: &str) -> bool {
+    let major = media.split('/').next().unwrap_or_default();
+    accept.is_none_or(|a| {
+        a.split(',').any(|m| {
+            let m = m.split(';').next().unwrap_or_default().trim();
+            m.is_empty()
+                || m == "*/*"
+                || m.eq_ignore_ascii_case(media)
+                || m.strip_suffix("/*")
+                    .is_some_and(|t| t.eq_ignore_ascii_case(major))
+        })
+    })
 }
 
 /// Whether `Accept-Encoding` allows gzip (listed without `q=0`).

@@ -51,7 +51,11 @@ pub fn capability_statement(base: &str, config: &Config) -> Value {
                 config.additional_resources.join(", ")
             ),
             "resource": resources,
-            "operation": [export_op("export", "export")]
+            "operation": [
+                export_op("export", "export"),
+                {"name": "viewdefinition-export", "definition": format!("{base}/OperationDefinition/viewdefinition-export")},
+                {"name": "viewdefinition-run", "definition": format!("{base}/OperationDefinition/viewdefinition-run")}
+            ]
         }]
     });
     if config.auth.is_on() {
@@ -74,6 +78,9 @@ pub fn capability_statement(base: &str, config: &Config) -> Value {
 /// The Bulk Data IG v2.0.0 OperationDefinitions (`export`, `patient-export`, `group-export`),
 /// with what this server supports said in each parameter's documentation.
 pub fn operation_definition(id: &str) -> Option<Value> {
+    if let Some(def) = view_operation_definition(id) {
+        return Some(def);
+    }
     let (name, title, resource, system, type_level, instance) = match id {
         "export" => (
             "BulkDataExport",
@@ -140,6 +147,130 @@ pub fn operation_definition(id: &str) -> Option<Value> {
         def["resource"] = json!([r]);
     }
     Some(def)
+}
+
+/// SQL on FHIR v2's `$viewdefinition-export` and `$viewdefinition-run`, as this server takes
+/// them (ids `viewdefinition-export`, `viewdefinition-run`).
+fn view_operation_definition(id: &str) -> Option<Value> {
+    let param = |name: &str, min: u32, max: &str, ty: Option<&str>, doc: &str| {
+        let mut p =
+            json!({"name": name, "use": "in", "min": min, "max": max, "documentation": doc});
+        if let Some(t) = ty {
+            p["type"] = json!(t);
+        }
+        p
+    };
+    let view_resource = "A ViewDefinition, inline (viewReference is not supported: this server stores no ViewDefinitions). Validated when the request arrives: an unknown function, a bad path or a type error is a 400 naming the element.";
+    let format_doc = "ndjson (default for the export), csv or parquet; media types are accepted too (application/x-ndjson, text/csv, application/vnd.apache.parquet).";
+    let (name, title, code, parameters) = match id {
+        "viewdefinition-export" => (
+            "ViewDefinitionExport",
+            "SQL on FHIR ViewDefinition Export",
+            "viewdefinition-export",
+            vec![
+                json!({"name": "view", "use": "in", "min": 1, "max": "*", "documentation": "One output per view: its files hold the view's rows.", "part": [
+                    param("name", 0, "1", Some("string"), "The output's name (a letter, then letters, digits or _): the manifest's type and the files' names. Default: ViewDefinition.name."),
+                    param("viewResource", 0, "1", Some("Resource"), view_resource),
+                ]}),
+                param("_format", 0, "1", Some("code"), format_doc),
+                param(
+                    "header",
+                    0,
+                    "1",
+                    Some("boolean"),
+                    "CSV: whether files start with a header line (default true).",
+                ),
+                param(
+                    "patient",
+                    0,
+                    "*",
+                    Some("Reference"),
+                    "Only these patients' compartments (as a Patient-level export).",
+                ),
+                param(
+                    "group",
+                    0,
+                    "1",
+                    Some("Reference"),
+                    "Only the members of this Group (as a Group-level export).",
+                ),
+                param(
+                    "_since",
+                    0,
+                    "1",
+                    Some("instant"),
+                    "Only resources last updated after this instant.",
+                ),
+                param(
+                    "clientTrackingId",
+                    0,
+                    "1",
+                    Some("string"),
+                    "Kept with the job.",
+                ),
+            ],
+        ),
+        "viewdefinition-run" => (
+            "ViewDefinitionRun",
+            "SQL on FHIR ViewDefinition Run",
+            "viewdefinition-run",
+            vec![
+                param("viewResource", 1, "1", Some("Resource"), view_resource),
+                param(
+                    "_format",
+                    0,
+                    "1",
+                    Some("code"),
+                    "json (default: an array of row objects), ndjson, csv or parquet.",
+                ),
+                param(
+                    "header",
+                    0,
+                    "1",
+                    Some("boolean"),
+                    "CSV: whether the output starts with a header line (default true).",
+                ),
+                param(
+                    "_limit",
+                    0,
+                    "1",
+                    Some("integer"),
+                    "At most this many rows (at most 10,000).",
+                ),
+                param(
+                    "patient",
+                    0,
+                    "1",
+                    Some("Reference"),
+                    "Only this patient's compartment.",
+                ),
+                param(
+                    "resource",
+                    0,
+                    "*",
+                    Some("Resource"),
+                    "Resources to run the view over instead of the stored data.",
+                ),
+            ],
+        ),
+        _ => return None,
+    };
+    Some(json!({
+        "resourceType": "OperationDefinition",
+        "id": id,
+        "url": format!("http://sql-on-fhir.org/OperationDefinition/${code}"),
+        "name": name,
+        "title": title,
+        "status": "active",
+        "kind": "operation",
+        "affectsState": false,
+        "code": code,
+        "resource": ["ViewDefinition"],
+        "system": true,
+        "type": true,
+        "instance": false,
+        "parameter": parameters,
+    }))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod router;
 pub mod routes;
 pub mod status;
 pub mod token;
+pub mod view_run;
 
 use std::path::PathBuf;
 
@@ -91,6 +92,13 @@ pub enum ApiError {
     /// An answer larger than AWS Lambda lets a function return (6 MB): said, never attempted.
     #[error("{0}")]
     OverLambdaLimit(String),
+    /// A well-formed request that cannot be carried out on this data (a view that fails on a
+    /// resource): 422.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// A request that would take longer than a synchronous answer may: 422, with what to do.
+    #[error("{0}")]
+    TooCostly(String),
     #[error("the service is temporarily unavailable; retry later")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("internal error")]
@@ -173,6 +181,7 @@ impl ApiError {
             ApiError::Internal(_) | ApiError::OverLambdaLimit(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            ApiError::Unprocessable(_) | ApiError::TooCostly(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -191,7 +200,8 @@ impl ApiError {
             ApiError::TooLarge(..) => "too-long",
             ApiError::Timeout(_) => "timeout",
             ApiError::Internal(_) => "exception",
-            ApiError::OverLambdaLimit(_) => "too-costly",
+            ApiError::OverLambdaLimit(_) | ApiError::TooCostly(_) => "too-costly",
+            ApiError::Unprocessable(_) => "processing",
         }
     }
 

@@ -108,6 +108,8 @@ async fn dispatch(
     };
     match handler {
         Handler::Export(level) => kickoff::kickoff(state, req, &ctx, level).await,
+        Handler::ViewExport => kickoff::view_kickoff(state, req, &ctx).await,
+        Handler::ViewRun => crate::http::view_run::run(state, req, &ctx).await,
         Handler::Metadata => Ok(json_response(
             StatusCode::OK,
             FHIR_JSON,

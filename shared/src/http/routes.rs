@@ -33,6 +33,10 @@ pub enum Handler {
     Token,
     /// `.well-known/smart-configuration`.
     SmartConfiguration,
+    /// `POST $viewdefinition-export` (SQL on FHIR): a view export's kick-off.
+    ViewExport,
+    /// `POST $viewdefinition-run` (SQL on FHIR): a view's rows, at once.
+    ViewRun,
 }
 
 impl Handler {
@@ -46,6 +50,10 @@ impl Handler {
             // Patient-level export (smart-fetch reads its CapabilityStatement there).
             ("/metadata" | "/Patient/metadata", _) => Handler::Metadata,
             ("/OperationDefinition/{id}", _) => Handler::OperationDefinition,
+            ("/$viewdefinition-export" | "/ViewDefinition/$viewdefinition-export", _) => {
+                Handler::ViewExport
+            }
+            ("/$viewdefinition-run" | "/ViewDefinition/$viewdefinition-run", _) => Handler::ViewRun,
             ("/$exportstatus", "DELETE") => Handler::Cancel,
             ("/$exportstatus", _) => Handler::Status,
             ("/$exportfilerequest", _) => Handler::File,
@@ -64,7 +72,12 @@ impl Handler {
     pub fn authenticated(self) -> bool {
         matches!(
             self,
-            Handler::Export(_) | Handler::Status | Handler::Cancel | Handler::File
+            Handler::Export(_)
+                | Handler::Status
+                | Handler::Cancel
+                | Handler::File
+                | Handler::ViewExport
+                | Handler::ViewRun
         )
     }
 }
@@ -203,7 +216,7 @@ mod tests {
     #[test]
     fn every_route_is_one_functions_and_parses() {
         let t = table();
-        assert_eq!(t.len(), 15);
+        assert_eq!(t.len(), 19);
         for (i, a) in t.iter().enumerate() {
             assert!(a.pattern.starts_with('/'), "{a:?}");
             for b in &t[i + 1..] {
@@ -222,6 +235,14 @@ mod tests {
             _ => None,
         };
         assert_eq!(at("GET", "/$export"), Some((Function::Kickoff, "/$export")));
+        assert_eq!(
+            at("POST", "/fhir/ViewDefinition/$viewdefinition-export"),
+            Some((Function::Kickoff, "/ViewDefinition/$viewdefinition-export"))
+        );
+        assert_eq!(
+            at("POST", "/fhir/$viewdefinition-run"),
+            Some((Function::Kickoff, "/$viewdefinition-run"))
+        );
         assert_eq!(
             at("POST", "/fhir/r4/$export"),
             Some((Function::Kickoff, "/$export"))

@@ -16,6 +16,22 @@ use crate::config::StoragePath;
 
 pub const NDJSON_CONTENT_TYPE: &str = "application/fhir+ndjson";
 
+/// The media type of an export file, by its name: ndjson, or a view's CSV or Parquet file.
+pub fn content_type_of(file_name: &str) -> &'static str {
+    if file_name.ends_with(".parquet") {
+        "application/vnd.apache.parquet"
+    } else if file_name.ends_with(".csv") {
+        "text/csv"
+    } else {
+        NDJSON_CONTENT_TYPE
+    }
+}
+
+/// Whether gzip makes a file smaller (a Parquet file is compressed already).
+pub fn compressible(file_name: &str) -> bool {
+    !file_name.ends_with(".parquet")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("invalid object key {key:?}")]

@@ -21,7 +21,8 @@ use flate2::Compression;
 use crate::aws::S3Timeouts;
 
 use super::{
-    validate_key, Download, ObjectStore, ObjectWriter, StorageError, Written, NDJSON_CONTENT_TYPE,
+    compressible, content_type_of, validate_key, Download, ObjectStore, ObjectWriter, StorageError,
+    Written,
 };
 
 /// S3 requires parts of at least 5 MiB (except the last); 8 MiB keeps the part count of a
@@ -144,9 +145,15 @@ impl S3Store {
 impl ObjectStore for S3Store {
     async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
         let gzip_key = format!("{key}{GZIP_SUFFIX}");
-        let plain = Upload::new(self.clone(), self.full_key(key)?, None);
-        let gzip = if self.gzip_copies {
-            let upload = Upload::new(self.clone(), self.full_key(&gzip_key)?, Some("gzip"));
+        let content_type = content_type_of(key);
+        let plain = Upload::new(self.clone(), self.full_key(key)?, content_type, None);
+        let gzip = if self.gzip_copies && compressible(key) {
+            let upload = Upload::new(
+                self.clone(),
+                self.full_key(&gzip_key)?,
+                content_type,
+                Some("gzip"),
+            );
             Some((GzEncoder::new(Vec::new(), Compression::fast()), upload))
         } else {
             None
@@ -271,17 +278,24 @@ struct Upload {
     store: S3Store,
     key: String,
     content_encoding: Option<&'static str>,
+    content_type: &'static str,
     buffer: Vec<u8>,
     upload_id: Option<String>,
     parts: Vec<CompletedPart>,
 }
 
 impl Upload {
-    fn new(store: S3Store, key: String, content_encoding: Option<&'static str>) -> Self {
+    fn new(
+        store: S3Store,
+        key: String,
+        content_type: &'static str,
+        content_encoding: Option<&'static str>,
+    ) -> Self {
         Upload {
             store,
             key,
             content_encoding,
+            content_type,
             buffer: Vec::new(),
             upload_id: None,
             parts: Vec::new(),
@@ -306,7 +320,7 @@ impl Upload {
                     .create_multipart_upload()
                     .bucket(&self.store.bucket)
                     .key(&self.key)
-                    .content_type(NDJSON_CONTENT_TYPE)
+                    .content_type(self.content_type)
                     .set_content_encoding(self.content_encoding.map(str::to_string))
                     .send()
                     .await
@@ -351,7 +365,7 @@ impl Upload {
                 .put_object()
                 .bucket(&self.store.bucket)
                 .key(&self.key)
-                .content_type(NDJSON_CONTENT_TYPE)
+                .content_type(self.content_type)
                 .set_content_encoding(self.content_encoding.map(str::to_string))
                 .body(ByteStream::from(body))
                 .customize()

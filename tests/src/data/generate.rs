@@ -57,7 +57,7 @@ pub fn generate(dir: &Path, patients: usize) {
                 files.entry("Observation").or_default().push(json!({
                     "resourceType": "Observation", "id": format!("obs-{i}-{e}-{o}"), "status": "final",
                     "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": category}]}],
-                    "code": {"text": "heart rate"}, "subject": {"reference": format!("Patient/{pid}")},
+                    "code": observation_code(o), "subject": {"reference": format!("Patient/{pid}")},
                     "encounter": {"reference": format!("Encounter/{eid}")},
                     "effectiveDateTime": format!("2020-01-0{}T10:00:00Z", e + 1),
                     "valueQuantity": {"value": format!("{DECIMAL_MARK}{}", (i + e + o) % DECIMALS.len()), "unit": "/min"}}));
@@ -151,3 +151,14 @@ pub const DECIMALS: &[&str] = &[
     "11266.736000000003",
 ];
 const DECIMAL_MARK: &str = "__decimal_";
+
+/// An Observation's code: LOINC, and for some a second coding (SNOMED CT) as Synthea writes
+/// them (views unnest `code.coding`).
+fn observation_code(o: usize) -> Value {
+    let mut coding =
+        vec![json!({"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"})];
+    if o % 2 == 1 {
+        coding.push(json!({"system": "http://snomed.info/sct", "code": "364075005", "display": "Heart rate"}));
+    }
+    json!({"coding": coding, "text": "heart rate"})
+}

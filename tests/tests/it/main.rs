@@ -22,3 +22,4 @@ mod signing_secret;
 mod smart_fetch;
 mod stalls;
 mod storage_contract;
+mod views;

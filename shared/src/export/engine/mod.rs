@@ -6,7 +6,8 @@
 //! - `mod.rs`: the claim/run loop and item outcomes; `coordinate`: plan, cancel, fail, purge;
 //! - `planner`: pure planning (types, selections, splitting into items);
 //! - `sink`: one output file (open → write → finish/abort);
-//! - `typed`: the per-type range writer; `blocks`: the per-patient block writer;
+//! - `typed`: the per-type range writer; `blocks`: the per-patient block writer; `views`: the
+//!   range writer of `$viewdefinition-export` (rows of ViewDefinitions);
 //! - `extras`: deleted[], dangling-reference outcomes, the request's outcomes.
 //!
 //! Every step is idempotent: a crashed invocation leaves the item's cursor at its last finished
@@ -18,6 +19,7 @@ mod extras;
 pub mod planner;
 mod sink;
 mod typed;
+mod views;
 mod watch;
 
 use std::sync::Arc;
@@ -86,6 +88,9 @@ pub enum Unexportable {
     GroupGone(String),
     #[error("group export without a group id")]
     NoGroupId,
+    /// A view of a `$viewdefinition-export` that cannot run on the stored data.
+    #[error("{0}")]
+    View(String),
 }
 use Failure::{Permanent, Transient};
 
@@ -501,6 +506,13 @@ impl Exporter {
         let hi_id = item.hi_id.clone();
         let sel = layout.selection(job, &self.config, &resource_type, hi_id.as_deref());
         let type_wide = layout.selection(job, &self.config, &resource_type, None);
+        if !job.params.views.is_empty() {
+            let views = views::item_views(&job.params.views, &resource_type)?;
+            let format = views::file_format(job.params.view_format.as_ref())?;
+            return self
+                .export_view_range(item, &sel, &views, &format, deadline)
+                .await;
+        }
         let transform = RowTransform::new(&resource_type, &filters, &elements);
         self.export_range(item, &sel, &type_wide, &transform, deadline)
             .await

@@ -1,0 +1,271 @@
+//! SQL on FHIR v2 `$viewdefinition-export`: its kick-off parameters, read into the parameters of
+//! an export job whose files hold the rows of ViewDefinitions (evaluated by the `sof` crate)
+//! instead of resources. Everything else (authorization, status, manifest, files, retention) is
+//! the job machinery of `$export`.
+
+use serde_json::Value;
+
+use crate::export::params::{
+    self, ExportParams, KickoffError, NamedView, ViewFormat, MAX_STORED_PARAMS_BYTES,
+};
+use crate::export::ExportLevel;
+use crate::fhir::resource_types::is_resource_type;
+
+/// Views one job may hold.
+pub const MAX_VIEWS: usize = 50;
+/// The stored ViewDefinitions of one job, serialised, at most.
+pub const MAX_VIEWS_BYTES: usize = 4 * MAX_STORED_PARAMS_BYTES;
+
+/// A `$viewdefinition-export` kick-off, read: the level it runs at (Group with `group`, Patient
+/// with `patient`, else system) and the export's parameters.
+#[derive(Debug)]
+pub struct ViewKickoff {
+    pub level: ExportLevel,
+    pub group_id: Option<String>,
+    pub params: ExportParams,
+}
+
+fn bad(message: String) -> KickoffError {
+    KickoffError::InvalidParameter(message)
+}
+
+/// Reads the Parameters body of a `$viewdefinition-export` kick-off. Each `view` is validated
+/// here, so that a view that cannot run is refused now with the element at fault, never at
+/// export time.
+pub fn parse_kickoff(body: &[u8], additional: &[String]) -> Result<ViewKickoff, KickoffError> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+    if v.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+        return Err(bad(
+            "the body must be a FHIR Parameters resource with at least one `view`".into(),
+        ));
+    }
+    let empty = Vec::new();
+    let parameters = match v.get("parameter") {
+        None => &empty,
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(bad("Parameters.parameter must be an array".into())),
+    };
+    let mut views: Vec<NamedView> = Vec::new();
+    let mut format: Option<String> = None;
+    let mut header: Option<bool> = None;
+    let mut group_id: Option<String> = None;
+    let mut client_tracking_id: Option<String> = None;
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for (i, param) in parameters.iter().enumerate() {
+        let name = param
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(format!("parameter[{i}] has no name")))?;
+        match name {
+            "view" => {
+                if views.len() == MAX_VIEWS {
+                    return Err(bad(format!(
+                        "view: more than {MAX_VIEWS} views; split the export"
+                    )));
+                }
+                let view = read_view(param, views.len())?;
+                if views.iter().any(|v| v.name == view.name) {
+                    return Err(bad(format!(
+                        "view[{}]: the name {:?} is already another view's (each view's output \
+                         has its own name)",
+                        views.len(),
+                        view.name
+                    )));
+                }
+                views.push(view);
+            }
+            "_format" => format = Some(text(param, name)?),
+            "header" => {
+                header = Some(
+                    param
+                        .get("valueBoolean")
+                        .and_then(Value::as_bool)
+                        .ok_or_else(|| bad("header: a valueBoolean".into()))?,
+                )
+            }
+            "group" => {
+                let g = reference(param, name)?;
+                let id = g.strip_prefix("Group/").unwrap_or(&g).to_string();
+                if !params::is_fhir_id(&id) {
+                    return Err(bad(format!("group: {g:?} is not a Group reference")));
+                }
+                group_id = Some(id);
+            }
+            "patient" => pairs.push((name.into(), reference(param, name)?)),
+            "_since" => pairs.push((name.into(), text(param, name)?)),
+            "clientTrackingId" => client_tracking_id = Some(text(param, name)?),
+            other => {
+                return Err(KickoffError::NotSupported(format!(
+                    "{other}: not a parameter of $viewdefinition-export (view, _format, header, \
+                     patient, group, _since, clientTrackingId)"
+                )))
+            }
+        }
+    }
+    if views.is_empty() {
+        return Err(bad("view: at least one view is required".into()));
+    }
+    let code = format.unwrap_or_else(|| "ndjson".into());
+    let code = format_code(&code).ok_or_else(|| {
+        KickoffError::NotSupported(format!(
+            "_format: {code:?} is not supported (ndjson, csv or parquet)"
+        ))
+    })?;
+    let level = match (&group_id, pairs.iter().any(|(n, _)| n == "patient")) {
+        (Some(_), _) => ExportLevel::Group,
+        (None, true) => ExportLevel::Patient,
+        (None, false) => ExportLevel::System,
+    };
+    let mut p = params::parse_params(level, &pairs, additional, false)?;
+    let mut types: Vec<String> = Vec::new();
+    for v in &views {
+        let t = view_type(&v.definition);
+        if !types.contains(&t) {
+            types.push(t);
+        }
+    }
+    p.types = Some(types);
+    p.view_format = Some(ViewFormat {
+        code: code.to_string(),
+        header: header.unwrap_or(true),
+    });
+    p.client_tracking_id = client_tracking_id;
+    p.views = views;
+    let stored = serde_json::to_string(&p.views).map_or(usize::MAX, |s| s.len());
+    if stored > MAX_VIEWS_BYTES {
+        return Err(bad(format!(
+            "the views take {stored} bytes; at most {MAX_VIEWS_BYTES} are accepted"
+        )));
+    }
+    Ok(ViewKickoff {
+        level,
+        group_id,
+        params: p,
+    })
+}
+
+/// The format a `_format` value names (a SQL on FHIR output format code or a media type):
+/// `ndjson`, `csv` or `parquet`.
+pub fn format_code(value: &str) -> Option<&'static str> {
+    let v = value.trim().to_ascii_lowercase();
+    let media = v.split(';').next().unwrap_or_default().trim();
+    Some(match media {
+        "ndjson" | "application/x-ndjson" | "application/ndjson" | "application/fhir+ndjson" => {
+            "ndjson"
+        }
+        "csv" | "text/csv" => "csv",
+        "parquet" | "application/vnd.apache.parquet" | "application/parquet" => "parquet",
+        _ => return None,
+    })
+}
+
+/// The resource type of a validated ViewDefinition.
+fn view_type(definition: &Value) -> String {
+    definition
+        .get("resource")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A parameter's text value (valueString, valueCode, …).
+fn text(param: &Value, name: &str) -> Result<String, KickoffError> {
+    params::TEXT_VALUE_TYPES
+        .iter()
+        .find_map(|k| param.get(*k).and_then(Value::as_str))
+        .map(str::to_string)
+        .filter(|s| !s.contains('\0'))
+        .ok_or_else(|| bad(format!("{name}: a valueString or valueCode")))
+}
+
+/// A parameter's reference (`valueReference.reference`, or a text value).
+fn reference(param: &Value, name: &str) -> Result<String, KickoffError> {
+    param
+        .get("valueReference")
+        .and_then(|r| r.get("reference"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .map_or_else(|| text(param, name), Ok)
+}
+
+/// One `view` parameter: its parts `name` and `viewResource` (inline). The ViewDefinition is
+/// validated; the output name is `name`, else the view's own `name`, and must be a SQL on FHIR
+/// name (`^[A-Za-z][A-Za-z0-9_]*$`: it becomes a file name and a table name).
+fn read_view(param: &Value, n: usize) -> Result<NamedView, KickoffError> {
+    let at = format!("view[{n}]");
+    let parts = param
+        .get("part")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad(format!("{at}: a view has parts (name, viewResource)")))?;
+    let mut name: Option<String> = None;
+    let mut definition: Option<&Value> = None;
+    for part in parts {
+        match part.get("name").and_then(Value::as_str) {
+            Some("name") => name = Some(text(part, &format!("{at}.name"))?),
+            Some("viewResource") => {
+                definition = Some(
+                    part.get("resource")
+                        .ok_or_else(|| bad(format!("{at}.viewResource: a resource")))?,
+                )
+            }
+            Some("viewReference") => {
+                return Err(KickoffError::NotSupported(format!(
+                    "{at}.viewReference: this server stores no ViewDefinitions; send the \
+                     view inline as viewResource"
+                )))
+            }
+            other => {
+                return Err(bad(format!(
+                    "{at}: unknown part {:?} (name, viewResource)",
+                    other.unwrap_or_default()
+                )))
+            }
+        }
+    }
+    let definition = definition.ok_or_else(|| bad(format!("{at}: no viewResource")))?;
+    if definition.get("resourceType").and_then(Value::as_str) != Some("ViewDefinition") {
+        return Err(bad(format!(
+            "{at}.viewResource: resourceType must be ViewDefinition"
+        )));
+    }
+    let view = sof::View::from_json(definition).map_err(|e| {
+        bad(format!(
+            "{at}.viewResource: {}: {}",
+            e.expression(),
+            e.message()
+        ))
+    })?;
+    if !is_resource_type(view.resource_type()) {
+        return Err(bad(format!(
+            "{at}.viewResource: ViewDefinition.resource {:?} is not an R4 resource type",
+            view.resource_type()
+        )));
+    }
+    if view.columns().is_empty() {
+        return Err(bad(format!("{at}.viewResource: the view has no columns")));
+    }
+    let name = name
+        .or_else(|| view.name().map(str::to_string))
+        .ok_or_else(|| {
+            bad(format!(
+                "{at}: no name (a name part, or ViewDefinition.name)"
+            ))
+        })?;
+    let valid = name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(bad(format!(
+            "{at}.name: {name:?} is not a view name (a letter, then letters, digits or _; at \
+             most 64)"
+        )));
+    }
+    Ok(NamedView {
+        name,
+        definition: definition.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,379 @@
+//! SQL on FHIR `$viewdefinition-export` and `$viewdefinition-run` over real HTTP: the rows in the
+//! files equal rows computed here straight from the input resources (not through the view
+//! evaluator), in every format; bad views are refused at kick-off naming the element.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use integration_tests::data::DataSet;
+use integration_tests::{http_client, poll, Server};
+use serde_json::{json, Value};
+
+const PATIENTS: usize = 12;
+
+async fn server() -> (Server, DataSet) {
+    integration_tests::local_server(
+        PATIENTS,
+        &[("MAX_FILE_BYTES", "16384"), ("MIN_POLL_INTERVAL_MS", "0")],
+    )
+    .await
+}
+
+/// One row per patient name (a null row for a patient without one).
+fn patients_view() -> Value {
+    json!({
+        "resourceType": "ViewDefinition",
+        "name": "patients",
+        "resource": "Patient",
+        "status": "active",
+        "select": [
+            {"column": [
+                {"name": "id", "path": "getResourceKey()"},
+                {"name": "gender", "path": "gender"},
+                {"name": "birth_date", "path": "birthDate"}
+            ]},
+            {"forEachOrNull": "name", "column": [
+                {"name": "family", "path": "family"},
+                {"name": "given", "path": "given.join(' ')"}
+            ]}
+        ]
+    })
+}
+
+/// One row per coding of each Observation's code, with its value and subject.
+fn observations_view() -> Value {
+    json!({
+        "resourceType": "ViewDefinition",
+        "name": "observations",
+        "resource": "Observation",
+        "status": "active",
+        "select": [
+            {"column": [
+                {"name": "id", "path": "getResourceKey()"},
+                {"name": "patient", "path": "subject.getReferenceKey(Patient)"},
+                {"name": "value", "path": "value.ofType(Quantity).value"},
+                {"name": "unit", "path": "value.ofType(Quantity).unit"}
+            ]},
+            {"forEach": "code.coding", "column": [
+                {"name": "system", "path": "system"},
+                {"name": "code", "path": "code"}
+            ]}
+        ]
+    })
+}
+
+/// What the patients view gives, computed from the resources: rows as sorted JSON text.
+fn expected_patients(data: &DataSet) -> Vec<String> {
+    let mut rows = Vec::new();
+    for p in data
+        .resources
+        .iter()
+        .filter(|r| r["resourceType"] == "Patient")
+    {
+        let base = json!({
+            "id": p["id"],
+            "gender": p.get("gender").cloned().unwrap_or(Value::Null),
+            "birth_date": p.get("birthDate").cloned().unwrap_or(Value::Null),
+        });
+        let names = p["name"].as_array().cloned().unwrap_or_default();
+        let mut add = |family: Value, given: Value| {
+            let mut r = base.clone();
+            r["family"] = family;
+            r["given"] = given;
+            rows.push(r.to_string());
+        };
+        if names.is_empty() {
+            add(Value::Null, Value::Null);
+        }
+        for n in names {
+            let given: Vec<&str> = n["given"]
+                .as_array()
+                .map(|g| g.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let given = if given.is_empty() {
+                Value::Null
+            } else {
+                json!(given.join(" "))
+            };
+            add(n.get("family").cloned().unwrap_or(Value::Null), given);
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// What the observations view gives, computed from the resources.
+fn expected_observations(data: &DataSet, patients: Option<&[String]>) -> Vec<String> {
+    let mut rows = Vec::new();
+    for o in data
+        .resources
+        .iter()
+        .filter(|r| r["resourceType"] == "Observation")
+    {
+        let subject = o["subject"]["reference"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("Patient/"))
+            .map(str::to_string);
+        if let Some(ps) = patients {
+            if !subject.as_ref().is_some_and(|s| ps.contains(s)) {
+                continue;
+            }
+        }
+        let q = o.get("valueQuantity");
+        for c in o["code"]["coding"].as_array().cloned().unwrap_or_default() {
+            let r = json!({
+                "id": o["id"],
+                "patient": subject.clone().map_or(Value::Null, Value::String),
+                "value": q.and_then(|q| q.get("value")).cloned().unwrap_or(Value::Null),
+                "unit": q.and_then(|q| q.get("unit")).cloned().unwrap_or(Value::Null),
+                "system": c.get("system").cloned().unwrap_or(Value::Null),
+                "code": c.get("code").cloned().unwrap_or(Value::Null),
+            });
+            rows.push(r.to_string());
+        }
+    }
+    rows.sort();
+    rows
+}
+
+fn view_param(view: Value) -> Value {
+    json!({"name": "view", "part": [{"name": "viewResource", "resource": view}]})
+}
+
+async fn kick_off(c: &reqwest::Client, url: &str, params: Value) -> reqwest::Response {
+    c.post(url)
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async")
+        .header("Content-Type", "application/fhir+json")
+        .body(json!({"resourceType": "Parameters", "parameter": params}).to_string())
+        .send()
+        .await
+        .expect("kick-off")
+}
+
+/// Kicks off a view export and waits for its manifest.
+async fn export(c: &reqwest::Client, url: &str, params: Value) -> Value {
+    let resp = kick_off(c, url, params).await;
+    let status_url = integration_tests::status_url_of(resp).await;
+    let done = poll(c, &status_url, Duration::from_secs(120)).await;
+    assert_eq!(done.status(), 200);
+    done.json().await.expect("manifest")
+}
+
+/// The manifest's files of `view`, downloaded.
+async fn files_of(c: &reqwest::Client, manifest: &Value, view: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in manifest["output"].as_array().expect("output") {
+        if entry["type"] != view {
+            continue;
+        }
+        let url = entry["url"].as_str().expect("url");
+        let resp = c.get(url).send().await.expect("download");
+        assert_eq!(resp.status(), 200, "{url}");
+        let ct = resp.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .to_string();
+        out.push((ct, resp.bytes().await.expect("body").to_vec()));
+    }
+    assert!(!out.is_empty(), "no file of {view} in {manifest}");
+    out
+}
+
+/// ndjson rows as sorted JSON text (members in column order).
+fn ndjson_rows(files: &[(String, Vec<u8>)]) -> Vec<String> {
+    let mut rows: Vec<String> = Vec::new();
+    for (ct, bytes) in files {
+        assert!(ct.contains("ndjson"), "{ct}");
+        for line in String::from_utf8(bytes.clone()).expect("utf-8").lines() {
+            let v: Value = serde_json::from_str(line).expect("a JSON row");
+            rows.push(v.to_string());
+        }
+    }
+    rows.sort();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_export_as_ndjson_with_exactly_the_rows_of_the_input() {
+    let (server, data) = server().await;
+    let c = http_client();
+    let m = export(
+        &c,
+        &format!("{}/ViewDefinition/$viewdefinition-export", server.base),
+        json!([view_param(patients_view()), view_param(observations_view())]),
+    )
+    .await;
+    assert!(m["error"].as_array().is_some_and(Vec::is_empty), "{m}");
+    let types: BTreeMap<String, usize> =
+        m["output"]
+            .as_array()
+            .expect("output")
+            .iter()
+            .fold(BTreeMap::new(), |mut acc, e| {
+                *acc.entry(e["type"].as_str().expect("type").to_string())
+                    .or_default() += 1;
+                acc
+            });
+    assert_eq!(
+        types.keys().cloned().collect::<Vec<_>>(),
+        ["observations", "patients"]
+    );
+    assert!(types["observations"] > 1, "16 KiB files: {types:?}");
+    let patients = ndjson_rows(&files_of(&c, &m, "patients").await);
+    assert_eq!(patients, expected_patients(&data));
+    let observations = ndjson_rows(&files_of(&c, &m, "observations").await);
+    let expected = expected_observations(&data, None);
+    assert_eq!(observations.len(), expected.len());
+    assert_eq!(observations, expected);
+    // The manifest counts rows.
+    let counted: i64 = m["output"]
+        .as_array()
+        .expect("output")
+        .iter()
+        .filter(|e| e["type"] == "observations")
+        .map(|e| e["count"].as_i64().expect("count"))
+        .sum();
+    assert_eq!(counted as usize, expected.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_view_export_as_csv_holds_the_members_rows_with_rfc4180_quoting() {
+    let (server, data) = server().await;
+    let c = http_client();
+    let m = export(
+        &c,
+        &format!("{}/$viewdefinition-export", server.base),
+        json!([
+            view_param(observations_view()),
+            {"name": "_format", "valueCode": "csv"},
+            {"name": "group", "valueReference": {"reference": format!("Group/{}", data.group_id)}}
+        ]),
+    )
+    .await;
+    let members: Vec<String> = data.group_members().into_iter().collect();
+    let files = files_of(&c, &m, "observations").await;
+    let mut rows: Vec<String> = Vec::new();
+    for (ct, bytes) in &files {
+        assert!(ct.starts_with("text/csv"), "{ct}");
+        let mut reader = csv::Reader::from_reader(bytes.as_slice());
+        let header: Vec<String> = reader
+            .headers()
+            .expect("header")
+            .iter()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(header, ["id", "patient", "value", "unit", "system", "code"]);
+        for record in reader.records() {
+            let record = record.expect("an RFC 4180 record");
+            let cell = |i: usize| -> Value {
+                match record.get(i).unwrap_or_default() {
+                    "" => Value::Null,
+                    s => json!(s),
+                }
+            };
+            let value = match record.get(2).unwrap_or_default() {
+                "" => Value::Null,
+                s => serde_json::from_str(s).expect("a number"),
+            };
+            rows.push(
+                json!({"id": cell(0), "patient": cell(1), "value": value, "unit": cell(3),
+                       "system": cell(4), "code": cell(5)})
+                .to_string(),
+            );
+        }
+    }
+    rows.sort();
+    assert_eq!(rows, expected_observations(&data, Some(&members)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_that_cannot_run_is_refused_at_kickoff_naming_the_element() {
+    let (server, _) = server().await;
+    let c = http_client();
+    let mut bad = patients_view();
+    bad["select"][1]["column"][0]["path"] = json!("family.nosuchfunction()");
+    let resp = kick_off(
+        &c,
+        &format!("{}/$viewdefinition-export", server.base),
+        json!([view_param(bad)]),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    let outcome: Value = resp.json().await.expect("OperationOutcome");
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    let text = outcome["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        text.contains("ViewDefinition.select[1].column[0].path") && text.contains("nosuchfunction"),
+        "{outcome}"
+    );
+    // A format nobody can read, and GET, are refused too.
+    let resp = kick_off(
+        &c,
+        &format!("{}/$viewdefinition-export", server.base),
+        json!([view_param(patients_view()), {"name": "_format", "valueCode": "xlsx"}]),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_gives_a_views_rows_at_once_over_stored_or_inline_resources() {
+    let (server, data) = server().await;
+    let c = http_client();
+    let run = |params: Value| {
+        let c = c.clone();
+        let url = format!("{}/$viewdefinition-run", server.base);
+        async move {
+            c.post(url)
+                .header("Content-Type", "application/fhir+json")
+                .body(json!({"resourceType": "Parameters", "parameter": params}).to_string())
+                .send()
+                .await
+                .expect("run")
+        }
+    };
+    // Stored data, as JSON.
+    let resp = run(json!([{"name": "viewResource", "resource": patients_view()}])).await;
+    assert_eq!(resp.status(), 200);
+    let rows: Vec<Value> = resp.json().await.expect("rows");
+    let mut got: Vec<String> = rows.iter().map(Value::to_string).collect();
+    got.sort();
+    assert_eq!(got, expected_patients(&data));
+    // Inline resources, _limit, CSV.
+    let resp = run(json!([
+        {"name": "viewResource", "resource": patients_view()},
+        {"name": "_format", "valueCode": "csv"},
+        {"name": "resource", "resource": {"resourceType": "Patient", "id": "a", "gender": "female",
+            "name": [{"family": "O\"Hara, Jr", "given": ["Ann", "B"]}]}},
+        {"name": "resource", "resource": {"resourceType": "Patient", "id": "b"}}
+    ]))
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .expect("ct")
+        .starts_with("text/csv"));
+    let text = resp.text().await.expect("csv");
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let records: Vec<Vec<String>> = reader
+        .records()
+        .map(|r| r.expect("record").iter().map(str::to_string).collect())
+        .collect();
+    assert_eq!(
+        records,
+        [
+            vec!["a", "female", "", "O\"Hara, Jr", "Ann B"],
+            vec!["b", "", "", "", ""]
+        ]
+    );
+    let resp = run(json!([
+        {"name": "viewResource", "resource": patients_view()},
+        {"name": "_limit", "valueInteger": 2}
+    ]))
+    .await;
+    let rows: Vec<Value> = resp.json().await.expect("rows");
+    assert_eq!(rows.len(), 2);
+}
