@@ -161,8 +161,11 @@ impl EncodeError {
 pub struct Options {
     /// A Parquet row group ends at this many rows (default 1,000,000)…
     pub row_group_rows: usize,
-    /// …or when its encoded, compressed size in memory reaches this (default 32 MiB),
-    /// whichever comes first. This bounds the memory the encoder holds.
+    /// …or when the writer's estimate of its encoded, compressed size reaches this (default
+    /// 16 MiB), whichever comes first. The row group is held in memory until it ends and then
+    /// drained whole, so this bounds the encoder's memory: about this much for the row group
+    /// in progress, and as much again in the caller's hands while it uploads the last one. (The
+    /// estimate runs about a fifth under the final size: 16 MiB gives row groups of ~20 MB.)
     pub row_group_bytes: usize,
     /// Rows gathered in Arrow builders before they go to the Parquet writer as one batch
     /// (default 4,096)…
@@ -175,7 +178,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             row_group_rows: 1_000_000,
-            row_group_bytes: 32 << 20,
+            row_group_bytes: 16 << 20,
             batch_rows: 4096,
             batch_bytes: 4 << 20,
         }

@@ -30,7 +30,7 @@ pub(crate) struct ParquetEncoder {
     /// Whether any column can refuse a value (all but STRING columns): those rows are checked
     /// before anything is appended, so a refused row leaves the file as it was.
     any_fallible: bool,
-    writer: ArrowWriter<Vec<u8>>,
+    writer: ArrowWriter<Chunks>,
     /// Rows in the builders, not yet handed to the writer.
     pending_rows: usize,
     /// Rough size of those rows in the builders.
@@ -102,7 +102,7 @@ impl ParquetEncoder {
             .set_max_row_group_row_count(Some(options.row_group_rows.max(1)))
             .set_max_row_group_bytes(Some(options.row_group_bytes.max(1)))
             .build();
-        let writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
+        let writer = ArrowWriter::try_new(Chunks::default(), schema.clone(), Some(props))
             .map_err(|e| EncodeError::Write(format!("starting the Parquet file: {e}")))?;
         Ok(ParquetEncoder {
             schema,
@@ -158,13 +158,13 @@ impl ParquetEncoder {
     }
 
     pub(crate) fn drain_ready(&mut self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        // The writer buffers its output (a BufWriter over our Vec): push it through. Only whole
-        // row groups (and the leading magic) are ever written, so what the Vec holds is final.
-        // Taking bytes out of the Vec does not disturb the writer: it counts offsets itself.
+        // The writer buffers its output (a BufWriter over `Chunks`): push it through. Only
+        // whole row groups (and the leading magic) are ever written, so what arrives is final.
+        // Taking bytes out does not disturb the writer: it counts offsets itself.
         self.writer
             .sync()
             .map_err(|e| EncodeError::Write(format!("writing Parquet: {e}")))?;
-        out.append(self.writer.inner_mut());
+        self.writer.inner_mut().drain_into(out);
         Ok(())
     }
 
@@ -178,6 +178,51 @@ impl ParquetEncoder {
             .finish()
             .map_err(|e| EncodeError::Write(format!("finishing the Parquet file: {e}")))?;
         self.drain_ready(out)
+    }
+}
+
+/// The writer's output, in pieces of about a MiB. A row group is written out all at once when
+/// it closes; into one growing `Vec` that would cost a copy of it on each doubling (the old and
+/// the new allocation together: up to three times the row group in memory).
+#[derive(Default)]
+struct Chunks {
+    full: Vec<Vec<u8>>,
+    current: Vec<u8>,
+}
+
+const CHUNK: usize = 1 << 20;
+
+impl std::io::Write for Chunks {
+    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len();
+        while !buf.is_empty() {
+            if self.current.len() == CHUNK {
+                self.full.push(std::mem::take(&mut self.current));
+            }
+            if self.current.capacity() == 0 {
+                self.current.reserve_exact(CHUNK);
+            }
+            let take = buf.len().min(CHUNK - self.current.len());
+            self.current.extend_from_slice(&buf[..take]);
+            buf = &buf[take..];
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Chunks {
+    /// Moves everything to `out`, freeing each piece as it is copied.
+    fn drain_into(&mut self, out: &mut Vec<u8>) {
+        let total = self.full.iter().map(Vec::len).sum::<usize>() + self.current.len();
+        out.reserve_exact(total);
+        for chunk in self.full.drain(..) {
+            out.extend_from_slice(&chunk);
+        }
+        out.extend_from_slice(&self.current);
+        self.current = Vec::new();
     }
 }
 
