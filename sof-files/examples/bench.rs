@@ -10,7 +10,8 @@
 //! baseline is parsing and `append_rows` alone. `--repeat N` streams the file N times into one
 //! file, the ids made unique in each pass (memory must stay flat); `--only FORMAT` runs one
 //! format (for its peak RSS, printed at the end: the high-water mark of the whole process);
-//! `--row-group-mib N` sets the Parquet row group byte limit.
+//! `--row-group-mib N` sets the Parquet row group byte limit; `--save DIR` writes the files
+//! there (`observation_flat.ndjson` …) for other readers.
 
 use std::io::{BufRead, BufReader};
 use std::time::Instant;
@@ -24,10 +25,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut repeat = 1usize;
     let mut only: Option<String> = None;
     let mut options = Options::default();
+    let mut save: Option<std::path::PathBuf> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--repeat" => repeat = args.next().ok_or("--repeat N")?.parse()?,
             "--only" => only = Some(args.next().ok_or("--only FORMAT")?),
+            "--save" => save = Some(args.next().ok_or("--save DIR")?.into()),
             "--row-group-mib" => {
                 options.row_group_bytes =
                     args.next().ok_or("--row-group-mib N")?.parse::<usize>()? << 20
@@ -100,6 +103,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     if out.len() >= 8 << 20 {
                         output_bytes += out.len() as u64;
                         parts += 1;
+                        if let (Some(dir), Some(f)) = (&save, format) {
+                            save_part(dir, f, &out, parts == 1)?;
+                        }
                         // Uploaded: the buffer goes with the part.
                         drop(std::mem::take(&mut out));
                     }
@@ -110,6 +116,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             e.finish(&mut out)?;
             output_bytes += out.len() as u64;
             parts += 1;
+            if let (Some(dir), Some(f)) = (&save, format) {
+                save_part(dir, f, &out, parts == 1)?;
+            }
         }
         let secs = started.elapsed().as_secs_f64();
         let vs = match baseline_secs {
@@ -138,6 +147,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// Appends a part to DIR/observation_flat.EXT (the first part creates the file).
+fn save_part(
+    dir: &std::path::Path,
+    format: Format,
+    part: &[u8],
+    first: bool,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(format!("observation_flat.{}", format.extension()));
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(!first)
+        .truncate(first)
+        .open(path)?;
+    file.write_all(part)
 }
 
 /// The encoders alone: the file's rows computed first, then pushed (best of 5 runs).
