@@ -51,23 +51,22 @@ pub(crate) fn to_unscaled(text: &str, precision: u8, scale: i8) -> Result<i128, 
                 }
                 if b == b'0' {
                     if significant > 0 {
-                        pending_zeros += 1;
+                        pending_zeros = pending_zeros.saturating_add(1);
                     }
                 } else {
-                    // Bring the zeros in, then the digit: 38 digits at most are kept exactly.
+                    // Bring the zeros in, then the digit. Past 38 digits the mantissa stops
+                    // (it would overflow) but the count goes on: such a number fits no column.
                     for _ in 0..pending_zeros {
-                        mantissa *= 10;
-                        significant += 1;
-                        if significant > 38 {
-                            return Err(DecimalError::Precision);
+                        if significant < 38 {
+                            mantissa *= 10;
                         }
+                        significant = significant.saturating_add(1);
                     }
                     pending_zeros = 0;
-                    mantissa = mantissa * 10 + i128::from(b - b'0');
-                    significant += 1;
-                    if significant > 38 {
-                        return Err(DecimalError::Precision);
+                    if significant < 38 {
+                        mantissa = mantissa * 10 + i128::from(b - b'0');
                     }
+                    significant = significant.saturating_add(1);
                 }
             }
             b'.' if !seen_point => seen_point = true,
@@ -201,5 +200,98 @@ mod tests {
         ] {
             assert_eq!(to_unscaled(bad, 38, 18), Err(DecimalError::Syntax), "{bad}");
         }
+    }
+
+    /// The same reading done on strings: sign, exponent, point and zeros moved textually.
+    fn reference(text: &str, precision: u8, scale: i8) -> Result<i128, DecimalError> {
+        let (negative, rest) = match text.strip_prefix('-') {
+            Some(r) => (true, r),
+            None => (false, text.strip_prefix('+').unwrap_or(text)),
+        };
+        let (mantissa, exp) = match rest.split_once(['e', 'E']) {
+            Some((m, e)) => (m, e.parse::<i64>().map_err(|_| DecimalError::Syntax)?),
+            None => (rest, 0),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let digits = format!("{int}{frac}");
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(DecimalError::Syntax);
+        }
+        let digits = digits.trim_start_matches('0');
+        if digits.is_empty() {
+            return Ok(0);
+        }
+        let trimmed = digits.trim_end_matches('0');
+        let exp = exp - frac.len() as i64 + (digits.len() - trimmed.len()) as i64;
+        let shift = exp + i64::from(scale);
+        if shift < 0 {
+            return Err(DecimalError::Scale);
+        }
+        if trimmed.len() as i64 + shift > i64::from(precision) {
+            return Err(DecimalError::Precision);
+        }
+        let v: i128 = format!("{trimmed}{}", "0".repeat(shift as usize))
+            .parse()
+            .map_err(|_| DecimalError::Syntax)?;
+        Ok(if negative { -v } else { v })
+    }
+
+    #[test]
+    fn random_texts_read_as_the_string_reading_does() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for _ in 0..200_000 {
+            let mut t = String::new();
+            match next(3) {
+                0 => t.push('-'),
+                1 if next(4) == 0 => t.push('+'),
+                _ => {}
+            }
+            let digit = |d: u64| char::from(b'0' + d as u8);
+            for _ in 0..1 + next(25) {
+                // Zeros are common, to exercise leading and trailing ones.
+                t.push(if next(3) == 0 { '0' } else { digit(next(10)) });
+            }
+            if next(2) == 0 {
+                t.push('.');
+                for _ in 0..next(25) {
+                    t.push(if next(3) == 0 { '0' } else { digit(next(10)) });
+                }
+            }
+            if next(4) == 0 {
+                t.push(if next(2) == 0 { 'e' } else { 'E' });
+                if next(2) == 0 {
+                    t.push('-');
+                }
+                t.push_str(&next(45).to_string());
+            }
+            let precision = 1 + next(38) as u8;
+            let scale = next(u64::from(precision) + 1) as i8;
+            assert_eq!(
+                to_unscaled(&t, precision, scale),
+                reference(&t, precision, scale),
+                "{t} ({precision},{scale})"
+            );
+        }
+    }
+
+    #[test]
+    fn f64_texts_are_exact() {
+        // Rust writes an f64 in full (0.0000001), serde_json with an exponent (1e-7): both are
+        // the same number.
+        for x in [0.1, 1.5, 98.6, 1e-7, 123456.789, 2.5e-18, 1e19, -0.0] {
+            let plain = to_unscaled(&format!("{x}"), 38, 18);
+            let json = to_unscaled(&serde_json::json!(x).to_string(), 38, 18);
+            assert_eq!(plain, json, "{x}");
+        }
+        assert_eq!(
+            to_unscaled(&serde_json::json!(1e-7).to_string(), 38, 18),
+            Ok(10i128.pow(11))
+        );
     }
 }
