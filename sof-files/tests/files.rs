@@ -761,3 +761,30 @@ fn empty_files_are_valid() {
     assert_eq!(csv.iter().filter(|b| **b == b'\n').count(), 1);
     assert!(Encoder::new(Format::Ndjson, &[]).is_err());
 }
+
+#[test]
+fn a_varchar_tag_keeps_a_decimal_as_its_text() {
+    let view = view(json!({
+        "resourceType": "ViewDefinition", "resource": "Observation",
+        "select": [{"column": [{"name": "v", "path": "value.ofType(Quantity).value",
+            "tag": [{"name": "ansi/type", "value": "CHARACTER VARYING"}]}]}]
+    }));
+    let resources: Vec<Value> = serde_json::from_str(
+        r#"[{"resourceType": "Observation", "valueQuantity": {"value": 1.50}},
+            {"resourceType": "Observation", "valueQuantity": {"value": 1e-30}}]"#,
+    )
+    .expect("resources");
+    let flat = flat_rows(&view, &resources);
+    let file = encode(Format::Parquet, view.columns(), &flat, &Options::default());
+    let (_, schema, batches) = read_parquet(file);
+    assert_eq!(schema.field(0).data_type(), &DataType::Utf8);
+    let texts: Vec<String> = (0..2)
+        .map(|i| batches[0].column(0).as_string::<i32>().value(i).to_string())
+        .collect();
+    // The number's JSON text: the source's with arbitrary_precision.
+    let want: Vec<String> = flat.iter().map(Value::to_string).collect();
+    assert_eq!(texts, want);
+    if exact_numbers() {
+        assert_eq!(texts, ["1.50", "1e-30"]);
+    }
+}
