@@ -788,3 +788,28 @@ fn a_varchar_tag_keeps_a_decimal_as_its_text() {
         assert_eq!(texts, ["1.50", "1e-30"]);
     }
 }
+
+#[test]
+fn an_encoder_moves_between_threads() {
+    fn send<T: Send>() {}
+    send::<Encoder>();
+}
+
+#[test]
+fn a_refused_row_stops_a_push_after_the_rows_before_it() {
+    let view = view(json!({
+        "resourceType": "ViewDefinition", "resource": "Patient",
+        "select": [{"column": [{"name": "active", "path": "active"}]}]
+    }));
+    let mut encoder = Encoder::new(Format::Parquet, view.columns()).expect("encoder");
+    let flat = [json!(true), json!("no"), json!(false)];
+    let e = encoder.push(&flat).expect_err("refused");
+    assert_eq!(e.column_name(), Some("active"));
+    assert_eq!(encoder.rows(), 1);
+    encoder.push(&flat[2..]).expect("the rest");
+    let mut file = Vec::new();
+    encoder.finish(&mut file).expect("finish");
+    let (_, _, batches) = read_parquet(file);
+    let got: Vec<Option<bool>> = batches[0].column(0).as_boolean().iter().collect();
+    assert_eq!(got, [Some(true), Some(false)]);
+}
