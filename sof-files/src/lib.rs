@@ -185,6 +185,24 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// Limits for one of `encoders` Parquet encoders open at the same time (one per view of a
+    /// resource type) that should hold about `memory` bytes between them: each row group ends
+    /// at `memory / encoders` by the writer's estimate (at least 1 MiB, at most the default 16
+    /// MiB), and rows wait in the builders for at most a quarter of that. Each encoder holds
+    /// about its row group in progress (the writer's estimate runs ~20% under the final size);
+    /// the caller holds what it drained until it is uploaded.
+    pub fn sharing(memory: usize, encoders: usize) -> Options {
+        let default = Options::default();
+        let share = (memory / encoders.max(1)).clamp(1 << 20, default.row_group_bytes);
+        Options {
+            row_group_bytes: share,
+            batch_bytes: (share / 4).min(default.batch_bytes),
+            ..default
+        }
+    }
+}
+
 enum Inner {
     Ndjson(ndjson::NdjsonEncoder),
     Csv(Box<csv_file::CsvEncoder>),

@@ -813,3 +813,42 @@ fn a_refused_row_stops_a_push_after_the_rows_before_it() {
     let got: Vec<Option<bool>> = batches[0].column(0).as_boolean().iter().collect();
     assert_eq!(got, [Some(true), Some(false)]);
 }
+
+#[test]
+fn encoders_sharing_memory_write_smaller_row_groups() {
+    let shared = Options::sharing(48 << 20, 6);
+    assert_eq!(shared.row_group_bytes, 8 << 20);
+    assert!(shared.batch_bytes <= 2 << 20);
+    assert_eq!(Options::sharing(1 << 30, 1), Options::default());
+    assert_eq!(Options::sharing(0, 0).row_group_bytes, 1 << 20);
+
+    let view = view(json!({
+        "resourceType": "ViewDefinition", "resource": "Patient",
+        "select": [{"column": [{"name": "id", "path": "getResourceKey()"}]}]
+    }));
+    // Distinct ids of ~40 bytes that compress little: ~8 MB of them.
+    let flat: Vec<Value> = (0..200_000u64)
+        .map(|i| {
+            json!(format!(
+                "{:016x}-{:016x}",
+                i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                i
+            ))
+        })
+        .collect();
+    let (metadata, _, _) = read_parquet(encode(
+        Format::Parquet,
+        view.columns(),
+        &flat,
+        &Options::sharing(4 << 20, 2),
+    ));
+    assert!(
+        metadata.num_row_groups() >= 3,
+        "{}",
+        metadata.num_row_groups()
+    );
+    for rg in metadata.row_groups() {
+        assert!(rg.compressed_size() < 3 << 20, "{}", rg.compressed_size());
+    }
+    assert_eq!(metadata.file_metadata().num_rows(), 200_000);
+}
