@@ -564,6 +564,54 @@ fn csv_quotes_as_rfc_4180_and_keeps_null_apart_from_empty() {
     );
 }
 
+#[test]
+fn csv_empty_strings_first_last_and_alone() {
+    let view = view(json!({
+        "resourceType": "ViewDefinition", "resource": "Patient",
+        "select": [{"column": [
+            {"name": "a", "path": "id"}, {"name": "b", "path": "gender"}, {"name": "c", "path": "birthDate"}
+        ]}]
+    }));
+    let rows = [
+        json!(""),
+        Value::Null,
+        json!(""),
+        Value::Null,
+        json!(""),
+        Value::Null,
+    ];
+    let file = encode(
+        Format::Csv { header: false },
+        view.columns(),
+        &rows,
+        &Options::default(),
+    );
+    assert_eq!(
+        String::from_utf8(file.clone()).expect("utf-8"),
+        "\"\",,\"\"\r\n,\"\",\r\n"
+    );
+    let records: Vec<csv::StringRecord> = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(file.as_slice())
+        .records()
+        .collect::<Result<_, _>>()
+        .expect("records");
+    assert_eq!(records.len(), 2);
+    assert!(records
+        .iter()
+        .all(|r| r.len() == 3 && r.iter().all(str::is_empty)));
+
+    // One column: the csv crate writes an empty field as "" (an empty line is no record).
+    let one = view_of_one_string();
+    let file = encode(
+        Format::Csv { header: false },
+        one.columns(),
+        &[json!(""), Value::Null],
+        &Options::default(),
+    );
+    assert_eq!(String::from_utf8(file).expect("utf-8"), "\"\"\r\n\"\"\r\n");
+}
+
 fn view_of_one_string() -> sof::View {
     view(json!({
         "resourceType": "ViewDefinition", "resource": "Patient",
