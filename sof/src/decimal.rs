@@ -11,8 +11,9 @@ use std::fmt;
 
 /// Largest scale kept after a multiplication or division (digits after the point).
 const MAX_SCALE: u32 = 28;
-/// Digits after the point a division keeps at least (FHIRPath asks for 8).
-const DIV_SCALE: u32 = 16;
+/// Significant digits a division that does not terminate keeps (FHIRPath asks for at least 8
+/// decimal places; an f64 holds 17 significant digits).
+const DIV_DIGITS: u32 = 20;
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Decimal {
@@ -115,28 +116,38 @@ impl Decimal {
         .limit_scale()
     }
 
-    /// `None` on division by zero or overflow (FHIRPath: the result is empty).
+    /// `None` on division by zero or overflow (FHIRPath: the result is empty). The quotient
+    /// is exact when it terminates within 28 decimal places, else it has 20 significant digits
+    /// but at least 8 and at most 28 decimal places, the last one rounded half away from zero.
     pub(crate) fn div(&self, o: &Decimal) -> Option<Decimal> {
         if o.mantissa == 0 {
             return None;
         }
-        // self / o = (a·10^-sa) / (b·10^-sb); scale the dividend so the quotient has DIV_SCALE
-        // digits after the point.
-        let shift = DIV_SCALE + o.scale;
-        let (num, num_scale) = if shift >= self.scale {
-            (
-                self.mantissa.checked_mul(pow10(shift - self.scale)?)?,
-                DIV_SCALE,
-            )
-        } else {
-            (self.mantissa, self.scale - o.scale)
-        };
-        Decimal {
-            mantissa: num / o.mantissa,
-            scale: num_scale,
+        let (a, b, _) = Decimal::aligned(self, o)?;
+        let negative = (a < 0) != (b < 0);
+        let (a, b) = (a.unsigned_abs(), b.unsigned_abs());
+        let mut q = a / b;
+        let mut r = a % b;
+        let mut scale = 0u32;
+        let significant = |q: u128| if q == 0 { 0 } else { q.ilog10() + 1 };
+        while r != 0 && scale < MAX_SCALE && (significant(q) < DIV_DIGITS || scale < 8) {
+            r = r.checked_mul(10)?;
+            q = q.checked_mul(10)?.checked_add(r / b)?;
+            r %= b;
+            scale += 1;
         }
-        .trimmed()
-        .limit_scale()
+        // Round on what is left.
+        if r != 0 && r.checked_mul(2)? >= b {
+            q = q.checked_add(1)?;
+        }
+        let m = i128::try_from(q).ok()?;
+        Some(
+            Decimal {
+                mantissa: if negative { -m } else { m },
+                scale,
+            }
+            .trimmed(),
+        )
     }
 
     /// Drops trailing zeros after the point (`1.5000` → `1.5`).
@@ -295,10 +306,23 @@ mod tests {
         assert_eq!(d("3").sub(&d("0.25")).unwrap().to_string(), "2.75");
         assert_eq!(d("1.5").mul(&d("1.5")).unwrap().to_string(), "2.25");
         assert_eq!(d("3").div(&d("2")).unwrap().to_string(), "1.5");
-        assert_eq!(
-            d("1").div(&d("3")).unwrap().to_string(),
-            "0.3333333333333333"
-        );
+        for (a, b, q) in [
+            ("1", "3", "0.33333333333333333333"),
+            ("2", "3", "0.66666666666666666667"),
+            ("-2", "3", "-0.66666666666666666667"),
+            ("2", "-3", "-0.66666666666666666667"),
+            ("0.01237", "3", "0.0041233333333333333333"),
+            ("1", "8", "0.125"),
+            ("10", "4", "2.5"),
+            ("1e-20", "3", "0.0000000000000000000033333333"),
+            (
+                "123456789012345678901234",
+                "7",
+                "17636684144620811271604.85714286",
+            ),
+        ] {
+            assert_eq!(d(a).div(&d(b)).unwrap().to_string(), q, "{a} / {b}");
+        }
         assert!(d("1").div(&d("0")).is_none());
         assert_eq!(d("7").div_trunc(&d("2")).unwrap().to_string(), "3");
         assert_eq!(d("7.5").rem(&d("2")).unwrap().to_string(), "1.5");
