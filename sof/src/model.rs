@@ -6,13 +6,18 @@
 use crate::model_table::MODEL;
 use crate::types::PRIMITIVE_TYPES;
 
-/// An element: name (a choice element without `[x]`) and its FHIR types (for a backbone
-/// element, its path, which is also its entry in the model).
-pub(crate) struct Elem(pub(crate) &'static str, pub(crate) &'static [&'static str]);
+/// An element: name (a choice element without `[x]`), its FHIR types (for a backbone element,
+/// its path, which is also its entry in the model), and whether it repeats (max > 1).
+pub(crate) struct Elem(
+    pub(crate) &'static str,
+    pub(crate) &'static [&'static str],
+    pub(crate) bool,
+);
 
 /// What the model says about `type.name`.
 pub(crate) enum Lookup {
-    Found(&'static [&'static str]),
+    /// The element's types and whether it repeats.
+    Found(&'static [&'static str], bool),
     /// The type has no such element.
     Missing,
     /// The type is not in the model (an R5 type, `Resource`): nothing is known.
@@ -41,16 +46,16 @@ static EXTENSION: &[&str] = &["Extension"];
 pub(crate) fn child(t: &str, name: &str) -> Lookup {
     if PRIMITIVE_TYPES.contains(&t) {
         return match name {
-            "id" => Lookup::Found(STRING),
-            "extension" => Lookup::Found(EXTENSION),
+            "id" => Lookup::Found(STRING, false),
+            "extension" => Lookup::Found(EXTENSION, true),
             _ => Lookup::Missing,
         };
     }
     match elements(t) {
         None => Lookup::Unknown,
         Some(els) => match els.iter().find(|e| e.0 == name) {
-            Some(e) => Lookup::Found(e.1),
-            None if name == "resourceType" && !t.contains('.') => Lookup::Found(CODE),
+            Some(e) => Lookup::Found(e.1, e.2),
+            None if name == "resourceType" && !t.contains('.') => Lookup::Found(CODE, false),
             None => Lookup::Missing,
         },
     }
@@ -65,38 +70,38 @@ mod tests {
         assert!(MODEL.windows(2).all(|w| w[0].0 < w[1].0));
         assert!(matches!(
             child("Patient", "name"),
-            Lookup::Found(["HumanName"])
+            Lookup::Found(["HumanName"], true)
         ));
         assert!(matches!(
             child("HumanName", "given"),
-            Lookup::Found(["string"])
+            Lookup::Found(["string"], true)
         ));
         assert!(matches!(
             child("Patient", "contact"),
-            Lookup::Found(["Patient.contact"])
+            Lookup::Found(["Patient.contact"], true)
         ));
         assert!(matches!(
             child("Patient.contact", "name"),
-            Lookup::Found(["HumanName"])
+            Lookup::Found(["HumanName"], false)
         ));
         assert!(matches!(child("Patient", "famly"), Lookup::Missing));
         assert!(matches!(
             child("Patient", "resourceType"),
-            Lookup::Found(["code"])
+            Lookup::Found(["code"], false)
         ));
         assert!(matches!(
             child("date", "extension"),
-            Lookup::Found(["Extension"])
+            Lookup::Found(["Extension"], true)
         ));
         assert!(matches!(child("R5Thing", "x"), Lookup::Unknown));
         // Choice elements and content references.
         match child("Observation", "value") {
-            Lookup::Found(ts) => assert!(ts.contains(&"Quantity") && ts.contains(&"string")),
+            Lookup::Found(ts, false) => assert!(ts.contains(&"Quantity") && ts.contains(&"string")),
             _ => panic!("Observation.value"),
         }
         assert!(matches!(
             child("Questionnaire.item", "item"),
-            Lookup::Found(["Questionnaire.item"])
+            Lookup::Found(["Questionnaire.item"], true)
         ));
     }
 }

@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 
 use crate::fhirpath::eval::{eval, Constant, Env, Item};
-use crate::fhirpath::{compile, Expr, Scope, Var};
+use crate::fhirpath::{compile, may_repeat, Expr, Scope, Var};
 use crate::model;
 use crate::types::{self, kind_of, Kind};
 use crate::{EvalError, ViewError};
@@ -499,6 +499,14 @@ impl Builder<'_> {
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(err(at(element, "collection"), "must be a boolean")),
         };
+        if !collection && may_repeat(&expr) {
+            self.warnings.push(err(
+                &path_el,
+                "an element on this path repeats, so it may give several values, but the column \
+                 is not a collection: a resource that gives several fails (set \"collection\": \
+                 true, or take one with first() or an indexer)",
+            ));
+        }
         let description = string(obj, "description", element)?.map(str::to_string);
         let mut tags = Vec::new();
         for (i, t) in array(obj, "tag", element)?.iter().enumerate() {

@@ -142,6 +142,8 @@ fn official_suite() {
     let mut failures = Vec::new();
     let mut seen_skips = vec![false; SKIPPED.len()];
     let mut experimental_passed = 0usize;
+    // expectError tests the view is refused for when read, and those that fail only on data.
+    let (mut refused_when_read, mut failed_on_data) = (Vec::new(), Vec::new());
     for path in &files {
         let file = path
             .file_name()
@@ -165,6 +167,12 @@ fn official_suite() {
             let experimental = test["tags"]
                 .as_array()
                 .is_some_and(|t| t.iter().any(|t| t == "experimental"));
+            if test.get("expectError").and_then(Value::as_bool) == Some(true) {
+                match ViewDefinition::from_json(&test["view"]) {
+                    Err(e) => refused_when_read.push(format!("{file} / {title}: {e}")),
+                    Ok(_) => failed_on_data.push(format!("{file} / {title}")),
+                }
+            }
             match run_test(test, &resources) {
                 Outcome::Pass => {
                     passed += 1;
@@ -182,6 +190,17 @@ fn official_suite() {
         files.len(),
         failures.len()
     );
+    println!(
+        "expectError: {} refused when the view is read, {} only when applied to data",
+        refused_when_read.len(),
+        failed_on_data.len()
+    );
+    for r in &refused_when_read {
+        println!("  refused: {r}");
+    }
+    for r in &failed_on_data {
+        println!("  on data: {r}");
+    }
     for (i, (f, t, reason)) in SKIPPED.iter().enumerate() {
         println!("  skipped {f} / {t}: {reason}");
         assert!(

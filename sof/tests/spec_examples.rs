@@ -1,5 +1,6 @@
 //! The example ViewDefinitions of the SQL on FHIR v2 specification (input/fsh/examples of
-//! FHIR/sql-on-fhir-v2, written out as JSON): each is accepted without warnings, and, when the
+//! FHIR/sql-on-fhir-v2, written out as JSON): each is accepted (warned only about columns that
+//! run through a repeating element), and, when the
 //! Synthea data beside the checkout is there (../shared/data; not with TEST_WITHOUT_SHARED=1),
 //! runs over every resource of its type without an error, giving the rows the data implies.
 
@@ -194,10 +195,24 @@ fn examples() -> Vec<(&'static str, Value)> {
 }
 
 #[test]
-fn spec_examples_are_accepted_without_warnings() {
+fn spec_examples_are_accepted() {
     for (name, json) in examples() {
         let view = View::from_json(&json).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(view.warnings().is_empty(), "{name}: {:?}", view.warnings());
+        let warnings: Vec<String> = view.warnings().iter().map(|w| w.to_string()).collect();
+        // Some examples have columns whose path runs through a repeating element without
+        // `collection: true` (QuestionnaireResponse.item.answer, Encounter.episodeOfCare): the
+        // model warns about those; nothing else.
+        let repeats = "an element on this path repeats";
+        let other: Vec<&String> = warnings.iter().filter(|w| !w.contains(repeats)).collect();
+        assert!(other.is_empty(), "{name}: {other:?}");
+        if name == "EncounterFlat" {
+            assert_eq!(warnings.len(), 1, "{warnings:?}");
+            assert!(warnings[0]
+                .starts_with("select[0].column[6].path: an element on this path repeats"));
+        }
+        if name == "PatientDemographics" {
+            assert!(warnings.is_empty(), "{warnings:?}");
+        }
         assert!(!view.columns().is_empty());
     }
     // Column types where the model knows them.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generates sof/src/model_table.rs: every element of every R4 resource and complex data type
-(name, FHIR types; backbone elements get their path as type name), from the official R4
-StructureDefinitions (profiles-resources.json and profiles-types.json).
+(name, FHIR types, whether it repeats; backbone elements get their path as type name), from the
+official R4 StructureDefinitions (profiles-resources.json and profiles-types.json).
 
     python3 sof/tools/gen_model.py --fhir-dir DIR           # writes sof/src/model_table.rs
     python3 sof/tools/gen_model.py --fhir-dir DIR --check   # fails if the file is not current
@@ -56,10 +56,11 @@ def types_of(sd):
             name = name[:-3]
         if owner == root and name == "id" and sd["kind"] == "resource":
             types = ["id"]  # Resource.id is an id (its snapshot says System.String/string)
+        many = e.get("max", "1") != "1"
         if owner not in owners:
             owners[owner] = []
             order.append(owner)
-        owners[owner].append((name, types))
+        owners[owner].append((name, types, many))
     return [(o, owners[o]) for o in order]
 
 
@@ -91,14 +92,14 @@ def main():
         "use super::model::Elem;",
         "",
         "/// Every R4 resource, complex data type and backbone element (by path), sorted, with its",
-        "/// elements: name (choice elements without `[x]`) and FHIR types.",
+        "/// elements: name (choice elements without `[x]`), FHIR types, and whether it repeats.",
         "pub(crate) static MODEL: &[(&str, &[Elem])] = &[",
     ]
     for owner in sorted(table):
         lines.append(f'    ("{owner}", &[')
-        for name, types in table[owner]:
+        for name, types, many in table[owner]:
             ts = ", ".join(f'"{t}"' for t in types)
-            lines.append(f'        Elem("{name}", &[{ts}]),')
+            lines.append(f'        Elem("{name}", &[{ts}], {"true" if many else "false"}),')
         lines.append("    ]),")
     lines.append("];")
     text = "\n".join(lines) + "\n"

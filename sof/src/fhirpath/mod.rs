@@ -34,6 +34,8 @@ pub(crate) struct Step {
     /// The element's FHIR type when the R4 model gives a single one (set by the model check);
     /// the items the step reaches carry it.
     pub(crate) ty: Option<&'static str>,
+    /// Whether the R4 model says the element repeats (set by the model check).
+    pub(crate) many: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,6 +233,37 @@ pub(crate) fn compile(
 
 type Types = Option<Vec<&'static str>>;
 
+/// Whether `e`, evaluated on a single focus item, may give more than one item according to the
+/// R4 model (after the model check has marked the path steps). Unknown elements count as single,
+/// so that only what the model makes likely is reported.
+pub(crate) fn may_repeat(e: &Expr) -> bool {
+    match e {
+        Expr::Path(base, steps) => {
+            base.as_deref().is_some_and(may_repeat) || steps.iter().any(|s| s.many)
+        }
+        Expr::Bin(BinOp::Union, _, _) => true,
+        Expr::Call(base, func) => {
+            let base_many = base.as_deref().is_some_and(may_repeat);
+            match func {
+                Func::Where(_)
+                | Func::OfType(_)
+                | Func::As(_)
+                | Func::Distinct
+                | Func::Tail
+                | Func::Skip(_)
+                | Func::Take(_)
+                | Func::ReferenceKey(_)
+                | Func::LowBoundary(_)
+                | Func::HighBoundary(_) => base_many,
+                Func::Select(x) => base_many || may_repeat(x),
+                Func::Iif(_, a, b) => may_repeat(a) || b.as_deref().is_some_and(may_repeat),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
 fn one_type(t: &Types) -> Option<&'static str> {
     match t.as_deref() {
         Some([one]) => Some(one),
@@ -272,7 +305,9 @@ impl ModelCheck<'_, '_> {
                     None => ctx.clone(),
                 };
                 for st in steps.iter_mut() {
-                    cur = self.step(cur, &st.name);
+                    let (next, many) = self.step(cur, &st.name);
+                    cur = next;
+                    st.many = many;
                     st.ty = match cur.as_deref() {
                         Some([one]) if !one.contains('.') => Some(*one),
                         _ => None,
@@ -311,19 +346,23 @@ impl ModelCheck<'_, '_> {
         })
     }
 
-    /// Member navigation by the model.
-    fn step(&mut self, cur: Types, name: &str) -> Types {
-        let ts = cur?;
+    /// Member navigation by the model: the types reached and whether the element repeats.
+    fn step(&mut self, cur: Types, name: &str) -> (Types, bool) {
+        let Some(ts) = cur else {
+            return (None, false);
+        };
         let mut out = Vec::new();
+        let mut many = false;
         for t in &ts {
             match model::child(t, name) {
-                model::Lookup::Found(found) => {
+                model::Lookup::Found(found, repeats) => {
+                    many |= repeats;
                     for f in found {
                         push_unique(&mut out, f);
                     }
                 }
                 model::Lookup::Missing => {}
-                model::Lookup::Unknown => return None,
+                model::Lookup::Unknown => return (None, false),
             }
         }
         if out.is_empty() && !ts.is_empty() {
@@ -332,7 +371,7 @@ impl ModelCheck<'_, '_> {
                 ts.join(" or ")
             ));
         }
-        Some(out)
+        (Some(out), many)
     }
 
     fn criterion(&mut self, func: &str, c: &mut Expr, items: &Types) -> Result<(), String> {
@@ -799,6 +838,7 @@ fn step(name: String) -> Step {
         name: name.into_boxed_str(),
         ext_name,
         ty: None,
+        many: false,
     }
 }
 

@@ -377,9 +377,10 @@ fn the_r4_model_types_paths() {
     // What is only probably wrong is a warning: the path gives nothing, or a single string
     // counts as true.
     let v = View::from_json(&patient_view(json!([{"column": [
-        {"name": "x", "path": "name.famly"},
+        {"name": "x", "path": "name.first().famly"},
         {"name": "y", "path": "deceased.ofType(integer)"},
-        {"name": "z", "path": "name.where(family).exists()"}
+        {"name": "z", "path": "name.where(family).exists()"},
+        {"name": "g", "path": "name.given"}
     ]}])))
     .unwrap();
     let w: Vec<String> = v.warnings().iter().map(|w| w.to_string()).collect();
@@ -389,6 +390,7 @@ fn the_r4_model_types_paths() {
             "select[0].column[0].path: HumanName has no element 'famly' in FHIR R4: the path gives nothing",
             "select[0].column[1].path: ofType(integer) never matches here (the value is boolean or dateTime): the path gives nothing",
             "select[0].column[2].path: the argument of where() is string, not a Boolean: a single value counts as true",
+            "select[0].column[3].path: an element on this path repeats, so it may give several values, but the column is not a collection: a resource that gives several fails (set \"collection\": true, or take one with first() or an indexer)",
         ]
     );
     assert_eq!(
@@ -396,7 +398,7 @@ fn the_r4_model_types_paths() {
             &json!({"resourceType": "Patient", "name": [{"family": "F"}], "deceasedBoolean": true})
         )
         .unwrap(),
-        vec![vec![Value::Null, Value::Null, json!(true)]]
+        vec![vec![Value::Null, Value::Null, json!(true), Value::Null]]
     );
 }
 
