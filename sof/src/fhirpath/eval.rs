@@ -255,14 +255,45 @@ fn walk<'a>(it: &Item<'a>, steps: &'a [Step], out: &mut Vec<Item<'a>>) {
     children(it, step, &mut |child| walk(&child, rest, out));
 }
 
+/// Below this many keys, an object is searched by comparing keys rather than by hashing the
+/// name (resources' objects are small: a Coding has three keys).
+const SCAN_KEYS: usize = 12;
+
+fn lookup<'m>(m: &'m serde_json::Map<String, Value>, key: &str) -> Option<&'m Value> {
+    if m.len() <= SCAN_KEYS {
+        m.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+    } else {
+        m.get(key)
+    }
+}
+
+/// The `_name` sibling of a primitive element (its `id` and `extension`), looked for only when
+/// the object has an underscore key at all.
+fn primitive_ext<'m>(
+    m: &'m serde_json::Map<String, Value>,
+    value: &Value,
+    ext_name: &str,
+) -> Option<&'m Value> {
+    let primitive = match value {
+        Value::Array(a) => a.first().is_some_and(|x| !x.is_object()),
+        Value::Object(_) => false,
+        _ => true,
+    };
+    if primitive && m.keys().any(|k| k.starts_with('_')) {
+        lookup(m, ext_name)
+    } else {
+        None
+    }
+}
+
 fn children<'a>(it: &Item<'a>, step: &'a Step, f: &mut dyn FnMut(Item<'a>)) {
     let Item::Node { v, ext, .. } = it else {
         return;
     };
     match v {
         Value::Object(m) => {
-            if let Some(c) = m.get(&*step.name) {
-                emit(c, step.ty, m.get(&*step.ext_name), f);
+            if let Some(c) = lookup(m, &step.name) {
+                emit(c, step.ty, primitive_ext(m, c, &step.ext_name), f);
                 return;
             }
             // A choice element: `value` → `valueQuantity`, `valueString`, …
@@ -282,7 +313,7 @@ fn children<'a>(it: &Item<'a>, step: &'a Step, f: &mut dyn FnMut(Item<'a>)) {
                 }
             }
             // A primitive with only an extension (no value).
-            if let Some(x) = m.get(&*step.ext_name) {
+            if let Some(x) = lookup(m, &step.ext_name) {
                 emit(&Value::Null, None, Some(x), f);
             }
         }
