@@ -4,6 +4,8 @@
 #   cfn-lint      template linter          (scripts/validate-template.sh)
 #   aws-sam-cli   `sam validate --lint`    (scripts/validate-template.sh)
 #   smart-fetch   a real bulk-export client for the end-to-end tests (own venv)
+#   pyarrow, duckdb  independent readers of the view exports' Parquet files (the view tests,
+#                 the README's DuckDB example and bench-export's DuckDB comparison)
 #   localstack    LocalStack (community) without Docker, for the template's deploy test
 #                 (scripts/check-localstack-deploy.py; own venv)
 # and one Rust tool, with `cargo install` under $TOOLS_DIR/cargo:
@@ -24,6 +26,8 @@ MOTO_SPEC="moto[server]==5.2.5"
 MOTO_VERSION="5.2.5"
 CFN_LINT_SPEC="cfn-lint==1.58.0"
 SAM_SPEC="aws-sam-cli==1.170.0"
+PYARROW_SPEC="pyarrow==26.0.1"
+DUCKDB_SPEC="duckdb==2.0.1"
 
 log() { echo "setup-tools: $*" >&2; }
 
@@ -59,6 +63,8 @@ then
 fi
 [[ -x "$VENV/bin/cfn-lint" ]] || missing+=("$CFN_LINT_SPEC")
 [[ -x "$VENV/bin/sam" ]] || missing+=("$SAM_SPEC")
+"$VENV/bin/python" -c 'import pyarrow' >/dev/null 2>&1 || missing+=("$PYARROW_SPEC")
+"$VENV/bin/python" -c 'import duckdb' >/dev/null 2>&1 || missing+=("$DUCKDB_SPEC")
 
 if ((${#missing[@]})); then
   log "installing ${missing[*]} into $VENV"

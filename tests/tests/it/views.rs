@@ -377,3 +377,72 @@ async fn run_gives_a_views_rows_at_once_over_stored_or_inline_resources() {
     let rows: Vec<Value> = resp.json().await.expect("rows");
     assert_eq!(rows.len(), 2);
 }
+
+/// Each Condition with its patient's key (for the join to the patients view).
+fn conditions_view() -> Value {
+    json!({
+        "resourceType": "ViewDefinition",
+        "name": "conditions",
+        "resource": "Condition",
+        "status": "active",
+        "select": [{"column": [
+            {"name": "id", "path": "getResourceKey()"},
+            {"name": "patient", "path": "subject.getReferenceKey(Patient)"},
+            {"name": "code", "path": "code.coding.first().code"},
+            {"name": "onset", "path": "onset.ofType(dateTime)"}
+        ]}]
+    })
+}
+
+/// The data set (the 100-patient Synthea set beside the checkout, else the generated one)
+/// exported through the three views in Parquet, CSV and ndjson; tests/tools/check_views.py
+/// reads the files with pyarrow, the csv module and json, computes the rows from the input
+/// ndjson itself, and joins conditions to patients in DuckDB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn independent_readers_find_the_rows_of_the_input_in_every_format() {
+    let (db, data) = integration_tests::TestDb::from_template().await;
+    let server = integration_tests::TestServer::on(db)
+        .envs(&[("MIN_POLL_INTERVAL_MS", "0")])
+        .start()
+        .await;
+    let c = http_client();
+    let out = integration_tests::temp_dir();
+    for format in ["parquet", "csv", "ndjson"] {
+        let m = export(
+            &c,
+            &format!("{}/$viewdefinition-export", server.base),
+            json!([
+                view_param(patients_view()),
+                view_param(observations_view()),
+                view_param(conditions_view()),
+                {"name": "_format", "valueCode": format}
+            ]),
+        )
+        .await;
+        for view in ["patients", "observations", "conditions"] {
+            let dir = out.join(format).join(view);
+            std::fs::create_dir_all(&dir).expect("dir");
+            for (i, (ct, bytes)) in files_of(&c, &m, view).await.into_iter().enumerate() {
+                let expected_type = match format {
+                    "parquet" => "application/vnd.apache.parquet",
+                    "csv" => "text/csv",
+                    _ => "ndjson",
+                };
+                assert!(ct.contains(expected_type), "{format}: {ct}");
+                std::fs::write(dir.join(format!("{i:04}.{format}")), bytes).expect("write");
+            }
+        }
+    }
+    let venv = std::env::var("TOOLS_VENV").expect("TOOLS_VENV: run the tests with scripts/test.sh");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/check_views.py");
+    let result = std::process::Command::new(format!("{venv}/bin/python"))
+        .arg(script)
+        .arg(&data.dir)
+        .arg(&out)
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&result.stderr));
+    assert!(result.status.success(), "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 10);
+}
