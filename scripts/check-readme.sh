@@ -205,7 +205,7 @@ done
   || setup_fail "smart-fetch missing: $TOOLS_DIR/smart-fetch-venv/bin/smart-fetch (run scripts/setup-tools.sh)"
 # Files the README's commands write in the checkout: left over from following the README by hand,
 # they would be reused or refused (keygen does not overwrite a key), so stop here instead.
-for f in my-client smart-fetch-out manifest.json Patient-0001.ndjson; do
+for f in my-client smart-fetch-out manifest.json Patient-0001.ndjson view.json views.json views; do
   [[ ! -e "$ROOT/$f" ]] \
     || setup_fail "./$f exists (from following the README?): the README's commands write it; move it away first"
 done

@@ -23,6 +23,11 @@
 //! loaded rows dirty every page they touch and the writeback of gigabytes shares the disk with
 //! the measured exports' commits. `--fresh` skips both, to measure right after a load.
 //! `--cluster` rewrites `resources` in key order after the load (`CLUSTER … USING resources_pkey`).
+//! `--view` also measures `$viewdefinition-export` after the exports: a flat 10-column Observation
+//! view to Parquet, beside (a) the plain `$export?_type=Observation` ndjson export and (b) DuckDB
+//! (the Python package, from `BENCH_PYTHON`, default the tools venv of scripts/setup-tools.sh)
+//! turning that export's ndjson files into the same Parquet (`read_ndjson_objects` +
+//! `json_extract_string`), in the same run; (a) + (b) is the end-to-end alternative.
 //! `--copies N` loads the data set N times with suffixed ids (same shape, N× the size), to show
 //! that memory does not grow with the export. Peak memory is the serve process's VmHWM (peak RSS,
 //! /proc/<pid>/status), which includes the HTTP server, the exporter and the pool.
@@ -49,6 +54,7 @@ struct Args {
     group: Option<usize>,
     cluster: bool,
     fresh: bool,
+    view: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -69,6 +75,7 @@ fn args() -> anyhow::Result<Args> {
         group: None,
         cluster: false,
         fresh: false,
+        view: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -78,6 +85,10 @@ fn args() -> anyhow::Result<Args> {
         }
         if flag == "--cluster" {
             a.cluster = true;
+            continue;
+        }
+        if flag == "--view" {
+            a.view = true;
             continue;
         }
         if flag == "--fresh" {
@@ -297,6 +308,7 @@ async fn main() -> anyhow::Result<()> {
             pg_cpu,
             lines,
             bytes,
+            ..
         } = export_once(&http, &base, &path, &args.query, args.gzip, pid).await?;
         if args.query.is_none() && path == "$export" && lines != resources {
             bail!("exported {lines} resources, expected {resources}");
@@ -334,6 +346,12 @@ async fn main() -> anyhow::Result<()> {
             compared.len(),
             compared[compared.len() / 2]
         );
+    }
+    if args.view {
+        if args.storage.is_some() {
+            bail!("--view reads the ndjson export's files from local storage: no --storage");
+        }
+        view_comparison(&http, &base, pid, &storage, args.runs).await?;
     }
     let peak = vm_kib(pid, "VmHWM:");
     child.kill().ok();
@@ -387,6 +405,205 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The flat Observation view of `--view`: ten columns, one row per Observation.
+fn observation_view() -> serde_json::Value {
+    serde_json::json!({
+        "resourceType": "ViewDefinition", "name": "observations", "resource": "Observation",
+        "status": "active",
+        "select": [{"column": [
+            {"name": "id", "path": "getResourceKey()"},
+            {"name": "status", "path": "status"},
+            {"name": "patient", "path": "subject.getReferenceKey(Patient)"},
+            {"name": "encounter", "path": "encounter.getReferenceKey(Encounter)"},
+            {"name": "effective", "path": "effective.ofType(dateTime)"},
+            {"name": "issued", "path": "issued"},
+            {"name": "code", "path": "code.coding.first().code"},
+            {"name": "system", "path": "code.coding.first().system"},
+            {"name": "value", "path": "value.ofType(Quantity).value"},
+            {"name": "unit", "path": "value.ofType(Quantity).unit"}
+        ]}]
+    })
+}
+
+/// The same ten columns in DuckDB, from ndjson files, written as Snappy Parquet; prints the
+/// rows and the seconds of the COPY alone.
+const DUCKDB_CONVERT: &str = r#"
+import sys, time, duckdb
+src, dst = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+started = time.monotonic()
+con.execute(f"""COPY (SELECT
+    json_extract_string(json, '$.id') AS id,
+    json_extract_string(json, '$.status') AS status,
+    regexp_extract(json_extract_string(json, '$.subject.reference'), 'Patient/([^/]+)$', 1) AS patient,
+    regexp_extract(json_extract_string(json, '$.encounter.reference'), 'Encounter/([^/]+)$', 1) AS encounter,
+    json_extract_string(json, '$.effectiveDateTime') AS effective,
+    json_extract_string(json, '$.issued') AS issued,
+    json_extract_string(json, '$.code.coding[0].code') AS code,
+    json_extract_string(json, '$.code.coding[0].system') AS system,
+    CAST(json_extract_string(json, '$.valueQuantity.value') AS DECIMAL(38, 18)) AS value,
+    json_extract_string(json, '$.valueQuantity.unit') AS unit
+  FROM read_ndjson_objects('{src}')) TO '{dst}' (FORMAT parquet, COMPRESSION snappy)""")
+seconds = time.monotonic() - started
+rows = con.execute(f"SELECT count(*) FROM '{dst}'").fetchone()[0]
+print(rows, seconds)
+"#;
+
+/// `--view`: the view export to Parquet beside the plain ndjson export of its type and DuckDB
+/// converting that ndjson, `runs` times; prints each run and the medians.
+async fn view_comparison(
+    http: &reqwest::Client,
+    base: &str,
+    pid: u32,
+    storage: &str,
+    runs: usize,
+) -> anyhow::Result<()> {
+    let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| {
+        let tools = std::env::var("TOOLS_DIR").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/fhir-bulk-tools",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
+        format!("{tools}/venv/bin/python")
+    });
+    let body = serde_json::json!({"resourceType": "Parameters", "parameter": [
+        {"name": "view", "part": [{"name": "viewResource", "resource": observation_view()}]},
+        {"name": "_format", "valueCode": "parquet"}
+    ]})
+    .to_string();
+    let (mut to_ndjson, mut to_duckdb) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let nd = export_once(
+            http,
+            base,
+            "$export",
+            &Some("_type=Observation".into()),
+            false,
+            pid,
+        )
+        .await?;
+        let view = view_export_once(http, base, &body, pid).await?;
+        let out = integration_tests::temp_dir().join("duckdb.parquet");
+        let src = format!("{storage}/{}/Observation*.ndjson", nd.job);
+        let started = Instant::now();
+        let converted = Command::new(&python)
+            .args(["-c", DUCKDB_CONVERT, &src, out.to_str().context("path")?])
+            .output()
+            .with_context(|| format!("{python} (BENCH_PYTHON) with duckdb"))?;
+        let duck_wall = started.elapsed().as_secs_f64();
+        if !converted.status.success() {
+            bail!("duckdb: {}", String::from_utf8_lossy(&converted.stderr));
+        }
+        let text = String::from_utf8_lossy(&converted.stdout);
+        let mut parts = text.split_whitespace();
+        let duck_rows: usize = parts.next().context("rows")?.parse()?;
+        let duck_copy: f64 = parts.next().context("seconds")?.parse()?;
+        if duck_rows != view.lines || nd.lines != view.lines {
+            bail!(
+                "rows differ: view {}, ndjson export {}, DuckDB {duck_rows}",
+                view.lines,
+                nd.lines
+            );
+        }
+        let (v, n) = (view.total.as_secs_f64(), nd.total.as_secs_f64());
+        println!(
+            "view to Parquet: {} rows, {:.1} MB, {v:.2} s (CPU serve {:.1} s, Postgres {:.1} s);              Observation ndjson export: {:.1} MB, {n:.2} s; DuckDB ndjson -> Parquet: COPY {duck_copy:.2} s              ({duck_wall:.2} s with Python's start); view / ndjson export = {:.2};              view / (ndjson export + DuckDB COPY) = {:.2}",
+            view.lines,
+            view.bytes as f64 / 1e6,
+            view.serve_cpu,
+            view.pg_cpu,
+            nd.bytes as f64 / 1e6,
+            v / n,
+            v / (n + duck_copy)
+        );
+        to_ndjson.push(v / n);
+        to_duckdb.push(v / (n + duck_copy));
+        std::fs::remove_file(&out).ok();
+    }
+    to_ndjson.sort_by(f64::total_cmp);
+    to_duckdb.sort_by(f64::total_cmp);
+    println!(
+        "view to Parquet / ndjson export (median of {runs}): {:.2}; / (ndjson export + DuckDB): {:.2}",
+        to_ndjson[to_ndjson.len() / 2],
+        to_duckdb[to_duckdb.len() / 2]
+    );
+    Ok(())
+}
+
+/// One `$viewdefinition-export` (POST `body`): kick-off, manifest, every file downloaded; rows
+/// from the manifest's counts.
+async fn view_export_once(
+    http: &reqwest::Client,
+    base: &str,
+    body: &str,
+    pid: u32,
+) -> anyhow::Result<Exported> {
+    let (serve_cpu, pg_cpu) = (cpu_seconds(pid), postgres_cpu_seconds());
+    let started = Instant::now();
+    let resp = http
+        .post(format!("{base}/$viewdefinition-export"))
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async")
+        .header("Content-Type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await?;
+    if resp.status() != 202 {
+        bail!("view kick-off: {} {}", resp.status(), resp.text().await?);
+    }
+    let status_url = resp.headers()["content-location"].to_str()?.to_string();
+    let manifest = wait_for_manifest(http, &status_url).await?;
+    let exported = started.elapsed();
+    let (serve_cpu, pg_cpu) = (
+        cpu_seconds(pid) - serve_cpu,
+        postgres_cpu_seconds() - pg_cpu,
+    );
+    let (mut lines, mut bytes) = (0usize, 0u64);
+    for entry in manifest["output"].as_array().context("output")? {
+        lines += entry["count"].as_u64().unwrap_or(0) as usize;
+        let resp = http
+            .get(entry["url"].as_str().context("url")?)
+            .send()
+            .await?;
+        bytes += resp.bytes().await?.len() as u64;
+    }
+    Ok(Exported {
+        exported,
+        total: started.elapsed(),
+        serve_cpu,
+        pg_cpu,
+        lines,
+        bytes,
+        job: job_of(&status_url),
+    })
+}
+
+/// The job id of a status URL.
+fn job_of(status_url: &str) -> String {
+    status_url
+        .rsplit_once("_id=")
+        .map_or_else(String::new, |(_, id)| id.to_string())
+}
+
+/// Polls a status URL until its manifest.
+async fn wait_for_manifest(
+    http: &reqwest::Client,
+    status_url: &str,
+) -> anyhow::Result<serde_json::Value> {
+    loop {
+        let r = http.get(status_url).send().await?;
+        if r.status() == 200 {
+            return Ok(r.json().await?);
+        }
+        // 202 while in progress (429 if polled too fast); anything else is the export's end.
+        if r.status() != 202 && r.status() != 429 {
+            bail!("export {status_url}: {} {}", r.status(), r.text().await?);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// One export of `path` (with `query`): kick-off, polling until the manifest, every file
 /// downloaded.
 struct Exported {
@@ -398,6 +615,8 @@ struct Exported {
     pg_cpu: f64,
     lines: usize,
     bytes: u64,
+    /// The job's id.
+    job: String,
 }
 
 async fn export_once(
@@ -419,17 +638,7 @@ async fn export_once(
         bail!("kick-off {url}: {}", resp.status());
     }
     let status_url = resp.headers()["content-location"].to_str()?.to_string();
-    let manifest: serde_json::Value = loop {
-        let r = http.get(&status_url).send().await?;
-        if r.status() == 200 {
-            break r.json().await?;
-        }
-        // 202 while in progress (429 if polled too fast); anything else is the export's end.
-        if r.status() != 202 && r.status() != 429 {
-            bail!("export {status_url}: {} {}", r.status(), r.text().await?);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let manifest = wait_for_manifest(http, &status_url).await?;
     let exported = started.elapsed();
     let (serve_cpu, pg_cpu) = (
         cpu_seconds(pid) - serve_cpu,
@@ -468,6 +677,7 @@ async fn export_once(
         pg_cpu,
         lines,
         bytes,
+        job: job_of(&status_url),
     })
 }
 

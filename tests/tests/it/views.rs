@@ -446,3 +446,64 @@ async fn independent_readers_find_the_rows_of_the_input_in_every_format() {
     assert!(result.status.success(), "{stdout}");
     assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 10);
 }
+
+/// A Parquet view export to S3 (moto): the files are multipart uploads stored as
+/// `application/vnd.apache.parquet` with no gzip copy beside them (Parquet is compressed), and a
+/// client that accepts gzip is still sent to the file itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parquet_view_export_to_s3_is_stored_as_parquet_without_a_gzip_copy() {
+    use shared::storage::ObjectStore;
+    let (db, data) = integration_tests::TestDb::with_generated(PATIENTS).await;
+    let (client, bucket) = integration_tests::new_bucket().await;
+    let cfg = integration_tests::config(
+        &db,
+        shared::config::StoragePath::S3 {
+            bucket: bucket.clone(),
+            prefix: "exports".into(),
+        },
+    );
+    let store: std::sync::Arc<dyn ObjectStore> = std::sync::Arc::new(
+        shared::storage::s3::S3Store::new(client.clone(), bucket.clone(), "exports".into()),
+    );
+    let pool = db.pool.clone();
+    let server = Server::start(cfg, pool, store).await.owning(db);
+    let c = http_client();
+    let m = export(
+        &c,
+        &format!("{}/$viewdefinition-export", server.base),
+        json!([view_param(patients_view()), {"name": "_format", "valueCode": "parquet"}]),
+    )
+    .await;
+    let rows: i64 = m["output"]
+        .as_array()
+        .expect("output")
+        .iter()
+        .map(|e| e["count"].as_i64().expect("count"))
+        .sum();
+    assert_eq!(rows as usize, expected_patients(&data).len());
+    let url = m["output"][0]["url"].as_str().expect("url");
+    let file = c
+        .get(url)
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(file.status(), 200);
+    assert_eq!(
+        file.headers()["content-type"],
+        "application/vnd.apache.parquet"
+    );
+    assert!(file.headers().get("content-encoding").is_none());
+    let bytes = file.bytes().await.expect("body");
+    assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"));
+    let listed = client
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("exports/")
+        .send()
+        .await
+        .expect("list");
+    let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert!(keys.iter().any(|k| k.ends_with(".parquet")), "{keys:?}");
+    assert!(!keys.iter().any(|k| k.ends_with(".gz")), "{keys:?}");
+}

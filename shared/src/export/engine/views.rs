@@ -16,6 +16,10 @@ use crate::export::manifest::{ExportFile, FileKind};
 use crate::export::params::{NamedView, ViewFormat};
 use crate::export::JobStatus;
 
+/// Bytes the open Parquet files of one item hold between them in row groups in progress (each
+/// view's row groups end at its share: at most 16 MiB, at least 1 MiB).
+const VIEW_MEMORY: usize = 32 << 20;
+
 /// How often the writer checks its lease and its job's status (cancellation).
 const RENEW_EVERY: Duration = Duration::from_millis(500);
 
@@ -82,15 +86,18 @@ impl ViewFiles {
         format: &sof_files::Format,
     ) -> Result<ViewFiles, Failure> {
         let mut files: Vec<ViewFile> = Vec::with_capacity(views.len());
+        // The views of a type share one budget for their Parquet row groups in progress.
+        let options = sof_files::Options::sharing(VIEW_MEMORY, views.len());
         for v in views {
-            let encoder = match sof_files::Encoder::new(*format, v.view.columns()) {
-                Ok(e) => e,
-                Err(e) => {
-                    let failure =
-                        Failure::Permanent(Unexportable::View(format!("view {}: {e}", v.name)));
-                    return Err(abort_all(files, failure).await);
-                }
-            };
+            let encoder =
+                match sof_files::Encoder::with_options(*format, v.view.columns(), &options) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let failure =
+                            Failure::Permanent(Unexportable::View(format!("view {}: {e}", v.name)));
+                        return Err(abort_all(files, failure).await);
+                    }
+                };
             let name = view_file_name(item, &v.name, item.next_file_seq, format.extension());
             let sink = match FileSink::open(
                 ex.store.as_ref(),
