@@ -104,7 +104,7 @@ pub fn prepare(text: String) -> Result<NewResource, Refused> {
     }
     let scanned = scan(&text).map_err(|e| Refused(format!("invalid JSON: {e}")))?;
     let rtype = scanned.resource_type.ok_or("no resourceType")?;
-    if !is_resource_type(&rtype) {
+    if !is_resource_type(&rtype) && rtype != crate::views::VIEW_DEFINITION {
         return Err(Refused(format!("{rtype:?} is not an R4 resource type")));
     }
     let id = scanned

@@ -11,6 +11,13 @@ use crate::export::params::{
 use crate::export::ExportLevel;
 use crate::fhir::resource_types::is_resource_type;
 
+/// The resource type of a stored ViewDefinition (SQL on FHIR's logical resource: `bulk-export
+/// load` stores it beside the R4 data; it is never exported).
+pub const VIEW_DEFINITION: &str = "ViewDefinition";
+
+/// Stored ViewDefinitions by id, for `viewReference`.
+pub type StoredViews = std::collections::HashMap<String, Value>;
+
 /// Views one job may hold.
 pub const MAX_VIEWS: usize = 50;
 /// The stored ViewDefinitions of one job, serialised, at most.
@@ -32,7 +39,11 @@ fn bad(message: String) -> KickoffError {
 /// Reads the Parameters body of a `$viewdefinition-export` kick-off. Each `view` is validated
 /// here, so that a view that cannot run is refused now with the element at fault, never at
 /// export time.
-pub fn parse_kickoff(body: &[u8], additional: &[String]) -> Result<ViewKickoff, KickoffError> {
+pub fn parse_kickoff(
+    body: &[u8],
+    additional: &[String],
+    stored: &StoredViews,
+) -> Result<ViewKickoff, KickoffError> {
     let v: Value =
         serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
     if v.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
@@ -64,7 +75,7 @@ pub fn parse_kickoff(body: &[u8], additional: &[String]) -> Result<ViewKickoff, 
                         "view: more than {MAX_VIEWS} views; split the export"
                     )));
                 }
-                let view = read_view(param, views.len())?;
+                let view = read_view(param, views.len(), stored)?;
                 if views.iter().any(|v| v.name == view.name) {
                     return Err(bad(format!(
                         "view[{}]: the name {:?} is already another view's (each view's output \
@@ -189,10 +200,75 @@ fn reference(param: &Value, name: &str) -> Result<String, KickoffError> {
         .map_or_else(|| text(param, name), Ok)
 }
 
-/// One `view` parameter: its parts `name` and `viewResource` (inline). The ViewDefinition is
-/// validated; the output name is `name`, else the view's own `name`, and must be a SQL on FHIR
-/// name (`^[A-Za-z][A-Za-z0-9_]*$`: it becomes a file name and a table name).
-fn read_view(param: &Value, n: usize) -> Result<NamedView, KickoffError> {
+/// The ids of the stored ViewDefinitions a Parameters body refers to (`viewReference` parts, or
+/// parameters), to be looked up before it is read.
+pub fn referenced_views(body: &[u8]) -> Vec<String> {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut visit = |p: &Value| {
+        if p.get("name").and_then(Value::as_str) == Some("viewReference") {
+            if let Some(id) = p
+                .get("valueReference")
+                .and_then(|r| r.get("reference"))
+                .and_then(Value::as_str)
+                .and_then(view_id)
+            {
+                out.push(id.to_string());
+            }
+        }
+    };
+    for p in v
+        .get("parameter")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        visit(p);
+        for part in p
+            .get("part")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            visit(part);
+        }
+    }
+    out.truncate(MAX_VIEWS);
+    out
+}
+
+/// The id of a reference to a ViewDefinition (`ViewDefinition/x`, or a URL ending so).
+pub fn view_id(reference: &str) -> Option<&str> {
+    let (rest, id) = reference.trim_end_matches('/').rsplit_once('/')?;
+    (rest.ends_with(VIEW_DEFINITION) && params::is_fhir_id(id)).then_some(id)
+}
+
+/// A stored ViewDefinition by reference, or why not.
+pub fn stored_view<'a>(
+    reference: &str,
+    stored: &'a StoredViews,
+    at: &str,
+) -> Result<&'a Value, KickoffError> {
+    let id = view_id(reference).ok_or_else(|| {
+        bad(format!(
+            "{at}.viewReference: {reference:?} is not a reference to a ViewDefinition"
+        ))
+    })?;
+    stored.get(id).ok_or_else(|| {
+        bad(format!(
+            "{at}.viewReference: ViewDefinition/{id} is not stored on this server (load it \
+             with bulk-export load, or send the view inline as viewResource)"
+        ))
+    })
+}
+
+/// One `view` parameter: its parts `name` and `viewResource` (inline) or `viewReference` (a
+/// stored ViewDefinition). The ViewDefinition is validated; the output name is `name`, else
+/// the view's own `name`, and must be a SQL on FHIR name (`^[A-Za-z][A-Za-z0-9_]*$`: it becomes
+/// a file name and a table name).
+fn read_view(param: &Value, n: usize, stored: &StoredViews) -> Result<NamedView, KickoffError> {
     let at = format!("view[{n}]");
     let parts = param
         .get("part")
@@ -210,20 +286,23 @@ fn read_view(param: &Value, n: usize) -> Result<NamedView, KickoffError> {
                 )
             }
             Some("viewReference") => {
-                return Err(KickoffError::NotSupported(format!(
-                    "{at}.viewReference: this server stores no ViewDefinitions; send the \
-                     view inline as viewResource"
-                )))
+                let reference = part
+                    .get("valueReference")
+                    .and_then(|r| r.get("reference"))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad(format!("{at}.viewReference: a valueReference")))?;
+                definition = Some(stored_view(reference, stored, &at)?);
             }
             other => {
                 return Err(bad(format!(
-                    "{at}: unknown part {:?} (name, viewResource)",
+                    "{at}: unknown part {:?} (name, viewResource, viewReference)",
                     other.unwrap_or_default()
                 )))
             }
         }
     }
-    let definition = definition.ok_or_else(|| bad(format!("{at}: no viewResource")))?;
+    let definition =
+        definition.ok_or_else(|| bad(format!("{at}: no viewResource or viewReference")))?;
     if definition.get("resourceType").and_then(Value::as_str) != Some("ViewDefinition") {
         return Err(bad(format!(
             "{at}.viewResource: resourceType must be ViewDefinition"

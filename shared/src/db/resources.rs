@@ -592,7 +592,8 @@ pub async fn delete_resources(pool: &Pool, keys: &[(String, String)]) -> Result<
     Ok(n)
 }
 
-/// The resource types that have at least one current resource (a loose index scan).
+/// The R4 resource types that have at least one current resource (a loose index scan); stored
+/// ViewDefinitions (for `$viewdefinition-export`) are not exported data.
 pub async fn select_resource_types(pool: &Pool) -> Result<Vec<String>, DbError> {
     let client = pool.get().await?;
     // Asked before every Patient- or Group-level work item: prepared once per connection.
@@ -607,7 +608,30 @@ pub async fn select_resource_types(pool: &Pool) -> Result<Vec<String>, DbError> 
         )
         .await?;
     let rows = client.query(&stmt, &[]).await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .filter(|t| crate::fhir::resource_types::is_resource_type(t))
+        .collect())
+}
+
+/// Stored ViewDefinitions by id (current, not deleted), as JSON.
+pub async fn select_view_definitions(
+    pool: &Pool,
+    ids: &[String],
+) -> Result<Vec<(String, Value)>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT id, resource::json FROM resources
+             WHERE resource_type = 'ViewDefinition' AND id = ANY($1) AND NOT deleted",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Of `ids`, those that are not current Patients, or (with `group`) not members of that Group.

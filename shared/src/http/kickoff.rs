@@ -92,8 +92,10 @@ pub async fn view_kickoff(
     )
     .map_err(kickoff_error)?;
     check_json_body(req)?;
-    let kickoff = crate::views::parse_kickoff(req.body(), &state.config.additional_resources)
-        .map_err(kickoff_error)?;
+    let stored = stored_views(state, req.body()).await?;
+    let kickoff =
+        crate::views::parse_kickoff(req.body(), &state.config.additional_resources, &stored)
+            .map_err(kickoff_error)?;
     let job_id = start_export(
         state,
         StartExport {
@@ -108,6 +110,20 @@ pub async fn view_kickoff(
     )
     .await?;
     accepted(ctx, job_id)
+}
+
+/// The stored ViewDefinitions a body's `viewReference`s name.
+pub(super) async fn stored_views(
+    state: &AppState,
+    body: &[u8],
+) -> Result<crate::views::StoredViews, ApiError> {
+    let ids = crate::views::referenced_views(body);
+    Ok(
+        crate::db::resources::select_view_definitions(&state.pool, &ids)
+            .await?
+            .into_iter()
+            .collect(),
+    )
 }
 
 /// 202 with the status URL of a new job.

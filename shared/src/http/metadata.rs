@@ -160,7 +160,8 @@ fn view_operation_definition(id: &str) -> Option<Value> {
         }
         p
     };
-    let view_resource = "A ViewDefinition, inline (viewReference is not supported: this server stores no ViewDefinitions). Validated when the request arrives: an unknown function, a bad path or a type error is a 400 naming the element.";
+    let view_resource = "A ViewDefinition, inline. Validated when the request arrives: an unknown function, a bad path or a type error is a 400 naming the element.";
+    let view_reference = "ViewDefinition/<id> (or a URL ending so) of a ViewDefinition loaded with `bulk-export load`; an unknown one is a 400.";
     let format_doc = "ndjson (default for the export), csv or parquet; media types are accepted too (application/x-ndjson, text/csv, application/vnd.apache.parquet).";
     let (name, title, code, parameters) = match id {
         "viewdefinition-export" => (
@@ -171,6 +172,7 @@ fn view_operation_definition(id: &str) -> Option<Value> {
                 json!({"name": "view", "use": "in", "min": 1, "max": "*", "documentation": "One output per view: its files hold the view's rows.", "part": [
                     param("name", 0, "1", Some("string"), "The output's name (a letter, then letters, digits or _): the manifest's type and the files' names. Default: ViewDefinition.name."),
                     param("viewResource", 0, "1", Some("Resource"), view_resource),
+                    param("viewReference", 0, "1", Some("Reference"), view_reference),
                 ]}),
                 param("_format", 0, "1", Some("code"), format_doc),
                 param(
@@ -215,7 +217,8 @@ fn view_operation_definition(id: &str) -> Option<Value> {
             "SQL on FHIR ViewDefinition Run",
             "viewdefinition-run",
             vec![
-                param("viewResource", 1, "1", Some("Resource"), view_resource),
+                param("viewResource", 0, "1", Some("Resource"), view_resource),
+                param("viewReference", 0, "1", Some("Reference"), view_reference),
                 param(
                     "_format",
                     0,

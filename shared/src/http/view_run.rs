@@ -1,6 +1,6 @@
 //! `POST [base]/$viewdefinition-run` and `[base]/ViewDefinition/$viewdefinition-run` (SQL on
 //! FHIR): a view's rows at once, for small results and for trying a view out. Parameters:
-//! `viewResource` (inline), `_format` (json, ndjson, csv, parquet), `header`, `_limit`,
+//! `viewResource` (inline) or `viewReference` (stored), `_format` (json, ndjson, csv, parquet), `header`, `_limit`,
 //! `patient`, and `resource` (inline resources to run the view over instead of stored data).
 //! A run that does not finish within [`RUN_BUDGET`] is refused with a hint to export instead.
 
@@ -45,7 +45,7 @@ fn text(param: &Value) -> Option<&str> {
         .find_map(|k| param.get(*k).and_then(Value::as_str))
 }
 
-fn parse(body: &[u8]) -> Result<RunRequest, ApiError> {
+fn parse(body: &[u8], stored: &crate::views::StoredViews) -> Result<RunRequest, ApiError> {
     let v: Value =
         serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
     if v.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
@@ -78,11 +78,20 @@ fn parse(body: &[u8]) -> Result<RunRequest, ApiError> {
                 view = Some(parsed);
             }
             "viewReference" => {
-                return Err(ApiError::NotSupported(
-                    "viewReference: this server stores no ViewDefinitions; send the view inline \
-                     as viewResource"
-                        .into(),
-                ))
+                let reference = p
+                    .get("valueReference")
+                    .and_then(|r| r.get("reference"))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad("viewReference: a valueReference"))?;
+                let definition = crate::views::stored_view(reference, stored, "parameter")
+                    .map_err(|e| bad(e.to_string()))?;
+                view = Some(sof::View::from_json(definition).map_err(|e| {
+                    bad(format!(
+                        "viewReference: {}: {}",
+                        e.expression(),
+                        e.message()
+                    ))
+                })?);
             }
             "_format" => format = text(p).ok_or_else(|| bad("_format: a code"))?.to_string(),
             "header" => {
@@ -123,12 +132,12 @@ fn parse(body: &[u8]) -> Result<RunRequest, ApiError> {
             other => {
                 return Err(ApiError::NotSupported(format!(
                     "{other}: not a parameter of $viewdefinition-run this server takes \
-                     (viewResource, _format, header, _limit, patient, resource)"
+                     (viewResource, viewReference, _format, header, _limit, patient, resource)"
                 )))
             }
         }
     }
-    let view = view.ok_or_else(|| bad("viewResource: a view is required"))?;
+    let view = view.ok_or_else(|| bad("viewResource or viewReference: a view is required"))?;
     let format = if format.trim().eq_ignore_ascii_case("json")
         || format.trim().eq_ignore_ascii_case("application/json")
     {
@@ -154,7 +163,8 @@ fn parse(body: &[u8]) -> Result<RunRequest, ApiError> {
 
 pub async fn run(state: &AppState, req: &Request, ctx: &Ctx) -> Result<Response, ApiError> {
     super::kickoff::check_json_body(req)?;
-    let run = parse(req.body())?;
+    let stored = super::kickoff::stored_views(state, req.body()).await?;
+    let run = parse(req.body(), &stored)?;
     let resource_type = run.view.resource_type().to_string();
     if let Some(p) = &ctx.principal {
         if let TypeSet::Only(allowed) = &p.types {

@@ -33,7 +33,7 @@ fn view_param(name: Option<&str>, view: Value) -> Value {
 }
 
 fn refused(params: Value) -> String {
-    match parse_kickoff(&body(params), &[]) {
+    match parse_kickoff(&body(params), &[], &StoredViews::new()) {
         Err(e) => e.to_string(),
         Ok(k) => panic!("accepted: {:?}", k.params),
     }
@@ -54,6 +54,7 @@ fn a_kickoff_becomes_the_parameters_of_an_export_of_the_views_types() {
             {"name": "clientTrackingId", "valueString": "run-7"}
         ])),
         &[],
+        &StoredViews::new(),
     )
     .expect("accepted");
     assert_eq!(k.level, ExportLevel::System);
@@ -86,6 +87,7 @@ fn group_and_patient_choose_the_level() {
             {"name": "patient", "valueReference": {"reference": "Patient/p1"}}
         ])),
         &[],
+        &StoredViews::new(),
     )
     .expect("accepted");
     assert_eq!(k.level, ExportLevel::Group);
@@ -97,6 +99,7 @@ fn group_and_patient_choose_the_level() {
             {"name": "patient", "valueReference": {"reference": "Patient/p1"}}
         ])),
         &[],
+        &StoredViews::new(),
     )
     .expect("accepted");
     assert_eq!(k.level, ExportLevel::Patient);
@@ -158,4 +161,42 @@ fn format_codes_and_media_types() {
         Some("parquet")
     );
     assert_eq!(format_code("json"), None);
+}
+
+#[test]
+fn a_view_reference_names_a_stored_view_definition() {
+    let mut stored = StoredViews::new();
+    stored.insert("demographics".into(), patients_view());
+    let reference = |r: &str| {
+        json!([{"name": "view", "part": [
+            {"name": "viewReference", "valueReference": {"reference": r}},
+            {"name": "name", "valueString": "people"}
+        ]}])
+    };
+    for r in [
+        "ViewDefinition/demographics",
+        "https://example.org/fhir/ViewDefinition/demographics",
+    ] {
+        let k = parse_kickoff(&body(reference(r)), &[], &stored).expect("accepted");
+        assert_eq!(k.params.views[0].name, "people");
+        assert_eq!(k.params.views[0].definition, patients_view());
+        assert_eq!(k.params.types, Some(vec!["Patient".to_string()]));
+    }
+    assert_eq!(
+        referenced_views(&body(reference("ViewDefinition/demographics"))),
+        ["demographics"]
+    );
+    let m = match parse_kickoff(&body(reference("ViewDefinition/other")), &[], &stored) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("an unknown view was accepted"),
+    };
+    assert!(
+        m.contains("ViewDefinition/other is not stored on this server"),
+        "{m}"
+    );
+    let m = match parse_kickoff(&body(reference("Patient/demographics")), &[], &stored) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a Patient reference was accepted"),
+    };
+    assert!(m.contains("is not a reference to a ViewDefinition"), "{m}");
 }

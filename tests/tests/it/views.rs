@@ -507,3 +507,65 @@ async fn a_parquet_view_export_to_s3_is_stored_as_parquet_without_a_gzip_copy() 
     assert!(keys.iter().any(|k| k.ends_with(".parquet")), "{keys:?}");
     assert!(!keys.iter().any(|k| k.ends_with(".gz")), "{keys:?}");
 }
+
+/// A ViewDefinition loaded with the data (`bulk-export load` takes SQL on FHIR's logical
+/// resource) is named by `viewReference` in an export and a run; it is never exported itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_view_definition_is_named_by_reference_and_never_exported() {
+    let (server, data) = server().await;
+    let mut stored = patients_view();
+    stored["id"] = json!("demographics");
+    let report = integration_tests::load_json(&server.state.pool, &stored).await;
+    assert_eq!(report.loaded, 1, "{:?}", report.rejected);
+    let c = http_client();
+    let reference = json!({"name": "viewReference", "valueReference": {"reference": "ViewDefinition/demographics"}});
+    let m = export(
+        &c,
+        &format!("{}/$viewdefinition-export", server.base),
+        json!([{"name": "view", "part": [reference]}]),
+    )
+    .await;
+    assert_eq!(
+        ndjson_rows(&files_of(&c, &m, "patients").await),
+        expected_patients(&data)
+    );
+    let resp = c
+        .post(format!("{}/$viewdefinition-run", server.base))
+        .header("Content-Type", "application/fhir+json")
+        .body(json!({"resourceType": "Parameters", "parameter": [reference]}).to_string())
+        .send()
+        .await
+        .expect("run");
+    assert_eq!(resp.status(), 200);
+    let rows: Vec<Value> = resp.json().await.expect("rows");
+    assert_eq!(rows.len(), expected_patients(&data).len());
+    // Unknown: a 400 that says what to do.
+    let resp = kick_off(
+        &c,
+        &format!("{}/$viewdefinition-export", server.base),
+        json!([{"name": "view", "part": [{"name": "viewReference", "valueReference": {"reference": "ViewDefinition/nope"}}]}]),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    let outcome: Value = resp.json().await.expect("outcome");
+    assert!(
+        outcome["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ViewDefinition/nope is not stored on this server"),
+        "{outcome}"
+    );
+    // A system export of every type holds the data, not the stored view.
+    let resp = integration_tests::kickoff(&c, &format!("{}/$export", server.base)).await;
+    let status_url = integration_tests::status_url_of(resp).await;
+    let done = poll(&c, &status_url, Duration::from_secs(120)).await;
+    let manifest: Value = done.json().await.expect("manifest");
+    let types: Vec<&str> = manifest["output"]
+        .as_array()
+        .expect("output")
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert!(types.contains(&"Patient"), "{types:?}");
+    assert!(!types.contains(&"ViewDefinition"), "{types:?}");
+}
