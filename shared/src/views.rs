@@ -181,7 +181,7 @@ fn view_type(definition: &Value) -> String {
 }
 
 /// A parameter's text value (valueString, valueCode, …).
-fn text(param: &Value, name: &str) -> Result<String, KickoffError> {
+pub(crate) fn text(param: &Value, name: &str) -> Result<String, KickoffError> {
     params::TEXT_VALUE_TYPES
         .iter()
         .find_map(|k| param.get(*k).and_then(Value::as_str))
@@ -191,7 +191,7 @@ fn text(param: &Value, name: &str) -> Result<String, KickoffError> {
 }
 
 /// A parameter's reference (`valueReference.reference`, or a text value).
-fn reference(param: &Value, name: &str) -> Result<String, KickoffError> {
+pub(crate) fn reference(param: &Value, name: &str) -> Result<String, KickoffError> {
     param
         .get("valueReference")
         .and_then(|r| r.get("reference"))

@@ -26,14 +26,7 @@ pub async fn kickoff(
     .map_err(kickoff_error)?;
     let mut pairs = query_pairs(req);
     if post {
-        if let Some(ct) = header_str(req, header::CONTENT_TYPE) {
-            let media = ct.split(';').next().unwrap_or("").trim();
-            if !matches!(media, "application/fhir+json" | "application/json") {
-                return Err(ApiError::UnsupportedMediaType(format!(
-                    "a POST kick-off body is a FHIR Parameters resource (application/fhir+json), not {media}"
-                )));
-            }
-        }
+        check_json_body(req)?;
         pairs.extend(params::parameters_body(req.body()).map_err(kickoff_error)?);
     }
     let params = params::parse_params(
@@ -60,16 +53,7 @@ pub async fn kickoff(
         },
     )
     .await?;
-    let status_url = format!("{}/$exportstatus?_id={job_id}", ctx.base);
-    let mut resp = outcome_response(
-        StatusCode::ACCEPTED,
-        &OperationOutcome::information(format!("Export job {job_id} accepted; poll {status_url}")),
-    );
-    resp.headers_mut().insert(
-        header::CONTENT_LOCATION,
-        HeaderValue::from_str(&status_url).map_err(|e| ApiError::Internal(Box::new(e)))?,
-    );
-    Ok(resp)
+    accepted(ctx, job_id)
 }
 
 /// `POST [base]/$viewdefinition-export` and `[base]/ViewDefinition/$viewdefinition-export`

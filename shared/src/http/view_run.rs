@@ -13,6 +13,7 @@ use super::router::Ctx;
 use super::{ApiError, Body, Request, Response};
 use crate::app::AppState;
 use crate::auth::TypeSet;
+use crate::views;
 
 /// A run's rows, at most (`_limit` may ask for fewer).
 pub const MAX_ROWS: usize = 10_000;
@@ -37,12 +38,6 @@ enum RunFormat {
 
 fn bad(m: impl Into<String>) -> ApiError {
     ApiError::BadRequest(m.into())
-}
-
-fn text(param: &Value) -> Option<&str> {
-    crate::export::params::TEXT_VALUE_TYPES
-        .iter()
-        .find_map(|k| param.get(*k).and_then(Value::as_str))
 }
 
 fn parse(body: &[u8], stored: &crate::views::StoredViews) -> Result<RunRequest, ApiError> {
@@ -93,7 +88,7 @@ fn parse(body: &[u8], stored: &crate::views::StoredViews) -> Result<RunRequest, 
                     ))
                 })?);
             }
-            "_format" => format = text(p).ok_or_else(|| bad("_format: a code"))?.to_string(),
+            "_format" => format = views::text(p, name).map_err(|e| bad(e.to_string()))?,
             "header" => {
                 header = p
                     .get("valueBoolean")
@@ -110,13 +105,8 @@ fn parse(body: &[u8], stored: &crate::views::StoredViews) -> Result<RunRequest, 
                 limit = usize::try_from(n).unwrap_or(MAX_ROWS).min(MAX_ROWS);
             }
             "patient" => {
-                let r = p
-                    .get("valueReference")
-                    .and_then(|r| r.get("reference"))
-                    .and_then(Value::as_str)
-                    .or_else(|| text(p))
-                    .ok_or_else(|| bad("patient: a valueReference"))?;
-                let id = r.strip_prefix("Patient/").unwrap_or(r);
+                let r = views::reference(p, name).map_err(|e| bad(e.to_string()))?;
+                let id = r.strip_prefix("Patient/").unwrap_or(&r);
                 if !crate::export::params::is_fhir_id(id) {
                     return Err(bad(format!("patient: {r:?} is not a Patient reference")));
                 }
