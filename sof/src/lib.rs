@@ -41,9 +41,11 @@ mod fhirpath;
 mod model;
 #[rustfmt::skip]
 mod model_table;
+mod projection;
 mod types;
 mod view;
 
+pub use projection::Projection;
 pub use types::is_r4_resource_type;
 pub use view::{Column, View, ViewDefinition};
 

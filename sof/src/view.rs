@@ -3,6 +3,7 @@
 use serde_json::{Map, Value};
 
 use crate::fhirpath::eval::{eval, Constant, Env, Item};
+use crate::fhirpath::reads::Reads;
 use crate::fhirpath::{compile, may_repeat, Expr, Scope, Var};
 use crate::model;
 use crate::types::{self, kind_of, Kind};
@@ -100,6 +101,22 @@ struct Select {
     union_all: Vec<Select>,
     /// The row of a `forEachOrNull` over nothing: nulls, and 0 for `%rowIndex` columns.
     null_row: Vec<Value>,
+}
+
+impl Select {
+    fn add_reads(&self, reads: &mut Reads) {
+        match &self.iteration {
+            Iteration::None => {}
+            Iteration::ForEach(e) | Iteration::ForEachOrNull(e) => reads.add(e),
+            Iteration::Repeat(es) => es.iter().for_each(|e| reads.add(e)),
+        }
+        for c in &self.columns {
+            reads.add(&c.expr);
+        }
+        for s in self.selects.iter().chain(&self.union_all) {
+            s.add_reads(reads);
+        }
+    }
 }
 
 /// A validated ViewDefinition, ready to produce rows.
@@ -733,6 +750,14 @@ impl View {
             columns,
             warnings,
         })
+    }
+
+    /// Adds what the view's expressions read to `reads` (see [`crate::Projection`]).
+    pub(crate) fn add_reads(&self, reads: &mut Reads) {
+        for (_, w) in &self.wheres {
+            reads.add(w);
+        }
+        self.root.add_reads(reads);
     }
 
     /// The resource type the view reads (`resource`).

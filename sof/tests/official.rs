@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
-use sof::{View, ViewDefinition};
+use sof::{Projection, View, ViewDefinition};
 
 /// Tests not taken, with the reason: (file, test title, reason). Every entry must name an
 /// existing test, so that the list cannot go stale silently.
@@ -75,7 +75,16 @@ enum Outcome {
     Fail(String),
 }
 
-fn run_test(test: &Value, resources: &[Value]) -> Outcome {
+/// How `run_test` hands the resources to the view.
+#[derive(Clone, Copy, PartialEq)]
+enum Input {
+    /// As the suite gives them.
+    Whole,
+    /// Re-read through the view's [`Projection`] (the exporter's parse).
+    Projected,
+}
+
+fn run_test(test: &Value, resources: &[Value], input: Input) -> Outcome {
     let view_json = &test["view"];
     let expect_error = test.get("expectError").and_then(Value::as_bool) == Some(true);
     let view: View = match ViewDefinition::from_json(view_json) {
@@ -91,8 +100,17 @@ fn run_test(test: &Value, resources: &[Value]) -> Outcome {
         println!("  warning: {}: {w}", test["title"]);
     }
     let names: Vec<&str> = view.columns().iter().map(|c| c.name()).collect();
+    let projection = Projection::of([&view]);
     let mut rows = Vec::new();
     for r in resources {
+        let projected;
+        let r = if input == Input::Projected {
+            let text = serde_json::to_vec(r).expect("resource as JSON");
+            projected = projection.parse(&text).expect("projected parse");
+            &projected
+        } else {
+            r
+        };
         match view.rows(r) {
             Ok(rs) => {
                 for row in rs {
@@ -139,6 +157,8 @@ fn official_suite() {
     let files = suite_files();
     assert!(files.len() >= 20, "the suite files are missing");
     let (mut passed, mut skipped, mut total) = (0usize, 0usize, 0usize);
+    // Tests whose view parses only some elements of a resource.
+    let mut projected = 0usize;
     let mut failures = Vec::new();
     let mut seen_skips = vec![false; SKIPPED.len()];
     let mut experimental_passed = 0usize;
@@ -173,7 +193,7 @@ fn official_suite() {
                     Ok(_) => failed_on_data.push(format!("{file} / {title}")),
                 }
             }
-            match run_test(test, &resources) {
+            match run_test(test, &resources, Input::Whole) {
                 Outcome::Pass => {
                     passed += 1;
                     if experimental {
@@ -182,6 +202,15 @@ fn official_suite() {
                 }
                 Outcome::Fail(m) => failures.push(format!("{file} / {title}: {m}")),
             }
+            // The same rows when only what the view reads is parsed.
+            if let Outcome::Fail(m) = run_test(test, &resources, Input::Projected) {
+                failures.push(format!("{file} / {title} (projected): {m}"));
+            }
+            if let Ok(v) = ViewDefinition::from_json(&test["view"]) {
+                if !Projection::of([&v]).is_whole() {
+                    projected += 1;
+                }
+            }
         }
     }
     println!(
@@ -189,6 +218,11 @@ fn official_suite() {
          ({experimental_passed} of them experimental), {skipped} skipped, {} failed",
         files.len(),
         failures.len()
+    );
+    println!("{projected} of the views read only some top-level elements");
+    assert!(
+        projected > total / 2,
+        "the projection is checked on too few views"
     );
     println!(
         "expectError: {} refused when the view is read, {} only when applied to data",
@@ -243,7 +277,10 @@ fn harness_detects_wrong_results() {
         "expect": [{"id": "p2", "active": null}, {"id": "p1", "active": true}],
         "expectColumns": ["id", "active"]
     }));
-    assert!(matches!(run_test(&right, &resources), Outcome::Pass));
+    assert!(matches!(
+        run_test(&right, &resources, Input::Whole),
+        Outcome::Pass
+    ));
     let wrong = [
         serde_json::json!({"expect": [{"id": "p1", "active": false}, {"id": "p2", "active": null}]}),
         serde_json::json!({"expect": [{"id": "p1", "active": true}]}),
@@ -256,7 +293,7 @@ fn harness_detects_wrong_results() {
     for w in wrong {
         let t = test(w.clone());
         assert!(
-            matches!(run_test(&t, &resources), Outcome::Fail(_)),
+            matches!(run_test(&t, &resources, Input::Whole), Outcome::Fail(_)),
             "passed: {w}"
         );
     }

@@ -18,6 +18,7 @@
 mod boundary;
 pub(crate) mod eval;
 mod lex;
+pub(crate) mod reads;
 mod temporal;
 
 use crate::decimal::Decimal;
