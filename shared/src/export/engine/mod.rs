@@ -17,6 +17,7 @@ mod blocks;
 mod coordinate;
 mod extras;
 pub mod planner;
+mod range;
 mod sink;
 mod typed;
 mod views;

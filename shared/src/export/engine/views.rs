@@ -1,27 +1,23 @@
-//! The view writer of `$viewdefinition-export`: one work item's key range of a type, read as
-//! `typed` reads it (the same phases, snapshots and checkpoints, so a view export is exact at
-//! its transaction time), each resource turned into the rows of every view of its type, each
+//! The view writer of `$viewdefinition-export`: one work item's key range of a type, read by
+//! `range` as `$export`'s items are (the same phases, snapshots and checkpoints, so a view
+//! export is exact at its transaction time), each resource turned into the rows of every view of its type, each
 //! view's rows encoded (ndjson, CSV or Parquet) into files of its own of about `MAX_FILE_BYTES`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use super::range::{ItemWriter, StepFiles};
 use super::sink::FileSink;
-use super::{Exporter, Failure, ItemOutcome, Unexportable, PAGE_BYTES};
-use crate::db::reads::{self, Selection, StreamedRow};
-use crate::db::work_items::{self, Checkpointed, WorkItem};
-use crate::db::DbError;
+use super::{Exporter, Failure, ItemOutcome, Unexportable};
+use crate::db::reads::{Selection, StreamedRow};
+use crate::db::work_items::WorkItem;
 use crate::export::manifest::{ExportFile, FileKind};
 use crate::export::params::{NamedView, ViewFormat};
-use crate::export::JobStatus;
 
 /// Bytes the open Parquet files of one item hold between them in row groups in progress (each
 /// view's row groups end at its share: at most 16 MiB, at least 1 MiB).
 const VIEW_MEMORY: usize = 32 << 20;
-
-/// How often the writer checks its lease and its job's status (cancellation).
-const RENEW_EVERY: Duration = Duration::from_millis(500);
 
 /// A view of the item's type, ready to run.
 pub(super) struct ItemView {
@@ -72,101 +68,127 @@ struct ViewFile {
 /// The files of one step of an item: one per view of its type.
 struct ViewFiles {
     files: Vec<ViewFile>,
+    max_bytes: u64,
+    /// The top-level elements the views read: the rest of a resource is skipped unparsed.
+    projection: sof::Projection,
     /// Rows of one resource, flattened (reused).
     flat: Vec<serde_json::Value>,
     /// Encoded bytes on their way to a file (reused).
     out: Vec<u8>,
 }
 
-impl ViewFiles {
-    async fn open(
-        ex: &Exporter,
-        item: &WorkItem,
-        views: &[ItemView],
-        format: &sof_files::Format,
-    ) -> Result<ViewFiles, Failure> {
-        let mut files: Vec<ViewFile> = Vec::with_capacity(views.len());
+/// Writes an item's rows through the views of its type.
+struct ViewWriter<'a> {
+    views: &'a [ItemView],
+    format: &'a sof_files::Format,
+}
+
+impl ItemWriter for ViewWriter<'_> {
+    type Files = ViewFiles;
+
+    async fn open(&self, ex: &Exporter, item: &WorkItem) -> Result<ViewFiles, Failure> {
+        let mut files: Vec<ViewFile> = Vec::with_capacity(self.views.len());
         // The views of a type share one budget for their Parquet row groups in progress.
-        let options = sof_files::Options::sharing(VIEW_MEMORY, views.len());
-        for v in views {
-            let encoder =
-                match sof_files::Encoder::with_options(*format, v.view.columns(), &options) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        let failure =
-                            Failure::Permanent(Unexportable::View(format!("view {}: {e}", v.name)));
-                        return Err(abort_all(files, failure).await);
-                    }
-                };
-            let name = view_file_name(item, &v.name, item.next_file_seq, format.extension());
-            let sink = match FileSink::open(
-                ex.store.as_ref(),
-                item.job_id,
-                name,
-                FileKind::Output,
-                &v.name,
-            )
-            .await
-            {
-                Ok(s) => s,
+        let options = sof_files::Options::sharing(VIEW_MEMORY, self.views.len());
+        for v in self.views {
+            let opened = open_view_file(ex, item, v, self.format, &options).await;
+            match opened {
+                Ok(f) => files.push(f),
                 Err(e) => return Err(abort_all(files, e).await),
-            };
-            files.push(ViewFile {
-                view: v.view.clone(),
-                encoder,
-                sink,
-            });
+            }
         }
         Ok(ViewFiles {
             files,
+            max_bytes: ex.config.max_file_bytes,
+            projection: sof::Projection::of(self.views.iter().map(|v| v.view.as_ref())),
             flat: Vec::new(),
             out: Vec::new(),
         })
     }
 
-    /// Runs every view over the rows of `pending`, taking them from its front, until they are
-    /// all taken or a file reaches `max` bytes; writes what the encoders have ready. The last
-    /// row taken's id goes to `cursor` (when the read is in id order). Whether a file is full.
-    async fn push(
+    async fn type_end(&self, _ex: &Exporter) -> Result<Vec<ExportFile>, Failure> {
+        Ok(Vec::new())
+    }
+}
+
+/// The file of view `v` for the item's current step.
+async fn open_view_file(
+    ex: &Exporter,
+    item: &WorkItem,
+    v: &ItemView,
+    format: &sof_files::Format,
+    options: &sof_files::Options,
+) -> Result<ViewFile, Failure> {
+    let encoder = sof_files::Encoder::with_options(*format, v.view.columns(), options)
+        .map_err(|e| Failure::Permanent(Unexportable::View(format!("view {}: {e}", v.name))))?;
+    let name = view_file_name(item, &v.name, item.next_file_seq, format.extension());
+    let sink = FileSink::open(
+        ex.store.as_ref(),
+        item.job_id,
+        name,
+        FileKind::Output,
+        &v.name,
+    )
+    .await?;
+    Ok(ViewFile {
+        view: v.view.clone(),
+        encoder,
+        sink,
+    })
+}
+
+impl ViewFiles {
+    /// Runs every view over `row`, adding its rows to the encoders.
+    fn add(&mut self, row: &StreamedRow) -> Result<(), Failure> {
+        let resource = self.projection.parse(row.resource_bytes()).map_err(|e| {
+            Failure::Permanent(Unexportable::View(format!(
+                "stored resource {} is not JSON: {e}",
+                row.id()
+            )))
+        })?;
+        for f in &mut self.files {
+            self.flat.clear();
+            f.view.append_rows(&resource, &mut self.flat).map_err(|e| {
+                Failure::Permanent(Unexportable::View(format!(
+                    "resource {}: {}: {}",
+                    row.id(),
+                    e.expression(),
+                    e.message()
+                )))
+            })?;
+            if !self.flat.is_empty() {
+                f.encoder
+                    .push(&self.flat)
+                    .map_err(|e| Failure::Permanent(Unexportable::View(e.to_string())))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StepFiles for ViewFiles {
+    /// Runs the views over rows from the front of `pending` until they are all taken or a
+    /// file reaches its size.
+    fn take(
         &mut self,
         pending: &mut VecDeque<StreamedRow>,
-        max: u64,
         mut cursor: Option<&mut String>,
     ) -> Result<bool, Failure> {
-        let mut full = false;
         while let Some(row) = pending.pop_front() {
             if let Some(c) = cursor.as_deref_mut() {
                 c.clear();
                 c.push_str(row.id());
             }
-            let resource: serde_json::Value = serde_json::from_slice(row.resource_bytes())
-                .map_err(|e| {
-                    Failure::Permanent(Unexportable::View(format!(
-                        "stored resource {} is not JSON: {e}",
-                        row.id()
-                    )))
-                })?;
-            for f in &mut self.files {
-                self.flat.clear();
-                f.view.append_rows(&resource, &mut self.flat).map_err(|e| {
-                    Failure::Permanent(Unexportable::View(format!(
-                        "resource {}: {}: {}",
-                        row.id(),
-                        e.expression(),
-                        e.message()
-                    )))
-                })?;
-                if !self.flat.is_empty() {
-                    f.encoder
-                        .push(&self.flat)
-                        .map_err(|e| Failure::Permanent(Unexportable::View(e.to_string())))?;
-                }
-            }
-            if self.full(max) {
-                full = true;
-                break;
+            self.add(&row)?;
+            if self.full() {
+                return Ok(true);
             }
         }
+        Ok(false)
+    }
+
+    /// Writes what the encoders have ready.
+    async fn write(&mut self) -> Result<(), Failure> {
         for f in &mut self.files {
             self.out.clear();
             f.encoder.drain_ready(&mut self.out);
@@ -174,15 +196,15 @@ impl ViewFiles {
                 f.sink.write(&self.out, 0).await?;
             }
         }
-        Ok(full)
+        Ok(())
     }
 
-    /// Whether a file has reached `max` bytes.
-    fn full(&self, max: u64) -> bool {
-        self.files.iter().any(|f| f.encoder.bytes_so_far() >= max)
+    fn full(&self) -> bool {
+        self.files
+            .iter()
+            .any(|f| f.encoder.bytes_so_far() >= self.max_bytes)
     }
 
-    /// Finishes the files that hold rows (and aborts the others): their manifest rows.
     async fn finish(self) -> Result<Vec<ExportFile>, Failure> {
         let mut done = Vec::new();
         let mut files = self.files.into_iter();
@@ -209,10 +231,6 @@ impl ViewFiles {
         Ok(done)
     }
 
-    async fn abandon(self, failure: Failure) -> Failure {
-        abort_all(self.files, failure).await
-    }
-
     async fn abort(self) {
         for f in self.files {
             f.sink.abort().await;
@@ -237,148 +255,18 @@ fn view_file_name(item: &WorkItem, view: &str, seq: i32, extension: &str) -> Str
     }
 }
 
-/// How a step of the item ended.
-#[derive(PartialEq, Eq)]
-enum StepEnd {
-    Full,
-    Exhausted,
-    Deadline,
-    Stop(ItemOutcome),
-}
-
 impl Exporter {
     /// Exports one item of a view job: every view of its type, step by step (a step's files
-    /// are one per view), checkpointing as `export_range` does.
+    /// are one per view; see `range`).
     pub(super) async fn export_view_range(
         &self,
-        mut item: WorkItem,
+        item: WorkItem,
         sel: &Selection<'_>,
         views: &[ItemView],
         format: &sof_files::Format,
         deadline: Instant,
     ) -> Result<ItemOutcome, Failure> {
-        let mut client = self.pool.get().await.map_err(DbError::from)?;
-        let mut renewed = Instant::now();
-        let fetch = self.page_rows.max(1) as usize;
-        loop {
-            let mut read = reads::read_range(&mut client, sel, item.phase, &item.cursor_id).await?;
-            // Phase 0 reads in table order: its files are held back until the range is
-            // exhausted, then recorded with its snapshot (see `typed`).
-            let ordered = item.phase != 0;
-            let mut held: Vec<ExportFile> = Vec::new();
-            // Rows fetched and not yet taken (a full file leaves the rest for the next one).
-            let mut pending: VecDeque<StreamedRow> = VecDeque::new();
-            loop {
-                let mut files = ViewFiles::open(self, &item, views, format).await?;
-                let end = loop {
-                    if pending.is_empty() {
-                        match read.fetch(fetch, PAGE_BYTES as usize).await {
-                            Ok(rows) if rows.is_empty() => break StepEnd::Exhausted,
-                            Ok(rows) => pending.extend(rows),
-                            Err(e) => return Err(files.abandon(e.into()).await),
-                        }
-                    }
-                    let cursor = ordered.then_some(&mut item.cursor_id);
-                    let full = match files
-                        .push(&mut pending, self.config.max_file_bytes, cursor)
-                        .await
-                    {
-                        Ok(full) => full,
-                        Err(e) => return Err(files.abandon(e).await),
-                    };
-                    if renewed.elapsed() >= RENEW_EVERY {
-                        renewed = Instant::now();
-                        match work_items::renew_lease(
-                            &self.pool,
-                            &item,
-                            &self.owner,
-                            self.config.lease,
-                        )
-                        .await
-                        {
-                            Ok(Some(JobStatus::Active)) => {}
-                            Ok(Some(JobStatus::CancellationRequested)) => {
-                                break StepEnd::Stop(ItemOutcome::Cancelled)
-                            }
-                            Ok(_) => break StepEnd::Stop(ItemOutcome::LeaseLost),
-                            Err(e) => return Err(files.abandon(e.into()).await),
-                        }
-                    }
-                    if full {
-                        break StepEnd::Full;
-                    }
-                    if self.deadline_reached(deadline) {
-                        break StepEnd::Deadline;
-                    }
-                };
-                if let StepEnd::Stop(stop) = end {
-                    files.abort().await;
-                    read.close().await.ok();
-                    return Ok(stop);
-                }
-                if !ordered && end != StepEnd::Exhausted {
-                    if end == StepEnd::Deadline {
-                        // Nothing of phase 0 is recorded: the item starts it again.
-                        files.abort().await;
-                        read.close().await.ok();
-                        return Ok(ItemOutcome::Deadline);
-                    }
-                    let finished = files.finish().await?;
-                    if !finished.is_empty() {
-                        item.next_file_seq += 1;
-                    }
-                    held.extend(finished);
-                    continue;
-                }
-                let ranges: Vec<reads::ReadRange> = read
-                    .snapshot
-                    .iter()
-                    .map(|snap| reads::ReadRange {
-                        after_id: item.cursor_id.clone(),
-                        upto_id: item.hi_id.clone(),
-                        snapshot: snap.clone(),
-                    })
-                    .collect();
-                let step = files.finish().await?;
-                if !step.is_empty() {
-                    item.next_file_seq += 1;
-                }
-                let mut finished: Vec<ExportFile> = std::mem::take(&mut held);
-                finished.extend(step);
-                let exhausted = end == StepEnd::Exhausted;
-                let phase_one = exhausted
-                    && item.phase == 0
-                    && reads::range_changed_since(&self.pool, sel, &item.lo_id).await?;
-                if phase_one {
-                    item.phase = 1;
-                    item.cursor_id.clone_from(&item.lo_id);
-                } else if exhausted {
-                    item.done = true;
-                }
-                match self.checkpoint(&item, &finished, &ranges).await? {
-                    Checkpointed::Saved => {}
-                    Checkpointed::Completed => {
-                        read.close().await.ok();
-                        return Ok(ItemOutcome::Finished { completed: true });
-                    }
-                    Checkpointed::LeaseLost => {
-                        read.close().await.ok();
-                        return Ok(ItemOutcome::LeaseLost);
-                    }
-                }
-                if item.done {
-                    read.close().await.ok();
-                    return Ok(ItemOutcome::Finished { completed: false });
-                }
-                if end == StepEnd::Deadline || self.deadline_reached(deadline) {
-                    read.close().await.ok();
-                    return Ok(ItemOutcome::Deadline);
-                }
-                if exhausted {
-                    break;
-                }
-            }
-            read.close().await?;
-        }
+        let writer = ViewWriter { views, format };
+        self.export_item_range(item, sel, &writer, deadline).await
     }
 }
