@@ -20,7 +20,7 @@ async fn server() -> (Server, DataSet) {
 }
 
 /// One row per patient name (a null row for a patient without one).
-fn patients_view() -> Value {
+pub(crate) fn patients_view() -> Value {
     json!({
         "resourceType": "ViewDefinition",
         "name": "patients",
@@ -41,7 +41,7 @@ fn patients_view() -> Value {
 }
 
 /// One row per coding of each Observation's code, with its value and subject.
-fn observations_view() -> Value {
+pub(crate) fn observations_view() -> Value {
     json!({
         "resourceType": "ViewDefinition",
         "name": "observations",
@@ -63,7 +63,7 @@ fn observations_view() -> Value {
 }
 
 /// What the patients view gives, computed from the resources: rows as sorted JSON text.
-fn expected_patients(data: &DataSet) -> Vec<String> {
+pub(crate) fn expected_patients(data: &DataSet) -> Vec<String> {
     let mut rows = Vec::new();
     for p in data
         .resources
@@ -103,7 +103,7 @@ fn expected_patients(data: &DataSet) -> Vec<String> {
 }
 
 /// What the observations view gives, computed from the resources.
-fn expected_observations(data: &DataSet, patients: Option<&[String]>) -> Vec<String> {
+pub(crate) fn expected_observations(data: &DataSet, patients: Option<&[String]>) -> Vec<String> {
     let mut rows = Vec::new();
     for o in data
         .resources
@@ -136,11 +136,11 @@ fn expected_observations(data: &DataSet, patients: Option<&[String]>) -> Vec<Str
     rows
 }
 
-fn view_param(view: Value) -> Value {
+pub(crate) fn view_param(view: Value) -> Value {
     json!({"name": "view", "part": [{"name": "viewResource", "resource": view}]})
 }
 
-async fn kick_off(c: &reqwest::Client, url: &str, params: Value) -> reqwest::Response {
+pub(crate) async fn kick_off(c: &reqwest::Client, url: &str, params: Value) -> reqwest::Response {
     c.post(url)
         .header("Accept", "application/fhir+json")
         .header("Prefer", "respond-async")
@@ -161,7 +161,11 @@ async fn export(c: &reqwest::Client, url: &str, params: Value) -> Value {
 }
 
 /// The manifest's files of `view`, downloaded.
-async fn files_of(c: &reqwest::Client, manifest: &Value, view: &str) -> Vec<(String, Vec<u8>)> {
+pub(crate) async fn files_of(
+    c: &reqwest::Client,
+    manifest: &Value,
+    view: &str,
+) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for entry in manifest["output"].as_array().expect("output") {
         if entry["type"] != view {
@@ -181,7 +185,7 @@ async fn files_of(c: &reqwest::Client, manifest: &Value, view: &str) -> Vec<(Str
 }
 
 /// ndjson rows as sorted JSON text (members in column order).
-fn ndjson_rows(files: &[(String, Vec<u8>)]) -> Vec<String> {
+pub(crate) fn ndjson_rows(files: &[(String, Vec<u8>)]) -> Vec<String> {
     let mut rows: Vec<String> = Vec::new();
     for (ct, bytes) in files {
         assert!(ct.contains("ndjson"), "{ct}");

@@ -223,3 +223,4 @@ fn server_db_url(server: &Server) -> String {
 mod registered;
 mod routes;
 mod tokens;
+mod views;

@@ -28,7 +28,11 @@ pub async fn token(base: &str, client: &str) -> String {
 }
 
 /// Polls `status_url` as a client should (honouring Retry-After) until it is not 202.
-async fn wait_done(client: &reqwest::Client, status_url: &str, stack: &Stack) -> reqwest::Response {
+pub(super) async fn wait_done(
+    client: &reqwest::Client,
+    status_url: &str,
+    stack: &Stack,
+) -> reqwest::Response {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let resp = client.get(status_url).send().await.expect("status");

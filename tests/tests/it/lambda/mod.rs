@@ -103,5 +103,6 @@ fn form_body(pairs: &[(&str, &str)]) -> String {
 
 mod bulk_data_client;
 mod emulated;
+mod emulated_views;
 mod exporter;
 mod http;
