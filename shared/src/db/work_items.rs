@@ -323,14 +323,17 @@ pub async fn record_failure(
     let attempts: i32 = row.get(0);
     let outage_over: bool = row.get(1);
     let give_up = attempts >= limits.max_attempts || outage_over;
-    let internal = if outage_over {
-        format!(
-            "the storage was unavailable for STORAGE_OUTAGE_SECONDS ({} s); last error: {}",
-            limits.storage_outage.as_secs(),
-            error.internal
-        )
+    // The job's error: the item's, or that its storage stayed unavailable too long.
+    let outage;
+    let job_error = if outage_over {
+        outage = JobError::storage_gone(
+            limits.storage_outage,
+            Some(&error.internal),
+            Some(&error.public),
+        );
+        &outage
     } else {
-        error.internal.clone()
+        error
     };
     let status = tx
         .query_opt(
@@ -349,8 +352,8 @@ pub async fn record_failure(
             &[
                 &item.job_id,
                 &attempts,
-                &internal,
-                &error.public,
+                &job_error.internal,
+                &job_error.public,
                 &give_up,
                 &retention.as_secs_f64(),
             ],

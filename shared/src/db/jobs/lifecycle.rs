@@ -163,6 +163,29 @@ pub struct JobError {
     pub public: String,
 }
 
+impl JobError {
+    /// The error of a job whose storage stayed unavailable for `outage`
+    /// (STORAGE_OUTAGE_SECONDS), after the last error its item recorded.
+    pub fn storage_gone(
+        outage: std::time::Duration,
+        internal: Option<&str>,
+        public: Option<&str>,
+    ) -> JobError {
+        JobError {
+            internal: format!(
+                "the storage was unavailable for STORAGE_OUTAGE_SECONDS ({} s); last error: {}",
+                outage.as_secs(),
+                internal.unwrap_or("a storage call ran past its timeouts")
+            ),
+            public: format!(
+                "the export failed: its storage was unavailable for {} minutes: {}",
+                outage.as_secs().div_ceil(60),
+                public.unwrap_or("writing the export files failed")
+            ),
+        }
+    }
+}
+
 /// Fails a job at once: a problem no retry can fix, or too many attempts. With `owner`, only
 /// while that exporter holds the job (planning); without, whatever holds it (an item failed
 /// for good: the exporters on its other items stop at their next lease check).

@@ -191,27 +191,6 @@ impl Exporter {
 }
 
 /// The error of a job that failed after `attempts` attempts.
-/// The error of a job whose item's storage stayed unavailable for `outage`
-/// (STORAGE_OUTAGE_SECONDS).
-pub(super) fn storage_gone(
-    outage: std::time::Duration,
-    internal: Option<&str>,
-    public: Option<&str>,
-) -> jobs::JobError {
-    jobs::JobError {
-        internal: format!(
-            "the storage was unavailable for STORAGE_OUTAGE_SECONDS ({} s); last error: {}",
-            outage.as_secs(),
-            internal.unwrap_or("a storage call ran past its timeouts")
-        ),
-        public: format!(
-            "the export failed: its storage was unavailable for {} minutes: {}",
-            outage.as_secs().div_ceil(60),
-            public.unwrap_or("writing the export files failed")
-        ),
-    }
-}
-
 pub(super) fn gave_up(
     attempts: i32,
     internal: Option<&str>,

@@ -381,7 +381,7 @@ impl Exporter {
             .storage_down_since
             .and_then(|since| (chrono::Utc::now() - since).to_std().ok());
         if down_for.is_some_and(|d| d >= self.config.storage_outage) {
-            let error = coordinate::storage_gone(
+            let error = jobs::JobError::storage_gone(
                 self.config.storage_outage,
                 item.error.as_deref(),
                 item.public_error.as_deref(),
