@@ -431,6 +431,8 @@ const DUCKDB_CONVERT: &str = r#"
 import sys, time, duckdb
 src, dst = sys.argv[1], sys.argv[2]
 con = duckdb.connect()
+# Its progress bar (for queries over 2 s) would print to stdout, which carries the result.
+con.execute("SET enable_progress_bar = false")
 started = time.monotonic()
 con.execute(f"""COPY (SELECT
     json_extract_string(json, '$.id') AS id,
@@ -508,7 +510,10 @@ async fn view_comparison(
         }
         let (v, n) = (view.total.as_secs_f64(), nd.total.as_secs_f64());
         println!(
-            "view to Parquet: {} rows, {:.1} MB, {v:.2} s (CPU serve {:.1} s, Postgres {:.1} s);              Observation ndjson export: {:.1} MB, {n:.2} s; DuckDB ndjson -> Parquet: COPY {duck_copy:.2} s              ({duck_wall:.2} s with Python's start); view / ndjson export = {:.2};              view / (ndjson export + DuckDB COPY) = {:.2}",
+            "view to Parquet: {} rows, {:.1} MB, {v:.2} s (CPU serve {:.1} s, Postgres {:.1} s); \
+             Observation ndjson export: {:.1} MB, {n:.2} s; DuckDB ndjson -> Parquet: COPY \
+             {duck_copy:.2} s ({duck_wall:.2} s with Python's start); view / ndjson export = \
+             {:.2}; view / (ndjson export + DuckDB COPY) = {:.2}",
             view.lines,
             view.bytes as f64 / 1e6,
             view.serve_cpu,
