@@ -15,6 +15,9 @@ use crate::export::job::Transition;
 use crate::export::manifest::ExportFile;
 use crate::export::JobStatus;
 
+/// The work item of an `organizeOutputBy=Patient` job (not a resource type: starts with `_`).
+pub const BLOCKS_ITEM: &str = "_blocks";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkItem {
     pub job_id: Uuid,
