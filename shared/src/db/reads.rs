@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::work_items::Phase;
 use super::{DbError, Pool};
 
 mod blocks;
@@ -192,8 +193,8 @@ pub struct ReadRange {
 /// resources changed since, unless phase 0 already exported it) after the cursor, within the
 /// item's range: (id, resource, deleted, last_updated, patients), unordered. `patients` is the
 /// current version's (in phase 1 too), as the `compartment` rows are.
-fn phase_source(phase: i16) -> &'static str {
-    if phase == 0 {
+fn phase_source(phase: Phase) -> &'static str {
+    if phase == Phase::Current {
         "SELECT r.id, r.resource, r.deleted, r.last_updated, r.patients FROM resources r
          WHERE r.resource_type = :type AND r.id > :cursor AND (:upto::text IS NULL OR r.id <= :upto)
            AND r.last_updated <= :tx_time"
@@ -324,14 +325,18 @@ impl StreamedRow {
 pub async fn read_range<'c>(
     client: &'c mut deadpool_postgres::Client,
     sel: &Selection<'_>,
-    phase: i16,
+    phase: Phase,
     cursor: &str,
 ) -> Result<RangeRead<'c>, DbError> {
     let scope = selection_condition(sel);
     let source = phase_source(phase);
     // Phase 0 in table order: in id order through the primary key, each row of a heap in load
     // order would be a random page access.
-    let order = if phase == 0 { "" } else { "ORDER BY r.id" };
+    let order = if phase == Phase::Current {
+        ""
+    } else {
+        "ORDER BY r.id"
+    };
     let sql = format!(
         "SELECT r.id, r.resource FROM ({source}) r
          WHERE NOT r.deleted AND (:since::timestamptz IS NULL OR r.last_updated > :since)
@@ -356,7 +361,7 @@ pub async fn read_range<'c>(
         None => true,
         Some(s) => s.compartment && s.scan_patients.is_some() && s.referenced_from.is_empty(),
     };
-    let index_scan = if phase == 0 && scans && sel.associated.is_none() {
+    let index_scan = if phase == Phase::Current && scans && sel.associated.is_none() {
         "off"
     } else {
         "DEFAULT"
@@ -378,7 +383,7 @@ pub async fn read_range<'c>(
          SET LOCAL enable_indexscan = {index_scan}; SET LOCAL enable_hashagg = {hash_agg}"
     ))
     .await?;
-    let snapshot = if phase == 0 {
+    let snapshot = if phase == Phase::Current {
         Some(
             tx.query_one(
                 &tx.prepare_cached("SELECT pg_current_snapshot()::text")

@@ -27,8 +27,7 @@ pub struct WorkItem {
     /// Ids in (`lo_id`, `hi_id`]; `hi_id` None: to the end of the type.
     pub lo_id: String,
     pub hi_id: Option<String>,
-    /// 0: current versions; 1: prior versions of resources changed after the transaction time.
-    pub phase: i16,
+    pub phase: Phase,
     /// The last id durably written (exclusive lower bound for the next read).
     pub cursor_id: String,
     pub next_file_seq: i32,
@@ -41,6 +40,38 @@ pub struct WorkItem {
     pub storage_down_since: Option<chrono::DateTime<chrono::Utc>>,
     pub error: Option<String>,
     pub public_error: Option<String>,
+}
+
+/// Which read of its range an item is at (phase 0 or 1): each is one streamed statement
+/// (`reads::read_range`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Phase 0: the current versions.
+    Current,
+    /// Phase 1: the versions current at the transaction time of resources changed since, from
+    /// history (unless phase 0 exported them).
+    History,
+}
+
+impl Phase {
+    /// The `export_work_items.phase` SMALLINT.
+    fn column(self) -> i16 {
+        match self {
+            Phase::Current => 0,
+            Phase::History => 1,
+        }
+    }
+
+    fn from_column(value: i16) -> Result<Phase, DbError> {
+        match value {
+            0 => Ok(Phase::Current),
+            1 => Ok(Phase::History),
+            _ => Err(DbError::UnknownValue {
+                column: "phase",
+                value: value.to_string(),
+            }),
+        }
+    }
 }
 
 impl WorkItem {
@@ -70,14 +101,14 @@ impl WorkItem {
 const ITEM_COLUMNS: &str = "job_id, resource_type, part, lo_id, hi_id, phase, cursor_id, \
      next_file_seq, done, attempts, storage_down_since, error, public_error";
 
-fn item_from_row(r: &tokio_postgres::Row) -> WorkItem {
-    WorkItem {
+fn item_from_row(r: &tokio_postgres::Row) -> Result<WorkItem, DbError> {
+    Ok(WorkItem {
         job_id: r.get("job_id"),
         resource_type: r.get("resource_type"),
         part: r.get("part"),
         lo_id: r.get("lo_id"),
         hi_id: r.get("hi_id"),
-        phase: r.get("phase"),
+        phase: Phase::from_column(r.get("phase"))?,
         cursor_id: r.get("cursor_id"),
         next_file_seq: r.get("next_file_seq"),
         done: r.get("done"),
@@ -85,7 +116,7 @@ fn item_from_row(r: &tokio_postgres::Row) -> WorkItem {
         storage_down_since: r.get("storage_down_since"),
         error: r.get("error"),
         public_error: r.get("public_error"),
-    }
+    })
 }
 
 /// One item planned for a job: a key range of a type.
@@ -134,7 +165,7 @@ pub async fn select_work_items(pool: &Pool, job_id: Uuid) -> Result<Vec<WorkItem
             &[&job_id],
         )
         .await?;
-    Ok(rows.iter().map(item_from_row).collect())
+    rows.iter().map(item_from_row).collect()
 }
 
 /// The job's resource types (its items', without organizeOutputBy's blocks item).
@@ -203,7 +234,7 @@ pub async fn claim_item(
             ],
         )
         .await?;
-    Ok(row.as_ref().map(item_from_row))
+    row.as_ref().map(item_from_row).transpose()
 }
 
 /// Marks the item's storage as unavailable from now (unless it already is): its owner's
@@ -419,7 +450,7 @@ pub async fn checkpoint(
                 &item.resource_type,
                 &item.part,
                 &owner,
-                &item.phase,
+                &item.phase.column(),
                 &item.cursor_id,
                 &item.next_file_seq,
                 &item.done,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::sink::FileSink;
 use super::{Exporter, Failure, ItemOutcome, PAGE_BYTES};
 use crate::db::reads::{self, Selection, StreamedRow};
-use crate::db::work_items::{self, Checkpointed, WorkItem};
+use crate::db::work_items::{self, Checkpointed, Phase, WorkItem};
 use crate::db::DbError;
 use crate::export::manifest::{ExportFile, FileKind};
 use crate::export::transform::RowTransform;
@@ -61,7 +61,7 @@ impl Exporter {
             let mut read = reads::read_range(&mut client, sel, item.phase, &item.cursor_id).await?;
             // Phase 0: rows in table order (its cursor stays where the read started), files
             // held back until the range is exhausted.
-            let ordered = item.phase != 0;
+            let ordered = item.phase != Phase::Current;
             let mut held: Vec<ExportFile> = Vec::new();
             let mut pending: VecDeque<StreamedRow> = VecDeque::new();
             // The next batch, fetched while the current one was written (it may start the
@@ -228,12 +228,12 @@ impl Exporter {
                 // Phase 1 has nothing to export when nothing in the range changed since the
                 // transaction time (asked after phase 0's read: see `range_changed_since`).
                 let phase_one = exhausted
-                    && item.phase == 0
+                    && item.phase == Phase::Current
                     && reads::range_changed_since(&self.pool, sel, &item.lo_id).await?;
                 if phase_one {
                     // Phase 1 decides what phase 0 exported from the phase-0 snapshots, so they
                     // are durable (with phase 0's last file) before it starts.
-                    item.phase = 1;
+                    item.phase = Phase::History;
                     item.cursor_id.clone_from(&item.lo_id);
                 } else if exhausted {
                     if item.is_last_part() {

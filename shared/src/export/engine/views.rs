@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::sink::FileSink;
 use super::{Exporter, Failure, ItemOutcome, Unexportable, PAGE_BYTES};
 use crate::db::reads::{self, Selection, StreamedRow};
-use crate::db::work_items::{self, Checkpointed, WorkItem};
+use crate::db::work_items::{self, Checkpointed, Phase, WorkItem};
 use crate::db::DbError;
 use crate::export::manifest::{ExportFile, FileKind};
 use crate::export::params::{NamedView, ViewFormat};
@@ -264,7 +264,7 @@ impl Exporter {
             let mut read = reads::read_range(&mut client, sel, item.phase, &item.cursor_id).await?;
             // Phase 0 reads in table order: its files are held back until the range is
             // exhausted, then recorded with its snapshot (see `typed`).
-            let ordered = item.phase != 0;
+            let ordered = item.phase != Phase::Current;
             let mut held: Vec<ExportFile> = Vec::new();
             // Rows fetched and not yet taken (a full file leaves the rest for the next one).
             let mut pending: VecDeque<StreamedRow> = VecDeque::new();
@@ -347,10 +347,10 @@ impl Exporter {
                 finished.extend(step);
                 let exhausted = end == StepEnd::Exhausted;
                 let phase_one = exhausted
-                    && item.phase == 0
+                    && item.phase == Phase::Current
                     && reads::range_changed_since(&self.pool, sel, &item.lo_id).await?;
                 if phase_one {
-                    item.phase = 1;
+                    item.phase = Phase::History;
                     item.cursor_id.clone_from(&item.lo_id);
                 } else if exhausted {
                     item.done = true;
