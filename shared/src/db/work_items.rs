@@ -326,7 +326,43 @@ pub async fn record_failure(
 ) -> Result<Option<JobStatus>, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let Some(row) = tx
+    let Some((attempts, outage_over)) =
+        update_failed_item(&tx, item, owner, error, storage_down, limits).await?
+    else {
+        return Ok(None);
+    };
+    let give_up = attempts >= limits.max_attempts || outage_over;
+    let internal = if outage_over {
+        format!(
+            "the storage was unavailable for STORAGE_OUTAGE_SECONDS ({} s); last error: {}",
+            limits.storage_outage.as_secs(),
+            error.internal
+        )
+    } else {
+        error.internal.clone()
+    };
+    let failed = JobError {
+        internal,
+        public: error.public.clone(),
+    };
+    let status =
+        record_job_failure(&tx, item.job_id, attempts, &failed, give_up, retention).await?;
+    tx.commit().await?;
+    Ok(status)
+}
+
+/// Records the failure on the item and gives up its lease until the backoff has passed:
+/// its attempts and whether its storage outage has lasted `limits.storage_outage` (None when
+/// the item is not this owner's).
+async fn update_failed_item(
+    tx: &deadpool_postgres::Transaction<'_>,
+    item: &WorkItem,
+    owner: &str,
+    error: &JobError,
+    storage_down: bool,
+    limits: RetryLimits,
+) -> Result<Option<(i32, bool)>, DbError> {
+    let row = tx
         .query_opt(
             "UPDATE export_work_items SET
                  attempts = attempts + CASE WHEN $8 THEN 0 ELSE 1 END,
@@ -350,22 +386,20 @@ pub async fn record_failure(
                 &limits.storage_outage.as_secs_f64(),
             ],
         )
-        .await?
-    else {
-        return Ok(None);
-    };
-    let attempts: i32 = row.get(0);
-    let outage_over: bool = row.get(1);
-    let give_up = attempts >= limits.max_attempts || outage_over;
-    let internal = if outage_over {
-        format!(
-            "the storage was unavailable for STORAGE_OUTAGE_SECONDS ({} s); last error: {}",
-            limits.storage_outage.as_secs(),
-            error.internal
-        )
-    } else {
-        error.internal.clone()
-    };
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// Records an item's failure on its job (the error, the most attempts), and with `give_up`
+/// makes it Failed, expiring after `retention`. Returns the job's status afterwards.
+async fn record_job_failure(
+    tx: &deadpool_postgres::Transaction<'_>,
+    job_id: Uuid,
+    attempts: i32,
+    error: &JobError,
+    give_up: bool,
+    retention: Duration,
+) -> Result<Option<JobStatus>, DbError> {
     let status = tx
         .query_opt(
             &format!(
@@ -381,16 +415,15 @@ pub async fn record_failure(
                 failed = Transition::FAIL.target(),
             ),
             &[
-                &item.job_id,
+                &job_id,
                 &attempts,
-                &internal,
+                &error.internal,
                 &error.public,
                 &give_up,
                 &retention.as_secs_f64(),
             ],
         )
         .await?;
-    tx.commit().await?;
     Ok(status.and_then(|r| JobStatus::parse(r.get::<_, &str>(0))))
 }
 
@@ -420,6 +453,8 @@ pub async fn checkpoint(
 ) -> Result<Checkpointed, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    // Every statement of a checkpoint is prepared once per connection: a parse is a round trip,
+    // and an export checkpoints each of its items at least once.
     if item.done {
         // Item checkpoints of one job that finish items take turns: the last one sees every
         // other item done.
@@ -429,8 +464,38 @@ pub async fn checkpoint(
         tx.execute(&lock, &[&item.job_id]).await?;
     }
     let progress = !files.is_empty();
-    // Every statement of a checkpoint is prepared once per connection: a parse is a round trip,
-    // and an export checkpoints each of its items at least once.
+    if !update_checkpointed_item(&tx, item, owner, progress).await? {
+        tx.rollback().await?;
+        return Ok(Checkpointed::LeaseLost);
+    }
+    super::files::insert_files(&tx, item.job_id, files).await?;
+    insert_read_ranges(&tx, item, ranges).await?;
+    // Progress: attempts count failures without progress, so a long export on a flaky network
+    // does not fail after a few blips that each cost nothing.
+    if progress {
+        let reset = tx
+            .prepare_cached("UPDATE export_jobs SET attempts = 0 WHERE id = $1 AND attempts > 0")
+            .await?;
+        tx.execute(&reset, &[&item.job_id]).await?;
+    }
+    let result = if item.done && complete_job_if_done(&tx, item.job_id, retention).await? {
+        Checkpointed::Completed
+    } else {
+        Checkpointed::Saved
+    };
+    tx.commit().await?;
+    Ok(result)
+}
+
+/// Stores the item's phase, cursor, next file number and whether it is done (then its lease
+/// ends); `progress` (files were recorded) resets its attempts and storage outage. False when
+/// the item is no longer this owner's.
+async fn update_checkpointed_item(
+    tx: &deadpool_postgres::Transaction<'_>,
+    item: &WorkItem,
+    owner: &str,
+    progress: bool,
+) -> Result<bool, DbError> {
     let update = tx
         .prepare_cached(
             "UPDATE export_work_items SET phase = $5, cursor_id = $6, next_file_seq = $7, done = $8,
@@ -458,57 +523,57 @@ pub async fn checkpoint(
             ],
         )
         .await?;
-    if n == 0 {
-        tx.rollback().await?;
-        return Ok(Checkpointed::LeaseLost);
+    Ok(n > 0)
+}
+
+/// Records the snapshots phase 0 read the item's ranges under (`export_read_ranges`).
+async fn insert_read_ranges(
+    tx: &deadpool_postgres::Transaction<'_>,
+    item: &WorkItem,
+    ranges: &[crate::db::reads::ReadRange],
+) -> Result<(), DbError> {
+    if ranges.is_empty() {
+        return Ok(());
     }
-    super::files::insert_files(&tx, item.job_id, files).await?;
-    if !ranges.is_empty() {
-        let after: Vec<&str> = ranges.iter().map(|r| r.after_id.as_str()).collect();
-        let upto: Vec<Option<&str>> = ranges.iter().map(|r| r.upto_id.as_deref()).collect();
-        let snaps: Vec<&str> = ranges.iter().map(|r| r.snapshot.as_str()).collect();
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO export_read_ranges (job_id, resource_type, after_id, upto_id, snap)
-                 SELECT $1, $2, a, u, s::pg_snapshot
-                 FROM unnest($3::text[], $4::text[], $5::text[]) AS x(a, u, s)",
-            )
-            .await?;
-        tx.execute(
-            &insert,
-            &[&item.job_id, &item.resource_type, &after, &upto, &snaps],
+    let after: Vec<&str> = ranges.iter().map(|r| r.after_id.as_str()).collect();
+    let upto: Vec<Option<&str>> = ranges.iter().map(|r| r.upto_id.as_deref()).collect();
+    let snaps: Vec<&str> = ranges.iter().map(|r| r.snapshot.as_str()).collect();
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO export_read_ranges (job_id, resource_type, after_id, upto_id, snap)
+             SELECT $1, $2, a, u, s::pg_snapshot
+             FROM unnest($3::text[], $4::text[], $5::text[]) AS x(a, u, s)",
         )
         .await?;
-    }
-    // Progress: attempts count failures without progress, so a long export on a flaky network
-    // does not fail after a few blips that each cost nothing.
-    if progress {
-        let reset = tx
-            .prepare_cached("UPDATE export_jobs SET attempts = 0 WHERE id = $1 AND attempts > 0")
-            .await?;
-        tx.execute(&reset, &[&item.job_id]).await?;
-    }
-    let mut result = Checkpointed::Saved;
-    if item.done {
-        let complete = tx
-            .prepare_cached(&format!(
-                "UPDATE export_jobs SET status = {complete}, completed_at = now(),
-                     expires_at = now() + make_interval(secs => $2),
-                     lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-                 WHERE id = $1 AND {guard}
-                   AND NOT EXISTS (SELECT 1 FROM export_work_items
-                                   WHERE job_id = $1 AND NOT done)",
-                complete = Transition::COMPLETE.target(),
-                guard = Transition::COMPLETE.guard("status"),
-            ))
-            .await?;
-        let completed = tx
-            .execute(&complete, &[&item.job_id, &retention.as_secs_f64()])
-            .await?;
-        if completed == 1 {
-            result = Checkpointed::Completed;
-        }
-    }
-    tx.commit().await?;
-    Ok(result)
+    tx.execute(
+        &insert,
+        &[&item.job_id, &item.resource_type, &after, &upto, &snaps],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Makes the job Complete (expiring after `retention`) when none of its items is open;
+/// whether it did.
+async fn complete_job_if_done(
+    tx: &deadpool_postgres::Transaction<'_>,
+    job_id: Uuid,
+    retention: Duration,
+) -> Result<bool, DbError> {
+    let complete = tx
+        .prepare_cached(&format!(
+            "UPDATE export_jobs SET status = {complete}, completed_at = now(),
+                 expires_at = now() + make_interval(secs => $2),
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE id = $1 AND {guard}
+               AND NOT EXISTS (SELECT 1 FROM export_work_items
+                               WHERE job_id = $1 AND NOT done)",
+            complete = Transition::COMPLETE.target(),
+            guard = Transition::COMPLETE.guard("status"),
+        ))
+        .await?;
+    let completed = tx
+        .execute(&complete, &[&job_id, &retention.as_secs_f64()])
+        .await?;
+    Ok(completed == 1)
 }
