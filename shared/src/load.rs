@@ -1,20 +1,32 @@
 //! The loader: ndjson files, folders and FHIR Bundle files into Postgres, in batches, with
 //! compartment membership and references computed per resource. A bad line is reported with its
-//! file and line number; the good lines still load.
+//! file and line number; the good lines still load. Files are read (`read`) in chunks of whole
+//! lines, parsed (`parse`) several chunks at a time, and stored (`write`) by writer tasks.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::db::resources::{upsert_resources, NewResource, ProvenanceTargets};
+use crate::db::resources::NewResource;
 use crate::db::{DbError, Pool};
 use crate::export::params::is_fhir_id;
-use crate::fhir::compartment::{parse_reference, patient_ids, references};
-use crate::fhir::instant::parse_instant;
 use crate::fhir::raw;
 use crate::fhir::resource_types::is_resource_type;
-use crate::fhir::scan::scan;
+
+mod bundle;
+mod parse;
+mod read;
+mod write;
+
+pub use bundle::{bundle_resources, BundleEntry};
+pub use parse::prepare;
+pub use read::collect_files;
+pub use write::writer_count;
+
+use parse::{parser_count, too_large, ParsedChunks};
+use read::CHUNK_SIZE;
+use write::Writers;
 
 /// Why the loader refuses a resource (reported with its file and line as a [`Rejected`]; the
 /// rest loads).
@@ -33,9 +45,6 @@ impl From<&str> for Refused {
         Refused(message.to_string())
     }
 }
-
-mod bundle;
-pub use bundle::{bundle_resources, BundleEntry};
 
 /// Resources a writer stores at once: at most this many, and no more once they hold
 /// [`BATCH_BYTES`] of text (a batch of large resources would hold gigabytes).
@@ -92,137 +101,24 @@ pub fn parse_type_id(s: &str) -> Result<(String, String), Refused> {
     }
 }
 
-/// Turns one resource into a row, or says why it cannot be stored. `text` is what is stored
-/// (the JSON as received, on one line: numbers keep their exact text); it is read once, by
-/// [`scan`], for the checks, compartment membership and references.
-pub fn prepare(text: String) -> Result<NewResource, Refused> {
-    // memchr: `str::contains` with a set of chars tests one char at a time, on every line of a load.
-    if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some() {
-        return Err(Refused(
-            "a resource must be one line of JSON (minify it)".into(),
-        ));
-    }
-    let scanned = scan(&text).map_err(|e| Refused(format!("invalid JSON: {e}")))?;
-    let rtype = scanned.resource_type.ok_or("no resourceType")?;
-    if !is_resource_type(&rtype) && rtype != crate::views::VIEW_DEFINITION {
-        return Err(Refused(format!("{rtype:?} is not an R4 resource type")));
-    }
-    let id = scanned
-        .id
-        .ok_or_else(|| Refused(format!("{rtype} without an id")))?;
-    if !is_fhir_id(&id) {
-        return Err(Refused(format!("{rtype} id {id:?} is not a valid FHIR id")));
-    }
-    let provenance = (rtype == "Provenance").then(|| ProvenanceTargets {
-        targets: scanned
-            .references
-            .iter()
-            .filter(|(path, r)| path == "target" && !r.contains("://"))
-            .filter_map(|(_, r)| parse_reference(r))
-            .map(|(t, i)| (t.to_string(), i.to_string()))
-            .collect(),
-        recorded: scanned
-            .recorded
-            .as_deref()
-            .and_then(|s| parse_instant(s).ok()),
-    });
-    Ok(NewResource {
-        patients: patient_ids(&rtype, &id, &scanned.references),
-        refs: references(&scanned.references),
-        provenance,
-        meta: scanned.meta,
-        resource_type: rtype,
-        id,
-        text,
-    })
-}
-
-/// What a writer task is sent.
-enum WriterMsg {
-    Batch(Vec<NewResource>),
-    /// Answered once every batch sent before it is stored.
-    Sync(tokio::sync::oneshot::Sender<()>),
-}
-
-/// One writer: its own connection, batches in the order they were sent.
-struct Writer {
-    tx: tokio::sync::mpsc::Sender<WriterMsg>,
-    task: tokio::task::JoinHandle<Result<(), LoadError>>,
-}
-
-/// Parses blocks on blocking threads while `writers` store batches concurrently, each on its
+/// Parses chunks on blocking threads while writers store batches concurrently, each on its
 /// own connection: one connection keeps about one core busy. Without a pool (a check) nothing
 /// is stored and resources are only counted.
-/// A resource always goes to the same writer (by a hash of its type and id), so a later line
-/// for the same resource is stored after an earlier one, and no two writers touch the same
-/// rows (no lock waits, no deadlocks).
 struct Loader<'a, P: FnMut(u64)> {
-    batches: Vec<Vec<NewResource>>,
-    /// Bytes of resource text in each of `batches`.
-    batch_bytes: Vec<usize>,
-    writers: Vec<Writer>,
-    loaded: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    writers: Writers,
     /// None: a check, which stores nothing.
     pool: Option<&'a Pool>,
-    /// How many blocks of an ndjson file are parsed at once ([`ParsedBlocks`]).
+    /// How many chunks of an ndjson file are parsed at once ([`ParsedChunks`]).
     parsers: usize,
     max_resource_bytes: usize,
     report: LoadReport,
     progress: P,
 }
 
-impl Writer {
-    /// A writer storing batches on its own connection, adding what it stored to `loaded`.
-    fn spawn(pool: Pool, loaded: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<WriterMsg>(2);
-        let task = tokio::spawn(async move {
-            // Batches are stored as new resources without looking them up while they are (a
-            // first load); after a batch that replaced some, they are looked up.
-            let mut assume_new = true;
-            while let Some(msg) = rx.recv().await {
-                match msg {
-                    WriterMsg::Batch(batch) => {
-                        let done = upsert_resources(&pool, batch, assume_new).await?;
-                        assume_new = !done.replaced;
-                        loaded.fetch_add(done.stored, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    WriterMsg::Sync(done) => {
-                        let _ = done.send(());
-                    }
-                }
-            }
-            Ok(())
-        });
-        Writer { tx, task }
-    }
-}
-
-/// How many writers by default: one per core, at least two (one stores while the other waits
-/// on I/O). Each keeps about one of the database server's cores busy.
-pub fn writer_count() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
-}
-
-/// How many blocks are parsed at once: one per core, at most 8 (each holds a block and its
-/// resources in memory; 8 parse faster than any one Postgres stores).
-fn parser_count() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8))
-}
-
 impl<'a, P: FnMut(u64)> Loader<'a, P> {
     fn new(pool: Option<&'a Pool>, options: &LoadOptions, progress: P) -> Self {
-        let loaded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let writers: Vec<Writer> = match pool {
-            Some(pool) => (0..options.writers.max(1))
-                .map(|_| Writer::spawn(pool.clone(), loaded.clone()))
-                .collect(),
-            None => Vec::new(),
-        };
         Loader {
-            batches: (0..writers.len()).map(|_| Vec::new()).collect(),
-            batch_bytes: vec![0; writers.len()],
-            writers,
-            loaded,
+            writers: Writers::spawn(pool, options.writers),
             pool,
             parsers: options.parsers,
             max_resource_bytes: options.max_resource_bytes,
@@ -232,34 +128,13 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
     }
 
     async fn push(&mut self, resource: NewResource) -> Result<(), LoadError> {
-        use std::hash::{Hash, Hasher};
         if self.writers.is_empty() {
             // A check: what would be stored is counted.
             self.report.loaded += 1;
             return Ok(());
         }
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&resource.resource_type, &resource.id).hash(&mut h);
-        let w = (h.finish() % self.writers.len() as u64) as usize;
-        self.batch_bytes[w] += resource.text.len();
-        self.batches[w].push(resource);
-        if self.batches[w].len() >= BATCH_SIZE || self.batch_bytes[w] >= BATCH_BYTES {
-            self.batch_bytes[w] = 0;
-            let batch = std::mem::take(&mut self.batches[w]);
-            self.send(w, WriterMsg::Batch(batch)).await?;
-            (self.progress)(self.loaded.load(std::sync::atomic::Ordering::Relaxed));
-        }
-        Ok(())
-    }
-
-    /// Sends to writer `w`; if it stopped, its error.
-    async fn send(&mut self, w: usize, msg: WriterMsg) -> Result<(), LoadError> {
-        if self.writers[w].tx.send(msg).await.is_err() {
-            return Err(self
-                .stop_writers()
-                .await
-                .err()
-                .unwrap_or(LoadError::WriterStopped));
+        if self.writers.push(resource).await? {
+            (self.progress)(self.writers.loaded());
         }
         Ok(())
     }
@@ -269,41 +144,10 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
         if self.writers.is_empty() {
             return Ok(());
         }
-        let mut waits = Vec::new();
-        for w in 0..self.writers.len() {
-            self.batch_bytes[w] = 0;
-            let batch = std::mem::take(&mut self.batches[w]);
-            if !batch.is_empty() {
-                self.send(w, WriterMsg::Batch(batch)).await?;
-            }
-            let (done, wait) = tokio::sync::oneshot::channel();
-            self.send(w, WriterMsg::Sync(done)).await?;
-            waits.push(wait);
-        }
-        for wait in waits {
-            if wait.await.is_err() {
-                self.stop_writers().await?;
-            }
-        }
-        self.report.loaded = self.loaded.load(std::sync::atomic::Ordering::Relaxed);
+        self.writers.flush().await?;
+        self.report.loaded = self.writers.loaded();
         (self.progress)(self.report.loaded);
         Ok(())
-    }
-
-    /// Ends the writers; the first error any of them met.
-    async fn stop_writers(&mut self) -> Result<(), LoadError> {
-        let mut first = Ok(());
-        for w in std::mem::take(&mut self.writers) {
-            drop(w.tx);
-            let result = match w.task.await {
-                Ok(r) => r,
-                Err(e) => Err(LoadError::WriterFailed(e)),
-            };
-            if first.is_ok() {
-                first = result;
-            }
-        }
-        first
     }
 
     /// Reads every file under `paths` into the writers.
@@ -335,11 +179,11 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
             source,
         };
         let mut parsed =
-            ParsedBlocks::open(path, BLOCK_SIZE, self.parsers, self.max_resource_bytes)
+            ParsedChunks::open(path, CHUNK_SIZE, self.parsers, self.max_resource_bytes)
                 .await
                 .map_err(io)?;
-        while let Some(block) = parsed.next().await.map_err(io)? {
-            for (line, resource) in block {
+        while let Some(chunk) = parsed.next().await.map_err(io)? {
+            for (line, resource) in chunk {
                 match resource {
                     Ok(r) => self.push(r).await?,
                     Err(message) => self.reject(path, line, message.0),
@@ -412,9 +256,6 @@ impl<'a, P: FnMut(u64)> Loader<'a, P> {
 /// Connections a load uses after its writers: the tables' statistics, refreshed at once.
 pub const ANALYZE_CONNECTIONS: usize = 4;
 
-/// How much of an ndjson file is read at a time.
-const BLOCK_SIZE: usize = 4 << 20;
-
 /// The default largest resource a load accepts (`bulk-export load --max-resource-mb`): 64 MiB.
 /// Loading or exporting a resource takes about three times its size (its text, its COPY
 /// encoding or the connection's receive buffer; tests/tests/it/cli/large.rs), so the limit
@@ -426,7 +267,7 @@ pub const DEFAULT_MAX_RESOURCE_BYTES: usize = 64 << 20;
 pub struct LoadOptions {
     /// Connections storing at once.
     pub writers: usize,
-    /// Blocks of an ndjson file parsed at once.
+    /// Chunks of an ndjson file parsed at once.
     pub parsers: usize,
     /// A resource (an ndjson line, or a `.json` file) longer than this is refused with its file
     /// and line, and never held in memory whole.
@@ -443,316 +284,9 @@ impl Default for LoadOptions {
     }
 }
 
-/// Why a resource of `bytes` bytes is refused.
-fn too_large(what: &str, bytes: u64, limit: usize) -> Refused {
-    Refused(format!(
-        "{what} is {bytes} bytes, over the limit of {limit} bytes for a resource \
-         (`bulk-export load --max-resource-mb` sets it)"
-    ))
-}
-
-/// What [`Blocks`] gives: a piece of an ndjson file.
-#[derive(Debug, PartialEq, Eq)]
-enum Block {
-    /// Whole lines, each ending with a newline except the file's last.
-    Lines(Vec<u8>),
-    /// One line longer than a block, read into a buffer of exactly its size (with its newline,
-    /// if it has one): parsed without a copy.
-    Long(Vec<u8>),
-    /// A line over the size limit, skipped without being held: its length.
-    TooLong(u64),
-}
-
-/// A file read in blocks of whole lines, each read straight into the block's buffer (a
-/// buffered line reader copied every line three times before its resource's String: into
-/// tokio's file buffer, the reader's buffer and the line's String).
-struct Blocks {
-    /// None once the end was read.
-    file: Option<std::fs::File>,
-    /// The start of a line whose end is not read yet (shorter than a block).
-    tail: Vec<u8>,
-    /// A block given back, read into again (a fresh 4 MiB buffer is faulted in page by page).
-    spare: Vec<u8>,
-    size: usize,
-    /// Lines over this many bytes are skipped ([`Block::TooLong`]).
-    max_line: usize,
-}
-
-impl Blocks {
-    async fn open(path: &Path, size: usize, max_line: usize) -> std::io::Result<Self> {
-        let file = tokio::fs::File::open(path).await?.into_std().await;
-        Ok(Blocks {
-            file: Some(file),
-            tail: Vec::new(),
-            spare: Vec::new(),
-            size: size.max(1),
-            max_line,
-        })
-    }
-
-    /// The next block; None at the end. A line longer than a block comes alone, read once
-    /// into a buffer of its size ([`Block::Long`]), or is skipped when it is over the limit.
-    async fn next(&mut self) -> std::io::Result<Option<Block>> {
-        use std::io::Read;
-        let Some(file) = self.file.take() else {
-            let rest = std::mem::take(&mut self.tail);
-            return Ok((!rest.is_empty()).then_some(Block::Lines(rest)));
-        };
-        let mut block = std::mem::take(&mut self.spare);
-        block.clear();
-        let need = self.tail.len() + self.size;
-        if block.capacity() < need {
-            // Fresh, not grown: growing copies the old contents. Room for the tails of lines
-            // of up to 64 kB.
-            block = Vec::with_capacity(need + 64 * 1024);
-        }
-        block.append(&mut self.tail);
-        let (want, max_line) = (self.size as u64, self.max_line);
-        // A file read blocks its thread: off the runtime's workers.
-        let (file, block) = tokio::task::spawn_blocking(move || {
-            let mut file = file;
-            let n = (&mut file).take(want).read_to_end(&mut block)?;
-            if (n as u64) < want {
-                // The end: the rest of the file's lines.
-                return Ok((None, Block::Lines(block)));
-            }
-            if memchr::memchr(b'\n', &block).is_some() {
-                return Ok((Some(file), Block::Lines(block)));
-            }
-            // No line ends in it: all of it is the start of one long line.
-            let long = read_long_line(&mut file, block, max_line)?;
-            Ok::<_, std::io::Error>((Some(file), long))
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        let at_end = file.is_none();
-        self.file = file;
-        Ok(match block {
-            Block::Lines(block) if at_end => (!block.is_empty()).then_some(Block::Lines(block)),
-            Block::Lines(mut block) => {
-                // Whole lines only: the start of the next one waits for the next block.
-                if let Some(last) = memchr::memrchr(b'\n', &block) {
-                    self.tail.extend_from_slice(&block[last + 1..]);
-                    block.truncate(last + 1);
-                }
-                Some(Block::Lines(block))
-            }
-            other => Some(other),
-        })
-    }
-
-    /// Gives a block back to be read into again (not a long line's buffer, which is larger).
-    fn recycle(&mut self, block: Vec<u8>) {
-        if block.capacity() <= 2 * (self.size + 64 * 1024) {
-            self.spare = block;
-        }
-    }
-}
-
-/// The rest of a line whose first `start.len()` bytes were read, `file` being just after them:
-/// measured first (read through a small buffer), then read into `start` grown once to exactly
-/// the line's size, or skipped to just after its newline when it is longer than `max_line`.
-fn read_long_line(
-    file: &mut std::fs::File,
-    mut start: Vec<u8>,
-    max_line: usize,
-) -> std::io::Result<Block> {
-    use std::io::{Read, Seek, SeekFrom};
-    let from = file.stream_position()?;
-    let mut chunk = vec![0u8; 64 * 1024];
-    // Bytes of the line after `start`, and whether a newline ends it (or the file does).
-    let mut rest: u64 = 0;
-    let newline = loop {
-        let n = file.read(&mut chunk)?;
-        if n == 0 {
-            break false;
-        }
-        if let Some(i) = memchr::memchr(b'\n', &chunk[..n]) {
-            rest += i as u64;
-            break true;
-        }
-        rest += n as u64;
-    };
-    let len = start.len() as u64 + rest;
-    let after = from + rest + u64::from(newline);
-    if len > max_line as u64 {
-        file.seek(SeekFrom::Start(after))?;
-        return Ok(Block::TooLong(len));
-    }
-    file.seek(SeekFrom::Start(from))?;
-    let take = rest + u64::from(newline);
-    start.reserve_exact(take as usize);
-    // (A file cut short meanwhile gives what there is.)
-    (&mut *file).take(take).read_to_end(&mut start)?;
-    Ok(Block::Long(start))
-}
-
-/// One block's lines, each a resource or why it is refused, with its 1-based line number in the
-/// file; empty lines are skipped (but counted).
-type ParsedBlock = Vec<(usize, Result<NewResource, Refused>)>;
-
-/// What a parse gives back: the block to read into again (not a long line's), its lines, and
-/// how many lines it had.
-type Parsed = (Option<Vec<u8>>, ParsedBlock, usize);
-
-/// The blocks of an ndjson file parsed `parsers` at a time on blocking threads (a single
-/// parser capped a load at what one core parses, whatever the cores Postgres had), handed out
-/// in the file's order: a resource's later line is still stored after its earlier one.
-struct ParsedBlocks {
-    blocks: Blocks,
-    /// Parses under way, oldest first.
-    running: std::collections::VecDeque<tokio::task::JoinHandle<Parsed>>,
-    parsers: usize,
-    /// Lines in the blocks handed out so far.
-    lines: usize,
-}
-
-impl ParsedBlocks {
-    async fn open(
-        path: &Path,
-        block_size: usize,
-        parsers: usize,
-        max_line: usize,
-    ) -> std::io::Result<Self> {
-        Ok(ParsedBlocks {
-            blocks: Blocks::open(path, block_size, max_line).await?,
-            running: Default::default(),
-            parsers: parsers.max(1),
-            lines: 0,
-        })
-    }
-
-    /// The next block's lines, numbered within the file; None at the end.
-    async fn next(&mut self) -> std::io::Result<Option<ParsedBlock>> {
-        while self.running.len() < self.parsers {
-            let Some(block) = self.blocks.next().await? else {
-                break;
-            };
-            let max_line = self.blocks.max_line;
-            self.running
-                .push_back(tokio::task::spawn_blocking(move || match block {
-                    Block::Lines(block) => {
-                        let (parsed, lines) = parse_block(&block, max_line);
-                        (Some(block), parsed, lines)
-                    }
-                    Block::Long(line) => (None, parse_long_line(line), 1),
-                    Block::TooLong(len) => (
-                        None,
-                        vec![(1, Err(too_large("the line", len, max_line)))],
-                        1,
-                    ),
-                }));
-        }
-        let Some(parse) = self.running.pop_front() else {
-            return Ok(None);
-        };
-        let (block, mut parsed, lines) = parse.await.map_err(std::io::Error::other)?;
-        if let Some(block) = block {
-            self.blocks.recycle(block);
-        }
-        for (line, _) in &mut parsed {
-            *line += self.lines;
-        }
-        self.lines += lines;
-        Ok(Some(parsed))
-    }
-}
-
-/// Parses every line of a block from [`Blocks`]; its lines are numbered from 1. Also returns
-/// how many lines it has.
-fn parse_block(block: &[u8], max_line: usize) -> (ParsedBlock, usize) {
-    let mut out = Vec::new();
-    let mut n = 0;
-    for line in lines(block) {
-        n += 1;
-        if line.len() > max_line {
-            out.push((n, Err(too_large("the line", line.len() as u64, max_line))));
-            continue;
-        }
-        let line = match std::str::from_utf8(line) {
-            Ok(line) => line.trim(),
-            Err(e) => {
-                out.push((n, Err(Refused(format!("not UTF-8 text: {e}")))));
-                continue;
-            }
-        };
-        if line.is_empty() {
-            continue;
-        }
-        // The one copy of the line: its resource's text.
-        out.push((n, prepare(line.to_string())));
-    }
-    (out, n)
-}
-
-/// Parses a line from [`Block::Long`]: its buffer becomes the resource's text (no copy unless
-/// it has blanks around it).
-fn parse_long_line(mut line: Vec<u8>) -> ParsedBlock {
-    if line.last() == Some(&b'\n') {
-        line.pop();
-    }
-    let text = match String::from_utf8(line) {
-        Ok(text) => text,
-        Err(e) => {
-            let e = e.utf8_error();
-            return vec![(1, Err(Refused(format!("not UTF-8 text: {e}"))))];
-        }
-    };
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Vec::new();
-    }
-    let text = if trimmed.len() == text.len() {
-        text
-    } else {
-        trimmed.to_string()
-    };
-    vec![(1, prepare(text))]
-}
-
-/// The lines of a block from [`Blocks`], without their newlines.
-fn lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let body = block.strip_suffix(b"\n").unwrap_or(block);
-    let mut start = 0;
-    memchr::memchr_iter(b'\n', body)
-        .chain(std::iter::once(body.len()))
-        .map(move |end| {
-            let line = &body[start..end];
-            start = end + 1;
-            line
-        })
-}
-
-/// Files under `path`: the file itself, or every `.ndjson`/`.json` file in the folder tree,
-/// sorted by path.
-pub fn collect_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
-    let io = |source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    if meta.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(path).map_err(io)? {
-        let p = entry.map_err(io)?.path();
-        if p.is_dir() {
-            out.extend(collect_files(&p)?);
-        } else if matches!(
-            p.extension().and_then(|e| e.to_str()),
-            Some("ndjson") | Some("json")
-        ) {
-            out.push(p);
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// Reads files and folders as [`load_paths`] does and stores nothing: `loaded` is how many
 /// resources a load would store, `deleted` how many deletions its Bundles ask for, `rejected`
-/// what it would refuse. `parsers`: how many blocks are parsed at once (None: as a load does).
+/// what it would refuse. `parsers`: how many chunks are parsed at once (None: as a load does).
 pub async fn check_paths(
     paths: &[PathBuf],
     options: &LoadOptions,
@@ -784,7 +318,7 @@ pub async fn load_paths_with(
     let started = Instant::now();
     loader.read_paths(paths).await?;
     loader.flush().await?;
-    loader.stop_writers().await?;
+    loader.writers.stop().await?;
     // Fresh statistics: right after a bulk load autovacuum has not caught up, and the export
     // queries' plans depend on the row counts of these tables (a stale count makes a
     // Patient-level read take every member of a type on every page). The compartment is

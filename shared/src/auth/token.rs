@@ -150,57 +150,10 @@ pub async fn grant(
     form: &[(String, String)],
     base: &str,
 ) -> Result<Grant, TokenError> {
-    let get = |name: &str| {
-        form.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    match get("grant_type") {
-        None => return Err(invalid_request("grant_type is required").into()),
-        Some("client_credentials") => {}
-        Some(other) => {
-            return Err(OAuthError::new(
-                "unsupported_grant_type",
-                format!("grant_type {other:?} is not supported; use client_credentials"),
-            )
-            .into())
-        }
-    }
-    if get("client_assertion_type") != Some(ASSERTION_TYPE) {
-        return Err(
-            invalid_request(format!("client_assertion_type must be {ASSERTION_TYPE}")).into(),
-        );
-    }
-    let assertion = get("client_assertion")
-        .filter(|a| !a.is_empty())
-        .ok_or_else(|| invalid_request("client_assertion is required"))?;
-    if assertion.len() > MAX_ASSERTION_BYTES {
-        return Err(invalid_client("the client assertion is too large").into());
-    }
-    let requested_scope = get("scope")
-        .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| invalid_request("scope is required, e.g. system/*.read"))?;
-
-    let header = jsonwebtoken::decode_header(assertion).map_err(|_| {
-        invalid_client("the client assertion is not a JWT signed with RS384 or ES384")
-    })?;
-    if !matches!(header.alg, Algorithm::RS384 | Algorithm::ES384) {
-        return Err(invalid_client(format!(
-            "the client assertion is signed with {:?}; only RS384 and ES384 are accepted",
-            header.alg
-        ))
-        .into());
-    }
-    let unverified = unverified_claims(assertion)
-        .ok_or_else(|| invalid_client("the client assertion's claims are not readable"))?;
-    let client_id = unverified
-        .iss
-        .filter(|iss| Some(iss) == unverified.sub.as_ref() && !iss.is_empty() && iss.len() <= 256)
-        .ok_or_else(|| invalid_client("iss and sub must both be the client id"))?;
-    // A NUL cannot be in a registered id (and Postgres refuses it in a query parameter).
-    if client_id.contains('\0') {
-        return Err(unverified_client(&client_id, "unknown client (a NUL in iss)").into());
-    }
+    let request = TokenRequest::read(form)?;
+    let assertion = request.assertion;
+    let header = assertion_header(assertion)?;
+    let client_id = claimed_client_id(assertion)?;
     let client = clients::get_client(pool, &client_id)
         .await?
         .ok_or_else(|| unverified_client(&client_id, "unknown client"))?;
@@ -213,18 +166,126 @@ pub async fn grant(
             .into());
         }
     }
-    let keys: JwkSet = match (&client.jwks, &client.jwks_url) {
+    let keys = client_keys(&client, &client_id).await?;
+    let candidates = candidate_keys(&keys, &header, &client_id)?;
+    let token_url = format!("{base}{TOKEN_PATH}");
+    let claims = verify_assertion(assertion, &header, &candidates, &client_id, &token_url)?;
+    let (jti, expires) = check_claims(claims)?;
+    if !clients::record_jti(pool, &client_id, &jti, expires).await? {
+        return Err(invalid_client("this client assertion (jti) was already used").into());
+    }
+    let granted = scopes::grant(request.scope, &client.scopes);
+    if granted.is_empty() {
+        return Err(OAuthError::new(
+            "invalid_scope",
+            format!(
+                "none of the requested scopes can be granted; this client may have: {}",
+                client.scopes
+            ),
+        )
+        .into());
+    }
+    issue(config, base, &client_id, granted)
+}
+
+/// The parts of a token request's form that are read.
+struct TokenRequest<'a> {
+    /// The client assertion (a JWT), at most [`MAX_ASSERTION_BYTES`].
+    assertion: &'a str,
+    /// The requested scopes.
+    scope: &'a str,
+}
+
+impl<'a> TokenRequest<'a> {
+    /// A `client_credentials` request with a JWT client assertion and a scope.
+    fn read(form: &'a [(String, String)]) -> Result<Self, OAuthError> {
+        let get = |name: &str| {
+            form.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        match get("grant_type") {
+            None => return Err(invalid_request("grant_type is required")),
+            Some("client_credentials") => {}
+            Some(other) => {
+                return Err(OAuthError::new(
+                    "unsupported_grant_type",
+                    format!("grant_type {other:?} is not supported; use client_credentials"),
+                ))
+            }
+        }
+        if get("client_assertion_type") != Some(ASSERTION_TYPE) {
+            return Err(invalid_request(format!(
+                "client_assertion_type must be {ASSERTION_TYPE}"
+            )));
+        }
+        let assertion = get("client_assertion")
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| invalid_request("client_assertion is required"))?;
+        if assertion.len() > MAX_ASSERTION_BYTES {
+            return Err(invalid_client("the client assertion is too large"));
+        }
+        let scope = get("scope")
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| invalid_request("scope is required, e.g. system/*.read"))?;
+        Ok(TokenRequest { assertion, scope })
+    }
+}
+
+/// The assertion's JWT header, signed with RS384 or ES384.
+fn assertion_header(assertion: &str) -> Result<jsonwebtoken::Header, OAuthError> {
+    let header = jsonwebtoken::decode_header(assertion).map_err(|_| {
+        invalid_client("the client assertion is not a JWT signed with RS384 or ES384")
+    })?;
+    if !matches!(header.alg, Algorithm::RS384 | Algorithm::ES384) {
+        return Err(invalid_client(format!(
+            "the client assertion is signed with {:?}; only RS384 and ES384 are accepted",
+            header.alg
+        )));
+    }
+    Ok(header)
+}
+
+/// The client id the assertion claims to come from (`iss` = `sub`), not verified yet.
+fn claimed_client_id(assertion: &str) -> Result<String, OAuthError> {
+    let unverified = unverified_claims(assertion)
+        .ok_or_else(|| invalid_client("the client assertion's claims are not readable"))?;
+    let client_id = unverified
+        .iss
+        .filter(|iss| Some(iss) == unverified.sub.as_ref() && !iss.is_empty() && iss.len() <= 256)
+        .ok_or_else(|| invalid_client("iss and sub must both be the client id"))?;
+    // A NUL cannot be in a registered id (and Postgres refuses it in a query parameter).
+    if client_id.contains('\0') {
+        return Err(unverified_client(
+            &client_id,
+            "unknown client (a NUL in iss)",
+        ));
+    }
+    Ok(client_id)
+}
+
+/// The client's registered keys: inline, or fetched from its JWKS URL.
+async fn client_keys(client: &clients::Client, client_id: &str) -> Result<JwkSet, OAuthError> {
+    match (&client.jwks, &client.jwks_url) {
         (Some(inline), _) => serde_json::from_value(inline.clone()).map_err(|e| {
             unverified_client(
-                &client_id,
+                client_id,
                 &format!("the client's registered JWKS is not usable: {e}"),
             )
-        })?,
+        }),
         (None, Some(url)) => jwks::fetch(url)
             .await
-            .map_err(|e| unverified_client(&client_id, &format!("JWKS URL {url}: {}", e.0)))?,
-        (None, None) => return Err(unverified_client(&client_id, "the client has no keys").into()),
-    };
+            .map_err(|e| unverified_client(client_id, &format!("JWKS URL {url}: {}", e.0))),
+        (None, None) => Err(unverified_client(client_id, "the client has no keys")),
+    }
+}
+
+/// The keys that may have signed the assertion: its `kid` (if any), for signing, of its `alg`.
+fn candidate_keys<'k>(
+    keys: &'k JwkSet,
+    header: &jsonwebtoken::Header,
+    client_id: &str,
+) -> Result<Vec<&'k Jwk>, OAuthError> {
     let candidates: Vec<&Jwk> = keys
         .keys
         .iter()
@@ -234,7 +295,7 @@ pub async fn grant(
         .collect();
     if candidates.is_empty() {
         return Err(unverified_client(
-            &client_id,
+            client_id,
             &format!(
                 "no key of the client fits the assertion (kid {}, alg {:?})",
                 header
@@ -243,29 +304,35 @@ pub async fn grant(
                     .map_or("none".to_string(), |k| format!("{k:?}")),
                 header.alg
             ),
-        )
-        .into());
+        ));
     }
-    let token_url = format!("{base}{TOKEN_PATH}");
+    Ok(candidates)
+}
+
+/// The assertion's claims, once one of `candidates` verifies its signature and its `aud`
+/// (`token_url`), `iss` and `sub` (`client_id`) and `exp` hold.
+fn verify_assertion(
+    assertion: &str,
+    header: &jsonwebtoken::Header,
+    candidates: &[&Jwk],
+    client_id: &str,
+    token_url: &str,
+) -> Result<AssertionClaims, OAuthError> {
     let mut validation = Validation::new(header.alg);
     validation.leeway = LEEWAY;
-    validation.set_audience(&[&token_url]);
-    validation.set_issuer(&[&client_id]);
-    validation.sub = Some(client_id.clone());
+    validation.set_audience(&[token_url]);
+    validation.set_issuer(&[client_id]);
+    validation.sub = Some(client_id.to_string());
     validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
     // Only an assertion whose signature verifies is told more than UNVERIFIED_CLIENT (jsonwebtoken
     // checks the signature before the claims).
     let mut last = None;
-    let mut verified = None;
     for jwk in candidates {
         let Ok(key) = DecodingKey::from_jwk(jwk) else {
             continue;
         };
         match jsonwebtoken::decode::<AssertionClaims>(assertion, &key, &validation) {
-            Ok(data) => {
-                verified = Some(data.claims);
-                break;
-            }
+            Ok(data) => return Ok(data.claims),
             Err(e) => {
                 use jsonwebtoken::errors::ErrorKind as K;
                 last = Some(match e.kind() {
@@ -287,54 +354,54 @@ pub async fn grant(
             }
         }
     }
-    let claims = match (verified, last) {
-        (Some(claims), _) => claims,
-        (None, Some(e)) => return Err(e.into()),
-        (None, None) => {
-            return Err(unverified_client(
-                &client_id,
-                "the assertion's signature does not verify with any registered key",
-            )
-            .into())
-        }
-    };
+    Err(last.unwrap_or_else(|| {
+        unverified_client(
+            client_id,
+            "the assertion's signature does not verify with any registered key",
+        )
+    }))
+}
+
+/// A verified assertion's `jti` and expiry, once its times are sound: not made for later, and
+/// expiring within [`MAX_ASSERTION_LIFETIME`].
+fn check_claims(
+    claims: AssertionClaims,
+) -> Result<(String, chrono::DateTime<chrono::Utc>), OAuthError> {
     let now = chrono::Utc::now().timestamp();
     // An assertion made for later (clock games, or one prepared to be replayed) is refused.
     for (name, t) in [("nbf", claims.nbf), ("iat", claims.iat)] {
         if t.is_some_and(|t| t > now + LEEWAY as i64) {
-            return Err(
-                invalid_client(format!("the client assertion's {name} is in the future")).into(),
-            );
+            return Err(invalid_client(format!(
+                "the client assertion's {name} is in the future"
+            )));
         }
     }
     if claims.exp > now + MAX_ASSERTION_LIFETIME + LEEWAY as i64 {
-        return Err(
-            invalid_client("the client assertion's exp is more than 5 minutes ahead").into(),
-        );
+        return Err(invalid_client(
+            "the client assertion's exp is more than 5 minutes ahead",
+        ));
     }
     let jti = claims
         .jti
         .filter(|j| !j.is_empty() && j.len() <= 256)
         .ok_or_else(|| invalid_client("the client assertion needs a jti"))?;
     if jti.contains('\0') {
-        return Err(invalid_client("the client assertion's jti must not contain a NUL").into());
+        return Err(invalid_client(
+            "the client assertion's jti must not contain a NUL",
+        ));
     }
     let expires = chrono::DateTime::from_timestamp(claims.exp, 0)
         .ok_or_else(|| invalid_client("the client assertion's exp is out of range"))?;
-    if !clients::record_jti(pool, &client_id, &jti, expires).await? {
-        return Err(invalid_client("this client assertion (jti) was already used").into());
-    }
-    let granted = scopes::grant(requested_scope, &client.scopes);
-    if granted.is_empty() {
-        return Err(OAuthError::new(
-            "invalid_scope",
-            format!(
-                "none of the requested scopes can be granted; this client may have: {}",
-                client.scopes
-            ),
-        )
-        .into());
-    }
+    Ok((jti, expires))
+}
+
+/// The access token for `client_id` with the `granted` scopes, signed with the configured key.
+fn issue(
+    config: &Config,
+    base: &str,
+    client_id: &str,
+    granted: String,
+) -> Result<Grant, TokenError> {
     let AuthMode::Smart {
         signing_key: Some(key),
     } = &config.auth
@@ -343,7 +410,7 @@ pub async fn grant(
     };
     let ttl = config.access_token_ttl;
     let access_token =
-        issue_access_token(key, base, &client_id, &granted, ttl).map_err(TokenError::Signing)?;
+        issue_access_token(key, base, client_id, &granted, ttl).map_err(TokenError::Signing)?;
     tracing::info!(client_id = %client_id, scope = %granted, "access token issued");
     Ok(Grant {
         access_token,

@@ -201,7 +201,7 @@ pub async fn select_progress(pool: &Pool, id: Uuid) -> Result<JobProgress, DbErr
             "SELECT count(*) FILTER (WHERE done), count(*),
                     max(cursor_id) FILTER (WHERE resource_type = $2)
              FROM export_work_items WHERE job_id = $1",
-            &[&id, &crate::export::engine::BLOCKS_ITEM],
+            &[&id, &super::work_items::BLOCKS_ITEM],
         )
         .await?;
     let (done, all, blocks_cursor): (i64, i64, Option<String>) =

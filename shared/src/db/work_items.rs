@@ -1,19 +1,25 @@
 //! `export_work_items`: the unit of claim. Planning splits a job into items (a key range of one
 //! resource type, or the patient blocks of organizeOutputBy=Patient); any exporter claims an
-//! item with a lease, checkpoints it after every file and retries it on its own. The last
-//! item's last checkpoint completes the job, in the same transaction (the manifest is assembled
-//! exactly once; an item's checkpoint writes its files' rows (`super::files`) in the same
-//! transaction.
+//! item with a lease, checkpoints it after every file (`checkpoint`: its files' rows,
+//! `super::files`, in the same transaction) and retries it on its own (`failure`). The last
+//! item's last checkpoint completes the job, in the same transaction: the manifest is assembled
+//! exactly once.
 
 use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::jobs::JobError;
 use super::{DbError, Pool};
-use crate::export::job::Transition;
-use crate::export::manifest::ExportFile;
 use crate::export::JobStatus;
+
+mod checkpoint;
+mod failure;
+
+pub use checkpoint::{checkpoint, Checkpointed};
+pub use failure::{record_failure, RetryLimits};
+
+/// The work item of an `organizeOutputBy=Patient` job (not a resource type: starts with `_`).
+pub const BLOCKS_ITEM: &str = "_blocks";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkItem {
@@ -24,8 +30,7 @@ pub struct WorkItem {
     /// Ids in (`lo_id`, `hi_id`]; `hi_id` None: to the end of the type.
     pub lo_id: String,
     pub hi_id: Option<String>,
-    /// 0: current versions; 1: prior versions of resources changed after the transaction time.
-    pub phase: i16,
+    pub phase: Phase,
     /// The last id durably written (exclusive lower bound for the next read).
     pub cursor_id: String,
     pub next_file_seq: i32,
@@ -38,6 +43,38 @@ pub struct WorkItem {
     pub storage_down_since: Option<chrono::DateTime<chrono::Utc>>,
     pub error: Option<String>,
     pub public_error: Option<String>,
+}
+
+/// Which read of its range an item is at (phase 0 or 1): each is one streamed statement
+/// (`reads::read_range`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Phase 0: the current versions.
+    Current,
+    /// Phase 1: the versions current at the transaction time of resources changed since, from
+    /// history (unless phase 0 exported them).
+    History,
+}
+
+impl Phase {
+    /// The `export_work_items.phase` SMALLINT.
+    fn column(self) -> i16 {
+        match self {
+            Phase::Current => 0,
+            Phase::History => 1,
+        }
+    }
+
+    fn from_column(value: i16) -> Result<Phase, DbError> {
+        match value {
+            0 => Ok(Phase::Current),
+            1 => Ok(Phase::History),
+            _ => Err(DbError::UnknownValue {
+                column: "phase",
+                value: value.to_string(),
+            }),
+        }
+    }
 }
 
 impl WorkItem {
@@ -67,14 +104,14 @@ impl WorkItem {
 const ITEM_COLUMNS: &str = "job_id, resource_type, part, lo_id, hi_id, phase, cursor_id, \
      next_file_seq, done, attempts, storage_down_since, error, public_error";
 
-fn item_from_row(r: &tokio_postgres::Row) -> WorkItem {
-    WorkItem {
+fn item_from_row(r: &tokio_postgres::Row) -> Result<WorkItem, DbError> {
+    Ok(WorkItem {
         job_id: r.get("job_id"),
         resource_type: r.get("resource_type"),
         part: r.get("part"),
         lo_id: r.get("lo_id"),
         hi_id: r.get("hi_id"),
-        phase: r.get("phase"),
+        phase: Phase::from_column(r.get("phase"))?,
         cursor_id: r.get("cursor_id"),
         next_file_seq: r.get("next_file_seq"),
         done: r.get("done"),
@@ -82,7 +119,7 @@ fn item_from_row(r: &tokio_postgres::Row) -> WorkItem {
         storage_down_since: r.get("storage_down_since"),
         error: r.get("error"),
         public_error: r.get("public_error"),
-    }
+    })
 }
 
 /// One item planned for a job: a key range of a type.
@@ -131,7 +168,7 @@ pub async fn select_work_items(pool: &Pool, job_id: Uuid) -> Result<Vec<WorkItem
             &[&job_id],
         )
         .await?;
-    Ok(rows.iter().map(item_from_row).collect())
+    rows.iter().map(item_from_row).collect()
 }
 
 /// The job's resource types (its items', without organizeOutputBy's blocks item).
@@ -200,7 +237,7 @@ pub async fn claim_item(
             ],
         )
         .await?;
-    Ok(row.as_ref().map(item_from_row))
+    row.as_ref().map(item_from_row).transpose()
 }
 
 /// Marks the item's storage as unavailable from now (unless it already is): its owner's
@@ -263,221 +300,4 @@ pub async fn release(pool: &Pool, item: &WorkItem, owner: &str) -> Result<(), Db
         )
         .await?;
     Ok(())
-}
-
-/// When a failed item gives up: after `max_attempts` failed attempts, or when its storage has
-/// been unavailable for `storage_outage`.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryLimits {
-    pub max_attempts: i32,
-    pub storage_outage: Duration,
-    /// Wait before the item is taken again.
-    pub backoff: Duration,
-}
-
-/// Records a failed attempt of an item. Below the limits the item is retried after the backoff
-/// (by any exporter); at a limit its job becomes Failed, in the same transaction. A failure
-/// because the storage is unavailable (`storage_down`) is not an attempt: it starts (or
-/// continues) the item's outage, which gives up after `limits.storage_outage`. The job row
-/// shows the last error and the most attempts of any item. Returns the job's status afterwards
-/// (None when the item was no longer this owner's).
-pub async fn record_failure(
-    pool: &Pool,
-    item: &WorkItem,
-    owner: &str,
-    error: &JobError,
-    storage_down: bool,
-    limits: RetryLimits,
-    retention: Duration,
-) -> Result<Option<JobStatus>, DbError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let Some(row) = tx
-        .query_opt(
-            "UPDATE export_work_items SET
-                 attempts = attempts + CASE WHEN $8 THEN 0 ELSE 1 END,
-                 storage_down_since = CASE WHEN $8 THEN coalesce(storage_down_since, now())
-                                           ELSE storage_down_since END,
-                 error = $5, public_error = $6,
-                 lease_owner = NULL, lease_expires_at = now() + make_interval(secs => $7),
-                 updated_at = now()
-             WHERE job_id = $1 AND resource_type = $2 AND part = $3 AND lease_owner = $4
-             RETURNING attempts,
-                 coalesce(now() - storage_down_since >= make_interval(secs => $9), false)",
-            &[
-                &item.job_id,
-                &item.resource_type,
-                &item.part,
-                &owner,
-                &error.internal,
-                &error.public,
-                &limits.backoff.as_secs_f64(),
-                &storage_down,
-                &limits.storage_outage.as_secs_f64(),
-            ],
-        )
-        .await?
-    else {
-        return Ok(None);
-    };
-    let attempts: i32 = row.get(0);
-    let outage_over: bool = row.get(1);
-    let give_up = attempts >= limits.max_attempts || outage_over;
-    // The job's error: the item's, or that its storage stayed unavailable too long.
-    let outage;
-    let job_error = if outage_over {
-        outage = JobError::storage_gone(
-            limits.storage_outage,
-            Some(&error.internal),
-            Some(&error.public),
-        );
-        &outage
-    } else {
-        error
-    };
-    let status = tx
-        .query_opt(
-            &format!(
-                "UPDATE export_jobs SET
-                 attempts = greatest(attempts, $2), error = $3, public_error = $4,
-                 status = CASE WHEN {fail} AND $5 THEN {failed} ELSE status END,
-                 completed_at = CASE WHEN {fail} AND $5 THEN now() ELSE completed_at END,
-                 expires_at = CASE WHEN {fail} AND $5
-                                   THEN now() + make_interval(secs => $6) ELSE expires_at END,
-                 updated_at = now()
-             WHERE id = $1 RETURNING status",
-                fail = Transition::FAIL.guard("status"),
-                failed = Transition::FAIL.target(),
-            ),
-            &[
-                &item.job_id,
-                &attempts,
-                &job_error.internal,
-                &job_error.public,
-                &give_up,
-                &retention.as_secs_f64(),
-            ],
-        )
-        .await?;
-    tx.commit().await?;
-    Ok(status.and_then(|r| JobStatus::parse(r.get::<_, &str>(0))))
-}
-
-/// What a checkpoint did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Checkpointed {
-    /// The files and the cursor are durable.
-    Saved,
-    /// ... and this was the job's last open item: the job is Complete.
-    Completed,
-    /// The item is no longer this owner's (its lease expired and another exporter took it):
-    /// nothing was recorded.
-    LeaseLost,
-}
-
-/// Records finished files and advances the item's cursor in one transaction, so a crash
-/// either keeps both or neither (the file is then rewritten under the same name). When the
-/// item is done and it was the job's last open item, the job becomes Complete in the same
-/// transaction (with its expiry after `retention`): the manifest is assembled exactly once.
-pub async fn checkpoint(
-    pool: &Pool,
-    item: &WorkItem,
-    owner: &str,
-    files: &[ExportFile],
-    ranges: &[crate::db::reads::ReadRange],
-    retention: Duration,
-) -> Result<Checkpointed, DbError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    if item.done {
-        // Item checkpoints of one job that finish items take turns: the last one sees every
-        // other item done.
-        let lock = tx
-            .prepare_cached("SELECT 1 FROM export_jobs WHERE id = $1 FOR UPDATE")
-            .await?;
-        tx.execute(&lock, &[&item.job_id]).await?;
-    }
-    let progress = !files.is_empty();
-    // Every statement of a checkpoint is prepared once per connection: a parse is a round trip,
-    // and an export checkpoints each of its items at least once.
-    let update = tx
-        .prepare_cached(
-            "UPDATE export_work_items SET phase = $5, cursor_id = $6, next_file_seq = $7, done = $8,
-                 attempts = CASE WHEN $9 THEN 0 ELSE attempts END,
-                 storage_down_since = CASE WHEN $9 THEN NULL ELSE storage_down_since END,
-                 lease_owner = CASE WHEN $8 THEN NULL ELSE lease_owner END,
-                 lease_expires_at = CASE WHEN $8 THEN NULL ELSE lease_expires_at END,
-                 updated_at = now()
-             WHERE job_id = $1 AND resource_type = $2 AND part = $3 AND lease_owner = $4",
-        )
-        .await?;
-    let n = tx
-        .execute(
-            &update,
-            &[
-                &item.job_id,
-                &item.resource_type,
-                &item.part,
-                &owner,
-                &item.phase,
-                &item.cursor_id,
-                &item.next_file_seq,
-                &item.done,
-                &progress,
-            ],
-        )
-        .await?;
-    if n == 0 {
-        tx.rollback().await?;
-        return Ok(Checkpointed::LeaseLost);
-    }
-    super::files::insert_files(&tx, item.job_id, files).await?;
-    if !ranges.is_empty() {
-        let after: Vec<&str> = ranges.iter().map(|r| r.after_id.as_str()).collect();
-        let upto: Vec<Option<&str>> = ranges.iter().map(|r| r.upto_id.as_deref()).collect();
-        let snaps: Vec<&str> = ranges.iter().map(|r| r.snapshot.as_str()).collect();
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO export_read_ranges (job_id, resource_type, after_id, upto_id, snap)
-                 SELECT $1, $2, a, u, s::pg_snapshot
-                 FROM unnest($3::text[], $4::text[], $5::text[]) AS x(a, u, s)",
-            )
-            .await?;
-        tx.execute(
-            &insert,
-            &[&item.job_id, &item.resource_type, &after, &upto, &snaps],
-        )
-        .await?;
-    }
-    // Progress: attempts count failures without progress, so a long export on a flaky network
-    // does not fail after a few blips that each cost nothing.
-    if progress {
-        let reset = tx
-            .prepare_cached("UPDATE export_jobs SET attempts = 0 WHERE id = $1 AND attempts > 0")
-            .await?;
-        tx.execute(&reset, &[&item.job_id]).await?;
-    }
-    let mut result = Checkpointed::Saved;
-    if item.done {
-        let complete = tx
-            .prepare_cached(&format!(
-                "UPDATE export_jobs SET status = {complete}, completed_at = now(),
-                     expires_at = now() + make_interval(secs => $2),
-                     lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-                 WHERE id = $1 AND {guard}
-                   AND NOT EXISTS (SELECT 1 FROM export_work_items
-                                   WHERE job_id = $1 AND NOT done)",
-                complete = Transition::COMPLETE.target(),
-                guard = Transition::COMPLETE.guard("status"),
-            ))
-            .await?;
-        let completed = tx
-            .execute(&complete, &[&item.job_id, &retention.as_secs_f64()])
-            .await?;
-        if completed == 1 {
-            result = Checkpointed::Completed;
-        }
-    }
-    tx.commit().await?;
-    Ok(result)
 }

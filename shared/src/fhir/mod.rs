@@ -12,5 +12,6 @@ pub mod scan;
 pub mod search;
 pub mod search_table;
 pub mod search_types;
+pub mod stamp;
 
 pub use outcome::OperationOutcome;

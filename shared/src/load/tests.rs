@@ -1,3 +1,5 @@
+use super::parse::lines;
+use super::read::{Chunk, Chunks};
 use super::*;
 use serde_json::json;
 
@@ -52,33 +54,33 @@ fn bundle_urn_uuid_references_become_relative() {
     assert!(parse_type_id("Patient/../x").is_err());
 }
 
-/// Every line of `text` as [`Blocks`] of `size` bytes and [`lines`] give them.
+/// Every line of `text` as [`Chunks`] of `size` bytes and [`lines`] give them.
 async fn read_lines(text: &[u8], size: usize) -> Vec<Vec<u8>> {
-    let path = std::env::temp_dir().join(format!("blocks-{}.ndjson", uuid::Uuid::new_v4()));
+    let path = std::env::temp_dir().join(format!("chunks-{}.ndjson", uuid::Uuid::new_v4()));
     std::fs::write(&path, text).unwrap();
-    let mut blocks = Blocks::open(&path, size, usize::MAX).await.unwrap();
+    let mut chunks = Chunks::open(&path, size, usize::MAX).await.unwrap();
     let mut out = Vec::new();
-    while let Some(block) = blocks.next().await.unwrap() {
-        match block {
-            Block::Lines(block) => {
+    while let Some(chunk) = chunks.next().await.unwrap() {
+        match chunk {
+            Chunk::Lines(chunk) => {
                 assert!(
-                    block.ends_with(b"\n") || !text.ends_with(b"\n"),
-                    "only a file's last line may end a block without a newline"
+                    chunk.ends_with(b"\n") || !text.ends_with(b"\n"),
+                    "only a file's last line may end a chunk without a newline"
                 );
-                out.extend(lines(&block).map(<[u8]>::to_vec));
-                blocks.recycle(block);
+                out.extend(lines(&chunk).map(<[u8]>::to_vec));
+                chunks.recycle(chunk);
             }
-            Block::Long(mut line) => {
+            Chunk::Long(mut line) => {
                 assert!(
                     line.len() > size,
-                    "a line of a block size or less is a Lines block"
+                    "a line of a chunk size or less is a Lines chunk"
                 );
                 if line.last() == Some(&b'\n') {
                     line.pop();
                 }
                 out.push(line);
             }
-            Block::TooLong(len) => panic!("no limit, yet a line of {len} bytes was skipped"),
+            Chunk::TooLong(len) => panic!("no limit, yet a line of {len} bytes was skipped"),
         }
     }
     std::fs::remove_file(&path).unwrap();
@@ -86,7 +88,7 @@ async fn read_lines(text: &[u8], size: usize) -> Vec<Vec<u8>> {
 }
 
 #[tokio::test]
-async fn blocks_give_every_line_once_whatever_the_block_size() {
+async fn chunks_give_every_line_once_whatever_the_chunk_size() {
     let long = "x".repeat(50);
     let text = format!("{{\"a\":1}}\n\n{long}\r\né\n{{\"b\":2}}\n");
     let mut text = text.into_bytes();
@@ -101,12 +103,12 @@ async fn blocks_give_every_line_once_whatever_the_block_size() {
         .collect();
     assert_eq!(expected.len(), 5);
     for size in [1, 2, 3, 7, 16, 49, 50, 51, 64, 1 << 20] {
-        assert_eq!(read_lines(&text, size).await, expected, "block size {size}");
+        assert_eq!(read_lines(&text, size).await, expected, "chunk size {size}");
         // Without the final newline: the same lines.
         assert_eq!(
             read_lines(&text[..text.len() - 1], size).await,
             expected,
-            "block size {size}, no final newline"
+            "chunk size {size}, no final newline"
         );
     }
     assert!(read_lines(b"", 4).await.is_empty());
@@ -114,7 +116,7 @@ async fn blocks_give_every_line_once_whatever_the_block_size() {
 }
 
 #[tokio::test]
-async fn blocks_parsed_at_once_come_back_in_the_files_order_with_their_line_numbers() {
+async fn chunks_parsed_at_once_come_back_in_the_files_order_with_their_line_numbers() {
     // Resources, empty lines (skipped, but counted), JSON that is not a resource and a line
     // that is not UTF-8, over 300 lines.
     let mut text = Vec::new();
@@ -142,18 +144,18 @@ async fn blocks_parsed_at_once_come_back_in_the_files_order_with_their_line_numb
     let path = std::env::temp_dir().join(format!("parsed-{}.ndjson", uuid::Uuid::new_v4()));
     std::fs::write(&path, &text).unwrap();
     for (size, parsers) in [(1, 1), (16, 3), (100, 2), (700, 8), (1 << 20, 4)] {
-        let mut parsed = ParsedBlocks::open(&path, size, parsers, usize::MAX)
+        let mut parsed = ParsedChunks::open(&path, size, parsers, usize::MAX)
             .await
             .unwrap();
         let mut got = Vec::new();
-        while let Some(block) = parsed.next().await.unwrap() {
+        while let Some(chunk) = parsed.next().await.unwrap() {
             got.extend(
-                block
+                chunk
                     .into_iter()
                     .map(|(line, r)| (line, r.ok().map(|r| r.id))),
             );
         }
-        assert_eq!(got, expected, "blocks of {size} bytes, {parsers} parsers");
+        assert_eq!(got, expected, "chunks of {size} bytes, {parsers} parsers");
     }
     std::fs::remove_file(&path).unwrap();
 }
@@ -168,14 +170,14 @@ async fn a_line_over_the_limit_is_skipped_unread_and_refused_with_its_number() {
     let text = format!("{small}\n{big}\n\n{small}\n{big}");
     let path = std::env::temp_dir().join(format!("limit-{}.ndjson", uuid::Uuid::new_v4()));
     std::fs::write(&path, &text).unwrap();
-    // Limit 1000: every big line is refused, whether it is longer than a block (skipped by
-    // Blocks, never held) or within one (refused by its parse); lines after it keep their
+    // Limit 1000: every big line is refused, whether it is longer than a chunk (skipped by
+    // Chunks, never held) or within one (refused by its parse); lines after it keep their
     // numbers.
     for size in [16, 100, 4096, 1 << 20] {
-        let mut parsed = ParsedBlocks::open(&path, size, 2, 1000).await.unwrap();
+        let mut parsed = ParsedChunks::open(&path, size, 2, 1000).await.unwrap();
         let mut got = Vec::new();
-        while let Some(block) = parsed.next().await.unwrap() {
-            got.extend(block.into_iter().map(|(n, r)| (n, r.map(|r| r.id))));
+        while let Some(chunk) = parsed.next().await.unwrap() {
+            got.extend(chunk.into_iter().map(|(n, r)| (n, r.map(|r| r.id))));
         }
         let refusal = Err(too_large("the line", big.len() as u64, 1000));
         assert_eq!(
@@ -186,18 +188,18 @@ async fn a_line_over_the_limit_is_skipped_unread_and_refused_with_its_number() {
                 (4, Ok("a".to_string())),
                 (5, refusal),
             ],
-            "block size {size}"
+            "chunk size {size}"
         );
     }
-    // Over a block, the skipped line is reported with its exact length and the next line is
+    // Over a chunk, the skipped line is reported with its exact length and the next line is
     // read from just after it.
-    let mut blocks = Blocks::open(&path, 64, 1000).await.unwrap();
+    let mut chunks = Chunks::open(&path, 64, 1000).await.unwrap();
     let mut kinds = Vec::new();
-    while let Some(block) = blocks.next().await.unwrap() {
-        kinds.push(match block {
-            Block::Lines(b) => format!("lines {}", lines(&b).count()),
-            Block::Long(l) => format!("long {}", l.len()),
-            Block::TooLong(n) => format!("too long {n}"),
+    while let Some(chunk) = chunks.next().await.unwrap() {
+        kinds.push(match chunk {
+            Chunk::Lines(b) => format!("lines {}", lines(&b).count()),
+            Chunk::Long(l) => format!("long {}", l.len()),
+            Chunk::TooLong(n) => format!("too long {n}"),
         });
     }
     let too_long = format!("too long {}", big.len());
@@ -211,10 +213,10 @@ async fn a_line_over_the_limit_is_skipped_unread_and_refused_with_its_number() {
         ]
     );
     // Within the limit, a long line is read whole, once, into a buffer of its own.
-    let mut blocks = Blocks::open(&path, 64, 200_000).await.unwrap();
-    blocks.next().await.unwrap();
-    match blocks.next().await.unwrap() {
-        Some(Block::Long(line)) => {
+    let mut chunks = Chunks::open(&path, 64, 200_000).await.unwrap();
+    chunks.next().await.unwrap();
+    match chunks.next().await.unwrap() {
+        Some(Chunk::Long(line)) => {
             assert_eq!(line, format!("{big}\n").into_bytes());
             assert_eq!(line.capacity(), line.len());
         }

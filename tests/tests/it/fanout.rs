@@ -103,7 +103,9 @@ async fn four_exporters_write_byte_identical_files_to_one() {
     // Nothing changed after the transaction time: every item ended with phase 0 (phase 1,
     // which can only export resources changed since, was skipped).
     assert!(
-        items.iter().all(|i| i.done && i.phase == 0),
+        items
+            .iter()
+            .all(|i| i.done && i.phase == shared::db::work_items::Phase::Current),
         "{:?}",
         items
             .iter()

@@ -30,12 +30,10 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, info_span, warn, Instrument};
 use uuid::Uuid;
 
-pub use planner::BLOCKS_ITEM;
-
 use super::job::{ExportLevel, Job, JobStatus};
 use crate::config::Config;
 use crate::db::reads::ReadRange;
-use crate::db::work_items::{self, Checkpointed, WorkItem};
+use crate::db::work_items::{self, Checkpointed, WorkItem, BLOCKS_ITEM};
 use crate::db::{jobs, resources, DbError, Pool};
 use crate::export::manifest::ExportFile;
 use crate::export::transform::RowTransform;

@@ -7,13 +7,10 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::db::planning::DataSizes;
 use crate::db::reads::{Associated, PatientScope, Selection};
-use crate::db::work_items::NewItem;
+use crate::db::work_items::{NewItem, BLOCKS_ITEM};
 use crate::export::job::{ExportLevel, Job};
 use crate::export::params::AssociatedData;
 use crate::fhir::resource_types::{is_patient_compartment_type, patient_compartment_types};
-
-/// The work item of an `organizeOutputBy=Patient` job (not a resource type: starts with `_`).
-pub const BLOCKS_ITEM: &str = "_blocks";
 
 /// The types of the job's export: `_type`, or without it every type the level can export;
 /// plus Provenance with includeAssociatedData; only types the token covers and that exist.

@@ -4,11 +4,11 @@
 //! the same time, and a row is read once (a row that does not fit in a step's files starts the
 //! next step). What a step writes is the writer's business ([`StepFiles`]).
 //!
-//! Phase 0 reads the range in the order its rows lie in the table, not in id order (through the
+//! Phase 0 (`Phase::Current`) reads the range in the order its rows lie in the table, not in id order (through the
 //! primary key, a row in id order costs a random page access). Its files are therefore recorded
 //! in one checkpoint when the range is exhausted, with the one snapshot it was read under; an
 //! item interrupted in phase 0 starts it again and writes the same file names (items are sized
-//! to take seconds). Phase 1 (what changed since, usually little) is read in id order and
+//! to take seconds). Phase 1 (`Phase::History`: what changed since, usually little) is read in id order and
 //! checkpointed after each step, resuming from its cursor.
 
 use std::collections::VecDeque;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::{Exporter, Failure, ItemOutcome, PAGE_BYTES};
 use crate::db::reads::{self, RangeRead, ReadRange, Selection, StreamedRow};
-use crate::db::work_items::{self, Checkpointed, WorkItem};
+use crate::db::work_items::{self, Checkpointed, Phase, WorkItem};
 use crate::db::DbError;
 use crate::export::manifest::ExportFile;
 use crate::export::JobStatus;
@@ -106,7 +106,7 @@ impl Exporter {
             let read = reads::read_range(&mut client, sel, item.phase, &item.cursor_id).await?;
             let mut phase = PhaseRead {
                 read,
-                ordered: item.phase != 0,
+                ordered: item.phase != Phase::Current,
                 held: Vec::new(),
                 pending: VecDeque::new(),
                 prefetched: None,
@@ -284,10 +284,12 @@ impl Exporter {
         sel: &Selection<'_>,
         writer: &W,
     ) -> Result<Vec<ExportFile>, Failure> {
-        if item.phase == 0 && reads::range_changed_since(&self.pool, sel, &item.lo_id).await? {
+        if item.phase == Phase::Current
+            && reads::range_changed_since(&self.pool, sel, &item.lo_id).await?
+        {
             // Phase 1 decides what phase 0 exported from the phase-0 snapshots, so they are
             // durable (with phase 0's last files) before it starts.
-            item.phase = 1;
+            item.phase = Phase::History;
             item.cursor_id.clone_from(&item.lo_id);
             return Ok(Vec::new());
         }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::export::job::ExportLevel;
 
 fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
