@@ -8,8 +8,8 @@
 //! primary key, a row in id order costs a random page access). Its files are therefore recorded
 //! in one checkpoint when the range is exhausted, with the one snapshot it was read under; an
 //! item interrupted in phase 0 starts it again and writes the same file names (items are sized
-//! to take seconds). Phase 1 (`Phase::History`: what changed since, usually little) is read in id order and
-//! checkpointed after each step, resuming from its cursor.
+//! to take seconds). Phase 1 (`Phase::History`: what changed since, usually little) is read
+//! in id order and checkpointed after each step, resuming from its cursor.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
