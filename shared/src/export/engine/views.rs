@@ -71,8 +71,6 @@ struct ViewFiles {
     max_bytes: u64,
     /// The top-level elements the views read: the rest of a resource is skipped unparsed.
     projection: sof::Projection,
-    /// Rows of one resource, flattened (reused).
-    flat: Vec<serde_json::Value>,
     /// Encoded bytes on their way to a file (reused).
     out: Vec<u8>,
 }
@@ -101,7 +99,6 @@ impl ItemWriter for ViewWriter<'_> {
             files,
             max_bytes: ex.config.max_file_bytes,
             projection: sof::Projection::of(self.views.iter().map(|v| v.view.as_ref())),
-            flat: Vec::new(),
             out: Vec::new(),
         })
     }
@@ -137,28 +134,87 @@ async fn open_view_file(
     })
 }
 
-impl ViewFiles {
-    /// Runs every view over `row`, adding its rows to the encoders.
-    fn add(&mut self, row: &StreamedRow) -> Result<(), Failure> {
+/// The rows one resource gives: for each view of the type, its values, flattened.
+type Evaluated = Vec<Vec<serde_json::Value>>;
+
+/// Rows evaluated on one thread before they are handed to the encoders (a batch is split into
+/// chunks of at least this many rows, one per core).
+const MIN_CHUNK_ROWS: usize = 256;
+
+/// Parses resources and runs the views of their type over them (shared by the threads).
+struct Evaluator<'a> {
+    projection: &'a sof::Projection,
+    views: Vec<&'a sof::View>,
+}
+
+impl Evaluator<'_> {
+    /// Parses `rows` and runs every view over each, spread over the machine's cores (parsing
+    /// and evaluation are most of a view export's work; the encoders then take the results in
+    /// order). One result per row, in order.
+    fn evaluate(&self, rows: &[StreamedRow]) -> Vec<Result<Evaluated, Failure>> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = rows.len().div_ceil(threads).max(MIN_CHUNK_ROWS);
+        if rows.len() <= chunk {
+            return rows.iter().map(|r| self.evaluate_one(r)).collect();
+        }
+        std::thread::scope(|scope| {
+            let mut chunks = rows.chunks(chunk);
+            let first = chunks.next().unwrap_or_default();
+            let others: Vec<_> = chunks
+                .map(|c| scope.spawn(move || c.iter().map(|r| self.evaluate_one(r)).collect()))
+                .collect();
+            let mut out: Vec<Result<Evaluated, Failure>> =
+                first.iter().map(|r| self.evaluate_one(r)).collect();
+            for handle in others {
+                match handle.join() {
+                    Ok(part) => out.extend::<Vec<_>>(part),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            out
+        })
+    }
+
+    /// The rows every view gives for `row`.
+    fn evaluate_one(&self, row: &StreamedRow) -> Result<Evaluated, Failure> {
         let resource = self.projection.parse(row.resource_bytes()).map_err(|e| {
             Failure::Permanent(Unexportable::View(format!(
                 "stored resource {} is not JSON: {e}",
                 row.id()
             )))
         })?;
-        for f in &mut self.files {
-            self.flat.clear();
-            f.view.append_rows(&resource, &mut self.flat).map_err(|e| {
-                Failure::Permanent(Unexportable::View(format!(
-                    "resource {}: {}: {}",
-                    row.id(),
-                    e.expression(),
-                    e.message()
-                )))
-            })?;
-            if !self.flat.is_empty() {
+        self.views
+            .iter()
+            .map(|view| {
+                let mut flat = Vec::new();
+                view.append_rows(&resource, &mut flat).map_err(|e| {
+                    Failure::Permanent(Unexportable::View(format!(
+                        "resource {}: {}: {}",
+                        row.id(),
+                        e.expression(),
+                        e.message()
+                    )))
+                })?;
+                Ok(flat)
+            })
+            .collect()
+    }
+}
+
+impl ViewFiles {
+    fn evaluator(&self) -> Evaluator<'_> {
+        Evaluator {
+            projection: &self.projection,
+            views: self.files.iter().map(|f| f.view.as_ref()).collect(),
+        }
+    }
+
+    /// Hands one resource's rows to the encoders of its views.
+    fn encode(&mut self, evaluated: Evaluated) -> Result<(), Failure> {
+        for (f, flat) in self.files.iter_mut().zip(evaluated) {
+            if !flat.is_empty() {
                 f.encoder
-                    .push(&self.flat)
+                    .push(&flat)
                     .map_err(|e| Failure::Permanent(Unexportable::View(e.to_string())))?;
             }
         }
@@ -167,20 +223,26 @@ impl ViewFiles {
 }
 
 impl StepFiles for ViewFiles {
-    /// Runs the views over rows from the front of `pending` until they are all taken or a
-    /// file reaches its size.
+    /// Runs the views over the rows of `pending` and encodes their rows in order, until they
+    /// are all taken or a file reaches its size (the rows after it stay in `pending`, to be
+    /// evaluated again for the next files).
     fn take(
         &mut self,
         pending: &mut VecDeque<StreamedRow>,
         mut cursor: Option<&mut String>,
     ) -> Result<bool, Failure> {
-        while let Some(row) = pending.pop_front() {
+        let rows: Vec<StreamedRow> = pending.drain(..).collect();
+        let evaluated = self.evaluator().evaluate(&rows);
+        let mut rows = rows.into_iter();
+        for (row, result) in rows.by_ref().zip(evaluated) {
             if let Some(c) = cursor.as_deref_mut() {
                 c.clear();
                 c.push_str(row.id());
             }
-            self.add(&row)?;
+            self.encode(result?)?;
             if self.full() {
+                // Back to `pending` (emptied above), in order.
+                pending.extend(rows);
                 return Ok(true);
             }
         }
