@@ -13,9 +13,12 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use tokio::net::TcpListener;
 
+use crate::db::Pool;
 use crate::export::engine::Exporter;
 use crate::http::{router, Body};
-use crate::queue::LocalQueue;
+use crate::queue::{JobQueue, LocalQueue};
+use crate::storage::ObjectStore;
+use crate::Config;
 
 use crate::config::MetricsEndpoint;
 use crate::http::routes::Handler;
@@ -335,6 +338,44 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
     Ok((listener, local))
 }
 
+/// What `serve` runs: the routes' state and the exporters, woken in-process.
+pub struct App {
+    pub state: AppState,
+    pub exporters: Vec<Exporter>,
+    pub wake: LocalQueue,
+}
+
+/// The one place `serve` is put together (`bulk-export serve` and the tests' server): the
+/// state of every route (the api function's, [`crate::app::assemble`]) over `pool` and `store`
+/// with an in-process wake-up queue, and `workers` exporters over the same clients, named after
+/// this host and `addr`'s port and their number, so that a restarted serve resumes its own
+/// work at once.
+pub fn assemble(
+    config: Arc<Config>,
+    pool: Pool,
+    store: Arc<dyn ObjectStore>,
+    workers: usize,
+    addr: SocketAddr,
+) -> App {
+    let wake = LocalQueue::default();
+    let queue: Arc<dyn JobQueue> = Arc::new(wake.clone());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let exporters = (1..=workers)
+        .map(|n| {
+            Exporter::new(pool.clone(), store.clone(), queue.clone(), config.clone())
+                .with_owner(format!("serve@{host}:{}#{n}", addr.port()))
+        })
+        .collect();
+    let state = crate::app::assemble(Function::Api, config, pool, store, queue);
+    App {
+        state,
+        exporters,
+        wake,
+    }
+}
+
 /// How many exporters `serve` runs: `--workers`, or the number of cores.
 pub fn worker_count(workers: Option<usize>) -> usize {
     workers
@@ -349,17 +390,16 @@ pub fn worker_count(workers: Option<usize>) -> usize {
 /// SECONDS`; the body has `SERVE_BODY_TIMEOUT_SECONDS` in `dispatch`), at most
 /// `SERVE_MAX_CONNECTIONS` open at once and `SERVE_MAX_CONNECTIONS_PER_PEER` from one peer (see
 /// [`Connections`]). Slow or idle clients cannot hold the server, nor can one peer lock others out.
-pub async fn run(
-    listener: TcpListener,
-    state: AppState,
-    exporters: Vec<Exporter>,
-    wake: LocalQueue,
-    repeat_period: Duration,
-) -> std::io::Result<()> {
+pub async fn run(listener: TcpListener, app: App) -> std::io::Result<()> {
+    let App {
+        state,
+        exporters,
+        wake,
+    } = app;
     let config = state.config.clone();
     let exporter_tasks: Vec<_> = exporters
         .into_iter()
-        .map(|e| tokio::spawn(exporter_loop(e, wake.clone(), repeat_period)))
+        .map(|e| tokio::spawn(exporter_loop(e, wake.clone(), config.repeat_period)))
         .collect();
     // METRICS_ADDR: the metrics on a listener of their own (a few connections suffice).
     let metrics_task = match config.metrics {
