@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 
-use crate::config::Config;
+use crate::config::{CancelledStatus, Config};
 use crate::db::DbError;
 use crate::fhir::OperationOutcome;
 use crate::storage::StorageError;
@@ -149,7 +149,10 @@ impl From<crate::service::ServiceError> for ApiError {
             S::Invalid(m) => ApiError::BadRequest(m),
             S::Forbidden(m) => ApiError::Forbidden(m),
             S::NotFound(m) => ApiError::NotFound(m),
-            S::Gone(m) => ApiError::Gone(m),
+            S::Cancelled { message, answer } => match answer {
+                CancelledStatus::NotFound => ApiError::NotFound(message),
+                CancelledStatus::Gone => ApiError::Gone(message),
+            },
             S::TooManyRequests {
                 message,
                 retry_after,

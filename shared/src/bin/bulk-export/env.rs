@@ -1,29 +1,54 @@
-//! The environment variables each command's --help names.
+//! The environment variables: `bulk-export env` describes each (from the configuration's table,
+//! `shared::config::table`), and each command's --help names those it reads.
 
-pub const DATABASE: &str = "Environment:
+use std::io::Write;
+use std::process::ExitCode;
+
+use shared::config::table::SETTINGS;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print README.md's table of environment variables (markdown) instead.
+    #[arg(long)]
+    markdown: bool,
+}
+
+/// `bulk-export env`: every variable with its default and meaning.
+pub fn run(args: Args) -> ExitCode {
+    let text = if args.markdown {
+        shared::config::table::markdown()
+    } else {
+        shared::config::table::plain_text(96)
+            + "NO_COLOR  (none)\n    set: log lines without colours\n"
+    };
+    // `bulk-export env | head` closes stdout early: not an error.
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    ExitCode::SUCCESS
+}
+
+/// The --help of the commands that only use the database.
+pub const DATABASE: &str = "Environment (`bulk-export env` describes each, with its default):
   DATABASE_URL  Postgres URL (required), e.g. postgres://user:pass@127.0.0.1:5432/fhir_bulk;
                 TLS: ?sslmode=require|verify-ca|verify-full&sslrootcert=/path/ca.pem
   DATABASE_SECRET  or: a Secrets Manager secret ({\"username\", \"password\"}) whose
                 credentials go into DATABASE_URL (then without a password), as in AWS
-  RUST_LOG, LOG_FORMAT=json, NO_COLOR  logging";
+  DATABASE_POOL_SIZE, RUST_LOG, LOG_FORMAT=json, NO_COLOR";
 
-const SERVE: &str = "Environment (README.md, Configuration, has the defaults):
-  DATABASE_URL            Postgres URL (required)
-  STORAGE_PATH            ./exports (default), another directory, or s3://bucket/prefix
-  PORT, HOST              what --port and --host default to
-  PUBLIC_BASE_URL         the FHIR base URL clients use
-  AUTH                    smart (default) or off (same as --insecure)
-  TOKEN_SIGNING_KEY, TOKEN_SIGNING_KEY_SECRET, ACCESS_TOKEN_TTL_SECONDS
-  EXPORT_WORKERS          what --workers defaults to (default: the number of cores)
-  REPEAT_PERIOD, ADDITIONAL_RESOURCES, MAX_FILE_BYTES, EXPORT_ITEM_BYTES, EXPORT_SCAN_PERCENT,
-  EXPORT_SCAN_MAX_PATIENTS, PRESIGN_TTL_SECONDS,
-  JOB_RETENTION_HOURS, CANCELLED_STATUS_CODE, LEASE_SECONDS, MAX_ATTEMPTS, STORAGE_OUTAGE_SECONDS,
-  RETRY_AFTER_SECONDS, MIN_POLL_INTERVAL_MS, MAX_CONCURRENT_EXPORTS, S3_GZIP_COPIES,
-  S3_CONNECT_TIMEOUT_SECONDS, S3_FIRST_BYTE_TIMEOUT_SECONDS, S3_MIN_UPLOAD_RATE_BYTES
-  AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...  S3 storage (standard AWS SDK variables)
-  RUST_LOG, LOG_FORMAT=json, NO_COLOR  logging";
-
-/// `serve --help`'s list.
-pub fn serve_help() -> &'static str {
-    SERVE
+/// `serve --help`'s list: every variable's name.
+pub fn serve_help() -> String {
+    let mut out =
+        String::from("Environment (`bulk-export env` describes each, with its default):\n ");
+    let mut width = 1;
+    for s in SETTINGS {
+        if width + s.name.len() + 2 > 96 {
+            out.push_str("\n ");
+            width = 1;
+        }
+        out.push(' ');
+        out.push_str(s.name);
+        out.push(',');
+        width += s.name.len() + 2;
+    }
+    out.push_str(" NO_COLOR");
+    out
 }

@@ -1,5 +1,5 @@
 //! `bulk-export`: migrate the database, load FHIR data, and serve every route locally.
-//! Configured by the same environment variables as the Lambda functions.
+//! Configured by the same environment variables as the Lambda functions (`bulk-export env`).
 //!
 //! One module per command; this file parses the command line, opens the database for the
 //! commands that need it, and reports a failed command (errors.rs).
@@ -32,7 +32,8 @@ use shared::{db, Config};
     name = "bulk-export",
     version,
     about = "FHIR Bulk Data $export service",
-    after_help = "Each command's --help lists the environment variables it reads (DATABASE_URL, ...). \
+    after_help = "Each command's --help lists the environment variables it reads (DATABASE_URL, ...); \
+                  `bulk-export env` describes every one with its default. \
                   Logging: RUST_LOG (default info), LOG_FORMAT=json, NO_COLOR."
 )]
 struct Cli {
@@ -69,6 +70,9 @@ enum Command {
         #[command(subcommand)]
         command: clients::Command,
     },
+    /// Describe every environment variable the service and its functions read, with its
+    /// default (the README's table, from the same source).
+    Env(env::Args),
 }
 
 #[tokio::main]
@@ -96,6 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args).await,
         Command::Jobs(args) => jobs::run(args).await,
         Command::Client { command } => clients::run(command).await,
+        Command::Env(args) => Ok(env::run(args)),
     }
 }
 
