@@ -254,11 +254,7 @@ fn metrics() -> crate::http::Response {
 /// the FHIR base's path, like every other route.
 fn metrics_path(config: &crate::Config) -> String {
     let base = config.public_base_url.as_deref().unwrap_or("");
-    let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
-    let base_path = after_scheme
-        .find('/')
-        .map_or("", |i| after_scheme[i..].trim_end_matches('/'));
-    format!("{base_path}/metrics")
+    format!("{}/metrics", crate::http::base_path(base))
 }
 
 /// The listener of `METRICS_ADDR`: `GET /metrics` only, with the same size checks, header

@@ -340,7 +340,7 @@ fn is_host(s: &str) -> bool {
 }
 
 /// The path of the canonical base (`""` for a base at the root, else `/fhir` …).
-fn base_path(base: &str) -> &str {
+pub(crate) fn base_path(base: &str) -> &str {
     let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
     after_scheme
         .find('/')
