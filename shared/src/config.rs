@@ -6,8 +6,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::fhir::resource_types::is_resource_type;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("environment variable {name} is required")]
@@ -105,7 +103,7 @@ impl std::fmt::Debug for Config {
             .field("scan_max_patients", &self.scan_max_patients)
             .field("presign_ttl", &self.presign_ttl)
             .field("job_retention", &self.job_retention)
-            .field("cancelled_status_code", &self.cancelled_status_code)
+            .field("cancelled_status", &self.cancelled_status)
             .field("lease", &self.lease)
             .field("max_attempts", &self.max_attempts)
             .field("storage_outage", &self.storage_outage)
@@ -163,6 +161,16 @@ impl AuthMode {
     }
 }
 
+/// What the status URL of a cancelled (or deleted) job answers: the HTTP layer gives it its
+/// status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelledStatus {
+    /// As if the job were unknown: 404, the IG's (`CANCELLED_STATUS_CODE=404`, the default).
+    NotFound,
+    /// Gone: 410, Firely Server's (`CANCELLED_STATUS_CODE=410`).
+    Gone,
+}
+
 /// Shortest accepted TOKEN_SIGNING_KEY (HS256 wants at least 256 bits).
 pub const MIN_SIGNING_KEY_BYTES: usize = 32;
 
@@ -207,8 +215,8 @@ pub struct Config {
     pub scan_max_patients: i64,
     pub presign_ttl: Duration,
     pub job_retention: Duration,
-    /// Status code for the status URL of a cancelled job: 404 (IG) or 410 (Firely).
-    pub cancelled_status_code: u16,
+    /// What the status URL of a cancelled job answers (`CANCELLED_STATUS_CODE`).
+    pub cancelled_status: CancelledStatus,
     /// How long an exporter owns a job before another may reclaim it.
     pub lease: Duration,
     /// Crashed or failed attempts before a job is Failed.
@@ -255,8 +263,11 @@ pub struct Config {
 }
 
 mod settings;
+pub mod table;
 pub use settings::{LogFormat, MetricsEndpoint, S3Settings};
+use table::Values;
 
+/// `ADDITIONAL_RESOURCES`' default (the table's, unit-tested).
 pub const DEFAULT_ADDITIONAL_RESOURCES: &[&str] = &[
     "Organization",
     "Location",
@@ -272,227 +283,120 @@ impl Config {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
+    /// Every setting of [`table::SETTINGS`] read from `get` and checked there; here they become
+    /// the fields, with the checks that involve two settings.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let var = |name: &'static str| get(name).filter(|v| !v.trim().is_empty());
-        let database_url = var("DATABASE_URL").ok_or(ConfigError::Missing {
-            name: "DATABASE_URL",
-        })?;
-        let storage_raw = var("STORAGE_PATH").unwrap_or_else(|| "./exports".to_string());
-        let storage_path =
-            StoragePath::parse(&storage_raw).map_err(|reason| ConfigError::Invalid {
-                name: "STORAGE_PATH",
-                value: storage_raw.clone(),
-                reason: reason.0,
-            })?;
-        let additional_resources = match var("ADDITIONAL_RESOURCES") {
-            None => DEFAULT_ADDITIONAL_RESOURCES
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            Some(list) => {
-                let types: Vec<String> = list
-                    .split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect();
-                if let Some(bad) = types.iter().find(|t| !is_resource_type(t)) {
-                    return Err(ConfigError::Invalid {
-                        name: "ADDITIONAL_RESOURCES",
-                        value: list.clone(),
-                        reason: format!("{bad} is not an R4 resource type"),
-                    });
-                }
-                types
-            }
-        };
-        let cancelled_status_code = number(&var, "CANCELLED_STATUS_CODE", 404)?;
-        if cancelled_status_code != 404 && cancelled_status_code != 410 {
-            return Err(ConfigError::Invalid {
-                name: "CANCELLED_STATUS_CODE",
-                value: cancelled_status_code.to_string(),
-                reason: "must be 404 (IG) or 410 (Firely)".into(),
-            });
-        }
-        let max_file_bytes = number(&var, "MAX_FILE_BYTES", 256 * 1024 * 1024)?;
-        if max_file_bytes < 1024 {
-            return Err(ConfigError::Invalid {
-                name: "MAX_FILE_BYTES",
-                value: max_file_bytes.to_string(),
-                reason: "must be at least 1024".into(),
-            });
-        }
-        let auth = match var("AUTH").as_deref().map(str::trim) {
-            None | Some("smart") => {
-                let signing_key = var("TOKEN_SIGNING_KEY").map(|k| k.trim().as_bytes().to_vec());
-                if signing_key
-                    .as_ref()
-                    .is_some_and(|k| k.len() < MIN_SIGNING_KEY_BYTES)
-                {
-                    return Err(ConfigError::Invalid {
-                        name: "TOKEN_SIGNING_KEY",
-                        value: "<hidden>".into(),
-                        reason: format!("must be at least {MIN_SIGNING_KEY_BYTES} bytes"),
-                    });
-                }
-                AuthMode::Smart { signing_key }
-            }
-            Some("off") => AuthMode::Off,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    name: "AUTH",
-                    value: other.to_string(),
-                    reason: "must be smart (the default) or off".into(),
-                })
-            }
-        };
-        let access_token_ttl = number(&var, "ACCESS_TOKEN_TTL_SECONDS", 300)?;
-        if !(10..=300).contains(&access_token_ttl) {
-            return Err(ConfigError::Invalid {
-                name: "ACCESS_TOKEN_TTL_SECONDS",
-                value: access_token_ttl.to_string(),
-                reason: "must be between 10 and 300".into(),
-            });
-        }
-        // A presigned URL is a bearer credential for the file: anyone holding it downloads
-        // without a token. Clients get a new one on every $exportfilerequest, so it need not
-        // live longer than a download takes to start.
-        let presign_ttl = number(&var, "PRESIGN_TTL_SECONDS", 300)?;
-        if !(1..=MAX_PRESIGN_TTL_SECONDS).contains(&presign_ttl) {
-            return Err(ConfigError::Invalid {
-                name: "PRESIGN_TTL_SECONDS",
-                value: presign_ttl.to_string(),
-                reason: format!(
-                    "must be between 1 and {MAX_PRESIGN_TTL_SECONDS} (a presigned URL lets anyone who holds it download the file)"
-                ),
-            });
-        }
-        let metrics = match (
-            var("METRICS").map(|v| v.trim().to_ascii_lowercase()),
-            var("METRICS_ADDR"),
-        ) {
-            (Some(v), _) if !matches!(v.as_str(), "on" | "off") => {
-                return Err(ConfigError::Invalid {
-                    name: "METRICS",
-                    value: v,
-                    reason: "must be on (the default) or off".into(),
-                })
-            }
-            (Some(v), Some(addr)) if v == "off" => {
-                return Err(ConfigError::Invalid {
-                    name: "METRICS_ADDR",
-                    value: addr,
-                    reason: "METRICS=off serves no metrics: unset one of them".into(),
-                })
-            }
-            (Some(v), None) if v == "off" => MetricsEndpoint::Off,
-            (_, Some(addr)) => {
-                MetricsEndpoint::Addr(addr.trim().parse().map_err(|_| ConfigError::Invalid {
-                    name: "METRICS_ADDR",
-                    value: addr.clone(),
-                    reason: "expected host:port with an IP address (127.0.0.1:9090)".into(),
-                })?)
-            }
-            (_, None) => MetricsEndpoint::Base,
-        };
-        let max_connections = number(&var, "SERVE_MAX_CONNECTIONS", 512)?.max(1) as usize;
+        let v = Values::read(&get)?;
+        let text = |name| v.text(name).unwrap_or_default();
+        let max_connections: usize = v.count("SERVE_MAX_CONNECTIONS")?;
         Ok(Config {
-            token_signing_key_secret: var("TOKEN_SIGNING_KEY_SECRET"),
-            auth,
-            access_token_ttl: Duration::from_secs(access_token_ttl),
-            database_url,
-            database_secret: var("DATABASE_SECRET"),
-            storage_path,
-            queue_url: var("QUEUE_URL"),
-            repeat_period: Duration::from_millis(number(&var, "REPEAT_PERIOD", 60_000)?.max(100)),
-            additional_resources,
-            public_base_url: match var("PUBLIC_BASE_URL") {
-                None => None,
-                Some(u) => Some(check_base_url(&u)?),
+            database_url: text("DATABASE_URL"),
+            database_secret: v.text("DATABASE_SECRET"),
+            storage_path: v.storage("STORAGE_PATH"),
+            queue_url: v.text("QUEUE_URL"),
+            repeat_period: Duration::from_millis(v.count("REPEAT_PERIOD")?),
+            additional_resources: v.types("ADDITIONAL_RESOURCES"),
+            public_base_url: v.text("PUBLIC_BASE_URL"),
+            trust_forwarded_headers: v.flag("TRUST_FORWARDED_HEADERS") == Some(true),
+            max_file_bytes: v.count("MAX_FILE_BYTES")?,
+            item_bytes: v.count("EXPORT_ITEM_BYTES")?,
+            scan_patient_share: v.count::<u64>("EXPORT_SCAN_PERCENT")? as f64 / 100.0,
+            scan_max_patients: v.count("EXPORT_SCAN_MAX_PATIENTS")?,
+            presign_ttl: Duration::from_secs(v.count("PRESIGN_TTL_SECONDS")?),
+            job_retention: hours(&v, "JOB_RETENTION_HOURS")?,
+            cancelled_status: match text("CANCELLED_STATUS_CODE").as_str() {
+                "410" => CancelledStatus::Gone,
+                _ => CancelledStatus::NotFound,
             },
-            trust_forwarded_headers: var("TRUST_FORWARDED_HEADERS")
-                .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1"),
-            max_file_bytes,
-            presign_ttl: Duration::from_secs(presign_ttl),
-            item_bytes: number(&var, "EXPORT_ITEM_BYTES", 1024 * 1024 * 1024)?.max(1),
-            scan_patient_share: number(&var, "EXPORT_SCAN_PERCENT", 25)? as f64 / 100.0,
-            scan_max_patients: i64::try_from(number(&var, "EXPORT_SCAN_MAX_PATIENTS", 2_000_000)?)
-                .unwrap_or(i64::MAX),
-            job_retention: Duration::from_secs(number(&var, "JOB_RETENTION_HOURS", 24)? * 3600),
-            cancelled_status_code: cancelled_status_code as u16,
-            lease: Duration::from_secs(number(&var, "LEASE_SECONDS", 120)?.max(5)),
-            max_attempts: number(&var, "MAX_ATTEMPTS", 3)?.max(1) as i32,
-            storage_outage: Duration::from_secs(number(&var, "STORAGE_OUTAGE_SECONDS", 900)?),
-            retry_after_seconds: number(&var, "RETRY_AFTER_SECONDS", 2)?.max(1),
-            min_poll_interval: Duration::from_millis(number(&var, "MIN_POLL_INTERVAL_MS", 500)?),
-            max_concurrent_exports: number(&var, "MAX_CONCURRENT_EXPORTS", 10)?.max(1) as i64,
-            max_stored_exports: number(&var, "MAX_STORED_EXPORTS", 100)?.max(1) as i64,
-            header_read_timeout: Duration::from_secs(
-                number(&var, "SERVE_HEADER_TIMEOUT_SECONDS", 10)?.max(1),
-            ),
-            body_read_timeout: Duration::from_secs(
-                number(&var, "SERVE_BODY_TIMEOUT_SECONDS", 30)?.max(1),
-            ),
+            lease: Duration::from_secs(v.count("LEASE_SECONDS")?),
+            max_attempts: v.count("MAX_ATTEMPTS")?,
+            storage_outage: Duration::from_secs(v.count("STORAGE_OUTAGE_SECONDS")?),
+            retry_after_seconds: v.count("RETRY_AFTER_SECONDS")?,
+            min_poll_interval: Duration::from_millis(v.count("MIN_POLL_INTERVAL_MS")?),
+            max_concurrent_exports: v.count("MAX_CONCURRENT_EXPORTS")?,
+            max_stored_exports: v.count("MAX_STORED_EXPORTS")?,
+            header_read_timeout: Duration::from_secs(v.count("SERVE_HEADER_TIMEOUT_SECONDS")?),
+            body_read_timeout: Duration::from_secs(v.count("SERVE_BODY_TIMEOUT_SECONDS")?),
             max_connections,
-            max_connections_per_peer: (number(&var, "SERVE_MAX_CONNECTIONS_PER_PEER", 64)?.max(1)
-                as usize)
-                .min(max_connections),
-            metrics,
-            body_budget_bytes: (number(&var, "SERVE_BODY_BUDGET_BYTES", 32 * 1024 * 1024)?
-                as usize)
-                .clamp(crate::http::MAX_BODY_BYTES, 1 << 30),
-            database_pool_size: match var("DATABASE_POOL_SIZE") {
-                None => None,
-                Some(_) => Some(number(&var, "DATABASE_POOL_SIZE", 4)?.max(1) as usize),
-            },
+            max_connections_per_peer: per_peer(&get, &v, max_connections)?,
+            body_budget_bytes: v.count("SERVE_BODY_BUDGET_BYTES")?,
+            metrics: metrics(&v)?,
+            database_pool_size: v.number("DATABASE_POOL_SIZE")?,
             s3: S3Settings {
-                gzip_copies: !var("S3_GZIP_COPIES").is_some_and(|v| {
-                    matches!(v.trim().to_ascii_lowercase().as_str(), "false" | "0" | "no")
+                gzip_copies: v.flag("S3_GZIP_COPIES") != Some(false),
+                force_path_style: v.flag("S3_FORCE_PATH_STYLE").unwrap_or_else(|| {
+                    v.is_set("AWS_ENDPOINT_URL") || v.is_set("AWS_ENDPOINT_URL_S3")
                 }),
-                force_path_style: match var("S3_FORCE_PATH_STYLE") {
-                    Some(v) => matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1"),
-                    None => {
-                        var("AWS_ENDPOINT_URL").is_some() || var("AWS_ENDPOINT_URL_S3").is_some()
-                    }
-                },
                 timeouts: crate::aws::S3Timeouts {
-                    connect: Duration::from_secs(
-                        number(&var, "S3_CONNECT_TIMEOUT_SECONDS", 5)?.max(1),
-                    ),
-                    first_byte: Duration::from_secs(
-                        number(&var, "S3_FIRST_BYTE_TIMEOUT_SECONDS", 15)?.max(1),
-                    ),
-                    min_upload_rate: number(&var, "S3_MIN_UPLOAD_RATE_BYTES", 256 * 1024)?
-                        .max(1024),
+                    connect: Duration::from_secs(v.count("S3_CONNECT_TIMEOUT_SECONDS")?),
+                    first_byte: Duration::from_secs(v.count("S3_FIRST_BYTE_TIMEOUT_SECONDS")?),
+                    min_upload_rate: v.count("S3_MIN_UPLOAD_RATE_BYTES")?,
                 },
             },
-            log_format: LogFormat::from_lookup(|name| get(name)),
+            log_format: LogFormat::from_lookup(&get),
+            auth: match text("AUTH").as_str() {
+                "off" => AuthMode::Off,
+                _ => AuthMode::Smart {
+                    signing_key: v.text("TOKEN_SIGNING_KEY").map(String::into_bytes),
+                },
+            },
+            access_token_ttl: Duration::from_secs(v.count("ACCESS_TOKEN_TTL_SECONDS")?),
+            token_signing_key_secret: v.text("TOKEN_SIGNING_KEY_SECRET"),
         })
     }
 }
 
-fn number(
-    var: &impl Fn(&'static str) -> Option<String>,
-    name: &'static str,
-    default: u64,
-) -> Result<u64, ConfigError> {
-    match var(name) {
-        None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|_| ConfigError::Invalid {
+/// Hours as a duration (too many for one: an error).
+fn hours(v: &Values, name: &'static str) -> Result<Duration, ConfigError> {
+    let hours: u64 = v.count(name)?;
+    hours
+        .checked_mul(3600)
+        .map(Duration::from_secs)
+        .ok_or_else(|| ConfigError::Invalid {
             name,
-            value: v.clone(),
-            reason: "expected a non-negative integer".into(),
+            value: hours.to_string(),
+            reason: "too large".into(),
+        })
+}
+
+/// `SERVE_MAX_CONNECTIONS_PER_PEER`: at most `SERVE_MAX_CONNECTIONS` (set above it: an error;
+/// unset, its default is lowered to it).
+fn per_peer(
+    get: &impl Fn(&str) -> Option<String>,
+    v: &Values,
+    max_connections: usize,
+) -> Result<usize, ConfigError> {
+    const NAME: &str = "SERVE_MAX_CONNECTIONS_PER_PEER";
+    let per_peer: usize = v.count(NAME)?;
+    let set = get(NAME).is_some_and(|v| !v.trim().is_empty());
+    if set && per_peer > max_connections {
+        return Err(ConfigError::Invalid {
+            name: NAME,
+            value: per_peer.to_string(),
+            reason: format!("must be at most SERVE_MAX_CONNECTIONS ({max_connections})"),
+        });
+    }
+    Ok(per_peer.min(max_connections))
+}
+
+/// `METRICS` and `METRICS_ADDR`.
+fn metrics(v: &Values) -> Result<MetricsEndpoint, ConfigError> {
+    match (v.flag("METRICS"), v.addr("METRICS_ADDR")) {
+        (Some(false), Some(addr)) => Err(ConfigError::Invalid {
+            name: "METRICS_ADDR",
+            value: addr.to_string(),
+            reason: "METRICS=off serves no metrics: unset one of them".into(),
         }),
+        (Some(false), None) => Ok(MetricsEndpoint::Off),
+        (_, Some(addr)) => Ok(MetricsEndpoint::Addr(addr)),
+        (_, None) => Ok(MetricsEndpoint::Base),
     }
 }
 
 /// `PUBLIC_BASE_URL`: an absolute http(s) URL without query or fragment; trailing `/` removed.
-fn check_base_url(u: &str) -> Result<String, ConfigError> {
+fn check_base_url(u: &str) -> Result<String, String> {
     let u = u.trim().trim_end_matches('/');
-    let invalid = |reason: &str| ConfigError::Invalid {
-        name: "PUBLIC_BASE_URL",
-        value: u.to_string(),
-        reason: reason.into(),
-    };
+    let invalid = |reason: &str| reason.to_string();
     let rest = u
         .strip_prefix("https://")
         .or_else(|| u.strip_prefix("http://"))

@@ -10,7 +10,6 @@
 pub mod app;
 pub mod auth;
 pub mod aws;
-pub mod cli;
 pub mod config;
 pub mod db;
 pub mod export;

@@ -1,7 +1,7 @@
 //! `bulk-export serve`: every route in one process (same handlers as the Lambdas) plus an
 //! exporter loop woken by new jobs and every RepeatPeriod.
 
-use crate::app::AppState;
+use crate::app::{AppState, Function};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,12 +13,15 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use tokio::net::TcpListener;
 
+use crate::db::Pool;
 use crate::export::engine::Exporter;
 use crate::http::{router, Body};
-use crate::queue::LocalQueue;
+use crate::queue::{JobQueue, LocalQueue};
+use crate::storage::ObjectStore;
+use crate::Config;
 
 use crate::config::MetricsEndpoint;
-use crate::http::routes::{Handler, Matched};
+use crate::http::routes::Handler;
 use crate::http::{ApiError, MAX_BODY_BYTES};
 
 /// Largest body of a request that is not an authorized kick-off (the token form is a few KB;
@@ -42,6 +45,7 @@ async fn dispatch(
     // The head first: what the route is, and whose the token is, before any body is read.
     let head = http::Request::from_parts(parts, Bytes::new());
     let method = head.method().clone();
+    // The request's one normalised path: the metrics, the route label and the router use it.
     let path = crate::http::normalized_path(&head);
     let metrics_here =
         state.config.metrics == MetricsEndpoint::Base && path == metrics_path(&state.config);
@@ -50,19 +54,13 @@ async fn dispatch(
     } else {
         crate::http::routes::label(&path)
     };
-    let client = crate::http::canonical_base(&state.config, &head).and_then(|base| {
-        let authorization = crate::http::header_str(&head, http::header::AUTHORIZATION);
-        crate::auth::client_of(&state.config, authorization, &base)
-    });
-    let resp = match crate::http::check_limits(&head) {
-        Some(refused) => refused.into_response(),
-        None if metrics_here && method == http::Method::GET => metrics(),
+    let (resp, client) = match crate::http::check_limits(&head) {
+        Some(refused) => (refused.into_response(), None),
+        None if metrics_here && method == http::Method::GET => (metrics(), None),
         None => {
-            let handler = match crate::http::routes::find(&method, &path) {
-                Matched::Route(r, _) => Some(r.handler),
-                _ => None,
-            };
-            answer(&serving, head, body, handler, client.is_some()).await
+            let routed = router::route(Function::Api, state, &head, &path).await;
+            let client = routed.client_id.clone();
+            (answer(&serving, head, body, routed).await, client)
         }
     };
     // The access log: one line per request (never a token, a query string or an id in the
@@ -81,29 +79,31 @@ async fn dispatch(
 
 /// Reads the body of `head` within its limits, then answers the request.
 ///
-/// Bodies are bounded before authentication: an authorized kick-off (a valid token, or
-/// authorization off) may send `MAX_BODY_BYTES`; a kick-off without a valid token is answered
-/// (401) without its body being read; every other route may send `SMALL_BODY_BYTES`. A
-/// larger declared `Content-Length` is refused (413) before any of it is read, and all bodies
-/// in memory at once share `SERVE_BODY_BUDGET_BYTES`: beyond it, 503 with Retry-After.
+/// Bodies are bounded by what the router found from the head: a kick-off it let in (a valid
+/// token of a registered client, or authorization off) may send `MAX_BODY_BYTES`; a kick-off
+/// without one is answered (401) without its body being read; every other route may send
+/// `SMALL_BODY_BYTES`. A larger declared `Content-Length` is refused (413) before any of it is
+/// read, and all bodies in memory at once share `SERVE_BODY_BUDGET_BYTES`: beyond it, 503 with
+/// Retry-After.
 async fn answer(
     serving: &Serving,
     head: crate::http::Request,
     body: axum::body::Body,
-    handler: Option<Handler>,
-    authorized: bool,
+    routed: router::Routed,
 ) -> crate::http::Response {
     let state = &serving.app;
     let (parts, _) = head.into_parts();
-    let token_route = handler == Some(Handler::Token);
-    let limit = match handler {
-        Some(Handler::Export(_)) if !state.config.auth.is_on() || authorized => MAX_BODY_BYTES,
-        // The router refuses it (401) before it would look at a body.
+    let token_route = routed.handler == Some(Handler::Token);
+    let limit = match routed.handler {
+        // The router let it in: a valid token of a registered client, or authorization off.
+        Some(Handler::Export(_)) if !routed.is_answered() => MAX_BODY_BYTES,
+        // Refused (401, or not under the base) before a body would be looked at.
         Some(Handler::Export(_)) => 0,
         _ => SMALL_BODY_BYTES,
     };
     if limit == 0 {
-        return router::handle(state, http::Request::from_parts(parts, Bytes::new())).await;
+        let req = http::Request::from_parts(parts, Bytes::new());
+        return routed.answer(state, &req).await;
     }
     let refuse = |e: BodyRefused| e.into_response(token_route);
     let declared = parts
@@ -131,7 +131,9 @@ async fn answer(
         }
     };
     // `_held` (the body's share of the budget) is given back once the request is answered.
-    router::handle(state, http::Request::from_parts(parts, bytes)).await
+    routed
+        .answer(state, &http::Request::from_parts(parts, bytes))
+        .await
 }
 
 /// Why a body was not read.
@@ -252,11 +254,7 @@ fn metrics() -> crate::http::Response {
 /// the FHIR base's path, like every other route.
 fn metrics_path(config: &crate::Config) -> String {
     let base = config.public_base_url.as_deref().unwrap_or("");
-    let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
-    let base_path = after_scheme
-        .find('/')
-        .map_or("", |i| after_scheme[i..].trim_end_matches('/'));
-    format!("{base_path}/metrics")
+    format!("{}/metrics", crate::http::base_path(base))
 }
 
 /// The listener of `METRICS_ADDR`: `GET /metrics` only, with the same size checks, header
@@ -336,6 +334,44 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
     Ok((listener, local))
 }
 
+/// What `serve` runs: the routes' state and the exporters, woken in-process.
+pub struct App {
+    pub state: AppState,
+    pub exporters: Vec<Exporter>,
+    pub wake: LocalQueue,
+}
+
+/// The one place `serve` is put together (`bulk-export serve` and the tests' server): the
+/// state of every route (the api function's, [`crate::app::assemble`]) over `pool` and `store`
+/// with an in-process wake-up queue, and `workers` exporters over the same clients, named after
+/// this host and `addr`'s port and their number, so that a restarted serve resumes its own
+/// work at once.
+pub fn assemble(
+    config: Arc<Config>,
+    pool: Pool,
+    store: Arc<dyn ObjectStore>,
+    workers: usize,
+    addr: SocketAddr,
+) -> App {
+    let wake = LocalQueue::default();
+    let queue: Arc<dyn JobQueue> = Arc::new(wake.clone());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let exporters = (1..=workers)
+        .map(|n| {
+            Exporter::new(pool.clone(), store.clone(), queue.clone(), config.clone())
+                .with_owner(format!("serve@{host}:{}#{n}", addr.port()))
+        })
+        .collect();
+    let state = crate::app::assemble(Function::Api, config, pool, store, queue);
+    App {
+        state,
+        exporters,
+        wake,
+    }
+}
+
 /// How many exporters `serve` runs: `--workers`, or the number of cores.
 pub fn worker_count(workers: Option<usize>) -> usize {
     workers
@@ -350,17 +386,16 @@ pub fn worker_count(workers: Option<usize>) -> usize {
 /// SECONDS`; the body has `SERVE_BODY_TIMEOUT_SECONDS` in `dispatch`), at most
 /// `SERVE_MAX_CONNECTIONS` open at once and `SERVE_MAX_CONNECTIONS_PER_PEER` from one peer (see
 /// [`Connections`]). Slow or idle clients cannot hold the server, nor can one peer lock others out.
-pub async fn run(
-    listener: TcpListener,
-    state: AppState,
-    exporters: Vec<Exporter>,
-    wake: LocalQueue,
-    repeat_period: Duration,
-) -> std::io::Result<()> {
+pub async fn run(listener: TcpListener, app: App) -> std::io::Result<()> {
+    let App {
+        state,
+        exporters,
+        wake,
+    } = app;
     let config = state.config.clone();
     let exporter_tasks: Vec<_> = exporters
         .into_iter()
-        .map(|e| tokio::spawn(exporter_loop(e, wake.clone(), repeat_period)))
+        .map(|e| tokio::spawn(exporter_loop(e, wake.clone(), config.repeat_period)))
         .collect();
     // METRICS_ADDR: the metrics on a listener of their own (a few connections suffice).
     let metrics_task = match config.metrics {

@@ -8,8 +8,6 @@ use std::time::Duration;
 use shared::app::AppState;
 use shared::config::StoragePath;
 use shared::db::{self, Pool};
-use shared::export::engine::Exporter;
-use shared::queue::{JobQueue, LocalQueue};
 use shared::storage::local::LocalStore;
 use shared::storage::ObjectStore;
 use shared::Config;

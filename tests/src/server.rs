@@ -145,29 +145,12 @@ impl Server {
             .expect("bind");
         shared::serve::default_base_url(&mut config, addr);
         let config = Arc::new(config);
-        let wake = LocalQueue::default();
-        let queue: Arc<dyn JobQueue> = Arc::new(wake.clone());
-        let state = AppState {
-            pool: pool.clone(),
-            store: store.clone(),
-            queue: queue.clone(),
-            config: config.clone(),
-        };
-        let exporters = (0..workers)
-            .map(|_| {
-                let mut exporter =
-                    Exporter::new(pool.clone(), store.clone(), queue.clone(), config.clone());
-                exporter.retry_backoff = Duration::from_millis(50);
-                exporter
-            })
-            .collect();
-        let task = tokio::spawn(shared::serve::run(
-            listener,
-            state.clone(),
-            exporters,
-            wake,
-            config.repeat_period,
-        ));
+        let mut app = shared::serve::assemble(config, pool, store, workers, addr);
+        for exporter in &mut app.exporters {
+            exporter.retry_backoff = Duration::from_millis(50);
+        }
+        let state = app.state.clone();
+        let task = tokio::spawn(shared::serve::run(listener, app));
         Server {
             base: format!("http://{addr}"),
             state,

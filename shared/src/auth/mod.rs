@@ -113,10 +113,10 @@ pub fn verify_access_token(key: &[u8], base: &str, token: &str) -> Result<Princi
     })
 }
 
-/// The request's principal when authorization is on (None when it is off): `authorization`
-/// (the header's value) must carry a valid bearer token for `base` of a registered client.
-pub async fn authenticate(
-    pool: &Pool,
+/// The principal of the access token in `authorization` (the header's value) when
+/// authorization is on (None when it is off): our signature, not expired, issued for `base`.
+/// A request is let in only once [`check_registered`] also passes.
+pub fn verify(
     config: &Config,
     authorization: Option<&str>,
     base: &str,
@@ -132,8 +132,12 @@ pub async fn authenticate(
     let token = bearer(authorization.ok_or(AuthError::Missing)?).ok_or_else(|| {
         AuthError::InvalidToken("the Authorization header must be `Bearer <access token>`".into())
     })?;
-    let principal = verify_access_token(key, base, token)?;
-    // A removed client's tokens stop working at once, not when they expire.
+    verify_access_token(key, base, token).map(Some)
+}
+
+/// Refuses a verified principal whose client is no longer registered: a removed client's
+/// tokens stop working at once, not when they expire.
+pub async fn check_registered(pool: &Pool, principal: &Principal) -> Result<(), AuthError> {
     if crate::db::clients::get_client(pool, &principal.client_id)
         .await?
         .is_none()
@@ -142,7 +146,7 @@ pub async fn authenticate(
             "the client of this access token is no longer registered".into(),
         ));
     }
-    Ok(Some(principal))
+    Ok(())
 }
 
 /// The token of an `Authorization: Bearer <token>` value (None: another scheme, empty, or longer
@@ -153,20 +157,6 @@ pub fn bearer(authorization: &str) -> Option<&str> {
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim())
         .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_BYTES)
-}
-
-/// The client id of a valid access token for `base` (signature, expiry, audience), for the
-/// access log; None without a valid one. The token itself is never logged.
-pub fn client_of(config: &Config, authorization: Option<&str>, base: &str) -> Option<String> {
-    let AuthMode::Smart {
-        signing_key: Some(key),
-    } = &config.auth
-    else {
-        return None;
-    };
-    verify_access_token(key, base, bearer(authorization?)?)
-        .ok()
-        .map(|p| p.client_id)
 }
 
 /// 32 random bytes, hex-encoded, for a process that signs and checks its own tokens.

@@ -25,7 +25,8 @@ pub enum LogFormat {
 }
 
 impl LogFormat {
-    /// From `LOG_FORMAT` (`json` or `text`; anything else is text), defaulting to JSON in Lambda.
+    /// From `LOG_FORMAT` (`json` or `text`: anything else is text here, and an error in
+    /// [`super::Config`]), defaulting to JSON in Lambda.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> LogFormat {
         match get("LOG_FORMAT").filter(|v| !v.trim().is_empty()) {
             Some(v) if v.trim().eq_ignore_ascii_case("json") => LogFormat::Json,

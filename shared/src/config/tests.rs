@@ -35,7 +35,7 @@ fn storage_path_parses_s3_and_local() {
 fn config_defaults_follow_firely() {
     let c = config(&[("DATABASE_URL", "postgres://x")]).unwrap();
     assert_eq!(c.additional_resources.len(), 7);
-    assert_eq!(c.cancelled_status_code, 404);
+    assert_eq!(c.cancelled_status, CancelledStatus::NotFound);
     assert_eq!(c.repeat_period, Duration::from_secs(60));
     assert_eq!(c.presign_ttl, Duration::from_secs(300));
     assert_eq!(
@@ -149,4 +149,120 @@ fn s3_timeouts_are_settings_and_an_upload_gets_time_for_its_size() {
         ("S3_FIRST_BYTE_TIMEOUT_SECONDS", "soon"),
     ])
     .is_err());
+}
+
+#[test]
+fn every_default_parses_and_every_number_is_within_its_range() {
+    // Values::read reads each default as if it were set: an unparsable default would fail here.
+    let c = config(&[("DATABASE_URL", "postgres://x")]).expect("defaults");
+    assert_eq!(c.additional_resources, DEFAULT_ADDITIONAL_RESOURCES);
+    assert_eq!(c.storage_path, StoragePath::Local("./exports".into()));
+    assert_eq!(c.max_connections_per_peer, 64);
+    assert_eq!(c.metrics, MetricsEndpoint::Base);
+    assert!(c.s3.gzip_copies && !c.s3.force_path_style && !c.trust_forwarded_headers);
+    assert_eq!(c.database_pool_size, None);
+    for s in table::SETTINGS {
+        if let (table::Default::Value(v, _), table::Parser::Number { min, max }) =
+            (&s.default, &s.parser)
+        {
+            let n: u64 = v.parse().expect("a number");
+            assert!(n >= *min && max.is_none_or(|m| n <= m), "{}", s.name);
+        }
+    }
+}
+
+#[test]
+fn values_out_of_range_are_errors_naming_the_variable_never_clamped() {
+    for (name, bad) in [
+        ("REPEAT_PERIOD", "99"),
+        ("LEASE_SECONDS", "4"),
+        ("MAX_ATTEMPTS", "0"),
+        ("RETRY_AFTER_SECONDS", "0"),
+        ("MAX_CONCURRENT_EXPORTS", "0"),
+        ("MAX_STORED_EXPORTS", "0"),
+        ("SERVE_HEADER_TIMEOUT_SECONDS", "0"),
+        ("SERVE_MAX_CONNECTIONS", "0"),
+        ("SERVE_BODY_BUDGET_BYTES", "1024"),
+        ("SERVE_BODY_BUDGET_BYTES", "2147483648"),
+        ("S3_MIN_UPLOAD_RATE_BYTES", "1023"),
+        ("DATABASE_POOL_SIZE", "0"),
+        ("EXPORT_ITEM_BYTES", "0"),
+        ("MAX_ATTEMPTS", "4294967296"),
+        ("EXPORT_SCAN_MAX_PATIENTS", "18446744073709551615"),
+        ("JOB_RETENTION_HOURS", "18446744073709551615"),
+        ("TRUST_FORWARDED_HEADERS", "maybe"),
+        ("S3_GZIP_COPIES", "nope"),
+        ("METRICS", "sometimes"),
+        ("LOG_FORMAT", "xml"),
+        ("METRICS_ADDR", "localhost"),
+    ] {
+        match config(&[("DATABASE_URL", "x"), (name, bad)]) {
+            Err(ConfigError::Invalid { name: named, .. }) => assert_eq!(named, name, "{bad}"),
+            other => panic!("{name}={bad}: {other:?}"),
+        }
+    }
+    // Per peer: at most SERVE_MAX_CONNECTIONS when set; its default follows a lower maximum.
+    assert!(config(&[
+        ("DATABASE_URL", "x"),
+        ("SERVE_MAX_CONNECTIONS", "10"),
+        ("SERVE_MAX_CONNECTIONS_PER_PEER", "11"),
+    ])
+    .is_err());
+    let c = config(&[("DATABASE_URL", "x"), ("SERVE_MAX_CONNECTIONS", "10")]).unwrap();
+    assert_eq!(c.max_connections_per_peer, 10);
+}
+
+#[test]
+fn one_boolean_parser_reads_every_flag() {
+    for (text, value) in [("true", true), ("1", true), ("Yes", true), ("ON", true)] {
+        assert_eq!(table::parse_bool(text), Ok(value), "{text}");
+    }
+    for (text, value) in [
+        ("false", false),
+        ("0", false),
+        ("no", false),
+        ("Off", false),
+    ] {
+        assert_eq!(table::parse_bool(text), Ok(value), "{text}");
+    }
+    let c = config(&[
+        ("DATABASE_URL", "x"),
+        ("TRUST_FORWARDED_HEADERS", "yes"),
+        ("S3_GZIP_COPIES", "0"),
+        ("S3_FORCE_PATH_STYLE", "false"),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+        ("METRICS", "off"),
+        ("CANCELLED_STATUS_CODE", "410"),
+    ])
+    .unwrap();
+    assert!(c.trust_forwarded_headers && !c.s3.gzip_copies && !c.s3.force_path_style);
+    assert_eq!(c.metrics, MetricsEndpoint::Off);
+    assert_eq!(c.cancelled_status, CancelledStatus::Gone);
+    let c = config(&[("DATABASE_URL", "x"), ("AWS_ENDPOINT_URL", "http://h:1")]).unwrap();
+    assert!(
+        c.s3.force_path_style,
+        "an emulator endpoint implies path style"
+    );
+}
+
+/// README.md's table of environment variables is the one `table::markdown` renders: change
+/// the table in config/table.rs, then paste `bulk-export env --markdown` into the README.
+#[test]
+fn the_readme_lists_every_setting_as_the_table_says() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let rendered = table::markdown();
+    let start = readme
+        .find("| Variable | Default | Meaning |")
+        .expect("the README's table of variables");
+    let in_readme: String = readme[start..]
+        .lines()
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        in_readme == rendered,
+        "README.md's table of variables differs from config/table.rs: replace it with the \
+         output of `cargo run -p shared --bin bulk-export -- env --markdown`"
+    );
 }

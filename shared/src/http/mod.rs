@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 
-use crate::config::Config;
+use crate::config::{CancelledStatus, Config};
 use crate::db::DbError;
 use crate::fhir::OperationOutcome;
 use crate::storage::StorageError;
@@ -149,7 +149,10 @@ impl From<crate::service::ServiceError> for ApiError {
             S::Invalid(m) => ApiError::BadRequest(m),
             S::Forbidden(m) => ApiError::Forbidden(m),
             S::NotFound(m) => ApiError::NotFound(m),
-            S::Gone(m) => ApiError::Gone(m),
+            S::Cancelled { message, answer } => match answer {
+                CancelledStatus::NotFound => ApiError::NotFound(message),
+                CancelledStatus::Gone => ApiError::Gone(message),
+            },
             S::TooManyRequests {
                 message,
                 retry_after,
@@ -337,7 +340,7 @@ fn is_host(s: &str) -> bool {
 }
 
 /// The path of the canonical base (`""` for a base at the root, else `/fhir` …).
-fn base_path(base: &str) -> &str {
+pub(crate) fn base_path(base: &str) -> &str {
     let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
     after_scheme
         .find('/')

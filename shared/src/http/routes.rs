@@ -151,10 +151,15 @@ pub fn table() -> &'static [Route] {
     })
 }
 
-/// Where `pattern` matches the end of `path` (None: it does not), and how many segments it has.
-fn match_at(pattern: &str, path: &str) -> Option<(usize, At)> {
+/// A path's segments (a trailing `/` ignored), split once for every route it is matched against.
+fn segments(path: &str) -> Vec<&str> {
+    path.trim_end_matches('/').split('/').collect()
+}
+
+/// Where `pattern` matches the end of the path of segments `got` (None: it does not), and how
+/// many segments it has.
+fn match_at(pattern: &str, got: &[&str]) -> Option<(usize, At)> {
     let want: Vec<&str> = pattern.trim_start_matches('/').split('/').collect();
-    let got: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     if got.len() < want.len() + 1 {
         return None;
     }
@@ -174,9 +179,10 @@ fn match_at(pattern: &str, path: &str) -> Option<(usize, At)> {
 
 /// The route of `method` and `path` (`%24` already read as `$`).
 pub fn find(method: &Method, path: &str) -> Matched<'static> {
+    let got = segments(path);
     let matches: Vec<(usize, At, &Route)> = table()
         .iter()
-        .filter_map(|r| match_at(&r.pattern, path).map(|(n, at)| (n, at, r)))
+        .filter_map(|r| match_at(&r.pattern, &got).map(|(n, at)| (n, at, r)))
         .collect();
     let Some(longest) = matches.iter().map(|(n, _, _)| *n).max() else {
         return Matched::NotFound;
@@ -202,9 +208,10 @@ pub fn find(method: &Method, path: &str) -> Matched<'static> {
 
 /// The pattern of the route `path` is on (whatever the method), for logs and metrics.
 pub fn label(path: &str) -> &'static str {
+    let got = segments(path);
     table()
         .iter()
-        .filter_map(|r| match_at(&r.pattern, path).map(|(n, _)| (n, r)))
+        .filter_map(|r| match_at(&r.pattern, &got).map(|(n, _)| (n, r)))
         .max_by_key(|(n, _)| *n)
         .map_or("(no route)", |(_, r)| r.pattern.as_str())
 }

@@ -8,6 +8,7 @@ use serde_json::json;
 use super::{base_url, canonical_base, header_str, json_response, ApiError, Request, Response};
 use crate::app::AppState;
 use crate::auth::token::{self as protocol, OAuthError, TokenError};
+use crate::config::Config;
 
 fn no_store(mut resp: Response) -> Response {
     let h = resp.headers_mut();
@@ -63,31 +64,37 @@ pub async fn token(state: &AppState, req: &Request, base: &str) -> Response {
     }
 }
 
-/// smart-configuration, served at the base, at the server root, and under `[base]/Patient`
-/// (smart-fetch takes `<base>/Patient` as its FHIR URL for a Patient-level export and discovers
-/// there): the content is always the canonical base's.
-pub fn smart_configuration(
-    state: &AppState,
+/// The base `.well-known/smart-configuration` is answered for: it is served at the base, at the
+/// server root, and under `[base]/Patient` (smart-fetch takes `<base>/Patient` as its FHIR URL
+/// for a Patient-level export and discovers there), and its content is always the canonical
+/// base's. A 404 when authorization is off (there is nothing to discover) or when what precedes
+/// the route (`prefix`) is none of those.
+pub fn smart_configuration_base(
+    config: &Config,
     req: &Request,
     prefix: &str,
-) -> Result<Response, ApiError> {
-    if !state.config.auth.is_on() {
+) -> Result<String, ApiError> {
+    if !config.auth.is_on() {
         return Err(auth_off());
     }
-    let canonical = canonical_base(&state.config, req).ok_or_else(|| {
+    let canonical = canonical_base(config, req).ok_or_else(|| {
         ApiError::Internal("no FHIR base URL is configured: set PUBLIC_BASE_URL".into())
     })?;
-    let base = match base_url(&state.config, req, prefix) {
-        Ok(base) => base,
-        Err(_) if prefix.is_empty() => canonical,
+    match base_url(config, req, prefix) {
+        Ok(base) => Ok(base),
+        Err(_) if prefix.is_empty() => Ok(canonical),
         Err(e) => match prefix.strip_suffix("/Patient") {
-            Some(p) if base_url(&state.config, req, p).is_ok() => canonical,
-            _ => return Err(e),
+            Some(p) if base_url(config, req, p).is_ok() => Ok(canonical),
+            _ => Err(e),
         },
-    };
-    Ok(json_response(
+    }
+}
+
+/// smart-configuration at `base` ([`smart_configuration_base`]).
+pub fn smart_configuration(base: &str) -> Response {
+    json_response(
         StatusCode::OK,
         "application/json",
-        protocol::smart_configuration(&base).to_string(),
-    ))
+        protocol::smart_configuration(base).to_string(),
+    )
 }

@@ -43,10 +43,9 @@ async fn visible_job(
     ) || job.deleted_at.is_some();
     if cancelled {
         let msg = format!("export job {} was cancelled or deleted", job.id);
-        return Err(if state.config.cancelled_status_code == 410 {
-            ServiceError::Gone(msg)
-        } else {
-            ServiceError::NotFound(msg)
+        return Err(ServiceError::Cancelled {
+            message: msg,
+            answer: state.config.cancelled_status,
         });
     }
     if job.expires_at.is_some_and(|e| e <= Utc::now()) {

@@ -23,9 +23,13 @@ pub enum ServiceError {
     /// Unknown, or not the client's to see (404).
     #[error("{0}")]
     NotFound(String),
-    /// Cancelled or deleted, where the server answers 410 for those (Firely's behaviour).
-    #[error("{0}")]
-    Gone(String),
+    /// Cancelled or deleted: answered as configured (`CANCELLED_STATUS_CODE`: 404 as if
+    /// unknown, or 410 Gone).
+    #[error("{message}")]
+    Cancelled {
+        message: String,
+        answer: crate::config::CancelledStatus,
+    },
     /// A limit of the client's (429 with Retry-After).
     #[error("{message}")]
     TooManyRequests { message: String, retry_after: u64 },

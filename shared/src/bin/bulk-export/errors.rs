@@ -1,12 +1,13 @@
 //! What `bulk-export` prints when a command fails: one line per distinct cause (a cause already
 //! said by the message before it is not repeated), and for the errors a newcomer meets first
-//! (Postgres not reachable, no such database, a port in use) what to do about them.
+//! (Postgres not reachable, no such database) what to do about them; serve.rs says what to do
+//! about a port in use.
 
 use std::str::FromStr;
 
 /// The text printed after `error: ` for a failed command. `database_url` is the configured
 /// DATABASE_URL, named (without its password) when the database cannot be reached.
-pub fn describe(err: &anyhow::Error, database_url: Option<&str>) -> String {
+pub(crate) fn describe(err: &anyhow::Error, database_url: Option<&str>) -> String {
     if let Some(pg) = err
         .chain()
         .find_map(|e| e.downcast_ref::<tokio_postgres::Error>())
@@ -20,7 +21,7 @@ pub fn describe(err: &anyhow::Error, database_url: Option<&str>) -> String {
 
 /// `a: b: c` from an error chain, leaving out each cause whose text the message so far already
 /// contains (error types that embed their source's text would otherwise repeat it).
-pub fn chain_without_repeats<'a>(
+fn chain_without_repeats<'a>(
     chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>,
 ) -> String {
     let mut out = String::new();
@@ -38,7 +39,7 @@ pub fn chain_without_repeats<'a>(
 }
 
 /// `host:port` and database name of a Postgres URL, for messages (never the password).
-pub fn database_target(url: &str) -> (String, String) {
+fn database_target(url: &str) -> (String, String) {
     let without_query = url.split('?').next().unwrap_or(url);
     match tokio_postgres::Config::from_str(without_query) {
         Ok(cfg) => {
@@ -100,46 +101,6 @@ fn database_hint(pg: &tokio_postgres::Error, database_url: Option<&str>) -> Opti
     ))
 }
 
-/// The message for a `serve` port that cannot be bound.
-pub fn bind_error(err: &std::io::Error, host: std::net::IpAddr, port: u16) -> String {
-    match err.kind() {
-        std::io::ErrorKind::AddrInUse => format!(
-            "port {port} on {host} is already in use (another `bulk-export serve`?): stop that \
-             process or choose another port: PORT=9000 (scripts/run-local.sh, or the environment) \
-             or --port 9000"
-        ),
-        std::io::ErrorKind::PermissionDenied => format!(
-            "not allowed to listen on {host}:{port} (ports below 1024 need root): choose another \
-             port with PORT= or --port"
-        ),
-        _ => format!("cannot listen on {host}:{port}: {err}"),
-    }
-}
-
-/// Whether a finished job's files are gone: deleted (a client's DELETE or `jobs --cancel`) or
-/// expired, and its state as `bulk-export jobs ID` shows it: `Complete, deleted <time> — files
-/// removed` (the files are no longer served, and the purge removes them), else the status.
-pub fn job_state(
-    status: &str,
-    deleted_at: Option<chrono::DateTime<chrono::Utc>>,
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
-    now: chrono::DateTime<chrono::Utc>,
-) -> (String, bool) {
-    let finished = matches!(status, "Complete" | "Failed");
-    let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
-    match (deleted_at, expires_at) {
-        (Some(d), _) if finished => (
-            format!("{status}, deleted {} — files removed", time(d)),
-            true,
-        ),
-        (None, Some(e)) if finished && e <= now => (
-            format!("{status}, expired {} — files removed", time(e)),
-            true,
-        ),
-        _ => (status.to_string(), false),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,42 +126,5 @@ mod tests {
         assert_eq!((t.as_str(), db.as_str()), ("db.example:6543", "fhir"));
         let (t, db) = database_target("postgres://alice@127.0.0.1");
         assert_eq!((t.as_str(), db.as_str()), ("127.0.0.1:5432", "alice"));
-    }
-
-    #[test]
-    fn a_port_in_use_names_the_port_and_the_setting() {
-        let e = std::io::Error::from(std::io::ErrorKind::AddrInUse);
-        let msg = bind_error(&e, "127.0.0.1".parse().expect("ip"), 8080);
-        assert!(msg.contains("port 8080") && msg.contains("PORT="), "{msg}");
-    }
-
-    #[test]
-    fn a_deleted_or_expired_finished_job_says_its_files_are_gone() {
-        use chrono::TimeZone;
-        let t = chrono::Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap();
-        let later = t + chrono::Duration::hours(1);
-        assert_eq!(
-            job_state("Complete", Some(t), Some(later), t),
-            (
-                "Complete, deleted 2024-05-01 12:00:00 — files removed".to_string(),
-                true
-            )
-        );
-        assert_eq!(
-            job_state("Failed", None, Some(t), later),
-            (
-                "Failed, expired 2024-05-01 12:00:00 — files removed".to_string(),
-                true
-            )
-        );
-        assert_eq!(
-            job_state("Complete", None, Some(later), t),
-            ("Complete".to_string(), false)
-        );
-        // A cancelled running job is not "deleted with its files": it had none to serve.
-        assert_eq!(
-            job_state("Cancelled", Some(t), None, later),
-            ("Cancelled".to_string(), false)
-        );
     }
 }
