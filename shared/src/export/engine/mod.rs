@@ -365,25 +365,7 @@ impl Exporter {
         let Some(job) = jobs::get_job(&self.pool, item.job_id).await? else {
             return Ok(());
         };
-        if item.attempts >= self.config.max_attempts {
-            let error = coordinate::gave_up(
-                item.attempts,
-                item.error.as_deref(),
-                item.public_error.as_deref(),
-            );
-            warn!(attempts = item.attempts, error = %error.internal, "export failed for good");
-            self.fail(&job, None, &error, summary).await?;
-            return Ok(());
-        }
-        let down_for = item
-            .storage_down_since
-            .and_then(|since| (chrono::Utc::now() - since).to_std().ok());
-        if down_for.is_some_and(|d| d >= self.config.storage_outage) {
-            let error = jobs::JobError::storage_gone(
-                self.config.storage_outage,
-                item.error.as_deref(),
-                item.public_error.as_deref(),
-            );
+        if let Some(error) = self.spent(&item) {
             warn!(error = %error.internal, "export failed for good");
             self.fail(&job, None, &error, summary).await?;
             return Ok(());
@@ -393,37 +375,65 @@ impl Exporter {
         let heartbeat = self.keep_leased(Leased::Item(item.clone()));
         let result = self.export_item(&job, item.clone(), deadline).await;
         drop(heartbeat);
-        // A file of the item that another exporter finished, or whose job's files were deleted,
-        // while this one was stopped past its lease (SIGSTOP, a long pause): the expected race,
-        // not a failed attempt, unless this exporter still holds the item.
-        let result = match result {
-            Err(Transient(EngineError::Storage(StorageError::PartialGone { key }))) => {
-                match work_items::renew_lease(&self.pool, &item, &self.owner, self.config.lease)
-                    .await?
-                {
-                    Some(JobStatus::Active) => {
-                        Err(Transient(EngineError::Storage(StorageError::PartialGone {
-                            key,
-                        })))
-                    }
-                    _ => {
-                        info!(file = %key, "the item's unfinished file is gone: another exporter took the item, or its job ended; nothing to do");
-                        Ok(ItemOutcome::LeaseLost)
-                    }
-                }
-            }
-            other => other,
+        let result = self.unless_taken_over(&item, result).await?;
+        self.record_outcome(&job, &item, result, summary).await
+    }
+
+    /// Why an item must not be tried again, if it must not: it used up its attempts, or its
+    /// storage has been unavailable for STORAGE_OUTAGE_SECONDS.
+    fn spent(&self, item: &WorkItem) -> Option<jobs::JobError> {
+        let (internal, public) = (item.error.as_deref(), item.public_error.as_deref());
+        if item.attempts >= self.config.max_attempts {
+            return Some(coordinate::gave_up(item.attempts, internal, public));
+        }
+        let down_for = item
+            .storage_down_since
+            .and_then(|since| (chrono::Utc::now() - since).to_std().ok());
+        down_for
+            .is_some_and(|d| d >= self.config.storage_outage)
+            .then(|| jobs::JobError::storage_gone(self.config.storage_outage, internal, public))
+    }
+
+    /// A file of the item that another exporter finished, or whose job's files were deleted,
+    /// while this one was stopped past its lease (SIGSTOP, a long pause): the expected race,
+    /// not a failed attempt, unless this exporter still holds the item.
+    async fn unless_taken_over(
+        &self,
+        item: &WorkItem,
+        result: Result<ItemOutcome, Failure>,
+    ) -> Result<Result<ItemOutcome, Failure>, EngineError> {
+        let Err(Transient(EngineError::Storage(StorageError::PartialGone { key }))) = result else {
+            return Ok(result);
         };
+        let status =
+            work_items::renew_lease(&self.pool, item, &self.owner, self.config.lease).await?;
+        if status == Some(JobStatus::Active) {
+            return Ok(Err(Transient(EngineError::Storage(
+                StorageError::PartialGone { key },
+            ))));
+        }
+        info!(file = %key, "the item's unfinished file is gone: another exporter took the item, or its job ended; nothing to do");
+        Ok(Ok(ItemOutcome::LeaseLost))
+    }
+
+    /// Records how an item's export ended: progress, a hand-off, a failure.
+    async fn record_outcome(
+        &self,
+        job: &Job,
+        item: &WorkItem,
+        result: Result<ItemOutcome, Failure>,
+        summary: &mut RunSummary,
+    ) -> Result<(), EngineError> {
         match result {
             Ok(ItemOutcome::Finished { completed }) => {
                 summary.items += 1;
                 if completed {
                     info!("export complete");
-                    summary.complete(&job);
+                    summary.complete(job);
                 }
             }
             Ok(ItemOutcome::Deadline) => {
-                work_items::release(&self.pool, &item, &self.owner).await?;
+                work_items::release(&self.pool, item, &self.owner).await?;
                 if let Err(e) = self.queue.send(job.id).await {
                     warn!(error = %e, "could not requeue; the schedule will resume the job");
                 }
@@ -432,50 +442,57 @@ impl Exporter {
             }
             Ok(ItemOutcome::Cancelled) => {
                 // The job's files are deleted once no exporter holds one of its items.
-                work_items::release(&self.pool, &item, &self.owner).await?;
+                work_items::release(&self.pool, item, &self.owner).await?;
                 if let Err(e) = self.queue.send(job.id).await {
                     warn!(error = %e, "could not send a wake-up for the cancellation");
                 }
             }
             Ok(ItemOutcome::LeaseLost) => {
-                work_items::release(&self.pool, &item, &self.owner).await?;
+                work_items::release(&self.pool, item, &self.owner).await?;
                 info!("item lost to another exporter (this one was past its lease), or its job stopped");
             }
             Err(Permanent(msg)) => {
                 warn!(error = %msg, "export failed");
-                self.fail(
-                    &job,
-                    None,
-                    &jobs::JobError::permanent(msg.to_string()),
-                    summary,
-                )
-                .await?;
+                let error = jobs::JobError::permanent(msg.to_string());
+                self.fail(job, None, &error, summary).await?;
             }
-            Err(Transient(e)) => {
-                let error = job_error(&e);
-                let storage_down = matches!(&e, EngineError::Storage(s) if s.unavailable());
-                if storage_down {
-                    warn!(error = %error.internal, "storage unavailable; the item waits for it");
-                } else {
-                    warn!(error = %error.internal, "export attempt failed");
-                }
-                let status = work_items::record_failure(
-                    &self.pool,
-                    &item,
-                    &self.owner,
-                    &error,
-                    storage_down,
-                    work_items::RetryLimits {
-                        max_attempts: self.config.max_attempts,
-                        storage_outage: self.config.storage_outage,
-                        backoff: self.retry_backoff,
-                    },
-                    self.config.job_retention,
-                )
-                .await?;
-                summary.attempt_failed(&job, status);
-            }
+            Err(Transient(e)) => self.record_attempt(job, item, &e, summary).await?,
         }
+        Ok(())
+    }
+
+    /// A failed attempt: retried after the backoff, or the job fails at its limits; a storage
+    /// outage is not an attempt (see `work_items::record_failure`).
+    async fn record_attempt(
+        &self,
+        job: &Job,
+        item: &WorkItem,
+        e: &EngineError,
+        summary: &mut RunSummary,
+    ) -> Result<(), EngineError> {
+        let error = job_error(e);
+        let storage_down = matches!(e, EngineError::Storage(s) if s.unavailable());
+        if storage_down {
+            warn!(error = %error.internal, "storage unavailable; the item waits for it");
+        } else {
+            warn!(error = %error.internal, "export attempt failed");
+        }
+        let limits = work_items::RetryLimits {
+            max_attempts: self.config.max_attempts,
+            storage_outage: self.config.storage_outage,
+            backoff: self.retry_backoff,
+        };
+        let status = work_items::record_failure(
+            &self.pool,
+            item,
+            &self.owner,
+            &error,
+            storage_down,
+            limits,
+            self.config.job_retention,
+        )
+        .await?;
+        summary.attempt_failed(job, status);
         Ok(())
     }
 
