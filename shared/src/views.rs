@@ -36,6 +36,18 @@ fn bad(message: String) -> KickoffError {
     KickoffError::InvalidParameter(message)
 }
 
+/// The parameters of a kick-off as read, before they are checked together.
+#[derive(Default)]
+struct ViewRequest {
+    views: Vec<NamedView>,
+    format: Option<String>,
+    header: Option<bool>,
+    group_id: Option<String>,
+    client_tracking_id: Option<String>,
+    /// `patient` and `_since`, read by `$export`'s parameter parser.
+    pairs: Vec<(String, String)>,
+}
+
 /// Reads the Parameters body of a `$viewdefinition-export` kick-off. Each `view` is validated
 /// here, so that a view that cannot run is refused now with the element at fault, never at
 /// export time.
@@ -44,51 +56,41 @@ pub fn parse_kickoff(
     additional: &[String],
     stored: &StoredViews,
 ) -> Result<ViewKickoff, KickoffError> {
-    let v: Value =
+    let mut request = ViewRequest::default();
+    for (i, param) in parameters(body)?.iter().enumerate() {
+        let name = param
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(format!("parameter[{i}] has no name")))?;
+        request.add(name, param, stored)?;
+    }
+    request.into_kickoff(additional)
+}
+
+/// The `parameter` array of a Parameters body.
+fn parameters(body: &[u8]) -> Result<Vec<Value>, KickoffError> {
+    let mut v: Value =
         serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
     if v.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
         return Err(bad(
             "the body must be a FHIR Parameters resource with at least one `view`".into(),
         ));
     }
-    let empty = Vec::new();
-    let parameters = match v.get("parameter") {
-        None => &empty,
-        Some(Value::Array(a)) => a,
-        Some(_) => return Err(bad("Parameters.parameter must be an array".into())),
-    };
-    let mut views: Vec<NamedView> = Vec::new();
-    let mut format: Option<String> = None;
-    let mut header: Option<bool> = None;
-    let mut group_id: Option<String> = None;
-    let mut client_tracking_id: Option<String> = None;
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    for (i, param) in parameters.iter().enumerate() {
-        let name = param
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad(format!("parameter[{i}] has no name")))?;
+    match v.get_mut("parameter").map(Value::take) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(a)) => Ok(a),
+        Some(_) => Err(bad("Parameters.parameter must be an array".into())),
+    }
+}
+
+impl ViewRequest {
+    /// Reads one parameter.
+    fn add(&mut self, name: &str, param: &Value, stored: &StoredViews) -> Result<(), KickoffError> {
         match name {
-            "view" => {
-                if views.len() == MAX_VIEWS {
-                    return Err(bad(format!(
-                        "view: more than {MAX_VIEWS} views; split the export"
-                    )));
-                }
-                let view = read_view(param, views.len(), stored)?;
-                if views.iter().any(|v| v.name == view.name) {
-                    return Err(bad(format!(
-                        "view[{}]: the name {:?} is already another view's (each view's output \
-                         has its own name)",
-                        views.len(),
-                        view.name
-                    )));
-                }
-                views.push(view);
-            }
-            "_format" => format = Some(text(param, name)?),
+            "view" => self.add_view(param, stored)?,
+            "_format" => self.format = Some(text(param, name)?),
             "header" => {
-                header = Some(
+                self.header = Some(
                     param
                         .get("valueBoolean")
                         .and_then(Value::as_bool)
@@ -101,11 +103,11 @@ pub fn parse_kickoff(
                 if !params::is_fhir_id(&id) {
                     return Err(bad(format!("group: {g:?} is not a Group reference")));
                 }
-                group_id = Some(id);
+                self.group_id = Some(id);
             }
-            "patient" => pairs.push((name.into(), reference(param, name)?)),
-            "_since" => pairs.push((name.into(), text(param, name)?)),
-            "clientTrackingId" => client_tracking_id = Some(text(param, name)?),
+            "patient" => self.pairs.push((name.into(), reference(param, name)?)),
+            "_since" => self.pairs.push((name.into(), text(param, name)?)),
+            "clientTrackingId" => self.client_tracking_id = Some(text(param, name)?),
             other => {
                 return Err(KickoffError::NotSupported(format!(
                     "{other}: not a parameter of $viewdefinition-export (view, _format, header, \
@@ -113,47 +115,76 @@ pub fn parse_kickoff(
                 )))
             }
         }
+        Ok(())
     }
-    if views.is_empty() {
-        return Err(bad("view: at least one view is required".into()));
-    }
-    let code = format.unwrap_or_else(|| "ndjson".into());
-    let code = format_code(&code).ok_or_else(|| {
-        KickoffError::NotSupported(format!(
-            "_format: {code:?} is not supported (ndjson, csv or parquet)"
-        ))
-    })?;
-    let level = match (&group_id, pairs.iter().any(|(n, _)| n == "patient")) {
-        (Some(_), _) => ExportLevel::Group,
-        (None, true) => ExportLevel::Patient,
-        (None, false) => ExportLevel::System,
-    };
-    let mut p = params::parse_params(level, &pairs, additional, false)?;
-    let mut types: Vec<String> = Vec::new();
-    for v in &views {
-        let t = view_type(&v.definition);
-        if !types.contains(&t) {
-            types.push(t);
+
+    /// A `view`: validated, its name unique among the job's views.
+    fn add_view(&mut self, param: &Value, stored: &StoredViews) -> Result<(), KickoffError> {
+        if self.views.len() == MAX_VIEWS {
+            return Err(bad(format!(
+                "view: more than {MAX_VIEWS} views; split the export"
+            )));
         }
+        let view = read_view(param, self.views.len(), stored)?;
+        if self.views.iter().any(|v| v.name == view.name) {
+            return Err(bad(format!(
+                "view[{}]: the name {:?} is already another view's (each view's output has its \
+                 own name)",
+                self.views.len(),
+                view.name
+            )));
+        }
+        self.views.push(view);
+        Ok(())
     }
-    p.types = Some(types);
-    p.view_format = Some(ViewFormat {
-        code: code.to_string(),
-        header: header.unwrap_or(true),
-    });
-    p.client_tracking_id = client_tracking_id;
-    p.views = views;
-    let stored = serde_json::to_string(&p.views).map_or(usize::MAX, |s| s.len());
-    if stored > MAX_VIEWS_BYTES {
-        return Err(bad(format!(
-            "the views take {stored} bytes; at most {MAX_VIEWS_BYTES} are accepted"
-        )));
+
+    /// The export the parameters ask for: its level (Group with `group`, Patient with
+    /// `patient`, else system), types (those of the views) and the views' format.
+    fn into_kickoff(self, additional: &[String]) -> Result<ViewKickoff, KickoffError> {
+        if self.views.is_empty() {
+            return Err(bad("view: at least one view is required".into()));
+        }
+        let code = self.format.unwrap_or_else(|| "ndjson".into());
+        let code = format_code(&code).ok_or_else(|| {
+            KickoffError::NotSupported(format!(
+                "_format: {code:?} is not supported (ndjson, csv or parquet)"
+            ))
+        })?;
+        let level = match (
+            &self.group_id,
+            self.pairs.iter().any(|(n, _)| n == "patient"),
+        ) {
+            (Some(_), _) => ExportLevel::Group,
+            (None, true) => ExportLevel::Patient,
+            (None, false) => ExportLevel::System,
+        };
+        let mut p = params::parse_params(level, &self.pairs, additional, false)?;
+        let mut types: Vec<String> = Vec::new();
+        for v in &self.views {
+            let t = view_type(&v.definition);
+            if !types.contains(&t) {
+                types.push(t);
+            }
+        }
+        p.types = Some(types);
+        p.view_format = Some(ViewFormat {
+            code: code.to_string(),
+            header: self.header.unwrap_or(true),
+        });
+        p.client_tracking_id = self.client_tracking_id;
+        p.views = self.views;
+        let stored = serde_json::to_string(&p.views).map_or(usize::MAX, |s| s.len());
+        if stored > MAX_VIEWS_BYTES {
+            return Err(bad(format!(
+                "the views take {stored} bytes; at most {MAX_VIEWS_BYTES} are accepted"
+            )));
+        }
+        Ok(ViewKickoff {
+            level,
+            group_id: self.group_id,
+            params: p,
+        })
     }
-    Ok(ViewKickoff {
-        level,
-        group_id,
-        params: p,
-    })
 }
 
 /// The format a `_format` value names (a SQL on FHIR output format code or a media type):
