@@ -3,8 +3,9 @@
 //! export is exact at its transaction time), each resource turned into the rows of every view of its type, each
 //! view's rows encoded (ndjson, CSV or Parquet) into files of its own of about `MAX_FILE_BYTES`.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use super::range::{ItemWriter, StepFiles};
@@ -137,44 +138,17 @@ async fn open_view_file(
 /// The rows one resource gives: for each view of the type, its values, flattened.
 type Evaluated = Vec<Vec<serde_json::Value>>;
 
-/// Rows evaluated on one thread before they are handed to the encoders (a batch is split into
-/// chunks of at least this many rows, one per core).
-const MIN_CHUNK_ROWS: usize = 256;
+/// Rows a thread parses and evaluates at a time: a batch is cut into chunks of this many rows,
+/// which the machine's cores take in turn while the chunks before are encoded.
+const CHUNK_ROWS: usize = 256;
 
 /// Parses resources and runs the views of their type over them (shared by the threads).
 struct Evaluator<'a> {
     projection: &'a sof::Projection,
-    views: Vec<&'a sof::View>,
+    views: Vec<Arc<sof::View>>,
 }
 
 impl Evaluator<'_> {
-    /// Parses `rows` and runs every view over each, spread over the machine's cores (parsing
-    /// and evaluation are most of a view export's work; the encoders then take the results in
-    /// order). One result per row, in order.
-    fn evaluate(&self, rows: &[StreamedRow]) -> Vec<Result<Evaluated, Failure>> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let chunk = rows.len().div_ceil(threads).max(MIN_CHUNK_ROWS);
-        if rows.len() <= chunk {
-            return rows.iter().map(|r| self.evaluate_one(r)).collect();
-        }
-        std::thread::scope(|scope| {
-            let mut chunks = rows.chunks(chunk);
-            let first = chunks.next().unwrap_or_default();
-            let others: Vec<_> = chunks
-                .map(|c| scope.spawn(move || c.iter().map(|r| self.evaluate_one(r)).collect()))
-                .collect();
-            let mut out: Vec<Result<Evaluated, Failure>> =
-                first.iter().map(|r| self.evaluate_one(r)).collect();
-            for handle in others {
-                match handle.join() {
-                    Ok(part) => out.extend::<Vec<_>>(part),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
-            }
-            out
-        })
-    }
-
     /// The rows every view gives for `row`.
     fn evaluate_one(&self, row: &StreamedRow) -> Result<Evaluated, Failure> {
         let resource = self.projection.parse(row.resource_bytes()).map_err(|e| {
@@ -199,27 +173,91 @@ impl Evaluator<'_> {
             })
             .collect()
     }
+
+    /// Parses and evaluates `rows` on every core, chunk by chunk, and hands each row's result
+    /// to `consume` in order on the calling thread while later chunks are still being
+    /// evaluated (parsing and evaluation are most of a view export's work; the encoders, which
+    /// `consume` feeds, then overlap them). `consume` returns false to stop: the chunks not yet
+    /// started are left. The number of rows consumed.
+    fn evaluate_in_order(
+        &self,
+        rows: &[StreamedRow],
+        mut consume: impl FnMut(&StreamedRow, Result<Evaluated, Failure>) -> Result<bool, Failure>,
+    ) -> Result<usize, Failure> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if threads == 1 || rows.len() <= CHUNK_ROWS {
+            for (i, row) in rows.iter().enumerate() {
+                if !consume(row, self.evaluate_one(row))? {
+                    return Ok(i + 1);
+                }
+            }
+            return Ok(rows.len());
+        }
+        let chunks: Vec<&[StreamedRow]> = rows.chunks(CHUNK_ROWS).collect();
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::channel::<(usize, Vec<Result<Evaluated, Failure>>)>();
+            for _ in 0..threads.min(chunks.len()) {
+                let (tx, chunks, next, stop) = (tx.clone(), &chunks, &next, &stop);
+                scope.spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(chunk) = chunks.get(i) else { break };
+                        let done = chunk.iter().map(|r| self.evaluate_one(r)).collect();
+                        if tx.send((i, done)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            // Chunks arrive in any order; they are consumed in order.
+            let mut early: BTreeMap<usize, Vec<Result<Evaluated, Failure>>> = BTreeMap::new();
+            let mut consumed = 0;
+            for (want, chunk) in chunks.iter().enumerate() {
+                let results = loop {
+                    if let Some(r) = early.remove(&want) {
+                        break r;
+                    }
+                    match rx.recv() {
+                        Ok((i, r)) => {
+                            early.insert(i, r);
+                        }
+                        // Every thread gone with chunks left: one of them panicked (the scope
+                        // passes the panic on).
+                        Err(_) => return Ok(consumed),
+                    }
+                };
+                for (row, result) in chunk.iter().zip(results) {
+                    consumed += 1;
+                    let go_on = consume(row, result);
+                    if !matches!(go_on, Ok(true)) {
+                        stop.store(true, Ordering::Relaxed);
+                        return go_on.map(|_| consumed);
+                    }
+                }
+            }
+            Ok(consumed)
+        })
+    }
 }
 
-impl ViewFiles {
-    fn evaluator(&self) -> Evaluator<'_> {
-        Evaluator {
-            projection: &self.projection,
-            views: self.files.iter().map(|f| f.view.as_ref()).collect(),
+/// Hands one resource's rows to the encoders of its views.
+fn encode(files: &mut [ViewFile], evaluated: Evaluated) -> Result<(), Failure> {
+    for (f, flat) in files.iter_mut().zip(evaluated) {
+        if !flat.is_empty() {
+            f.encoder
+                .push(&flat)
+                .map_err(|e| Failure::Permanent(Unexportable::View(e.to_string())))?;
         }
     }
+    Ok(())
+}
 
-    /// Hands one resource's rows to the encoders of its views.
-    fn encode(&mut self, evaluated: Evaluated) -> Result<(), Failure> {
-        for (f, flat) in self.files.iter_mut().zip(evaluated) {
-            if !flat.is_empty() {
-                f.encoder
-                    .push(&flat)
-                    .map_err(|e| Failure::Permanent(Unexportable::View(e.to_string())))?;
-            }
-        }
-        Ok(())
-    }
+/// Whether one of `files` has reached `max_bytes`.
+fn any_full(files: &[ViewFile], max_bytes: u64) -> bool {
+    files.iter().any(|f| f.encoder.bytes_so_far() >= max_bytes)
 }
 
 impl StepFiles for ViewFiles {
@@ -232,21 +270,24 @@ impl StepFiles for ViewFiles {
         mut cursor: Option<&mut String>,
     ) -> Result<bool, Failure> {
         let rows: Vec<StreamedRow> = pending.drain(..).collect();
-        let evaluated = self.evaluator().evaluate(&rows);
-        let mut rows = rows.into_iter();
-        for (row, result) in rows.by_ref().zip(evaluated) {
+        let evaluator = Evaluator {
+            projection: &self.projection,
+            views: self.files.iter().map(|f| f.view.clone()).collect(),
+        };
+        let (files, max_bytes) = (&mut self.files, self.max_bytes);
+        let mut full = false;
+        let consumed = evaluator.evaluate_in_order(&rows, |row, result| {
             if let Some(c) = cursor.as_deref_mut() {
                 c.clear();
                 c.push_str(row.id());
             }
-            self.encode(result?)?;
-            if self.full() {
-                // Back to `pending` (emptied above), in order.
-                pending.extend(rows);
-                return Ok(true);
-            }
-        }
-        Ok(false)
+            encode(files, result?)?;
+            full = any_full(files, max_bytes);
+            Ok(!full)
+        })?;
+        // The rows after a full file go back to `pending` (emptied above), in order.
+        pending.extend(rows.into_iter().skip(consumed));
+        Ok(full)
     }
 
     /// Writes what the encoders have ready.
@@ -262,9 +303,7 @@ impl StepFiles for ViewFiles {
     }
 
     fn full(&self) -> bool {
-        self.files
-            .iter()
-            .any(|f| f.encoder.bytes_so_far() >= self.max_bytes)
+        any_full(&self.files, self.max_bytes)
     }
 
     async fn finish(self) -> Result<Vec<ExportFile>, Failure> {
