@@ -31,6 +31,56 @@ struct PausingStore {
     pages: Rendezvous,
 }
 
+/// A store whose writers report each page written and wait for the test to let them go on.
+fn pausing_store() -> (
+    Arc<PausingStore>,
+    mpsc::UnboundedReceiver<(String, oneshot::Sender<()>)>,
+) {
+    let (pages, seen) = mpsc::unbounded_channel();
+    let store = Arc::new(PausingStore {
+        inner: LocalStore::new(temp_dir()).expect("store"),
+        pages,
+    });
+    (store, seen)
+}
+
+/// Queues a job as a kick-off does (its transaction time is now); the test's writes start a
+/// little after it.
+async fn queue_job(
+    db: &TestDb,
+    level: ExportLevel,
+    params: &ExportParams,
+    request_url: &str,
+) -> shared::export::Job {
+    let job = jobs::insert_job(
+        &db.pool,
+        NewJob {
+            level,
+            group_id: None,
+            params,
+            request_url,
+            client_id: None,
+        },
+        jobs::JobLimits {
+            running: 10,
+            stored: 10,
+        },
+    )
+    .await
+    .expect("insert")
+    .expect("limits");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    job
+}
+
+/// An exporter over `store` that reads 10 rows at a time, so that the test's writes land
+/// between its batches.
+fn paging_exporter(db: &TestDb, store: Arc<PausingStore>, config: Arc<shared::Config>) -> Exporter {
+    let mut e = Exporter::new(db.pool.clone(), store, Arc::new(NoQueue), config);
+    e.page_rows = 10;
+    e
+}
+
 struct PausingWriter {
     inner: Box<dyn ObjectWriter>,
     pages: Rendezvous,
@@ -105,41 +155,22 @@ async fn writes_behind_and_ahead_of_the_cursor_in_both_phases_change_nothing() {
     let ids: Vec<String> = before.keys().cloned().collect();
     assert_eq!(ids.len(), 240);
 
-    let (pages, mut seen) = mpsc::unbounded_channel();
-    let store = Arc::new(PausingStore {
-        inner: LocalStore::new(temp_dir()).expect("store"),
-        pages,
-    });
+    let (store, mut seen) = pausing_store();
     let config = integration_tests::config_with(&db, &[]);
     let params = ExportParams {
         types: Some(vec!["Observation".into()]),
         output_format: Default::default(),
         ..Default::default()
     };
-    let job = jobs::insert_job(
-        &db.pool,
-        NewJob {
-            level: ExportLevel::System,
-            group_id: None,
-            params: &params,
-            request_url: "http://test/$export?_type=Observation",
-            client_id: None,
-        },
-        jobs::JobLimits {
-            running: 10,
-            stored: 10,
-        },
+    let job = queue_job(
+        &db,
+        ExportLevel::System,
+        &params,
+        "http://test/$export?_type=Observation",
     )
-    .await
-    .expect("insert")
-    .expect("limits");
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    .await;
 
-    let exporter = {
-        let mut e = Exporter::new(db.pool.clone(), store.clone(), Arc::new(NoQueue), config);
-        e.page_rows = 10;
-        e
-    };
+    let exporter = paging_exporter(&db, store.clone(), config);
     let (start, started) = oneshot::channel::<()>();
     let mut run = tokio::spawn(async move {
         let _ = started.await;
@@ -454,40 +485,21 @@ async fn a_view_export_holds_the_rows_of_its_transaction_time_under_concurrent_w
 
     let kickoff = shared::views::parse_kickoff(VIEWS_KICKOFF.as_bytes(), &[], &Default::default())
         .expect("the views");
-    let job = jobs::insert_job(
-        &db.pool,
-        NewJob {
-            level: kickoff.level,
-            group_id: None,
-            params: &kickoff.params,
-            request_url: "http://test/$viewdefinition-export",
-            client_id: None,
-        },
-        jobs::JobLimits {
-            running: 10,
-            stored: 10,
-        },
+    let job = queue_job(
+        &db,
+        kickoff.level,
+        &kickoff.params,
+        "http://test/$viewdefinition-export",
     )
-    .await
-    .expect("insert")
-    .expect("limits");
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    .await;
 
-    let (pages, mut seen) = mpsc::unbounded_channel();
-    let store = Arc::new(PausingStore {
-        inner: LocalStore::new(temp_dir()).expect("store"),
-        pages,
-    });
+    let (store, mut seen) = pausing_store();
     // Items of about 40 kB (Observation in several key ranges), files of at most 8 KiB.
     let config = integration_tests::config_with(
         &db,
         &[("EXPORT_ITEM_BYTES", "40000"), ("MAX_FILE_BYTES", "8192")],
     );
-    let exporter = {
-        let mut e = Exporter::new(db.pool.clone(), store.clone(), Arc::new(NoQueue), config);
-        e.page_rows = 10;
-        e
-    };
+    let exporter = paging_exporter(&db, store.clone(), config);
 
     // After the transaction time, before anything is read.
     let mut writer = Writer::new(db.pool.clone(), ids.clone(), 0, 0x5eed_0001);

@@ -29,8 +29,10 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use integration_tests::lambda_rig::{ApiType, Stack, StackOptions};
-use integration_tests::{bearer_client, register_fixture_client, TestDb};
+use integration_tests::bearer_client;
+use integration_tests::lambda_rig::ApiType;
+
+use super::emulated::deployed;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -293,16 +295,7 @@ async fn status_of(client: &reqwest::Client, status_url: &str) -> reqwest::Statu
 async fn bulk_data_client_exports_every_level_through_the_lambdas_behind_both_front_doors() {
     checkout();
     for api_type in [ApiType::HttpApi, ApiType::RestApi] {
-        let (db, data) = TestDb::from_template().await;
-        register_fixture_client(&db.pool, CLIENT_ID, "system/*.read").await;
-        let stack = Stack::deploy(
-            &db,
-            StackOptions {
-                api_type,
-                ..Default::default()
-            },
-        )
-        .await;
+        let (db, data, stack) = deployed(CLIENT_ID, api_type).await;
         let what = api_type.name();
         let base = stack.base_url.clone();
 

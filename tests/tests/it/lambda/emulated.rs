@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
+use integration_tests::data::DataSet;
 use integration_tests::lambda_rig::{ApiType, Emulator, Poller, Stack, StackOptions, StallRelay};
 use integration_tests::{bearer_client, http_client, register_fixture_client, TestDb};
 use serde_json::Value;
@@ -89,19 +90,26 @@ fn expected_keys(data: &integration_tests::data::DataSet, types: &[&str]) -> Vec
     keys
 }
 
+/// A database from the template with `client` registered (scope `system/*.read`), and the stack
+/// deployed over it behind `api_type`.
+pub(super) async fn deployed(client: &str, api_type: ApiType) -> (TestDb, &'static DataSet, Stack) {
+    let (db, data) = TestDb::from_template().await;
+    register_fixture_client(&db.pool, client, "system/*.read").await;
+    let stack = Stack::deploy(
+        &db,
+        StackOptions {
+            api_type,
+            ..Default::default()
+        },
+    )
+    .await;
+    (db, data, stack)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn smart_fetch_exports_every_level_through_the_lambdas_behind_both_front_doors() {
     for api_type in [ApiType::HttpApi, ApiType::RestApi] {
-        let (db, data) = TestDb::from_template().await;
-        register_fixture_client(&db.pool, "smart-fetch", "system/*.read").await;
-        let stack = Stack::deploy(
-            &db,
-            StackOptions {
-                api_type,
-                ..Default::default()
-            },
-        )
-        .await;
+        let (db, data, stack) = deployed("smart-fetch", api_type).await;
         let what = api_type.name();
         let base = stack.base_url.clone();
         let system = smart_fetch_counts(&["--fhir-url", &base]).await;

@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use integration_tests::lambda_rig::{ApiType, Stack, StackOptions};
-use integration_tests::{bearer_client, http_client, register_fixture_client, TestDb};
+use integration_tests::lambda_rig::ApiType;
+use integration_tests::{bearer_client, http_client};
 use serde_json::{json, Value};
 
-use super::emulated::{token, wait_done};
+use super::emulated::{deployed, token, wait_done};
 use crate::views::{
     expected_observations, expected_patients, kick_off, observations_view, patients_view,
     view_param,
@@ -80,16 +80,7 @@ for path, with_rows in zip(sys.argv[1::2], sys.argv[2::2]):
 async fn a_view_export_runs_through_the_lambdas_behind_both_front_doors() {
     for (api_type, format) in [(ApiType::HttpApi, "parquet"), (ApiType::RestApi, "ndjson")] {
         let what = format!("{} {format}", api_type.name());
-        let (db, data) = TestDb::from_template().await;
-        register_fixture_client(&db.pool, "analyst", "system/*.read").await;
-        let stack = Stack::deploy(
-            &db,
-            StackOptions {
-                api_type,
-                ..Default::default()
-            },
-        )
-        .await;
+        let (_db, data, stack) = deployed("analyst", api_type).await;
         let base = stack.base_url.clone();
         let client = bearer_client(&token(&base, "analyst").await);
         let resp = kick_off(
