@@ -1,4 +1,5 @@
-//! Rough throughput of view evaluation on NDJSON resources (JSON parsing measured apart).
+//! Rough throughput of view evaluation on NDJSON resources (JSON parsing measured apart, into
+//! `sof::Json` as the exporter reads resources and into `serde_json::Value` for comparison).
 //!
 //!     cargo run --release -p sof --example bench -- Observation.000.ndjson [repeats]
 //!
@@ -8,7 +9,7 @@
 use std::time::Instant;
 
 use serde_json::{json, Value};
-use sof::View;
+use sof::{Json, View};
 
 fn view_for(resource_type: &str) -> Value {
     match resource_type {
@@ -62,14 +63,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = args.next().ok_or("usage: bench FILE.ndjson [repeats]")?;
     let repeats: usize = args.next().map(|r| r.parse()).transpose()?.unwrap_or(5);
     let text = std::fs::read_to_string(&path)?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    // For comparison: the same resources read into serde_json::Value.
     let t = Instant::now();
-    let resources: Vec<Value> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(serde_json::from_str)
+    let values: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l))
+        .collect::<Result<_, _>>()?;
+    let value_parse = t.elapsed();
+    let t = Instant::now();
+    let resources: Vec<Json> = lines
+        .iter()
+        .map(|l| Json::parse(l.as_bytes()))
         .collect::<Result<_, _>>()?;
     let parse = t.elapsed();
-    let rt = resources
+    let rt = values
         .first()
         .and_then(|r| r["resourceType"].as_str())
         .ok_or("no resources")?
@@ -81,7 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..repeats {
         for r in &resources {
             out.clear();
-            rows += view.append_rows(r, &mut out)?;
+            rows += view.append_json_rows(r, &mut out)?;
         }
     }
     let eval = t.elapsed();
@@ -90,21 +98,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let projection = sof::Projection::of([&view]);
     let t = Instant::now();
     let mut kept = 0usize;
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+    for line in &lines {
         kept += projection
             .parse(line.as_bytes())?
             .as_object()
             .map_or(0, |o| o.len());
     }
     let projected = t.elapsed();
+    let per_s = |d: std::time::Duration| resources.len() as f64 / d.as_secs_f64();
     println!(
-        "{rt}: {} resources ({:.1} MB), JSON parse {:.0} resources/s, \
-         projected parse {:.0} resources/s ({kept} elements kept); view: {} columns, \
-         {rows} rows from {n} resources in {:.2}s = {:.0} resources/s, {:.0} rows/s",
+        "{rt}: {} resources ({:.1} MB), serde_json::Value parse {:.0} resources/s, JSON parse \
+         {:.0} resources/s, projected parse {:.0} resources/s ({kept} elements kept); view: {} \
+         columns, {rows} rows from {n} resources in {:.2}s = {:.0} resources/s, {:.0} rows/s",
         resources.len(),
         text.len() as f64 / 1e6,
-        resources.len() as f64 / parse.as_secs_f64(),
-        resources.len() as f64 / projected.as_secs_f64(),
+        per_s(value_parse),
+        per_s(parse),
+        per_s(projected),
         view.columns().len(),
         eval.as_secs_f64(),
         n as f64 / eval.as_secs_f64(),

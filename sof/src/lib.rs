@@ -2,7 +2,8 @@
 //!
 //! A ViewDefinition is read and validated once with [`View::from_json`] (all FHIRPath
 //! expressions are parsed to an AST and checked there), then applied to any number of resources
-//! with [`View::rows`] or, without an allocation per row, [`View::append_rows`].
+//! with [`View::rows`] or, without an allocation per row, [`View::append_rows`] (or
+//! [`View::append_json_rows`] for resources read with [`Json::parse`] or [`Projection::parse`]).
 //!
 //! ```
 //! use serde_json::json;
@@ -38,6 +39,7 @@
 
 mod decimal;
 mod fhirpath;
+mod json;
 mod model;
 #[rustfmt::skip]
 mod model_table;
@@ -45,6 +47,7 @@ mod projection;
 mod types;
 mod view;
 
+pub use json::{Json, Number, Object};
 pub use projection::Projection;
 pub use types::is_r4_resource_type;
 pub use view::{Column, View, ViewDefinition};

@@ -1,13 +1,16 @@
 //! Parsing only what views read. A view reads a resource through the member names of its
 //! expressions, so the top-level elements none of them names (a Observation's `meta`,
-//! `category`, `component`, a Patient's `text`) need not become `serde_json::Value`s: they are
-//! skipped over as the JSON is read, which saves most of the parse's allocations.
+//! `category`, `component`, a Patient's `text`) need not be read into the tree: they are
+//! skipped over as the JSON is read.
 
 use std::collections::BTreeSet;
 use std::fmt;
 
+use std::borrow::Cow;
+
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use serde_json::{Map, Value};
+
+use crate::json::{Json, JsonSeed, Object};
 
 use crate::fhirpath::reads::Reads;
 use crate::View;
@@ -63,11 +66,12 @@ impl Projection {
         })
     }
 
-    /// `json` (one resource) as a value holding the elements kept. The same errors as
-    /// `serde_json::from_slice`; a value that is not an object is parsed whole.
-    pub fn parse(&self, json: &[u8]) -> serde_json::Result<Value> {
+    /// `json` (one resource) as a tree holding the elements kept. The same errors as
+    /// [`Json::parse`] (and `serde_json::from_slice`), and a value that is not an object is
+    /// refused (unless the projection is whole).
+    pub fn parse<'j>(&self, json: &'j [u8]) -> serde_json::Result<Json<'j>> {
         if self.is_whole() {
-            return serde_json::from_slice(json);
+            return Json::parse(json);
         }
         let mut de = serde_json::Deserializer::from_slice(json);
         let value = de::Deserializer::deserialize_any(&mut de, Resource(self))?;
@@ -76,22 +80,22 @@ impl Projection {
     }
 }
 
-/// The resource: an object of which only the kept members are read into values.
+/// The resource: an object of which only the kept members are read.
 struct Resource<'p>(&'p Projection);
 
 impl<'de> Visitor<'de> for Resource<'_> {
-    type Value = Value;
+    type Value = Json<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object (a resource)")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
+        let mut out = Object::default();
         while let Some(key) = map.next_key_seed(Key(self.0))? {
             match key {
                 Some(k) => {
-                    let v: Value = map.next_value()?;
+                    let v = map.next_value_seed(JsonSeed)?;
                     out.insert(k, v);
                 }
                 None => {
@@ -99,37 +103,41 @@ impl<'de> Visitor<'de> for Resource<'_> {
                 }
             }
         }
-        Ok(Value::Object(out))
+        Ok(Json::Object(out))
     }
 }
 
-/// A member name: owned when kept, otherwise only looked at.
+/// A member name: kept (borrowed when it has no escapes), otherwise only looked at.
 struct Key<'p>(&'p Projection);
 
 impl<'de> DeserializeSeed<'de> for Key<'_> {
-    type Value = Option<String>;
+    type Value = Option<Cow<'de, str>>;
 
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<String>, D::Error> {
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_str(self)
     }
 }
 
 impl<'de> Visitor<'de> for Key<'_> {
-    type Value = Option<String>;
+    type Value = Option<Cow<'de, str>>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a member name")
     }
 
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Option<String>, E> {
-        Ok(self.0.keeps(s).then(|| s.to_string()))
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(self.0.keeps(s).then_some(Cow::Borrowed(s)))
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(self.0.keeps(s).then(|| Cow::Owned(s.to_string())))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn view(json: Value) -> View {
         View::from_json(&json).expect("view")
@@ -187,8 +195,14 @@ mod tests {
                 "valueQuantity"
             ]
         );
-        assert_eq!(v.rows(&pruned).unwrap(), v.rows(&whole).unwrap());
-        assert_eq!(pruned["valueQuantity"]["value"].to_string(), "1.50");
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        v.append_json_rows(&pruned, &mut a).unwrap();
+        v.append_rows(&whole, &mut b).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            pruned.to_value()["valueQuantity"]["value"].to_string(),
+            "1.50"
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::json::Json;
+
 use crate::fhirpath::eval::{eval, Constant, Env, Item};
 use crate::fhirpath::reads::Reads;
 use crate::fhirpath::{compile, may_repeat, Expr, Scope, Var};
@@ -681,7 +683,10 @@ impl View {
                 ));
             }
             constant_names.push((cname, ty));
-            constants.push(Constant { value, ty });
+            constants.push(Constant {
+                value: Json::from(&value).into_owned(),
+                ty,
+            });
         }
 
         let model_resource = model::type_name(resource);
@@ -809,7 +814,17 @@ impl View {
     /// values each), and returns how many rows were added. Reusing `out` across resources
     /// avoids an allocation per row. On error, `out` is left as it was.
     pub fn append_rows(&self, resource: &Value, out: &mut Vec<Value>) -> Result<usize, EvalError> {
-        if resource.get("resourceType").and_then(Value::as_str) != Some(self.resource.as_str()) {
+        self.append_json_rows(&Json::from(resource), out)
+    }
+
+    /// [`View::append_rows`] for a resource read with [`Json::parse`] or
+    /// [`crate::Projection::parse`] (the cheaper form to read resources into).
+    pub fn append_json_rows(
+        &self,
+        resource: &Json<'_>,
+        out: &mut Vec<Value>,
+    ) -> Result<usize, EvalError> {
+        if resource.get("resourceType").and_then(Json::as_str) != Some(self.resource.as_str()) {
             return Ok(0);
         }
         let env = Env {
@@ -827,7 +842,7 @@ impl View {
                 [one] => match one {
                     Item::Bool(b) => *b,
                     Item::Node {
-                        v: Value::Bool(b), ..
+                        v: Json::Bool(b), ..
                     } => *b,
                     other => {
                         return Err(EvalError::new(

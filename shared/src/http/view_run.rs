@@ -189,7 +189,7 @@ pub async fn run(state: &AppState, req: &Request, ctx: &Ctx) -> Result<Response,
     match &run.resources {
         Some(resources) => {
             for r in resources {
-                if rows.add(r)? {
+                if rows.add(&sof::Json::from(r))? {
                     break;
                 }
             }
@@ -225,17 +225,20 @@ struct Rows<'v> {
 
 impl Rows<'_> {
     /// Adds the rows of `resource`; whether the run has its `_limit` of rows.
-    fn add(&mut self, resource: &Value) -> Result<bool, ApiError> {
+    fn add(&mut self, resource: &sof::Json<'_>) -> Result<bool, ApiError> {
         self.view
-            .append_rows(resource, &mut self.flat)
+            .append_json_rows(resource, &mut self.flat)
             .map_err(|e| {
                 ApiError::Unprocessable(format!(
                     "the view cannot run on {}/{}: {}: {}",
                     resource
                         .get("resourceType")
-                        .and_then(Value::as_str)
+                        .and_then(sof::Json::as_str)
                         .unwrap_or("?"),
-                    resource.get("id").and_then(Value::as_str).unwrap_or("?"),
+                    resource
+                        .get("id")
+                        .and_then(sof::Json::as_str)
+                        .unwrap_or("?"),
                     e.expression(),
                     e.message()
                 ))
@@ -269,7 +272,7 @@ impl Rows<'_> {
             };
             after.clone_from(last);
             for (id, text) in &page {
-                let resource: Value = serde_json::from_str(text).map_err(|e| {
+                let resource = sof::Json::parse(text.as_bytes()).map_err(|e| {
                     ApiError::Internal(
                         format!("stored {resource_type}/{id} is not JSON: {e}").into(),
                     )

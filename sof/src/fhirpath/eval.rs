@@ -1,4 +1,4 @@
-//! Evaluation of a compiled expression over a resource held as `serde_json::Value`.
+//! Evaluation of a compiled expression over a resource held as a [`Json`] tree.
 //!
 //! Items borrow from the resource (and from the view's constants and literals); only computed
 //! values (arithmetic, `join`, boundaries) own their data. Member paths are walked without
@@ -8,6 +8,8 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use serde_json::Value;
+
+use crate::json::{Json, Object};
 
 use super::temporal::Temporal;
 use super::{boundary, BinOp, Expr, Func, Step, StrFn, Var};
@@ -21,9 +23,9 @@ pub(crate) enum Item<'a> {
     /// choice suffix, `ofType` or a constant declaration); `ext` is the `_name` sibling object
     /// of a primitive, holding its `id` and `extension`.
     Node {
-        v: &'a Value,
+        v: &'a Json<'a>,
         ty: Option<&'static str>,
-        ext: Option<&'a Value>,
+        ext: Option<&'a Json<'a>>,
     },
     Bool(bool),
     Int(i64),
@@ -34,14 +36,14 @@ pub(crate) enum Item<'a> {
 /// A view constant: its value and FHIR type.
 #[derive(Debug)]
 pub(crate) struct Constant {
-    pub(crate) value: Value,
+    pub(crate) value: Json<'static>,
     pub(crate) ty: &'static str,
 }
 
 /// Evaluation environment.
 #[derive(Clone, Copy)]
 pub(crate) struct Env<'a> {
-    pub(crate) resource: &'a Value,
+    pub(crate) resource: &'a Json<'a>,
     pub(crate) constants: &'a [Constant],
     pub(crate) row_index: i64,
 }
@@ -49,7 +51,7 @@ pub(crate) struct Env<'a> {
 pub(crate) type Res<T> = Result<T, String>;
 
 impl<'a> Item<'a> {
-    pub(crate) fn node(v: &'a Value) -> Item<'a> {
+    pub(crate) fn node(v: &'a Json<'a>) -> Item<'a> {
         Item::Node {
             v,
             ty: None,
@@ -60,7 +62,7 @@ impl<'a> Item<'a> {
     /// The item as an output value.
     pub(crate) fn to_json(&self) -> Value {
         match self {
-            Item::Node { v, .. } => (*v).clone(),
+            Item::Node { v, .. } => v.to_value(),
             Item::Bool(b) => Value::Bool(*b),
             Item::Int(i) => Value::from(*i),
             Item::Dec(d) => decimal_json(d),
@@ -84,12 +86,12 @@ impl<'a> Item<'a> {
         }
         match self {
             Item::Node { v, .. } => match v {
-                Value::Null => "null",
-                Value::Bool(_) => "boolean",
-                Value::Number(_) => "number",
-                Value::String(_) => "string",
-                Value::Array(_) => "array",
-                Value::Object(_) => "object",
+                Json::Null => "null",
+                Json::Bool(_) => "boolean",
+                Json::Number(_) => "number",
+                Json::String(_) => "string",
+                Json::Array(_) => "array",
+                Json::Object(_) => "object",
             },
             _ => "value",
         }
@@ -114,22 +116,22 @@ enum Prim<'x> {
     Int(i64),
     Dec(Decimal),
     Str(&'x str),
-    Json(&'x Value),
+    Json(&'x Json<'x>),
 }
 
 fn prim<'x>(it: &'x Item<'_>) -> Prim<'x> {
     match it {
         Item::Node { v, .. } => match v {
-            Value::Null => Prim::Null,
-            Value::Bool(b) => Prim::Bool(*b),
-            Value::Number(n) => match n.as_i64() {
+            Json::Null => Prim::Null,
+            Json::Bool(b) => Prim::Bool(*b),
+            Json::Number(n) => match n.as_i64() {
                 Some(i) => Prim::Int(i),
-                None => match Decimal::parse(&n.to_string()) {
+                None => match Decimal::parse(&n.text()) {
                     Some(d) => Prim::Dec(d),
                     None => Prim::Null,
                 },
             },
-            Value::String(s) => Prim::Str(s),
+            Json::String(s) => Prim::Str(s),
             other => Prim::Json(other),
         },
         Item::Bool(b) => Prim::Bool(*b),
@@ -178,7 +180,7 @@ pub(crate) fn eval<'a>(
         Expr::TypeFilter(name) => {
             for it in focus {
                 if let Item::Node { v, .. } = it {
-                    if v.get("resourceType").and_then(Value::as_str) == Some(name) {
+                    if v.get("resourceType").and_then(Json::as_str) == Some(name) {
                         out.push(it.clone());
                     }
                 }
@@ -255,32 +257,16 @@ fn walk<'a>(it: &Item<'a>, steps: &'a [Step], out: &mut Vec<Item<'a>>) {
     children(it, step, &mut |child| walk(&child, rest, out));
 }
 
-/// Below this many keys, an object is searched by comparing keys rather than by hashing the
-/// name (resources' objects are small: a Coding has three keys).
-const SCAN_KEYS: usize = 12;
-
-fn lookup<'m>(m: &'m serde_json::Map<String, Value>, key: &str) -> Option<&'m Value> {
-    if m.len() <= SCAN_KEYS {
-        m.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
-    } else {
-        m.get(key)
-    }
-}
-
 /// The `_name` sibling of a primitive element (its `id` and `extension`), looked for only when
 /// the object has an underscore key at all.
-fn primitive_ext<'m>(
-    m: &'m serde_json::Map<String, Value>,
-    value: &Value,
-    ext_name: &str,
-) -> Option<&'m Value> {
+fn primitive_ext<'m>(m: &'m Object<'m>, value: &Json<'_>, ext_name: &str) -> Option<&'m Json<'m>> {
     let primitive = match value {
-        Value::Array(a) => a.first().is_some_and(|x| !x.is_object()),
-        Value::Object(_) => false,
+        Json::Array(a) => a.first().is_some_and(|x| !x.is_object()),
+        Json::Object(_) => false,
         _ => true,
     };
     if primitive && m.keys().any(|k| k.starts_with('_')) {
-        lookup(m, ext_name)
+        m.get(ext_name)
     } else {
         None
     }
@@ -291,14 +277,14 @@ fn children<'a>(it: &Item<'a>, step: &'a Step, f: &mut dyn FnMut(Item<'a>)) {
         return;
     };
     match v {
-        Value::Object(m) => {
-            if let Some(c) = lookup(m, &step.name) {
+        Json::Object(m) => {
+            if let Some(c) = m.get(&step.name) {
                 emit(c, step.ty, primitive_ext(m, c, &step.ext_name), f);
                 return;
             }
             // A choice element: `value` → `valueQuantity`, `valueString`, …
             let name = &*step.name;
-            for (k, c) in m {
+            for (k, c) in m.iter() {
                 if k.len() > name.len() && k.starts_with(name) {
                     if let Some(t) = types::choice_suffix_type(&k[name.len()..]) {
                         let ext = m
@@ -313,8 +299,8 @@ fn children<'a>(it: &Item<'a>, step: &'a Step, f: &mut dyn FnMut(Item<'a>)) {
                 }
             }
             // A primitive with only an extension (no value).
-            if let Some(x) = lookup(m, &step.ext_name) {
-                emit(&Value::Null, None, Some(x), f);
+            if let Some(x) = m.get(&step.ext_name) {
+                emit(&NULL, None, Some(x), f);
             }
         }
         // `id` and `extension` of a primitive live in its `_name` sibling.
@@ -328,17 +314,17 @@ fn children<'a>(it: &Item<'a>, step: &'a Step, f: &mut dyn FnMut(Item<'a>)) {
     }
 }
 
-static NULL: Value = Value::Null;
+static NULL: Json<'static> = Json::Null;
 
 fn emit<'a>(
-    c: &'a Value,
+    c: &'a Json<'a>,
     ty: Option<&'static str>,
-    ext: Option<&'a Value>,
+    ext: Option<&'a Json<'a>>,
     f: &mut dyn FnMut(Item<'a>),
 ) {
     match c {
-        Value::Array(items) => {
-            let exts = ext.and_then(Value::as_array);
+        Json::Array(items) => {
+            let exts = ext.and_then(Json::as_array);
             for (i, v) in items.iter().enumerate() {
                 let x = exts.and_then(|e| e.get(i)).filter(|x| x.is_object());
                 if v.is_null() && x.is_none() {
@@ -348,7 +334,7 @@ fn emit<'a>(
             }
             // `_given` longer than `given` cannot happen in valid FHIR JSON; ignored.
         }
-        Value::Null => {
+        Json::Null => {
             if let Some(x) = ext.filter(|x| x.is_object()) {
                 f(Item::Node {
                     v: &NULL,
@@ -705,7 +691,7 @@ fn arithmetic<'a>(op: BinOp, a: &Item<'a>, b: &Item<'a>) -> Res<Option<Item<'a>>
 fn is_type(it: &Item<'_>, spec: &TypeSpec) -> bool {
     match spec {
         TypeSpec::Resource(name) => match it {
-            Item::Node { v, .. } => match v.get("resourceType").and_then(Value::as_str) {
+            Item::Node { v, .. } => match v.get("resourceType").and_then(Json::as_str) {
                 Some(rt) => rt == &**name || &**name == "Resource" || &**name == "DomainResource",
                 None => false,
             },
@@ -728,14 +714,12 @@ fn json_kind_matches(it: &Item<'_>, want: Kind) -> bool {
         return false;
     };
     match v {
-        Value::Bool(_) => want == Kind::Boolean,
-        Value::Number(n) => {
-            want == Kind::Decimal || (want == Kind::Integer && (n.is_i64() || n.is_u64()))
-        }
-        Value::String(_) => matches!(want, Kind::String | Kind::Temporal),
+        Json::Bool(_) => want == Kind::Boolean,
+        Json::Number(n) => want == Kind::Decimal || (want == Kind::Integer && n.is_integer()),
+        Json::String(_) => matches!(want, Kind::String | Kind::Temporal),
         // A complex value without a known type: taken to be of the asked data type, unless it is
         // a resource (resource types are matched by TypeSpec::Resource).
-        Value::Object(m) => want == Kind::Complex && !m.contains_key("resourceType"),
+        Json::Object(m) => want == Kind::Complex && !m.contains_key("resourceType"),
         _ => false,
     }
 }
@@ -859,12 +843,12 @@ fn call<'a>(
                 };
                 let Some(exts) = holder
                     .and_then(|h| h.get("extension"))
-                    .and_then(Value::as_array)
+                    .and_then(Json::as_array)
                 else {
                     continue;
                 };
                 for x in exts {
-                    if x.get("url").and_then(Value::as_str) == Some(url.as_str()) {
+                    if x.get("url").and_then(Json::as_str) == Some(url.as_str()) {
                         out.push(Item::Node {
                             v: x,
                             ty: Some("Extension"),
@@ -892,7 +876,7 @@ fn call<'a>(
         Func::ReferenceKey(want) => {
             for it in input {
                 let Item::Node { v, .. } = it else { continue };
-                let Some(reference) = v.get("reference").and_then(Value::as_str) else {
+                let Some(reference) = v.get("reference").and_then(Json::as_str) else {
                     continue;
                 };
                 if let Some((ty, id)) = reference_key(reference) {
@@ -1051,13 +1035,13 @@ fn call<'a>(
             for it in input {
                 // A Period's boundaries are those of its start and end.
                 if let Item::Node {
-                    v: Value::Object(m),
+                    v: Json::Object(m),
                     ty: Some("Period"),
                     ..
                 } = it
                 {
                     let key = if high { "end" } else { "start" };
-                    if let Some(s) = m.get(key).and_then(Value::as_str) {
+                    if let Some(s) = m.get(key).and_then(Json::as_str) {
                         let input = boundary::Input::Text(s, Some("dateTime"));
                         out.extend(boundary::boundary(input, precision, high));
                     }

@@ -2,6 +2,7 @@ use serde_json::{json, Value};
 
 use super::eval::{eval, Constant, Env, Item};
 use super::*;
+use crate::json::Json;
 
 fn constants() -> Vec<(String, &'static str)> {
     vec![
@@ -40,24 +41,25 @@ fn run(text: &str, resource: &Value) -> Result<Vec<Value>, String> {
     let c = compile_with(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
     let values = [
         Constant {
-            value: json!("official"),
+            value: Json::from(&json!("official")).into_owned(),
             ty: "code",
         },
         Constant {
-            value: json!(1),
+            value: Json::from(&json!(1)).into_owned(),
             ty: "integer",
         },
         Constant {
-            value: json!(true),
+            value: Json::from(&json!(true)).into_owned(),
             ty: "boolean",
         },
     ];
+    let resource = Json::from(resource);
     let env = Env {
-        resource,
+        resource: &resource,
         constants: &values,
         row_index: 7,
     };
-    let focus = [Item::node(resource)];
+    let focus = [Item::node(&resource)];
     let mut out = Vec::new();
     eval(&c.expr, &focus, &env, &mut out)?;
     Ok(out.iter().map(Item::to_json).collect())

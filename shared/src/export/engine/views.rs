@@ -161,7 +161,7 @@ impl Evaluator<'_> {
             .iter()
             .map(|view| {
                 let mut flat = Vec::new();
-                view.append_rows(&resource, &mut flat).map_err(|e| {
+                view.append_json_rows(&resource, &mut flat).map_err(|e| {
                     Failure::Permanent(Unexportable::View(format!(
                         "resource {}: {}: {}",
                         row.id(),
