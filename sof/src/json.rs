@@ -1,13 +1,14 @@
 //! Resources as the evaluator reads them: a JSON tree whose strings and member names borrow from
 //! the text it was parsed from, whose objects keep their members in order in a plain vector, and
-//! whose numbers keep their text. Reading a resource this way costs less than half of building a
+//! whose numbers keep their text. Reading a resource this way costs about half of building a
 //! `serde_json::Value` (no `String` per member name and string, no hash table per object), and
-//! views read resources far more often than they change them.
+//! views only read resources.
 //!
 //! The JSON is read by serde_json's parser (so what it refuses, [`Json::parse`] refuses), and a
 //! [`Json`] converts from and to `serde_json::Value` exactly.
 
 use std::borrow::Cow;
+use std::collections::hash_map::{Entry, HashMap};
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -193,8 +194,7 @@ impl PartialEq for Number<'_> {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (Number::Text(a), Number::Text(b)) => a == b,
-            (Number::Text(_), _) | (_, Number::Text(_)) => self.text() == other.text(),
-            _ => self.as_i64() == other.as_i64() && self.text() == other.text(),
+            _ => self.text() == other.text(),
         }
     }
 }
@@ -225,14 +225,51 @@ impl<'a> Object<'a> {
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(k, _)| &**k)
     }
+}
 
-    /// Adds a member; a name already present keeps its place and takes the new value (as
-    /// `serde_json::Value` reads a repeated name).
+/// An object as it is read: a repeated member name keeps its first place and takes the last
+/// value (as `serde_json::Value` reads it). Names are compared by scanning while the object is
+/// small, then through a hash index, so that an object of very many members (hostile input)
+/// costs linear time, not quadratic.
+#[derive(Default)]
+pub(crate) struct ObjectBuilder<'a> {
+    members: Vec<(Cow<'a, str>, Json<'a>)>,
+    index: Option<HashMap<Cow<'a, str>, usize>>,
+}
+
+impl<'a> ObjectBuilder<'a> {
+    /// Members up to which names are compared by scanning.
+    const SCAN: usize = 32;
+
     pub(crate) fn insert(&mut self, key: Cow<'a, str>, value: Json<'a>) {
-        match self.0.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, v)) => *v = value,
-            None => self.0.push((key, value)),
+        if let Some(index) = &mut self.index {
+            match index.entry(key) {
+                Entry::Occupied(e) => self.members[*e.get()].1 = value,
+                Entry::Vacant(e) => {
+                    self.members.push((e.key().clone(), value));
+                    e.insert(self.members.len() - 1);
+                }
+            }
+            return;
         }
+        if let Some((_, v)) = self.members.iter_mut().find(|(k, _)| *k == key) {
+            *v = value;
+            return;
+        }
+        self.members.push((key, value));
+        if self.members.len() == Self::SCAN {
+            let index = self
+                .members
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| (k.clone(), i))
+                .collect();
+            self.index = Some(index);
+        }
+    }
+
+    pub(crate) fn finish(self) -> Object<'a> {
+        Object(self.members)
     }
 }
 
@@ -297,7 +334,7 @@ impl<'de> Visitor<'de> for JsonVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
-        let mut out = Object::default();
+        let mut out = ObjectBuilder::default();
         let mut first = true;
         while let Some(key) = map.next_key_seed(KeySeed)? {
             if first && key == NUMBER_TOKEN {
@@ -308,7 +345,7 @@ impl<'de> Visitor<'de> for JsonVisitor {
             let value = map.next_value_seed(JsonSeed)?;
             out.insert(key, value);
         }
-        Ok(Json::Object(out))
+        Ok(Json::Object(out.finish()))
     }
 }
 
@@ -389,6 +426,34 @@ mod tests {
             j.get("k"),
             Some(Json::String(Cow::Borrowed("plain")))
         ));
+    }
+
+    #[test]
+    fn a_repeated_name_in_a_large_object_keeps_its_place_and_the_last_value() {
+        let mut text = String::from("{");
+        for i in 0..40 {
+            text.push_str(&format!("\"k{i}\":{i},"));
+        }
+        text.push_str("\"k3\":\"again\",\"k39\":\"last\",\"z\":true}");
+        let j = Json::parse(text.as_bytes()).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(j.to_value(), v);
+        let keys: Vec<&str> = j.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 41);
+        assert_eq!((keys[3], keys[39], keys[40]), ("k3", "k39", "z"));
+        assert_eq!(j.get("k3").and_then(Json::as_str), Some("again"));
+        assert_eq!(j.get("k39").and_then(Json::as_str), Some("last"));
+        // Many members (and many repeats) read in linear time: scanning for every name would
+        // take on the order of 10^10 comparisons here.
+        let mut text = String::from("{");
+        for i in 0..200_000 {
+            text.push_str(&format!("\"m{i}\":0,\"m{}\":1,", i / 2));
+        }
+        text.push_str("\"end\":0}");
+        let j = Json::parse(text.as_bytes()).unwrap();
+        assert_eq!(j.as_object().unwrap().len(), 200_001);
+        assert_eq!(j.get("m0").map(Json::to_value), Some(json!(1)));
+        assert_eq!(j.get("m199999").map(Json::to_value), Some(json!(0)));
     }
 
     #[test]

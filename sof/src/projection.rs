@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use crate::json::{Json, JsonSeed, Object};
+use crate::json::{Json, JsonSeed, ObjectBuilder};
 
 use crate::fhirpath::reads::Reads;
 use crate::View;
@@ -91,7 +91,7 @@ impl<'de> Visitor<'de> for Resource<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
-        let mut out = Object::default();
+        let mut out = ObjectBuilder::default();
         while let Some(key) = map.next_key_seed(Key(self.0))? {
             match key {
                 Some(k) => {
@@ -103,7 +103,7 @@ impl<'de> Visitor<'de> for Resource<'_> {
                 }
             }
         }
-        Ok(Json::Object(out))
+        Ok(Json::Object(out.finish()))
     }
 }
 

@@ -1,12 +1,11 @@
 //! Resource JSON edited without re-serialising what is only copied.
 //!
 //! FHIR requires a decimal's precision to be kept (`1.50` is not `1.5`, `0.0` is not `0`), and
-//! `serde_json::Value` stores numbers as f64, which loses both (and changes long values such as
-//! `11266.736000000003`). serde_json's `arbitrary_precision` would keep them, but it breaks the
-//! untagged enums lambda_http parses API Gateway events with. So the loader stores each resource
-//! as the text it received (whitespace removed), and the few edits the service makes (stamping
-//! `meta`, `_elements`, rewriting a Bundle's `urn:uuid:` references) work on [`RawObject`]s:
-//! members in order, each value kept as its own text.
+//! re-serialising a parsed resource is where that, and the members' order and spacing, can go
+//! wrong. So the loader stores each resource as the text it received (whitespace removed), and
+//! the few edits the service makes (stamping `meta`, `_elements`, rewriting a Bundle's
+//! `urn:uuid:` references) work on [`RawObject`]s: members in order, each value kept as its own
+//! text.
 
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;

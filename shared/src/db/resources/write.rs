@@ -194,6 +194,29 @@ async fn replace_provenance_targets(
     Ok(())
 }
 
+/// Copies the current versions of the resources `types`/`ids` to `resource_history` (a version
+/// already there stays); `live_only` leaves out tombstones.
+async fn archive_current(
+    tx: &deadpool_postgres::Transaction<'_>,
+    types: &[&str],
+    ids: &[&str],
+    live_only: bool,
+) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, resource,
+             written_xid)
+         SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.resource,
+             r.written_xid
+         FROM resources r JOIN unnest($1::text[], $2::text[]) AS k(t, i)
+           ON r.resource_type = k.t AND r.id = k.i
+         WHERE NOT (r.deleted AND $3)
+         ON CONFLICT DO NOTHING",
+        &[&types, &ids, &live_only],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Stores a batch some of whose resources exist (`old_types`/`old_ids`): their current
 /// versions move to history, and their compartment and reference rows are deleted (the caller
 /// writes the batch's anew).
@@ -208,17 +231,7 @@ async fn replace_resources(
 ) -> Result<(), DbError> {
     let types: Vec<&str> = batch.iter().map(|r| r.resource_type.as_str()).collect();
     let ids: Vec<&str> = batch.iter().map(|r| r.id.as_str()).collect();
-    tx.execute(
-        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, resource,
-             written_xid)
-         SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.resource,
-             r.written_xid
-         FROM resources r JOIN unnest($1::text[], $2::text[]) AS k(t, i)
-           ON r.resource_type = k.t AND r.id = k.i
-         ON CONFLICT DO NOTHING",
-        &[&old_types, &old_ids],
-    )
-    .await?;
+    archive_current(tx, old_types, old_ids, false).await?;
     // The prior versions' compartment rows, found through the patients on their rows (the
     // compartment's key is by patient), before those are replaced.
     tx.execute(
@@ -269,18 +282,7 @@ pub async fn delete_resources(pool: &Pool, keys: &[(String, String)]) -> Result<
     let ids: Vec<&str> = keys.iter().map(|(_, i)| i.as_str()).collect();
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    tx.execute(
-        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, resource,
-             written_xid)
-         SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.resource,
-             r.written_xid
-         FROM resources r JOIN unnest($1::text[], $2::text[]) AS k(t, i)
-           ON r.resource_type = k.t AND r.id = k.i
-         WHERE NOT r.deleted
-         ON CONFLICT DO NOTHING",
-        &[&types, &ids],
-    )
-    .await?;
+    archive_current(&tx, &types, &ids, true).await?;
     let n = tx
         .execute(
             "UPDATE resources r SET deleted = true, version_id = r.version_id + 1, last_updated = now(),
