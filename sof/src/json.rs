@@ -34,9 +34,18 @@ pub enum Number<'a> {
     Text(Cow<'a, str>),
 }
 
-/// A JSON object's members, in the order they were written.
+/// A JSON object's members, in the order they were written. Members are found by scanning
+/// (resources' objects are small: a Coding has three), or, in an object of more than 32
+/// members, through a hash index (so that no lookup in a hostile object
+/// of very many members costs more than a hash).
 #[derive(Clone, Debug, Default)]
-pub struct Object<'a>(Vec<(Cow<'a, str>, Json<'a>)>);
+pub struct Object<'a> {
+    members: Vec<(Cow<'a, str>, Json<'a>)>,
+    // Boxed so that an `Object`, and every `Json`, stays 32 bytes: the index is built only for
+    // objects of more than 32 members.
+    #[allow(clippy::box_collection)]
+    index: Option<Box<HashMap<Cow<'a, str>, usize>>>,
+}
 
 /// The member name serde_json (with `arbitrary_precision`) hands a number's text under, as a
 /// one-member map; `serde_json::Value` reads numbers the same way.
@@ -120,11 +129,13 @@ impl<'a> Json<'a> {
             }),
             Json::String(s) => Json::String(Cow::Owned(s.into_owned())),
             Json::Array(a) => Json::Array(a.into_iter().map(Json::into_owned).collect()),
-            Json::Object(m) => Json::Object(Object(
-                m.0.into_iter()
-                    .map(|(k, v)| (Cow::Owned(k.into_owned()), v.into_owned()))
-                    .collect(),
-            )),
+            Json::Object(m) => {
+                let mut out = ObjectBuilder::default();
+                for (k, v) in m.members {
+                    out.insert(Cow::Owned(k.into_owned()), v.into_owned());
+                }
+                Json::Object(out.finish())
+            }
         }
     }
 }
@@ -143,11 +154,13 @@ impl<'a> From<&'a Value> for Json<'a> {
             }),
             Value::String(s) => Json::String(Cow::Borrowed(s)),
             Value::Array(a) => Json::Array(a.iter().map(Json::from).collect()),
-            Value::Object(m) => Json::Object(Object(
-                m.iter()
-                    .map(|(k, v)| (Cow::Borrowed(k.as_str()), Json::from(v)))
-                    .collect(),
-            )),
+            Value::Object(m) => {
+                let mut out = ObjectBuilder::default();
+                for (k, v) in m {
+                    out.insert(Cow::Borrowed(k.as_str()), Json::from(v));
+                }
+                Json::Object(out.finish())
+            }
         }
     }
 }
@@ -202,7 +215,10 @@ impl PartialEq for Number<'_> {
 impl<'a> Object<'a> {
     /// The member `key` (objects in resources are small: a scan beats hashing).
     pub fn get(&self, key: &str) -> Option<&Json<'a>> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        match &self.index {
+            Some(index) => index.get(key).map(|&i| &self.members[i].1),
+            None => self.members.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+        }
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -210,27 +226,27 @@ impl<'a> Object<'a> {
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.members.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.members.is_empty()
     }
 
     /// The members in the order they were written.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Json<'a>)> {
-        self.0.iter().map(|(k, v)| (&**k, v))
+        self.members.iter().map(|(k, v)| (&**k, v))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(k, _)| &**k)
+        self.members.iter().map(|(k, _)| &**k)
     }
 }
 
 /// An object as it is read: a repeated member name keeps its first place and takes the last
 /// value (as `serde_json::Value` reads it). Names are compared by scanning while the object is
-/// small, then through a hash index, so that an object of very many members (hostile input)
-/// costs linear time, not quadratic.
+/// small, then through a hash index (kept in the [`Object`]), so that an object of very many
+/// members (hostile input) costs linear time to read, not quadratic.
 #[derive(Default)]
 pub(crate) struct ObjectBuilder<'a> {
     members: Vec<(Cow<'a, str>, Json<'a>)>,
@@ -239,7 +255,7 @@ pub(crate) struct ObjectBuilder<'a> {
 
 impl<'a> ObjectBuilder<'a> {
     /// Members up to which names are compared by scanning.
-    const SCAN: usize = 32;
+    pub(crate) const SCAN: usize = 32;
 
     pub(crate) fn insert(&mut self, key: Cow<'a, str>, value: Json<'a>) {
         if let Some(index) = &mut self.index {
@@ -269,7 +285,10 @@ impl<'a> ObjectBuilder<'a> {
     }
 
     pub(crate) fn finish(self) -> Object<'a> {
-        Object(self.members)
+        Object {
+            members: self.members,
+            index: self.index.map(Box::new),
+        }
     }
 }
 
