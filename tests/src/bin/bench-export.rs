@@ -59,6 +59,10 @@ struct Args {
     view: bool,
 }
 
+const USAGE: &str = "usage: bench-export [--data DIR] [--copies N] [--runs N] [--bin PATH] [--workers N] [--query Q]\n\
+    [--path P] [--compare P] [--group N] [--storage URL] [--gzip] [--cluster] [--fresh] [--view]\n\
+(what each does: the doc comment at the top of tests/src/bin/bench-export.rs, and docs/BENCHMARKS.md)";
+
 fn args() -> anyhow::Result<Args> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let default_data = integration_tests::shared_data("synthea-bulk-data-server-100")
@@ -81,6 +85,10 @@ fn args() -> anyhow::Result<Args> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
         if flag == "--gzip" {
             a.gzip = true;
             continue;
@@ -97,19 +105,22 @@ fn args() -> anyhow::Result<Args> {
             a.fresh = true;
             continue;
         }
-        let value = it.next().context("flag without value")?;
+        let mut value = || {
+            it.next()
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))
+        };
         match flag.as_str() {
-            "--data" => a.data = value.into(),
-            "--copies" => a.copies = value.parse()?,
-            "--runs" => a.runs = value.parse()?,
-            "--bin" => a.bin = value.into(),
-            "--query" => a.query = Some(value),
-            "--storage" => a.storage = Some(value),
-            "--path" => a.path = value,
-            "--compare" => a.compare = Some(value),
-            "--workers" => a.workers = value.parse()?,
-            "--group" => a.group = Some(value.parse()?),
-            other => bail!("unknown flag {other}"),
+            "--data" => a.data = value()?.into(),
+            "--copies" => a.copies = value()?.parse()?,
+            "--runs" => a.runs = value()?.parse()?,
+            "--bin" => a.bin = value()?.into(),
+            "--query" => a.query = Some(value()?),
+            "--storage" => a.storage = Some(value()?),
+            "--path" => a.path = value()?,
+            "--compare" => a.compare = Some(value()?),
+            "--workers" => a.workers = value()?.parse()?,
+            "--group" => a.group = Some(value()?.parse()?),
+            other => bail!("unknown flag {other}\n{USAGE}"),
         }
     }
     Ok(a)

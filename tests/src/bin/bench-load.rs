@@ -32,6 +32,9 @@ struct Args {
     stages: bool,
 }
 
+const USAGE: &str = "usage: bench-load [--data DIR] [--copies N] [--runs N] [--bin PATH] [--stages]\n\
+(what each does: the doc comment at the top of tests/src/bin/bench-load.rs, and docs/BENCHMARKS.md)";
+
 fn args() -> anyhow::Result<Args> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut a = Args {
@@ -44,17 +47,24 @@ fn args() -> anyhow::Result<Args> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
         if flag == "--stages" {
             a.stages = true;
             continue;
         }
-        let value = it.next().context("flag without value")?;
+        let mut value = || {
+            it.next()
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))
+        };
         match flag.as_str() {
-            "--data" => a.data = value.into(),
-            "--copies" => a.copies = value.parse()?,
-            "--runs" => a.runs = value.parse()?,
-            "--bin" => a.bin = value.into(),
-            other => bail!("unknown flag {other}"),
+            "--data" => a.data = value()?.into(),
+            "--copies" => a.copies = value()?.parse()?,
+            "--runs" => a.runs = value()?.parse()?,
+            "--bin" => a.bin = value()?.into(),
+            other => bail!("unknown flag {other}\n{USAGE}"),
         }
     }
     Ok(a)
