@@ -35,14 +35,14 @@ pub enum Number<'a> {
 }
 
 /// A JSON object's members, in the order they were written. Members are found by scanning
-/// (resources' objects are small: a Coding has three), or, in an object of more than 32
-/// members, through a hash index (so that no lookup in a hostile object
-/// of very many members costs more than a hash).
+/// (resources' objects are small: a Coding has three), or, in an object of 32 members or more,
+/// through a hash index (so that no lookup in a hostile object of very many members costs more
+/// than a hash).
 #[derive(Clone, Debug, Default)]
 pub struct Object<'a> {
     members: Vec<(Cow<'a, str>, Json<'a>)>,
     // Boxed so that an `Object`, and every `Json`, stays 32 bytes: the index is built only for
-    // objects of more than 32 members.
+    // objects of 32 members or more.
     #[allow(clippy::box_collection)]
     index: Option<Box<HashMap<Cow<'a, str>, usize>>>,
 }
@@ -213,7 +213,7 @@ impl PartialEq for Number<'_> {
 }
 
 impl<'a> Object<'a> {
-    /// The member `key` (objects in resources are small: a scan beats hashing).
+    /// The member `key`.
     pub fn get(&self, key: &str) -> Option<&Json<'a>> {
         match &self.index {
             Some(index) => index.get(key).map(|&i| &self.members[i].1),
@@ -255,7 +255,7 @@ pub(crate) struct ObjectBuilder<'a> {
 
 impl<'a> ObjectBuilder<'a> {
     /// Members up to which names are compared by scanning.
-    pub(crate) const SCAN: usize = 32;
+    const SCAN: usize = 32;
 
     pub(crate) fn insert(&mut self, key: Cow<'a, str>, value: Json<'a>) {
         if let Some(index) = &mut self.index {
