@@ -34,18 +34,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut error = None;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             // Read as the exporter reads stored resources.
-            let resource = sof::Json::parse(line.as_bytes())?;
-            let mut flat = Vec::new();
-            match view.append_json_rows(&resource, &mut flat) {
-                Ok(_) => rows.extend(flat.chunks(names.len().max(1)).map(|row| {
-                    Value::Object(
-                        names
-                            .iter()
-                            .map(|n| n.to_string())
-                            .zip(row.iter().cloned())
-                            .collect::<Map<String, Value>>(),
-                    )
-                })),
+            match view.json_rows(&sof::Json::parse(line.as_bytes())?) {
+                Ok(rs) => {
+                    rows.extend(rs.into_iter().map(|row| {
+                        Value::Object(names.iter().map(|n| n.to_string()).zip(row).collect::<Map<
+                            String,
+                            Value,
+                        >>(
+                        ))
+                    }))
+                }
                 Err(e) => {
                     error = Some(e.to_string());
                     break;

@@ -3,7 +3,8 @@
 //! A ViewDefinition is read and validated once with [`View::from_json`] (all FHIRPath
 //! expressions are parsed to an AST and checked there), then applied to any number of resources
 //! with [`View::rows`] or, without an allocation per row, [`View::append_rows`] (or
-//! [`View::append_json_rows`] for resources read with [`Json::parse`] or [`Projection::parse`]).
+//! [`View::json_rows`] and [`View::append_json_rows`] for resources read with [`Json::parse`] or
+//! [`Projection::parse`]).
 //!
 //! ```
 //! use serde_json::json;

@@ -3,16 +3,14 @@
 //! `category`, `component`, a Patient's `text`) need not be read into the tree: they are
 //! skipped over as the JSON is read.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 
-use std::borrow::Cow;
-
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use crate::json::{Json, JsonSeed, ObjectBuilder};
-
 use crate::fhirpath::reads::Reads;
+use crate::json::{Json, JsonSeed, ObjectBuilder};
 use crate::View;
 
 /// The top-level elements a set of views can read (or all of them).

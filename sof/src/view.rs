@@ -2,11 +2,10 @@
 
 use serde_json::{Map, Value};
 
-use crate::json::Json;
-
 use crate::fhirpath::eval::{eval, Constant, Env, Item};
 use crate::fhirpath::reads::Reads;
 use crate::fhirpath::{compile, may_repeat, Expr, Scope, Var};
+use crate::json::Json;
 use crate::model;
 use crate::types::{self, kind_of, Kind};
 use crate::{EvalError, ViewError};
@@ -792,8 +791,14 @@ impl View {
     /// for a `collection` column). A resource of another type, or one the `where` paths reject,
     /// gives no rows.
     pub fn rows(&self, resource: &Value) -> Result<Vec<Vec<Value>>, EvalError> {
+        self.json_rows(&Json::from(resource))
+    }
+
+    /// [`View::rows`] for a resource read with [`Json::parse`] or
+    /// [`crate::Projection::parse`].
+    pub fn json_rows(&self, resource: &Json<'_>) -> Result<Vec<Vec<Value>>, EvalError> {
         let mut flat = Vec::new();
-        self.append_rows(resource, &mut flat)?;
+        self.append_json_rows(resource, &mut flat)?;
         let width = self.columns.len();
         if width == 0 {
             return Ok(Vec::new());

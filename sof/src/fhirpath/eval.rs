@@ -9,11 +9,10 @@ use std::cmp::Ordering;
 
 use serde_json::Value;
 
-use crate::json::{Json, Object};
-
 use super::temporal::Temporal;
 use super::{boundary, BinOp, Expr, Func, Step, StrFn, Var};
 use crate::decimal::Decimal;
+use crate::json::{Json, Object};
 use crate::types::{self, fhir_is_a, kind_of, Kind, TypeSpec};
 
 /// One item of a FHIRPath collection.
